@@ -1,0 +1,62 @@
+"""airun_nb: a transactional workflow runtime that lives inside Jupyter.
+
+Importing the package registers nothing; ``%load_ext airun_nb`` adds the ``%%workflow`` magics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    AirunError,
+    RunBusy,
+    RunInterrupted,
+    RunNotFound,
+    SpecError,
+    StepFailed,
+    StoreBusy,
+    StoreError,
+    StoreIncompatible,
+    TemplateError,
+    WorkflowFailed,
+)
+from .history import attempts, events, runs, steps
+from .result import RunResult
+from .workflow import Workflow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AirunError",
+    "RunBusy",
+    "RunInterrupted",
+    "RunNotFound",
+    "RunResult",
+    "SpecError",
+    "StepFailed",
+    "StoreBusy",
+    "StoreError",
+    "StoreIncompatible",
+    "TemplateError",
+    "Workflow",
+    "WorkflowFailed",
+    "attempts",
+    "events",
+    "load_ipython_extension",
+    "runs",
+    "steps",
+    "unload_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext airun_nb``: register the ``%%workflow`` / ``%workflow`` magics."""
+    from .jupyter.magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .jupyter.magics import unload
+
+    unload(ipython)

@@ -1,0 +1,88 @@
+"""Exceptions raised by airun_nb.
+
+Every error a user can cause is an :class:`AirunError`: one short message that says what
+went wrong and where. ``_render_traceback_`` makes IPython (and so nbclient and nbval) show
+that message instead of a library traceback, while still marking the cell as failed.
+"""
+
+from __future__ import annotations
+
+
+class AirunError(Exception):
+    """Base class of every error airun_nb raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self.message}"]
+
+
+class SpecError(AirunError):
+    """The workflow YAML is malformed or inconsistent (bad key, cycle, unknown step...)."""
+
+    def __init__(self, message: str, *, line: int | None = None, path: str | None = None) -> None:
+        where = []
+        if line is not None:
+            where.append(f"line {line}")
+        if path:
+            where.append(path)
+        full = f"{', '.join(where)}: {message}" if where else message
+        super().__init__(full)
+        self.line = line
+        self.path = path
+        self.reason = message
+
+
+class TemplateError(AirunError):
+    """A ``{{ template }}`` could not be evaluated (undefined name, bad expression...)."""
+
+
+class StoreError(AirunError):
+    """The store file cannot be used."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds the store for longer than we were willing to wait."""
+
+
+class StoreIncompatible(StoreError):
+    """The file is not an airun_nb store, or was written by a newer schema."""
+
+
+class RunNotFound(AirunError):
+    """No run with that id."""
+
+
+class RunBusy(AirunError):
+    """The run is executing in another process."""
+
+
+class StepFailed(AirunError):
+    """A step failed after its retries; carries the step id and the underlying error."""
+
+    def __init__(self, step_id: str, error: str) -> None:
+        super().__init__(f"step '{step_id}' failed: {error}")
+        self.step_id = step_id
+        self.error = error
+
+
+class WorkflowFailed(AirunError):
+    """A run ended in a failed state; the message names the run and the failing step."""
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+
+
+class RunInterrupted(AirunError):
+    """The run was interrupted (e.g. a kernel interrupt); it can be resumed."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id

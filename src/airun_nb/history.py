@@ -1,0 +1,77 @@
+"""The history of every run as pandas DataFrames with real timestamp and duration dtypes."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from .store import Store
+
+_Db = str | os.PathLike[str] | None
+
+
+def _frame(df: pd.DataFrame, time_cols: tuple[str, ...], duration: tuple[str, str] | None) -> pd.DataFrame:
+    for col in time_cols:
+        if col in df:
+            df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC")
+    if duration is not None:
+        start, end = duration
+        df["duration"] = df[end] - df[start]
+    for col in df.columns:
+        if df[col].dtype == object and col not in ("params", "detail"):
+            df[col] = df[col].astype("string")
+    return df
+
+
+def runs(db: _Db = None) -> pd.DataFrame:
+    """One row a run, oldest first."""
+    df = Store.open(db).query_df(
+        """
+        SELECT r.run_id, r.workflow, r.status, r.launched_by, r.created_at, r.started_at,
+               r.finished_at, count(s.step_id) AS steps,
+               count(*) FILTER (WHERE s.status = 'completed') AS completed_steps,
+               r.failed_step, r.error, r.seeded_from, r.params, r.owner_pid
+        FROM runs r LEFT JOIN steps s USING (run_id)
+        GROUP BY ALL ORDER BY r.created_at, r.run_id
+        """
+    )
+    return _frame(df, ("created_at", "started_at", "finished_at"), ("started_at", "finished_at"))
+
+
+def steps(run: str | None = None, db: _Db = None) -> pd.DataFrame:
+    """One row a step (of one run, or of every run), in workflow order."""
+    where, params = ("WHERE run_id = ?", [run]) if run else ("", [])
+    df = Store.open(db).query_df(
+        f"""
+        SELECT run_id, step_id, kind, status, attempts, started_at, finished_at, finish_seq,
+               replayed_from, reason, error, output_kind, output_table, compensation,
+               comp_status, comp_attempts, comp_error, comp_finished_at, def_hash, code_hash,
+               eff_hash
+        FROM steps {where} ORDER BY run_id, position
+        """,
+        params,
+    )
+    return _frame(
+        df, ("started_at", "finished_at", "comp_finished_at"), ("started_at", "finished_at")
+    )
+
+
+def attempts(run: str | None = None, db: _Db = None) -> pd.DataFrame:
+    """One row an attempt of a step (or of its compensation)."""
+    where, params = ("WHERE run_id = ?", [run]) if run else ("", [])
+    df = Store.open(db).query_df(
+        f"""SELECT run_id, step_id, phase, attempt, status, started_at, finished_at, error, pid
+            FROM attempts {where} ORDER BY started_at, run_id, step_id, attempt""",
+        params,
+    )
+    return _frame(df, ("started_at", "finished_at"), ("started_at", "finished_at"))
+
+
+def events(run: str | None = None, db: _Db = None) -> pd.DataFrame:
+    """Every recorded event (run transitions, invalidations, retries, failures...)."""
+    where, params = ("WHERE run_id = ?", [run]) if run else ("", [])
+    df = Store.open(db).query_df(
+        f"SELECT ts, run_id, step_id, kind, detail FROM events {where} ORDER BY ts", params
+    )
+    return _frame(df, ("ts",), None)

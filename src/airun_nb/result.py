@@ -1,0 +1,171 @@
+"""What a run gives back: :class:`RunResult`, and the step table drawn as text and HTML.
+
+The text form is deterministic apart from run ids and durations, so notebooks that show it can
+be validated headless (nbval sanitizes those two).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .engine import Engine, Plan
+
+_STATUS_COLORS = {
+    "completed": "#1a7f37",
+    "replayed": "#57606a",
+    "running": "#0969da",
+    "pending": "#8c959f",
+    "failed": "#cf222e",
+    "interrupted": "#9a6700",
+    "skipped": "#8c959f",
+    "waiting": "#8250df",
+    "compensated": "#9a6700",
+}
+
+
+def step_rows(engine: Engine) -> list[dict[str, Any]]:
+    now = time.time()
+    rows = []
+    for s in engine.spec.steps:
+        st = engine.states[s.id]
+        shown = "replayed" if st.replayed and st.status == "completed" else st.status
+        dur = None
+        if st.started_at is not None and not st.replayed:
+            dur = (st.finished_at or now) - st.started_at
+        note = st.error or st.reason or ("unchanged" if st.replayed else "")
+        if st.comp_status:
+            note = f"undo {st.comp_status}" + (f": {st.comp_error}" if st.comp_error else "")
+        rows.append(
+            {
+                "step": s.id,
+                "kind": s.kind,
+                "status": shown,
+                "attempts": st.attempts,
+                "duration": dur,
+                "note": note,
+            }
+        )
+    return rows
+
+
+def render_text(engine: Engine, *, limit: int = 60) -> str:
+    rows = step_rows(engine)
+    ran = sum(1 for r in rows if r["status"] not in ("replayed", "pending", "skipped"))
+    replayed = sum(1 for r in rows if r["status"] == "replayed")
+    head = (
+        f"run {engine.run_id} · {engine.spec.name} · {engine.status} · "
+        f"{len(rows)} steps ({ran} ran, {replayed} replayed)"
+    )
+    shown = rows if len(rows) <= limit else rows[: limit // 2] + rows[-limit // 2 :]
+    w_step = max([4, *(len(r["step"]) for r in shown)])
+    w_kind = max([4, *(len(r["kind"]) for r in shown)])
+    w_status = max([6, *(len(r["status"]) for r in shown)])
+    lines = [head, f"  {'step':<{w_step}}  {'kind':<{w_kind}}  {'status':<{w_status}}  attempts  duration  note"]
+    for i, r in enumerate(shown):
+        if len(rows) > limit and i == limit // 2:
+            lines.append(f"  ... {len(rows) - limit} more steps ...")
+        dur = "" if r["duration"] is None else f"{r['duration']:.2f}s"
+        note = r["note"] if len(r["note"]) <= 90 else r["note"][:87] + "..."
+        lines.append(
+            f"  {r['step']:<{w_step}}  {r['kind']:<{w_kind}}  {r['status']:<{w_status}}  "
+            f"{r['attempts']:>8}  {dur:>8}  {note}".rstrip()
+        )
+    if engine.error and engine.status != "completed":
+        lines.append(f"  error: {engine.error}")
+    return "\n".join(lines)
+
+
+def render_html(engine: Engine, *, limit: int = 200) -> str:
+    rows = step_rows(engine)
+    shown = rows if len(rows) <= limit else rows[:limit]
+    color = _STATUS_COLORS.get(engine.status, "#57606a")
+    out = [
+        '<div class="airun-run">',
+        f"<div><b>run {html.escape(engine.run_id)}</b> · {html.escape(engine.spec.name)} · "
+        f'<span style="color:{color};font-weight:bold">{html.escape(engine.status)}</span></div>',
+        '<table style="border-collapse:collapse"><thead><tr>'
+        "<th>step</th><th>kind</th><th>status</th><th>attempts</th><th>duration</th><th>note</th>"
+        "</tr></thead><tbody>",
+    ]
+    for r in shown:
+        c = _STATUS_COLORS.get(r["status"], "#57606a")
+        dur = "" if r["duration"] is None else f"{r['duration']:.2f}s"
+        out.append(
+            f"<tr><td><code>{html.escape(r['step'])}</code></td><td>{r['kind']}</td>"
+            f'<td style="color:{c};font-weight:bold">{r["status"]}</td>'
+            f"<td>{r['attempts']}</td><td>{dur}</td><td>{html.escape(r['note'])}</td></tr>"
+        )
+    if len(rows) > limit:
+        out.append(f"<tr><td colspan=6>... {len(rows) - limit} more steps</td></tr>")
+    out.append("</tbody></table>")
+    if engine.error and engine.status != "completed":
+        out.append(f'<div style="color:#cf222e">error: {html.escape(engine.error)}</div>')
+    out.append("</div>")
+    return "".join(out)
+
+
+class Outputs(Mapping[str, Any]):
+    """Step outputs by step id, loaded from the store on first access."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __getitem__(self, step_id: str) -> Any:
+        st = self._engine.states.get(step_id)
+        if st is None or st.status not in ("completed", "skipped"):
+            raise KeyError(step_id)
+        return self._engine.output_of(step_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return (s for s, st in self._engine.states.items() if st.status in ("completed", "skipped"))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"<outputs of {', '.join(self)}>"
+
+
+class RunResult:
+    """The outcome of a run: ``.status``, ``.steps`` (a DataFrame) and ``.outputs``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.run_id = engine.run_id
+        self.workflow = engine.spec.name
+        self.status = engine.status
+        self.error = engine.error
+        self.failed_step = engine.failed_step
+        self.plan: Plan | None = engine.plan
+        self.outputs = Outputs(engine)
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        rows = step_rows(self._engine)
+        df = pd.DataFrame(rows, columns=["step", "kind", "status", "attempts", "duration", "note"])
+        df["duration"] = pd.to_timedelta(df["duration"], unit="s")
+        df["attempts"] = df["attempts"].astype("int64")
+        return df
+
+    @property
+    def replayed(self) -> list[str]:
+        return [s for s, st in self._engine.states.items() if st.replayed]
+
+    @property
+    def executed(self) -> list[str]:
+        return list(self._engine.executed)
+
+    def __getitem__(self, step_id: str) -> Any:
+        return self.outputs[step_id]
+
+    def __repr__(self) -> str:
+        return render_text(self._engine)
+
+    def _repr_html_(self) -> str:
+        return render_html(self._engine)

@@ -1,0 +1,141 @@
+"""``{{ template }}`` evaluation for workflow fields.
+
+Templates are found in string values after the YAML is parsed (never by textual substitution
+into the YAML). A string that is exactly one ``{{ expr }}`` evaluates to the expression's Python
+value (a DataFrame stays a DataFrame, an int stays an int); any other string renders to text.
+Undefined names are errors that name the step and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+
+from .errors import TemplateError
+
+ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+)
+_WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
+
+
+def has_template(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def _whole_expression(source: str) -> str | None:
+    m = _WHOLE.match(source)
+    if m is None:
+        return None
+    expr = m.group("expr")
+    if "{{" in expr or "}}" in expr:
+        return None
+    return expr.strip()
+
+
+@lru_cache(maxsize=4096)
+def _compiled(source: str) -> Callable[[Mapping[str, Any]], Any]:
+    expr = _whole_expression(source)
+    if expr is not None:
+        fn = ENV.compile_expression(expr, undefined_to_none=False)
+
+        def evaluate(ctx: Mapping[str, Any]) -> Any:
+            value = fn(**ctx)
+            if isinstance(value, jinja2.Undefined):
+                # Force StrictUndefined to raise its own message.
+                str(value)
+            return value
+
+        return evaluate
+    tmpl = ENV.from_string(source)
+    return lambda ctx: tmpl.render(**ctx)
+
+
+def references(source: str) -> tuple[set[str], set[str]]:
+    """Return (top-level names, step ids referenced as ``steps.X``) used by a template.
+
+    Raises :class:`TemplateError` on a syntax error.
+    """
+    try:
+        ast = ENV.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message}") from None
+    names = {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"}
+    assigned = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    step_refs: set[str] = set()
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if isinstance(target, nodes.Name) and target.name == "steps":
+            if isinstance(node, nodes.Getattr):
+                step_refs.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                step_refs.add(node.arg.value)
+    return names - assigned, step_refs
+
+
+def walk_strings(value: Any, path: str = "") -> Iterable[tuple[str, str]]:
+    """Yield (path, string) for every templated string inside a nested value."""
+    if isinstance(value, str):
+        if has_template(value):
+            yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from walk_strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from walk_strings(v, f"{path}[{i}]")
+
+
+def render(value: Any, context: Mapping[str, Any], *, step: str, field: str) -> Any:
+    """Render every template inside ``value`` (recursively) against ``context``."""
+    if isinstance(value, str):
+        if not has_template(value):
+            return value
+        try:
+            return _compiled(value)(context)
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(
+                f"step '{step}', field '{field}': {_undefined_message(exc)} in {value.strip()!r}"
+            ) from None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(
+                f"step '{step}', field '{field}': {exc} in {value.strip()!r}"
+            ) from None
+        except TemplateError:
+            raise
+        except Exception as exc:
+            raise TemplateError(
+                f"step '{step}', field '{field}': {type(exc).__name__}: {exc} in {value.strip()!r}"
+            ) from None
+    if isinstance(value, Mapping):
+        return {
+            k: render(v, context, step=step, field=f"{field}.{k}") for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [render(v, context, step=step, field=f"{field}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def evaluate_condition(source: str, context: Mapping[str, Any], *, step: str) -> bool:
+    """Evaluate a ``when:`` condition: a ``{{ template }}`` or a bare Jinja expression."""
+    text = source if has_template(source) else "{{ " + source + " }}"
+    value = render(text, context, step=step, field="when")
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "no", "none", "off")
+    return bool(value)
+
+
+def _undefined_message(exc: jinja2.UndefinedError) -> str:
+    msg = str(exc.message or exc)
+    m = re.match(r"'(\w+)' is undefined", msg)
+    if m:
+        return f"name '{m.group(1)}' is undefined"
+    m = re.match(r"'(.+?)' has no attribute '(.+?)'", msg)
+    if m:
+        return f"{m.group(1)} has no attribute '{m.group(2)}'"
+    return msg

@@ -1,0 +1,84 @@
+"""The Python entry point: ``Workflow.from_yaml(text).run()``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import spec as spec_mod
+from .engine import Engine, Listener
+from .result import RunResult
+from .spec import WorkflowSpec
+from .store import Store
+
+
+class Workflow:
+    """A parsed workflow, ready to run against a store."""
+
+    def __init__(self, spec: WorkflowSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def from_yaml(cls, text: str, *, name: str | None = None, line_offset: int = 0) -> Workflow:
+        return cls(spec_mod.parse(text, name=name, line_offset=line_offset))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, name: str | None = None) -> Workflow:
+        p = Path(path)
+        return cls(spec_mod.parse(p.read_text(), name=name or p.stem))
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], *, name: str | None = None) -> Workflow:
+        return cls(spec_mod.from_dict(doc, name=name))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def run(
+        self,
+        *,
+        db: str | os.PathLike[str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        namespace: Mapping[str, Any] | None = None,
+        resume: str | None = None,
+        new: bool = False,
+        listener: Listener | None = None,
+        user: str | None = None,
+        raise_on_failure: bool = True,
+    ) -> RunResult:
+        """Run (or resume) the workflow and return its :class:`RunResult`.
+
+        By default the latest unfinished run of this workflow resumes; a finished one starts a
+        new run (reusing the outputs of steps that did not change). ``resume=RUN`` resumes that
+        run; ``new=True`` always starts afresh. Failures raise
+        :class:`~airun_nb.errors.WorkflowFailed` unless ``raise_on_failure=False``.
+        """
+        engine = self.engine(db=db, params=params, namespace=namespace, listener=listener, user=user)
+        engine.prepare(resume=resume, new=new)
+        try:
+            engine.execute()
+        except Exception:
+            if raise_on_failure:
+                raise
+        return RunResult(engine)
+
+    def engine(
+        self,
+        *,
+        db: str | os.PathLike[str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        namespace: Mapping[str, Any] | None = None,
+        listener: Listener | None = None,
+        user: str | None = None,
+    ) -> Engine:
+        return Engine(
+            self.spec,
+            Store.open(db),
+            namespace=namespace,
+            params=params,
+            listener=listener,
+            user=user,
+        )

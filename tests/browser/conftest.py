@@ -1,0 +1,168 @@
+"""pytest glue for the real-browser harness (see harness.py).
+
+Fixture ``lab``: a factory bound to a fresh tmp root dir::
+
+    @pytest.mark.browser
+    def test_something(lab):
+        write_notebook(lab.root / "nb.ipynb")
+        page = lab.start(env={"AIRUN_DB": str(lab.root / "airun.duckdb")})
+        page.open_notebook("nb.ipynb")
+        page.run_all()
+        page.click_button("Approve")
+
+Missing Chromium skips the test locally, but FAILS it when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import pytest
+
+from .harness import CHROMIUM_PATH, ChromiumBrowser, JupyterLabServer, LabPage
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SRC_DIR = REPO_ROOT / "src"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "browser: drives a real JupyterLab in headless Chromium"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"_browser_rep_{rep.when}", rep)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_browser() -> None:
+    """Skip (locally) or fail (in CI) when the browser stack is unavailable."""
+    problems = []
+    if not os.path.exists(CHROMIUM_PATH):
+        problems.append(
+            f"Chromium not found at {CHROMIUM_PATH} (run scripts/install_browser.sh)"
+        )
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        problems.append(f"python package 'playwright' not importable: {exc}")
+    if not problems:
+        return
+    msg = "; ".join(problems)
+    if _in_ci():
+        pytest.fail(f"browser tests cannot run in CI: {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
+class LabFactory:
+    """Starts JupyterLab servers + Chromium pages over one root dir."""
+
+    def __init__(self, root: Path, artifacts: Path) -> None:
+        self.root = root
+        self.artifacts = artifacts
+        self._servers: list[JupyterLabServer] = []
+        self._browsers: list[ChromiumBrowser] = []
+        self.pages: list[LabPage] = []
+
+    @property
+    def server(self) -> JupyterLabServer:
+        return self._servers[-1]
+
+    @property
+    def page(self) -> LabPage:
+        return self.pages[-1]
+
+    def start(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        pythonpath_src: bool = True,
+        startup_timeout: float = 120.0,
+    ) -> LabPage:
+        """Start a JupyterLab on ``self.root`` plus a fresh Chromium; return its LabPage.
+
+        ``env`` is inherited by the kernels.  With ``pythonpath_src`` the repo's
+        ``src/`` is prepended to PYTHONPATH so kernels import this working tree.
+        """
+        full_env = dict(env or {})
+        if pythonpath_src:
+            parts = [str(SRC_DIR)]
+            existing = full_env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+            if existing:
+                parts.append(existing)
+            full_env["PYTHONPATH"] = os.pathsep.join(parts)
+        n = len(self._servers)
+        server = JupyterLabServer(
+            self.root,
+            env=full_env,
+            log_path=self.artifacts / f"jupyterlab-{n}.log",
+            startup_timeout=startup_timeout,
+        )
+        server.start()
+        self._servers.append(server)
+        browser = ChromiumBrowser()
+        try:
+            browser.start()
+        except BaseException:
+            raise
+        finally:
+            self._browsers.append(browser)
+        page = LabPage(browser.page, server)
+        self.pages.append(page)
+        return page
+
+    __call__ = start
+
+    def stop_server(self, server: JupyterLabServer | None = None) -> None:
+        """Stop one server (default: the latest) early, e.g. to test a restart."""
+        (server or self.server).stop()
+
+    def close(self, failed: bool) -> None:
+        for i, page in enumerate(self.pages):
+            if failed:
+                try:
+                    page.screenshot(self.artifacts / f"failure-{i}.png")
+                except Exception:
+                    pass
+        for browser in reversed(self._browsers):
+            if failed and browser.console:
+                (self.artifacts / "browser-console.log").write_text(
+                    "\n".join(browser.console)
+                )
+            browser.stop()
+        for server in reversed(self._servers):
+            server.snapshot_children()
+            server.stop()
+            server.cleanup_state()
+
+
+@pytest.fixture
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabFactory]:
+    require_browser()
+    root = tmp_path / "root"
+    root.mkdir()
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    factory = LabFactory(root, artifacts)
+    try:
+        yield factory
+    finally:
+        rep = getattr(request.node, "_browser_rep_call", None)
+        failed = rep is None or rep.failed
+        factory.close(failed=failed)
+        if failed:
+            print(f"\n[browser harness] artifacts kept in {artifacts}")
+            for server in factory._servers:
+                print(f"--- {server.log_path} (tail) ---\n{server.log_tail(40)}")
+        else:
+            shutil.rmtree(artifacts, ignore_errors=True)
