@@ -42,6 +42,7 @@ __all__ = [
     "WorkflowFailed",
     "attempts",
     "events",
+    "last_run",
     "load_ipython_extension",
     "runs",
     "steps",
@@ -54,6 +55,13 @@ def load_ipython_extension(ipython: Any) -> None:
     from .jupyter.magics import load
 
     load(ipython)
+
+
+def last_run() -> RunResult | None:
+    """The result of the last ``%%workflow`` cell run in this kernel."""
+    from .jupyter.magics import last_result
+
+    return last_result()
 
 
 def unload_ipython_extension(ipython: Any) -> None:

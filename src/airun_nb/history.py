@@ -6,6 +6,8 @@ import os
 
 import pandas as pd
 
+from .errors import RunNotFound
+from .result import StoredRun, view_of_rows
 from .store import Store
 
 _Db = str | os.PathLike[str] | None
@@ -75,3 +77,15 @@ def events(run: str | None = None, db: _Db = None) -> pd.DataFrame:
         f"SELECT ts, run_id, step_id, kind, detail FROM events {where} ORDER BY ts", params
     )
     return _frame(df, ("ts",), None)
+
+
+def stored_run(run_id: str, db: _Db = None) -> StoredRun:
+    """A run's step table as the store has it (``airun show`` / ``%workflow show``)."""
+    store = Store.open(db)
+    found = store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    if not found:
+        raise RunNotFound(f"no run '{run_id}' in {store.path}")
+    rows = store.query_dicts(
+        "SELECT * EXCLUDE (output_blob) FROM steps WHERE run_id = ? ORDER BY position", [run_id]
+    )
+    return StoredRun(view_of_rows(found[0], rows))

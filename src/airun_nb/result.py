@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -29,7 +30,18 @@ _STATUS_COLORS = {
 }
 
 
-def step_rows(engine: Engine) -> list[dict[str, Any]]:
+@dataclass
+class RunView:
+    """What the step table shows, taken from a live engine or from the store."""
+
+    run_id: str
+    workflow: str
+    status: str
+    error: str | None
+    rows: list[dict[str, Any]]
+
+
+def view_of_engine(engine: Engine) -> RunView:
     now = time.time()
     rows = []
     for s in engine.spec.steps:
@@ -42,31 +54,46 @@ def step_rows(engine: Engine) -> list[dict[str, Any]]:
         if st.comp_status:
             note = f"undo {st.comp_status}" + (f": {st.comp_error}" if st.comp_error else "")
         rows.append(
-            {
-                "step": s.id,
-                "kind": s.kind,
-                "status": shown,
-                "attempts": st.attempts,
-                "duration": dur,
-                "note": note,
-            }
+            {"step": s.id, "kind": s.kind, "status": shown, "attempts": st.attempts,
+             "duration": dur, "note": note}
         )
-    return rows
+    return RunView(engine.run_id, engine.spec.name, engine.status, engine.error, rows)
 
 
-def render_text(engine: Engine, *, limit: int = 60) -> str:
-    rows = step_rows(engine)
+def view_of_rows(run: Mapping[str, Any], steps: list[Mapping[str, Any]]) -> RunView:
+    rows = []
+    for r in steps:
+        dur = None
+        if r.get("started_at") is not None and r.get("finished_at") is not None:
+            dur = (r["finished_at"] - r["started_at"]).total_seconds()
+        note = r.get("error") or r.get("reason") or ""
+        if r.get("replayed_from"):
+            note = note or f"reused from {r['replayed_from']}"
+        if r.get("comp_status"):
+            note = f"undo {r['comp_status']}" + (f": {r['comp_error']}" if r.get("comp_error") else "")
+        rows.append(
+            {"step": r["step_id"], "kind": r["kind"], "status": r["status"],
+             "attempts": int(r.get("attempts") or 0), "duration": dur, "note": note}
+        )
+    return RunView(run["run_id"], run["workflow"], run["status"], run.get("error"), rows)
+
+
+def render_text(view: RunView, *, limit: int = 60) -> str:
+    rows = view.rows
     ran = sum(1 for r in rows if r["status"] not in ("replayed", "pending", "skipped"))
     replayed = sum(1 for r in rows if r["status"] == "replayed")
     head = (
-        f"run {engine.run_id} · {engine.spec.name} · {engine.status} · "
+        f"run {view.run_id} · {view.workflow} · {view.status} · "
         f"{len(rows)} steps ({ran} ran, {replayed} replayed)"
     )
     shown = rows if len(rows) <= limit else rows[: limit // 2] + rows[-limit // 2 :]
     w_step = max([4, *(len(r["step"]) for r in shown)])
     w_kind = max([4, *(len(r["kind"]) for r in shown)])
     w_status = max([6, *(len(r["status"]) for r in shown)])
-    lines = [head, f"  {'step':<{w_step}}  {'kind':<{w_kind}}  {'status':<{w_status}}  attempts  duration  note"]
+    lines = [
+        head,
+        f"  {'step':<{w_step}}  {'kind':<{w_kind}}  {'status':<{w_status}}  attempts  duration  note",
+    ]
     for i, r in enumerate(shown):
         if len(rows) > limit and i == limit // 2:
             lines.append(f"  ... {len(rows) - limit} more steps ...")
@@ -76,19 +103,19 @@ def render_text(engine: Engine, *, limit: int = 60) -> str:
             f"  {r['step']:<{w_step}}  {r['kind']:<{w_kind}}  {r['status']:<{w_status}}  "
             f"{r['attempts']:>8}  {dur:>8}  {note}".rstrip()
         )
-    if engine.error and engine.status != "completed":
-        lines.append(f"  error: {engine.error}")
+    if view.error and view.status != "completed":
+        lines.append(f"  error: {view.error}")
     return "\n".join(lines)
 
 
-def render_html(engine: Engine, *, limit: int = 200) -> str:
-    rows = step_rows(engine)
+def render_html(view: RunView, *, limit: int = 200) -> str:
+    rows = view.rows
     shown = rows if len(rows) <= limit else rows[:limit]
-    color = _STATUS_COLORS.get(engine.status, "#57606a")
+    color = _STATUS_COLORS.get(view.status, "#57606a")
     out = [
         '<div class="airun-run">',
-        f"<div><b>run {html.escape(engine.run_id)}</b> · {html.escape(engine.spec.name)} · "
-        f'<span style="color:{color};font-weight:bold">{html.escape(engine.status)}</span></div>',
+        f"<div><b>run {html.escape(view.run_id)}</b> · {html.escape(view.workflow)} · "
+        f'<span style="color:{color};font-weight:bold">{html.escape(view.status)}</span></div>',
         '<table style="border-collapse:collapse"><thead><tr>'
         "<th>step</th><th>kind</th><th>status</th><th>attempts</th><th>duration</th><th>note</th>"
         "</tr></thead><tbody>",
@@ -104,10 +131,23 @@ def render_html(engine: Engine, *, limit: int = 200) -> str:
     if len(rows) > limit:
         out.append(f"<tr><td colspan=6>... {len(rows) - limit} more steps</td></tr>")
     out.append("</tbody></table>")
-    if engine.error and engine.status != "completed":
-        out.append(f'<div style="color:#cf222e">error: {html.escape(engine.error)}</div>')
+    if view.error and view.status != "completed":
+        out.append(f'<div style="color:#cf222e">error: {html.escape(view.error)}</div>')
     out.append("</div>")
     return "".join(out)
+
+
+class StoredRun:
+    """A run as the store has it (for ``show``), with the same text and HTML forms."""
+
+    def __init__(self, view: RunView) -> None:
+        self.view = view
+
+    def __repr__(self) -> str:
+        return render_text(self.view)
+
+    def _repr_html_(self) -> str:
+        return render_html(self.view)
 
 
 class Outputs(Mapping[str, Any]):
@@ -147,7 +187,7 @@ class RunResult:
 
     @property
     def steps(self) -> pd.DataFrame:
-        rows = step_rows(self._engine)
+        rows = view_of_engine(self._engine).rows
         df = pd.DataFrame(rows, columns=["step", "kind", "status", "attempts", "duration", "note"])
         df["duration"] = pd.to_timedelta(df["duration"], unit="s")
         df["attempts"] = df["attempts"].astype("int64")
@@ -165,7 +205,7 @@ class RunResult:
         return self.outputs[step_id]
 
     def __repr__(self) -> str:
-        return render_text(self._engine)
+        return render_text(view_of_engine(self._engine))
 
     def _repr_html_(self) -> str:
-        return render_html(self._engine)
+        return render_html(view_of_engine(self._engine))

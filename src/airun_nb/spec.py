@@ -634,4 +634,5 @@ def parse(text: str, *, name: str | None = None, line_offset: int = 0) -> Workfl
 def from_dict(doc: Mapping[str, Any], *, name: str | None = None) -> WorkflowSpec:
     """Build a spec from an already-loaded mapping (e.g. generated in Python)."""
     spec = _Parser(None, name, 0, doc=dict(doc)).parse()
+    spec.source = json.dumps(dict(doc), default=str)
     return spec

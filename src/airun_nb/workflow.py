@@ -9,6 +9,7 @@ from typing import Any
 
 from . import spec as spec_mod
 from .engine import Engine, Listener
+from .errors import RunNotFound
 from .result import RunResult
 from .spec import WorkflowSpec
 from .store import Store
@@ -32,6 +33,22 @@ class Workflow:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, name: str | None = None) -> Workflow:
         return cls(spec_mod.from_dict(doc, name=name))
+
+    @classmethod
+    def from_run(cls, run_id: str, *, db: str | os.PathLike[str] | None = None) -> Workflow:
+        """The workflow a stored run was started from (to resume it outside its notebook)."""
+        store = Store.open(db)
+        found = store.query(
+            "SELECT r.workflow, s.text FROM runs r LEFT JOIN specs s USING (spec_hash) "
+            "WHERE r.run_id = ?",
+            [run_id],
+        )
+        if not found:
+            raise RunNotFound(f"no run '{run_id}' in {store.path}")
+        workflow, text = found[0]
+        if not text:
+            raise RunNotFound(f"run '{run_id}' has no stored workflow definition")
+        return cls(spec_mod.parse(text, name=workflow))
 
     @property
     def name(self) -> str:

@@ -1,0 +1,59 @@
+"""The live step table: one display that updates in place while a run executes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from IPython.display import display
+
+from ..engine import Engine, Listener, StepState
+from ..result import render_html, render_text, view_of_engine
+
+UPDATE_EVERY = 0.25  # seconds between redraws while steps finish
+
+
+class _Snapshot:
+    def __init__(self, engine: Engine) -> None:
+        self.view = view_of_engine(engine)
+
+    def __repr__(self) -> str:
+        return render_text(self.view)
+
+    def _repr_html_(self) -> str:
+        return render_html(self.view)
+
+
+class LiveTable(Listener):
+    """Draws the run's step table and redraws it as steps change (main thread only)."""
+
+    def __init__(self) -> None:
+        self._handle: Any = None
+        self._last = 0.0
+        self._dirty = False
+
+    def planned(self, engine: Engine) -> None:
+        plan = engine.plan
+        if plan is not None and plan.mode != "new":
+            print(plan.summary())
+        self._handle = display(_Snapshot(engine), display_id=True)
+        self._last = time.monotonic()
+
+    def changed(self, engine: Engine, state: StepState | None) -> None:
+        self._dirty = True
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if time.monotonic() - self._last >= UPDATE_EVERY:
+            self._draw(engine)
+
+    def finished(self, engine: Engine) -> None:
+        self._draw(engine)
+
+    def _draw(self, engine: Engine) -> None:
+        if self._handle is None:
+            self._handle = display(_Snapshot(engine), display_id=True)
+        else:
+            self._handle.update(_Snapshot(engine))
+        self._last = time.monotonic()
+        self._dirty = False

@@ -1,0 +1,147 @@
+"""``%%workflow`` and ``%workflow``: the notebook front end.
+
+Bad magic arguments raise :class:`~IPython.core.error.UsageError`; everything else that can go
+wrong is an :class:`~airun_nb.errors.AirunError` whose short message is what the cell shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+import yaml
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.display import display
+
+from .. import history
+from ..result import RunResult
+from ..store import Store
+from ..workflow import Workflow
+from .display import LiveTable
+
+_last: dict[str, RunResult] = {}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UsageError(f"%{self.prog}: {message}")
+
+
+def _cell_parser() -> _Parser:
+    p = _Parser(prog="%workflow", add_help=False)
+    p.add_argument("name", nargs="?")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", metavar="RUN")
+    p.add_argument("--new", action="store_true")
+    p.add_argument("--db", metavar="PATH")
+    return p
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"%%workflow: --param takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def last_result() -> RunResult | None:
+    """The result of the last ``%%workflow`` cell run in this kernel."""
+    return _last.get("result")
+
+
+@magics_class
+class WorkflowMagics(Magics):
+    @cell_magic("workflow")
+    def workflow_cell(self, line: str, cell: str) -> None:
+        """Run the workflow in this cell (resuming its unfinished run, if any)."""
+        args = _cell_parser().parse_args(shlex.split(line))
+        if args.resume and args.new:
+            raise UsageError("%%workflow: give --resume RUN or --new, not both")
+        wf = Workflow.from_yaml(cell, name=args.name, line_offset=1)
+        self._run(wf, db=args.db, params=_params(args.param), resume=args.resume, new=args.new)
+
+    def _run(self, wf: Workflow, **kwargs: Any) -> None:
+        listener = LiveTable()
+        ns = self.shell.user_ns
+        engine = wf.engine(
+            db=kwargs.get("db"), params=kwargs.get("params"), namespace=ns, listener=listener
+        )
+        engine.prepare(resume=kwargs.get("resume"), new=bool(kwargs.get("new")))
+        try:
+            engine.execute()
+        finally:
+            _last["result"] = RunResult(engine)
+
+    @line_magic("workflow")
+    def workflow_line(self, line: str) -> Any:
+        """%workflow runs | show RUN | resume [RUN] | history [runs|steps|attempts|events] [RUN]"""
+        words = shlex.split(line)
+        db = None
+        if "--db" in words:
+            i = words.index("--db")
+            if i + 1 >= len(words):
+                raise UsageError("%workflow: --db needs a path")
+            db = words[i + 1]
+            del words[i : i + 2]
+        if not words:
+            raise UsageError(
+                "%workflow: give a command: runs | show RUN | resume [RUN] | history"
+            )
+        cmd, rest = words[0], words[1:]
+        if cmd == "runs":
+            return history.runs(db)
+        if cmd == "show":
+            if len(rest) != 1:
+                raise UsageError("%workflow show: give one run id")
+            display(history.stored_run(rest[0], db))
+            return None
+        if cmd == "resume":
+            if len(rest) > 1:
+                raise UsageError("%workflow resume: give at most one run id")
+            run_id = rest[0] if rest else _latest_unfinished(db)
+            wf = Workflow.from_run(run_id, db=db)
+            self._run(wf, db=db, resume=run_id)
+            return None
+        if cmd == "history":
+            what = rest[0] if rest else "runs"
+            run = rest[1] if len(rest) > 1 else None
+            funcs = {
+                "runs": lambda: history.runs(db),
+                "steps": lambda: history.steps(run, db),
+                "attempts": lambda: history.attempts(run, db),
+                "events": lambda: history.events(run, db),
+            }
+            if what not in funcs:
+                raise UsageError(
+                    f"%workflow history: unknown table {what!r} (runs, steps, attempts, events)"
+                )
+            return funcs[what]()
+        raise UsageError(
+            f"%workflow: unknown command {cmd!r} (runs | show RUN | resume [RUN] | history)"
+        )
+
+
+def _latest_unfinished(db: str | None) -> str:
+    rows = Store.open(db).query(
+        "SELECT run_id FROM runs WHERE status IN ('interrupted', 'failed', 'running', 'waiting', "
+        "'pending') ORDER BY created_at DESC LIMIT 1"
+    )
+    if not rows:
+        raise UsageError("%workflow resume: there is no unfinished run to resume")
+    return str(rows[0][0])
+
+
+def load(ipython: Any) -> None:
+    ipython.register_magics(WorkflowMagics)
+
+
+def unload(ipython: Any) -> None:  # pragma: no cover - IPython cannot unregister magics
+    pass
