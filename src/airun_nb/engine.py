@@ -45,14 +45,23 @@ from .store import Store, crashpoint
 
 # Run statuses.
 PENDING, RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED = (
-    "pending", "running", "waiting", "completed", "failed", "interrupted",
+    "pending",
+    "running",
+    "waiting",
+    "completed",
+    "failed",
+    "interrupted",
 )
 ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED = "rolling_back", "rolled_back", "rollback_failed"
 RESUMABLE = {PENDING, RUNNING, WAITING, FAILED, INTERRUPTED}
 TERMINAL = {COMPLETED, ROLLED_BACK, ROLLBACK_FAILED}
 # Step statuses.
 S_PENDING, S_RUNNING, S_COMPLETED, S_FAILED, S_SKIPPED = (
-    "pending", "running", "completed", "failed", "skipped",
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "skipped",
 )
 S_INTERRUPTED, S_CANCELLED = "interrupted", "cancelled"
 DONE_STEP = {S_COMPLETED, S_SKIPPED}
@@ -278,7 +287,11 @@ class Engine:
         for s in self.spec.steps:
             for field_path, source in _template_fields(s):
                 names, _ = templates.references(source)
-                allowed = known if field_path.split(".")[0] in ("check", "compensate") else known - {"result"}
+                allowed = (
+                    known
+                    if field_path.split(".")[0] in ("check", "compensate")
+                    else known - {"result"}
+                )
                 for name in sorted(names - allowed):
                     raise TemplateError(
                         f"step '{s.id}', field '{field_path}': name '{name}' is undefined "
@@ -340,7 +353,9 @@ class Engine:
             self.run_id = new_run_id()
         source = prior_run["run_id"] if prior_run is not None else None
         entries: list[PlanEntry] = []
-        prior_params = json.loads(prior_run["params"]) if prior_run and prior_run.get("params") else None
+        prior_params = (
+            json.loads(prior_run["params"]) if prior_run and prior_run.get("params") else None
+        )
         for s in self._topo():
             st = self.states[s.id]
             row = rows.get(s.id)
@@ -352,13 +367,15 @@ class Engine:
                 st.started_at = _ts(row.get("started_at"))
                 st.finished_at = _ts(row.get("finished_at"))
                 st.finish_seq = row.get("finish_seq")
-                st.out = {
-                    k: row.get(k) for k in ("output_kind", "output_json", "output_table")
-                }
+                st.out = {k: row.get(k) for k in ("output_kind", "output_json", "output_table")}
                 st.out["has_blob"] = bool(row.get("has_blob"))
-                st.compensation = json.loads(row["compensation"]) if row.get("compensation") else None
+                st.compensation = (
+                    json.loads(row["compensation"]) if row.get("compensation") else None
+                )
                 st.replayed_from = (
-                    (row.get("replayed_from") or row["run_id"]) if mode == "seeded" else row.get("replayed_from")
+                    (row.get("replayed_from") or row["run_id"])
+                    if mode == "seeded"
+                    else row.get("replayed_from")
                 )
                 self._blob_source[s.id] = row["run_id"]
                 entries.append(PlanEntry(s.id, "replay", "unchanged"))
@@ -512,8 +529,12 @@ class Engine:
         assert self.plan is not None
         if self.plan.mode != "resume":
             recs.append(
-                {"t": "spec", "spec_hash": self.spec.spec_hash, "workflow": self.spec.name,
-                 "text": self.spec.source}
+                {
+                    "t": "spec",
+                    "spec_hash": self.spec.spec_hash,
+                    "workflow": self.spec.name,
+                    "text": self.spec.source,
+                }
             )
         self.status = RUNNING
         self.started_at = time.time()
@@ -612,7 +633,9 @@ class Engine:
             st.finish_seq = self._next_seq()
             st.value = None
             st.out = {"output_kind": "none"}
-            self.store.record_many([self.step_record(st), self.event("step_skipped", st.id, reason=skip_reason)])
+            self.store.record_many(
+                [self.step_record(st), self.event("step_skipped", st.id, reason=skip_reason)]
+            )
             self.listener.changed(self, st)
             return
         policy = s.retry
@@ -627,8 +650,14 @@ class Engine:
             st.error = None
             self.store.record(
                 self.step_record(
-                    st, {"phase": "execute", "attempt": attempt, "status": S_RUNNING,
-                         "started_at": now, "pid": os.getpid()},
+                    st,
+                    {
+                        "phase": "execute",
+                        "attempt": attempt,
+                        "status": S_RUNNING,
+                        "started_at": now,
+                        "pid": os.getpid(),
+                    },
                 )
             )
             self.listener.changed(self, st)
@@ -642,9 +671,16 @@ class Engine:
                 st.error = "interrupted"
                 self.store.record(
                     self.step_record(
-                        st, {"phase": "execute", "attempt": attempt, "status": S_INTERRUPTED,
-                             "started_at": now, "finished_at": time.time(), "error": "interrupted",
-                             "pid": os.getpid()},
+                        st,
+                        {
+                            "phase": "execute",
+                            "attempt": attempt,
+                            "status": S_INTERRUPTED,
+                            "started_at": now,
+                            "finished_at": time.time(),
+                            "error": "interrupted",
+                            "pid": os.getpid(),
+                        },
                     )
                 )
                 raise
@@ -653,23 +689,36 @@ class Engine:
                 retry = tries < policy.attempts and policy.retries(exc)
                 st.error = err
                 end = time.time()
-                att = {"phase": "execute", "attempt": attempt, "status": S_FAILED,
-                       "started_at": now, "finished_at": end, "error": err, "pid": os.getpid()}
+                att = {
+                    "phase": "execute",
+                    "attempt": attempt,
+                    "status": S_FAILED,
+                    "started_at": now,
+                    "finished_at": end,
+                    "error": err,
+                    "pid": os.getpid(),
+                }
                 if retry:
                     delay = policy.delay(tries)
-                    self.store.record_many([
-                        self.step_record(st, att),
-                        self.event("step_retry", st.id, attempt=attempt, error=err, delay=delay),
-                    ])
+                    self.store.record_many(
+                        [
+                            self.step_record(st, att),
+                            self.event(
+                                "step_retry", st.id, attempt=attempt, error=err, delay=delay
+                            ),
+                        ]
+                    )
                     self.listener.changed(self, st)
                     time.sleep(delay)
                     continue
                 st.status = S_FAILED
                 st.finished_at = end
-                self.store.record_many([
-                    self.step_record(st, att),
-                    self.event("step_failed", st.id, attempt=attempt, error=err),
-                ])
+                self.store.record_many(
+                    [
+                        self.step_record(st, att),
+                        self.event("step_failed", st.id, attempt=attempt, error=err),
+                    ]
+                )
                 self.listener.changed(self, st)
                 return
             st.value = value
@@ -680,8 +729,15 @@ class Engine:
             st.compensation = self._render_compensation(st)
             self.store.record(
                 self.step_record(
-                    st, {"phase": "execute", "attempt": attempt, "status": S_COMPLETED,
-                         "started_at": now, "finished_at": st.finished_at, "pid": os.getpid()},
+                    st,
+                    {
+                        "phase": "execute",
+                        "attempt": attempt,
+                        "status": S_COMPLETED,
+                        "started_at": now,
+                        "finished_at": st.finished_at,
+                        "pid": os.getpid(),
+                    },
                 )
             )
             crashpoint("step:recorded")
@@ -695,9 +751,9 @@ class Engine:
         for n in st.spec.needs:
             if self.states[n].status == S_SKIPPED:
                 return f"upstream '{n}' was skipped"
-        if st.spec.when is not None:
-            if not templates.evaluate_condition(st.spec.when, ctx, step=st.id):
-                return f"when: {st.spec.when.strip()} is false"
+        when = st.spec.when
+        if when is not None and not templates.evaluate_condition(when, ctx, step=st.id):
+            return f"when: {when.strip()} is false"
         return None
 
     def _attempt(self, st: StepState, ctx: Mapping[str, Any]) -> Any:
@@ -737,7 +793,8 @@ class Engine:
         if not comp:
             return None
         ctx = self.context()
-        return templates.render(comp, ctx, step=st.id, field="compensate")  # type: ignore[no-any-return]
+        rendered: dict[str, Any] = templates.render(comp, ctx, step=st.id, field="compensate")
+        return rendered
 
     def _next_seq(self) -> int:
         with self._seq_lock:

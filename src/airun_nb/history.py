@@ -13,7 +13,9 @@ from .store import Store
 _Db = str | os.PathLike[str] | None
 
 
-def _frame(df: pd.DataFrame, time_cols: tuple[str, ...], duration: tuple[str, str] | None) -> pd.DataFrame:
+def _frame(
+    df: pd.DataFrame, time_cols: tuple[str, ...], duration: tuple[str, str] | None
+) -> pd.DataFrame:
     for col in time_cols:
         if col in df:
             df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC")

@@ -38,7 +38,7 @@ def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) ->
                 raise ResolveError(f"step '{step}': call '{target}': no attribute '{part}'")
         if not callable(obj):
             raise ResolveError(f"step '{step}': call '{target}' is not a function")
-        return obj  # type: ignore[no-any-return]
+        return obj
     if "." in target:
         module_name, _, attr = target.rpartition(".")
         return _import_attr(module_name, attr, target, step)
@@ -52,7 +52,9 @@ def _import_attr(module_name: str, attr: str, target: str, step: str) -> Callabl
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ResolveError(f"step '{step}': call '{target}': cannot import {module_name} ({exc})") from None
+        raise ResolveError(
+            f"step '{step}': call '{target}': cannot import {module_name} ({exc})"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
@@ -60,7 +62,7 @@ def _import_attr(module_name: str, attr: str, target: str, step: str) -> Callabl
             raise ResolveError(f"step '{step}': call '{target}': {module_name} has no '{attr}'")
     if not callable(obj):
         raise ResolveError(f"step '{step}': call '{target}' is not a function")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 _hash_cache: dict[int, tuple[Any, str]] = {}
@@ -97,7 +99,7 @@ def compile_python(code: str, step: str) -> Any:
 
 def run_python(code: str, step: str, env: dict[str, Any]) -> Any:
     """Execute inline Python; the step's output is whatever it assigns to ``result``."""
-    exec(compile_python(code, step), env)  # noqa: S102 - running the user's own step
+    exec(compile_python(code, step), env)
     return env.get("result")
 
 
@@ -111,9 +113,7 @@ class SqlEngine:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
 
-    def run(
-        self, sql: str, relations: Mapping[str, Any], namespace: Mapping[str, Any]
-    ) -> Any:
+    def run(self, sql: str, relations: Mapping[str, Any], namespace: Mapping[str, Any]) -> Any:
         with self._lock:
             if self._con is None:
                 self._con = duckdb.connect(":memory:")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -56,7 +57,7 @@ def encode(value: Any, store: Store, table_name: str) -> dict[str, Any]:
     return {"output_kind": "pickle", "output_blob": base64.b64encode(blob).decode()}
 
 
-def decode_inline(row: dict[str, Any]) -> tuple[bool, Any]:
+def decode_inline(row: Mapping[str, Any]) -> tuple[bool, Any]:
     """Decode outputs that live in the row itself; (False, None) for table outputs."""
     kind = row.get("output_kind")
     if kind in (None, "none"):
@@ -67,11 +68,13 @@ def decode_inline(row: dict[str, Any]) -> tuple[bool, Any]:
         blob = row.get("output_blob")
         if isinstance(blob, str):
             blob = base64.b64decode(blob)
-        return True, pickle.loads(blob)  # noqa: S301 - the store is the user's own file
+        if not isinstance(blob, (bytes, bytearray)):
+            raise ValueError("the pickled output is missing from the store")
+        return True, pickle.loads(blob)
     return False, None
 
 
-def decode(row: dict[str, Any], store: Store) -> Any:
+def decode(row: Mapping[str, Any], store: Store) -> Any:
     ok, value = decode_inline(row)
     if ok:
         return value
@@ -90,5 +93,5 @@ def decode(row: dict[str, Any], store: Store) -> Any:
     raise ValueError(f"output of kind {kind!r} cannot be loaded")
 
 
-def storable(row: dict[str, Any]) -> bool:
+def storable(row: Mapping[str, Any]) -> bool:
     return row.get("output_kind") != "unstorable"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,13 +54,19 @@ def view_of_engine(engine: Engine) -> RunView:
         if st.comp_status:
             note = f"undo {st.comp_status}" + (f": {st.comp_error}" if st.comp_error else "")
         rows.append(
-            {"step": s.id, "kind": s.kind, "status": shown, "attempts": st.attempts,
-             "duration": dur, "note": note}
+            {
+                "step": s.id,
+                "kind": s.kind,
+                "status": shown,
+                "attempts": st.attempts,
+                "duration": dur,
+                "note": note,
+            }
         )
     return RunView(engine.run_id, engine.spec.name, engine.status, engine.error, rows)
 
 
-def view_of_rows(run: Mapping[str, Any], steps: list[Mapping[str, Any]]) -> RunView:
+def view_of_rows(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]) -> RunView:
     rows = []
     for r in steps:
         dur = None
@@ -70,10 +76,18 @@ def view_of_rows(run: Mapping[str, Any], steps: list[Mapping[str, Any]]) -> RunV
         if r.get("replayed_from"):
             note = note or f"reused from {r['replayed_from']}"
         if r.get("comp_status"):
-            note = f"undo {r['comp_status']}" + (f": {r['comp_error']}" if r.get("comp_error") else "")
+            note = f"undo {r['comp_status']}" + (
+                f": {r['comp_error']}" if r.get("comp_error") else ""
+            )
         rows.append(
-            {"step": r["step_id"], "kind": r["kind"], "status": r["status"],
-             "attempts": int(r.get("attempts") or 0), "duration": dur, "note": note}
+            {
+                "step": r["step_id"],
+                "kind": r["kind"],
+                "status": r["status"],
+                "attempts": int(r.get("attempts") or 0),
+                "duration": dur,
+                "note": note,
+            }
         )
     return RunView(run["run_id"], run["workflow"], run["status"], run.get("error"), rows)
 

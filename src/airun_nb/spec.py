@@ -28,13 +28,33 @@ except AttributeError:  # pragma: no cover
 
 KINDS = ("call", "python", "sql", "capability", "approval", "parallel")
 STEP_KEYS = {
-    "id", "needs", "when", "with", "retry", "timeout", "output", "compensate",
-    "compensate_on_failure", "on_failure", "check", "risk", "description", "executor",
-    "notify", *KINDS,
+    "id",
+    "needs",
+    "when",
+    "with",
+    "retry",
+    "timeout",
+    "output",
+    "compensate",
+    "compensate_on_failure",
+    "on_failure",
+    "check",
+    "risk",
+    "description",
+    "executor",
+    "notify",
+    *KINDS,
 }
 WORKFLOW_KEYS = {
-    "name", "description", "params", "steps", "max_parallel", "on_failure", "metadata",
-    "executor", "version",
+    "name",
+    "description",
+    "params",
+    "steps",
+    "max_parallel",
+    "on_failure",
+    "metadata",
+    "executor",
+    "version",
 }
 # The seed (AI-First Runtime) dialect: alias -> native key.
 SEED_STEP_ALIASES = {
@@ -344,9 +364,7 @@ class _Parser:
             d["approval"] = d.pop("with", None) or {}
         kinds = [k for k in KINDS if k in d]
         if not kinds:
-            raise self.error(
-                f"step '{sid}' has no kind: give one of {', '.join(KINDS)}", path
-            )
+            raise self.error(f"step '{sid}' has no kind: give one of {', '.join(KINDS)}", path)
         if len(kinds) > 1:
             raise self.error(
                 f"step '{sid}' has more than one kind ({', '.join(kinds)}); give exactly one",
@@ -362,7 +380,9 @@ class _Parser:
         needs = list(dict.fromkeys([*parent_needs, *needs]))
         with_ = d.get("with") or {}
         if not isinstance(with_, dict):
-            raise self.error("'with' must be a mapping of argument names to values", [*path, "with"])
+            raise self.error(
+                "'with' must be a mapping of argument names to values", [*path, "with"]
+            )
         if kind == "call" and not (isinstance(body, str) and body.strip()):
             raise self.error("'call' names a notebook function or 'module:function'", [*path, kind])
         if kind in ("python", "sql") and not (isinstance(body, str) and body.strip()):
@@ -370,7 +390,9 @@ class _Parser:
         if kind == "capability" and not (isinstance(body, str) and body.strip()):
             raise self.error("'capability' names a capability such as fs.write", [*path, kind])
         if kind == "approval" and body is not None and not isinstance(body, dict):
-            raise self.error("'approval' must be a mapping (message, approvers, ...)", [*path, kind])
+            raise self.error(
+                "'approval' must be a mapping (message, approvers, ...)", [*path, kind]
+            )
         retry = self.retry(d.get("retry"), max_retries, [*path, "retry"])
         timeout = (
             parse_duration(d["timeout"], path=_fmt_path([*path, "timeout"]))
@@ -411,9 +433,7 @@ class _Parser:
             body = [c.id for c in children]
             needs = [*needs, *[c.id for c in children]]
 
-        definition = {
-            k: v for k, v in d.items() if k not in ("description", "output", "notify")
-        }
+        definition = {k: v for k, v in d.items() if k not in ("description", "output", "notify")}
         definition["kind"] = kind
         if kind == "parallel":
             definition["parallel"] = [c.definition for c in children]
@@ -444,11 +464,12 @@ class _Parser:
 
     def compensation(self, value: Any, path: list[Any]) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.error("'compensate' must be a step body such as {call: f, with: {...}}", path)
+            raise self.error(
+                "'compensate' must be a step body such as {call: f, with: {...}}", path
+            )
         out: dict[str, Any] = {}
         for key, v in value.items():
-            key = SEED_STEP_ALIASES.get(key, key)
-            out[key] = v
+            out[SEED_STEP_ALIASES.get(str(key), str(key))] = v
         kinds = [k for k in ("call", "python", "sql", "capability") if k in out]
         if len(kinds) != 1:
             raise self.error(
@@ -523,7 +544,7 @@ class _Parser:
             # Template references add implicit dependencies; check names are known.
             for field_path, source in _template_fields(s):
                 try:
-                    names, step_refs = templates.references(source)
+                    _, step_refs = templates.references(source)
                 except TemplateError as exc:
                     raise self.error(
                         f"step '{s.id}', field '{field_path}': {exc}",
@@ -536,8 +557,10 @@ class _Parser:
                             f"'{ref}'{_suggest(ref, ids)}",
                             [*paths.get(s.id, []), field_path.split(".")[0].split("[")[0]],
                         )
-                    if ref != s.id and ref not in s.needs and field_path.split(".")[0] not in (
-                        "compensate",
+                    if (
+                        ref != s.id
+                        and ref not in s.needs
+                        and field_path.split(".")[0] not in ("compensate",)
                     ):
                         s.needs.append(ref)
         cycle = _find_cycle(spec)
@@ -595,7 +618,7 @@ def _find_cycle(spec: WorkflowSpec) -> list[str] | None:
         stack.append(n)
         for m in spec.by_id[n].needs:
             if state.get(m) == 1:
-                return stack[stack.index(m):]
+                return stack[stack.index(m) :]
             if state.get(m) is None:
                 found = visit(m)
                 if found:

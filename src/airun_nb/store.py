@@ -43,40 +43,76 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     ),
     "runs": (
         [
-            ("run_id", "VARCHAR"), ("workflow", "VARCHAR"), ("status", "VARCHAR"),
-            ("spec_hash", "VARCHAR"), ("params", "VARCHAR"), ("created_at", _TS),
-            ("started_at", _TS), ("finished_at", _TS), ("updated_at", _TS),
-            ("launched_by", "VARCHAR"), ("owner_pid", "BIGINT"), ("owner_host", "VARCHAR"),
-            ("owner_token", "VARCHAR"), ("seeded_from", "VARCHAR"), ("failed_step", "VARCHAR"),
-            ("error", "VARCHAR"), ("source", "VARCHAR"), ("on_failure", "VARCHAR"),
+            ("run_id", "VARCHAR"),
+            ("workflow", "VARCHAR"),
+            ("status", "VARCHAR"),
+            ("spec_hash", "VARCHAR"),
+            ("params", "VARCHAR"),
+            ("created_at", _TS),
+            ("started_at", _TS),
+            ("finished_at", _TS),
+            ("updated_at", _TS),
+            ("launched_by", "VARCHAR"),
+            ("owner_pid", "BIGINT"),
+            ("owner_host", "VARCHAR"),
+            ("owner_token", "VARCHAR"),
+            ("seeded_from", "VARCHAR"),
+            ("failed_step", "VARCHAR"),
+            ("error", "VARCHAR"),
+            ("source", "VARCHAR"),
+            ("on_failure", "VARCHAR"),
         ],
         ("run_id",),
     ),
     "steps": (
         [
-            ("run_id", "VARCHAR"), ("step_id", "VARCHAR"), ("position", "BIGINT"),
-            ("kind", "VARCHAR"), ("status", "VARCHAR"), ("attempts", "BIGINT"),
-            ("def_hash", "VARCHAR"), ("code_hash", "VARCHAR"), ("eff_hash", "VARCHAR"),
-            ("started_at", _TS), ("finished_at", _TS), ("finish_seq", "BIGINT"),
-            ("output_kind", "VARCHAR"), ("output_json", "VARCHAR"),
-            ("output_table", "VARCHAR"), ("output_blob", "BLOB"),
-            ("replayed_from", "VARCHAR"), ("reason", "VARCHAR"), ("error", "VARCHAR"),
-            ("compensation", "VARCHAR"), ("comp_status", "VARCHAR"),
-            ("comp_attempts", "BIGINT"), ("comp_error", "VARCHAR"), ("comp_finished_at", _TS),
+            ("run_id", "VARCHAR"),
+            ("step_id", "VARCHAR"),
+            ("position", "BIGINT"),
+            ("kind", "VARCHAR"),
+            ("status", "VARCHAR"),
+            ("attempts", "BIGINT"),
+            ("def_hash", "VARCHAR"),
+            ("code_hash", "VARCHAR"),
+            ("eff_hash", "VARCHAR"),
+            ("started_at", _TS),
+            ("finished_at", _TS),
+            ("finish_seq", "BIGINT"),
+            ("output_kind", "VARCHAR"),
+            ("output_json", "VARCHAR"),
+            ("output_table", "VARCHAR"),
+            ("output_blob", "BLOB"),
+            ("replayed_from", "VARCHAR"),
+            ("reason", "VARCHAR"),
+            ("error", "VARCHAR"),
+            ("compensation", "VARCHAR"),
+            ("comp_status", "VARCHAR"),
+            ("comp_attempts", "BIGINT"),
+            ("comp_error", "VARCHAR"),
+            ("comp_finished_at", _TS),
         ],
         ("run_id", "step_id"),
     ),
     "attempts": (
         [
-            ("run_id", "VARCHAR"), ("step_id", "VARCHAR"), ("phase", "VARCHAR"),
-            ("attempt", "BIGINT"), ("status", "VARCHAR"), ("started_at", _TS),
-            ("finished_at", _TS), ("error", "VARCHAR"), ("pid", "BIGINT"),
+            ("run_id", "VARCHAR"),
+            ("step_id", "VARCHAR"),
+            ("phase", "VARCHAR"),
+            ("attempt", "BIGINT"),
+            ("status", "VARCHAR"),
+            ("started_at", _TS),
+            ("finished_at", _TS),
+            ("error", "VARCHAR"),
+            ("pid", "BIGINT"),
         ],
         ("run_id", "step_id", "phase", "attempt"),
     ),
     "events": (
         [
-            ("ts", _TS), ("run_id", "VARCHAR"), ("step_id", "VARCHAR"), ("kind", "VARCHAR"),
+            ("ts", _TS),
+            ("run_id", "VARCHAR"),
+            ("step_id", "VARCHAR"),
+            ("kind", "VARCHAR"),
             ("detail", "VARCHAR"),
         ],
         (),
@@ -237,7 +273,7 @@ class Store:
         with self.session() as con:
             cur = con.execute(sql, list(params))
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def query_df(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         with self.session() as con:
@@ -257,7 +293,10 @@ class Store:
 
     def get_table(self, name: str) -> pa.Table:
         with self.session() as con:
-            return con.execute(f"SELECT * FROM outputs.{quote_ident(name)}").fetch_arrow_table()
+            cur = con.execute(f"SELECT * FROM outputs.{quote_ident(name)}")
+            fetch = getattr(cur, "to_arrow_table", None) or getattr(cur, "fetch_arrow_table")  # noqa: B009
+            table: pa.Table = fetch()
+            return table
 
     # -- internals -------------------------------------------------------------------------
     def _ensure_lease(self, purpose: str) -> None:

@@ -68,13 +68,17 @@ def references(source: str) -> tuple[set[str], set[str]]:
     names = {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"}
     assigned = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
     step_refs: set[str] = set()
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if isinstance(target, nodes.Name) and target.name == "steps":
-            if isinstance(node, nodes.Getattr):
-                step_refs.add(node.attr)
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                step_refs.add(node.arg.value)
+    for node in ast.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name == "steps":
+            step_refs.add(node.attr)
+    for item in ast.find_all(nodes.Getitem):
+        if (
+            isinstance(item.node, nodes.Name)
+            and item.node.name == "steps"
+            and isinstance(item.arg, nodes.Const)
+            and isinstance(item.arg.value, str)
+        ):
+            step_refs.add(item.arg.value)
     return names - assigned, step_refs
 
 
@@ -113,9 +117,7 @@ def render(value: Any, context: Mapping[str, Any], *, step: str, field: str) -> 
                 f"step '{step}', field '{field}': {type(exc).__name__}: {exc} in {value.strip()!r}"
             ) from None
     if isinstance(value, Mapping):
-        return {
-            k: render(v, context, step=step, field=f"{field}.{k}") for k, v in value.items()
-        }
+        return {k: render(v, context, step=step, field=f"{field}.{k}") for k, v in value.items()}
     if isinstance(value, list):
         return [render(v, context, step=step, field=f"{field}[{i}]") for i, v in enumerate(value)]
     return value

@@ -73,7 +73,9 @@ class Workflow:
         run; ``new=True`` always starts afresh. Failures raise
         :class:`~airun_nb.errors.WorkflowFailed` unless ``raise_on_failure=False``.
         """
-        engine = self.engine(db=db, params=params, namespace=namespace, listener=listener, user=user)
+        engine = self.engine(
+            db=db, params=params, namespace=namespace, listener=listener, user=user
+        )
         engine.prepare(resume=resume, new=new)
         try:
             engine.execute()

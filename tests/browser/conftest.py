@@ -15,10 +15,12 @@ Missing Chromium skips the test locally, but FAILS it when ``CI`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -29,14 +31,15 @@ SRC_DIR = REPO_ROOT / "src"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "browser: drives a real JupyterLab in headless Chromium"
-    )
+    config.addinivalue_line("markers", "browser: drives a real JupyterLab in headless Chromium")
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    outcome = yield
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    # remember each phase's report so the ``lab`` fixture knows if the test failed
+    outcome: Any = yield
     rep = outcome.get_result()
     setattr(item, f"_browser_rep_{rep.when}", rep)
 
@@ -49,9 +52,7 @@ def require_browser() -> None:
     """Skip (locally) or fail (in CI) when the browser stack is unavailable."""
     problems = []
     if not os.path.exists(CHROMIUM_PATH):
-        problems.append(
-            f"Chromium not found at {CHROMIUM_PATH} (run scripts/install_browser.sh)"
-        )
+        problems.append(f"Chromium not found at {CHROMIUM_PATH} (run scripts/install_browser.sh)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as exc:
@@ -73,6 +74,17 @@ class LabFactory:
         self._servers: list[JupyterLabServer] = []
         self._browsers: list[ChromiumBrowser] = []
         self.pages: list[LabPage] = []
+        self._pw_cm: Any = None
+        self._pw: Any = None
+
+    def _playwright(self) -> Any:
+        # one sync_playwright() per thread: shared by every browser of the test
+        if self._pw is None:
+            from playwright.sync_api import sync_playwright
+
+            self._pw_cm = sync_playwright()
+            self._pw = self._pw_cm.__enter__()
+        return self._pw
 
     @property
     def server(self) -> JupyterLabServer:
@@ -110,13 +122,9 @@ class LabFactory:
         )
         server.start()
         self._servers.append(server)
-        browser = ChromiumBrowser()
-        try:
-            browser.start()
-        except BaseException:
-            raise
-        finally:
-            self._browsers.append(browser)
+        browser = ChromiumBrowser(playwright=self._playwright())
+        self._browsers.append(browser)
+        browser.start()
         page = LabPage(browser.page, server)
         self.pages.append(page)
         return page
@@ -130,16 +138,17 @@ class LabFactory:
     def close(self, failed: bool) -> None:
         for i, page in enumerate(self.pages):
             if failed:
-                try:
+                with contextlib.suppress(Exception):
                     page.screenshot(self.artifacts / f"failure-{i}.png")
-                except Exception:
-                    pass
-        for browser in reversed(self._browsers):
+        for i, browser in enumerate(self._browsers):
             if failed and browser.console:
-                (self.artifacts / "browser-console.log").write_text(
-                    "\n".join(browser.console)
-                )
+                log = self.artifacts / f"browser-console-{i}.log"
+                log.write_text("\n".join(browser.console))
             browser.stop()
+        if self._pw_cm is not None:
+            with contextlib.suppress(Exception):
+                self._pw_cm.__exit__(None, None, None)
+            self._pw_cm = self._pw = None
         for server in reversed(self._servers):
             server.snapshot_children()
             server.stop()

@@ -19,6 +19,7 @@ Three building blocks, usable with or without pytest:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -33,8 +34,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 CHROMIUM_PATH = os.environ.get("AIRUN_CHROMIUM", "/usr/bin/chromium")
 
@@ -116,17 +118,13 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _kill_quietly(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _killpg_quietly(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -148,8 +146,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 # --------------------------------------------------------------------------- #
 
 #: User settings written into the isolated settings dir: no news / update
-#: toasts, no extension manager, and every notebook cell attached to the DOM
-#: (windowingMode "none") so output_text() sees all outputs.
+#: toasts, no extension manager, every notebook cell attached to the DOM
+#: (windowingMode "none") so output_text() sees all outputs, and no kernel
+#: selection / restart confirmation dialogs.
 LAB_USER_SETTINGS: dict[str, dict[str, Any]] = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
         "fetchNews": "false",
@@ -160,6 +159,11 @@ LAB_USER_SETTINGS: dict[str, dict[str, Any]] = {
     },
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {
         "windowingMode": "none",
+        # notebooks without kernelspec metadata: no "Select Kernel" dialog
+        "autoStartDefaultKernel": True,
+    },
+    "@jupyterlab/apputils-extension/sessionDialogs.jupyterlab-settings": {
+        "skipKernelRestartDialog": True,
     },
 }
 
@@ -263,11 +267,11 @@ class JupyterLabServer:
         env.update(self.env_overrides)
         return env
 
-    def start(self) -> "JupyterLabServer":
+    def start(self) -> JupyterLabServer:
         if self.proc is not None:
             raise RuntimeError("server already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_fh = open(self.log_path, "ab", buffering=0)
+        self._log_fh = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - closed in stop()
         cmd = self.command()
         self._log_fh.write(("$ " + " ".join(cmd) + "\n").encode())
         self.proc = subprocess.Popen(
@@ -331,26 +335,18 @@ class JupyterLabServer:
             if proc.poll() is None:
                 self._known_children.update(_descendants(proc.pid))
                 # 1) graceful: the server shuts its kernels down itself
-                try:
+                with contextlib.suppress(Exception):
                     self.api("POST", "/api/shutdown", timeout=5)
-                except Exception:
-                    pass
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    pass
             # 2) SIGTERM then SIGKILL the server's process group
             if proc.poll() is None:
                 _killpg_quietly(proc.pid, signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
             _killpg_quietly(proc.pid, signal.SIGKILL)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
             # 3) kernels run in their own sessions (jupyter_client uses
             #    start_new_session=True): kill any that survived, by pid.
             for pid in self._known_children:
@@ -368,7 +364,7 @@ class JupyterLabServer:
     def cleanup_state(self) -> None:
         shutil.rmtree(self._state_dir, ignore_errors=True)
 
-    def __enter__(self) -> "JupyterLabServer":
+    def __enter__(self) -> JupyterLabServer:
         return self.start()
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -386,12 +382,17 @@ class ChromiumBrowser:
     """System Chromium (headless) in a fresh, empty user-data-dir.
 
     ``with ChromiumBrowser() as b: page = b.page``
+
+    Playwright's sync API allows only one ``sync_playwright()`` per thread at a
+    time: to run several browsers at once, start one yourself and pass it as
+    ``playwright=`` (it is then not stopped by this object).
     """
 
     def __init__(
         self,
         executable_path: str = CHROMIUM_PATH,
         *,
+        playwright: Any = None,
         viewport: tuple[int, int] = (1400, 1000),
         extra_args: list[str] | None = None,
         default_timeout_ms: float = 30_000,
@@ -402,18 +403,19 @@ class ChromiumBrowser:
         self.default_timeout_ms = default_timeout_ms
         self.user_data_dir = Path(tempfile.mkdtemp(prefix="airun-chromium-profile-"))
         self._pw_cm: Any = None
-        self.playwright: Any = None
+        self.playwright: Any = playwright
         self.context: Any = None
         self.page: Any = None
         self.console: list[str] = []
 
-    def start(self) -> "ChromiumBrowser":
+    def start(self) -> ChromiumBrowser:
         from playwright.sync_api import sync_playwright
 
         if not os.path.exists(self.executable_path):
             raise HarnessError(f"Chromium not found at {self.executable_path}")
-        self._pw_cm = sync_playwright()
-        self.playwright = self._pw_cm.__enter__()
+        if self.playwright is None:
+            self._pw_cm = sync_playwright()
+            self.playwright = self._pw_cm.__enter__()
         try:
             self.context = self.playwright.chromium.launch_persistent_context(
                 str(self.user_data_dir),
@@ -440,22 +442,19 @@ class ChromiumBrowser:
     def stop(self) -> None:
         try:
             if self.context is not None:
-                try:
+                with contextlib.suppress(Exception):
                     self.context.close()
-                except Exception:
-                    pass
         finally:
             self.context = None
             self.page = None
             if self._pw_cm is not None:
-                try:
+                with contextlib.suppress(Exception):
                     self._pw_cm.__exit__(None, None, None)
-                except Exception:
-                    pass
                 self._pw_cm = None
+                self.playwright = None
             shutil.rmtree(self.user_data_dir, ignore_errors=True)
 
-    def __enter__(self) -> "ChromiumBrowser":
+    def __enter__(self) -> ChromiumBrowser:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -470,9 +469,11 @@ class ChromiumBrowser:
 _JS_NB_STATE = """
 () => {
   const app = window.jupyterapp;
-  if (!app || !app.shell) return {ready: false, why: 'no jupyterapp'};
+  const dialogs = Array.from(document.querySelectorAll('.jp-Dialog .jp-Dialog-header'))
+      .map(e => (e.textContent || '').trim());
+  if (!app || !app.shell) return {ready: false, why: 'no jupyterapp', dialogs};
   const w = app.shell.currentWidget;
-  if (!w || !w.sessionContext || !w.content) return {ready: false, why: 'no notebook widget'};
+  if (!w || !w.sessionContext || !w.content) return {ready: false, why: 'no notebook widget', dialogs};
   const sc = w.sessionContext;
   const kernel = sc.session && sc.session.kernel;
   const prompts = Array.from(w.node.querySelectorAll('.jp-InputArea-prompt'))
@@ -486,6 +487,7 @@ _JS_NB_STATE = """
     display: sc.kernelDisplayStatus,
     pending: prompts.filter(p => p.includes('*')).length,
     cells: w.content.widgets.length,
+    dialogs,
   };
 }
 """

@@ -92,9 +92,7 @@ class WorkflowMagics(Magics):
             db = words[i + 1]
             del words[i : i + 2]
         if not words:
-            raise UsageError(
-                "%workflow: give a command: runs | show RUN | resume [RUN] | history"
-            )
+            raise UsageError("%workflow: give a command: runs | show RUN | resume [RUN] | history")
         cmd, rest = words[0], words[1:]
         if cmd == "runs":
             return history.runs(db)

@@ -1,0 +1,208 @@
+"""``airun``: the command line front end to the same store and engine."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+
+from . import history
+from .config import resolve_db
+from .errors import AirunError
+from .store import Store
+from .workflow import Workflow
+
+_TABLES = ("runs", "steps", "attempts", "events")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AirunError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+
+
+db_option = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="AIRUN_DB",
+    help="Store file (default: $AIRUN_DB or ./airun.duckdb).",
+)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="airun_nb")
+def main() -> None:
+    """Inspect and drive airun_nb workflow runs."""
+
+
+def _print_frame(df: pd.DataFrame, columns: list[str]) -> None:
+    if df.empty:
+        click.echo("(no runs)")
+        return
+    view = df[columns].copy()
+    for col in view.columns:
+        if pd.api.types.is_datetime64_any_dtype(view[col]):
+            view[col] = view[col].dt.strftime("%Y-%m-%d %H:%M:%S")
+        elif pd.api.types.is_timedelta64_dtype(view[col]):
+            view[col] = (
+                view[col].dt.total_seconds().map(lambda s: "" if pd.isna(s) else f"{s:.2f}s")
+            )
+    click.echo(view.fillna("").to_string(index=False))
+
+
+@main.command()
+@db_option
+@click.option("--workflow", "-w", help="Only runs of this workflow.")
+@click.option("--limit", "-n", default=20, show_default=True, help="Newest N runs.")
+def runs(db: Path | None, workflow: str | None, limit: int) -> None:
+    """List runs, newest last."""
+    df = history.runs(db)
+    if workflow:
+        df = df[df["workflow"] == workflow]
+    _print_frame(
+        df.tail(limit),
+        [
+            "run_id",
+            "workflow",
+            "status",
+            "launched_by",
+            "created_at",
+            "duration",
+            "steps",
+            "failed_step",
+        ],
+    )
+
+
+@main.command()
+@click.argument("run_id")
+@db_option
+def show(run_id: str, db: Path | None) -> None:
+    """Show the step table of one run."""
+    click.echo(repr(history.stored_run(run_id, db)))
+
+
+@main.command()
+@click.argument("run_id")
+@db_option
+def resume(run_id: str, db: Path | None) -> None:
+    """Resume an unfinished run outside its notebook.
+
+    Works for steps whose code is importable (python, sql, and call: 'module:function'); a step
+    that calls a notebook function must be resumed in its notebook.
+    """
+    wf = Workflow.from_run(run_id, db=db)
+    result = wf.run(db=db, resume=run_id, raise_on_failure=False)
+    click.echo(repr(result))
+    if result.status != "completed":
+        sys.exit(1)
+
+
+@main.command("history")
+@db_option
+@click.option("--table", "-t", type=click.Choice(_TABLES), default="runs", show_default=True)
+@click.option("--run", "run_id", help="Only this run (steps, attempts, events).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet", "json"]),
+    default="csv",
+    show_default=True,
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of standard output (required for parquet).",
+)
+def history_cmd(
+    db: Path | None, table: str, run_id: str | None, fmt: str, output: Path | None
+) -> None:
+    """Export run history as CSV, Parquet or JSON lines."""
+    if table == "runs":
+        df = history.runs(db)
+        if run_id:
+            df = df[df["run_id"] == run_id]
+    else:
+        df = getattr(history, table)(run_id, db)
+    if "duration" in df:
+        df["duration_s"] = df["duration"].dt.total_seconds()
+        df = df.drop(columns=["duration"])
+    if fmt == "parquet":
+        if output is None:
+            raise click.UsageError("--format parquet needs --output FILE")
+        df.to_parquet(output, index=False)
+        click.echo(f"wrote {len(df)} rows to {output}")
+        return
+    text = (
+        df.to_csv(index=False)
+        if fmt == "csv"
+        else df.to_json(orient="records", lines=True, date_format="iso")
+    )
+    if output is not None:
+        output.write_text(text)
+        click.echo(f"wrote {len(df)} rows to {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("run")
+@click.argument("notebook", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the executed notebook (default: NAME.out.ipynb).",
+)
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds per cell.")
+@db_option
+def run_cmd(notebook: Path, output: Path | None, timeout: float, db: Path | None) -> None:
+    """Execute a notebook headless and print the runs it made."""
+    from .notebook import run_notebook  # nbclient is slow to import: only when needed
+
+    env = {"AIRUN_DB": str(db.resolve())} if db else None
+    started = datetime.now(timezone.utc).replace(tzinfo=None)
+    failure: AirunError | None = None
+    try:
+        result = run_notebook(notebook, output=output, timeout=timeout, env=env)
+        click.echo(f"executed {notebook} in {result.seconds:.1f} s -> {result.output}")
+    except AirunError as exc:
+        failure = exc
+    store_path = db or _notebook_store(notebook)
+    if store_path is not None and store_path.exists():
+        store = Store.open(store_path)
+        ids = [
+            r[0]
+            for r in store.query(
+                "SELECT run_id FROM runs WHERE created_at >= ? ORDER BY created_at", [started]
+            )
+        ]
+        for run_id in ids:
+            click.echo("")
+            click.echo(repr(history.stored_run(run_id, store_path)))
+    if failure is not None:
+        raise failure
+
+
+def _notebook_store(notebook: Path) -> Path | None:
+    """The store a notebook used: its own AIRUN_DB setting, else airun.duckdb beside it."""
+    import json
+    import re
+
+    try:
+        text = json.dumps(json.loads(notebook.read_text()).get("cells", []))
+    except ValueError:
+        return None
+    m = re.search(r"AIRUN_DB[\\\"']*\]?\s*=\s*[\\\"']+([^\\\"']+)", text)
+    if m:
+        p = Path(m.group(1))
+        return p if p.is_absolute() else notebook.parent / p
+    default = resolve_db(None)
+    return notebook.parent / default.name
