@@ -22,7 +22,7 @@ from .errors import (
 )
 from .history import attempts, events, runs, steps
 from .result import RunResult
-from .workflow import Workflow
+from .workflow import Workflow, rollback
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ __all__ = [
     "events",
     "last_run",
     "load_ipython_extension",
+    "rollback",
     "runs",
     "steps",
     "unload_ipython_extension",

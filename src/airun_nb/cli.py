@@ -14,7 +14,7 @@ from . import history
 from .config import resolve_db
 from .errors import AirunError
 from .store import Store
-from .workflow import Workflow
+from .workflow import Workflow, rollback
 
 _TABLES = ("runs", "steps", "attempts", "events")
 
@@ -103,6 +103,19 @@ def resume(run_id: str, db: Path | None) -> None:
     click.echo(repr(result))
     if result.status != "completed":
         sys.exit(1)
+
+
+@main.command("rollback")
+@click.argument("run_id")
+@db_option
+def rollback_cmd(run_id: str, db: Path | None) -> None:
+    """Undo a run through its compensations (or finish a rollback that stopped).
+
+    Compensations that call notebook functions need the notebook: use `%workflow rollback RUN`
+    there; importable ones (module:function, python, sql) run here.
+    """
+    result = rollback(run_id, db=db)
+    click.echo(repr(result))
 
 
 @main.command("history")

@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import config, kinds, outputs, templates
+from . import config, kinds, outputs, rollback, templates
 from .errors import (
     AirunError,
     RunBusy,
@@ -227,6 +227,7 @@ class Engine:
         self._sql = kinds.SqlEngine()
         self._bind_output = isinstance(namespace, dict)
         self._blob_source: dict[str, str] = {}
+        self.requested_rollback = False
         self.executed: list[str] = []
 
     # ------------------------------------------------------------------ plan
@@ -307,7 +308,8 @@ class Engine:
             if row is None:
                 raise RunNotFound(f"no run '{resume}' in {store.path}")
             self._check_not_busy(row)
-            return row, self._load_rows(resume), "resume"
+            mode = "rollback" if row["status"] == ROLLING_BACK else "resume"
+            return row, self._load_rows(resume), mode
         if not new:
             row = _one(
                 store.query_dicts(
@@ -315,6 +317,15 @@ class Engine:
                     [self.spec.name],
                 )
             )
+            if row is not None and row["status"] == ROLLBACK_FAILED:
+                raise RunBusy(
+                    f"run {row['run_id']} of {self.spec.name} is rollback_failed: finish undoing "
+                    f"it with `%workflow rollback {row['run_id']}` (or `airun rollback "
+                    f"{row['run_id']}`), or start anew with --new"
+                )
+            if row is not None and row["status"] == ROLLING_BACK:
+                self._check_not_busy(row)
+                return row, self._load_rows(row["run_id"]), "rollback"
             if row is not None and row["status"] in RESUMABLE:
                 self._check_not_busy(row)
                 return row, self._load_rows(row["run_id"]), "resume"
@@ -346,7 +357,7 @@ class Engine:
     def _decide(
         self, prior_run: dict[str, Any] | None, rows: dict[str, dict[str, Any]], mode: str
     ) -> Plan:
-        if mode == "resume" and prior_run is not None:
+        if mode in ("resume", "rollback") and prior_run is not None:
             self.run_id = prior_run["run_id"]
             self.created_at = _ts(prior_run.get("created_at")) or time.time()
         else:
@@ -360,32 +371,43 @@ class Engine:
             st = self.states[s.id]
             row = rows.get(s.id)
             reason = self._reason(st, row, prior_params)
-            if reason is None and row is not None:
-                st.status = S_COMPLETED if row["status"] == S_COMPLETED else S_SKIPPED
+            if mode == "rollback" and row is not None:
+                self._apply_row(st, row)
+                entries.append(PlanEntry(s.id, "replay", "rolling back"))
+            elif reason is None and row is not None:
+                self._apply_row(st, row)
                 st.replayed = True
-                st.attempts = int(row.get("attempts") or 0)
-                st.started_at = _ts(row.get("started_at"))
-                st.finished_at = _ts(row.get("finished_at"))
-                st.finish_seq = row.get("finish_seq")
-                st.out = {k: row.get(k) for k in ("output_kind", "output_json", "output_table")}
-                st.out["has_blob"] = bool(row.get("has_blob"))
-                st.compensation = (
-                    json.loads(row["compensation"]) if row.get("compensation") else None
-                )
-                st.replayed_from = (
-                    (row.get("replayed_from") or row["run_id"])
-                    if mode == "seeded"
-                    else row.get("replayed_from")
-                )
-                self._blob_source[s.id] = row["run_id"]
+                if mode == "seeded":
+                    st.replayed_from = row.get("replayed_from") or row["run_id"]
+                    st.comp_status = st.comp_error = None
+                    st.comp_attempts = 0
                 entries.append(PlanEntry(s.id, "replay", "unchanged"))
             else:
                 if mode == "resume" and row is not None:
                     st.attempts = int(row.get("attempts") or 0)
                 entries.append(PlanEntry(s.id, "run", reason or "not run yet"))
         seqs = [int(r["finish_seq"]) for r in rows.values() if r.get("finish_seq") is not None]
-        self._seq = max(seqs) if seqs and mode == "resume" else 0
+        self._seq = max(seqs) if seqs and mode in ("resume", "rollback") else 0
         return Plan(self.run_id, mode, source if mode == "seeded" else None, entries)
+
+    def _apply_row(self, st: StepState, row: Mapping[str, Any]) -> None:
+        """Take a step's state as the store has it."""
+        st.status = row["status"]
+        st.attempts = int(row.get("attempts") or 0)
+        st.started_at = _ts(row.get("started_at"))
+        st.finished_at = _ts(row.get("finished_at"))
+        st.finish_seq = row.get("finish_seq")
+        st.out = {k: row.get(k) for k in ("output_kind", "output_json", "output_table")}
+        st.out["has_blob"] = bool(row.get("has_blob"))
+        st.compensation = json.loads(row["compensation"]) if row.get("compensation") else None
+        st.comp_status = row.get("comp_status")
+        st.comp_attempts = int(row.get("comp_attempts") or 0)
+        st.comp_error = row.get("comp_error")
+        st.comp_finished_at = _ts(row.get("comp_finished_at"))
+        st.replayed_from = row.get("replayed_from")
+        st.error = row.get("error")
+        st.reason = row.get("reason")
+        self._blob_source[st.id] = row["run_id"]
 
     def _reason(
         self, st: StepState, row: Mapping[str, Any] | None, prior_params: Any
@@ -495,17 +517,30 @@ class Engine:
                 raise RunBusy(f"run {self.run_id} is already executing in this kernel")
             _ACTIVE[self.run_id] = self
         try:
-            self._begin()
-            self.listener.planned(self)
-            self._schedule()
-            if self.failed_step is not None:
-                self._set_status(FAILED, step=self.failed_step, error=self.error)
+            if self.plan.mode == "rollback":
+                self.listener.planned(self)
+                rollback.roll_back(self)
             else:
-                self._set_status(COMPLETED)
+                self._begin()
+                self.listener.planned(self)
+                self._schedule()
+                if self.failed_step is None:
+                    self._set_status(COMPLETED)
+                elif self._failure_policy() == "rollback":
+                    rollback.roll_back(self)
+                else:
+                    self._set_status(FAILED, step=self.failed_step, error=self.error)
         except KeyboardInterrupt:
+            was_rolling_back = self.status == ROLLING_BACK
             self._interrupted()
             self.store.flush()
             self.listener.finished(self)
+            if was_rolling_back:
+                raise RunInterrupted(
+                    f"the rollback of run {self.run_id} was interrupted; re-run the cell or "
+                    f"`%workflow rollback {self.run_id}` to finish it",
+                    run_id=self.run_id,
+                ) from None
             raise RunInterrupted(
                 f"run {self.run_id} was interrupted; re-run the cell or "
                 f"`%workflow resume {self.run_id}` to resume it",
@@ -517,12 +552,57 @@ class Engine:
         self._bind_outputs()
         self.store.flush()
         self.listener.finished(self)
-        if self.status == FAILED:
-            raise WorkflowFailed(
-                f"run {self.run_id} failed at step '{self.failed_step}': {self.error}",
-                run_id=self.run_id,
-                status=self.status,
+        self._raise_for_status()
+
+    def _failure_policy(self) -> str:
+        assert self.failed_step is not None
+        return self.states[self.failed_step].spec.on_failure or self.spec.on_failure
+
+    def _raise_for_status(self) -> None:
+        if self.status in (COMPLETED, WAITING) or (
+            self.status == ROLLED_BACK and (self.failed_step is None or self.requested_rollback)
+        ):
+            return
+        failure = (
+            f"run {self.run_id} failed at step '{self.failed_step}': {self.error}"
+            if self.failed_step
+            else f"run {self.run_id}"
+        )
+        if self.status == ROLLED_BACK:
+            undone = [st.id for st in rollback.undo_order(self) if st.comp_status == "done"]
+            tail = f"; rolled back (undid {', '.join(undone)})" if undone else "; rolled back"
+            message = failure + tail
+        elif self.status == ROLLBACK_FAILED:
+            bad = next((st for st in self.states.values() if st.comp_status == "failed"), None)
+            what = f" at '{bad.id}': {bad.comp_error}" if bad else ""
+            message = (
+                f"{failure}; rollback failed{what}. Fix it, then `%workflow rollback "
+                f"{self.run_id}` (or `airun rollback {self.run_id}`) to finish undoing"
             )
+        else:
+            message = failure
+        raise WorkflowFailed(message, run_id=self.run_id, status=self.status)
+
+    def prepare_rollback(self, run_id: str) -> Plan:
+        """Load a stored run to roll it back (on demand, or to finish a rollback)."""
+        with self.store.session("planning a rollback"):
+            row = _one(self.store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id]))
+            if row is None:
+                raise RunNotFound(f"no run '{run_id}' in {self.store.path}")
+            if row["status"] in (RUNNING, ROLLING_BACK, WAITING) and owner_alive(row):
+                raise RunBusy(
+                    f"run {run_id} is still executing in another process (pid "
+                    f"{row['owner_pid']} on {row['owner_host']}); stop it there before rolling "
+                    "it back"
+                )
+            if row["status"] == ROLLED_BACK:
+                raise RunBusy(f"run {run_id} is already rolled back")
+            rows = self._load_rows(run_id)
+        self.failed_step = row.get("failed_step")
+        self.error = row.get("error")
+        self.requested_rollback = row["status"] != ROLLING_BACK
+        self.plan = self._decide(row, rows, "rollback")
+        return self.plan
 
     def _begin(self) -> None:
         recs: list[dict[str, Any]] = []
@@ -713,6 +793,9 @@ class Engine:
                     continue
                 st.status = S_FAILED
                 st.finished_at = end
+                st.finish_seq = self._next_seq()
+                if s.compensate_on_failure:
+                    st.compensation = self._render_compensation(st)
                 self.store.record_many(
                     [
                         self.step_record(st, att),
@@ -762,6 +845,8 @@ class Engine:
             value = self._invoke(st, ctx)
         else:
             value = _with_timeout(lambda: self._invoke(st, ctx), s.timeout)
+        if isinstance(value, Exception):
+            raise value  # a step that returns an error value fails
         if s.check:
             ok = templates.evaluate_condition(s.check, {**ctx, "result": value}, step=st.id)
             if not ok:
@@ -789,11 +874,16 @@ class Engine:
         raise AirunError(f"step '{s.id}': kind '{s.kind}' cannot run here")
 
     def _render_compensation(self, st: StepState) -> dict[str, Any] | None:
+        """Render ``compensate`` now (it may use the step's own output) to store it."""
         comp = st.spec.compensate
         if not comp:
             return None
-        ctx = self.context()
-        rendered: dict[str, Any] = templates.render(comp, ctx, step=st.id, field="compensate")
+        try:
+            rendered: dict[str, Any] = templates.render(
+                comp, self.context(), step=st.id, field="compensate"
+            )
+        except AirunError as exc:
+            return {"error": f"cannot prepare its compensation: {exc.message}"}
         return rendered
 
     def _next_seq(self) -> int:
@@ -847,6 +937,11 @@ class Engine:
             if st.status == S_RUNNING:
                 st.status = S_INTERRUPTED
                 recs.append(self.step_record(st))
+        if self.status == ROLLING_BACK:
+            recs.append(self.event("rollback_interrupted"))
+            with contextlib.suppress(Exception):
+                self.store.record_many(recs)
+            return
         self.status = INTERRUPTED
         self.finished_at = time.time()
         recs.append(self._run_record())

@@ -26,8 +26,26 @@ _STATUS_COLORS = {
     "interrupted": "#9a6700",
     "skipped": "#8c959f",
     "waiting": "#8250df",
-    "compensated": "#9a6700",
+    "undone": "#9a6700",
+    "undoing": "#0969da",
+    "undo failed": "#cf222e",
+    "rolled_back": "#9a6700",
+    "rollback_failed": "#cf222e",
+    "rolling_back": "#0969da",
 }
+
+
+_UNDO_STATUS = {"done": "undone", "running": "undoing", "failed": "undo failed"}
+
+
+def _undo_note(status: str, error: str | None, attempts: int) -> str:
+    if status == "none":
+        return "nothing to undo"
+    if status == "done":
+        return f"compensated (attempt {attempts})" if attempts > 1 else "compensated"
+    if status == "failed":
+        return f"compensation failed after {attempts} attempts: {error}"
+    return f"compensating (attempt {attempts})"
 
 
 @dataclass
@@ -47,12 +65,13 @@ def view_of_engine(engine: Engine) -> RunView:
     for s in engine.spec.steps:
         st = engine.states[s.id]
         shown = "replayed" if st.replayed and st.status == "completed" else st.status
+        shown = _UNDO_STATUS.get(st.comp_status or "", shown)
         dur = None
         if st.started_at is not None and not st.replayed:
             dur = (st.finished_at or now) - st.started_at
         note = st.error or st.reason or ("unchanged" if st.replayed else "")
         if st.comp_status:
-            note = f"undo {st.comp_status}" + (f": {st.comp_error}" if st.comp_error else "")
+            note = _undo_note(st.comp_status, st.comp_error, st.comp_attempts)
         rows.append(
             {
                 "step": s.id,

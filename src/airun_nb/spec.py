@@ -479,6 +479,19 @@ class _Parser:
         for key in out:
             if key not in allowed:
                 raise self.error(f"unknown key '{key}'{_suggest(key, allowed)}", [*path, key])
+        if out.get("with") is not None and not isinstance(out["with"], dict):
+            raise self.error("'with' must be a mapping", [*path, "with"])
+        if "retry" in out:
+            policy = self.retry(out["retry"], None, [*path, "retry"])
+            out["retry"] = {
+                "attempts": policy.attempts,
+                "backoff": policy.backoff,
+                "initial": policy.initial,
+                "max": policy.max,
+                "on": list(policy.on),
+            }
+        if out.get("timeout") is not None:
+            out["timeout"] = parse_duration(out["timeout"], path=_fmt_path([*path, "timeout"]))
         return out
 
     def retry(self, value: Any, max_retries: Any, path: list[Any]) -> RetryPolicy:

@@ -101,3 +101,35 @@ class Workflow:
             listener=listener,
             user=user,
         )
+
+
+def rollback(
+    run_id: str,
+    *,
+    db: str | os.PathLike[str] | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    listener: Listener | None = None,
+) -> RunResult:
+    """Undo a run: run the compensations of its finished steps, newest first.
+
+    Works on a completed run ("undo this whole run"), a failed or interrupted one, and finishes a
+    rollback that failed or was cut short. ``namespace`` resolves compensations that call
+    notebook functions. Raises :class:`~airun_nb.errors.WorkflowFailed` if a compensation keeps
+    failing (the run is then ``rollback_failed``; call again after fixing it).
+    """
+    store = Store.open(db)
+    found = store.query(
+        "SELECT r.workflow, s.text FROM runs r LEFT JOIN specs s USING (spec_hash) "
+        "WHERE r.run_id = ?",
+        [run_id],
+    )
+    if not found:
+        raise RunNotFound(f"no run '{run_id}' in {store.path}")
+    workflow, text = found[0]
+    spec = spec_mod.parse(text, name=workflow) if text else None
+    if spec is None:
+        raise RunNotFound(f"run '{run_id}' has no stored workflow definition")
+    engine = Engine(spec, store, namespace=namespace, listener=listener)
+    engine.prepare_rollback(run_id)
+    engine.execute()
+    return RunResult(engine)

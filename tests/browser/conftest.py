@@ -120,8 +120,8 @@ class LabFactory:
             log_path=self.artifacts / f"jupyterlab-{n}.log",
             startup_timeout=startup_timeout,
         )
+        self._servers.append(server)  # before start(): close() reaps it on failure
         server.start()
-        self._servers.append(server)
         browser = ChromiumBrowser(playwright=self._playwright())
         self._browsers.append(browser)
         browser.start()

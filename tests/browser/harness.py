@@ -65,6 +65,10 @@ DEFAULT_NOTEBOOK_TIMEOUT = 90.0  # s; page load + kernel start
 DEFAULT_IDLE_TIMEOUT = 60.0
 
 
+class _PortTaken(Exception):
+    """The server could not bind its port (lost a race after free_port())."""
+
+
 class HarnessError(AssertionError):
     """Raised when the lab/browser does not reach the expected state.
 
@@ -197,6 +201,7 @@ class JupyterLabServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_fh: Any = None
         self._known_children: set[int] = set()
+        self._log_offset = 0
 
     # -- public properties -------------------------------------------------
     @property
@@ -272,7 +277,26 @@ class JupyterLabServer:
             raise RuntimeError("server already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_fh = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - closed in stop()
+        for attempt in range(3):
+            self._launch()
+            try:
+                self._wait_ready()
+                return self
+            except _PortTaken:
+                # free_port() raced with another process: pick a new port
+                self.stop(close_log=False)
+                if attempt == 2:
+                    self._close_log()
+                    raise self.fail("could not bind a free port in 3 attempts") from None
+                self.port = free_port()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self) -> None:
         cmd = self.command()
+        self._log_offset = self.log_path.stat().st_size
         self._log_fh.write(("$ " + " ".join(cmd) + "\n").encode())
         self.proc = subprocess.Popen(
             cmd,
@@ -284,12 +308,6 @@ class JupyterLabServer:
             start_new_session=True,  # own process group -> killpg at exit
             preexec_fn=_die_with_parent,
         )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _wait_ready(self) -> None:
         assert self.proc is not None
@@ -298,6 +316,10 @@ class JupyterLabServer:
         while time.monotonic() < deadline:
             rc = self.proc.poll()
             if rc is not None:
+                with open(self.log_path, "rb") as fh:
+                    fh.seek(self._log_offset)
+                    if b"already in use" in fh.read():
+                        raise _PortTaken()
                 raise self.fail(f"jupyterlab exited early with code {rc}")
             try:
                 status = self.api("GET", "/api/status", timeout=5)
@@ -326,10 +348,17 @@ class JupyterLabServer:
             raw = resp.read()
         return json.loads(raw) if raw else None
 
-    def stop(self) -> None:
+    def _close_log(self) -> None:
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+
+    def stop(self, close_log: bool = True) -> None:
         """Shut down kernels and server; always kills the whole process group."""
         proc, self.proc = self.proc, None
         if proc is None:
+            if close_log:
+                self._close_log()
             return
         try:
             if proc.poll() is None:
@@ -352,9 +381,8 @@ class JupyterLabServer:
             for pid in self._known_children:
                 _kill_quietly(pid, signal.SIGKILL)
         finally:
-            if self._log_fh is not None:
-                self._log_fh.close()
-                self._log_fh = None
+            if close_log:
+                self._close_log()
 
     def snapshot_children(self) -> None:
         """Remember current descendants (kernels) so stop() can reap them."""

@@ -18,7 +18,7 @@ from IPython.display import display
 from .. import history
 from ..result import RunResult
 from ..store import Store
-from ..workflow import Workflow
+from ..workflow import Workflow, rollback
 from .display import LiveTable
 
 _last: dict[str, RunResult] = {}
@@ -82,7 +82,7 @@ class WorkflowMagics(Magics):
 
     @line_magic("workflow")
     def workflow_line(self, line: str) -> Any:
-        """%workflow runs | show RUN | resume [RUN] | history [runs|steps|attempts|events] [RUN]"""
+        """%workflow runs | show RUN | resume [RUN] | rollback RUN | history [TABLE] [RUN]"""
         words = shlex.split(line)
         db = None
         if "--db" in words:
@@ -92,7 +92,9 @@ class WorkflowMagics(Magics):
             db = words[i + 1]
             del words[i : i + 2]
         if not words:
-            raise UsageError("%workflow: give a command: runs | show RUN | resume [RUN] | history")
+            raise UsageError(
+                "%workflow: give a command: runs | show RUN | resume [RUN] | rollback RUN | history"
+            )
         cmd, rest = words[0], words[1:]
         if cmd == "runs":
             return history.runs(db)
@@ -107,6 +109,11 @@ class WorkflowMagics(Magics):
             run_id = rest[0] if rest else _latest_unfinished(db)
             wf = Workflow.from_run(run_id, db=db)
             self._run(wf, db=db, resume=run_id)
+            return None
+        if cmd == "rollback":
+            if len(rest) != 1:
+                raise UsageError("%workflow rollback: give one run id")
+            rollback(rest[0], db=db, namespace=self.shell.user_ns, listener=LiveTable())
             return None
         if cmd == "history":
             what = rest[0] if rest else "runs"
@@ -123,7 +130,7 @@ class WorkflowMagics(Magics):
                 )
             return funcs[what]()
         raise UsageError(
-            f"%workflow: unknown command {cmd!r} (runs | show RUN | resume [RUN] | history)"
+            f"%workflow: unknown command {cmd!r} (runs | show RUN | resume [RUN] | rollback RUN | history)"
         )
 
 

@@ -1,0 +1,35 @@
+"""Shared fixtures: a store path in tmp_path and a real IPython shell with airun_nb loaded."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh store path; ``AIRUN_DB`` points at it so the default store is this one too."""
+    path = tmp_path / "s.duckdb"
+    monkeypatch.setenv("AIRUN_DB", str(path))
+    monkeypatch.delenv("AIRUN_LOCK_TIMEOUT", raising=False)
+    monkeypatch.delenv("AIRUN_CRASH_AT", raising=False)
+    return path
+
+
+@pytest.fixture
+def ipython(db: Path):
+    """The (process-wide) real IPython shell, with an empty user namespace and the extension."""
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython()
+    shell.reset(new_session=False)
+    shell.run_line_magic("load_ext", "airun_nb")
+    yield shell
+    shell.reset(new_session=False)
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable
