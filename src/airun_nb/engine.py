@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import config, kinds, outputs, rollback, templates
+from . import compensation, config, kinds, outputs, templates
 from .errors import (
     AirunError,
     RunBusy,
@@ -519,7 +519,7 @@ class Engine:
         try:
             if self.plan.mode == "rollback":
                 self.listener.planned(self)
-                rollback.roll_back(self)
+                compensation.roll_back(self)
             else:
                 self._begin()
                 self.listener.planned(self)
@@ -527,7 +527,7 @@ class Engine:
                 if self.failed_step is None:
                     self._set_status(COMPLETED)
                 elif self._failure_policy() == "rollback":
-                    rollback.roll_back(self)
+                    compensation.roll_back(self)
                 else:
                     self._set_status(FAILED, step=self.failed_step, error=self.error)
         except KeyboardInterrupt:
@@ -569,7 +569,7 @@ class Engine:
             else f"run {self.run_id}"
         )
         if self.status == ROLLED_BACK:
-            undone = [st.id for st in rollback.undo_order(self) if st.comp_status == "done"]
+            undone = [st.id for st in compensation.undo_order(self) if st.comp_status == "done"]
             tail = f"; rolled back (undid {', '.join(undone)})" if undone else "; rolled back"
             message = failure + tail
         elif self.status == ROLLBACK_FAILED:
