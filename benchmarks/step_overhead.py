@@ -167,7 +167,9 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- airun scenarios
 
 
-def bench_chain(n: int, repeats: int, *, resume_repeats: int = 0, sync: bool = False) -> dict[str, Any]:
+def bench_chain(
+    n: int, repeats: int, *, resume_repeats: int = 0, sync: bool = False
+) -> dict[str, Any]:
     """n trivial sequential steps, ``repeats`` times, each in a fresh folder and store.
 
     With ``resume_repeats``, every finished run is then resumed that many times (all steps
@@ -183,32 +185,44 @@ def bench_chain(n: int, repeats: int, *, resume_repeats: int = 0, sync: bool = F
         for r in range(repeats):
             with fresh_dir(f"chain{n}") as d:
                 db = d / "airun.duckdb"
-                tp, wf = timed(lambda: airun_nb.Workflow.from_dict(doc))
-                tr, res = timed(lambda: wf.run(db=db, namespace={"f": f}, new=True))
+                settle()
+                t0 = time.perf_counter()
+                wf = airun_nb.Workflow.from_dict(doc)
+                t1 = time.perf_counter()
+                res = wf.run(db=db, namespace={"f": f}, new=True)
+                t2 = time.perf_counter()
+                tp, tr = t1 - t0, t2 - t1
                 assert res.status == "completed", res.status
                 assert len(res.executed) == n, len(res.executed)
                 parses.append(tp)
                 totals.append(tr)
                 stats.append(attempt_stats(res.run_id, db))
-                log(f"  chain {n}{' sync' if sync else ''} #{r + 1}: parse {tp:.3f} s, "
+                log(
+                    f"  chain {n}{' sync' if sync else ''} #{r + 1}: parse {tp:.3f} s, "
                     f"run {tr:.3f} s = {tr / n * 1e3:.3f} ms/step, "
-                    f"median cycle {stats[-1]['cycle_median_ms']:.3f} ms")
+                    f"median cycle {stats[-1]['cycle_median_ms']:.3f} ms"
+                )
+                run_id = res.run_id
+                del res, wf  # the resume starts from a clean heap, as a re-run cell would
                 for _ in range(resume_repeats):
                     settle()
                     t0 = time.perf_counter()
                     wf2 = airun_nb.Workflow.from_dict(doc)
                     t1 = time.perf_counter()
-                    res2 = wf2.run(db=db, namespace={"f": f}, resume=res.run_id)
+                    res2 = wf2.run(db=db, namespace={"f": f}, resume=run_id)
                     t2 = time.perf_counter()
                     assert res2.status == "completed", res2.status
-                    assert res2.run_id == res.run_id
+                    assert res2.run_id == run_id
                     assert len(res2.executed) == 0, f"{len(res2.executed)} steps executed again"
                     assert len(res2.replayed) == n, len(res2.replayed)
                     res_total.append(t2 - t0)
                     res_parse.append(t1 - t0)
                     res_run.append(t2 - t1)
-                    log(f"  resume {n}: {t2 - t0:.3f} s (from_dict {t1 - t0:.3f} s, "
-                        f"run {t2 - t1:.3f} s)")
+                    del res2, wf2
+                    log(
+                        f"  resume {n}: {t2 - t0:.3f} s (from_dict {t1 - t0:.3f} s, "
+                        f"run {t2 - t1:.3f} s)"
+                    )
     finally:
         if sync:
             if old_sync is None:
@@ -258,14 +272,19 @@ def bench_frames(n: int, repeats: int) -> dict[str, Any]:
         with fresh_dir(f"frames{n}") as d:
             db = d / "airun.duckdb"
             wf = airun_nb.Workflow.from_dict(doc)
-            tr, res = timed(lambda: wf.run(db=db, namespace={"make_df": make_df}, new=True))
+            settle()
+            t0 = time.perf_counter()
+            res = wf.run(db=db, namespace={"make_df": make_df}, new=True)
+            tr = time.perf_counter() - t0
             assert res.status == "completed", res.status
             assert len(res.executed) == n
             totals.append(tr)
             stats.append(attempt_stats(res.run_id, db))
             size = db.stat().st_size
-            log(f"  frames {n} #{r + 1}: run {tr:.3f} s = {tr / n * 1e3:.2f} ms/step, "
-                f"median cycle {stats[-1]['cycle_median_ms']:.2f} ms, store {size / 2**20:.0f} MiB")
+            log(
+                f"  frames {n} #{r + 1}: run {tr:.3f} s = {tr / n * 1e3:.2f} ms/step, "
+                f"median cycle {stats[-1]['cycle_median_ms']:.2f} ms, store {size / 2**20:.0f} MiB"
+            )
     return {
         "steps": n,
         "repeats": repeats,
@@ -282,14 +301,30 @@ def bench_frames(n: int, repeats: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- raw DuckDB baselines
 
 _STEP_COLS_FALLBACK = [
-    ("run_id", "VARCHAR"), ("step_id", "VARCHAR"), ("position", "BIGINT"), ("kind", "VARCHAR"),
-    ("status", "VARCHAR"), ("attempts", "BIGINT"), ("def_hash", "VARCHAR"),
-    ("code_hash", "VARCHAR"), ("eff_hash", "VARCHAR"), ("started_at", "TIMESTAMP"),
-    ("finished_at", "TIMESTAMP"), ("finish_seq", "BIGINT"), ("output_kind", "VARCHAR"),
-    ("output_json", "VARCHAR"), ("output_table", "VARCHAR"), ("output_blob", "BLOB"),
-    ("replayed_from", "VARCHAR"), ("reason", "VARCHAR"), ("error", "VARCHAR"),
-    ("compensation", "VARCHAR"), ("comp_status", "VARCHAR"), ("comp_attempts", "BIGINT"),
-    ("comp_error", "VARCHAR"), ("comp_finished_at", "TIMESTAMP"),
+    ("run_id", "VARCHAR"),
+    ("step_id", "VARCHAR"),
+    ("position", "BIGINT"),
+    ("kind", "VARCHAR"),
+    ("status", "VARCHAR"),
+    ("attempts", "BIGINT"),
+    ("def_hash", "VARCHAR"),
+    ("code_hash", "VARCHAR"),
+    ("eff_hash", "VARCHAR"),
+    ("started_at", "TIMESTAMP"),
+    ("finished_at", "TIMESTAMP"),
+    ("finish_seq", "BIGINT"),
+    ("output_kind", "VARCHAR"),
+    ("output_json", "VARCHAR"),
+    ("output_table", "VARCHAR"),
+    ("output_blob", "BLOB"),
+    ("replayed_from", "VARCHAR"),
+    ("reason", "VARCHAR"),
+    ("error", "VARCHAR"),
+    ("compensation", "VARCHAR"),
+    ("comp_status", "VARCHAR"),
+    ("comp_attempts", "BIGINT"),
+    ("comp_error", "VARCHAR"),
+    ("comp_finished_at", "TIMESTAMP"),
 ]
 
 
@@ -308,11 +343,21 @@ def _step_row(i: int, cols: list[tuple[str, str]]) -> dict[str, Any]:
     """One completed trivial step, as airun would store it."""
     now = pd.Timestamp.now()
     known: dict[str, Any] = {
-        "run_id": "r-bench000", "step_id": f"s{i}", "position": i, "kind": "call",
-        "status": "completed", "attempts": 1, "def_hash": "0123456789abcdef",
-        "code_hash": "fedcba9876543210", "eff_hash": "00112233445566778899aabbccddeeff",
-        "started_at": now, "finished_at": now, "finish_seq": i, "output_kind": "json",
-        "output_json": "1", "comp_attempts": 0,
+        "run_id": "r-bench000",
+        "step_id": f"s{i}",
+        "position": i,
+        "kind": "call",
+        "status": "completed",
+        "attempts": 1,
+        "def_hash": "0123456789abcdef",
+        "code_hash": "fedcba9876543210",
+        "eff_hash": "00112233445566778899aabbccddeeff",
+        "started_at": now,
+        "finished_at": now,
+        "finish_seq": i,
+        "output_kind": "json",
+        "output_json": "1",
+        "comp_attempts": 0,
     }
     return {c: known.get(c) for c, _ in cols}
 
@@ -339,7 +384,7 @@ def bench_duckdb_autocommit(n: int) -> dict[str, Any]:
                 con.execute(sql, [row[c] for c, _ in cols])
 
         t, _ = timed(go)
-        count = con.execute("SELECT count(*) FROM steps").fetchone()[0]
+        count = (con.execute("SELECT count(*) FROM steps").fetchone() or (0,))[0]
         con.close()
     assert count == n
     log(f"  duckdb autocommit {n}: {t:.3f} s = {t / n * 1e3:.3f} ms/step")
@@ -352,8 +397,12 @@ def bench_duckdb_batched(n: int, batch: int = 100) -> dict[str, Any]:
     with fresh_dir("duck-b") as d:
         con = duckdb.connect(str(d / "raw.duckdb"))
         cols = _create_steps(con)
-        arrow_types = {"VARCHAR": pa.string(), "BIGINT": pa.int64(),
-                       "TIMESTAMP": pa.timestamp("us"), "BLOB": pa.binary()}
+        arrow_types = {
+            "VARCHAR": pa.string(),
+            "BIGINT": pa.int64(),
+            "TIMESTAMP": pa.timestamp("us"),
+            "BLOB": pa.binary(),
+        }
         schema = pa.schema([(c, arrow_types.get(t, pa.string())) for c, t in cols])
 
         def go() -> None:
@@ -367,7 +416,7 @@ def bench_duckdb_batched(n: int, batch: int = 100) -> dict[str, Any]:
                 con.execute("COMMIT")
 
         t, _ = timed(go)
-        count = con.execute("SELECT count(*) FROM steps").fetchone()[0]
+        count = (con.execute("SELECT count(*) FROM steps").fetchone() or (0,))[0]
         con.close()
     assert count == n
     log(f"  duckdb batched({batch}) {n}: {t:.3f} s = {t / n * 1e3:.4f} ms/step")
@@ -395,8 +444,15 @@ def bench_duckdb_frames(n: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- LangGraph baseline
 
 
-def bench_langgraph(n: int, durability: str | None = None) -> dict[str, Any] | None:
-    """(c) LangGraph: a StateGraph of n sequential trivial nodes, SqliteSaver checkpointer."""
+def bench_langgraph(
+    n: int, durability: str | None = None, loop: bool = False
+) -> dict[str, Any] | None:
+    """(c) LangGraph: a StateGraph of n sequential trivial nodes, SqliteSaver checkpointer.
+
+    ``loop=True``: one trivial node that loops back to itself n times instead (LangGraph's
+    checkpoints carry a version of every channel, so a graph of n nodes writes checkpoints that
+    grow with n; the loop shows the per-step cost without that effect).
+    """
     try:
         from typing import TypedDict
 
@@ -412,12 +468,17 @@ def bench_langgraph(n: int, durability: str | None = None) -> dict[str, Any] | N
         return {"x": state["x"] + 1}
 
     graph = StateGraph(State)
-    for i in range(n):
-        graph.add_node(f"n{i}", node)
-    graph.add_edge(START, "n0")
-    for i in range(n - 1):
-        graph.add_edge(f"n{i}", f"n{i + 1}")
-    graph.add_edge(f"n{n - 1}", END)
+    if loop:
+        graph.add_node("n", node)
+        graph.add_edge(START, "n")
+        graph.add_conditional_edges("n", lambda s: "n" if s["x"] < n else END)
+    else:
+        for i in range(n):
+            graph.add_node(f"n{i}", node)
+        graph.add_edge(START, "n0")
+        for i in range(n - 1):
+            graph.add_edge(f"n{i}", f"n{i + 1}")
+        graph.add_edge(f"n{n - 1}", END)
     with fresh_dir("langgraph") as d:
         path = d / "checkpoints.sqlite"
         conn = sqlite3.connect(str(path), check_same_thread=False)
@@ -429,10 +490,20 @@ def bench_langgraph(n: int, durability: str | None = None) -> dict[str, Any] | N
         conn.close()
         size = sum(p.stat().st_size for p in d.iterdir())
     assert out["x"] == n, out
-    log(f"  langgraph {n} ({durability or 'default'}): invoke {t:.3f} s = "
-        f"{t / n * 1e3:.3f} ms/node, {checkpoints} checkpoints, {size / 2**20:.1f} MiB")
-    return {"steps": n, "durability": durability or "default", "compile_s": tc, "total_s": t,
-            "per_step_ms": t / n * 1e3, "checkpoints": checkpoints, "file_mib": size / 2**20}
+    log(
+        f"  langgraph {n}{' loop' if loop else ''} ({durability or 'default'}): invoke {t:.3f} s = "
+        f"{t / n * 1e3:.3f} ms/node, {checkpoints} checkpoints, {size / 2**20:.1f} MiB"
+    )
+    return {
+        "steps": n,
+        "durability": durability or "default",
+        "loop": loop,
+        "compile_s": tc,
+        "total_s": t,
+        "per_step_ms": t / n * 1e3,
+        "checkpoints": checkpoints,
+        "file_mib": size / 2**20,
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -451,11 +522,17 @@ def report(res: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str, str, str, str, str]] = []
 
     def add(name: str, steps: int, total: float, per: float, median: float | None) -> None:
-        rows.append((
-            name, f"{steps:,}", f"{total:.3f}", f"{per:.3f}",
-            "-" if median is None else f"{median:.3f}",
-            _fmt_ratio(per, base), _fmt_ratio(per, lg_ms),
-        ))
+        rows.append(
+            (
+                name,
+                f"{steps:,}",
+                f"{total:.3f}",
+                f"{per:.3f}",
+                "-" if median is None else f"{median:.3f}",
+                _fmt_ratio(per, base),
+                _fmt_ratio(per, lg_ms),
+            )
+        )
 
     for key in ("chain_1000", "chain_10000", "chain_1000_sync"):
         c = res.get(key)
@@ -464,44 +541,96 @@ def report(res: dict[str, Any]) -> str:
         label = f"airun trivial chain (median of {c['repeats']} runs)"
         if key.endswith("_sync"):
             label = f"airun trivial chain, AIRUN_SYNC=1 (median of {c['repeats']})"
-        add(label, c["steps"], c["run_s_median"], c["per_step_ms_median_of_runs"],
-            c["cycle_median_ms"])
+        add(
+            label,
+            c["steps"],
+            c["run_s_median"],
+            c["per_step_ms_median_of_runs"],
+            c["cycle_median_ms"],
+        )
     fr = res.get("frames")
     if fr:
-        add(f"airun 1 MiB DataFrame steps (median of {fr['repeats']})", fr["steps"],
-            fr["run_s_median"], fr["per_step_ms_median_of_runs"], fr["cycle_median_ms"])
+        add(
+            f"airun 1 MiB DataFrame steps (median of {fr['repeats']})",
+            fr["steps"],
+            fr["run_s_median"],
+            fr["per_step_ms_median_of_runs"],
+            fr["cycle_median_ms"],
+        )
     rs = res.get("chain_10000", {}).get("resume")
     if rs:
         n = res["chain_10000"]["steps"]
-        add(f"airun resume finished run, incl. from_dict (median of {rs['samples']})", n,
-            rs["total_s_median"], rs["total_s_median"] / n * 1e3, None)
-        add(f"airun resume finished run, run() only (median of {rs['samples']})", n,
-            rs["run_s_median"], rs["run_s_median"] / n * 1e3, None)
+        add(
+            f"airun resume finished run, incl. from_dict (median of {rs['samples']})",
+            n,
+            rs["total_s_median"],
+            rs["total_s_median"] / n * 1e3,
+            None,
+        )
+        add(
+            f"airun resume finished run, run() only (median of {rs['samples']})",
+            n,
+            rs["run_s_median"],
+            rs["run_s_median"] / n * 1e3,
+            None,
+        )
     a = res["duckdb_autocommit"]
     add("raw DuckDB: INSERT 1 step row + commit", a["steps"], a["total_s"], a["per_step_ms"], None)
     b = res["duckdb_batched"]
-    add(f"raw DuckDB: {b['batch']} rows/txn from Arrow", b["steps"], b["total_s"],
-        b["per_step_ms"], None)
+    add(
+        f"raw DuckDB: {b['batch']} rows/txn from Arrow",
+        b["steps"],
+        b["total_s"],
+        b["per_step_ms"],
+        None,
+    )
     dd = res.get("duckdb_frames")
     if dd:
-        add("raw DuckDB: CREATE TABLE from 1 MiB frame", dd["steps"], dd["total_s"],
-            dd["per_step_ms"], None)
+        add(
+            "raw DuckDB: CREATE TABLE from 1 MiB frame",
+            dd["steps"],
+            dd["total_s"],
+            dd["per_step_ms"],
+            None,
+        )
     if lg:
-        add("LangGraph + SqliteSaver (default durability)", lg["steps"], lg["total_s"],
-            lg["per_step_ms"], None)
+        add(
+            "LangGraph + SqliteSaver (default durability)",
+            lg["steps"],
+            lg["total_s"],
+            lg["per_step_ms"],
+            None,
+        )
     lgs = res.get("langgraph_sync")
     if lgs:
-        add("LangGraph + SqliteSaver (durability='sync')", lgs["steps"], lgs["total_s"],
-            lgs["per_step_ms"], None)
+        add(
+            "LangGraph + SqliteSaver (durability='sync')",
+            lgs["steps"],
+            lgs["total_s"],
+            lgs["per_step_ms"],
+            None,
+        )
+    lgl = res.get("langgraph_loop")
+    if lgl:
+        add(
+            "LangGraph + SqliteSaver, 1 node looped N times",
+            lgl["steps"],
+            lgl["total_s"],
+            lgl["per_step_ms"],
+            None,
+        )
 
     head = ("scenario", "steps", "total s", "ms/step", "median ms", "vs DuckDB", "vs LangGraph")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(  # noqa: E731
-        (r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i])) for i in range(len(r)))
+        (r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i])) for i in range(len(r))
+    )
     out = [line(head), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
     out.append("")
-    out.append("ms/step    = total wall time of .run() / steps (spec parsing by from_dict excluded;")
+    out.append(
+        "ms/step    = total wall time of .run() / steps (spec parsing by from_dict excluded;"
+    )
     out.append("             for resume rows, see the label).")
     out.append("median ms  = median over steps of (started_at of step k+1 - started_at of step k),")
     out.append("             from airun_nb.attempts(): the full per-step cycle, folds included")
@@ -518,13 +647,18 @@ def report(res: dict[str, Any]) -> str:
                 f"  {c['steps']:>6,}-step chain: from_dict {c['parse_s_median']:.3f} s; in-step "
                 f"(call + encode) median {c['in_step_median_ms']:.4f} ms; cycle mean "
                 f"{c['cycle_mean_ms']:.3f} / p99 {c['cycle_p99_ms']:.3f} / max "
-                f"{c['cycle_max_ms']:.1f} ms")
+                f"{c['cycle_max_ms']:.1f} ms"
+            )
     if fr:
-        out.append(f"  DataFrame steps: the step function alone (make_df) costs "
-                   f"{fr['function_ms']:.3f} ms; frame = {fr['frame_bytes'] / 2**20:.2f} MiB")
+        out.append(
+            f"  DataFrame steps: the step function alone (make_df) costs "
+            f"{fr['function_ms']:.3f} ms; frame = {fr['frame_bytes'] / 2**20:.2f} MiB"
+        )
     if lg:
-        out.append(f"  LangGraph: compile {lg['compile_s']:.3f} s (excluded), {lg['checkpoints']} "
-                   f"checkpoints, {lg['file_mib']:.1f} MiB of SQLite for {lg['steps']} nodes")
+        out.append(
+            f"  LangGraph: compile {lg['compile_s']:.3f} s (excluded), {lg['checkpoints']} "
+            f"checkpoints, {lg['file_mib']:.1f} MiB of SQLite for {lg['steps']} nodes"
+        )
     out.append("")
     out.append("Targets (informational):")
     for t in res["targets"]:
@@ -538,25 +672,31 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         c = res.get(key)
         if c:
             m = c["cycle_median_ms"]
-            out.append({
-                "name": f"median per trivial step, {c['steps']:,}-step chain",
-                "measured": f"{m:.3f} ms (amortized {c['per_step_ms_median_of_runs']:.3f} ms)",
-                "target": f"< {TARGET_MEDIAN_MS} ms",
-                "value": m,
-                "verdict": "PASS" if m < TARGET_MEDIAN_MS else "MISS",
-            })
+            out.append(
+                {
+                    "name": f"median per trivial step, {c['steps']:,}-step chain",
+                    "measured": f"{m:.3f} ms (amortized {c['per_step_ms_median_of_runs']:.3f} ms)",
+                    "target": f"< {TARGET_MEDIAN_MS} ms",
+                    "value": m,
+                    "verdict": "PASS" if m < TARGET_MEDIAN_MS else "MISS",
+                }
+            )
     rs = res.get("chain_10000", {}).get("resume")
     if rs:
         n = res["chain_10000"]["steps"]
-        for label, v in (("run() only", rs["run_s_median"]),
-                         ("incl. from_dict", rs["total_s_median"])):
-            out.append({
-                "name": f"replay of a finished {n:,}-step run, {label}",
-                "measured": f"{v:.3f} s",
-                "target": f"< {TARGET_REPLAY_S} s",
-                "value": v,
-                "verdict": "PASS" if v < TARGET_REPLAY_S else "MISS",
-            })
+        for label, v in (
+            ("run() only", rs["run_s_median"]),
+            ("incl. from_dict", rs["total_s_median"]),
+        ):
+            out.append(
+                {
+                    "name": f"replay of a finished {n:,}-step run, {label}",
+                    "measured": f"{v:.3f} s",
+                    "target": f"< {TARGET_REPLAY_S} s",
+                    "value": v,
+                    "verdict": "PASS" if v < TARGET_REPLAY_S else "MISS",
+                }
+            )
     return out
 
 
@@ -571,8 +711,9 @@ def machine() -> dict[str, Any]:
         "pandas": pd.__version__,
     }
     with contextlib.suppress(Exception):
-        import langgraph  # noqa: F401
         from importlib.metadata import version
+
+        import langgraph  # noqa: F401
 
         info["langgraph"] = version("langgraph")
         info["langgraph-checkpoint-sqlite"] = version("langgraph-checkpoint-sqlite")
@@ -583,18 +724,39 @@ def machine() -> dict[str, Any]:
 
 def run_benchmarks(quick: bool) -> dict[str, Any]:
     if quick:
-        cfg = dict(c1k=3, c10k=1, resumes=3, frames=20, frame_reps=1, duck_a=500, duck_b=2000,
-                   lg=200, lg_sync=False, sync_reps=1)
+        cfg = dict(
+            c1k=3,
+            c10k=1,
+            resumes=3,
+            frames=20,
+            frame_reps=1,
+            duck_a=500,
+            duck_b=2000,
+            lg=200,
+            lg_sync=False,
+            sync_reps=1,
+        )
     else:
-        cfg = dict(c1k=5, c10k=3, resumes=3, frames=100, frame_reps=3, duck_a=2000, duck_b=10000,
-                   lg=1000, lg_sync=True, sync_reps=3)
+        cfg = dict(
+            c1k=5,
+            c10k=3,
+            resumes=3,
+            frames=100,
+            frame_reps=3,
+            duck_a=2000,
+            duck_b=10000,
+            lg=1000,
+            lg_sync=True,
+            sync_reps=3,
+        )
     res: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": machine()}
     t_start = time.perf_counter()
 
     log("warm-up (not reported)")
     with fresh_dir("warmup") as d:
         airun_nb.Workflow.from_dict(chain_doc("warmup", 50)).run(
-            db=d / "airun.duckdb", namespace={"f": f}, new=True)
+            db=d / "airun.duckdb", namespace={"f": f}, new=True
+        )
 
     log("1. trivial sequential steps")
     res["chain_1000"] = bench_chain(1000, cfg["c1k"])
@@ -613,9 +775,11 @@ def run_benchmarks(quick: bool) -> dict[str, Any]:
     res["langgraph"] = lg
     if lg is None:
         log("langgraph: not installed (pip install '.[bench]')")
-    elif cfg["lg_sync"]:
-        with contextlib.suppress(TypeError):  # older LangGraph: no durability argument
-            res["langgraph_sync"] = bench_langgraph(cfg["lg"], durability="sync")
+    else:
+        if cfg["lg_sync"]:
+            with contextlib.suppress(TypeError):  # older LangGraph: no durability argument
+                res["langgraph_sync"] = bench_langgraph(cfg["lg"], durability="sync")
+        res["langgraph_loop"] = bench_langgraph(cfg["lg"], loop=True)
     res["targets"] = targets(res)
     res["elapsed_s"] = time.perf_counter() - t_start
     return res
@@ -644,12 +808,17 @@ def crash_check(n: int = CRASH_STEPS, kill_at: int = CRASH_AT) -> bool:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--_crash-child", str(db), str(n)],
-            env=env, capture_output=True, text=True, timeout=300,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         dt = time.perf_counter() - t0
         killed = proc.returncode == -signal.SIGKILL
-        print(f"  child exit code {proc.returncode} "
-              f"({'killed by SIGKILL' if killed else 'NOT killed by SIGKILL'}) after {dt:.1f} s")
+        print(
+            f"  child exit code {proc.returncode} "
+            f"({'killed by SIGKILL' if killed else 'NOT killed by SIGKILL'}) after {dt:.1f} s"
+        )
         if not killed:
             ok = False
             print("  child stdout:", proc.stdout.strip()[-2000:])
@@ -665,14 +834,16 @@ def crash_check(n: int = CRASH_STEPS, kill_at: int = CRASH_AT) -> bool:
         run_id = str(runs["run_id"].iloc[0])
         print(f"  run {run_id}: status {runs['status'].iloc[0]}")
         steps = airun_nb.steps(run_id, db=db)
-        status = dict(zip(steps["step_id"].astype(str), steps["status"].astype(str)))
+        status = dict(zip(steps["step_id"].astype(str), steps["status"].astype(str), strict=True))
         completed = [s for s, v in status.items() if v == "completed"]
         expected = {f"s{i}" for i in range(1, kill_at)}
         missing = sorted(expected - set(completed), key=lambda s: int(s[1:]))
         extra = sorted(set(completed) - expected, key=lambda s: int(s[1:]))
         good = not missing and not extra
-        print(f"  completed steps in the store: {len(completed):,} (expected {kill_at - 1:,}: "
-              f"s1..s{kill_at - 1})  {'PASS' if good else 'FAIL'}")
+        print(
+            f"  completed steps in the store: {len(completed):,} (expected {kill_at - 1:,}: "
+            f"s1..s{kill_at - 1})  {'PASS' if good else 'FAIL'}"
+        )
         if missing:
             print(f"    missing: {len(missing)} (first: {', '.join(missing[:5])})")
         if extra:
@@ -688,16 +859,24 @@ def crash_check(n: int = CRASH_STEPS, kill_at: int = CRASH_AT) -> bool:
         _crash_calls = 0
         os.environ.pop("AIRUN_BENCH_KILL_AT", None)
         res = airun_nb.Workflow.from_dict(chain_doc("crash", n, call="crash_step")).run(
-            db=db, namespace={"crash_step": crash_step}, resume=run_id)
+            db=db, namespace={"crash_step": crash_step}, resume=run_id
+        )
         steps = airun_nb.steps(run_id, db=db)
         done = int((steps["status"] == "completed").sum())
         att = steps.set_index(steps["step_id"].astype(str))["attempts"]
         again = len(res.executed)
-        resumed_ok = (res.status == "completed" and done == n and again == n - kill_at + 1
-                      and int(att[f"s{kill_at}"]) == 2 and int(att["s1"]) == 1)
-        print(f"  resume: status {res.status}, {done:,}/{n:,} completed, {again} executed "
-              f"(expected {n - kill_at + 1}), s{kill_at} attempts {int(att[f's{kill_at}'])} "
-              f"(expected 2)  {'PASS' if resumed_ok else 'FAIL'}")
+        resumed_ok = (
+            res.status == "completed"
+            and done == n
+            and again == n - kill_at + 1
+            and int(att[f"s{kill_at}"]) == 2
+            and int(att["s1"]) == 1
+        )
+        print(
+            f"  resume: status {res.status}, {done:,}/{n:,} completed, {again} executed "
+            f"(expected {n - kill_at + 1}), s{kill_at} attempts {int(att[f's{kill_at}'])} "
+            f"(expected 2)  {'PASS' if resumed_ok else 'FAIL'}"
+        )
         ok = ok and resumed_ok
     print(f"crash check: {'PASS' if ok else 'FAIL'}")
     return ok
@@ -714,8 +893,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller run for CI smoke (< 60 s)")
     ap.add_argument("--json", metavar="PATH", help="also write the numbers to PATH as JSON")
-    ap.add_argument("--crash-check", action="store_true",
-                    help="only verify durability: SIGKILL at step 1500 of 2000, count what survived")
+    ap.add_argument(
+        "--crash-check",
+        action="store_true",
+        help="only verify durability: SIGKILL at step 1500 of 2000, count what survived",
+    )
     args = ap.parse_args(argv)
     if args.crash_check:
         ok = crash_check()
@@ -724,9 +906,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     res = run_benchmarks(args.quick)
     print()
-    print(f"airun_nb step overhead ({res['mode']} run, {res['machine']['cpus']} CPUs, "
-          f"python {res['machine']['python']}, duckdb {res['machine']['duckdb']}, "
-          f"took {res['elapsed_s']:.0f} s)")
+    print(
+        f"airun_nb step overhead ({res['mode']} run, {res['machine']['cpus']} CPUs, "
+        f"python {res['machine']['python']}, duckdb {res['machine']['duckdb']}, "
+        f"took {res['elapsed_s']:.0f} s)"
+    )
     print()
     print(report(res))
     if args.json:

@@ -20,7 +20,8 @@ from .errors import (
     TemplateError,
     WorkflowFailed,
 )
-from .history import attempts, events, runs, steps
+from .gate import AlreadyDecided, ApprovalError, approve, reject
+from .history import approvals, attempts, events, runs, steps
 from .result import RunResult
 from .workflow import Workflow, rollback
 
@@ -28,6 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AirunError",
+    "AlreadyDecided",
+    "ApprovalError",
     "RunBusy",
     "RunInterrupted",
     "RunNotFound",
@@ -40,10 +43,13 @@ __all__ = [
     "TemplateError",
     "Workflow",
     "WorkflowFailed",
+    "approvals",
+    "approve",
     "attempts",
     "events",
     "last_run",
     "load_ipython_extension",
+    "reject",
     "rollback",
     "runs",
     "steps",

@@ -10,13 +10,13 @@ from typing import Any
 import click
 import pandas as pd
 
-from . import history
-from .config import resolve_db
+from . import gate, history
+from .config import current_user, resolve_db
 from .errors import AirunError
 from .store import Store
 from .workflow import Workflow, rollback
 
-_TABLES = ("runs", "steps", "attempts", "events")
+_TABLES = ("runs", "steps", "attempts", "events", "approvals")
 
 
 class _Group(click.Group):
@@ -116,6 +116,86 @@ def rollback_cmd(run_id: str, db: Path | None) -> None:
     """
     result = rollback(run_id, db=db)
     click.echo(repr(result))
+
+
+@main.command()
+@db_option
+@click.option("--all", "show_all", is_flag=True, help="Decided gates too, not only open ones.")
+@click.option("--run", "run_id", help="Only gates of this run.")
+def approvals(db: Path | None, show_all: bool, run_id: str | None) -> None:
+    """List approval gates waiting for a decision (with --all, decided ones too)."""
+    df = history.approvals(run_id, db, pending=not show_all)
+    if df.empty:
+        click.echo("(no open gates)" if not show_all else "(no gates)")
+        return
+    for _, row in df.iterrows():
+        click.echo(
+            f"{row['run_id']} {row['gate_id']} [{row['status']}] {row['workflow']}: "
+            f"{row['message']}"
+        )
+        if row["status"] == "open":
+            approvers = row["approvers"] if isinstance(row["approvers"], str) else "anyone"
+            deadline = (
+                row["deadline"].strftime("%Y-%m-%d %H:%M:%S UTC")
+                if not pd.isna(row["deadline"])
+                else "none"
+            )
+            click.echo(f"    approvers: {approvers}; deadline: {deadline}")
+            click.echo(
+                f"    airun approve {row['run_id']} {row['gate_id']}   |   "
+                f"airun reject {row['run_id']} {row['gate_id']}"
+            )
+        else:
+            click.echo(
+                f"    {row['decision'] or row['status']} by {row['actor']} via {row['channel']}"
+            )
+
+
+def _decide(
+    decision: str, run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None
+) -> None:
+    out = gate.decide(
+        Store.open(db),
+        run_id,
+        gate_id,
+        decision,
+        actor=by or current_user(),
+        channel="cli",
+        comment=comment,
+    )
+    verb = "approved" if decision == gate.APPROVE else "rejected"
+    click.echo(
+        f"{verb} gate {gate_id} of run {run_id} as {out['actor']}; the run continues "
+        f"when it resumes (re-run its cell, or `airun resume {run_id}`)"
+    )
+
+
+_by = click.option("--by", help="Decide as this user (default: $AIRUN_USER or your login).")
+_comment = click.option("--comment", "-m", help="A comment kept with the decision.")
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("gate_id")
+@_by
+@_comment
+@db_option
+def approve(
+    run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None
+) -> None:
+    """Approve gate GATE_ID of run RUN_ID."""
+    _decide(gate.APPROVE, run_id, gate_id, by, comment, db)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("gate_id")
+@_by
+@_comment
+@db_option
+def reject(run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None) -> None:
+    """Reject gate GATE_ID of run RUN_ID (the run rolls back when it resumes)."""
+    _decide(gate.REJECT, run_id, gate_id, by, comment, db)
 
 
 @main.command("history")

@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import compensation, config, kinds, outputs, templates
+from . import compensation, config, gate, kinds, outputs, templates
 from .errors import (
     AirunError,
     RunBusy,
@@ -63,7 +63,7 @@ S_PENDING, S_RUNNING, S_COMPLETED, S_FAILED, S_SKIPPED = (
     "failed",
     "skipped",
 )
-S_INTERRUPTED, S_CANCELLED = "interrupted", "cancelled"
+S_INTERRUPTED, S_CANCELLED, S_WAITING = "interrupted", "cancelled", "waiting"
 DONE_STEP = {S_COMPLETED, S_SKIPPED}
 
 _MISSING = object()
@@ -228,6 +228,8 @@ class Engine:
         self._bind_output = isinstance(namespace, dict)
         self._blob_source: dict[str, str] = {}
         self.requested_rollback = False
+        self.rejected = False
+        self.open_gates: list[dict[str, Any]] = []
         self.executed: list[str] = []
 
     # ------------------------------------------------------------------ plan
@@ -247,7 +249,9 @@ class Engine:
                 st.code_hash = kinds.code_hash(st.fn)
             elif st.spec.kind == "python":
                 kinds.compile_python(str(st.spec.body), st.id)
-            elif st.spec.kind in ("capability", "approval"):
+            elif st.spec.kind == "approval":
+                gate.parse_config(st.spec.body, step=st.id)
+            elif st.spec.kind == "capability":
                 raise SpecError(
                     f"step '{st.id}': '{st.spec.kind}' steps are not available in this version"
                 )
@@ -432,6 +436,8 @@ class Engine:
                 if self.states[n].status not in DONE_STEP or not self.states[n].replayed:
                     return f"upstream '{n}' runs again"
             return "inputs changed"
+        if status == S_WAITING:
+            return "waiting for approval"
         if status == S_RUNNING:
             return f"was in flight when its process died (attempt {row.get('attempts')})"
         if status == S_INTERRUPTED:
@@ -524,7 +530,9 @@ class Engine:
                 self._begin()
                 self.listener.planned(self)
                 self._schedule()
-                if self.failed_step is None:
+                if self.failed_step is None and self.open_gates:
+                    self._set_status(WAITING, gates=[g["gate_id"] for g in self.open_gates])
+                elif self.failed_step is None:
                     self._set_status(COMPLETED)
                 elif self._failure_policy() == "rollback":
                     compensation.roll_back(self)
@@ -556,6 +564,8 @@ class Engine:
 
     def _failure_policy(self) -> str:
         assert self.failed_step is not None
+        if self.rejected:
+            return "rollback"  # a rejection always rolls the run back
         return self.states[self.failed_step].spec.on_failure or self.spec.on_failure
 
     def _raise_for_status(self) -> None:
@@ -694,6 +704,8 @@ class Engine:
                 self.failed_step = st.id
                 self.error = st.error
             return
+        if st.status not in DONE_STEP:
+            return  # e.g. a gate waiting for its decision: what needs it waits too
         for d in downstream[st.id]:
             if d not in waiting:
                 continue
@@ -705,6 +717,9 @@ class Engine:
     def run_step(self, st: StepState) -> None:
         s = st.spec
         ctx = self.context()
+        if s.kind == "approval" and self._skip_reason(st, ctx) is None:
+            self._run_gate(st, ctx)
+            return
         skip_reason = self._skip_reason(st, ctx)
         if skip_reason is not None:
             st.status = S_SKIPPED
@@ -829,6 +844,118 @@ class Engine:
                 self.namespace[s.output] = value  # type: ignore[index]
             self.listener.changed(self, st)
             return
+
+    # ------------------------------------------------------------------ approval gates
+    def _run_gate(self, st: StepState, ctx: Mapping[str, Any]) -> None:
+        s = st.spec
+        conf = gate.parse_config(s.body, step=s.id)
+        message = templates.render(
+            conf.message or f"Approve step '{s.id}' of {self.spec.name}?",
+            ctx,
+            step=s.id,
+            field="approval.message",
+        )
+        preview_text = preview_html = None
+        if conf.show is not None:
+            shown = templates.render(conf.show, ctx, step=s.id, field="approval.show")
+            preview_text, preview_html = _preview(shown)
+        row, opened = gate.open_gate(
+            self.store,
+            run_id=self.run_id,
+            workflow=self.spec.name,
+            gate_id=s.id,
+            config=conf,
+            message=str(message),
+            preview_text=preview_text,
+            preview_html=preview_html,
+            launched_by=self.user,
+        )
+        if opened:
+            st.attempts += 1
+            st.started_at = time.time()
+            st.status = S_WAITING
+            self.store.record(self.step_record(st))
+            if conf.notify or s.notify:
+                self._notify(st, conf.notify or s.notify, row)
+        mode = gate.resolve_mode(conf)
+        while row["status"] == "open":
+            if gate.deadline_passed(row):
+                if conf.on_timeout == "fail":
+                    row = gate.expire(self.store, self.run_id, s.id)
+                    break
+                gate.decide(
+                    self.store,
+                    self.run_id,
+                    s.id,
+                    conf.on_timeout,
+                    actor="timeout",
+                    channel="timeout",
+                    comment="no decision before the deadline",
+                )
+            elif mode == "policy":
+                found = gate.policy_decision(self.spec.name, s.id)
+                if found is None:
+                    row = gate.expire(
+                        self.store,
+                        self.run_id,
+                        s.id,
+                        reason="no policy decision for this gate (set AIRUN_APPROVAL=approve or "
+                        "reject, or 'approvals:' in the settings)",
+                    )
+                    break
+                gate.decide(
+                    self.store,
+                    self.run_id,
+                    s.id,
+                    found[0],
+                    actor=f"policy:{found[1]}",
+                    channel="policy",
+                )
+            elif mode == "suspend":
+                st.status = S_WAITING
+                self.open_gates.append(row)
+                self.store.record(self.step_record(st))
+                self.listener.changed(self, st)
+                return
+            else:  # wait: poll the store for a decision from any channel
+                time.sleep(0.25)
+            found_row = gate.gate_row(self.store, self.run_id, s.id)
+            assert found_row is not None
+            row = found_row
+        st.finished_at = time.time()
+        st.finish_seq = self._next_seq()
+        if row["status"] == "approved":
+            st.value = gate.output_of(row)
+            st.out = outputs.encode(st.value, self.store, f"{self.run_id}/{s.id}/{st.attempts}")
+            st.status = S_COMPLETED
+            st.reason = gate.describe_decision(row)
+            self.executed.append(s.id)
+        else:
+            st.status = S_FAILED
+            st.error = (
+                gate.describe_decision(row)
+                if row["status"] == "rejected"
+                else str(row.get("comment"))
+            )
+            self.rejected = row["status"] == "rejected"
+        self.store.record(self.step_record(st))
+        self.listener.changed(self, st)
+
+    def _notify(self, st: StepState, target: Any, row: Mapping[str, Any]) -> None:
+        payload = {
+            "run_id": self.run_id,
+            "workflow": self.spec.name,
+            "gate": st.id,
+            "message": row.get("message"),
+            "approvers": json.loads(row["approvers"]) if row.get("approvers") else None,
+            "deadline": row.get("deadline"),
+            "preview": row.get("preview_text"),
+            "commands": gate.commands(self.run_id, st.id),
+        }
+        error = gate.notify(
+            target, payload, lambda name: kinds.resolve_callable(name, self.namespace, step=st.id)
+        )
+        self.store.record(self.event("notify_failed" if error else "notified", st.id, error=error))
 
     def _skip_reason(self, st: StepState, ctx: Mapping[str, Any]) -> str | None:
         for n in st.spec.needs:
@@ -1003,6 +1130,21 @@ class _StepRefs(_Steps):
         return view
 
     __getitem__ = __getattr__
+
+
+def _preview(value: Any) -> tuple[str, str]:
+    """Text and HTML forms of a gate's ``show`` value (a DataFrame renders as a table)."""
+    import html as _html
+
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
+        return value.to_string(max_rows=20, max_cols=12), value.to_html(max_rows=20, max_cols=12)
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, indent=2, default=str)
+    else:
+        text = str(value)
+    return text, f"<pre>{_html.escape(text)}</pre>"
 
 
 def _with_timeout(fn: Callable[[], Any], timeout: float) -> Any:

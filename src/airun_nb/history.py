@@ -91,3 +91,24 @@ def stored_run(run_id: str, db: _Db = None) -> StoredRun:
         "SELECT * EXCLUDE (output_blob) FROM steps WHERE run_id = ? ORDER BY position", [run_id]
     )
     return StoredRun(view_of_rows(found[0], rows))
+
+
+def approvals(run: str | None = None, db: _Db = None, *, pending: bool = False) -> pd.DataFrame:
+    """One row a gate: its message, approvers, deadline and the decision (who, how, when)."""
+    clauses, params = [], []
+    if run:
+        clauses.append("run_id = ?")
+        params.append(run)
+    if pending:
+        clauses.append("status = 'open'")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    df = Store.open(db).query_df(
+        f"""SELECT run_id, gate_id, workflow, status, decision, actor, channel, comment,
+                   message, approvers, launched_by, opened_at, deadline, decided_at, on_timeout,
+                   preview_text
+            FROM approvals {where} ORDER BY opened_at""",
+        params,
+    )
+    df = _frame(df, ("opened_at", "deadline", "decided_at"), None)
+    df["waited"] = df["decided_at"] - df["opened_at"]
+    return df

@@ -389,10 +389,17 @@ class _Parser:
             raise self.error(f"'{kind}' must be a non-empty string", [*path, kind])
         if kind == "capability" and not (isinstance(body, str) and body.strip()):
             raise self.error("'capability' names a capability such as fs.write", [*path, kind])
-        if kind == "approval" and body is not None and not isinstance(body, dict):
-            raise self.error(
-                "'approval' must be a mapping (message, approvers, ...)", [*path, kind]
-            )
+        if kind == "approval":
+            if body is not None and not isinstance(body, dict):
+                raise self.error(
+                    "'approval' must be a mapping (message, approvers, ...)", [*path, kind]
+                )
+            from .gate import ApprovalError, parse_config
+
+            try:
+                parse_config(body, step=sid)
+            except (ApprovalError, SpecError) as exc:
+                raise self.error(str(exc).split(": ", 1)[-1], [*path, kind]) from None
         retry = self.retry(d.get("retry"), max_retries, [*path, "retry"])
         timeout = (
             parse_duration(d["timeout"], path=_fmt_path([*path, "timeout"]))
@@ -613,7 +620,8 @@ def _template_fields(step: StepSpec) -> list[tuple[str, str]]:
     if step.kind in ("sql", "capability", "call"):
         out.extend(templates.walk_strings(step.body, step.kind))
     if step.kind == "approval" and step.body:
-        out.extend(templates.walk_strings(step.body, "approval"))
+        shown = {k: v for k, v in step.body.items() if k != "notify"}
+        out.extend(templates.walk_strings(shown, "approval"))
     if step.when:
         src = step.when if templates.has_template(step.when) else "{{ " + step.when + " }}"
         out.append(("when", src))

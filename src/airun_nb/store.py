@@ -31,7 +31,9 @@ from .errors import StoreBusy, StoreError, StoreIncompatible
 from .journal import Journal
 from .lease import Lease
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals. Each version only adds
+# tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
 # Column lists are the single source of truth for DDL, Arrow batches and journal records.
@@ -107,6 +109,29 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
         ],
         ("run_id", "step_id", "phase", "attempt"),
     ),
+    "approvals": (
+        [
+            ("run_id", "VARCHAR"),
+            ("gate_id", "VARCHAR"),
+            ("workflow", "VARCHAR"),
+            ("status", "VARCHAR"),
+            ("message", "VARCHAR"),
+            ("preview_text", "VARCHAR"),
+            ("preview_html", "VARCHAR"),
+            ("approvers", "VARCHAR"),
+            ("allow_self_approval", "BOOLEAN"),
+            ("launched_by", "VARCHAR"),
+            ("opened_at", _TS),
+            ("deadline", _TS),
+            ("on_timeout", "VARCHAR"),
+            ("decision", "VARCHAR"),
+            ("actor", "VARCHAR"),
+            ("channel", "VARCHAR"),
+            ("comment", "VARCHAR"),
+            ("decided_at", _TS),
+        ],
+        ("run_id", "gate_id"),
+    ),
     "events": (
         [
             ("ts", _TS),
@@ -119,7 +144,14 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     ),
 }
 # Journal record type -> table.
-_RECORD_TABLE = {"spec": "specs", "run": "runs", "step": "steps", "att": "attempts", "ev": "events"}
+_RECORD_TABLE = {
+    "spec": "specs",
+    "run": "runs",
+    "step": "steps",
+    "att": "attempts",
+    "gate": "approvals",
+    "ev": "events",
+}
 _ARROW = {
     "VARCHAR": pa.string(),
     "BIGINT": pa.int64(),
@@ -293,8 +325,8 @@ class Store:
 
     def get_table(self, name: str) -> pa.Table:
         with self.session() as con:
-            cur = con.execute(f"SELECT * FROM outputs.{quote_ident(name)}")
-            fetch = getattr(cur, "to_arrow_table", None) or getattr(cur, "fetch_arrow_table")  # noqa: B009
+            rel = con.sql(f"SELECT * FROM outputs.{quote_ident(name)}")
+            fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
             table: pa.Table = fetch()
             return table
 
@@ -382,6 +414,15 @@ class Store:
                 f"{self.path} was written by a newer airun_nb (store schema {version}; this "
                 f"version reads up to {SCHEMA_VERSION}); upgrade airun_nb to open it"
             )
+        if version < SCHEMA_VERSION:
+            con.execute("BEGIN")
+            for stmt in _ddl():
+                con.execute(stmt)
+            con.execute(
+                "INSERT OR REPLACE INTO airun_meta VALUES ('schema_version', ?)",
+                [str(SCHEMA_VERSION)],
+            )
+            con.execute("COMMIT")
 
     def _recover(self) -> None:
         """Fold what a crashed process left in the journal."""

@@ -1,0 +1,457 @@
+"""Approval gates: durable human decisions, from any channel, first decision wins.
+
+A gate is a step whose output is the decision (``decision``, ``actor``, ``channel``,
+``comment``, ``decided_at``). Its row in the ``approvals`` table is written when the gate opens,
+with the deadline fixed then (a restart does not extend it), and takes exactly one decision:
+the check and the write happen while holding the store's exclusive lease, so a double click, the
+CLI racing a button, or a replay can never record two. Who may decide is checked against the
+gate's ``approvers`` (user names and ``role:NAME``) and the four-eyes rule (the user who started
+the run may not approve it unless ``allow_self_approval``). Decisions by policy or timeout are
+the runtime's own and skip those checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from . import settings
+from .errors import AirunError
+from .store import Store
+
+log = logging.getLogger("airun_nb.gate")
+
+APPROVE, REJECT = "approve", "reject"
+CHANNELS = ("widget", "cli", "api", "policy", "timeout")
+MODES = ("suspend", "wait", "policy")
+ON_TIMEOUT = ("approve", "reject", "fail")
+
+
+class ApprovalError(AirunError):
+    """A decision was refused (not an approver, four-eyes, gate not open...)."""
+
+
+class AlreadyDecided(ApprovalError):
+    """The gate already has its decision."""
+
+
+@dataclass
+class GateConfig:
+    message: Any = None
+    show: Any = None
+    approvers: list[str] | None = None
+    timeout: float | None = None
+    on_timeout: str = "reject"
+    mode: str | None = None
+    allow_self_approval: bool = False
+    notify: Any = None
+
+
+def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
+    """Validate an ``approval:`` mapping (called at parse time and at run time)."""
+    from .spec import parse_duration
+
+    body = dict(body or {})
+    allowed = {
+        "message",
+        "show",
+        "approvers",
+        "timeout",
+        "on_timeout",
+        "mode",
+        "allow_self_approval",
+        "notify",
+        "description",
+    }
+    for key in body:
+        if key not in allowed:
+            raise ApprovalError(
+                f"step '{step}': unknown approval key '{key}' (one of {', '.join(sorted(allowed))})"
+            )
+    approvers = body.get("approvers")
+    if isinstance(approvers, str):
+        approvers = [approvers]
+    if approvers is not None and not (
+        isinstance(approvers, list) and all(isinstance(a, str) for a in approvers)
+    ):
+        raise ApprovalError(f"step '{step}': 'approvers' must be a list of users or role:NAME")
+    on_timeout = str(body.get("on_timeout", "reject"))
+    if on_timeout not in ON_TIMEOUT:
+        raise ApprovalError(f"step '{step}': 'on_timeout' must be one of {', '.join(ON_TIMEOUT)}")
+    mode = body.get("mode")
+    if mode is not None and mode not in MODES:
+        raise ApprovalError(f"step '{step}': 'mode' must be one of {', '.join(MODES)}")
+    timeout = body.get("timeout")
+    return GateConfig(
+        message=body.get("message"),
+        show=body.get("show"),
+        approvers=approvers,
+        timeout=None
+        if timeout is None
+        else parse_duration(timeout, path=f"steps.{step}.approval.timeout"),
+        on_timeout=on_timeout,
+        mode=mode,
+        allow_self_approval=bool(body.get("allow_self_approval", False)),
+        notify=body.get("notify"),
+    )
+
+
+def resolve_mode(config: GateConfig) -> str:
+    """``mode:`` on the gate, else ``AIRUN_APPROVAL_MODE``, else policy if ``AIRUN_APPROVAL``
+    is set (headless runs and CI), else ``suspend``."""
+    if config.mode:
+        return config.mode
+    env = os.environ.get("AIRUN_APPROVAL_MODE")
+    if env in MODES:
+        return env
+    if os.environ.get("AIRUN_APPROVAL") or _policy_settings():
+        return "policy"
+    return "suspend"
+
+
+def _policy_settings() -> dict[str, Any]:
+    raw = settings.load().get("approvals") or {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def policy_decision(workflow: str, gate_id: str) -> tuple[str, str] | None:
+    """(decision, source) from ``AIRUN_APPROVAL`` or the settings' ``approvals:`` mapping.
+
+    ``AIRUN_APPROVAL`` is ``approve`` or ``reject`` (every gate), or ``gate=approve,other=reject``.
+    The settings may say ``approvals: {default: approve, gates: {review: reject}}``.
+    """
+    env = os.environ.get("AIRUN_APPROVAL", "").strip()
+    if env:
+        if env in (APPROVE, REJECT):
+            return env, "AIRUN_APPROVAL"
+        for part in env.split(","):
+            key, _, value = part.partition("=")
+            if key.strip() in (gate_id, f"{workflow}.{gate_id}") and value.strip() in (
+                APPROVE,
+                REJECT,
+            ):
+                return value.strip(), "AIRUN_APPROVAL"
+    conf = _policy_settings()
+    gates = conf.get("gates") or {}
+    for key in (f"{workflow}.{gate_id}", gate_id):
+        if gates.get(key) in (APPROVE, REJECT):
+            return str(gates[key]), "settings"
+    if conf.get("default") in (APPROVE, REJECT):
+        return str(conf["default"]), "settings"
+    return None
+
+
+# -- who may decide --------------------------------------------------------------------------
+def expand_approvers(approvers: list[str] | None) -> tuple[set[str], list[str]]:
+    """(user names allowed, readable description) for a gate's ``approvers`` list."""
+    if not approvers:
+        return set(), []
+    table = settings.roles()
+    users: set[str] = set()
+    shown: list[str] = []
+    for entry in approvers:
+        if entry.startswith("role:"):
+            role = entry[5:]
+            members = table.get(role)
+            if members is None:
+                shown.append(f"{entry} (no such role)")
+                continue
+            users.update(members)
+            shown.append(f"{entry} ({', '.join(members) or 'nobody'})")
+        else:
+            users.add(entry)
+            shown.append(entry)
+    return users, shown
+
+
+def check_actor(row: Mapping[str, Any], actor: str) -> None:
+    """Refuse (raise :class:`ApprovalError`) a user who may not decide this gate."""
+    approvers = json.loads(row["approvers"]) if row.get("approvers") else None
+    where = f"gate '{row['gate_id']}' of run {row['run_id']}"
+    if approvers:
+        users, shown = expand_approvers(approvers)
+        if actor not in users:
+            raise ApprovalError(f"{actor} may not decide {where}: approvers are {'; '.join(shown)}")
+    if actor == row.get("launched_by") and not row.get("allow_self_approval"):
+        raise ApprovalError(
+            f"{actor} started run {row['run_id']} and may not also decide its {where.split(' of')[0]} "
+            "(four-eyes); ask another approver, or set allow_self_approval: true on the gate"
+        )
+
+
+# -- the durable record ----------------------------------------------------------------------
+def gate_row(store: Store, run_id: str, gate_id: str) -> dict[str, Any] | None:
+    rows = store.query_dicts(
+        "SELECT * FROM approvals WHERE run_id = ? AND gate_id = ?", [run_id, gate_id]
+    )
+    return rows[0] if rows else None
+
+
+def _record(row: Mapping[str, Any]) -> dict[str, Any]:
+    rec: dict[str, Any] = {"t": "gate"}
+    for key, value in row.items():
+        rec[key] = _epoch(value) if isinstance(value, datetime) else value
+    return rec
+
+
+def _epoch(value: datetime) -> float:
+    return value.replace(tzinfo=timezone.utc).timestamp()
+
+
+def open_gate(
+    store: Store,
+    *,
+    run_id: str,
+    workflow: str,
+    gate_id: str,
+    config: GateConfig,
+    message: str,
+    preview_text: str | None,
+    preview_html: str | None,
+    launched_by: str,
+) -> tuple[dict[str, Any], bool]:
+    """Open the gate if it is not open yet; return (its row, whether it was opened now)."""
+    with store.session("opening an approval gate"):
+        existing = gate_row(store, run_id, gate_id)
+        if existing is not None:
+            return existing, False
+        now = time.time()
+        row = {
+            "run_id": run_id,
+            "gate_id": gate_id,
+            "workflow": workflow,
+            "status": "open",
+            "message": message,
+            "preview_text": preview_text,
+            "preview_html": preview_html,
+            "approvers": json.dumps(config.approvers) if config.approvers else None,
+            "allow_self_approval": config.allow_self_approval,
+            "launched_by": launched_by,
+            "opened_at": now,
+            "deadline": now + config.timeout if config.timeout else None,
+            "on_timeout": config.on_timeout,
+        }
+        store.record_many(
+            [_record(row), _event(run_id, gate_id, "gate_opened", deadline=row["deadline"])]
+        )
+    found = gate_row(store, run_id, gate_id)
+    assert found is not None
+    return found, True
+
+
+def decide(
+    store: Store,
+    run_id: str,
+    gate_id: str,
+    decision: str,
+    *,
+    actor: str,
+    channel: str,
+    comment: str | None = None,
+) -> dict[str, Any]:
+    """Record the one decision of a gate; refuse a second one or a user who may not decide."""
+    if decision not in (APPROVE, REJECT):
+        raise ApprovalError(f"a decision is '{APPROVE}' or '{REJECT}', not {decision!r}")
+    if channel not in CHANNELS:
+        raise ApprovalError(f"unknown channel {channel!r}")
+    with store.session("recording an approval decision"):
+        row = gate_row(store, run_id, gate_id)
+        if row is None:
+            known = store.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id])
+            if not known:
+                raise ApprovalError(f"no run '{run_id}' in {store.path}")
+            raise ApprovalError(f"run {run_id} has no open gate '{gate_id}' (not reached yet?)")
+        if row["status"] != "open":
+            raise AlreadyDecided(describe_decision(row, prefix="already "))
+        if channel not in ("policy", "timeout"):
+            check_actor(row, actor)
+        row = dict(row)
+        row.update(
+            status="approved" if decision == APPROVE else "rejected",
+            decision=decision,
+            actor=actor,
+            channel=channel,
+            comment=comment or None,
+            decided_at=time.time(),
+        )
+        store.record_many(
+            [
+                _record(row),
+                _event(
+                    run_id,
+                    gate_id,
+                    "gate_decided",
+                    decision=decision,
+                    actor=actor,
+                    channel=channel,
+                    comment=comment,
+                ),
+            ]
+        )
+    return output_of(row)
+
+
+def expire(store: Store, run_id: str, gate_id: str, *, reason: str | None = None) -> dict[str, Any]:
+    """Close a gate without a decision (``on_timeout: fail``, or no policy decision)."""
+    with store.session("closing an approval gate"):
+        row = gate_row(store, run_id, gate_id)
+        assert row is not None
+        if row["status"] != "open":
+            return row
+        row = dict(row)
+        note = reason or "approval timed out"
+        row.update(
+            status="expired",
+            channel="timeout" if reason is None else "policy",
+            actor="runtime",
+            comment=note,
+            decided_at=time.time(),
+        )
+        store.record_many([_record(row), _event(run_id, gate_id, "gate_expired", reason=note)])
+    return row
+
+
+def describe_decision(row: Mapping[str, Any], prefix: str = "") -> str:
+    when = row.get("decided_at")
+    if isinstance(when, (int, float)):
+        when = datetime.fromtimestamp(when, tz=timezone.utc)
+    stamp = when.strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(when, datetime) else "?"
+    verb = "approved" if row.get("decision") == APPROVE else "rejected"
+    comment = f' ("{row["comment"]}")' if row.get("comment") else ""
+    return (
+        f"gate '{row['gate_id']}' of run {row['run_id']} was {prefix}{verb} by {row.get('actor')} "
+        f"via {row.get('channel')} at {stamp}{comment}"
+    )
+
+
+def output_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The gate step's output: the decision as a JSON-able mapping."""
+    when = row.get("decided_at")
+    if isinstance(when, datetime):
+        when = _epoch(when)
+    return {
+        "decision": row.get("decision"),
+        "approved": row.get("decision") == APPROVE,
+        "actor": row.get("actor"),
+        "channel": row.get("channel"),
+        "comment": row.get("comment"),
+        "decided_at": datetime.fromtimestamp(float(when), tz=timezone.utc).isoformat()
+        if when is not None
+        else None,
+    }
+
+
+def deadline_passed(row: Mapping[str, Any]) -> bool:
+    deadline = row.get("deadline")
+    if deadline is None:
+        return False
+    value = _epoch(deadline) if isinstance(deadline, datetime) else float(deadline)
+    return time.time() >= value
+
+
+def commands(run_id: str, gate_id: str) -> dict[str, str]:
+    return {
+        "approve": f"airun approve {run_id} {gate_id}",
+        "reject": f"airun reject {run_id} {gate_id}",
+    }
+
+
+def _event(run_id: str, gate_id: str, kind: str, **detail: Any) -> dict[str, Any]:
+    return {
+        "t": "ev",
+        "ts": time.time(),
+        "run_id": run_id,
+        "step_id": gate_id,
+        "kind": kind,
+        "detail": json.dumps(detail, default=str),
+    }
+
+
+# -- notifications ---------------------------------------------------------------------------
+def notify(
+    target: Any,
+    payload: dict[str, Any],
+    resolve: Callable[[str], Callable[..., Any]],
+) -> str | None:
+    """Tell someone a gate opened: POST JSON to a URL, or call a function. Never raises.
+
+    Returns an error description when notifying failed (the caller records it), else None.
+    """
+    targets = target if isinstance(target, list) else [target]
+    errors = []
+    for t in targets:
+        try:
+            if callable(t):
+                t(payload)
+            elif isinstance(t, str) and t.startswith(("http://", "https://")):
+                req = urllib.request.Request(
+                    t,
+                    data=json.dumps(payload, default=str).encode(),
+                    headers={"Content-Type": "application/json"},
+                    method="POST",
+                )
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    resp.read()
+            elif isinstance(t, str):
+                resolve(t)(payload)
+            else:
+                raise ApprovalError(f"cannot notify {t!r}: give a URL or a function")
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            log.warning("airun_nb: notifying %s failed: %s", t, message)
+            errors.append(f"{t}: {message}")
+    return "; ".join(errors) or None
+
+
+# -- the Python API --------------------------------------------------------------------------
+def approve(
+    run_id: str,
+    gate_id: str,
+    *,
+    by: str | None = None,
+    comment: str | None = None,
+    db: str | os.PathLike[str] | None = None,
+    channel: str = "api",
+) -> dict[str, Any]:
+    """Approve a gate (for scripts and agents). The run continues when it next resumes."""
+    from .config import current_user
+
+    return decide(
+        Store.open(db),
+        run_id,
+        gate_id,
+        APPROVE,
+        actor=by or current_user(),
+        channel=channel,
+        comment=comment,
+    )
+
+
+def reject(
+    run_id: str,
+    gate_id: str,
+    *,
+    by: str | None = None,
+    comment: str | None = None,
+    db: str | os.PathLike[str] | None = None,
+    channel: str = "api",
+) -> dict[str, Any]:
+    """Reject a gate; the run rolls back when it next resumes."""
+    from .config import current_user
+
+    return decide(
+        Store.open(db),
+        run_id,
+        gate_id,
+        REJECT,
+        actor=by or current_user(),
+        channel=channel,
+        comment=comment,
+    )
