@@ -21,9 +21,9 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def ipython(db: Path):
     """The (process-wide) real IPython shell, with an empty user namespace and the extension."""
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.testing.globalipapp import get_ipython
 
-    shell = start_ipython()
+    shell = get_ipython()  # starts the shell on first use, then returns the same one
     shell.reset(new_session=False)
     shell.run_line_magic("load_ext", "airun_nb")
     yield shell

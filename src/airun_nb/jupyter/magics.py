@@ -20,6 +20,7 @@ from ..result import RunResult
 from ..store import Store
 from ..workflow import Workflow, rollback
 from .display import LiveTable
+from .widgets import draw_gates
 
 _last: dict[str, RunResult] = {}
 
@@ -79,10 +80,12 @@ class WorkflowMagics(Magics):
             engine.execute()
         finally:
             _last["result"] = RunResult(engine)
+            if engine.open_gates:
+                draw_gates(engine.open_gates, engine.store.path, ns)
 
     @line_magic("workflow")
     def workflow_line(self, line: str) -> Any:
-        """%workflow runs | show RUN | resume [RUN] | rollback RUN | history [TABLE] [RUN]"""
+        """%workflow runs | show RUN | resume [RUN] | rollback RUN | approvals | history [TABLE] [RUN]"""
         words = shlex.split(line)
         db = None
         if "--db" in words:
@@ -93,7 +96,7 @@ class WorkflowMagics(Magics):
             del words[i : i + 2]
         if not words:
             raise UsageError(
-                "%workflow: give a command: runs | show RUN | resume [RUN] | rollback RUN | history"
+                "%workflow: give a command: runs | show RUN | resume [RUN] | rollback RUN | approvals | history"
             )
         cmd, rest = words[0], words[1:]
         if cmd == "runs":
@@ -109,6 +112,15 @@ class WorkflowMagics(Magics):
             run_id = rest[0] if rest else _latest_unfinished(db)
             wf = Workflow.from_run(run_id, db=db)
             self._run(wf, db=db, resume=run_id)
+            return None
+        if cmd == "approvals":
+            store = Store.open(db)
+            rows = store.query_dicts(
+                "SELECT * FROM approvals WHERE status = 'open' ORDER BY opened_at"
+            )
+            if not rows:
+                print("no approval gates are waiting")
+            draw_gates(rows, store.path, self.shell.user_ns)
             return None
         if cmd == "rollback":
             if len(rest) != 1:
@@ -130,7 +142,7 @@ class WorkflowMagics(Magics):
                 )
             return funcs[what]()
         raise UsageError(
-            f"%workflow: unknown command {cmd!r} (runs | show RUN | resume [RUN] | rollback RUN | history)"
+            f"%workflow: unknown command {cmd!r} (runs | show RUN | resume [RUN] | rollback RUN | approvals | history)"
         )
 
 
