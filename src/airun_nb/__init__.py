@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .capabilities import register as register_capability
 from .errors import (
     AirunError,
     RunBusy,
@@ -21,7 +22,7 @@ from .errors import (
     WorkflowFailed,
 )
 from .gate import AlreadyDecided, ApprovalError, approve, reject
-from .history import approvals, attempts, events, runs, steps
+from .history import approvals, attempts, audit, events, runs, steps
 from .result import RunResult
 from .workflow import Workflow, rollback
 
@@ -46,9 +47,11 @@ __all__ = [
     "approvals",
     "approve",
     "attempts",
+    "audit",
     "events",
     "last_run",
     "load_ipython_extension",
+    "register_capability",
     "reject",
     "rollback",
     "runs",

@@ -16,7 +16,7 @@ from .errors import AirunError
 from .store import Store
 from .workflow import Workflow, rollback
 
-_TABLES = ("runs", "steps", "attempts", "events", "approvals")
+_TABLES = ("runs", "steps", "attempts", "events", "approvals", "audit")
 
 
 class _Group(click.Group):
@@ -196,6 +196,28 @@ def approve(
 def reject(run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None) -> None:
     """Reject gate GATE_ID of run RUN_ID (the run rolls back when it resumes)."""
     _decide(gate.REJECT, run_id, gate_id, by, comment, db)
+
+
+@main.command("audit")
+@db_option
+@click.option("--run", "run_id", help="Only this run.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path))
+def audit_cmd(db: Path | None, run_id: str | None, fmt: str, output: Path | None) -> None:
+    """Export the audit trail (secrets are redacted when recorded)."""
+    df = history.audit(run_id, db)
+    text = (
+        df.to_json(orient="records", lines=True, date_format="iso")
+        if fmt == "jsonl"
+        else df.to_csv(index=False)
+    )
+    if output is not None:
+        output.write_text(text)
+        click.echo(f"wrote {len(df)} audit rows to {output}")
+    else:
+        click.echo(text, nl=False)
 
 
 @main.command("history")

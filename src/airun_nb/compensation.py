@@ -15,7 +15,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import kinds
+from . import auditlog, capabilities, kinds
 from .errors import AirunError
 from .spec import RetryPolicy
 from .store import crashpoint
@@ -130,6 +130,7 @@ def _compensate(engine: Engine, st: StepState) -> bool:
                 [
                     engine.step_record(st, failed),
                     engine.event("compensation_failed", st.id, attempt=attempt, error=err),
+                    _audit(engine, st, comp, "failed", err),
                 ]
             )
             engine.listener.changed(engine, st)
@@ -142,11 +143,41 @@ def _compensate(engine: Engine, st: StepState) -> bool:
                     st, {**att, "status": "completed", "finished_at": st.comp_finished_at}
                 ),
                 engine.event("compensation_done", st.id, attempt=attempt),
+                _audit(engine, st, comp, "done", None),
             ]
         )
         crashpoint("compensate:recorded")
         engine.listener.changed(engine, st)
         return True
+
+
+def _audit(
+    engine: Engine, st: StepState, comp: dict[str, Any], decision: str, error: str | None
+) -> dict[str, Any]:
+    if "undo" in comp:
+        kind, cap = "undo", f"{comp['undo']}.undo"
+    else:
+        kind = "compensation"
+        cap = (
+            f"capability:{comp['capability']}"
+            if "capability" in comp
+            else "python.call"
+            if "call" in comp
+            else "python.exec"
+            if "python" in comp
+            else "sql.query"
+        )
+    return auditlog.row(
+        kind=kind,
+        principal=engine.user,
+        run_id=engine.run_id,
+        step_id=st.id,
+        capability=cap,
+        decision=decision,
+        arguments=comp.get("with") or comp.get("call"),
+        result=error,
+        undo_ref=f"{engine.run_id}/{st.id}/{st.comp_attempts}",
+    )
 
 
 def _policy(raw: Any) -> RetryPolicy:
@@ -179,7 +210,16 @@ def _invoke(engine: Engine, st: StepState, comp: dict[str, Any]) -> None:
             return kinds.run_python(str(comp["python"]), f"{st.id}.compensate", env)
         if "sql" in comp:
             return engine._sql.run(str(comp["sql"]), {}, engine.namespace)
-        raise AirunError(f"step '{st.id}': its compensation has no call, python or sql")
+        if "undo" in comp:
+            cap = capabilities.get(str(comp["undo"]))
+            if cap.undo is None:
+                raise AirunError(f"capability {cap.name} has no undo")
+            cap.undo(dict(comp.get("with") or {}), engine.capability_context(st.id))
+            return None
+        if "capability" in comp:
+            cap = capabilities.get(str(comp["capability"]))
+            return cap.apply(dict(args), engine.capability_context(st.id))
+        raise AirunError(f"step '{st.id}': its compensation has no call, python, sql or capability")
 
     result = run() if not timeout else _with_timeout(run, float(timeout))
     if isinstance(result, Exception):

@@ -29,7 +29,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import compensation, config, gate, kinds, outputs, templates
+from . import auditlog, capabilities, compensation, config, gate, kinds, outputs, templates
+from . import policy as policy_mod
 from .errors import (
     AirunError,
     RunBusy,
@@ -42,6 +43,7 @@ from .errors import (
 )
 from .spec import StepSpec, WorkflowSpec, _hash
 from .store import Store, crashpoint
+from .workspace import Workspace
 
 # Run statuses.
 PENDING, RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED = (
@@ -125,6 +127,7 @@ class StepState:
     reason: str | None = None
     error: str | None = None
     fn: Callable[..., Any] | None = None
+    cap_args: Any = None
     compensation: dict[str, Any] | None = None
     comp_status: str | None = None
     comp_attempts: int = 0
@@ -230,10 +233,13 @@ class Engine:
         self.requested_rollback = False
         self.rejected = False
         self.open_gates: list[dict[str, Any]] = []
+        self.policy = policy_mod.Policy()
+        self.workspace = Workspace()
         self.executed: list[str] = []
 
     # ------------------------------------------------------------------ plan
     def prepare(self, *, resume: str | None = None, new: bool = False) -> Plan:
+        self._govern()
         self._resolve()
         self._hash_steps()
         self._check_templates()
@@ -241,6 +247,10 @@ class Engine:
             prior_run, prior_rows, mode = self._select_run(resume, new)
         self.plan = self._decide(prior_run, prior_rows, mode)
         return self.plan
+
+    def _govern(self) -> None:
+        self.policy = policy_mod.current().tightened(self.spec.policy)
+        self.workspace = Workspace()
 
     def _resolve(self) -> None:
         for st in self.states.values():
@@ -252,9 +262,10 @@ class Engine:
             elif st.spec.kind == "approval":
                 gate.parse_config(st.spec.body, step=st.id)
             elif st.spec.kind == "capability":
-                raise SpecError(
-                    f"step '{st.id}': '{st.spec.kind}' steps are not available in this version"
-                )
+                try:
+                    capabilities.get(str(st.spec.body))
+                except capabilities.CapabilityError as exc:
+                    raise SpecError(f"step '{st.id}': {exc.message}") from None
 
     def _hash_steps(self) -> None:
         params_hash = _hash(self.params)
@@ -389,6 +400,9 @@ class Engine:
             else:
                 if mode == "resume" and row is not None:
                     st.attempts = int(row.get("attempts") or 0)
+                    comp = json.loads(row["compensation"]) if row.get("compensation") else None
+                    if comp and "prepared_attempt" in comp and row["status"] != S_COMPLETED:
+                        st.compensation = comp  # the undo captured before the first effect
                 entries.append(PlanEntry(s.id, "run", reason or "not run yet"))
         seqs = [int(r["finish_seq"]) for r in rows.values() if r.get("finish_seq") is not None]
         self._seq = max(seqs) if seqs and mode in ("resume", "rollback") else 0
@@ -608,6 +622,7 @@ class Engine:
             if row["status"] == ROLLED_BACK:
                 raise RunBusy(f"run {run_id} is already rolled back")
             rows = self._load_rows(run_id)
+        self.workspace = Workspace()
         self.failed_step = row.get("failed_step")
         self.error = row.get("error")
         self.requested_rollback = row["status"] != ROLLING_BACK
@@ -733,6 +748,28 @@ class Engine:
             )
             self.listener.changed(self, st)
             return
+        verdict, first_audit = self._check_policy(st)
+        policy_audit: dict[str, Any] | None = first_audit
+        if verdict.decision == "deny":
+            st.status = S_FAILED
+            st.started_at = st.finished_at = time.time()
+            st.finish_seq = self._next_seq()
+            st.error = f"denied by the policy ({verdict.reason})"
+            self.store.record_many(
+                [
+                    first_audit,
+                    self.step_record(st),
+                    self.event("step_denied", st.id, rule=verdict.rule),
+                ]
+            )
+            self.listener.changed(self, st)
+            return
+        if verdict.decision == "require_approval":
+            self.store.record(first_audit)
+            policy_audit = None
+            approved = self._policy_gate(st, verdict)
+            if not approved:
+                return
         policy = s.retry
         tries = 0
         while True:
@@ -743,18 +780,21 @@ class Engine:
             st.status = S_RUNNING
             st.started_at = st.started_at if tries > 1 and st.started_at else now
             st.error = None
-            self.store.record(
-                self.step_record(
-                    st,
-                    {
-                        "phase": "execute",
-                        "attempt": attempt,
-                        "status": S_RUNNING,
-                        "started_at": now,
-                        "pid": os.getpid(),
-                    },
-                )
+            running = self.step_record(
+                st,
+                {
+                    "phase": "execute",
+                    "attempt": attempt,
+                    "status": S_RUNNING,
+                    "started_at": now,
+                    "pid": os.getpid(),
+                },
             )
+            if policy_audit is not None:
+                self.store.record_many([policy_audit, running])
+                policy_audit = None
+            else:
+                self.store.record(running)
             self.listener.changed(self, st)
             crashpoint("step:started")
             try:
@@ -810,11 +850,12 @@ class Engine:
                 st.finished_at = end
                 st.finish_seq = self._next_seq()
                 if s.compensate_on_failure:
-                    st.compensation = self._render_compensation(st)
+                    st.compensation = self._render_compensation(st) or st.compensation
                 self.store.record_many(
                     [
                         self.step_record(st, att),
                         self.event("step_failed", st.id, attempt=attempt, error=err),
+                        self._execution_audit(st, "failed", err),
                     ]
                 )
                 self.listener.changed(self, st)
@@ -824,19 +865,26 @@ class Engine:
             st.status = S_COMPLETED
             st.finished_at = time.time()
             st.finish_seq = self._next_seq()
-            st.compensation = self._render_compensation(st)
-            self.store.record(
-                self.step_record(
-                    st,
-                    {
-                        "phase": "execute",
-                        "attempt": attempt,
-                        "status": S_COMPLETED,
-                        "started_at": now,
-                        "finished_at": st.finished_at,
-                        "pid": os.getpid(),
-                    },
-                )
+            user_comp = self._render_compensation(st)
+            if user_comp is not None:
+                st.compensation = user_comp
+            elif st.compensation and "args" in (st.compensation.get("with") or {}):
+                st.compensation["with"]["result"] = _jsonable(value)
+            self.store.record_many(
+                [
+                    self.step_record(
+                        st,
+                        {
+                            "phase": "execute",
+                            "attempt": attempt,
+                            "status": S_COMPLETED,
+                            "started_at": now,
+                            "finished_at": st.finished_at,
+                            "pid": os.getpid(),
+                        },
+                    ),
+                    self._execution_audit(st, "executed", capabilities.summarize(value)),
+                ]
             )
             crashpoint("step:recorded")
             self.executed.append(st.id)
@@ -855,73 +903,12 @@ class Engine:
             step=s.id,
             field="approval.message",
         )
-        preview_text = preview_html = None
+        preview = None
         if conf.show is not None:
-            shown = templates.render(conf.show, ctx, step=s.id, field="approval.show")
-            preview_text, preview_html = _preview(shown)
-        row, opened = gate.open_gate(
-            self.store,
-            run_id=self.run_id,
-            workflow=self.spec.name,
-            gate_id=s.id,
-            config=conf,
-            message=str(message),
-            preview_text=preview_text,
-            preview_html=preview_html,
-            launched_by=self.user,
-        )
-        if opened:
-            st.attempts += 1
-            st.started_at = time.time()
-            st.status = S_WAITING
-            self.store.record(self.step_record(st))
-            if conf.notify or s.notify:
-                self._notify(st, conf.notify or s.notify, row)
-        mode = gate.resolve_mode(conf)
-        while row["status"] == "open":
-            if gate.deadline_passed(row):
-                if conf.on_timeout == "fail":
-                    row = gate.expire(self.store, self.run_id, s.id)
-                    break
-                gate.decide(
-                    self.store,
-                    self.run_id,
-                    s.id,
-                    conf.on_timeout,
-                    actor="timeout",
-                    channel="timeout",
-                    comment="no decision before the deadline",
-                )
-            elif mode == "policy":
-                found = gate.policy_decision(self.spec.name, s.id)
-                if found is None:
-                    row = gate.expire(
-                        self.store,
-                        self.run_id,
-                        s.id,
-                        reason="no policy decision for this gate (set AIRUN_APPROVAL=approve or "
-                        "reject, or 'approvals:' in the settings)",
-                    )
-                    break
-                gate.decide(
-                    self.store,
-                    self.run_id,
-                    s.id,
-                    found[0],
-                    actor=f"policy:{found[1]}",
-                    channel="policy",
-                )
-            elif mode == "suspend":
-                st.status = S_WAITING
-                self.open_gates.append(row)
-                self.store.record(self.step_record(st))
-                self.listener.changed(self, st)
-                return
-            else:  # wait: poll the store for a decision from any channel
-                time.sleep(0.25)
-            found_row = gate.gate_row(self.store, self.run_id, s.id)
-            assert found_row is not None
-            row = found_row
+            preview = templates.render(conf.show, ctx, step=s.id, field="approval.show")
+        row = self._await_gate(st, s.id, conf, str(message), preview, counts_attempt=True)
+        if row is None:
+            return
         st.finished_at = time.time()
         st.finish_seq = self._next_seq()
         if row["status"] == "approved":
@@ -931,31 +918,200 @@ class Engine:
             st.reason = gate.describe_decision(row)
             self.executed.append(s.id)
         else:
-            st.status = S_FAILED
-            st.error = (
-                gate.describe_decision(row)
-                if row["status"] == "rejected"
-                else str(row.get("comment"))
-            )
-            self.rejected = row["status"] == "rejected"
+            self._gate_refused(st, row)
         self.store.record(self.step_record(st))
         self.listener.changed(self, st)
 
-    def _notify(self, st: StepState, target: Any, row: Mapping[str, Any]) -> None:
+    def _gate_refused(self, st: StepState, row: Mapping[str, Any]) -> None:
+        st.status = S_FAILED
+        st.finished_at = time.time()
+        st.error = (
+            gate.describe_decision(row) if row["status"] == "rejected" else str(row.get("comment"))
+        )
+        self.rejected = row["status"] == "rejected"
+
+    def _await_gate(
+        self,
+        st: StepState,
+        gate_id: str,
+        conf: gate.GateConfig,
+        message: str,
+        preview: Any,
+        *,
+        counts_attempt: bool,
+    ) -> dict[str, Any] | None:
+        """Open (or find) a gate and get its decision; None while it waits (suspend mode)."""
+        preview_text = preview_html = None
+        if preview is not None:
+            preview_text, preview_html = _preview(preview)
+        row, opened = gate.open_gate(
+            self.store,
+            run_id=self.run_id,
+            workflow=self.spec.name,
+            gate_id=gate_id,
+            config=conf,
+            message=message,
+            preview_text=preview_text,
+            preview_html=preview_html,
+            launched_by=self.user,
+        )
+        if opened:
+            if counts_attempt:
+                st.attempts += 1
+            st.started_at = time.time()
+            st.status = S_WAITING
+            self.store.record(self.step_record(st))
+            target = conf.notify or st.spec.notify
+            if target:
+                self._notify(st, gate_id, target, row)
+        mode = gate.resolve_mode(conf)
+        while row["status"] == "open":
+            if gate.deadline_passed(row):
+                if conf.on_timeout == "fail":
+                    row = gate.expire(self.store, self.run_id, gate_id)
+                    break
+                gate.decide(
+                    self.store,
+                    self.run_id,
+                    gate_id,
+                    conf.on_timeout,
+                    actor="timeout",
+                    channel="timeout",
+                    comment="no decision before the deadline",
+                )
+            elif mode == "policy":
+                found = gate.policy_decision(self.spec.name, gate_id)
+                if found is None:
+                    row = gate.expire(
+                        self.store,
+                        self.run_id,
+                        gate_id,
+                        reason="no policy decision for this gate (set AIRUN_APPROVAL=approve or "
+                        "reject, or 'approvals:' in the settings)",
+                    )
+                    break
+                gate.decide(
+                    self.store,
+                    self.run_id,
+                    gate_id,
+                    found[0],
+                    actor=f"policy:{found[1]}",
+                    channel="policy",
+                )
+            elif mode == "suspend":
+                st.status = S_WAITING
+                self.open_gates.append(row)
+                self.store.record(self.step_record(st))
+                self.listener.changed(self, st)
+                return None
+            else:  # wait: poll the store for a decision from any channel
+                time.sleep(0.25)
+            found_row = gate.gate_row(self.store, self.run_id, gate_id)
+            assert found_row is not None
+            row = found_row
+        return row
+
+    # ------------------------------------------------------------------ governance
+    def _check_policy(self, st: StepState) -> tuple[policy_mod.Verdict, dict[str, Any]]:
+        s = st.spec
+        cap = capabilities.policy_name(s.kind, s.body)
+        risk = capabilities.risk_of(s.kind, s.body, s.risk)
+        verdict = self.policy.evaluate(self.user, cap, risk)
+        rec = auditlog.row(
+            kind="policy",
+            principal=self.user,
+            run_id=self.run_id,
+            step_id=s.id,
+            capability=cap,
+            decision=verdict.decision,
+            risk=risk,
+            rule=verdict.rule,
+        )
+        return verdict, rec
+
+    def _policy_gate(self, st: StepState, verdict: policy_mod.Verdict) -> bool | None:
+        """A gate the policy inserted before a step: True approved, False refused, None waits."""
+        s = st.spec
+        conf = gate.GateConfig(approvers=verdict.approvers, on_timeout="reject")
+        message = (
+            f"The policy requires approval before step '{s.id}' runs {verdict.capability} "
+            f"(risk {verdict.risk}) for {verdict.principal}"
+            + (f" (rule '{verdict.rule}')" if verdict.rule else "")
+        )
+        preview = templates.render(s.with_, self.context(), step=s.id, field="with") or None
+        row = self._await_gate(st, f"{s.id}.approval", conf, message, preview, counts_attempt=False)
+        if row is None:
+            return None
+        if row["status"] == "approved":
+            return True
+        self._gate_refused(st, row)
+        st.finish_seq = self._next_seq()
+        self.store.record(self.step_record(st))
+        self.listener.changed(self, st)
+        return False
+
+    def _run_capability(self, st: StepState, ctx: Mapping[str, Any]) -> Any:
+        s = st.spec
+        cap = capabilities.get(str(s.body))
+        args = templates.render(s.with_, ctx, step=s.id, field="with")
+        cctx = self.capability_context(st.id)
+        prepared = (
+            st.compensation if st.compensation and "prepared_attempt" in st.compensation else None
+        )
+        if cap.prepare is not None and prepared is None:
+            undo_rec = cap.prepare(args, cctx)
+            if cap.undo is not None:
+                # Durable before the effect: a crash from here on still knows how to undo.
+                st.compensation = {
+                    "undo": cap.name,
+                    "with": undo_rec,
+                    "prepared_attempt": st.attempts,
+                }
+                self.store.record(self.step_record(st))
+                crashpoint("capability:prepared")
+        st.cap_args = args
+        return cap.apply(args, cctx)
+
+    def capability_context(self, step_id: str) -> capabilities.Context:
+        undo_dir = self.store.path.with_name(self.store.path.name + ".undo") / self.run_id / step_id
+        return capabilities.Context(self.workspace, undo_dir, self.store)
+
+    def _notify(self, st: StepState, gate_id: str, target: Any, row: Mapping[str, Any]) -> None:
         payload = {
             "run_id": self.run_id,
             "workflow": self.spec.name,
-            "gate": st.id,
+            "gate": gate_id,
             "message": row.get("message"),
             "approvers": json.loads(row["approvers"]) if row.get("approvers") else None,
             "deadline": row.get("deadline"),
             "preview": row.get("preview_text"),
-            "commands": gate.commands(self.run_id, st.id),
+            "commands": gate.commands(self.run_id, gate_id),
         }
         error = gate.notify(
             target, payload, lambda name: kinds.resolve_callable(name, self.namespace, step=st.id)
         )
         self.store.record(self.event("notify_failed" if error else "notified", st.id, error=error))
+
+    def _execution_audit(self, st: StepState, decision: str, result: str) -> dict[str, Any]:
+        s = st.spec
+        args: Any = st.cap_args if s.kind == "capability" else (s.with_ or None)
+        undo_ref = (
+            f"{self.run_id}/{s.id}/{st.attempts}"
+            if st.compensation and decision == "executed"
+            else None
+        )
+        return auditlog.row(
+            kind="capability" if s.kind == "capability" else "step",
+            principal=self.user,
+            run_id=self.run_id,
+            step_id=s.id,
+            capability=capabilities.policy_name(s.kind, s.body),
+            decision=decision,
+            risk=capabilities.risk_of(s.kind, s.body, s.risk),
+            arguments=args,
+            result=result,
+            undo_ref=undo_ref,
+        )
 
     def _skip_reason(self, st: StepState, ctx: Mapping[str, Any]) -> str | None:
         for n in st.spec.needs:
@@ -998,6 +1154,8 @@ class Engine:
             return self._sql.run(str(sql), relations, self.namespace)
         if s.kind == "parallel":
             return None
+        if s.kind == "capability":
+            return self._run_capability(st, ctx)
         raise AirunError(f"step '{s.id}': kind '{s.kind}' cannot run here")
 
     def _render_compensation(self, st: StepState) -> dict[str, Any] | None:
@@ -1130,6 +1288,14 @@ class _StepRefs(_Steps):
         return view
 
     __getitem__ = __getattr__
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _preview(value: Any) -> tuple[str, str]:

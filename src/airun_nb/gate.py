@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from . import settings
+from . import auditlog, settings
 from .errors import AirunError
 from .store import Store
 
@@ -153,7 +153,9 @@ def expand_approvers(approvers: list[str] | None) -> tuple[set[str], list[str]]:
     """(user names allowed, readable description) for a gate's ``approvers`` list."""
     if not approvers:
         return set(), []
-    table = settings.roles()
+    from .policy import all_roles
+
+    table = all_roles()
     users: set[str] = set()
     shown: list[str] = []
     for entry in approvers:
@@ -292,6 +294,15 @@ def decide(
                     actor=actor,
                     channel=channel,
                     comment=comment,
+                ),
+                auditlog.row(
+                    kind="human" if channel not in ("policy", "timeout") else channel,
+                    principal=actor,
+                    run_id=run_id,
+                    step_id=gate_id,
+                    capability="approval",
+                    decision=decision,
+                    arguments={"channel": channel, "comment": comment},
                 ),
             ]
         )

@@ -112,3 +112,16 @@ def approvals(run: str | None = None, db: _Db = None, *, pending: bool = False) 
     df = _frame(df, ("opened_at", "deadline", "decided_at"), None)
     df["waited"] = df["decided_at"] - df["opened_at"]
     return df
+
+
+def audit(run: str | None = None, db: _Db = None) -> pd.DataFrame:
+    """The audit trail: every policy decision, human decision, capability execution, undo and
+    compensation, oldest first, with secrets already redacted."""
+    where, params = ("WHERE run_id = ?", [run]) if run else ("", [])
+    df = Store.open(db).query_df(
+        f"""SELECT ts, kind, principal, run_id, step_id, capability, decision, risk, rule,
+                   arguments, result, undo_ref
+            FROM audit {where} ORDER BY ts""",
+        params,
+    )
+    return _frame(df, ("ts",), None)

@@ -55,6 +55,7 @@ WORKFLOW_KEYS = {
     "metadata",
     "executor",
     "version",
+    "policy",
 }
 # The seed (AI-First Runtime) dialect: alias -> native key.
 SEED_STEP_ALIASES = {
@@ -158,6 +159,7 @@ class WorkflowSpec:
     executor: str = "local"
     metadata: dict[str, Any] = field(default_factory=dict)
     seed_dialect: bool = False
+    policy: dict[str, Any] | None = None
     source: str = ""
     spec_hash: str = ""
 
@@ -285,6 +287,14 @@ class _Parser:
         on_failure = wf.get("on_failure", "rollback")
         if on_failure not in ON_FAILURE:
             raise self.error(f"'on_failure' must be one of {', '.join(ON_FAILURE)}", ["on_failure"])
+        if wf.get("policy") is not None:
+            from .policy import PolicyError
+            from .policy import parse as parse_policy
+
+            try:
+                parse_policy(wf["policy"], source="the workflow's policy")
+            except PolicyError as exc:
+                raise self.error(exc.message, ["policy"]) from None
         executor = wf.get("executor", "local")
         if executor not in ("local", "dask"):
             raise self.error("'executor' must be 'local' or 'dask'", ["executor"])
@@ -308,6 +318,7 @@ class _Parser:
             executor=executor,
             metadata=wf.get("metadata") or {},
             seed_dialect=seed,
+            policy=wf.get("policy"),
             source=self._text or "",
         )
         for i, s in enumerate(steps):

@@ -32,7 +32,7 @@ from .journal import Journal
 from .lease import Lease
 
 SCHEMA_VERSION = 2
-# Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals. Each version only adds
+# Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit. Each version only adds
 # tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
@@ -132,6 +132,23 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
         ],
         ("run_id", "gate_id"),
     ),
+    "audit": (
+        [
+            ("ts", _TS),
+            ("kind", "VARCHAR"),
+            ("principal", "VARCHAR"),
+            ("run_id", "VARCHAR"),
+            ("step_id", "VARCHAR"),
+            ("capability", "VARCHAR"),
+            ("decision", "VARCHAR"),
+            ("risk", "VARCHAR"),
+            ("rule", "VARCHAR"),
+            ("arguments", "VARCHAR"),
+            ("result", "VARCHAR"),
+            ("undo_ref", "VARCHAR"),
+        ],
+        (),
+    ),
     "events": (
         [
             ("ts", _TS),
@@ -151,6 +168,7 @@ _RECORD_TABLE = {
     "att": "attempts",
     "gate": "approvals",
     "ev": "events",
+    "audit": "audit",
 }
 _ARROW = {
     "VARCHAR": pa.string(),
@@ -277,8 +295,7 @@ class Store:
     def record_many(self, recs: Sequence[dict[str, Any]]) -> None:
         with self._mutex:
             self._ensure_lease("running a workflow")
-            for rec in recs:
-                self.journal.append(rec)
+            self.journal.append_many(recs)
             self._last_activity = time.monotonic()
             if len(self.journal.pending) >= FOLD_EVERY:
                 self._connection()
@@ -446,14 +463,14 @@ class Store:
             return
         con = self._connection()
         grouped: dict[str, dict[Any, dict[str, Any]]] = {}
-        events: list[dict[str, Any]] = []
+        appended: dict[str, list[dict[str, Any]]] = {}
         for rec in journal.pending:
             t = rec.get("t")
             table = _RECORD_TABLE.get(t or "")
             if table is None:
                 continue
-            if table == "events":
-                events.append(rec)
+            if table in ("events", "audit"):
+                appended.setdefault(table, []).append(rec)
                 continue
             pk = TABLES[table][1]
             grouped.setdefault(table, {})[tuple(rec.get(k) for k in pk)] = rec
@@ -465,8 +482,8 @@ class Store:
         try:
             for table, rows in grouped.items():
                 self._insert(con, table, list(rows.values()), replace=True)
-            if events:
-                self._insert(con, "events", events, replace=False)
+            for table, rows_ in appended.items():
+                self._insert(con, table, rows_, replace=False)
             con.execute(
                 "INSERT OR REPLACE INTO airun_meta VALUES ('journal_gen', ?), ('journal_offset', ?)",
                 [journal.gen, str(journal.size)],

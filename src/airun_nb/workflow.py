@@ -64,17 +64,20 @@ class Workflow:
         new: bool = False,
         listener: Listener | None = None,
         user: str | None = None,
+        principal: str | None = None,
         raise_on_failure: bool = True,
     ) -> RunResult:
         """Run (or resume) the workflow and return its :class:`RunResult`.
 
         By default the latest unfinished run of this workflow resumes; a finished one starts a
         new run (reusing the outputs of steps that did not change). ``resume=RUN`` resumes that
-        run; ``new=True`` always starts afresh. Failures raise
+        run; ``new=True`` always starts afresh. ``principal`` is who the policy sees running it
+        (an agent's name, say); by default the acting user (``AIRUN_USER`` or the login).
+        Failures raise
         :class:`~airun_nb.errors.WorkflowFailed` unless ``raise_on_failure=False``.
         """
         engine = self.engine(
-            db=db, params=params, namespace=namespace, listener=listener, user=user
+            db=db, params=params, namespace=namespace, listener=listener, user=principal or user
         )
         engine.prepare(resume=resume, new=new)
         try:

@@ -1,0 +1,290 @@
+"""The policy: who may run which capability, at which risk, and who must approve it.
+
+```yaml
+roles: {lead: [alice], agent: [llm-bot]}
+default: allow                 # allow | deny | require_approval
+rules:
+  - name: agents-no-code
+    principals: [role:agent]
+    capabilities: [python.exec, fs.delete]
+    decision: deny
+  - principals: ["*"]
+    capabilities: ["fs.*"]
+    risk: ">= high"
+    decision: require_approval
+    approvers: [role:lead]
+```
+
+Every matching rule is considered and the most restrictive decision wins (deny over
+require_approval over allow); when no rule matches, ``default`` decides. The policy is loaded
+from configuration only (``AIRUN_POLICY``, ``%config Workflow.policy``, ``policy:`` in the
+settings or ``[tool.airun_nb]``): a workflow may add rules of its own, but only to tighten it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import settings
+from .errors import AirunError
+
+DECISIONS = ("allow", "require_approval", "deny")
+_STRICTNESS = {d: i for i, d in enumerate(DECISIONS)}
+RISK_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\-]+$")
+_RISK_CMP = re.compile(r"^\s*(>=|<=|>|<|==)?\s*(low|medium|high|critical)\s*$")
+
+_configured: dict[str, Any] = {}
+
+
+class PolicyError(AirunError):
+    """The policy file is malformed; the message names the rule."""
+
+
+@dataclass
+class Rule:
+    name: str
+    principals: list[str]
+    capabilities: list[str]
+    decision: str
+    risk: list[tuple[str, int]] | None = None
+    approvers: list[str] | None = None
+    source: str = "policy"
+
+    def matches(self, principal: str, roles_of: set[str], capability: str, risk: str) -> bool:
+        if not any(
+            p == "*" or p == principal or (p.startswith("role:") and p[5:] in roles_of)
+            for p in self.principals
+        ):
+            return False
+        if not any(fnmatch.fnmatchcase(capability, c) for c in self.capabilities):
+            return False
+        if self.risk is not None:
+            level = RISK_ORDER.get(risk, 1)
+            return any(_compare(level, op, bound) for op, bound in self.risk)
+        return True
+
+
+def _compare(level: int, op: str, bound: int) -> bool:
+    return {
+        ">=": level >= bound,
+        "<=": level <= bound,
+        ">": level > bound,
+        "<": level < bound,
+        "==": level == bound,
+    }[op]
+
+
+@dataclass
+class Verdict:
+    decision: str
+    rule: str | None
+    approvers: list[str] | None
+    principal: str
+    capability: str
+    risk: str
+
+    @property
+    def reason(self) -> str:
+        who = f"rule '{self.rule}'" if self.rule else "the policy default"
+        return f"{who}: {self.decision} {self.capability} (risk {self.risk}) for {self.principal}"
+
+
+@dataclass
+class Policy:
+    roles: dict[str, list[str]] = field(default_factory=dict)
+    default: str = "allow"
+    rules: list[Rule] = field(default_factory=list)
+    source: str = "(no policy)"
+
+    def roles_of(self, principal: str) -> set[str]:
+        return {r for r, members in self.roles.items() if principal in members}
+
+    def evaluate(self, principal: str, capability: str, risk: str) -> Verdict:
+        mine = self.roles_of(principal)
+        best: Verdict | None = None
+        for rule in self.rules:
+            if rule.matches(principal, mine, capability, risk) and (
+                best is None or _STRICTNESS[rule.decision] > _STRICTNESS[best.decision]
+            ):
+                best = Verdict(
+                    rule.decision, rule.name, rule.approvers, principal, capability, risk
+                )
+        if best is None:
+            return Verdict(self.default, None, None, principal, capability, risk)
+        return best
+
+    def tightened(self, extra: Mapping[str, Any] | None, *, where: str = "workflow") -> Policy:
+        """This policy plus a workflow's own rules, which may only tighten it."""
+        if not extra:
+            return self
+        add = _parse(extra, source=where, roles=self.roles, allow_roles=True)
+        for rule in add.rules:
+            if rule.decision == "allow":
+                raise PolicyError(
+                    f"{where} rule '{rule.name}': a workflow may only tighten the policy "
+                    "(deny or require_approval), not allow"
+                )
+        default = self.default
+        if "default" in extra:
+            if _STRICTNESS[add.default] < _STRICTNESS[self.default]:
+                raise PolicyError(
+                    f"{where}: default '{add.default}' would loosen the policy's '{self.default}'"
+                )
+            default = add.default
+        return Policy({**self.roles, **add.roles}, default, [*self.rules, *add.rules], self.source)
+
+
+def _parse(
+    doc: Mapping[str, Any],
+    *,
+    source: str,
+    roles: Mapping[str, list[str]] | None = None,
+    allow_roles: bool = False,
+) -> Policy:
+    if not isinstance(doc, Mapping):
+        raise PolicyError(f"{source}: a policy is a mapping with roles, default and rules")
+    unknown = set(doc) - {"roles", "default", "rules", "description", "version"}
+    if unknown:
+        raise PolicyError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    raw_roles = doc.get("roles") or {}
+    if not isinstance(raw_roles, Mapping):
+        raise PolicyError(f"{source}: 'roles' maps role names to lists of users")
+    table = {str(k): [str(u) for u in (v or [])] for k, v in raw_roles.items()}
+    known_roles = {**(roles or {}), **table, **settings.roles()}
+    default = str(doc.get("default", "allow"))
+    if default not in DECISIONS:
+        raise PolicyError(f"{source}: default must be one of {', '.join(DECISIONS)}")
+    rules_raw = doc.get("rules") or []
+    if not isinstance(rules_raw, list):
+        raise PolicyError(f"{source}: 'rules' must be a list")
+    rules = []
+    for i, raw in enumerate(rules_raw):
+        name = str(raw.get("name", f"#{i + 1}")) if isinstance(raw, Mapping) else f"#{i + 1}"
+        where = f"{source} rule '{name}'"
+        if not isinstance(raw, Mapping):
+            raise PolicyError(f"{where}: a rule is a mapping")
+        extra = set(raw) - {
+            "name",
+            "principals",
+            "capabilities",
+            "risk",
+            "decision",
+            "approvers",
+            "description",
+        }
+        if extra:
+            raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))}")
+        principals = _strings(raw.get("principals", ["*"]), where, "principals")
+        for p in principals:
+            if p.startswith("role:") and p[5:] not in known_roles:
+                raise PolicyError(f"{where}: unknown role '{p[5:]}' in principals")
+        caps = _strings(raw.get("capabilities", ["*"]), where, "capabilities")
+        for c in caps:
+            if not _PATTERN.match(c) or "**" in c:
+                raise PolicyError(f"{where}: malformed capability pattern {c!r}")
+        decision = str(raw.get("decision", ""))
+        if decision not in DECISIONS:
+            raise PolicyError(f"{where}: decision must be one of {', '.join(DECISIONS)}")
+        approvers = raw.get("approvers")
+        if approvers is not None:
+            approvers = _strings(approvers, where, "approvers")
+            for a in approvers:
+                if a.startswith("role:") and a[5:] not in known_roles:
+                    raise PolicyError(f"{where}: unknown role '{a[5:]}' in approvers")
+        if approvers and decision != "require_approval":
+            raise PolicyError(f"{where}: 'approvers' only goes with require_approval")
+        rules.append(
+            Rule(name, principals, caps, decision, _risk(raw.get("risk"), where), approvers, source)
+        )
+    return Policy(table, default, rules, source)
+
+
+def _strings(value: Any, where: str, key: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PolicyError(f"{where}: '{key}' must be a list of strings")
+    return value
+
+
+def _risk(value: Any, where: str) -> list[tuple[str, int]] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        m = _RISK_CMP.match(str(item))
+        if not m:
+            raise PolicyError(
+                f"{where}: risk must be levels (low, medium, high, critical) or like '>= high'"
+            )
+        out.append((m.group(1) or "==", RISK_ORDER[m.group(2)]))
+    return out
+
+
+def parse(text_or_doc: str | Mapping[str, Any], *, source: str = "policy") -> Policy:
+    if isinstance(text_or_doc, str):
+        try:
+            doc = yaml.safe_load(text_or_doc) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise PolicyError(f"{source}:{line} invalid YAML") from None
+    else:
+        doc = text_or_doc
+    return _parse(doc, source=source)
+
+
+def load_file(path: str | os.PathLike[str]) -> Policy:
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise PolicyError(f"cannot read the policy {p}: {exc.strerror}") from None
+    return parse(text, source=str(p))
+
+
+def configure(path: str | os.PathLike[str] | None) -> None:
+    """Set the policy file for this process (what ``%config Workflow.policy`` does)."""
+    if path is None:
+        _configured.pop("path", None)
+    else:
+        load_file(path)  # refuse a bad file now, not at the next run
+        _configured["path"] = str(path)
+
+
+def current() -> Policy:
+    """The policy in force: configured path, else ``AIRUN_POLICY``, else the settings."""
+    path = _configured.get("path") or os.environ.get("AIRUN_POLICY")
+    if path:
+        return load_file(path)
+    conf = settings.load().get("policy")
+    if isinstance(conf, str):
+        base = settings.settings_path()
+        p = Path(conf)
+        if base is not None and not p.is_absolute():
+            p = base.parent / p
+        return load_file(p)
+    if isinstance(conf, Mapping):
+        return parse(conf, source="settings policy")
+    return Policy()
+
+
+def all_roles() -> dict[str, list[str]]:
+    """Roles from the policy and the settings (for gate approvers)."""
+    try:
+        table = dict(current().roles)
+    except PolicyError:
+        table = {}
+    for role, members in settings.roles().items():
+        table.setdefault(role, members)
+    return table
