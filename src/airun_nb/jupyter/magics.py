@@ -19,6 +19,7 @@ from .. import history
 from ..result import RunResult
 from ..store import Store
 from ..workflow import Workflow, rollback
+from .config import Workflow as WorkflowSettings
 from .display import LiveTable
 from .widgets import draw_gates
 
@@ -158,6 +159,9 @@ def _latest_unfinished(db: str | None) -> str:
 
 def load(ipython: Any) -> None:
     ipython.register_magics(WorkflowMagics)
+    if not any(type(c).__name__ == "Workflow" for c in ipython.configurables):
+        conf = WorkflowSettings(parent=ipython)
+        ipython.configurables.append(conf)
 
 
 def unload(ipython: Any) -> None:  # pragma: no cover - IPython cannot unregister magics

@@ -1,0 +1,29 @@
+"""``%config Workflow.*``: per-kernel settings, as IPython configuration."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from traitlets import Unicode, observe
+from traitlets.config import Configurable
+
+from .. import policy as policy_mod
+
+
+class Workflow(Configurable):
+    """``%config Workflow.policy = "policy.yaml"``: the policy file for this kernel."""
+
+    policy = Unicode(None, allow_none=True, help="Path of the policy YAML file.").tag(config=True)
+    db = Unicode(None, allow_none=True, help="Default store file for this kernel.").tag(config=True)
+
+    @observe("policy")
+    def _policy_changed(self, change: Any) -> None:
+        policy_mod.configure(change["new"] or None)
+
+    @observe("db")
+    def _db_changed(self, change: Any) -> None:
+        if change["new"]:
+            os.environ["AIRUN_DB"] = change["new"]
+        else:
+            os.environ.pop("AIRUN_DB", None)
