@@ -29,7 +29,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import auditlog, capabilities, compensation, config, gate, kinds, outputs, templates
+from . import (
+    auditlog,
+    capabilities,
+    compensation,
+    config,
+    executor,
+    gate,
+    kinds,
+    outputs,
+    templates,
+)
 from . import policy as policy_mod
 from .errors import (
     AirunError,
@@ -1141,6 +1151,9 @@ class Engine:
         if s.kind == "call":
             kwargs = templates.render(s.with_, ctx, step=s.id, field="with")
             assert st.fn is not None
+            if (s.executor or self.spec.executor) == "dask":
+                key = f"airun-{self.run_id}-{s.id}-{st.attempts}"
+                return executor.submit(st.fn, kwargs, key=key)
             return st.fn(**kwargs)
         if s.kind == "python":
             env = dict(self.namespace)

@@ -417,6 +417,8 @@ class _Parser:
             if d.get("timeout") is not None
             else None
         )
+        if d.get("executor") not in (None, "local", "dask"):
+            raise self.error("'executor' must be 'local' or 'dask'", [*path, "executor"])
         risk = d.get("risk")
         if risk is not None:
             risk = str(risk).lower()
