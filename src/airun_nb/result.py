@@ -237,6 +237,13 @@ class RunResult:
     def __getitem__(self, step_id: str) -> Any:
         return self.outputs[step_id]
 
+    def timeline(self) -> Any:
+        """The run as a timeline (Gantt) picture: a matplotlib Figure."""
+        from .timeline import timeline
+
+        self._engine.store.flush()
+        return timeline(self.run_id, self._engine.store.path)
+
     def __repr__(self) -> str:
         return render_text(view_of_engine(self._engine))
 

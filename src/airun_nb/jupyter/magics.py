@@ -86,7 +86,7 @@ class WorkflowMagics(Magics):
 
     @line_magic("workflow")
     def workflow_line(self, line: str) -> Any:
-        """%workflow runs | show RUN | resume [RUN] | rollback RUN | approvals | history [TABLE] [RUN]"""
+        """%workflow runs | show RUN | resume [RUN] | rollback RUN | approvals | timeline RUN | history [TABLE] [RUN]"""
         words = shlex.split(line)
         db = None
         if "--db" in words:
@@ -97,7 +97,7 @@ class WorkflowMagics(Magics):
             del words[i : i + 2]
         if not words:
             raise UsageError(
-                "%workflow: give a command: runs | show RUN | resume [RUN] | rollback RUN | approvals | history"
+                "%workflow: give a command: runs | show RUN | resume [RUN] | rollback RUN | approvals | timeline RUN | history"
             )
         cmd, rest = words[0], words[1:]
         if cmd == "runs":
@@ -114,6 +114,12 @@ class WorkflowMagics(Magics):
             wf = Workflow.from_run(run_id, db=db)
             self._run(wf, db=db, resume=run_id)
             return None
+        if cmd == "timeline":
+            if len(rest) != 1:
+                raise UsageError("%workflow timeline: give one run id")
+            from ..timeline import timeline
+
+            return timeline(rest[0], db)
         if cmd == "approvals":
             store = Store.open(db)
             rows = store.query_dicts(
@@ -143,7 +149,7 @@ class WorkflowMagics(Magics):
                 )
             return funcs[what]()
         raise UsageError(
-            f"%workflow: unknown command {cmd!r} (runs | show RUN | resume [RUN] | rollback RUN | approvals | history)"
+            f"%workflow: unknown command {cmd!r} (runs | show RUN | resume [RUN] | rollback RUN | approvals | timeline RUN | history)"
         )
 
 
