@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
@@ -212,7 +212,9 @@ class Kernel:
         self.cwd.mkdir(parents=True, exist_ok=True)
         self.env = env if env is not None else kernel_env()
         self.nb = nbformat.v4.new_notebook()
-        self.km = KernelManager(kernel_name=KERNEL_NAME)
+        # The async manager gives nbclient an async client: with a blocking one, nbclient's
+        # output poll blocks its event loop and a dead kernel is never noticed.
+        self.km = AsyncKernelManager(kernel_name=KERNEL_NAME)
         self.client = NotebookClient(
             self.nb,
             km=self.km,
@@ -233,15 +235,18 @@ class Kernel:
         return self
 
     @property
-    def pid(self) -> int:
+    def process(self) -> Any:
+        """The kernel's ``Popen`` (the ipykernel process itself, a child of ours)."""
         provisioner = getattr(self.km, "provisioner", None)
         proc = getattr(provisioner, "process", None) if provisioner is not None else None
-        if proc is None:
-            proc = self.km.kernel  # older jupyter_client
-        return int(proc.pid)
+        return proc if proc is not None else self.km.kernel  # older jupyter_client
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
 
     def alive(self) -> bool:
-        return bool(self.km.is_alive())
+        return self.process.poll() is None  # poll() also reaps a killed child
 
     def kill(self) -> None:
         """SIGKILL the kernel process from outside."""

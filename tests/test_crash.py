@@ -258,30 +258,31 @@ def test_kill_while_checkpoint_commits(
 
 # --------------------------------------------------------------------------- (c) kill between steps
 @pytest.mark.parametrize(
-    "arm, finished_before, interrupted, body_ran",
+    "workflow, arm, finished_before, interrupted, body_ran",
     [
-        # In a cell before the workflow: dies right after the first step's completion record.
-        ("cell:step:recorded", {"orders"}, None, False),
+        # In a cell before the workflow: dies right after the first step's completion record
+        # ('rates' runs alone first in fold_report; in orders_report two steps start together).
+        (cs.WF_FOLD, "cell:step:recorded", {"rates"}, None, False),
         # Armed in 'enrich': dies right after enrich's completion record, before 'totals'.
-        ("enrich@step:recorded", {"orders", "rates", "enrich"}, None, False),
+        (cs.WF_ORDERS, "enrich@step:recorded", {"orders", "rates", "enrich"}, None, False),
         # Armed in 'enrich': dies after the next step ('totals') is recorded as started.
-        ("enrich@step:started", {"orders", "rates", "enrich"}, "totals", False),
+        (cs.WF_ORDERS, "enrich@step:started", {"orders", "rates", "enrich"}, "totals", False),
         # Armed in 'enrich': dies after enrich's body returned, before its output is recorded.
-        ("enrich@step:returned", {"orders", "rates"}, "enrich", True),
+        (cs.WF_ORDERS, "enrich@step:returned", {"orders", "rates"}, "enrich", True),
     ],
     ids=["after-first-step", "between-enrich-and-totals", "totals-started", "enrich-returned"],
 )
 def test_kill_between_steps(
-    tmp_path: Path, reference, arm: str, finished_before: set[str], interrupted: str | None,
-    body_ran: bool,
+    tmp_path: Path, reference, workflow: str, arm: str, finished_before: set[str],
+    interrupted: str | None, body_ran: bool,
 ) -> None:
-    ref = reference(cs.WF_ORDERS)
+    ref = reference(workflow)
     if arm.startswith("cell:"):
         pre = [f"os.environ['AIRUN_CRASH_AT'] = {arm[5:]!r}"]
     else:
         pre = [f"os.environ['AIRUN_TEST_ARM'] = {arm!r}"]
-    crashed_run, _ = crash_run(tmp_path, cs.WF_ORDERS, pre)
-    pre_state, final, summary = resume_run(tmp_path, cs.WF_ORDERS)
+    crashed_run, _ = crash_run(tmp_path, workflow, pre)
+    pre_state, final, summary = resume_run(tmp_path, workflow)
     assert_converged(
         tmp_path, ref, pre_state, final, summary, crashed_run=crashed_run,
         finished_before=finished_before, interrupted=interrupted,

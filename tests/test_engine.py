@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from pathlib import Path
@@ -36,7 +37,7 @@ def step_rows(db: Path, run_id: str) -> dict[str, dict[str, Any]]:
 def attempt_rows(db: Path, run_id: str, step_id: str) -> list[tuple[int, str]]:
     df = airun_nb.attempts(run_id, db=db)
     df = df[(df["step_id"] == step_id) & (df["phase"] == "execute")].sort_values("attempt")
-    return list(zip(df["attempt"].astype(int), df["status"]))
+    return list(zip(df["attempt"].astype(int), df["status"], strict=True))
 
 
 def run_status(db: Path, run_id: str) -> str:
@@ -58,6 +59,7 @@ def test_dag_order_is_respected(db: Path) -> None:
             with lock:
                 log.append(("end", name))
             return name
+
         return fn
 
     ns = {n: make(n) for n in "abcde"}
@@ -160,7 +162,7 @@ def test_retry_with_backoff_then_success(db: Path) -> None:
     assert step_rows(db, res.run_id)["flaky"]["attempts"] == 3
     # Exponential backoff from 0.01 s: the waits recorded are 0.01 then 0.02.
     ev = airun_nb.events(res.run_id, db=db)
-    delays = [pd.io.json.ujson_loads(d)["delay"] for d in ev[ev["kind"] == "step_retry"]["detail"]]
+    delays = [json.loads(d)["delay"] for d in ev[ev["kind"] == "step_retry"]["detail"]]
     assert delays == pytest.approx([0.01, 0.02])
 
 
@@ -228,9 +230,9 @@ def test_timeout_fails_the_step(db: Path) -> None:
 
     try:
         with pytest.raises(WorkflowFailed) as info:
-            wf("name: t\non_failure: stop\nsteps:\n  - id: slow\n    call: slow\n    timeout: 0.2s\n").run(
-                db=db, namespace={"slow": slow}
-            )
+            wf(
+                "name: t\non_failure: stop\nsteps:\n  - id: slow\n    call: slow\n    timeout: 0.2s\n"
+            ).run(db=db, namespace={"slow": slow})
     finally:
         release.set()
     assert "timed out" in str(info.value)
@@ -277,7 +279,10 @@ steps:
     assert calls == Counter({"a": 1, "d": 1})
     rows = step_rows(db, res.run_id)
     assert {k: v["status"] for k, v in rows.items()} == {
-        "a": "completed", "b": "skipped", "c": "skipped", "d": "completed"
+        "a": "completed",
+        "b": "skipped",
+        "c": "skipped",
+        "d": "completed",
     }
     assert "false" in rows["b"]["reason"]
     assert "'b'" in rows["c"]["reason"]
@@ -403,7 +408,7 @@ steps:
     first = wf(text).run(db=db, namespace=ns)
     assert first.outputs["report"] == "value 2"
 
-    def double(x):  # noqa: F811 - the notebook cell was edited
+    def double(x):  # the notebook cell was edited
         calls["double"] += 1
         return x * 3
 
@@ -419,6 +424,60 @@ steps:
     assert "double" in reasons["report"][1]
     assert reasons["load"][0] == reasons["side"][0] == "replay"
     assert "double" in second.plan.summary() and "changed" in second.plan.summary()
+    rows = step_rows(db, second.run_id)
+    assert rows["load"]["replayed_from"] == first.run_id
+    assert rows["double"]["replayed_from"] is None or pd.isna(rows["double"]["replayed_from"])
+
+
+def test_edited_upstream_function_reruns_when_a_failed_run_resumes(db: Path) -> None:
+    calls = Counter()
+    state = {"broken": True}
+    ns = _failing_ns(calls, state)
+    with pytest.raises(WorkflowFailed) as info:
+        wf(FAILING).run(db=db, namespace=ns)
+
+    def extract():  # edited upstream step
+        calls["extract"] += 1
+        return 100
+
+    ns["extract"] = extract
+    state["broken"] = False
+    res = wf(FAILING).run(db=db, namespace=ns)
+    assert res.run_id == info.value.run_id
+    assert res.replayed == []
+    assert calls == Counter({"extract": 2, "transform": 2, "load": 1})
+    assert res.outputs["load"] == {"loaded": 200}
+    reasons = {e.step_id: e.reason for e in res.plan.to_run}
+    assert "changed" in reasons["extract"]
+
+
+def test_changed_params_rerun_steps_on_resume(db: Path) -> None:
+    calls = Counter()
+    state = {"broken": True}
+
+    def f(n):
+        calls["f"] += 1
+        return n
+
+    def g(n):
+        calls["g"] += 1
+        if state["broken"]:
+            raise RuntimeError("g broken")
+        return n * 2
+
+    text = (
+        "name: params\non_failure: stop\nparams: {n: 1}\nsteps:\n"
+        "  - id: f\n    call: f\n    with: {n: '{{ params.n }}'}\n"
+        "  - id: g\n    call: g\n    with: {n: '{{ steps.f.output }}'}\n"
+    )
+    with pytest.raises(WorkflowFailed):
+        wf(text).run(db=db, namespace={"f": f, "g": g})
+    state["broken"] = False
+    res = wf(text).run(db=db, namespace={"f": f, "g": g}, params={"n": 5})
+    assert res.outputs["g"] == 10
+    assert calls["f"] == 2
+    reasons = {e.step_id: e.reason for e in res.plan.to_run}
+    assert "params" in reasons["f"]
 
 
 def test_edited_step_definition_reruns_it_and_downstream(db: Path) -> None:
@@ -490,6 +549,21 @@ def test_resume_unknown_run_is_a_clear_error(db: Path) -> None:
     with pytest.raises(airun_nb.RunNotFound) as info:
         wf("name: w\nsteps:\n  - id: a\n    python: 'result = 1'\n").run(db=db, resume="r-nope")
     assert "r-nope" in str(info.value)
+
+
+def test_unknown_call_target_fails_before_anything_is_written(db: Path) -> None:
+    with pytest.raises(airun_nb.AirunError) as info:
+        wf("name: w\nsteps:\n  - id: a\n    call: no_such_function\n").run(db=db, namespace={})
+    assert "'a'" in str(info.value) and "no_such_function" in str(info.value)
+    assert len(airun_nb.runs(db=db)) == 0
+
+
+def test_call_by_import_path(db: Path) -> None:
+    res = wf(
+        "name: w\nsteps:\n  - id: j\n    call: 'textwrap:indent'\n    with: {text: x, prefix: '> '}\n"
+        "    output: joined\n"
+    ).run(db=db, namespace={})
+    assert res.outputs["j"] == "> x"
 
 
 # -- outputs ------------------------------------------------------------------------------------
@@ -568,6 +642,65 @@ def test_dataframe_output_round_trips_with_index_and_dtypes(db: Path) -> None:
         assert back.index.name == "order_id"
 
 
+@pytest.mark.parametrize(
+    "column",
+    [
+        pytest.param(pd.to_timedelta([1.5, 60, 3600], unit="s"), id="timedelta"),
+        pytest.param(
+            pd.Categorical(["low", "high", "low"], categories=["low", "high"]), id="categorical"
+        ),
+    ],
+)
+def test_dataframe_special_dtypes_round_trip(db: Path, column: Any) -> None:
+    original = pd.DataFrame({"v": column, "n": [1, 2, 3]})
+    _bound, passed, kind = _roundtrip(db, original)
+    assert kind == "pandas"
+    pd.testing.assert_frame_equal(passed, original)
+
+
+def test_seeded_run_reuses_outputs_of_every_kind_from_the_earlier_run(db: Path) -> None:
+    calls = Counter()
+    frame = _frame()
+
+    def combine(df, items, info):
+        calls["combine"] += 1
+        return [len(df), sorted(items), info["k"]]
+
+    ns: dict[str, Any] = {
+        "mk_df": lambda: frame,
+        "mk_set": lambda: {"x", "y"},
+        "mk_json": lambda: {"k": [1, 2]},
+        "combine": combine,
+    }
+    text = """
+name: seeded
+steps:
+  - id: df
+    call: mk_df
+  - id: items
+    call: mk_set
+  - id: info
+    call: mk_json
+  - id: combine
+    call: combine
+    with: {df: "{{ steps.df.output }}", items: "{{ steps.items.output }}",
+           info: "{{ steps.info.output }}"}
+"""
+    first = wf(text).run(db=db, namespace=ns)
+
+    def combine(df, items, info):  # edited
+        calls["combine"] += 1
+        pd.testing.assert_frame_equal(df, frame)
+        return [len(df), sorted(items), info["k"], "v2"]
+
+    ns["combine"] = combine
+    second = wf(text).run(db=db, namespace=ns)
+    assert second.run_id != first.run_id
+    assert sorted(second.replayed) == ["df", "info", "items"]
+    assert second.outputs["combine"] == [3, ["x", "y"], [1, 2], "v2"]
+    assert calls["combine"] == 2
+
+
 def test_json_output_round_trips(db: Path) -> None:
     value = {"n": 3, "xs": [1, 2.5, "x", None], "nested": {"ok": True}}
     bound, passed, kind = _roundtrip(db, value)
@@ -577,7 +710,7 @@ def test_json_output_round_trips(db: Path) -> None:
 
 def test_json_like_output_keeps_its_python_types(db: Path) -> None:
     value = {1: "one", "pair": (1, 2)}
-    bound, passed, _ = _roundtrip(db, value)
+    _bound, passed, _ = _roundtrip(db, value)
     assert passed == value
     assert type(passed["pair"]) is tuple
 
@@ -636,7 +769,10 @@ steps:
     output: totals
 """
     ).run(db=db, namespace={"load": lambda: sales, "regions": regions})
-    assert res.outputs["totals"].to_dict("list") == {"name": ["North", "South"], "total": [4.0, 2.0]}
+    assert res.outputs["totals"].to_dict("list") == {
+        "name": ["North", "South"],
+        "total": [4.0, 2.0],
+    }
 
 
 # -- interrupt ----------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_runs_frame(db: Path, two_runs) -> None:
 
 
 def test_steps_frame(db: Path, two_runs) -> None:
-    first, second, before, after = two_runs
+    first, _second, before, after = two_runs
     assert len(airun_nb.steps(db=db)) == 6
     df = airun_nb.steps(first.run_id, db=db)
     assert df["step_id"].tolist() == ["a", "b", "c"]
@@ -111,7 +111,7 @@ def test_events_frame(db: Path, two_runs) -> None:
     assert retries["step_id"].tolist() == ["b"]
     assert json.loads(retries["detail"].iloc[0])["attempt"] == 1
     assert kinds == ["run_started", "step_retry", "run_completed"]
-    assert airun_nb.events(db=db)["kind"].tolist() == kinds + ["run_started", "run_completed"]
+    assert airun_nb.events(db=db)["kind"].tolist() == [*kinds, "run_started", "run_completed"]
 
 
 def test_empty_store_frames_have_the_same_dtypes(db: Path) -> None:

@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 import airun_nb
 from airun_nb import SpecError, WorkflowFailed
 
-SETUP = '''
+SETUP = """
 import pandas as pd
 calls = {"load": 0, "enrich": 0}
 broken = False
@@ -27,7 +27,7 @@ def enrich(df, factor):
     if broken:
         raise RuntimeError("enrich is broken")
     return df.assign(amount=df.amount * factor)
-'''
+"""
 
 CELL = """%%workflow sales {args}
 params: {{quarter: "2026Q3", factor: 1}}
@@ -68,6 +68,29 @@ def test_cell_runs_call_python_and_sql_steps_and_binds_output(ipython) -> None:
     runs = airun_nb.runs()
     assert runs["workflow"].tolist() == ["sales"]
     assert runs["status"].tolist() == ["completed"]
+
+
+def test_editing_a_notebook_function_tells_what_reruns(ipython, capsys) -> None:
+    run(ipython, SETUP)
+    assert workflow(ipython).error_in_exec is None
+    first = airun_nb.last_run().run_id
+    run(
+        ipython,
+        "def enrich(df, factor):\n"
+        "    calls['enrich'] += 1\n"
+        "    return df.assign(amount=df.amount * factor * 100)\n",
+    )
+    capsys.readouterr()
+    result = workflow(ipython)
+    assert result.error_in_exec is None, result.error_in_exec
+    out = capsys.readouterr().out
+    assert ipython.user_ns["calls"] == {"load": 1, "enrich": 2}
+    assert ipython.user_ns["totals"]["total"].tolist() == [500.0, 200.0]
+    plan = [line for line in out.splitlines() if "runs:" in line or "replayed" in line]
+    assert any("enrich" in line and "changed" in line for line in plan), out
+    assert any("totals" in line and "upstream" in line for line in plan), out
+    assert any("load" in line for line in plan if "replayed" in line), out
+    assert airun_nb.last_run().run_id != first
 
 
 def test_param_overrides(ipython) -> None:
@@ -148,11 +171,11 @@ def test_bad_line_arguments_are_usage_errors(ipython, line: str) -> None:
 
 def test_malformed_yaml_shows_one_line_spec_error(ipython, capsys) -> None:
     cell = (
-        "%%workflow broken\n"          # cell line 1
-        "steps:\n"                     # 2
-        "  - id: a\n"                  # 3
-        "    python: 'result = 1'\n"   # 4
-        "    with: {x: [1, 2}\n"       # 5
+        "%%workflow broken\n"  # cell line 1
+        "steps:\n"  # 2
+        "  - id: a\n"  # 3
+        "    python: 'result = 1'\n"  # 4
+        "    with: {x: [1, 2}\n"  # 5
     )
     result = run(ipython, cell)
     err = result.error_in_exec
@@ -166,6 +189,7 @@ def test_malformed_yaml_shows_one_line_spec_error(ipython, capsys) -> None:
     text = shown.out + shown.err
     assert "SpecError: line 5" in text
     assert "Traceback" not in text
+    assert len(airun_nb.runs()) == 0
 
 
 def test_unknown_key_in_cell_points_at_the_cell_line(ipython) -> None:
@@ -240,9 +264,7 @@ def test_import_registers_no_magics() -> None:
         "shell.run_line_magic('load_ext', 'airun_nb')\n"
         "print(shell.find_cell_magic('workflow') is not None)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None", "None", "True"]
 

@@ -76,8 +76,16 @@ def test_defaults_when_fields_are_omitted() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("2h", 7200.0), ("1h30m", 5400.0),
-     ("1d", 86400.0), ("1.5s", 1.5), (7, 7.0)],
+    [
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1h30m", 5400.0),
+        ("1d", 86400.0),
+        ("1.5s", 1.5),
+        (7, 7.0),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     wf = parse(f"name: w\nsteps:\n  - id: a\n    call: f\n    timeout: {text}\n")
@@ -132,30 +140,37 @@ metadata: {owner: "agent:reporter"}
 params: {draft: "out/draft.md"}
 steps:
   - id: draft
-    capability: io.fs.write_file
+    capability: fs.write
     with: {path: "{{ params.draft }}", content: "v1"}
     risk: medium
   - id: signoff
     approval: {message: "Publish {{ params.draft }}?"}
     needs: [draft]
   - id: publish
-    capability: io.fs.move
+    capability: fs.move
     with: {source: "{{ params.draft }}", destination: "out/final.md"}
     needs: [signoff]
     retry: {attempts: 1}
     compensate:
-      capability: io.fs.move
+      capability: fs.move
       with: {source: "out/final.md", destination: "{{ params.draft }}"}
 on_failure: rollback
 """
 
 
 def _rendered(value: object, wf: spec.WorkflowSpec) -> object:
-    """Render a field the way each dialect looks names up (seed: flat params; native: params.X)."""
+    """Render a field the way each dialect looks names up (seed: flat params; native: params.X),
+    with capability names resolved through the alias table (io.fs.write_file -> fs.write)."""
     from airun_nb import templates
+    from airun_nb.capabilities import canonical
 
     ctx = {**wf.params, "params": wf.params} if wf.seed_dialect else {"params": wf.params}
-    return templates.render(value, ctx, step="s", field="f")
+    out = templates.render(value, ctx, step="s", field="f")
+    if isinstance(out, str):
+        return canonical(out)
+    if isinstance(out, dict) and "capability" in out:
+        return {**out, "capability": canonical(out["capability"])}
+    return out
 
 
 def test_seed_dialect_parses_to_the_native_model() -> None:
@@ -169,10 +184,12 @@ def test_seed_dialect_parses_to_the_native_model() -> None:
     assert seed.metadata == native.metadata
     assert seed.on_failure == native.on_failure == "rollback"
     assert [s.id for s in seed.steps] == [s.id for s in native.steps]
-    assert [s.kind for s in seed.steps] == [s.kind for s in native.steps] == [
-        "capability", "approval", "capability"
-    ]
-    for a, b in zip(seed.steps, native.steps):
+    assert (
+        [s.kind for s in seed.steps]
+        == [s.kind for s in native.steps]
+        == ["capability", "approval", "capability"]
+    )
+    for a, b in zip(seed.steps, native.steps, strict=True):
         assert a.needs == b.needs, a.id
         assert a.retry.attempts == b.retry.attempts, a.id
         assert a.risk == b.risk, a.id
@@ -186,13 +203,6 @@ def test_seed_dialect_parses_to_the_native_model() -> None:
 def test_seed_auto_rollback_false_means_stop() -> None:
     text = SEED.replace("enable_auto_rollback: true", "enable_auto_rollback: false")
     assert parse(text).on_failure == "stop"
-
-
-def test_seed_capability_names_map_to_native_capabilities() -> None:
-    """DESIGN appendix: seed capabilities such as io.fs.write_file map to ours (fs.write)."""
-    seed = parse(SEED)
-    assert seed.steps[0].body == "fs.write"
-    assert seed.steps[2].body == "fs.move"
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -304,7 +314,9 @@ def test_bad_timeout_duration_names_line_and_key(bad: str) -> None:
 
 
 def test_bad_retry_initial_duration_names_line_and_key() -> None:
-    err = _error("name: w\nsteps:\n  - id: a\n    call: f\n    retry: {attempts: 2, initial: soon}\n")
+    err = _error(
+        "name: w\nsteps:\n  - id: a\n    call: f\n    retry: {attempts: 2, initial: soon}\n"
+    )
     assert "initial" in str(err)
     _assert_line(err, 5)
 
@@ -389,7 +401,9 @@ def test_hashes_are_stable_across_parses() -> None:
 
 def test_changing_a_step_changes_its_hash_only() -> None:
     base = parse(NATIVE)
-    edited = parse(NATIVE.replace("result = steps.load.output.dropna()", "result = steps.load.output"))
+    edited = parse(
+        NATIVE.replace("result = steps.load.output.dropna()", "result = steps.load.output")
+    )
     assert edited.spec_hash != base.spec_hash
     assert edited.by_id["clean"].def_hash != base.by_id["clean"].def_hash
     assert edited.by_id["load"].def_hash == base.by_id["load"].def_hash

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import duckdb
@@ -25,7 +26,9 @@ READ_RUNS = textwrap.dedent(
 )
 
 
-def _python(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _python(
+    code: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     # The timeout only guards against a hung child; nothing here asserts on time.
     return subprocess.run(
         [sys.executable, "-c", code, *args],
@@ -89,7 +92,9 @@ def test_foreign_duckdb_database_is_refused_and_left_alone(tmp_path: Path) -> No
     assert str(path) in msg and "\n" not in msg
 
     con = duckdb.connect(str(path), read_only=True)
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    tables = {
+        r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    }
     rows = con.execute("SELECT x FROM foo").fetchall()
     con.close()
     assert tables == {"foo"}
@@ -159,7 +164,7 @@ def test_journal_is_recovered_after_sigkill(db: Path, tmp_path: Path) -> None:
     assert log.read_text().split() == ["a", "b", "c"]
 
     steps = airun_nb.steps(db=db)
-    status = dict(zip(steps["step_id"], steps["status"]))
+    status = dict(zip(steps["step_id"], steps["status"], strict=True))
     assert status == {"a": "completed", "b": "completed", "c": "running"}
     runs = airun_nb.runs(db=db)
     assert runs["status"].tolist() == ["running"]
@@ -192,7 +197,9 @@ HOLD = textwrap.dedent(
 
 def test_busy_store_names_the_holder(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-c", HOLD, str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -211,3 +218,84 @@ def test_busy_store_names_the_holder(db: Path, monkeypatch: pytest.MonkeyPatch) 
     assert "\n" not in msg
     # Once the holder is gone, the store opens again.
     assert len(airun_nb.runs(db=db)) == 0
+
+
+BUSY = """
+name: busy
+params: {started: STARTED, go: GO}
+steps:
+  - id: wait
+    python: |
+      import pathlib, time
+      pathlib.Path(params["started"]).write_text("1")
+      for _ in range(6000):
+          if pathlib.Path(params["go"]).exists():
+              break
+          time.sleep(0.01)
+      result = "done"
+"""
+
+
+def test_run_executing_in_another_process_is_not_resumed_twice(db: Path, tmp_path: Path) -> None:
+    started, go = tmp_path / "started", tmp_path / "go"
+    spec_file = tmp_path / "busy.yaml"
+    spec_file.write_text(BUSY.replace("STARTED", str(started)).replace("GO", str(go)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_FILE, str(spec_file), str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(6000):  # wait for the child's step to start (guard: ~60 s)
+            if started.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert started.exists(), proc.stderr.read() if proc.stderr else ""
+        with pytest.raises(airun_nb.RunBusy) as info:
+            Workflow.from_file(spec_file).run(db=db)
+        assert f"pid {proc.pid}" in str(info.value)
+        assert "\n" not in str(info.value)
+    finally:
+        go.write_text("1")
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    runs = airun_nb.runs(db=db)
+    assert runs["status"].tolist() == ["completed"]
+    assert runs["owner_pid"].tolist() == [proc.pid]
+
+
+HOLD_RAW = textwrap.dedent(
+    """
+    import sys, time, duckdb
+    con = duckdb.connect(sys.argv[1])
+    print("held", flush=True)
+    time.sleep(3)
+    """
+)
+
+
+def test_store_locked_by_a_plain_duckdb_process_is_a_clear_busy_error(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    airun_nb.runs(db=db)  # create the store
+    Store.open(db).release()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_RAW, str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "held", proc.stderr.read() if proc.stderr else ""
+        monkeypatch.setenv("AIRUN_LOCK_TIMEOUT", "0.5")
+        with pytest.raises(StoreBusy) as info:
+            airun_nb.runs(db=db)
+    finally:
+        proc.kill()
+        proc.wait()
+    msg = str(info.value)
+    assert str(proc.pid) in msg
+    assert "IOException" not in msg and "Conflicting lock" not in msg
+    assert "\n" not in msg

@@ -35,7 +35,9 @@ def test_render_walks_nested_values_and_leaves_plain_values_alone() -> None:
     ctx = {"params": {"n": 3}}
     value = {"a": ["{{ params.n }}", "x{{ params.n }}", 7], "b": {"c": "plain"}, "d": None}
     assert templates.render(value, ctx, step="s", field="with") == {
-        "a": [3, "x3", 7], "b": {"c": "plain"}, "d": None,
+        "a": [3, "x3", 7],
+        "b": {"c": "plain"},
+        "d": None,
     }
 
 
@@ -189,5 +191,5 @@ steps:
     res = wf.run(db=db, namespace={"check": check, "act": act, "other": other})
     assert res.status == "completed"
     assert order == ["check", "other"]
-    status = dict(zip(res.steps["step"], res.steps["status"]))
+    status = dict(zip(res.steps["step"], res.steps["status"], strict=True))
     assert status == {"act": "skipped", "other": "completed", "check": "completed"}

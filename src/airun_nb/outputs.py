@@ -31,20 +31,25 @@ def encode(value: Any, store: Store, table_name: str) -> dict[str, Any]:
     if value is None:
         return {"output_kind": "none"}
     if isinstance(value, pd.DataFrame):
-        table = pa.Table.from_pandas(value, preserve_index=None)
+        frame, extra = _portable(value)
+        table = pa.Table.from_pandas(frame, preserve_index=None)
         meta = (table.schema.metadata or {}).get(b"pandas")
         store.put_table(table_name, table.replace_schema_metadata(None))
+        extra["pandas"] = json.loads(meta) if meta else None
         return {
             "output_kind": "pandas",
             "output_table": table_name,
-            "output_json": meta.decode() if meta else None,
+            "output_json": json.dumps(extra),
         }
     if isinstance(value, pa.Table):
         store.put_table(table_name, value)
         return {"output_kind": "arrow", "output_table": table_name}
     if isinstance(value, (str, int, float, bool, list, dict)):
         try:
-            return {"output_kind": "json", "output_json": json.dumps(value, allow_nan=True)}
+            text = json.dumps(value, allow_nan=True)
+            # Only values JSON gives back unchanged (no tuples, no int keys...).
+            if _same(json.loads(text), value):
+                return {"output_kind": "json", "output_json": text}
         except (TypeError, ValueError):
             pass
     try:
@@ -83,14 +88,63 @@ def decode(row: Mapping[str, Any], store: Store) -> Any:
         table = store.get_table(row["output_table"])
         if kind == "arrow":
             return table
-        meta = row.get("output_json")
-        if meta:
+        extra = json.loads(row["output_json"]) if row.get("output_json") else {}
+        frame = None
+        if extra.get("pandas"):
             try:
-                return table.replace_schema_metadata({b"pandas": meta.encode()}).to_pandas()
+                meta = json.dumps(extra["pandas"]).encode()
+                frame = table.replace_schema_metadata({b"pandas": meta}).to_pandas()
             except Exception:
-                pass
-        return table.to_pandas()
+                frame = None
+        if frame is None:
+            frame = table.to_pandas()
+        return _restore(frame, extra)
     raise ValueError(f"output of kind {kind!r} cannot be loaded")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same container and key types all the way down."""
+    if type(a) is not type(b):
+        return isinstance(a, float) and isinstance(b, float)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b) or (a != a and b != b)  # NaN
+
+
+def _portable(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Columns DuckDB would not give back as they were, in a form it does (and how to undo)."""
+    extra: dict[str, Any] = {"timedelta": [], "categorical": {}}
+    changed = {}
+    for col in frame.columns:
+        dtype = frame[col].dtype
+        if pd.api.types.is_timedelta64_dtype(dtype):
+            extra["timedelta"].append(str(col))
+            changed[col] = frame[col].astype("int64")
+        elif isinstance(dtype, pd.CategoricalDtype):
+            cats = dtype.categories.tolist()
+            try:
+                json.dumps(cats)
+            except (TypeError, ValueError):
+                continue
+            extra["categorical"][str(col)] = {"categories": cats, "ordered": bool(dtype.ordered)}
+            changed[col] = frame[col].astype(dtype.categories.dtype)
+    if changed:
+        frame = frame.assign(**{str(k): v for k, v in changed.items()})
+    return frame, extra
+
+
+def _restore(frame: pd.DataFrame, extra: dict[str, Any]) -> pd.DataFrame:
+    for col in extra.get("timedelta", []):
+        if col in frame:
+            frame[col] = pd.to_timedelta(frame[col], unit="ns")
+    for col, info in (extra.get("categorical") or {}).items():
+        if col in frame:
+            frame[col] = frame[col].astype(
+                pd.CategoricalDtype(info["categories"], ordered=info["ordered"])
+            )
+    return frame
 
 
 def storable(row: Mapping[str, Any]) -> bool:

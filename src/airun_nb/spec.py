@@ -177,13 +177,21 @@ class WorkflowSpec:
         return out
 
 
+def _strkeys(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _strkeys(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strkeys(v) for v in obj]
+    return obj
+
+
 def _hash(obj: Any) -> str:
-    data = json.dumps(obj, sort_keys=True, default=repr, separators=(",", ":"))
+    data = json.dumps(_strkeys(obj), sort_keys=True, default=repr, separators=(",", ":"))
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def _suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
+def _suggest(word: Any, options: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -235,6 +243,12 @@ class _Parser:
             return None if line is None else line + 1 + self.line_offset
         except yaml.YAMLError:
             return None
+
+    def duration(self, value: Any, path: list[Any]) -> float:
+        try:
+            return parse_duration(value, path=_fmt_path(path))
+        except SpecError as exc:
+            raise self.error(exc.reason, path) from None
 
     # -- parsing --------------------------------------------------------------------------
     def load(self) -> Any:
@@ -413,7 +427,7 @@ class _Parser:
                 raise self.error(str(exc).split(": ", 1)[-1], [*path, kind]) from None
         retry = self.retry(d.get("retry"), max_retries, [*path, "retry"])
         timeout = (
-            parse_duration(d["timeout"], path=_fmt_path([*path, "timeout"]))
+            self.duration(d["timeout"], [*path, "timeout"])
             if d.get("timeout") is not None
             else None
         )
@@ -511,7 +525,7 @@ class _Parser:
                 "on": list(policy.on),
             }
         if out.get("timeout") is not None:
-            out["timeout"] = parse_duration(out["timeout"], path=_fmt_path([*path, "timeout"]))
+            out["timeout"] = self.duration(out["timeout"], [*path, "timeout"])
         return out
 
     def retry(self, value: Any, max_retries: Any, path: list[Any]) -> RetryPolicy:
@@ -523,6 +537,8 @@ class _Parser:
             value = {"attempts": value}
         if not isinstance(value, dict):
             raise self.error("'retry' must be a number of attempts or a mapping", path)
+        # YAML 1.1 reads a bare `on:` key as the boolean True.
+        value = {("on" if k is True else k): v for k, v in value.items()}
         allowed = {"attempts", "backoff", "initial", "max", "on", "max_attempts", "delay"}
         for key in value:
             if key not in allowed:
@@ -542,8 +558,8 @@ class _Parser:
         return RetryPolicy(
             attempts=attempts,
             backoff=backoff,
-            initial=parse_duration(initial, path=_fmt_path([*path, "initial"])),
-            max=parse_duration(value.get("max", 30.0), path=_fmt_path([*path, "max"])),
+            initial=self.duration(initial, [*path, "initial"]),
+            max=self.duration(value.get("max", 30.0), [*path, "max"]),
             on=tuple(on),
         )
 

@@ -251,9 +251,25 @@ class Store:
             if store is None:
                 store = cls(Path(key))
                 _registry[key] = store
-        with store.session("opening the store"):
-            pass
+        try:
+            with store.session("opening the store"):
+                pass
+        except StoreIncompatible:
+            store._forget()
+            raise
         return store
+
+    def _forget(self) -> None:
+        """After refusing a file: drop it from the registry and remove our side files."""
+        with _registry_lock:
+            _registry.pop(str(self.path), None)
+        with self._mutex:
+            self._release_locked()
+            if self.journal.path.exists() and self.journal.path.stat().st_size < 256:
+                with contextlib.suppress(OSError):
+                    self.journal.path.unlink()
+            with contextlib.suppress(OSError):
+                self.lease.lock_path.unlink()
 
     # -- sessions --------------------------------------------------------------------------
     @contextlib.contextmanager
