@@ -207,17 +207,7 @@ def reject(run_id: str, gate_id: str, by: str | None, comment: str | None, db: P
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path))
 def audit_cmd(db: Path | None, run_id: str | None, fmt: str, output: Path | None) -> None:
     """Export the audit trail (secrets are redacted when recorded)."""
-    df = history.audit(run_id, db)
-    text = (
-        df.to_json(orient="records", lines=True, date_format="iso")
-        if fmt == "jsonl"
-        else df.to_csv(index=False)
-    )
-    if output is not None:
-        output.write_text(text)
-        click.echo(f"wrote {len(df)} audit rows to {output}")
-    else:
-        click.echo(text, nl=False)
+    _emit(history.audit(run_id, db), "json" if fmt == "jsonl" else "csv", output)
 
 
 @main.command("history")
@@ -256,6 +246,11 @@ def history_cmd(
         df.to_parquet(output, index=False)
         click.echo(f"wrote {len(df)} rows to {output}")
         return
+    _emit(df, fmt, output)
+
+
+def _emit(df: pd.DataFrame, fmt: str, output: Path | None) -> None:
+    """Write a frame as CSV or JSON lines to a file, or to standard output."""
     text = (
         df.to_csv(index=False)
         if fmt == "csv"

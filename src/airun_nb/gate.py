@@ -422,6 +422,28 @@ def notify(
 
 
 # -- the Python API --------------------------------------------------------------------------
+def _decide_now(
+    decision: str,
+    run_id: str,
+    gate_id: str,
+    by: str | None,
+    comment: str | None,
+    db: str | os.PathLike[str] | None,
+    channel: str,
+) -> dict[str, Any]:
+    from .config import current_user
+
+    return decide(
+        Store.open(db),
+        run_id,
+        gate_id,
+        decision,
+        actor=by or current_user(),
+        channel=channel,
+        comment=comment,
+    )
+
+
 def approve(
     run_id: str,
     gate_id: str,
@@ -432,17 +454,7 @@ def approve(
     channel: str = "api",
 ) -> dict[str, Any]:
     """Approve a gate (for scripts and agents). The run continues when it next resumes."""
-    from .config import current_user
-
-    return decide(
-        Store.open(db),
-        run_id,
-        gate_id,
-        APPROVE,
-        actor=by or current_user(),
-        channel=channel,
-        comment=comment,
-    )
+    return _decide_now(APPROVE, run_id, gate_id, by, comment, db, channel)
 
 
 def reject(
@@ -455,14 +467,4 @@ def reject(
     channel: str = "api",
 ) -> dict[str, Any]:
     """Reject a gate; the run rolls back when it next resumes."""
-    from .config import current_user
-
-    return decide(
-        Store.open(db),
-        run_id,
-        gate_id,
-        REJECT,
-        actor=by or current_user(),
-        channel=channel,
-        comment=comment,
-    )
+    return _decide_now(REJECT, run_id, gate_id, by, comment, db, channel)

@@ -120,19 +120,8 @@ def rollback(
     notebook functions. Raises :class:`~airun_nb.errors.WorkflowFailed` if a compensation keeps
     failing (the run is then ``rollback_failed``; call again after fixing it).
     """
-    store = Store.open(db)
-    found = store.query(
-        "SELECT r.workflow, s.text FROM runs r LEFT JOIN specs s USING (spec_hash) "
-        "WHERE r.run_id = ?",
-        [run_id],
-    )
-    if not found:
-        raise RunNotFound(f"no run '{run_id}' in {store.path}")
-    workflow, text = found[0]
-    spec = spec_mod.parse(text, name=workflow) if text else None
-    if spec is None:
-        raise RunNotFound(f"run '{run_id}' has no stored workflow definition")
-    engine = Engine(spec, store, namespace=namespace, listener=listener)
+    wf = Workflow.from_run(run_id, db=db)
+    engine = Engine(wf.spec, Store.open(db), namespace=namespace, listener=listener)
     engine.prepare_rollback(run_id)
     engine.execute()
     return RunResult(engine)
