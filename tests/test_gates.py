@@ -32,7 +32,11 @@ from airun_nb import gate as gate_mod
 from airun_nb.result import RunResult
 
 # The CLI entry point (`airun = airun_nb.cli:main`), run the way the console script runs it.
-AIRUN = [sys.executable, "-c", "import sys; from airun_nb.cli import main; sys.argv[0] = 'airun'; main()"]
+AIRUN = [
+    sys.executable,
+    "-c",
+    "import sys; from airun_nb.cli import main; sys.argv[0] = 'airun'; main()",
+]
 
 
 # -- the workflow under test -------------------------------------------------------------------
@@ -76,7 +80,9 @@ def spec(
     **top: Any,
 ) -> str:
     """prepare (compensated) -> review (the gate) [-> publish (a 2nd gate)] -> ship."""
-    gate = {"message": "Ship {{ steps.prepare.output.rows }} rows of {{ steps.prepare.output.table }}?"}
+    gate = {
+        "message": "Ship {{ steps.prepare.output.rows }} rows of {{ steps.prepare.output.table }}?"
+    }
     gate.update(approval or {})
     steps: list[dict[str, Any]] = [
         {"id": "prepare", "call": "prepare", "compensate": {"call": "unprepare"}},
@@ -127,7 +133,9 @@ def run_status(db: Path, run_id: str) -> str:
     return str(df.loc[df["run_id"] == run_id, "status"].iloc[0])
 
 
-def cli(*args: str, user: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, user: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if user is not None:
         env["AIRUN_USER"] = user
@@ -258,7 +266,8 @@ def test_four_eyes_the_launcher_cannot_decide_their_own_run(db: Path) -> None:
         airun_nb.approve(first.run_id, "review", by="alice", db=db)
     assert "four-eyes" in str(refused.value)
     assert "alice started run" in str(refused.value)
-    done = cli("approve", first.run_id, "review", "--db", str(db), user="alice")  # --by defaults to AIRUN_USER
+    # no --by: the CLI acts as AIRUN_USER
+    done = cli("approve", first.run_id, "review", "--db", str(db), user="alice")
     assert done.returncode == 1 and "four-eyes" in done.stderr, done
     assert gate_row(db, first.run_id)["status"] == "open"
     assert events(db, first.run_id, "gate_decided") == []
@@ -278,7 +287,9 @@ def test_four_eyes_without_an_approvers_list_means_anyone_but_the_launcher(db: P
 def test_allow_self_approval_lets_the_launcher_decide(db: Path) -> None:
     text = spec({"approvers": ["alice"], "allow_self_approval": True})
     first = run(text, db)
-    done = cli("approve", first.run_id, "review", "-m", "my own change", "--db", str(db), user="alice")
+    done = cli(
+        "approve", first.run_id, "review", "-m", "my own change", "--db", str(db), user="alice"
+    )
     assert done.returncode == 0, done.stderr
     assert f"approved gate review of run {first.run_id} as alice" in done.stdout
     second = run(text, db)
@@ -340,7 +351,12 @@ def test_a_second_decision_through_another_channel_is_refused_naming_the_first(d
     assert "already approved by bob via cli" in again_cli.stderr
 
     row = gate_row(db, first.run_id)
-    assert (row["decision"], row["actor"], row["channel"], row["comment"]) == ("approve", "bob", "cli", "ok")
+    assert (row["decision"], row["actor"], row["channel"], row["comment"]) == (
+        "approve",
+        "bob",
+        "cli",
+        "ok",
+    )
     assert len(events(db, first.run_id, "gate_decided")) == 1
     second = run(spec({"approvers": ["bob", "carol"]}), db)
     assert second.status == "completed"
@@ -348,7 +364,9 @@ def test_a_second_decision_through_another_channel_is_refused_naming_the_first(d
     assert len(events(db, first.run_id, "gate_decided")) == 1
 
 
-def test_a_double_click_on_the_widget_records_one_decision(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_double_click_on_the_widget_records_one_decision(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from airun_nb.jupyter.widgets import GateWidget
     from airun_nb.store import Store
 
@@ -364,7 +382,12 @@ def test_a_double_click_on_the_widget_records_one_decision(db: Path, monkeypatch
 
     assert len(events(db, first.run_id, "gate_decided")) == 1
     row = gate_row(db, first.run_id)
-    assert (row["decision"], row["actor"], row["channel"], row["comment"]) == ("approve", "bob", "widget", "ship it")
+    assert (row["decision"], row["actor"], row["channel"], row["comment"]) == (
+        "approve",
+        "bob",
+        "widget",
+        "ship it",
+    )
     assert run_status(db, first.run_id) == "completed"
     assert effects() == ["prepare", "ship"]
     assert ns["shipped"] == {"shipped": True, "approved_by": "bob", "channel": "widget"}
@@ -374,11 +397,12 @@ def test_a_double_click_on_the_widget_records_one_decision(db: Path, monkeypatch
 _RACER = textwrap.dedent(
     """
     import os, sys, time
-    go = sys.argv[1]
+    from airun_nb.cli import main  # imported before the start line: the race is the decision
+    ready, go = sys.argv[1], sys.argv[2]
+    open(ready, "w").close()
     while not os.path.exists(go):
-        time.sleep(0.002)
-    from airun_nb.cli import main
-    sys.argv = ["airun", *sys.argv[2:]]
+        time.sleep(0.001)
+    sys.argv = ["airun", *sys.argv[3:]]
     main()
     """
 )
@@ -388,20 +412,24 @@ def test_decisions_racing_from_processes_exactly_one_wins(db: Path, tmp_path: Pa
     first = run(spec({"approvers": ["bob", "carol", "dave", "erin"]}), db)
     go = tmp_path / "go"
     racers = [("approve", "bob"), ("reject", "carol"), ("approve", "dave"), ("reject", "erin")]
-    env = dict(os.environ)
-    env.pop("AIRUN_USER")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", "import airun_nb.cli\n" + _RACER, str(go), verb, first.run_id,
-             "review", "--by", who, "--db", str(db)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+    env = {k: v for k, v in os.environ.items() if k != "AIRUN_USER"}
+    procs = []
+    for i, (verb, who) in enumerate(racers):
+        argv = [str(tmp_path / f"ready-{i}"), str(go), verb, first.run_id, "review", "--by", who]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _RACER, *argv, "--db", str(db)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
         )
-        for verb, who in racers
-    ]
-    time.sleep(1.0)  # let them import; correctness does not depend on this
+    wait_until(
+        lambda: all((tmp_path / f"ready-{i}").exists() for i in range(len(racers))),
+        "every racer to be at the start line",
+        timeout=120,
+    )
     go.write_text("go")
     results = []
     for p in procs:
@@ -410,17 +438,16 @@ def test_decisions_racing_from_processes_exactly_one_wins(db: Path, tmp_path: Pa
 
     winners = [i for i, (rc, _, _) in enumerate(results) if rc == 0]
     assert len(winners) == 1, results
-    losers = [r for i, r in enumerate(results) if i != winners[0]]
-    for rc, _out, err in losers:
-        assert rc == 1 and "already" in err and "Traceback" not in err, (rc, err)
     verb, who = racers[winners[0]]
+    for i, (rc, _out, err) in enumerate(results):
+        if i == winners[0]:
+            continue
+        assert rc == 1 and "Traceback" not in err, (rc, err)
+        assert "already" in err and f"by {who} via cli" in err, err  # each loser names the winner
     row = gate_row(db, first.run_id)
     assert (row["decision"], row["actor"], row["channel"]) == (verb, who, "cli")
     decided = events(db, first.run_id, "gate_decided")
     assert len(decided) == 1 and decided[0]["detail"]["actor"] == who
-    # every loser names the winner
-    for _rc, _out, err in losers:
-        assert f"by {who} via cli" in err
 
 
 # -- rejection rolls back ----------------------------------------------------------------------
@@ -457,7 +484,9 @@ def test_rejection_raises_with_the_decision_when_asked_to(db: Path) -> None:
 
 @pytest.mark.parametrize("on_timeout", ["approve", "reject", "fail"])
 def test_a_resume_after_the_deadline_decides_per_on_timeout(db: Path, on_timeout: str) -> None:
-    text = spec({"approvers": ["bob"], "timeout": "0.2s", "on_timeout": on_timeout, "mode": "suspend"})
+    text = spec(
+        {"approvers": ["bob"], "timeout": "0.2s", "on_timeout": on_timeout, "mode": "suspend"}
+    )
     first = run(text, db)
     assert first.status == "waiting"
     opened = gate_row(db, first.run_id)
@@ -492,11 +521,27 @@ def test_a_resume_after_the_deadline_decides_per_on_timeout(db: Path, on_timeout
         airun_nb.approve(first.run_id, "review", by="bob", db=db)
 
 
+def test_an_expired_gate_is_not_reported_as_rejected(db: Path) -> None:
+    """on_timeout: fail closes the gate without a decision; a later attempt is told so, not
+    that somebody rejected it."""
+    text = spec({"approvers": ["bob"], "timeout": "0.2s", "on_timeout": "fail"})
+    first = run(text, db)
+    sleep_past(gate_row(db, first.run_id)["deadline"])
+    run(text, db)
+    assert gate_row(db, first.run_id)["status"] == "expired"
+    with pytest.raises(AlreadyDecided) as late:
+        airun_nb.approve(first.run_id, "review", by="bob", db=db)
+    assert "expired" in str(late.value), str(late.value)
+    assert "rejected" not in str(late.value), str(late.value)
+
+
 def test_the_deadline_is_fixed_when_the_gate_opens(db: Path) -> None:
     text = spec({"approvers": ["bob"], "timeout": "1h"})
     first = run(text, db)
     opened = gate_row(db, first.run_id)
-    assert abs(opened["deadline"] - opened["opened_at"] - pd.Timedelta(hours=1)) <= pd.Timedelta("1us")
+    assert abs(opened["deadline"] - opened["opened_at"] - pd.Timedelta(hours=1)) <= pd.Timedelta(
+        "1us"
+    )
     for _ in range(2):
         again = run(text, db)
         assert (again.run_id, again.status) == (first.run_id, "waiting")
@@ -509,7 +554,9 @@ def test_the_deadline_is_fixed_when_the_gate_opens(db: Path) -> None:
 def test_a_human_decision_after_the_deadline_does_not_override_on_timeout(db: Path) -> None:
     """The deadline is fixed when the gate opens; once it has passed, the gate's outcome is
     on_timeout, whoever comes first afterwards (a late click or CLI call, or the resume)."""
-    text = spec({"approvers": ["bob"], "timeout": "0.2s", "on_timeout": "reject", "mode": "suspend"})
+    text = spec(
+        {"approvers": ["bob"], "timeout": "0.2s", "on_timeout": "reject", "mode": "suspend"}
+    )
     first = run(text, db)
     sleep_past(gate_row(db, first.run_id)["deadline"])
 
@@ -526,12 +573,18 @@ def test_a_human_decision_after_the_deadline_does_not_override_on_timeout(db: Pa
 # -- policy mode -------------------------------------------------------------------------------
 
 
-def test_policy_approve_decides_headless_in_one_call(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_policy_approve_decides_headless_in_one_call(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIRUN_APPROVAL", "approve")
     result = run(spec({"approvers": ["bob"]}), db)
     assert result.status == "completed"
     row = gate_row(db, result.run_id)
-    assert (row["decision"], row["channel"], row["actor"]) == ("approve", "policy", "policy:AIRUN_APPROVAL")
+    assert (row["decision"], row["channel"], row["actor"]) == (
+        "approve",
+        "policy",
+        "policy:AIRUN_APPROVAL",
+    )
     assert effects() == ["prepare", "ship"]
     assert events(db, result.run_id, "run_waiting") == []
 
@@ -558,8 +611,14 @@ def test_policy_per_gate_mapping(db: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert effects() == ["prepare", "ship", "prepare", "unprepare"]
 
 
-def test_policy_from_the_settings_file(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_config(tmp_path, monkeypatch, {"approvals": {"default": "reject", "gates": {"deploy.review": "approve"}}})
+def test_policy_from_the_settings_file(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(
+        tmp_path,
+        monkeypatch,
+        {"approvals": {"default": "reject", "gates": {"deploy.review": "approve"}}},
+    )
     result = run(spec({}, second={"message": "Publish?"}), db)
     assert result.status == "rolled_back"
     assert gate_row(db, result.run_id, "review")["actor"] == "policy:settings"
@@ -574,7 +633,9 @@ def test_a_gate_mode_overrides_the_policy(db: Path, monkeypatch: pytest.MonkeyPa
     assert gate_row(db, result.run_id)["status"] == "open"
 
 
-@pytest.mark.parametrize("setting", [("AIRUN_APPROVAL_MODE", "policy"), ("AIRUN_APPROVAL", "other=approve")])
+@pytest.mark.parametrize(
+    "setting", [("AIRUN_APPROVAL_MODE", "policy"), ("AIRUN_APPROVAL", "other=approve")]
+)
 def test_no_policy_decision_fails_the_step_with_a_clear_message(
     db: Path, monkeypatch: pytest.MonkeyPatch, setting: tuple[str, str]
 ) -> None:
@@ -620,7 +681,9 @@ def test_wait_mode_blocks_until_a_decision_arrives(db: Path, channel: str) -> No
 
     def decide_when_open() -> None:
         try:
-            wait_until(lambda: not airun_nb.approvals(db=db, pending=True).empty, "the gate to open")
+            wait_until(
+                lambda: not airun_nb.approvals(db=db, pending=True).empty, "the gate to open"
+            )
             run_id = str(airun_nb.approvals(db=db, pending=True)["run_id"].iloc[0])
             if channel == "cli":
                 done = cli("approve", run_id, "review", "--by", "bob", "--db", str(db))
@@ -657,7 +720,7 @@ def test_wait_mode_gives_up_at_the_deadline(db: Path) -> None:
 class _Hook(BaseHTTPRequestHandler):
     received: list[dict[str, Any]]
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.received.append(  # type: ignore[attr-defined]
             {"path": self.path, "type": self.headers.get("Content-Type"), "body": json.loads(body)}
@@ -682,9 +745,13 @@ def webhook() -> Iterator[ThreadingHTTPServer]:
         server.server_close()
 
 
-def test_a_webhook_gets_the_gate_with_the_exact_cli_commands(db: Path, webhook: ThreadingHTTPServer) -> None:
+def test_a_webhook_gets_the_gate_with_the_exact_cli_commands(
+    db: Path, webhook: ThreadingHTTPServer
+) -> None:
     url = f"http://127.0.0.1:{webhook.server_address[1]}/hooks/gates"
-    text = spec({"approvers": ["bob"], "timeout": "1h", "show": "{{ steps.prepare.output }}", "notify": url})
+    text = spec(
+        {"approvers": ["bob"], "timeout": "1h", "show": "{{ steps.prepare.output }}", "notify": url}
+    )
     first = run(text, db)
     assert first.status == "waiting"
     received = webhook.received  # type: ignore[attr-defined]
@@ -809,7 +876,7 @@ def test_cli_lists_open_gates_with_their_commands(db: Path) -> None:
 
 # == the gate widget through a real IPython shell ==============================================
 
-SETUP = '''
+SETUP = """
 from pathlib import Path
 
 def _effect(what):
@@ -826,7 +893,7 @@ def unprepare():
 def ship(decision):
     _effect("ship")
     return {"shipped": True, "approved_by": decision["actor"], "channel": decision["channel"]}
-'''
+"""
 
 CELL = """%%workflow deploy
 steps:
@@ -902,8 +969,17 @@ def test_magic_cell_ends_waiting_and_a_click_continues_the_run(
 
     assert run_status(db, run_id) == "completed"
     row = gate_row(db, run_id)
-    assert (row["decision"], row["actor"], row["channel"], row["comment"]) == ("approve", "bob", "widget", "fine")
-    assert ipython.user_ns["shipped"] == {"shipped": True, "approved_by": "bob", "channel": "widget"}
+    assert (row["decision"], row["actor"], row["channel"], row["comment"]) == (
+        "approve",
+        "bob",
+        "widget",
+        "fine",
+    )
+    assert ipython.user_ns["shipped"] == {
+        "shipped": True,
+        "approved_by": "bob",
+        "channel": "widget",
+    }
     assert effects() == ["prepare", "ship"]
     assert "Approved" in widget.status.value
     assert widget.approve_button.disabled and widget.reject_button.disabled
@@ -1000,7 +1076,11 @@ def test_workflow_approvals_redraws_open_gates_after_a_restart(
     env = dict(os.environ, AIRUN_USER="bob")
     done = subprocess.run(
         [sys.executable, "-c", _RESTARTED, SETUP],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.split("REPORT ", 1)[1])

@@ -21,9 +21,13 @@ from nbclient import NotebookClient
 
 import airun_nb
 
-AIRUN = [sys.executable, "-c", "import sys; from airun_nb.cli import main; sys.argv[0] = 'airun'; main()"]
+AIRUN = [
+    sys.executable,
+    "-c",
+    "import sys; from airun_nb.cli import main; sys.argv[0] = 'airun'; main()",
+]
 
-FUNCTIONS = '''
+FUNCTIONS = """
 from pathlib import Path
 
 def _count(name):
@@ -40,7 +44,7 @@ def unprepare():
 def ship(decision):
     _count("ship.count")
     return {"approved_by": decision["actor"], "channel": decision["channel"]}
-'''
+"""
 
 WORKFLOW = """%%workflow release
 steps:
@@ -68,7 +72,11 @@ print("SHIPPED", globals().get("shipped"))
 
 def notebook() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.cells = [
         nbformat.v4.new_code_cell("%load_ext airun_nb"),
         nbformat.v4.new_code_cell(FUNCTIONS),
@@ -84,7 +92,9 @@ def kernel_env(db: Path) -> dict[str, str]:
     return env
 
 
-def run_in_fresh_kernel(folder: Path, db: Path, *, allow_errors: bool = False) -> nbformat.NotebookNode:
+def run_in_fresh_kernel(
+    folder: Path, db: Path, *, allow_errors: bool = False
+) -> nbformat.NotebookNode:
     """Execute the notebook in a new kernel, which is shut down when this returns."""
     nb = notebook()
     client = NotebookClient(
@@ -117,7 +127,9 @@ def count(folder: Path, name: str) -> int:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*AIRUN, *args], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    return subprocess.run(
+        [*AIRUN, *args], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
 
 
 @pytest.fixture
@@ -134,7 +146,9 @@ def first_kernel_stops_at_the_gate(folder: Path, db: Path) -> tuple[str, nbforma
     run_id = report.split()[1]
     gate_cell = nb.cells[2]
     widget_views = [
-        o for o in gate_cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+        o
+        for o in gate_cell.outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
     ]
     assert len(widget_views) == 1, "the gate widget is drawn once in the workflow cell"
     assert "Release 3 rows?" in text_of(gate_cell)
@@ -201,7 +215,9 @@ def test_the_saved_notebook_tells_a_headless_reader_how_to_decide(folder: Path) 
     db = folder / "store.duckdb"
     run_id, nb = first_kernel_stops_at_the_gate(folder, db)
     (gate_out,) = [
-        o for o in nb.cells[2].outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+        o
+        for o in nb.cells[2].outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
     ]
     plain = gate_out["data"]["text/plain"]
     assert "Release 3 rows?" in plain

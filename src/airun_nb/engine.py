@@ -225,6 +225,7 @@ class Engine:
         self.listener = listener or Listener()
         self.source = source
         self.user = user or config.current_user()
+        self.launched_by = self.user  # a resumed run keeps its original launcher
         self.states: dict[str, StepState] = {s.id: StepState(s) for s in spec.steps}
         self.run_id = ""
         self.status = PENDING
@@ -384,6 +385,7 @@ class Engine:
     ) -> Plan:
         if mode in ("resume", "rollback") and prior_run is not None:
             self.run_id = prior_run["run_id"]
+            self.launched_by = prior_run.get("launched_by") or self.user
             self.created_at = _ts(prior_run.get("created_at")) or time.time()
         else:
             self.run_id = new_run_id()
@@ -483,7 +485,7 @@ class Engine:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "updated_at": time.time(),
-            "launched_by": self.user,
+            "launched_by": self.launched_by,
             "owner_pid": os.getpid(),
             "owner_host": socket.gethostname(),
             "owner_token": _MY_TOKEN,
@@ -963,7 +965,7 @@ class Engine:
             message=message,
             preview_text=preview_text,
             preview_html=preview_html,
-            launched_by=self.user,
+            launched_by=self.launched_by,
         )
         if opened:
             if counts_attempt:
@@ -1093,7 +1095,7 @@ class Engine:
             "gate": gate_id,
             "message": row.get("message"),
             "approvers": json.loads(row["approvers"]) if row.get("approvers") else None,
-            "deadline": row.get("deadline"),
+            "deadline": gate.iso_utc(row.get("deadline")),
             "preview": row.get("preview_text"),
             "commands": gate.commands(self.run_id, gate_id),
         }

@@ -222,8 +222,23 @@ def open_gate(
     """Open the gate if it is not open yet; return (its row, whether it was opened now)."""
     with store.session("opening an approval gate"):
         existing = gate_row(store, run_id, gate_id)
-        if existing is not None:
+        if existing is not None and not (
+            existing["status"] == "expired" and existing.get("channel") == "policy"
+        ):
             return existing, False
+        if existing is not None:
+            # Closed only for want of a policy decision: open it again (same deadline).
+            row = dict(existing)
+            row.update(
+                status="open",
+                decision=None,
+                actor=None,
+                channel=None,
+                comment=None,
+                decided_at=None,
+            )
+            store.record_many([_record(row), _event(run_id, gate_id, "gate_reopened")])
+            return row, False
         now = time.time()
         row = {
             "run_id": run_id,
@@ -274,6 +289,12 @@ def decide(
             raise AlreadyDecided(describe_decision(row, prefix="already "))
         if channel not in ("policy", "timeout"):
             check_actor(row, actor)
+            if deadline_passed(row):
+                closed = _time_out(store, row)
+                raise AlreadyDecided(
+                    f"too late: the deadline passed at {iso_utc(row.get('deadline'))}; "
+                    + describe_decision(closed)
+                )
         row = dict(row)
         row.update(
             status="approved" if decision == APPROVE else "rejected",
@@ -309,6 +330,61 @@ def decide(
     return output_of(row)
 
 
+def _time_out(store: Store, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Record the gate's on_timeout outcome now (the caller holds the store)."""
+    outcome = str(row.get("on_timeout") or "reject")
+    closed = dict(row)
+    if outcome in (APPROVE, REJECT):
+        closed.update(
+            status="approved" if outcome == APPROVE else "rejected",
+            decision=outcome,
+            actor="timeout",
+            channel="timeout",
+            comment="no decision before the deadline",
+            decided_at=time.time(),
+        )
+        kind = "gate_decided"
+    else:
+        closed.update(
+            status="expired",
+            actor="runtime",
+            channel="timeout",
+            comment="approval timed out",
+            decided_at=time.time(),
+        )
+        kind = "gate_expired"
+    store.record_many(
+        [
+            _record(closed),
+            _event(
+                str(row["run_id"]),
+                str(row["gate_id"]),
+                kind,
+                decision=closed.get("decision"),
+                channel="timeout",
+            ),
+            auditlog.row(
+                kind="timeout",
+                principal="timeout",
+                run_id=str(row["run_id"]),
+                step_id=str(row["gate_id"]),
+                capability="approval",
+                decision=str(closed.get("decision") or "expired"),
+            ),
+        ]
+    )
+    return closed
+
+
+def iso_utc(value: Any) -> str | None:
+    """A timestamp (datetime from the store, or epoch seconds) as ISO 8601 in UTC."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        value = _epoch(value)
+    return datetime.fromtimestamp(float(value), tz=timezone.utc).isoformat()
+
+
 def expire(store: Store, run_id: str, gate_id: str, *, reason: str | None = None) -> dict[str, Any]:
     """Close a gate without a decision (``on_timeout: fail``, or no policy decision)."""
     with store.session("closing an approval gate"):
@@ -334,7 +410,9 @@ def describe_decision(row: Mapping[str, Any], prefix: str = "") -> str:
     if isinstance(when, (int, float)):
         when = datetime.fromtimestamp(when, tz=timezone.utc)
     stamp = when.strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(when, datetime) else "?"
-    verb = "approved" if row.get("decision") == APPROVE else "rejected"
+    verb = {"approve": "approved", "reject": "rejected"}.get(str(row.get("decision")), "expired")
+    if row.get("status") == "expired":
+        verb = "expired"
     comment = f' ("{row["comment"]}")' if row.get("comment") else ""
     return (
         f"gate '{row['gate_id']}' of run {row['run_id']} was {prefix}{verb} by {row.get('actor')} "
@@ -451,10 +529,9 @@ def approve(
     by: str | None = None,
     comment: str | None = None,
     db: str | os.PathLike[str] | None = None,
-    channel: str = "api",
 ) -> dict[str, Any]:
     """Approve a gate (for scripts and agents). The run continues when it next resumes."""
-    return _decide_now(APPROVE, run_id, gate_id, by, comment, db, channel)
+    return _decide_now(APPROVE, run_id, gate_id, by, comment, db, "api")
 
 
 def reject(
@@ -464,7 +541,6 @@ def reject(
     by: str | None = None,
     comment: str | None = None,
     db: str | os.PathLike[str] | None = None,
-    channel: str = "api",
 ) -> dict[str, Any]:
     """Reject a gate; the run rolls back when it next resumes."""
-    return _decide_now(REJECT, run_id, gate_id, by, comment, db, channel)
+    return _decide_now(REJECT, run_id, gate_id, by, comment, db, "api")

@@ -57,3 +57,26 @@ class LiveTable(Listener):
             self._handle.update(_Snapshot(engine))
         self._last = time.monotonic()
         self._dirty = False
+
+
+class WidgetTable(Listener):
+    """The step table drawn into an ipywidgets HTML (front ends do not apply in-place display
+    updates inside an Output widget, so a continuation inside a gate draws here instead)."""
+
+    def __init__(self, html_widget: Any) -> None:
+        self.html = html_widget
+        self._last = 0.0
+
+    def planned(self, engine: Engine) -> None:
+        self._draw(engine)
+
+    def changed(self, engine: Engine, state: StepState | None) -> None:
+        if time.monotonic() - self._last >= UPDATE_EVERY:
+            self._draw(engine)
+
+    def finished(self, engine: Engine) -> None:
+        self._draw(engine)
+
+    def _draw(self, engine: Engine) -> None:
+        self.html.value = render_html(view_of_engine(engine))
+        self._last = time.monotonic()

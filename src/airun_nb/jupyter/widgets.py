@@ -20,10 +20,11 @@ from IPython.display import display
 
 from .. import gate
 from ..config import current_user
+from ..engine import Listener
 from ..errors import AirunError
 from ..store import Store
 from ..workflow import Workflow
-from .display import LiveTable
+from .display import LiveTable, WidgetTable
 
 
 def _deadline(row: Mapping[str, Any]) -> str:
@@ -72,14 +73,22 @@ class GateWidget(widgets.VBox):
         self.approve_button.on_click(lambda _b: self.decide(gate.APPROVE))
         self.reject_button.on_click(lambda _b: self.decide(gate.REJECT))
         self.status = widgets.HTML("")
+        self.table = widgets.HTML("")
         self.out = widgets.Output()
         parts += [
             self.comment,
             widgets.HBox([self.approve_button, self.reject_button]),
             self.status,
+            self.table,
             self.out,
         ]
         super().__init__(parts)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):
+            bundle["text/plain"] = repr(self)  # the full text, not ipywidgets' 110 characters
+        return bundle
 
     def __repr__(self) -> str:
         cmds = gate.commands(self.run_id, self.gate_id)
@@ -131,15 +140,17 @@ class GateWidget(widgets.VBox):
     def continue_run(self) -> None:
         with self.out:
             try:
-                resume_and_draw(self.run_id, self.db, self.namespace)
+                resume_and_draw(self.run_id, self.db, self.namespace, WidgetTable(self.table))
             except AirunError as exc:
                 print(f"{type(exc).__name__}: {exc.message}")
 
 
-def resume_and_draw(run_id: str, db: Path, namespace: MutableMapping[str, Any]) -> None:
+def resume_and_draw(
+    run_id: str, db: Path, namespace: MutableMapping[str, Any], listener: Listener | None = None
+) -> None:
     """Resume a run in this kernel; draw the gates it stops at (if any)."""
     wf = Workflow.from_run(run_id, db=db)
-    engine = wf.engine(db=db, namespace=namespace, listener=LiveTable())
+    engine = wf.engine(db=db, namespace=namespace, listener=listener or LiveTable())
     engine.prepare(resume=run_id)
     try:
         engine.execute()
