@@ -35,11 +35,11 @@ CELL_TIMEOUT = 60
 
 # Code run in every kernel before the workflow cell: the step library. Every step body starts
 # with tick(<step id>), which appends one line to counts/<step>.txt (a file outside the store).
-# ``sleep_if_armed`` sleeps 30 s only when the kernel was armed with AIRUN_TEST_SLOW (the test
-# sets it in a cell of the kernel that is going to be killed, never in the resume or the
-# reference kernel), so the same function source (same code hash) runs fast on resume.
+# ``enrich`` sleeps AIRUN_TEST_SLOW seconds when a test sets that in a cell of the kernel that is
+# going to be killed (never in the resume or the reference kernel), so the same function source
+# (same code hash) runs fast on resume.
 STEP_LIB = textwrap.dedent(
-    '''
+    """
     import os, time, pathlib
     import numpy as np
     import pandas as pd
@@ -78,8 +78,7 @@ STEP_LIB = textwrap.dedent(
         tick("enrich")
         if marker is not None:
             pathlib.Path(marker).write_text(str(os.getpid()))
-            if os.environ.get("AIRUN_TEST_SLOW") == "1":
-                time.sleep(30)
+        time.sleep(float(os.environ.get("AIRUN_TEST_SLOW", "0")))
         df = orders.dropna().copy()
         df["amount_eur"] = df["amount"] * df["region"].map(rates)
         return df.reset_index(drop=True)
@@ -95,7 +94,7 @@ STEP_LIB = textwrap.dedent(
         if isinstance(prev, pd.DataFrame):
             return int(prev["v"].sum()) + i
         return prev + i
-    '''
+    """
 )
 
 # The 4-step workflow of scenarios (a) and (c): two independent loads, a slow-able enrich step
@@ -146,7 +145,7 @@ WF_FOLD = textwrap.dedent(
           tick("audit")
           result = int(len(airun_nb.runs()))   # a history query folds the journal into DuckDB
       - id: enrich
-        needs: [clean, rates]
+        needs: [audit, rates]          # after audit: one step in flight at a time
         call: enrich
         with: {orders: "{{ steps.clean.output }}", rates: "{{ steps.rates.output }}"}
       - id: totals
@@ -206,8 +205,9 @@ def kernel_env(**extra: str) -> dict[str, str]:
 class Kernel:
     """One real kernel in ``cwd``, driven cell by cell through nbclient."""
 
-    def __init__(self, cwd: Path, *, env: dict[str, str] | None = None,
-                 timeout: int = CELL_TIMEOUT) -> None:
+    def __init__(
+        self, cwd: Path, *, env: dict[str, str] | None = None, timeout: int = CELL_TIMEOUT
+    ) -> None:
         self.cwd = Path(cwd)
         self.cwd.mkdir(parents=True, exist_ok=True)
         self.env = env if env is not None else kernel_env()
@@ -310,8 +310,9 @@ def text_of(cell: nbformat.NotebookNode) -> str:
     return "\n".join(out)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
-              interval: float = 0.02) -> None:
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() >= deadline:
@@ -320,8 +321,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
 
 
 @contextlib.contextmanager
-def killer(kernel: Kernel, *, when: Callable[[], bool], delay: float = 0.0,
-           timeout: float = 30.0) -> Iterator[dict[str, Any]]:
+def killer(
+    kernel: Kernel, *, when: Callable[[], bool], delay: float = 0.0, timeout: float = 30.0
+) -> Iterator[dict[str, Any]]:
     """A thread that SIGKILLs ``kernel`` once ``when()`` holds (+ ``delay`` s).
 
     Use around the cell that is to be interrupted; yields a dict that tells whether and when
@@ -369,11 +371,12 @@ def counts(workdir: Path) -> dict[str, int]:
 
 def load_dump(workdir: Path, name: str = "result.pkl") -> dict[str, Any]:
     with open(Path(workdir) / name, "rb") as f:
-        return pickle.load(f)  # noqa: S301 - written by our own kernel
+        return pickle.load(f)  # written by our own kernel
 
 
-def run_workflow(workdir: Path, workflow_cell: str, *, pre: list[str] | None = None,
-                 dump: bool = True) -> tuple[Kernel, list[nbformat.NotebookNode]]:
+def run_workflow(
+    workdir: Path, workflow_cell: str, *, pre: list[str] | None = None, dump: bool = True
+) -> tuple[Kernel, list[nbformat.NotebookNode]]:
     """Start a kernel in ``workdir``, run the setup cells and the workflow cell (and a dump).
 
     The kernel is shut down before returning; its cells are returned for inspection.

@@ -61,8 +61,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
 
 
 # --------------------------------------------------------------------------- helpers
-def crash_run(workdir: Path, workflow_cell: str, pre: list[str], *, kill_when=None,
-              kill_delay: float = 0.0) -> tuple[str | None, dict[str, Any] | None]:
+def crash_run(
+    workdir: Path, workflow_cell: str, pre: list[str], *, kill_when=None, kill_delay: float = 0.0
+) -> tuple[str | None, dict[str, Any] | None]:
     """Run the workflow cell in a kernel that must die during it.
 
     Without ``kill_when`` the kernel is expected to kill itself (AIRUN_CRASH_AT); with it a
@@ -174,6 +175,8 @@ def assert_converged(
         rows = execute[execute["step_id"] == interrupted].sort_values("attempt")
         assert list(rows["attempt"]) == [1, 2], rows
         assert rows["status"].iloc[-1] == "completed", rows
+        # attempt 1 ran in the dead kernel, attempt 2 in the fresh one
+        assert rows["pid"].iloc[0] != rows["pid"].iloc[1], rows
 
     # --- (iii) outputs equal an uninterrupted run's
     assert_same_outputs(final["outputs"], ref["outputs"])
@@ -193,7 +196,9 @@ def raw_store_opens(db: Path) -> list[tuple[Any, ...]]:
     """Open the DuckDB file as plain DuckDB (no airun_nb recovery): it must not be damaged."""
     con = duckdb.connect(str(db), read_only=True)
     try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        tables = {
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
         assert {"runs", "steps", "attempts", "events", "airun_meta"} <= tables, tables
         return con.execute("SELECT run_id, status FROM runs").fetchall()
     finally:
@@ -205,7 +210,9 @@ def test_kill_inside_a_step(tmp_path: Path, reference) -> None:
     ref = reference(cs.WF_ORDERS)
     marker = tmp_path / "in_enrich.marker"
     crashed_run, _ = crash_run(
-        tmp_path, cs.WF_ORDERS, ["os.environ['AIRUN_TEST_SLOW'] = '1'"],
+        tmp_path,
+        cs.WF_ORDERS,
+        ["os.environ['AIRUN_TEST_SLOW'] = '30'"],
         kill_when=marker.exists,
     )
     assert crashed_run is not None  # the live table was drawn long before the kill
@@ -213,8 +220,14 @@ def test_kill_inside_a_step(tmp_path: Path, reference) -> None:
     pre, final, summary = resume_run(tmp_path, cs.WF_ORDERS)
     assert "runs: enrich (was in flight when its process died (attempt 1))" in summary, summary
     assert_converged(
-        tmp_path, ref, pre, final, summary, crashed_run=crashed_run,
-        finished_before={"orders", "rates"}, interrupted="enrich",
+        tmp_path,
+        ref,
+        pre,
+        final,
+        summary,
+        crashed_run=crashed_run,
+        finished_before={"orders", "rates"},
+        interrupted="enrich",
     )
 
 
@@ -230,17 +243,30 @@ def test_kill_inside_a_step(tmp_path: Path, reference) -> None:
         # Armed from inside step 'audit', whose history query folds the journal: the fold that
         # dies carries the completion of 'clean' (a DataFrame, its table already committed).
         ("query", {"rates", "orders", "clean"}, "audit"),
+        # Armed in 'enrich', which then sleeps 2 s: the store's keeper thread folds and lets go
+        # of the file once the kernel has been idle for 0.25 s, and dies in that fold.
+        ("idle", {"rates", "orders", "clean", "audit"}, "enrich"),
     ],
+    ids=["dataframe-output", "history-query", "keeper-idle-release"],
 )
 def test_kill_while_checkpoint_commits(
-    tmp_path: Path, reference, point: str, trigger: str, finished_before: set[str],
+    tmp_path: Path,
+    reference,
+    point: str,
+    trigger: str,
+    finished_before: set[str],
     interrupted: str,
 ) -> None:
     ref = reference(cs.WF_FOLD)
     if trigger == "output":
         pre = [f"os.environ['AIRUN_CRASH_AT'] = {point!r}"]
-    else:
+    elif trigger == "query":
         pre = [f"os.environ['AIRUN_TEST_ARM'] = 'audit@{point}'"]
+    else:
+        pre = [
+            f"os.environ['AIRUN_TEST_ARM'] = 'enrich@{point}'",
+            "os.environ['AIRUN_TEST_SLOW'] = '2'",
+        ]
     crashed_run, _ = crash_run(tmp_path, cs.WF_FOLD, pre)
     # The DuckDB file is intact as plain DuckDB sees it, before any airun_nb recovery.
     rows = raw_store_opens(tmp_path / "airun.duckdb")
@@ -251,8 +277,14 @@ def test_kill_while_checkpoint_commits(
     assert (tmp_path / "airun.duckdb.journal").stat().st_size > 0
     pre_state, final, summary = resume_run(tmp_path, cs.WF_FOLD)
     assert_converged(
-        tmp_path, ref, pre_state, final, summary, crashed_run=crashed_run,
-        finished_before=finished_before, interrupted=interrupted,
+        tmp_path,
+        ref,
+        pre_state,
+        final,
+        summary,
+        crashed_run=crashed_run,
+        finished_before=finished_before,
+        interrupted=interrupted,
     )
 
 
@@ -273,8 +305,13 @@ def test_kill_while_checkpoint_commits(
     ids=["after-first-step", "between-enrich-and-totals", "totals-started", "enrich-returned"],
 )
 def test_kill_between_steps(
-    tmp_path: Path, reference, workflow: str, arm: str, finished_before: set[str],
-    interrupted: str | None, body_ran: bool,
+    tmp_path: Path,
+    reference,
+    workflow: str,
+    arm: str,
+    finished_before: set[str],
+    interrupted: str | None,
+    body_ran: bool,
 ) -> None:
     ref = reference(workflow)
     if arm.startswith("cell:"):
@@ -284,9 +321,35 @@ def test_kill_between_steps(
     crashed_run, _ = crash_run(tmp_path, workflow, pre)
     pre_state, final, summary = resume_run(tmp_path, workflow)
     assert_converged(
-        tmp_path, ref, pre_state, final, summary, crashed_run=crashed_run,
-        finished_before=finished_before, interrupted=interrupted,
+        tmp_path,
+        ref,
+        pre_state,
+        final,
+        summary,
+        crashed_run=crashed_run,
+        finished_before=finished_before,
+        interrupted=interrupted,
         interrupted_body_ran=body_ran,
+    )
+
+
+# --------------------------------------------------------------------------- history after a crash
+def test_history_closes_the_attempt_that_died(tmp_path: Path) -> None:
+    """After the resume, attempt 1 of the step that died must not still read 'running'.
+
+    The crashed attempt's row is only ever written as 'running' (by the dead kernel); the
+    resume records attempt 2 but leaves attempt 1 open, so ``airun_nb.attempts()`` of a
+    completed run shows an attempt running forever (no finished_at) in a process that is gone.
+    """
+    crash_run(tmp_path, cs.WF_ORDERS, ["os.environ['AIRUN_TEST_ARM'] = 'enrich@step:returned'"])
+    _, final, _ = resume_run(tmp_path, cs.WF_ORDERS)
+    assert final["status"] == "completed"
+    att = final["attempts"]
+    dead = att[(att["step_id"] == "enrich") & (att["attempt"] == 1)]
+    assert len(dead) == 1, att
+    assert dead["status"].iloc[0] != "running", (
+        "attempt 1 of 'enrich' died with its kernel but is still recorded as running after the "
+        f"run completed:\n{att[['step_id', 'attempt', 'status', 'finished_at', 'pid']].to_string()}"
     )
 
 
@@ -301,14 +364,17 @@ def test_kill_at_random_instant(tmp_path: Path, reference, seed: int) -> None:
     delay = rng.uniform(0.0, 1.2)  # the 30 steps take >= 1.5 s after s01 starts
     first = tmp_path / "counts" / "s01.txt"
     t0 = time.monotonic()
-    crash_run(tmp_path, CHAIN, [], kill_when=first.exists, kill_delay=delay)
+    crashed_run, _ = crash_run(tmp_path, CHAIN, [], kill_when=first.exists, kill_delay=delay)
     before = cs.counts(tmp_path)
     assert 1 <= len(before) < 30, before
     _, final, summary = resume_run(tmp_path, CHAIN)
+    assert "resuming" in summary, summary
     elapsed = time.monotonic() - t0
     assert final["status"] == "completed"
     assert final["mode"] == "resume"
     assert list(final["runs"]["run_id"]) == [final["run_id"]]
+    if crashed_run is not None:
+        assert final["run_id"] == crashed_run
 
     counts = cs.counts(tmp_path)
     step_ids = [f"s{i:02d}" for i in range(1, 31)]
@@ -325,5 +391,7 @@ def test_kill_at_random_instant(tmp_path: Path, reference, seed: int) -> None:
     for s in final["replayed"]:
         assert counts[s] == 1 and before.get(s) == 1, (s, counts, before)
     assert_same_outputs(final["outputs"], ref["outputs"])
-    print(f"seed {seed}: kill after {delay:.2f} s, {len(before)} steps started, "
-          f"re-ran {again or 'none'}, {elapsed:.1f} s")
+    print(
+        f"seed {seed}: kill after {delay:.2f} s, {len(before)} steps started, "
+        f"re-ran {again or 'none'}, {elapsed:.1f} s"
+    )

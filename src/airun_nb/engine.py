@@ -226,6 +226,7 @@ class Engine:
         self.source = source
         self.user = user or config.current_user()
         self.launched_by = self.user  # a resumed run keeps its original launcher
+        self._prior_spec_hash: str | None = None
         self.states: dict[str, StepState] = {s.id: StepState(s) for s in spec.steps}
         self.run_id = ""
         self.status = PENDING
@@ -386,6 +387,7 @@ class Engine:
         if mode in ("resume", "rollback") and prior_run is not None:
             self.run_id = prior_run["run_id"]
             self.launched_by = prior_run.get("launched_by") or self.user
+            self._prior_spec_hash = prior_run.get("spec_hash")
             self.created_at = _ts(prior_run.get("created_at")) or time.time()
         else:
             self.run_id = new_run_id()
@@ -549,6 +551,8 @@ class Engine:
                 raise RunBusy(f"run {self.run_id} is already executing in this kernel")
             _ACTIVE[self.run_id] = self
         try:
+            if self.plan.mode in ("resume", "rollback"):
+                self._close_dead_attempts()
             if self.plan.mode == "rollback":
                 self.listener.planned(self)
                 compensation.roll_back(self)
@@ -587,6 +591,22 @@ class Engine:
         self.store.flush()
         self.listener.finished(self)
         self._raise_for_status()
+
+    def _close_dead_attempts(self) -> None:
+        """Attempts left ``running`` by a process that died are closed as ``crashed``."""
+        rows = self.store.query_dicts(
+            "SELECT * FROM attempts WHERE run_id = ? AND status = 'running'", [self.run_id]
+        )
+        recs = []
+        for r in rows:
+            rec: dict[str, Any] = {"t": "att", **r}
+            rec["started_at"] = _ts(r.get("started_at"))
+            rec["finished_at"] = None
+            rec["status"] = "crashed"
+            rec["error"] = "its process died during this attempt"
+            recs.append(rec)
+        if recs:
+            self.store.record_many(recs)
 
     def _failure_policy(self) -> str:
         assert self.failed_step is not None
@@ -644,7 +664,7 @@ class Engine:
     def _begin(self) -> None:
         recs: list[dict[str, Any]] = []
         assert self.plan is not None
-        if self.plan.mode != "resume":
+        if self.plan.mode != "resume" or self._prior_spec_hash != self.spec.spec_hash:
             recs.append(
                 {
                     "t": "spec",

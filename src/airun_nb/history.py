@@ -23,7 +23,8 @@ def _frame(
         start, end = duration
         df["duration"] = df[end] - df[start]
     for col in df.columns:
-        if df[col].dtype == object and col not in ("params", "detail"):
+        if pd.api.types.is_object_dtype(df[col]) or pd.api.types.is_string_dtype(df[col]):
+            # One text dtype whatever the data (all-NULL columns come back as object).
             df[col] = df[col].astype("string")
     return df
 
