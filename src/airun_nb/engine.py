@@ -16,6 +16,8 @@ A run goes through three phases:
 from __future__ import annotations
 
 import contextlib
+import gc
+import hashlib
 import heapq
 import json
 import os
@@ -24,7 +26,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -227,6 +229,7 @@ class Engine:
         self.user = user or config.current_user()
         self.launched_by = self.user  # a resumed run keeps its original launcher
         self._prior_spec_hash: str | None = None
+        self._order: list[StepSpec] = list(spec.steps)
         self.states: dict[str, StepState] = {s.id: StepState(s) for s in spec.steps}
         self.run_id = ""
         self.status = PENDING
@@ -251,13 +254,14 @@ class Engine:
 
     # ------------------------------------------------------------------ plan
     def prepare(self, *, resume: str | None = None, new: bool = False) -> Plan:
-        self._govern()
-        self._resolve()
-        self._hash_steps()
-        self._check_templates()
-        with self.store.session("planning a run"):
-            prior_run, prior_rows, mode = self._select_run(resume, new)
-        self.plan = self._decide(prior_run, prior_rows, mode)
+        with _gc_paused():  # planning allocates many small objects and frees none
+            self._govern()
+            self._resolve()
+            self._hash_steps()
+            self._check_templates()
+            with self.store.session("planning a run"):
+                prior_run, prior_rows, mode = self._select_run(resume, new)
+            self.plan = self._decide(prior_run, prior_rows, mode)
         return self.plan
 
     def _govern(self) -> None:
@@ -281,11 +285,13 @@ class Engine:
 
     def _hash_steps(self) -> None:
         params_hash = _hash(self.params)
-        for s in self._topo():
+        self._order = self._topo()
+        for s in self._order:
             st = self.states[s.id]
-            st.eff_hash = _hash(
-                [s.def_hash, st.code_hash, params_hash, [self.states[n].eff_hash for n in s.needs]]
+            text = "|".join(
+                [s.def_hash, st.code_hash, params_hash, *(self.states[n].eff_hash for n in s.needs)]
             )
+            st.eff_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _topo(self) -> list[StepSpec]:
         order: list[StepSpec] = []
@@ -310,21 +316,15 @@ class Engine:
         if self.spec.seed_dialect:
             return  # seed lookups ({{draft}}) resolve against outputs at run time
         known = {"params", "steps", "run", "result", *self.namespace.keys()}
-        from .spec import _template_fields
-
-        for s in self.spec.steps:
-            for field_path, source in _template_fields(s):
-                names, _ = templates.references(source)
-                allowed = (
-                    known
-                    if field_path.split(".")[0] in ("check", "compensate")
-                    else known - {"result"}
+        for step_id, field_path, names in self.spec.template_names():
+            allowed = (
+                known if field_path.split(".")[0] in ("check", "compensate") else known - {"result"}
+            )
+            for name in sorted(names - allowed):
+                raise TemplateError(
+                    f"step '{step_id}', field '{field_path}': name '{name}' is undefined "
+                    "(templates see params, steps, run and notebook variables)"
                 )
-                for name in sorted(names - allowed):
-                    raise TemplateError(
-                        f"step '{s.id}', field '{field_path}': name '{name}' is undefined "
-                        "(templates see params, steps, run and notebook variables)"
-                    )
 
     def _select_run(
         self, resume: str | None, new: bool
@@ -375,8 +375,13 @@ class Engine:
 
     def _load_rows(self, run_id: str) -> dict[str, dict[str, Any]]:
         rows = self.store.query_dicts(
-            "SELECT * EXCLUDE (output_blob), output_blob IS NOT NULL AS has_blob "
-            "FROM steps WHERE run_id = ?",
+            """SELECT run_id, step_id, status, attempts, def_hash, code_hash, eff_hash,
+                      epoch(started_at) AS started_at, epoch(finished_at) AS finished_at,
+                      finish_seq, output_kind, output_json, output_table,
+                      output_blob IS NOT NULL AS has_blob, replayed_from, reason, error,
+                      compensation, comp_status, comp_attempts, comp_error,
+                      epoch(comp_finished_at) AS comp_finished_at
+               FROM steps WHERE run_id = ?""",
             [run_id],
         )
         return {r["step_id"]: r for r in rows}
@@ -396,7 +401,7 @@ class Engine:
         prior_params = (
             json.loads(prior_run["params"]) if prior_run and prior_run.get("params") else None
         )
-        for s in self._topo():
+        for s in self._order:
             st = self.states[s.id]
             row = rows.get(s.id)
             reason = self._reason(st, row, prior_params)
@@ -686,6 +691,8 @@ class Engine:
         )
         for entry in self.plan.entries:
             st = self.states[entry.step_id]
+            if entry.action == "run" and self.plan.mode != "resume":
+                continue  # a new run has no stored rows to reset: steps appear as they start
             if entry.action == "run":
                 st.reason = None if entry.reason == "not run yet" else entry.reason
                 if st.reason:
@@ -701,6 +708,8 @@ class Engine:
 
     def _schedule(self) -> None:
         spec = self.spec
+        if all(st.status in DONE_STEP for st in self.states.values()):
+            return  # everything replayed
         waiting: dict[str, int] = {}
         downstream = spec.downstream()
         ready: list[tuple[int, str]] = []
@@ -781,7 +790,7 @@ class Engine:
             self.listener.changed(self, st)
             return
         verdict, first_audit = self._check_policy(st)
-        policy_audit: dict[str, Any] | None = first_audit
+        policy_audit = first_audit
         if verdict.decision == "deny":
             st.status = S_FAILED
             st.started_at = st.finished_at = time.time()
@@ -789,7 +798,7 @@ class Engine:
             st.error = f"denied by the policy ({verdict.reason})"
             self.store.record_many(
                 [
-                    first_audit,
+                    *([first_audit] if first_audit else []),
                     self.step_record(st),
                     self.event("step_denied", st.id, rule=verdict.rule),
                 ]
@@ -797,7 +806,8 @@ class Engine:
             self.listener.changed(self, st)
             return
         if verdict.decision == "require_approval":
-            self.store.record(first_audit)
+            if first_audit is not None:
+                self.store.record(first_audit)
             policy_audit = None
             approved = self._policy_gate(st, verdict)
             if not approved:
@@ -1044,11 +1054,13 @@ class Engine:
         return row
 
     # ------------------------------------------------------------------ governance
-    def _check_policy(self, st: StepState) -> tuple[policy_mod.Verdict, dict[str, Any]]:
+    def _check_policy(self, st: StepState) -> tuple[policy_mod.Verdict, dict[str, Any] | None]:
         s = st.spec
         cap = capabilities.policy_name(s.kind, s.body)
         risk = capabilities.risk_of(s.kind, s.body, s.risk)
         verdict = self.policy.evaluate(self.user, cap, risk)
+        if not self.policy.active:
+            return verdict, None  # no policy configured: nothing was decided
         rec = auditlog.row(
             kind="policy",
             principal=self.user,
@@ -1323,6 +1335,17 @@ class _StepRefs(_Steps):
         return view
 
     __getitem__ = __getattr__
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _jsonable(value: Any) -> Any:

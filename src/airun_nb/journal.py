@@ -51,7 +51,7 @@ class Journal:
     def append(self, record: dict[str, Any]) -> None:
         assert self._fd is not None, "journal used without the lease"
         line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
-        os.write(self._fd, line)
+        _write_all(self._fd, line)
         if self.sync:
             os.fsync(self._fd)
         self.size += len(line)
@@ -63,7 +63,7 @@ class Journal:
         data = b"".join(
             json.dumps(r, separators=(",", ":"), default=str).encode() + b"\n" for r in records
         )
-        os.write(self._fd, data)
+        _write_all(self._fd, data)
         if self.sync:
             os.fsync(self._fd)
         self.size += len(data)
@@ -109,7 +109,7 @@ class Journal:
         assert self._fd is not None
         self.gen = uuid.uuid4().hex
         header = self._header_bytes()
-        os.write(self._fd, header)
+        _write_all(self._fd, header)
         self.size = len(header)
 
     def _read_header(self) -> str:
@@ -121,3 +121,11 @@ class Journal:
         except (ValueError, KeyError, TypeError):
             # Unreadable header: treat the file as a fresh, unknown generation.
             return "unknown"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a short write must not tear a record)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

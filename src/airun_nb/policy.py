@@ -105,6 +105,11 @@ class Policy:
     rules: list[Rule] = field(default_factory=list)
     source: str = "(no policy)"
 
+    @property
+    def active(self) -> bool:
+        """Does this policy decide anything (rules, or a default other than allow)?"""
+        return bool(self.rules) or self.default != "allow"
+
     def roles_of(self, principal: str) -> set[str]:
         return {r for r, members in self.roles.items() if principal in members}
 

@@ -170,11 +170,27 @@ class WorkflowSpec:
         return self.by_id[step_id]
 
     def downstream(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {s.id: [] for s in self.steps}
-        for s in self.steps:
-            for n in s.needs:
-                out[n].append(s.id)
-        return out
+        """Step id -> the steps that need it (computed once)."""
+        cached: dict[str, list[str]] | None = self.__dict__.get("_downstream")
+        if cached is None:
+            cached = {s.id: [] for s in self.steps}
+            for s in self.steps:
+                for n in s.needs:
+                    cached[n].append(s.id)
+            self.__dict__["_downstream"] = cached
+        return cached
+
+    def template_names(self) -> list[tuple[str, str, frozenset[str]]]:
+        """(step, field, top-level names) of every template in the workflow (computed once)."""
+        cached: list[tuple[str, str, frozenset[str]]] | None = self.__dict__.get("_tnames")
+        if cached is None:
+            cached = []
+            for s in self.steps:
+                for field_path, source in _template_fields(s):
+                    names, _ = templates.references(source)
+                    cached.append((s.id, field_path, frozenset(names)))
+            self.__dict__["_tnames"] = cached
+        return cached
 
 
 def _strkeys(obj: Any) -> Any:

@@ -178,7 +178,7 @@ _ARROW = {
     "DOUBLE": pa.float64(),
     "BOOLEAN": pa.bool_(),
 }
-FOLD_EVERY = 2000  # journal records between folds while a burst of steps runs
+FOLD_EVERY = 4096  # journal records between folds while a burst of steps runs
 IDLE_RELEASE = 0.25  # seconds without store activity before the lease is let go
 YIELD_WINDOW = 0.5  # after handing the lease to a waiter, give it this long to finish
 
@@ -273,15 +273,19 @@ class Store:
 
     # -- sessions --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def session(self, purpose: str = "reading") -> Iterator[duckdb.DuckDBPyConnection]:
+    def session(
+        self, purpose: str = "reading", *, fold: bool = True
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Hold the store (lease + DuckDB connection) for the duration of the block.
 
-        Anything still journaled is folded first, so the block sees every state change.
+        Anything still journaled is folded first (unless ``fold=False``, for writers that do
+        not read), so the block sees every state change.
         """
         with self._mutex:
             self._ensure_lease(purpose)
             con = self._connection()
-            self._fold()
+            if fold:
+                self._fold()
             try:
                 yield con
             finally:
@@ -346,7 +350,8 @@ class Store:
 
     def put_table(self, name: str, table: pa.Table) -> None:
         """Store an Arrow table as ``outputs."name"`` and commit it."""
-        with self.session("writing a step output") as con:
+        # No fold first: writing a table reads nothing the journal holds.
+        with self.session("writing a step output", fold=False) as con:
             con.register("__airun_out", table)
             try:
                 con.execute(
