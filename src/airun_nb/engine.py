@@ -691,8 +691,6 @@ class Engine:
         )
         for entry in self.plan.entries:
             st = self.states[entry.step_id]
-            if entry.action == "run" and self.plan.mode != "resume":
-                continue  # a new run has no stored rows to reset: steps appear as they start
             if entry.action == "run":
                 st.reason = None if entry.reason == "not run yet" else entry.reason
                 if st.reason:
