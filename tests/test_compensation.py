@@ -119,6 +119,12 @@ def _isna(v: Any) -> bool:
     return bool(pd.isna(v))
 
 
+def never_started(rows: dict[str, dict[str, Any]], step_id: str) -> bool:
+    """A step the run never reached: no row at all, or a pending row with nothing undone."""
+    row = rows.get(step_id)
+    return row is None or (row["status"] == "pending" and comp_status(rows, step_id) is None)
+
+
 def run_row(run_id: str, db: Path) -> dict[str, Any]:
     df = airun_nb.runs(db=db)
     rows = df[df["run_id"] == run_id].to_dict("records")
@@ -505,7 +511,7 @@ def test_branch_finishing_after_a_sibling_failed_is_still_undone(store: Path, sa
     assert saga.undone == ["late.txt"]
     assert saga.files() == []
     rows = step_rows(exc.run_id, store)
-    assert rows["after"]["status"] == "pending" and comp_status(rows, "after") is None
+    assert never_started(rows, "after")
     assert saga.calls["do:after.txt"] == 0
 
 
@@ -524,9 +530,8 @@ def test_skipped_and_never_started_steps_are_not_compensated(store: Path, saga: 
     exc = run_failing(wf, namespace=saga.ns(boom=boom))
     rows = step_rows(exc.run_id, store)
     assert rows["optional"]["status"] == "skipped"
-    assert rows["later"]["status"] == "pending"
+    assert never_started(rows, "later")
     assert comp_status(rows, "optional") is None
-    assert comp_status(rows, "later") is None
     assert comp_status(rows, "make_a") == "done"
     assert saga.undone == ["A.txt"]
     assert saga.calls["undo:opt.txt"] == saga.calls["undo:later.txt"] == 0
@@ -919,8 +924,7 @@ def test_rollback_refused_while_run_executes_elsewhere(
     out, err = proc.communicate(timeout=60)
     assert f"FINAL {run_id} completed" in out, (out, err)
 
-    (tmp_path / "go").unlink()
-    (tmp_path / "go").write_text("")  # the compensation waits for it too
+    # Finished there: now it can be undone here (with a quick compensation of our own).
     result = airun_nb.rollback(run_id, db=store, namespace={"slow_delete": _unlink})
     assert result.status == "rolled_back"
     assert not (tmp_path / "A.txt").exists()

@@ -177,6 +177,8 @@ class Plan:
         """One short paragraph: what resumes, what replays and why the rest runs again."""
         if self.mode == "new":
             return f"run {self.run_id}: new run of {len(self.entries)} steps"
+        if self.mode == "rollback":
+            return f"run {self.run_id}: rolling back"
         head = (
             f"run {self.run_id}: resuming"
             if self.mode == "resume"
@@ -335,6 +337,16 @@ class Engine:
             if row is None:
                 raise RunNotFound(f"no run '{resume}' in {store.path}")
             self._check_not_busy(row)
+            if row["status"] in (ROLLED_BACK, ROLLBACK_FAILED):
+                raise RunBusy(
+                    f"run {resume} is {row['status']}: its finished steps were undone, so it "
+                    "cannot resume; start a new run"
+                    + (
+                        f", or finish the rollback with `airun rollback {resume}`"
+                        if row["status"] == ROLLBACK_FAILED
+                        else ""
+                    )
+                )
             mode = "rollback" if row["status"] == ROLLING_BACK else "resume"
             return row, self._load_rows(resume), mode
         if not new:
@@ -393,6 +405,11 @@ class Engine:
             self.run_id = prior_run["run_id"]
             self.launched_by = prior_run.get("launched_by") or self.user
             self._prior_spec_hash = prior_run.get("spec_hash")
+            if mode == "rollback":
+                # Finishing a rollback: the run keeps the failure that started it.
+                self.status = prior_run["status"]
+                self.failed_step = self.failed_step or prior_run.get("failed_step")
+                self.error = self.error or prior_run.get("error")
             self.created_at = _ts(prior_run.get("created_at")) or time.time()
         else:
             self.run_id = new_run_id()
@@ -662,7 +679,7 @@ class Engine:
         self.workspace = Workspace()
         self.failed_step = row.get("failed_step")
         self.error = row.get("error")
-        self.requested_rollback = row["status"] != ROLLING_BACK
+        self.requested_rollback = True
         self.plan = self._decide(row, rows, "rollback")
         return self.plan
 

@@ -47,6 +47,12 @@ def run_notebook(
     except Exception as exc:
         raise NotebookFailed(f"{src} is not a readable notebook: {exc}") from None
     out = Path(output) if output else src.with_name(src.stem + ".out.ipynb")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NotebookFailed(
+            f"cannot write the executed notebook to {out}: {exc.strerror}"
+        ) from None
     started = time.time()
     old_env = dict(os.environ)
     if env:
