@@ -88,21 +88,24 @@ def view_of_engine(engine: Engine) -> RunView:
 def view_of_rows(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]) -> RunView:
     rows = []
     for r in steps:
+        status = str(r["status"])
         dur = None
         if r.get("started_at") is not None and r.get("finished_at") is not None:
             dur = (r["finished_at"] - r["started_at"]).total_seconds()
         note = r.get("error") or r.get("reason") or ""
-        if r.get("replayed_from"):
+        if r.get("replayed_from") and status == "completed":
+            status, dur = "replayed", None
             note = note or f"reused from {r['replayed_from']}"
         if r.get("comp_status"):
-            note = f"undo {r['comp_status']}" + (
-                f": {r['comp_error']}" if r.get("comp_error") else ""
+            note = _undo_note(
+                r["comp_status"], r.get("comp_error"), int(r.get("comp_attempts") or 0)
             )
+            status = _UNDO_STATUS.get(r["comp_status"], status)
         rows.append(
             {
                 "step": r["step_id"],
                 "kind": r["kind"],
-                "status": r["status"],
+                "status": status,
                 "attempts": int(r.get("attempts") or 0),
                 "duration": dur,
                 "note": note,
