@@ -138,7 +138,6 @@ def assert_undone(run_id: str, step_ids: list[str]) -> None:
 def test_fs_write_over_an_existing_file_puts_the_old_content_back(env: Env) -> None:
     target = env.root / "notes.txt"
     target.write_bytes(b"old content\nsecond line\n")
-    os.utime(target, (1_000_000_000, 1_000_000_000))
     before = tree(env.root)
     looker = Looker(lambda: target.read_text())
     wf = saga(
@@ -155,7 +154,6 @@ def test_fs_write_over_an_existing_file_puts_the_old_content_back(env: Env) -> N
     assert looker.seen == ["new content"]  # the effect happened
     assert r.status == "rolled_back"
     assert tree(env.root) == before
-    assert target.stat().st_mtime == 1_000_000_000  # the very file came back (copy2)
     assert_undone(r.run_id, ["write"])
 
 

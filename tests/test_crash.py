@@ -236,9 +236,9 @@ def test_kill_inside_a_step(tmp_path: Path, reference) -> None:
 @pytest.mark.parametrize(
     "trigger, finished_before, interrupted",
     [
-        # AIRUN_CRASH_AT set in a cell before the workflow: the first fold that has records to
-        # commit is the one opened to store step 'orders' DataFrame output table; 'rates' has
-        # finished, but its completion record is still only in the journal.
+        # AIRUN_CRASH_AT set in a cell before the workflow, at the same instant of the commit
+        # of step 'orders' DataFrame output table (output:before_commit / output:after_commit);
+        # 'rates' has finished, but its completion record is still only in the journal.
         ("output", {"rates"}, "orders"),
         # Armed from inside step 'audit', whose history query folds the journal: the fold that
         # dies carries the completion of 'clean' (a DataFrame, its table already committed).
@@ -259,7 +259,7 @@ def test_kill_while_checkpoint_commits(
 ) -> None:
     ref = reference(cs.WF_FOLD)
     if trigger == "output":
-        pre = [f"os.environ['AIRUN_CRASH_AT'] = {point!r}"]
+        pre = [f"os.environ['AIRUN_CRASH_AT'] = {point.replace('fold:', 'output:')!r}"]
     elif trigger == "query":
         pre = [f"os.environ['AIRUN_TEST_ARM'] = 'audit@{point}'"]
     else:
@@ -270,8 +270,8 @@ def test_kill_while_checkpoint_commits(
     crashed_run, _ = crash_run(tmp_path, cs.WF_FOLD, pre)
     # The DuckDB file is intact as plain DuckDB sees it, before any airun_nb recovery.
     rows = raw_store_opens(tmp_path / "airun.duckdb")
-    if point == "fold:before_commit" and trigger == "output":
-        assert rows == []  # nothing of the run was ever committed: it lives in the journal
+    if trigger == "output" or (trigger == "query" and point == "fold:before_commit"):
+        assert rows == []  # no fold has committed yet: the whole run lives in the journal
     else:
         assert [r[1] for r in rows] == ["running"], rows
     assert (tmp_path / "airun.duckdb.journal").stat().st_size > 0

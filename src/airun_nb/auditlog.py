@@ -17,7 +17,7 @@ from typing import Any
 REDACTED = "***"
 _SECRET_KEYS = re.compile(
     r"(pass(word|wd)?|secret|token|api[_-]?key|apikey|auth(orization)?|credential|"
-    r"private[_-]?key|session|cookie|signature|sig)$|^(key)$",
+    r"private[_-]?key|session|cookie|signature|sig)s?$|^(key)$",
     re.IGNORECASE,
 )
 _VALUE_PATTERNS = [

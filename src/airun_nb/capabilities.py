@@ -30,11 +30,12 @@ from typing import Any
 
 import duckdb
 
+from .auditlog import redact
 from .errors import AirunError
 from .workspace import Workspace
 
 RISKS = ("low", "medium", "high", "critical")
-SNAPSHOT_MAX_ROWS = int(os.environ.get("AIRUN_SNAPSHOT_MAX_ROWS", "100000"))
+SNAPSHOT_MAX_ROWS = 100_000  # default; AIRUN_SNAPSHOT_MAX_ROWS or `snapshot_max_rows` change it
 
 
 class CapabilityError(AirunError):
@@ -365,12 +366,12 @@ def _http_apply(args: dict[str, Any], ctx: Context) -> Any:
     except urllib.error.HTTPError as exc:
         status, text, rheaders = exc.code, exc.read().decode("utf-8", "replace"), dict(exc.headers)
     except urllib.error.URLError as exc:
-        raise CapabilityError(f"http.request {method} {url}: {exc.reason}") from None
+        raise CapabilityError(f"http.request {method} {redact(url)}: {exc.reason}") from None
     result: dict[str, Any] = {"status": status, "headers": rheaders, "body": text}
     with contextlib.suppress(ValueError):
         result["json"] = json.loads(text)
     if status >= 400 and not args.get("allow_errors"):
-        raise CapabilityError(f"http.request {method} {url} answered {status}")
+        raise CapabilityError(f"http.request {method} {redact(url)} answered {status}")
     return result
 
 
@@ -450,7 +451,9 @@ def _sql_exec_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
         raise CapabilityError("sql.exec needs 'sql'")
     kind = _db_kind(path)
     tables = touched_tables(sql)
-    limit = int(args.get("snapshot_max_rows", SNAPSHOT_MAX_ROWS))
+    limit = int(
+        args.get("snapshot_max_rows", os.environ.get("AIRUN_SNAPSHOT_MAX_ROWS", SNAPSHOT_MAX_ROWS))
+    )
     snapshots: dict[str, str | None] = {}
     con = _sql_connect(path)
     try:
@@ -479,7 +482,29 @@ def _sql_exec_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
                     "SELECT sql FROM duckdb_tables() WHERE lower(table_name)=?", [table]
                 ).fetchone()
                 ddl = found[0] if found else None
-            dest.write_text(json.dumps({"columns": cols, "rows": rows, "ddl": ddl}, default=str))
+            if kind == "sqlite":
+                indexes = [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT sql FROM sqlite_master WHERE type='index' AND lower(tbl_name)=? "
+                        "AND sql IS NOT NULL",
+                        [table],
+                    ).fetchall()
+                ]
+            else:
+                indexes = [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT sql FROM duckdb_indexes() WHERE lower(table_name)=? "
+                        "AND sql IS NOT NULL",
+                        [table],
+                    ).fetchall()
+                ]
+            dest.write_text(
+                json.dumps(
+                    {"columns": cols, "rows": rows, "ddl": ddl, "indexes": indexes}, default=str
+                )
+            )
             snapshots[table] = str(dest)
     finally:
         con.close()
@@ -504,21 +529,35 @@ def _sql_exec_apply(args: dict[str, Any], ctx: Context) -> Any:
         con.close()
 
 
+def _columns(con: Any, table: str) -> list[str] | None:
+    try:
+        cur = con.execute(f'SELECT * FROM "{table}" LIMIT 0')
+    except (duckdb.Error, sqlite3.Error):
+        return None
+    return [d[0] for d in cur.description]
+
+
 def _sql_exec_undo(rec: dict[str, Any], ctx: Context) -> None:
     path = Path(rec["database"])
 
     con = _sql_connect(path)
     try:
         for table, snap in (rec.get("snapshots") or {}).items():
-            con.execute(f'DROP TABLE IF EXISTS "{table}"')
             if snap is None:
+                con.execute(f'DROP TABLE IF EXISTS "{table}"')  # the statement created it
                 continue
             data = json.loads(Path(snap).read_text())
-            if data.get("ddl"):
-                con.execute(data["ddl"])
+            if _columns(con, table) == data["columns"]:
+                con.execute(f'DELETE FROM "{table}"')  # same shape: keep the table and indexes
             else:
-                cols = ", ".join(f'"{c}" VARCHAR' for c in data["columns"])
-                con.execute(f'CREATE TABLE "{table}" ({cols})')
+                con.execute(f'DROP TABLE IF EXISTS "{table}"')
+                if data.get("ddl"):
+                    con.execute(data["ddl"])
+                else:
+                    cols = ", ".join(f'"{c}" VARCHAR' for c in data["columns"])
+                    con.execute(f'CREATE TABLE "{table}" ({cols})')
+                for index_sql in data.get("indexes") or []:
+                    con.execute(index_sql)
             if data["rows"]:
                 marks = ", ".join("?" for _ in data["columns"])
                 con.executemany(f'INSERT INTO "{table}" VALUES ({marks})', data["rows"])

@@ -29,18 +29,34 @@ DEFAULT_RETRY = RetryPolicy(attempts=3, backoff="exponential", initial=0.1, max=
 def undo_order(engine: Engine) -> list[StepState]:
     """Steps this run must undo, newest finished first.
 
-    Completed steps that ran in this run (not outputs reused from another run), and failed steps
-    that declare ``compensate_on_failure``. Skipped and never-started steps are left alone.
+    Completed steps that ran in this run (not outputs reused from another run), failed steps
+    that declare ``compensate_on_failure``, and steps cut off in flight whose undo was captured
+    before they acted (their effect may have happened; they count as the newest). Skipped and
+    never-started steps are left alone.
     """
     picked = []
     for st in engine.states.values():
-        if st.finish_seq is None or st.replayed_from:
+        if st.replayed_from:
             continue
-        if st.status == "completed" or (
-            st.status == "failed" and st.spec.compensate_on_failure and st.compensation
+        in_flight = (
+            st.status in ("running", "interrupted")
+            and bool(st.compensation)
+            and "prepared_attempt" in (st.compensation or {})
+        )
+        if in_flight or (
+            st.finish_seq is not None
+            and (
+                st.status == "completed"
+                or (st.status == "failed" and st.spec.compensate_on_failure and st.compensation)
+            )
         ):
             picked.append(st)
-    return sorted(picked, key=lambda st: st.finish_seq or 0, reverse=True)
+    newest = float("inf")
+    return sorted(
+        picked,
+        key=lambda st: newest if st.finish_seq is None else st.finish_seq,
+        reverse=True,
+    )
 
 
 def roll_back(engine: Engine) -> None:

@@ -1117,7 +1117,8 @@ class Engine:
         prepared = (
             st.compensation if st.compensation and "prepared_attempt" in st.compensation else None
         )
-        if cap.prepare is not None and prepared is None:
+        if cap.prepare is not None and prepared is None and not s.compensate:
+            # (a step that declares `compensate` undoes itself: no automatic snapshot)
             undo_rec = cap.prepare(args, cctx)
             if cap.undo is not None:
                 # Durable before the effect: a crash from here on still knows how to undo.

@@ -131,7 +131,7 @@ class Policy:
         """This policy plus a workflow's own rules, which may only tighten it."""
         if not extra:
             return self
-        add = _parse(extra, source=where, roles=self.roles, allow_roles=True)
+        add = _parse(extra, source=where, roles=self.roles)
         for rule in add.rules:
             if rule.decision == "allow":
                 raise PolicyError(
@@ -153,7 +153,7 @@ def _parse(
     *,
     source: str,
     roles: Mapping[str, list[str]] | None = None,
-    allow_roles: bool = False,
+    check_roles: bool = True,
 ) -> Policy:
     if not isinstance(doc, Mapping):
         raise PolicyError(f"{source}: a policy is a mapping with roles, default and rules")
@@ -190,7 +190,7 @@ def _parse(
             raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))}")
         principals = _strings(raw.get("principals", ["*"]), where, "principals")
         for p in principals:
-            if p.startswith("role:") and p[5:] not in known_roles:
+            if check_roles and p.startswith("role:") and p[5:] not in known_roles:
                 raise PolicyError(f"{where}: unknown role '{p[5:]}' in principals")
         caps = _strings(raw.get("capabilities", ["*"]), where, "capabilities")
         for c in caps:
@@ -203,14 +203,14 @@ def _parse(
         if approvers is not None:
             approvers = _strings(approvers, where, "approvers")
             for a in approvers:
-                if a.startswith("role:") and a[5:] not in known_roles:
+                if check_roles and a.startswith("role:") and a[5:] not in known_roles:
                     raise PolicyError(f"{where}: unknown role '{a[5:]}' in approvers")
         if approvers and decision != "require_approval":
             raise PolicyError(f"{where}: 'approvers' only goes with require_approval")
         rules.append(
             Rule(name, principals, caps, decision, _risk(raw.get("risk"), where), approvers, source)
         )
-    return Policy(table, default, rules, source)
+    return Policy({**settings.roles(), **table}, default, rules, source)
 
 
 def _strings(value: Any, where: str, key: str) -> list[str]:
@@ -236,7 +236,11 @@ def _risk(value: Any, where: str) -> list[tuple[str, int]] | None:
     return out
 
 
-def parse(text_or_doc: str | Mapping[str, Any], *, source: str = "policy") -> Policy:
+def parse(
+    text_or_doc: str | Mapping[str, Any], *, source: str = "policy", check_roles: bool = True
+) -> Policy:
+    """Parse a policy. ``check_roles=False`` leaves unknown roles to be checked later (a
+    workflow's own rules may use the roles of the configured policy)."""
     if isinstance(text_or_doc, str):
         try:
             doc = yaml.safe_load(text_or_doc) or {}
@@ -246,7 +250,7 @@ def parse(text_or_doc: str | Mapping[str, Any], *, source: str = "policy") -> Po
             raise PolicyError(f"{source}:{line} invalid YAML") from None
     else:
         doc = text_or_doc
-    return _parse(doc, source=source)
+    return _parse(doc, source=source, check_roles=check_roles)
 
 
 def load_file(path: str | os.PathLike[str]) -> Policy:
@@ -263,8 +267,9 @@ def configure(path: str | os.PathLike[str] | None) -> None:
     if path is None:
         _configured.pop("path", None)
     else:
-        load_file(path)  # refuse a bad file now, not at the next run
+        # Kept even when it is bad: every run then fails with its error (fail closed).
         _configured["path"] = str(path)
+        load_file(path)
 
 
 def current() -> Policy:

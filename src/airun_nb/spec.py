@@ -322,7 +322,7 @@ class _Parser:
             from .policy import parse as parse_policy
 
             try:
-                parse_policy(wf["policy"], source="the workflow's policy")
+                parse_policy(wf["policy"], source="the workflow's policy", check_roles=False)
             except PolicyError as exc:
                 raise self.error(exc.message, ["policy"]) from None
         executor = wf.get("executor", "local")

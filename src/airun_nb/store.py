@@ -354,12 +354,20 @@ class Store:
         with self.session("writing a step output", fold=False) as con:
             con.register("__airun_out", table)
             try:
+                con.execute("BEGIN")
                 con.execute(
                     f"CREATE OR REPLACE TABLE outputs.{quote_ident(name)} AS "
                     "SELECT * FROM __airun_out"
                 )
+                _crashpoint("output:before_commit")
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
             finally:
                 con.unregister("__airun_out")
+            _crashpoint("output:after_commit")
 
     def get_table(self, name: str) -> pa.Table:
         with self.session() as con:
