@@ -155,10 +155,6 @@ def canonical(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 # -- files -------------------------------------------------------------------------------------
 def _backup(path: Path, ctx: Context, tag: str) -> str | None:
     if not path.exists() and not path.is_symlink():

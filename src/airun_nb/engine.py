@@ -49,7 +49,6 @@ from .errors import (
     RunInterrupted,
     RunNotFound,
     SpecError,
-    StepFailed,
     TemplateError,
     WorkflowFailed,
 )
@@ -77,7 +76,7 @@ S_PENDING, S_RUNNING, S_COMPLETED, S_FAILED, S_SKIPPED = (
     "failed",
     "skipped",
 )
-S_INTERRUPTED, S_CANCELLED, S_WAITING = "interrupted", "cancelled", "waiting"
+S_INTERRUPTED, S_WAITING = "interrupted", "waiting"
 DONE_STEP = {S_COMPLETED, S_SKIPPED}
 
 _MISSING = object()
@@ -1437,7 +1436,3 @@ def _ts(value: Any) -> float | None:
 
 def _one(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return rows[0] if rows else None
-
-
-def step_failed(st: StepState) -> StepFailed:
-    return StepFailed(st.id, st.error or "failed")

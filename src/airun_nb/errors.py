@@ -62,15 +62,6 @@ class RunBusy(AirunError):
     """The run is executing in another process."""
 
 
-class StepFailed(AirunError):
-    """A step failed after its retries; carries the step id and the underlying error."""
-
-    def __init__(self, step_id: str, error: str) -> None:
-        super().__init__(f"step '{step_id}' failed: {error}")
-        self.step_id = step_id
-        self.error = error
-
-
 class WorkflowFailed(AirunError):
     """A run ended in a failed state; the message names the run and the failing step."""
 

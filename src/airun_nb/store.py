@@ -234,7 +234,6 @@ class Store:
         self._last_activity = 0.0
         self._yielded_at = 0.0
         self._keeper: threading.Thread | None = None
-        self._pins = 0
         self.folds = 0
 
     # -- opening ---------------------------------------------------------------------------
@@ -290,17 +289,6 @@ class Store:
                 yield con
             finally:
                 self._last_activity = time.monotonic()
-
-    @contextlib.contextmanager
-    def pinned(self) -> Iterator[None]:
-        """Keep the lease while a burst of work runs (the keeper still yields to waiters)."""
-        with self._mutex:
-            self._pins += 1
-        try:
-            yield
-        finally:
-            with self._mutex:
-                self._pins -= 1
 
     def record(self, rec: dict[str, Any]) -> None:
         """Append one state change to the journal: durable when this returns."""
@@ -575,7 +563,7 @@ class Store:
                 self._release_locked()
                 self._yielded_at = time.monotonic()
                 return False
-            if idle >= IDLE_RELEASE and self._pins == 0:
+            if idle >= IDLE_RELEASE:
                 self._release_locked()
                 return False
             return True
