@@ -121,7 +121,7 @@ def new_run_id() -> str:
     return "r-" + uuid.uuid4().hex[:8]
 
 
-@dataclass
+@dataclass(slots=True)
 class StepState:
     spec: StepSpec
     status: str = S_PENDING
@@ -255,14 +255,18 @@ class Engine:
 
     # ------------------------------------------------------------------ plan
     def prepare(self, *, resume: str | None = None, new: bool = False) -> Plan:
-        with _gc_paused():  # planning allocates many small objects and frees none
-            self._govern()
-            self._resolve()
-            self._hash_steps()
-            self._check_templates()
-            with self.store.session("planning a run"):
-                prior_run, prior_rows, mode = self._select_run(resume, new)
-            self.plan = self._decide(prior_run, prior_rows, mode)
+        try:
+            with gc_paused():  # released when the run ends (execute), or on failure here
+                self._govern()
+                self._resolve()
+                self._hash_steps()
+                self._check_templates()
+                with self.store.session("planning a run"):
+                    prior_run, prior_rows, mode = self._select_run(resume, new)
+                self.plan = self._decide(prior_run, prior_rows, mode)
+        except BaseException:
+            gc_release()
+            raise
         return self.plan
 
     def _govern(self) -> None:
@@ -608,6 +612,7 @@ class Engine:
         finally:
             with _ACTIVE_LOCK:
                 _ACTIVE.pop(self.run_id, None)
+            gc_release()
         self._bind_outputs()
         self.store.flush()
         self.listener.finished(self)
@@ -1353,14 +1358,25 @@ class _StepRefs(_Steps):
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while planning allocates its many small objects.
+
+    What planning built lives as long as the run, so it is also frozen (kept out of the
+    collector's scans) until the run ends, instead of being rescanned the moment collection
+    resumes. :func:`gc_release` unfreezes it.
+    """
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if was:
             gc.enable()
+
+
+def gc_release() -> None:
+    gc.unfreeze()
 
 
 def _jsonable(value: Any) -> Any:

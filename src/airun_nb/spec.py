@@ -141,6 +141,7 @@ class StepSpec:
     notify: Any = None
     definition: dict[str, Any] = field(default_factory=dict)
     def_hash: str = ""
+    templated: bool = True  # False when no field holds a template (nothing to check)
     index: int = 0
 
     @property
@@ -186,11 +187,23 @@ class WorkflowSpec:
         if cached is None:
             cached = []
             for s in self.steps:
+                if not s.templated:
+                    continue
                 for field_path, source in _template_fields(s):
                     names, _ = templates.references(source)
                     cached.append((s.id, field_path, frozenset(names)))
             self.__dict__["_tnames"] = cached
         return cached
+
+
+def _mentions_template(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return "{{" in obj or "{%" in obj
+    if isinstance(obj, dict):
+        return any(_mentions_template(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_mentions_template(v) for v in obj)
+    return False
 
 
 def _strkeys(obj: Any) -> Any:
@@ -508,6 +521,7 @@ class _Parser:
             notify=d.get("notify"),
             definition=definition,
             def_hash=_hash(definition),
+            templated=_mentions_template(definition) or _mentions_template(d.get("notify")),
         )
         self._path_of[sid] = path
         return [*children, step], seed
@@ -607,7 +621,7 @@ class _Parser:
                     if ref != s.id and ref not in s.needs:
                         s.needs.append(ref)
             # Template references add implicit dependencies; check names are known.
-            for field_path, source in _template_fields(s):
+            for field_path, source in _template_fields(s) if s.templated else ():
                 try:
                     _, step_refs = templates.references(source)
                 except TemplateError as exc:

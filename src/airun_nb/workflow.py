@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import spec as spec_mod
-from .engine import Engine, Listener
+from .engine import Engine, Listener, gc_paused, gc_release
 from .errors import RunNotFound
 from .result import RunResult
 from .spec import WorkflowSpec
@@ -76,10 +76,19 @@ class Workflow:
         Failures raise
         :class:`~airun_nb.errors.WorkflowFailed` unless ``raise_on_failure=False``.
         """
-        engine = self.engine(
-            db=db, params=params, namespace=namespace, listener=listener, user=principal or user
-        )
-        engine.prepare(resume=resume, new=new)
+        with gc_paused():  # planning allocates many small objects and frees none
+            engine = self.engine(
+                db=db,
+                params=params,
+                namespace=namespace,
+                listener=listener,
+                user=principal or user,
+            )
+            try:
+                engine.prepare(resume=resume, new=new)
+            except BaseException:
+                gc_release()
+                raise
         try:
             engine.execute()
         except Exception:
