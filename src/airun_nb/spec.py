@@ -521,7 +521,9 @@ class _Parser:
             notify=d.get("notify"),
             definition=definition,
             def_hash=_hash(definition),
-            templated=_mentions_template(definition) or _mentions_template(d.get("notify")),
+            templated=when is not None  # a bare `when:` expression is a template too
+            or _mentions_template(definition)
+            or _mentions_template(d.get("notify")),
         )
         self._path_of[sid] = path
         return [*children, step], seed
