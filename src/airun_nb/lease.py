@@ -30,6 +30,7 @@ class Lease:
         self._fd: int | None = None
         self._held_since = 0.0
         self.purpose = "airun_nb"
+        self._since = 0.0
         self._tlock = threading.Lock()
 
     @property
@@ -53,13 +54,21 @@ class Lease:
             raise
         self._fd = fd
         self._held_since = time.monotonic()
+        self._since = time.time()
+        self.retitle(purpose)
+
+    def retitle(self, purpose: str) -> None:
+        """Say what the holder is doing now (what a waiting process will be told)."""
+        fd = self._fd
+        if fd is None:
+            return
         self.purpose = purpose
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "user": _user(),
             "purpose": purpose,
-            "since": time.time(),
+            "since": self._since,
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)

@@ -367,6 +367,8 @@ class Store:
     # -- internals -------------------------------------------------------------------------
     def _ensure_lease(self, purpose: str) -> None:
         if self.lease.held:
+            if purpose != self.lease.purpose:
+                self.lease.retitle(purpose)
             return
         if self._yielded_at and time.monotonic() - self._yielded_at < YIELD_WINDOW:
             # We just handed the lease over: let the waiter have its turn.

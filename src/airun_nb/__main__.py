@@ -1,0 +1,5 @@
+"""``python -m airun_nb``: the same as the ``airun`` command."""
+
+from .cli import main
+
+main()
