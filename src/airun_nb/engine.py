@@ -52,7 +52,7 @@ from .errors import (
     TemplateError,
     WorkflowFailed,
 )
-from .spec import StepSpec, WorkflowSpec, _hash
+from .spec import StepSpec, WorkflowSpec, _hash, expand
 from .store import Store, crashpoint
 from .workspace import Workspace
 
@@ -221,10 +221,11 @@ class Engine:
         source: str | None = None,
         user: str | None = None,
     ) -> None:
+        self.params: dict[str, Any] = {**spec.params, **(params or {})}
+        spec = expand(spec, self.params)
         self.spec = spec
         self.store = store
         self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
-        self.params: dict[str, Any] = {**spec.params, **(params or {})}
         self.listener = listener or Listener()
         self.source = source
         self.user = user or config.current_user()
@@ -325,6 +326,7 @@ class Engine:
             allowed = (
                 known if field_path.split(".")[0] in ("check", "compensate") else known - {"result"}
             )
+            allowed = allowed | set(self.spec.by_id[step_id].bindings)
             for name in sorted(names - allowed):
                 raise TemplateError(
                     f"step '{step_id}', field '{field_path}': name '{name}' is undefined "
@@ -792,6 +794,8 @@ class Engine:
     def run_step(self, st: StepState) -> None:
         s = st.spec
         ctx = self.context()
+        if s.bindings:
+            ctx.update(s.bindings)
         if s.kind == "approval" and self._skip_reason(st, ctx) is None:
             self._run_gate(st, ctx)
             return
@@ -1075,6 +1079,8 @@ class Engine:
     # ------------------------------------------------------------------ governance
     def _check_policy(self, st: StepState) -> tuple[policy_mod.Verdict, dict[str, Any] | None]:
         s = st.spec
+        if s.kind in ("parallel", "foreach"):  # structure, not an action: nothing to decide
+            return policy_mod.Verdict("allow", None, None, self.user, s.kind, "low"), None
         cap = capabilities.policy_name(s.kind, s.body)
         risk = capabilities.risk_of(s.kind, s.body, s.risk)
         verdict = self.policy.evaluate(self.user, cap, risk)
@@ -1221,6 +1227,8 @@ class Engine:
             return self._sql.run(str(sql), relations, self.namespace)
         if s.kind == "parallel":
             return None
+        if s.kind == "foreach":
+            return [self.output_of(child) for child in s.body]
         if s.kind == "capability":
             return self._run_capability(st, ctx)
         raise AirunError(f"step '{s.id}': kind '{s.kind}' cannot run here")

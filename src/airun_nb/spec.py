@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -43,6 +43,8 @@ STEP_KEYS = {
     "description",
     "executor",
     "notify",
+    "foreach",
+    "as",
     *KINDS,
 }
 WORKFLOW_KEYS = {
@@ -143,6 +145,9 @@ class StepSpec:
     def_hash: str = ""
     templated: bool = True  # False when no field holds a template (nothing to check)
     index: int = 0
+    foreach: Any = None  # a list, or a template over params: one step per item
+    item_name: str = "item"
+    bindings: dict[str, Any] = field(default_factory=dict)  # item and index of an expanded step
 
     @property
     def is_group(self) -> bool:
@@ -486,6 +491,30 @@ class _Parser:
             raise self.error("'check' must be an expression over 'result'", [*path, "check"])
 
         children: list[StepSpec] = []
+        foreach = d.get("foreach")
+        item_name = d.get("as", "item")
+        if foreach is not None:
+            if kind in ("parallel", "approval"):
+                raise self.error(f"'foreach' does not go with '{kind}'", [*path, "foreach"])
+            if not isinstance(foreach, list) and not (
+                isinstance(foreach, str) and templates.has_template(foreach)
+            ):
+                raise self.error(
+                    "'foreach' is a list, or a template such as '{{ params.regions }}'",
+                    [*path, "foreach"],
+                )
+            if isinstance(foreach, str):
+                names, refs = templates.references(foreach)
+                if refs or names - {"params"}:
+                    raise self.error(
+                        "'foreach' may use params only (its items are fixed when the run is "
+                        "planned); fan out over a step's output inside a python step",
+                        [*path, "foreach"],
+                    )
+            if not (isinstance(item_name, str) and item_name.isidentifier()):
+                raise self.error("'as' must be a name such as item or region", [*path, "as"])
+        elif "as" in d:
+            raise self.error("'as' goes with 'foreach'", [*path, "as"])
         if kind == "parallel":
             if not isinstance(body, list) or not body:
                 raise self.error("'parallel' must be a non-empty list of steps", [*path, kind])
@@ -521,6 +550,8 @@ class _Parser:
             notify=d.get("notify"),
             definition=definition,
             def_hash=_hash(definition),
+            foreach=foreach,
+            item_name=item_name,
             templated=when is not None  # a bare `when:` expression is a template too
             or _mentions_template(definition)
             or _mentions_template(d.get("notify")),
@@ -724,6 +755,61 @@ def _fmt_path(path: list[Any]) -> str:
             out += f"[{p}]"
         else:
             out += f".{p}" if out else str(p)
+    return out
+
+
+def expand(spec: WorkflowSpec, params: Mapping[str, Any]) -> WorkflowSpec:
+    """Expand ``foreach`` steps for these params: ``ID-0``, ``ID-1``... each with ``item`` (or
+    its ``as`` name) and ``index`` bound, and ``ID`` collecting their outputs as a list."""
+    if not any(s.foreach is not None for s in spec.steps):
+        return spec
+    steps: list[StepSpec] = []
+    renamed: dict[str, list[str]] = {}
+    for s in spec.steps:
+        if s.foreach is None:
+            steps.append(s)
+            continue
+        items = s.foreach
+        if isinstance(items, str):
+            items = templates.render(items, {"params": params}, step=s.id, field="foreach")
+        if not isinstance(items, (list, tuple)):
+            raise SpecError(f"step '{s.id}': 'foreach' gave {type(items).__name__}, not a list")
+        children = []
+        for i, item in enumerate(items):
+            child = replace(
+                s,
+                id=f"{s.id}-{i}",
+                foreach=None,
+                output=None,
+                bindings={s.item_name: item, "index": i},
+                definition={**s.definition, "foreach_item": item, "index": i},
+                templated=True,
+            )
+            child.def_hash = _hash(child.definition)
+            children.append(child)
+        steps.extend(children)
+        collector = replace(
+            s,
+            kind="foreach",
+            body=[c.id for c in children],
+            needs=[*s.needs, *(c.id for c in children)],
+            foreach=None,
+            with_={},
+            when=None,
+            check=None,
+            compensate=None,
+            retry=RetryPolicy(),
+            timeout=None,
+            templated=False,
+            definition={"kind": "foreach", "children": [c.def_hash for c in children]},
+        )
+        collector.def_hash = _hash(collector.definition)
+        steps.append(collector)
+        renamed[s.id] = [c.id for c in children]
+    for i, s in enumerate(steps):
+        s.index = i
+    out = replace(spec, steps=steps)
+    out.__post_init__()
     return out
 
 

@@ -76,19 +76,19 @@ class Workflow:
         Failures raise
         :class:`~airun_nb.errors.WorkflowFailed` unless ``raise_on_failure=False``.
         """
-        with gc_paused():  # planning allocates many small objects and frees none
-            engine = self.engine(
-                db=db,
-                params=params,
-                namespace=namespace,
-                listener=listener,
-                user=principal or user,
-            )
-            try:
+        try:
+            with gc_paused():  # planning allocates many small objects and frees none
+                engine = self.engine(
+                    db=db,
+                    params=params,
+                    namespace=namespace,
+                    listener=listener,
+                    user=principal or user,
+                )
                 engine.prepare(resume=resume, new=new)
-            except BaseException:
-                gc_release()
-                raise
+        except BaseException:
+            gc_release()
+            raise
         try:
             engine.execute()
         except Exception:
