@@ -29,6 +29,8 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
+from support import cell_text
+
 KERNEL_NAME = "python3"
 STARTUP_TIMEOUT = 60
 CELL_TIMEOUT = 60
@@ -297,17 +299,7 @@ class Kernel:
         )
 
 
-def text_of(cell: nbformat.NotebookNode) -> str:
-    """Stdout, stderr, plain-text results and error lines of an executed cell."""
-    out = []
-    for o in cell.get("outputs", []):
-        if o.get("output_type") == "stream":
-            out.append(o.get("text", ""))
-        elif o.get("output_type") in ("display_data", "execute_result"):
-            out.append(o.get("data", {}).get("text/plain", ""))
-        elif o.get("output_type") == "error":
-            out.append(f"{o.get('ename')}: {o.get('evalue')}")
-    return "\n".join(out)
+text_of = cell_text
 
 
 def wait_for(

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import subprocess
-import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -28,23 +27,8 @@ from airun_nb import Workflow, WorkflowFailed
 from airun_nb import policy as policy_mod
 from airun_nb.auditlog import redact
 from airun_nb.store import Store
+from support import AIRUN, ENV_VARS
 
-ENV_VARS = (
-    "AIRUN_WORKSPACE",
-    "AIRUN_POLICY",
-    "AIRUN_CONFIG",
-    "AIRUN_CRASH_AT",
-    "AIRUN_APPROVAL",
-    "AIRUN_APPROVAL_MODE",
-    "AIRUN_SNAPSHOT_MAX_ROWS",
-    "AIRUN_LOCK_TIMEOUT",
-    "AIRUN_USER",
-)
-AIRUN = [
-    sys.executable,
-    "-c",
-    "import sys; from airun_nb.cli import main; sys.argv[0] = 'airun'; main()",
-]
 COLUMNS = [
     "ts",
     "kind",

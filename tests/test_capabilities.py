@@ -15,7 +15,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,25 +28,7 @@ import pytest
 import airun_nb
 from airun_nb import Workflow
 from airun_nb import policy as policy_mod
-
-ENV_VARS = (
-    "AIRUN_WORKSPACE",
-    "AIRUN_POLICY",
-    "AIRUN_CONFIG",
-    "AIRUN_CRASH_AT",
-    "AIRUN_APPROVAL",
-    "AIRUN_APPROVAL_MODE",
-    "AIRUN_SNAPSHOT_MAX_ROWS",
-    "AIRUN_LOCK_TIMEOUT",
-    "AIRUN_USER",
-)
-
-# The CLI entry point, run the way the console script runs it.
-AIRUN = [
-    sys.executable,
-    "-c",
-    "import sys; from airun_nb.cli import main; sys.argv[0] = 'airun'; main()",
-]
+from support import AIRUN, ENV_VARS
 
 
 # -- fixtures and helpers ------------------------------------------------------------------------

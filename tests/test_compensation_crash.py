@@ -34,6 +34,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 import airun_nb
+from support import cell_text
 
 pytestmark = pytest.mark.crash
 
@@ -201,16 +202,7 @@ def kernel(workdir: Path) -> Iterator[Kernel]:
         k.shutdown()
 
 
-def text(cell: nbformat.NotebookNode) -> str:
-    out = []
-    for o in cell.get("outputs", []):
-        if o.get("output_type") == "stream":
-            out.append(o.get("text", ""))
-        elif o.get("output_type") in ("display_data", "execute_result"):
-            out.append(o.get("data", {}).get("text/plain", ""))
-        elif o.get("output_type") == "error":
-            out.append(f"{o.get('ename')}: {o.get('evalue')}")
-    return "\n".join(out)
+text = cell_text
 
 
 @contextlib.contextmanager

@@ -30,13 +30,9 @@ import airun_nb
 from airun_nb import AlreadyDecided, ApprovalError, Workflow, WorkflowFailed
 from airun_nb import gate as gate_mod
 from airun_nb.result import RunResult
+from support import AIRUN
 
 # The CLI entry point (`airun = airun_nb.cli:main`), run the way the console script runs it.
-AIRUN = [
-    sys.executable,
-    "-c",
-    "import sys; from airun_nb.cli import main; sys.argv[0] = 'airun'; main()",
-]
 
 
 # -- the workflow under test -------------------------------------------------------------------

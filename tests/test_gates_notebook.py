@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,7 @@ import pytest
 from nbclient import NotebookClient
 
 import airun_nb
-
-AIRUN = [
-    sys.executable,
-    "-c",
-    "import sys; from airun_nb.cli import main; sys.argv[0] = 'airun'; main()",
-]
+from support import AIRUN
 
 FUNCTIONS = """
 from pathlib import Path

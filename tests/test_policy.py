@@ -29,18 +29,7 @@ import airun_nb
 from airun_nb import ApprovalError, Workflow, WorkflowFailed
 from airun_nb import policy as policy_mod
 from airun_nb.policy import PolicyError
-
-ENV_VARS = (
-    "AIRUN_WORKSPACE",
-    "AIRUN_POLICY",
-    "AIRUN_CONFIG",
-    "AIRUN_CRASH_AT",
-    "AIRUN_APPROVAL",
-    "AIRUN_APPROVAL_MODE",
-    "AIRUN_SNAPSHOT_MAX_ROWS",
-    "AIRUN_LOCK_TIMEOUT",
-    "AIRUN_USER",
-)
+from support import ENV_VARS
 
 POLICY = textwrap.dedent(
     """
