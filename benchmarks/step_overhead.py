@@ -311,43 +311,13 @@ def bench_frames(n: int, repeats: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- raw DuckDB baselines
 
-_STEP_COLS_FALLBACK = [
-    ("run_id", "VARCHAR"),
-    ("step_id", "VARCHAR"),
-    ("position", "BIGINT"),
-    ("kind", "VARCHAR"),
-    ("status", "VARCHAR"),
-    ("attempts", "BIGINT"),
-    ("def_hash", "VARCHAR"),
-    ("code_hash", "VARCHAR"),
-    ("eff_hash", "VARCHAR"),
-    ("started_at", "TIMESTAMP"),
-    ("finished_at", "TIMESTAMP"),
-    ("finish_seq", "BIGINT"),
-    ("output_kind", "VARCHAR"),
-    ("output_json", "VARCHAR"),
-    ("output_table", "VARCHAR"),
-    ("output_blob", "BLOB"),
-    ("replayed_from", "VARCHAR"),
-    ("reason", "VARCHAR"),
-    ("error", "VARCHAR"),
-    ("compensation", "VARCHAR"),
-    ("comp_status", "VARCHAR"),
-    ("comp_attempts", "BIGINT"),
-    ("comp_error", "VARCHAR"),
-    ("comp_finished_at", "TIMESTAMP"),
-]
-
 
 def _step_schema() -> tuple[list[tuple[str, str]], tuple[str, ...]]:
     """The airun ``steps`` table definition (same width and key as the real one)."""
-    try:
-        from airun_nb.store import TABLES
+    from airun_nb.store import TABLES
 
-        cols, pk = TABLES["steps"]
-        return list(cols), tuple(pk)
-    except Exception:
-        return _STEP_COLS_FALLBACK, ("run_id", "step_id")
+    cols, pk = TABLES["steps"]
+    return list(cols), tuple(pk)
 
 
 def _step_row(i: int, cols: list[tuple[str, str]]) -> dict[str, Any]:

@@ -796,10 +796,10 @@ class Engine:
         ctx = self.context()
         if s.bindings:
             ctx.update(s.bindings)
-        if s.kind == "approval" and self._skip_reason(st, ctx) is None:
+        skip_reason = self._skip_reason(st, ctx)
+        if s.kind == "approval" and skip_reason is None:
             self._run_gate(st, ctx)
             return
-        skip_reason = self._skip_reason(st, ctx)
         if skip_reason is not None:
             st.status = S_SKIPPED
             st.reason = skip_reason
