@@ -22,13 +22,13 @@ quickstart: $(VENV)/.core
 
 test: $(VENV)/.test
 	bash scripts/install_browser.sh
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check airun_nb tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check airun_nb tests benchmarks
+	$(BIN)/ruff format --check airun_nb tests benchmarks
 	$(BIN)/mypy
 
 bench: $(VENV)/.test

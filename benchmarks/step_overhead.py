@@ -34,7 +34,7 @@ from typing import Any
 try:
     import airun_nb
 except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import airun_nb
 
 import duckdb

@@ -27,7 +27,7 @@ import pytest
 from .harness import CHROMIUM_PATH, ChromiumBrowser, JupyterLabServer, LabPage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SRC_DIR = REPO_ROOT / "src"
+SRC_DIR = REPO_ROOT
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -104,7 +104,7 @@ class LabFactory:
         """Start a JupyterLab on ``self.root`` plus a fresh Chromium; return its LabPage.
 
         ``env`` is inherited by the kernels.  With ``pythonpath_src`` the repo's
-        ``src/`` is prepended to PYTHONPATH so kernels import this working tree.
+        root is prepended to PYTHONPATH so kernels import this working tree.
         """
         full_env = dict(env or {})
         if pythonpath_src:
