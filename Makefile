@@ -14,7 +14,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(BIN)/python -m pip install --quiet -e '.[jupyter,test,dask,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[jupyter,test,dask,dev,serve,dashboard]'
 	touch $@
 
 quickstart: $(VENV)/.core
