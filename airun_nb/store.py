@@ -31,8 +31,9 @@ from .errors import StoreBusy, StoreError, StoreIncompatible
 from .journal import Journal
 from .lease import Lease
 
-SCHEMA_VERSION = 2
-# Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit. Each version only adds
+SCHEMA_VERSION = 3
+# Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
+# (hashed API tokens of the approval service). Each version only adds
 # tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
@@ -159,6 +160,18 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
         ],
         (),
     ),
+    "tokens": (
+        [
+            ("token_id", "VARCHAR"),
+            ("token_hash", "VARCHAR"),
+            ("user_name", "VARCHAR"),
+            ("role", "VARCHAR"),
+            ("created_at", _TS),
+            ("created_by", "VARCHAR"),
+            ("revoked_at", _TS),
+        ],
+        ("token_id",),
+    ),
 }
 # Journal record type -> table.
 _RECORD_TABLE = {
@@ -169,6 +182,7 @@ _RECORD_TABLE = {
     "gate": "approvals",
     "ev": "events",
     "audit": "audit",
+    "token": "tokens",
 }
 _ARROW = {
     "VARCHAR": pa.string(),
