@@ -1,0 +1,187 @@
+"""The capability registry: names, declared risks, the seed alias table and the policy's view.
+
+A capability runs in three parts. ``prepare`` checks its arguments (paths must stay inside the
+workspace) and captures what the undo will need (the previous content of a file, a snapshot of
+the tables a SQL statement touches) *before* anything changes; the engine stores that undo
+record durably with the step. ``apply`` does the action. ``undo`` reverses it from the stored
+record, so a rollback after a restart does what it would have done before. A step that was in
+flight when its process died reuses the undo record of its first attempt.
+
+Risk levels: ``low`` read-only, ``medium`` reversible, ``high`` irreversible or external,
+``critical``. Step kinds are capabilities too for the policy: ``call`` is ``python.call``,
+``python`` is ``python.exec``, ``sql`` is ``sql.query``.
+
+Adding a family of capabilities: write a module in this package that calls, at import time::
+
+    register("family.verb", apply, risk="medium", prepare=prepare, undo=undo,
+             description="...", plain=False)
+
+where ``apply(args, ctx)`` and ``prepare(args, ctx)`` take the step's ``with:`` mapping and a
+:class:`Context`, and ``undo(record, ctx)`` takes what ``prepare`` returned. Then import the
+module from the package's ``__init__``. ``ALIASES`` maps other names (the seed dialect's ids) to
+registered names; ``get`` and ``canonical`` resolve through it. With ``plain=True`` (the default,
+for user functions) ``fn(**with)`` is called instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import AirunError
+from ..workspace import Workspace
+
+RISKS = ("low", "medium", "high", "critical")
+
+
+class CapabilityError(AirunError):
+    """A capability was misused (unknown name, bad arguments, failed undo...)."""
+
+
+@dataclass
+class Context:
+    """What a capability may use: the workspace, where to keep undo data, who runs it."""
+
+    workspace: Workspace
+    undo_dir: Path
+    store: Any = None  # the Store, for snapshots kept as tables
+
+    def undo_path(self, *parts: str) -> Path:
+        p = self.undo_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+Prepare = Callable[[dict[str, Any], Context], dict[str, Any] | None]
+Apply = Callable[[dict[str, Any], Context], Any]
+Undo = Callable[[dict[str, Any], Context], None]
+
+
+@dataclass
+class Capability:
+    name: str
+    apply: Apply
+    risk: str = "medium"
+    prepare: Prepare | None = None
+    undo: Undo | None = None
+    description: str = ""
+
+    @property
+    def reversible(self) -> bool:
+        return self.undo is not None
+
+
+_REGISTRY: dict[str, Capability] = {}
+# The seed dialect's capability names.
+ALIASES = {
+    "io.fs.write_file": "fs.write",
+    "io.fs.read_file": "fs.read",
+    "io.fs.copy": "fs.copy",
+    "io.fs.copy_file": "fs.copy",
+    "io.fs.move": "fs.move",
+    "io.fs.move_file": "fs.move",
+    "io.fs.delete": "fs.delete",
+    "io.fs.delete_file": "fs.delete",
+    "io.fs.mkdir": "fs.mkdir",
+    "io.fs.make_dir": "fs.mkdir",
+    "net.http.request": "http.request",
+    "io.http.request": "http.request",
+    "sys.shell.run": "shell.run",
+    "io.shell.run": "shell.run",
+    "data.sql.exec": "sql.exec",
+}
+# Step kinds as the policy sees them.
+KIND_CAPABILITY = {"call": "python.call", "python": "python.exec", "sql": "sql.query"}
+KIND_RISK = {"python.call": "medium", "python.exec": "high", "sql.query": "low"}
+
+
+def register(
+    name: str,
+    fn: Apply | Callable[..., Any],
+    *,
+    risk: str = "medium",
+    undo: Callable[..., Any] | None = None,
+    prepare: Callable[..., Any] | None = None,
+    description: str = "",
+    plain: bool = True,
+) -> Capability:
+    """Register a capability. With ``plain`` (the default) ``fn(**with)`` is called, ``undo``
+    is called as ``undo(**with, result=...)`` with the step's arguments and result."""
+    if risk not in RISKS:
+        raise CapabilityError(f"risk must be one of {', '.join(RISKS)}")
+    if not re.match(r"^[A-Za-z_][\w.\-]*$", name):
+        raise CapabilityError(f"bad capability name {name!r}")
+    if plain:
+        user_fn: Callable[..., Any] = fn
+        user_undo, user_prepare = undo, prepare
+
+        def apply_(args: dict[str, Any], ctx: Context) -> Any:
+            return user_fn(**args)
+
+        def prepare_(args: dict[str, Any], ctx: Context) -> dict[str, Any] | None:
+            extra = user_prepare(**args) if user_prepare else None
+            return {"args": args, "prepared": extra}
+
+        def undo_(rec: dict[str, Any], ctx: Context) -> None:
+            assert user_undo is not None
+            kwargs = dict(rec.get("args") or {})
+            if rec.get("prepared") is not None:
+                kwargs["prepared"] = rec["prepared"]
+            if "result" in rec:
+                kwargs["result"] = rec["result"]
+            user_undo(**kwargs)
+
+        cap = Capability(name, apply_, risk, prepare_, undo_ if undo else None, description)
+    else:
+        cap = Capability(name, fn, risk, prepare, undo, description)
+    _REGISTRY[name] = cap
+    return cap
+
+
+def get(name: str) -> Capability:
+    real = ALIASES.get(name, name)
+    cap = _REGISTRY.get(real)
+    if cap is None:
+        known = ", ".join(sorted(_REGISTRY))
+        raise CapabilityError(f"unknown capability '{name}' (available: {known})")
+    return cap
+
+
+def canonical(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def policy_name(kind: str, body: Any) -> str:
+    """The capability name the policy sees for a step."""
+    if kind == "capability":
+        return canonical(str(body))
+    return KIND_CAPABILITY.get(kind, kind)
+
+
+def risk_of(kind: str, body: Any, declared: str | None) -> str:
+    if declared:
+        return declared
+    if kind == "capability":
+        try:
+            return get(str(body)).risk
+        except CapabilityError:
+            return "high"
+    return KIND_RISK.get(policy_name(kind, body), "medium")
+
+
+def summarize(value: Any, limit: int = 200) -> str:
+    """A short, JSON-ish description of a result for the audit trail."""
+    if isinstance(value, Mapping):
+        short = {
+            k: (v if not isinstance(v, str) or len(v) < 60 else v[:57] + "...")
+            for k, v in value.items()
+            if k not in ("headers",)
+        }
+        text = json.dumps(short, default=str)
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
