@@ -48,4 +48,14 @@ def lock_timeout() -> float:
 
 def sync_journal() -> bool:
     """``AIRUN_SYNC=1`` fsyncs every journal record (survives power loss, not just a crash)."""
-    return os.environ.get("AIRUN_SYNC", "") not in ("", "0", "false", "no")
+    return sync_mode() == "always"
+
+
+def sync_mode() -> str:
+    """How the journal reaches the disk: ``off`` (default: survives a killed process),
+    ``group`` (``AIRUN_SYNC=group``: an fsync at most every 50 ms and when the holder pauses)
+    or ``always`` (``AIRUN_SYNC=1``: an fsync per write)."""
+    value = os.environ.get("AIRUN_SYNC", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return "off"
+    return "group" if value == "group" else "always"

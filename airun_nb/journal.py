@@ -2,35 +2,137 @@
 
 A DuckDB transaction costs about a millisecond, too much to pay for every state change of a
 quick step. So each state change is first appended to ``<store>.journal`` with a single
-``write`` (one JSON line). Once ``write`` returns, the record is in the operating system and
-survives the process being killed (``AIRUN_SYNC=1`` adds an ``fsync`` for power loss). The
-records are folded into DuckDB in batches by :class:`~airun_nb.store.Store`, which remembers in
-the same DuckDB transaction how far it folded, so folding twice after a crash is harmless.
+``write``. Once ``write`` returns, the record is in the operating system and survives the
+process being killed (``AIRUN_SYNC=group`` adds an ``fsync`` at most every few milliseconds,
+``AIRUN_SYNC=1`` one per write, for power loss). The records are folded into DuckDB in batches
+by :class:`~airun_nb.store.Store`, which remembers in the same DuckDB transaction how far it
+folded, so folding twice after a crash is harmless.
 
-The file starts with a header line carrying a generation id; a fold that reaches the end
-truncates the file and starts a new generation.
+The file starts with a header line carrying the format version and a generation id; a fold that
+reaches the end truncates the file and starts a new generation. Each record is one line framed
+so that it can be checked::
+
+    <seq> <length> <crc32> <json>\\n        (seq, length, crc32: 8 lowercase hex digits)
+
+``seq`` counts records within a generation, ``length`` is the byte length of the JSON text and
+the CRC32 covers ``"<seq> <length> "`` and the JSON text. :meth:`Journal.scan` reads every
+record that checks out, notes where the damage is (a torn write, NUL padding, garbage) and
+resynchronises on the next valid frame, so records after a hole are not lost; a record whose
+``seq`` was already seen is a duplicate and is skipped. Journals written before records were
+framed (header version 1: bare JSON lines) are still read once; the next generation is framed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import time
 import uuid
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import StoreError
+
 _HEADER_KEY = "airun_journal"
+VERSION = 2
+_FRAME = re.compile(rb"([0-9a-f]{8}) ([0-9a-f]{8}) ([0-9a-f]{8}) ")
+_PREFIX = 27  # len("%08x %08x %08x ")
+GROUP_SYNC_MS = 50.0  # AIRUN_SYNC=group: at most this long between fsyncs while records arrive
+
+
+def encode(seq: int, record: dict[str, Any]) -> bytes:
+    """One framed record line."""
+    payload = json.dumps(record, separators=(",", ":"), default=str).encode()
+    head = b"%08x %08x " % (seq & 0xFFFFFFFF, len(payload))
+    return head + b"%08x " % zlib.crc32(payload, zlib.crc32(head)) + payload + b"\n"
+
+
+def decode(data: bytes, pos: int) -> tuple[int, dict[str, Any], int] | None:
+    """The record framed at ``pos`` as (seq, record, end), or None if it does not check out."""
+    m = _FRAME.match(data, pos)
+    if m is None:
+        return None
+    length = int(m.group(2), 16)
+    start = pos + _PREFIX
+    end = start + length
+    if end >= len(data) or data[end] != 0x0A:
+        return None
+    payload = data[start:end]
+    if zlib.crc32(payload, zlib.crc32(data[pos : pos + 18])) != int(m.group(3), 16):
+        return None
+    try:
+        record = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    return int(m.group(1), 16), record, end + 1
+
+
+@dataclass
+class Scan:
+    """What :meth:`Journal.scan` found past the folded offset."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    damage: list[tuple[int, int]] = field(default_factory=list)  # [start, end) byte ranges
+    after_damage: int = 0  # valid records found after the first damaged range
+    duplicates: int = 0
+    end: int = 0  # file size scanned up to
+    version: int = VERSION
+
+    @property
+    def damaged_bytes(self) -> int:
+        return sum(b - a for a, b in self.damage)
+
+    @property
+    def first_damage(self) -> int | None:
+        return self.damage[0][0] if self.damage else None
+
+    def describe(self, journal: Path, aside: Path | None) -> str | None:
+        """One line saying what recovery kept and what it set aside (None: nothing to say)."""
+        parts = []
+        if self.damage:
+            start = self.damage[0][0]
+            kept = f"kept in {aside}" if aside else "left in place"
+            if self.after_damage == 0 and len(self.damage) == 1:
+                parts.append(
+                    f"the last record of {journal} was torn: discarded {self.damaged_bytes} "
+                    f"bytes at offset {start} ({kept}); folded the {len(self.records)} "
+                    "records before it"
+                )
+            else:
+                parts.append(
+                    f"{journal} has {self.damaged_bytes} damaged bytes in {len(self.damage)} "
+                    f"place(s) from offset {start}: folded {len(self.records)} valid records "
+                    f"({self.after_damage} of them after the damage); bytes from offset "
+                    f"{start} {kept}"
+                )
+        if self.duplicates:
+            what = "; skipped" if parts else f"{journal}: skipped"
+            parts.append(f"{what} {self.duplicates} duplicated record(s)")
+        return "".join(parts) or None
 
 
 class Journal:
-    def __init__(self, db_path: Path, *, sync: bool = False) -> None:
+    def __init__(self, db_path: Path, *, sync: bool | str = False) -> None:
         self.path = db_path.with_name(db_path.name + ".journal")
-        self.sync = sync
+        self.sync = (
+            {True: "always", False: "off"}.get(sync, sync) if isinstance(sync, bool) else sync
+        )
+        self.group_sync_s = GROUP_SYNC_MS / 1000.0
         self._fd: int | None = None
         self.gen = ""
+        self.version = VERSION
         self.size = 0
+        self.seq = 0
         self.pending: list[dict[str, Any]] = []
+        self._synced_at = 0.0
+        self.unsynced = False
 
     # The journal is only touched by the lease holder.
     def open(self) -> None:
@@ -38,10 +140,11 @@ class Journal:
             return
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self.size = os.fstat(self._fd).st_size
+        self.seq = 0
         if self.size == 0:
             self._start_generation()
         else:
-            self.gen = self._read_header()
+            self.gen, self.version = self._read_header()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -49,47 +152,94 @@ class Journal:
             self._fd = None
 
     def append(self, record: dict[str, Any]) -> None:
-        assert self._fd is not None, "journal used without the lease"
-        line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
-        _write_all(self._fd, line)
-        if self.sync:
-            os.fsync(self._fd)
-        self.size += len(line)
-        self.pending.append(record)
+        self.append_many((record,))
 
     def append_many(self, records: Sequence[dict[str, Any]]) -> None:
         """Append several records with one ``write``: they survive a crash together or not."""
         assert self._fd is not None, "journal used without the lease"
-        data = b"".join(
-            json.dumps(r, separators=(",", ":"), default=str).encode() + b"\n" for r in records
-        )
-        _write_all(self._fd, data)
-        if self.sync:
-            os.fsync(self._fd)
+        seq = self.seq
+        parts = []
+        for r in records:
+            seq += 1
+            parts.append(encode(seq, r))
+        data = b"".join(parts)
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            # Never leave half a record behind: later records would follow a torn one.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.size)
+            raise StoreError(
+                f"cannot write the journal {self.path}: {exc.strerror or exc}; "
+                "fix that and re-run: the run resumes where it stopped"
+            ) from None
+        self.seq = seq
         self.size += len(data)
         self.pending.extend(records)
+        if self.sync == "always":
+            os.fsync(self._fd)
+        elif self.sync == "group":
+            self.unsynced = True
+            if time.monotonic() - self._synced_at >= self.group_sync_s:
+                self.sync_now()
 
-    def read_from(self, offset: int) -> tuple[list[dict[str, Any]], int]:
-        """Records after byte ``offset`` (0 = after the header) and the offset of their end.
+    def sync_now(self) -> None:
+        """``fsync`` what was written since the last one (group commit)."""
+        if self._fd is not None and self.unsynced:
+            os.fsync(self._fd)
+            self.unsynced = False
+            self._synced_at = time.monotonic()
 
-        A torn last line (a write cut short) is ignored.
+    def scan(self, offset: int) -> Scan:
+        """Every record after byte ``offset`` (0 = after the header) that checks out.
+
+        Damage (a torn write, NUL padding, garbage) is noted, not fatal: reading resumes at the
+        next valid record, so records after a hole are kept. ``end`` is the file size.
         """
         assert self._fd is not None
         data = os.pread(self._fd, max(self.size, os.fstat(self._fd).st_size), 0)
-        header_end = data.find(b"\n") + 1
-        start = max(offset, header_end)
-        records: list[dict[str, Any]] = []
-        pos = start
+        nl = data.find(b"\n")
+        header_end = nl + 1 if self.gen != "unknown" and nl >= 0 else 0
+        scan = Scan(end=len(data), version=self.version)
+        pos = max(offset, header_end)
+        if self.version < VERSION:
+            _scan_lines(data, pos, scan)
+            return scan
+        last_seq = -1
         while pos < len(data):
-            end = data.find(b"\n", pos)
-            if end < 0:
-                break
-            try:
-                records.append(json.loads(data[pos:end]))
-            except ValueError:
-                break
-            pos = end + 1
-        return records, pos
+            got = decode(data, pos)
+            if got is None:
+                nxt = _resync(data, pos + 1)
+                scan.damage.append((pos, nxt))
+                pos = nxt
+                continue
+            seq, record, pos = got
+            if seq <= last_seq:
+                scan.duplicates += 1
+                continue
+            last_seq = seq
+            scan.records.append(record)
+            if scan.damage:
+                scan.after_damage += 1
+        return scan
+
+    def set_aside(self, start: int) -> Path:
+        """Copy the bytes from ``start`` to the end into ``<journal>.damaged-<time>`` (fsynced)."""
+        assert self._fd is not None
+        data = os.pread(self._fd, os.fstat(self._fd).st_size - start, start)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return target
 
     def reset(self) -> None:
         """Everything is folded: empty the file and start a new generation."""
@@ -97,30 +247,63 @@ class Journal:
         os.ftruncate(self._fd, 0)
         self._start_generation()
         self.pending.clear()
+        self.unsynced = False
 
     @property
     def empty(self) -> bool:
         return self.size <= len(self._header_bytes())
 
     def _header_bytes(self) -> bytes:
-        return json.dumps({_HEADER_KEY: 1, "gen": self.gen}).encode() + b"\n"
+        return json.dumps({_HEADER_KEY: self.version, "gen": self.gen}).encode() + b"\n"
 
     def _start_generation(self) -> None:
         assert self._fd is not None
         self.gen = uuid.uuid4().hex
+        self.version = VERSION
+        self.seq = 0
         header = self._header_bytes()
         _write_all(self._fd, header)
         self.size = len(header)
 
-    def _read_header(self) -> str:
+    def _read_header(self) -> tuple[str, int]:
         assert self._fd is not None
         head = os.pread(self._fd, 256, 0)
         line = head.split(b"\n", 1)[0]
         try:
-            return str(json.loads(line)["gen"])
+            info = json.loads(line)
+            return str(info["gen"]), int(info[_HEADER_KEY])
         except (ValueError, KeyError, TypeError):
-            # Unreadable header: treat the file as a fresh, unknown generation.
-            return "unknown"
+            # Unreadable header: an unknown generation, read from the first byte.
+            return "unknown", VERSION
+
+
+def _resync(data: bytes, pos: int) -> int:
+    """The offset of the next record at or after ``pos`` that checks out (or the end)."""
+    for m in _FRAME.finditer(data, pos):
+        if decode(data, m.start()) is not None:
+            return m.start()
+    return len(data)
+
+
+def _scan_lines(data: bytes, pos: int, scan: Scan) -> None:
+    """Version 1 journals: one bare JSON object per line."""
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        stop = len(data) if end < 0 else end + 1
+        try:
+            record = json.loads(data[pos:stop])
+            ok = isinstance(record, dict) and end >= 0
+        except ValueError:
+            ok = False
+        if ok:
+            scan.records.append(record)
+            if scan.damage:
+                scan.after_damage += 1
+        elif scan.damage and scan.damage[-1][1] == pos:
+            scan.damage[-1] = (scan.damage[-1][0], stop)
+        else:
+            scan.damage.append((pos, stop))
+        pos = stop
 
 
 def _write_all(fd: int, data: bytes) -> None:

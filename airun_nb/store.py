@@ -13,10 +13,12 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import json
 import os
 import re
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import config
-from .errors import StoreBusy, StoreError, StoreIncompatible
+from .errors import StoreBusy, StoreError, StoreIncompatible, StoreWarning
 from .journal import Journal
 from .lease import Lease
 
@@ -242,7 +244,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lease = Lease(path)
-        self.journal = Journal(path, sync=config.sync_journal())
+        self.journal = Journal(path, sync=config.sync_mode())
         self._mutex = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._last_activity = 0.0
@@ -483,10 +485,26 @@ class Store:
             ).fetchall()
         )
         offset = int(meta["journal_offset"]) if meta.get("journal_gen") == self.journal.gen else 0
-        records, end = self.journal.read_from(offset)
-        self.journal.pending = records
-        self.journal.size = end
+        scan = self.journal.scan(offset)
+        # The damaged bytes are copied aside before anything is folded or truncated, and the
+        # journal is reset after the fold: nothing is ever appended after a bad record.
+        aside = self.journal.set_aside(scan.damage[0][0]) if scan.damage else None
+        self.journal.pending = scan.records
+        self.journal.size = scan.end
         self._fold()
+        message = scan.describe(self.journal.path, aside)
+        if message:
+            warnings.warn_explicit(message, StoreWarning, APP, 0)
+            self.journal.append(
+                {
+                    "t": "ev",
+                    "ts": time.time(),
+                    "run_id": None,
+                    "step_id": None,
+                    "kind": "journal_recovered",
+                    "detail": json.dumps({"message": message}),
+                }
+            )
 
     def _fold(self) -> None:
         journal = self.journal
@@ -582,6 +600,8 @@ class Store:
             if idle >= IDLE_RELEASE:
                 self._release_locked()
                 return False
+            if self.journal.unsynced and idle >= self.journal.group_sync_s:
+                self.journal.sync_now()  # group commit: the last records of a burst
             return True
         finally:
             self._mutex.release()
