@@ -5,18 +5,22 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
 import re
 import threading
 from collections.abc import Callable, Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from . import config, confine
 from .errors import AirunError
 from .store import quote_ident
+from .workspace import Workspace
 
 
 class ResolveError(AirunError):
@@ -107,16 +111,30 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class SqlEngine:
-    """An in-memory DuckDB where SQL steps run over step outputs and notebook DataFrames."""
+    """An in-memory DuckDB where SQL steps run over step outputs and notebook DataFrames.
 
-    def __init__(self) -> None:
+    The connection is confined (:func:`airun_nb.confine.duckdb_connect`): files outside the
+    workspace, the store and its files, and extensions are out of reach."""
+
+    def __init__(
+        self,
+        workspace_root: str | os.PathLike[str] | None = None,
+        store_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
+        self._root = Path(workspace_root) if workspace_root is not None else None
+        self._store = Path(store_path) if store_path is not None else None
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        root = self._root if self._root is not None else Workspace().root
+        store = self._store if self._store is not None else config.default_db()
+        return confine.duckdb_connect(":memory:", root, store)
 
     def run(self, sql: str, relations: Mapping[str, Any], namespace: Mapping[str, Any]) -> Any:
         with self._lock:
             if self._con is None:
-                self._con = duckdb.connect(":memory:")
+                self._con = self._connect()
             cur = self._con.cursor()
         try:
             for name, value in relations.items():

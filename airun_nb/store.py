@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import config
+from .confine import NO_EXTENSIONS
 from .errors import StoreBusy, StoreError, StoreIncompatible, StoreWarning
 from .journal import Journal
 from .lease import Lease
@@ -409,7 +410,7 @@ class Store:
         delay = 0.01
         while True:
             try:
-                con = duckdb.connect(str(self.path))
+                con = duckdb.connect(str(self.path), config=dict(NO_EXTENSIONS))
                 break
             except duckdb.IOException as exc:
                 msg = str(exc)
@@ -623,6 +624,8 @@ def _keep(ref: weakref.ReferenceType[Store]) -> None:
 
 
 def _incompatible(path: Path, msg: str) -> StoreIncompatible:
+    if "sqlite" in msg.lower():
+        return StoreIncompatible(f"{path} is a SQLite file, not an airun_nb store (DuckDB)")
     if "not a valid DuckDB database" in msg or "database file" in msg.lower():
         return StoreIncompatible(f"{path} is not an airun_nb store (not a DuckDB database file)")
     if "newer" in msg.lower() or "version" in msg.lower():

@@ -4,23 +4,73 @@ Templates are found in string values after the YAML is parsed (never by textual 
 into the YAML). A string that is exactly one ``{{ expr }}`` evaluates to the expression's Python
 value (a DataFrame stays a DataFrame, an int stays an int); any other string renders to text.
 Undefined names are errors that name the step and the field.
+
+Templates render in a sandbox stricter than Jinja's ``ImmutableSandboxedEnvironment``: no
+attribute starting with ``_``, no mutation of lists and dicts, no modules (names bound to a
+module, or names starting with ``_``, are left out of the context), and the only things a
+template may call are Jinja's own globals (``range``, ``dict``, ``namespace``...) and the
+methods of plain values (``str``, numbers, lists, dicts, dates). Anything else is a
+:class:`~airun_nb.errors.TemplateError` that names the step and the field: computation belongs
+in a ``python:`` or ``call:`` step, where the policy sees it.
 """
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import re
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
+from types import ModuleType
 from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import TemplateError
 
-ENV = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+_PLAIN = (
+    str,
+    bytes,
+    int,
+    float,
+    complex,
+    bool,
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    type(None),
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
 )
+
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, without modules and with calls limited to plain values."""
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if isinstance(obj, ModuleType) or isinstance(value, ModuleType):
+            return False
+        return bool(super().is_safe_attribute(obj, attr, value))
+
+    def is_safe_callable(self, obj: Any) -> bool:
+        if not super().is_safe_callable(obj):
+            return False
+        owner = getattr(obj, "__self__", None)
+        if owner is not None and isinstance(owner, _PLAIN):
+            return True
+        if getattr(obj, "__code__", None) is _FORMAT_WRAPPER:
+            return True  # the sandbox's own safe str.format / str.format_map
+        return any(obj is g for g in self.globals.values())
+
+
+ENV = Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_FORMAT_WRAPPER = getattr(ENV.wrap_str_format("".format), "__code__", None)
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
 
 
@@ -95,8 +145,30 @@ def walk_strings(value: Any, path: str = "") -> Iterable[tuple[str, str]]:
             yield from walk_strings(v, f"{path}[{i}]")
 
 
+def safe_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The names a template may see: no modules, nothing starting with ``_``."""
+    return {
+        k: v for k, v in context.items() if not k.startswith("_") and not isinstance(v, ModuleType)
+    }
+
+
 def render(value: Any, context: Mapping[str, Any], *, step: str, field: str) -> Any:
     """Render every template inside ``value`` (recursively) against ``context``."""
+    ctx = safe_context(context) if _has_any_template(value) else context
+    return _render(value, ctx, step=step, field=field)
+
+
+def _has_any_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return has_template(value)
+    if isinstance(value, Mapping):
+        return any(_has_any_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_any_template(v) for v in value)
+    return False
+
+
+def _render(value: Any, context: Mapping[str, Any], *, step: str, field: str) -> Any:
     if isinstance(value, str):
         if not has_template(value):
             return value
@@ -117,9 +189,9 @@ def render(value: Any, context: Mapping[str, Any], *, step: str, field: str) -> 
                 f"step '{step}', field '{field}': {type(exc).__name__}: {exc} in {value.strip()!r}"
             ) from None
     if isinstance(value, Mapping):
-        return {k: render(v, context, step=step, field=f"{field}.{k}") for k, v in value.items()}
+        return {k: _render(v, context, step=step, field=f"{field}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [render(v, context, step=step, field=f"{field}[{i}]") for i, v in enumerate(value)]
+        return [_render(v, context, step=step, field=f"{field}[{i}]") for i, v in enumerate(value)]
     return value
 
 

@@ -54,14 +54,14 @@ def _remove_dirs(dirs: list[str]) -> None:
 
 
 def _fs_read_apply(args: dict[str, Any], ctx: Context) -> Any:
-    path = ctx.workspace.path(args.get("path"))
+    path = ctx.path(args.get("path"), capability="fs.read")
     if args.get("binary"):
         return path.read_bytes()
     return path.read_text(encoding=args.get("encoding", "utf-8"))
 
 
 def _fs_write_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    path = ctx.workspace.path(args.get("path"))
+    path = ctx.path(args.get("path"), capability="fs.write")
     if "content" not in args:
         raise CapabilityError("fs.write needs 'content'")
     return {
@@ -72,7 +72,7 @@ def _fs_write_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 
 def _fs_write_apply(args: dict[str, Any], ctx: Context) -> Any:
-    path = ctx.workspace.path(args.get("path"))
+    path = ctx.path(args.get("path"), capability="fs.write")
     path.parent.mkdir(parents=True, exist_ok=True)
     content = args["content"]
     if isinstance(content, (bytes, bytearray)):
@@ -92,8 +92,8 @@ def _fs_write_undo(rec: dict[str, Any], ctx: Context) -> None:
 
 
 def _fs_copy_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    src = ctx.workspace.path(args.get("source"), field="source")
-    dst = ctx.workspace.path(args.get("destination"), field="destination")
+    src = ctx.path(args.get("source"), field="source", capability="fs.copy")
+    dst = ctx.path(args.get("destination"), field="destination", capability="fs.copy")
     if not src.exists():
         raise CapabilityError(f"fs.copy: {args.get('source')} does not exist")
     return {
@@ -104,8 +104,8 @@ def _fs_copy_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 
 def _fs_copy_apply(args: dict[str, Any], ctx: Context) -> Any:
-    src = ctx.workspace.path(args.get("source"), field="source")
-    dst = ctx.workspace.path(args.get("destination"), field="destination")
+    src = ctx.path(args.get("source"), field="source", capability="fs.copy")
+    dst = ctx.path(args.get("destination"), field="destination", capability="fs.copy")
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.is_dir():
         if dst.exists():
@@ -117,8 +117,8 @@ def _fs_copy_apply(args: dict[str, Any], ctx: Context) -> Any:
 
 
 def _fs_move_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    src = ctx.workspace.path(args.get("source"), field="source")
-    dst = ctx.workspace.path(args.get("destination"), field="destination")
+    src = ctx.path(args.get("source"), field="source", capability="fs.move")
+    dst = ctx.path(args.get("destination"), field="destination", capability="fs.move")
     if not src.exists() and not dst.exists():
         raise CapabilityError(f"fs.move: {args.get('source')} does not exist")
     return {
@@ -130,8 +130,8 @@ def _fs_move_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 
 def _fs_move_apply(args: dict[str, Any], ctx: Context) -> Any:
-    src = ctx.workspace.path(args.get("source"), field="source")
-    dst = ctx.workspace.path(args.get("destination"), field="destination")
+    src = ctx.path(args.get("source"), field="source", capability="fs.move")
+    dst = ctx.path(args.get("destination"), field="destination", capability="fs.move")
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_dir() and not dst.is_symlink() and src.exists():
         shutil.rmtree(dst)
@@ -150,13 +150,13 @@ def _fs_move_undo(rec: dict[str, Any], ctx: Context) -> None:
 
 
 def _fs_mkdir_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    path = ctx.workspace.path(args.get("path"))
+    path = ctx.path(args.get("path"), capability="fs.mkdir")
     created = [str(path), *_missing_parents(path)] if not path.exists() else []
     return {"created_dirs": created}
 
 
 def _fs_mkdir_apply(args: dict[str, Any], ctx: Context) -> Any:
-    path = ctx.workspace.path(args.get("path"))
+    path = ctx.path(args.get("path"), capability="fs.mkdir")
     path.mkdir(parents=True, exist_ok=True)
     return {"path": ctx.workspace.relative(path)}
 
@@ -169,12 +169,12 @@ def _fs_mkdir_undo(rec: dict[str, Any], ctx: Context) -> None:
 
 
 def _fs_delete_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    path = ctx.workspace.path(args.get("path"))
+    path = ctx.path(args.get("path"), capability="fs.delete")
     return {"path": str(path), "trash": str(ctx.undo_path("trash", path.name))}
 
 
 def _fs_delete_apply(args: dict[str, Any], ctx: Context) -> Any:
-    path = ctx.workspace.path(args.get("path"))
+    path = ctx.path(args.get("path"), capability="fs.delete")
     if not path.exists():
         if args.get("missing_ok"):
             return {"path": ctx.workspace.relative(path), "deleted": False}

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import confine
 from ..errors import AirunError
 from ..workspace import Workspace
 
@@ -49,6 +50,24 @@ class Context:
     workspace: Workspace
     undo_dir: Path
     store: Any = None  # the Store, for snapshots kept as tables
+
+    def path(self, value: object, *, field: str = "path", capability: str = "") -> Path:
+        """The real path of ``value`` inside the workspace, refused when it is protected (the
+        store and its files, the workspace root: see :mod:`airun_nb.confine`)."""
+        real = self.workspace.path(value, field=field)
+        return confine.check(
+            real,
+            value=value,
+            field=field,
+            capability=capability or "capability",
+            store_path=self.store_path,
+            workspace_root=self.workspace.root,
+        )
+
+    @property
+    def store_path(self) -> Path | None:
+        path = getattr(self.store, "path", None)
+        return Path(path) if path is not None else None
 
     def undo_path(self, *parts: str) -> Path:
         p = self.undo_dir.joinpath(*parts)

@@ -11,6 +11,7 @@ from typing import Any
 
 import duckdb
 
+from .. import confine
 from .registry import CapabilityError, Context, register
 
 SNAPSHOT_MAX_ROWS = 100_000  # default; AIRUN_SNAPSHOT_MAX_ROWS or `snapshot_max_rows` change it
@@ -44,10 +45,17 @@ def _db_kind(path: Path) -> str:
     return "duckdb"
 
 
-def _sql_connect(path: Path) -> Any:
-    if _db_kind(path) == "sqlite":
-        return sqlite3.connect(path)
-    return duckdb.connect(str(path))
+def _sql_connect(path: Path, ctx: Context) -> Any:
+    """A connection confined to the workspace (see :mod:`airun_nb.confine`)."""
+    root, store = ctx.workspace.root, ctx.store_path
+    try:
+        if _db_kind(path) == "sqlite":
+            return confine.sqlite_connect(path, root, store)
+        return confine.duckdb_connect(str(path), root, store)
+    except (duckdb.Error, sqlite3.Error) as exc:
+        raise CapabilityError(
+            f"sql.exec: cannot open {path.name}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def _table_exists(con: Any, kind: str, table: str) -> bool:
@@ -63,7 +71,7 @@ def _table_exists(con: Any, kind: str, table: str) -> bool:
 
 
 def _sql_exec_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    path = ctx.workspace.path(args.get("database"), field="database")
+    path = ctx.path(args.get("database"), field="database", capability="sql.exec")
     sql = args.get("sql")
     if not isinstance(sql, str) or not sql.strip():
         raise CapabilityError("sql.exec needs 'sql'")
@@ -73,7 +81,7 @@ def _sql_exec_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
         args.get("snapshot_max_rows", os.environ.get("AIRUN_SNAPSHOT_MAX_ROWS", SNAPSHOT_MAX_ROWS))
     )
     snapshots: dict[str, str | None] = {}
-    con = _sql_connect(path)
+    con = _sql_connect(path, ctx)
     try:
         for table in tables:
             if not _table_exists(con, kind, table):
@@ -130,8 +138,8 @@ def _sql_exec_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 
 def _sql_exec_apply(args: dict[str, Any], ctx: Context) -> Any:
-    path = ctx.workspace.path(args.get("database"), field="database")
-    con = _sql_connect(path)
+    path = ctx.path(args.get("database"), field="database", capability="sql.exec")
+    con = _sql_connect(path, ctx)
     try:
         cur = con.execute(args["sql"], list(args.get("params") or []))
         rows = None
@@ -158,7 +166,7 @@ def _columns(con: Any, table: str) -> list[str] | None:
 def _sql_exec_undo(rec: dict[str, Any], ctx: Context) -> None:
     path = Path(rec["database"])
 
-    con = _sql_connect(path)
+    con = _sql_connect(path, ctx)
     try:
         for table, snap in (rec.get("snapshots") or {}).items():
             if snap is None:
