@@ -24,7 +24,7 @@ test: $(VENV)/.test
 	bash scripts/install_browser.sh
 	$(BIN)/ruff check airun_nb tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov --cov-report=term
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check airun_nb tests benchmarks

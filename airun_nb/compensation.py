@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import auditlog, capabilities, kinds
 from .errors import AirunError
+from .runcontext import RunContext
+from .scope import Steps
 from .spec import RetryPolicy
+from .state import ROLLBACK_FAILED, ROLLED_BACK, ROLLING_BACK, StepState
 from .store import crashpoint
-
-if TYPE_CHECKING:
-    from .engine import Engine, StepState
+from .timeouts import describe, with_timeout
 
 DEFAULT_RETRY = RetryPolicy(attempts=3, backoff="exponential", initial=0.1, max=5.0)
 
 
-def undo_order(engine: Engine) -> list[StepState]:
+def undo_order(run: RunContext) -> list[StepState]:
     """Steps this run must undo, newest finished first.
 
     Completed steps that ran in this run (not outputs reused from another run), failed steps
@@ -35,7 +36,7 @@ def undo_order(engine: Engine) -> list[StepState]:
     never-started steps are left alone.
     """
     picked = []
-    for st in engine.states.values():
+    for st in run.states.values():
         if st.replayed_from:
             continue
         in_flight = (
@@ -59,35 +60,29 @@ def undo_order(engine: Engine) -> list[StepState]:
     )
 
 
-def roll_back(engine: Engine) -> None:
-    from .engine import ROLLBACK_FAILED, ROLLED_BACK, ROLLING_BACK
-
-    if engine.status != ROLLING_BACK:
-        engine._set_status(ROLLING_BACK, step=engine.failed_step)
-    for st in undo_order(engine):
+def roll_back(run: RunContext) -> None:
+    ledger = run.ledger
+    if ledger.status != ROLLING_BACK:
+        ledger.set_status(ROLLING_BACK, step=ledger.failed_step)
+    for st in undo_order(run):
         if st.comp_status in ("done", "none"):
             continue
         if not st.compensation:
-            st.comp_status = "none"
-            engine.store.record(engine.step_record(st))
-            engine.listener.changed(engine, st)
+            ledger.compensation(st, "none")
             continue
-        if not _compensate(engine, st):
-            engine._set_status(ROLLBACK_FAILED, step=st.id, error=st.comp_error)
+        if not _compensate(run, st):
+            ledger.set_status(ROLLBACK_FAILED, step=st.id, error=st.comp_error)
             return
-    engine._set_status(ROLLED_BACK)
+    ledger.set_status(ROLLED_BACK)
 
 
-def _compensate(engine: Engine, st: StepState) -> bool:
+def _compensate(run: RunContext, st: StepState) -> bool:
+    ledger = run.ledger
     comp = st.compensation or {}
     if "error" in comp:
-        st.comp_status = "failed"
         st.comp_error = str(comp["error"])
-        engine.store.record_many(
-            [
-                engine.step_record(st),
-                engine.event("compensation_failed", st.id, error=st.comp_error),
-            ]
+        ledger.compensation(
+            st, "failed", ledger.event("compensation_failed", st.id, error=st.comp_error)
         )
         return False
     policy = _policy(comp.get("retry"))
@@ -97,7 +92,6 @@ def _compensate(engine: Engine, st: StepState) -> bool:
         st.comp_attempts += 1
         attempt = st.comp_attempts
         started = time.time()
-        st.comp_status = "running"
         st.comp_error = None
         att: dict[str, Any] = {
             "phase": "compensate",
@@ -106,69 +100,57 @@ def _compensate(engine: Engine, st: StepState) -> bool:
             "started_at": started,
             "pid": os.getpid(),
         }
-        engine.store.record(engine.step_record(st, att))
-        engine.listener.changed(engine, st)
+        ledger.compensation(st, "running", att=att)
         crashpoint("compensate:started")
         try:
-            _invoke(engine, st, comp)
+            _invoke(run, st, comp)
         except KeyboardInterrupt:
-            engine.store.record(
-                engine.step_record(
-                    st,
-                    {
-                        **att,
-                        "status": "interrupted",
-                        "finished_at": time.time(),
-                        "error": "interrupted",
-                    },
-                )
+            ledger.update(
+                st,
+                att={
+                    **att,
+                    "status": "interrupted",
+                    "finished_at": time.time(),
+                    "error": "interrupted",
+                },
+                notify=False,
             )
             raise
         except Exception as exc:
-            from .engine import _describe
-
-            err = _describe(exc)
+            err = describe(exc)
             failed = {**att, "status": "failed", "finished_at": time.time(), "error": err}
             st.comp_error = err
             if tries < policy.attempts and policy.retries(exc):
                 delay = policy.delay(tries)
-                engine.store.record_many(
-                    [
-                        engine.step_record(st, failed),
-                        engine.event("compensation_retry", st.id, attempt=attempt, error=err),
-                    ]
+                ledger.update(
+                    st,
+                    ledger.event("compensation_retry", st.id, attempt=attempt, error=err),
+                    att=failed,
                 )
-                engine.listener.changed(engine, st)
                 time.sleep(delay)
                 continue
-            st.comp_status = "failed"
-            engine.store.record_many(
-                [
-                    engine.step_record(st, failed),
-                    engine.event("compensation_failed", st.id, attempt=attempt, error=err),
-                    _audit(engine, st, comp, "failed", err),
-                ]
+            ledger.compensation(
+                st,
+                "failed",
+                ledger.event("compensation_failed", st.id, attempt=attempt, error=err),
+                _audit(run, st, comp, "failed", err),
+                att=failed,
             )
-            engine.listener.changed(engine, st)
             return False
-        st.comp_status = "done"
         st.comp_finished_at = time.time()
-        engine.store.record_many(
-            [
-                engine.step_record(
-                    st, {**att, "status": "completed", "finished_at": st.comp_finished_at}
-                ),
-                engine.event("compensation_done", st.id, attempt=attempt),
-                _audit(engine, st, comp, "done", None),
-            ]
+        ledger.compensation(
+            st,
+            "done",
+            ledger.event("compensation_done", st.id, attempt=attempt),
+            _audit(run, st, comp, "done", None),
+            att={**att, "status": "completed", "finished_at": st.comp_finished_at},
         )
         crashpoint("compensate:recorded")
-        engine.listener.changed(engine, st)
         return True
 
 
 def _audit(
-    engine: Engine, st: StepState, comp: dict[str, Any], decision: str, error: str | None
+    run: RunContext, st: StepState, comp: dict[str, Any], decision: str, error: str | None
 ) -> dict[str, Any]:
     if "undo" in comp:
         kind, cap = "undo", f"{comp['undo']}.undo"
@@ -185,14 +167,14 @@ def _audit(
         )
     return auditlog.row(
         kind=kind,
-        principal=engine.user,
-        run_id=engine.run_id,
+        principal=run.user,
+        run_id=run.run_id,
         step_id=st.id,
         capability=cap,
         decision=decision,
         arguments=comp.get("with") or comp.get("call"),
         result=error,
-        undo_ref=f"{engine.run_id}/{st.id}/{st.comp_attempts}",
+        undo_ref=f"{run.run_id}/{st.id}/{st.comp_attempts}",
     )
 
 
@@ -210,33 +192,31 @@ def _policy(raw: Any) -> RetryPolicy:
     )
 
 
-def _invoke(engine: Engine, st: StepState, comp: dict[str, Any]) -> None:
-    from .engine import _Steps, _with_timeout
-
+def _invoke(run: RunContext, st: StepState, comp: dict[str, Any]) -> None:
     args = comp.get("with") or {}
     timeout = comp.get("timeout")
 
-    def run() -> Any:
+    def go() -> Any:
         if "call" in comp:
-            fn = kinds.resolve_callable(str(comp["call"]), engine.namespace, step=st.id)
+            fn = kinds.resolve_callable(str(comp["call"]), run.namespace, step=st.id)
             return fn(**args)
         if "python" in comp:
-            env = dict(engine.namespace)
-            env.update({"steps": _Steps(engine), "params": engine.params, **args})
+            env = dict(run.namespace)
+            env.update({"steps": Steps(run.scope), "params": run.params, **args})
             return kinds.run_python(str(comp["python"]), f"{st.id}.compensate", env)
         if "sql" in comp:
-            return engine._sql.run(str(comp["sql"]), {}, engine.namespace)
+            return run.sql.run(str(comp["sql"]), {}, run.namespace)
         if "undo" in comp:
             cap = capabilities.get(str(comp["undo"]))
             if cap.undo is None:
                 raise AirunError(f"capability {cap.name} has no undo")
-            cap.undo(dict(comp.get("with") or {}), engine.capability_context(st.id))
+            cap.undo(dict(comp.get("with") or {}), run.capability_context(st.id))
             return None
         if "capability" in comp:
             cap = capabilities.get(str(comp["capability"]))
-            return cap.apply(dict(args), engine.capability_context(st.id))
+            return cap.apply(dict(args), run.capability_context(st.id))
         raise AirunError(f"step '{st.id}': its compensation has no call, python, sql or capability")
 
-    result = run() if not timeout else _with_timeout(run, float(timeout))
+    result = go() if not timeout else with_timeout(go, float(timeout))
     if isinstance(result, Exception):
         raise result

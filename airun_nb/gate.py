@@ -13,94 +13,27 @@ the runtime's own and skip those checks.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
-import urllib.request
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from . import auditlog, settings
-from .errors import AirunError
+from .gateconfig import MODES, ON_TIMEOUT, AlreadyDecided, ApprovalError, GateConfig, parse_config
 from .store import Store
 
-log = logging.getLogger("airun_nb.gate")
+__all__ = [
+    "ON_TIMEOUT",
+    "AlreadyDecided",
+    "ApprovalError",
+    "GateConfig",
+    "parse_config",
+]
+
 
 APPROVE, REJECT = "approve", "reject"
-CHANNELS = ("widget", "cli", "api", "policy", "timeout")
-MODES = ("suspend", "wait", "policy")
-ON_TIMEOUT = ("approve", "reject", "fail")
-
-
-class ApprovalError(AirunError):
-    """A decision was refused (not an approver, four-eyes, gate not open...)."""
-
-
-class AlreadyDecided(ApprovalError):
-    """The gate already has its decision."""
-
-
-@dataclass
-class GateConfig:
-    message: Any = None
-    show: Any = None
-    approvers: list[str] | None = None
-    timeout: float | None = None
-    on_timeout: str = "reject"
-    mode: str | None = None
-    allow_self_approval: bool = False
-    notify: Any = None
-
-
-def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
-    """Validate an ``approval:`` mapping (called at parse time and at run time)."""
-    from .spec import parse_duration
-
-    body = dict(body or {})
-    allowed = {
-        "message",
-        "show",
-        "approvers",
-        "timeout",
-        "on_timeout",
-        "mode",
-        "allow_self_approval",
-        "notify",
-        "description",
-    }
-    for key in body:
-        if key not in allowed:
-            raise ApprovalError(
-                f"step '{step}': unknown approval key '{key}' (one of {', '.join(sorted(allowed))})"
-            )
-    approvers = body.get("approvers")
-    if isinstance(approvers, str):
-        approvers = [approvers]
-    if approvers is not None and not (
-        isinstance(approvers, list) and all(isinstance(a, str) for a in approvers)
-    ):
-        raise ApprovalError(f"step '{step}': 'approvers' must be a list of users or role:NAME")
-    on_timeout = str(body.get("on_timeout", "reject"))
-    if on_timeout not in ON_TIMEOUT:
-        raise ApprovalError(f"step '{step}': 'on_timeout' must be one of {', '.join(ON_TIMEOUT)}")
-    mode = body.get("mode")
-    if mode is not None and mode not in MODES:
-        raise ApprovalError(f"step '{step}': 'mode' must be one of {', '.join(MODES)}")
-    timeout = body.get("timeout")
-    return GateConfig(
-        message=body.get("message"),
-        show=body.get("show"),
-        approvers=approvers,
-        timeout=None
-        if timeout is None
-        else parse_duration(timeout, path=f"steps.{step}.approval.timeout"),
-        on_timeout=on_timeout,
-        mode=mode,
-        allow_self_approval=bool(body.get("allow_self_approval", False)),
-        notify=body.get("notify"),
-    )
+CHANNELS = ("widget", "cli", "api", "web", "dashboard", "policy", "timeout")
 
 
 def resolve_mode(config: GateConfig) -> str:
@@ -461,42 +394,6 @@ def _event(run_id: str, gate_id: str, kind: str, **detail: Any) -> dict[str, Any
         "kind": kind,
         "detail": json.dumps(detail, default=str),
     }
-
-
-# -- notifications ---------------------------------------------------------------------------
-def notify(
-    target: Any,
-    payload: dict[str, Any],
-    resolve: Callable[[str], Callable[..., Any]],
-) -> str | None:
-    """Tell someone a gate opened: POST JSON to a URL, or call a function. Never raises.
-
-    Returns an error description when notifying failed (the caller records it), else None.
-    """
-    targets = target if isinstance(target, list) else [target]
-    errors = []
-    for t in targets:
-        try:
-            if callable(t):
-                t(payload)
-            elif isinstance(t, str) and t.startswith(("http://", "https://")):
-                req = urllib.request.Request(
-                    t,
-                    data=json.dumps(payload, default=str).encode(),
-                    headers={"Content-Type": "application/json"},
-                    method="POST",
-                )
-                with urllib.request.urlopen(req, timeout=5) as resp:
-                    resp.read()
-            elif isinstance(t, str):
-                resolve(t)(payload)
-            else:
-                raise ApprovalError(f"cannot notify {t!r}: give a URL or a function")
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            log.warning("airun_nb: notifying %s failed: %s", t, message)
-            errors.append(f"{t}: {message}")
-    return "; ".join(errors) or None
 
 
 # -- the Python API --------------------------------------------------------------------------

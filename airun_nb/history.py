@@ -7,7 +7,7 @@ import os
 import pandas as pd
 
 from .errors import RunNotFound
-from .result import StoredRun, view_of_rows
+from .runview import StoredRun, view_of_rows
 from .store import Store
 
 _Db = str | os.PathLike[str] | None

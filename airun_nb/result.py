@@ -1,205 +1,33 @@
-"""What a run gives back: :class:`RunResult`, and the step table drawn as text and HTML.
-
-The text form is deterministic apart from run ids and durations, so notebooks that show it can
-be validated headless (nbval sanitizes those two).
-"""
+"""What a run gives back: :class:`RunResult` (status, step table, outputs, timeline)."""
 
 from __future__ import annotations
 
-import html
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .runview import render_html, render_text, view_of_run
+
 if TYPE_CHECKING:
-    from .engine import Engine, Plan
-
-_STATUS_COLORS = {
-    "completed": "#1a7f37",
-    "replayed": "#57606a",
-    "running": "#0969da",
-    "pending": "#8c959f",
-    "failed": "#cf222e",
-    "interrupted": "#9a6700",
-    "skipped": "#8c959f",
-    "waiting": "#8250df",
-    "undone": "#9a6700",
-    "undoing": "#0969da",
-    "undo failed": "#cf222e",
-    "rolled_back": "#9a6700",
-    "rollback_failed": "#cf222e",
-    "rolling_back": "#0969da",
-}
-
-
-_UNDO_STATUS = {"done": "undone", "running": "undoing", "failed": "undo failed"}
-
-
-def _undo_note(status: str, error: str | None, attempts: int) -> str:
-    if status == "none":
-        return "nothing to undo"
-    if status == "done":
-        return f"compensated (attempt {attempts})" if attempts > 1 else "compensated"
-    if status == "failed":
-        return f"compensation failed after {attempts} attempts: {error}"
-    return f"compensating (attempt {attempts})"
-
-
-@dataclass
-class RunView:
-    """What the step table shows, taken from a live engine or from the store."""
-
-    run_id: str
-    workflow: str
-    status: str
-    error: str | None
-    rows: list[dict[str, Any]]
-
-
-def view_of_engine(engine: Engine) -> RunView:
-    now = time.time()
-    rows = []
-    for s in engine.spec.steps:
-        st = engine.states[s.id]
-        shown = "replayed" if st.replayed and st.status == "completed" else st.status
-        shown = _UNDO_STATUS.get(st.comp_status or "", shown)
-        dur = None
-        if st.started_at is not None and not st.replayed:
-            dur = (st.finished_at or now) - st.started_at
-        note = st.error or st.reason or ("unchanged" if st.replayed else "")
-        if st.comp_status:
-            note = _undo_note(st.comp_status, st.comp_error, st.comp_attempts)
-        rows.append(
-            {
-                "step": s.id,
-                "kind": s.kind,
-                "status": shown,
-                "attempts": st.attempts,
-                "duration": dur,
-                "note": note,
-            }
-        )
-    return RunView(engine.run_id, engine.spec.name, engine.status, engine.error, rows)
-
-
-def view_of_rows(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]) -> RunView:
-    rows = []
-    for r in steps:
-        status = str(r["status"])
-        dur = None
-        if r.get("started_at") is not None and r.get("finished_at") is not None:
-            dur = (r["finished_at"] - r["started_at"]).total_seconds()
-        note = r.get("error") or r.get("reason") or ""
-        if r.get("replayed_from") and status == "completed":
-            status, dur = "replayed", None
-            note = note or f"reused from {r['replayed_from']}"
-        if r.get("comp_status"):
-            note = _undo_note(
-                r["comp_status"], r.get("comp_error"), int(r.get("comp_attempts") or 0)
-            )
-            status = _UNDO_STATUS.get(r["comp_status"], status)
-        rows.append(
-            {
-                "step": r["step_id"],
-                "kind": r["kind"],
-                "status": status,
-                "attempts": int(r.get("attempts") or 0),
-                "duration": dur,
-                "note": note,
-            }
-        )
-    return RunView(run["run_id"], run["workflow"], run["status"], run.get("error"), rows)
-
-
-def render_text(view: RunView, *, limit: int = 60) -> str:
-    rows = view.rows
-    ran = sum(1 for r in rows if r["status"] not in ("replayed", "pending", "skipped"))
-    replayed = sum(1 for r in rows if r["status"] == "replayed")
-    head = (
-        f"run {view.run_id} · {view.workflow} · {view.status} · "
-        f"{len(rows)} steps ({ran} ran, {replayed} replayed)"
-    )
-    shown = rows if len(rows) <= limit else rows[: limit // 2] + rows[-limit // 2 :]
-    w_step = max([4, *(len(r["step"]) for r in shown)])
-    w_kind = max([4, *(len(r["kind"]) for r in shown)])
-    w_status = max([6, *(len(r["status"]) for r in shown)])
-    lines = [
-        head,
-        f"  {'step':<{w_step}}  {'kind':<{w_kind}}  {'status':<{w_status}}  attempts  duration  note",
-    ]
-    for i, r in enumerate(shown):
-        if len(rows) > limit and i == limit // 2:
-            lines.append(f"  ... {len(rows) - limit} more steps ...")
-        dur = "" if r["duration"] is None else f"{r['duration']:.2f}s"
-        note = r["note"] if len(r["note"]) <= 90 else r["note"][:87] + "..."
-        lines.append(
-            f"  {r['step']:<{w_step}}  {r['kind']:<{w_kind}}  {r['status']:<{w_status}}  "
-            f"{r['attempts']:>8}  {dur:>8}  {note}".rstrip()
-        )
-    if view.error and view.status != "completed":
-        lines.append(f"  error: {view.error}")
-    return "\n".join(lines)
-
-
-def render_html(view: RunView, *, limit: int = 200) -> str:
-    rows = view.rows
-    shown = rows if len(rows) <= limit else rows[:limit]
-    color = _STATUS_COLORS.get(view.status, "#57606a")
-    out = [
-        '<div class="airun-run">',
-        f"<div><b>run {html.escape(view.run_id)}</b> · {html.escape(view.workflow)} · "
-        f'<span style="color:{color};font-weight:bold">{html.escape(view.status)}</span></div>',
-        '<table style="border-collapse:collapse"><thead><tr>'
-        "<th>step</th><th>kind</th><th>status</th><th>attempts</th><th>duration</th><th>note</th>"
-        "</tr></thead><tbody>",
-    ]
-    for r in shown:
-        c = _STATUS_COLORS.get(r["status"], "#57606a")
-        dur = "" if r["duration"] is None else f"{r['duration']:.2f}s"
-        out.append(
-            f"<tr><td><code>{html.escape(r['step'])}</code></td><td>{r['kind']}</td>"
-            f'<td style="color:{c};font-weight:bold">{r["status"]}</td>'
-            f"<td>{r['attempts']}</td><td>{dur}</td><td>{html.escape(r['note'])}</td></tr>"
-        )
-    if len(rows) > limit:
-        out.append(f"<tr><td colspan=6>... {len(rows) - limit} more steps</td></tr>")
-    out.append("</tbody></table>")
-    if view.error and view.status != "completed":
-        out.append(f'<div style="color:#cf222e">error: {html.escape(view.error)}</div>')
-    out.append("</div>")
-    return "".join(out)
-
-
-class StoredRun:
-    """A run as the store has it (for ``show``), with the same text and HTML forms."""
-
-    def __init__(self, view: RunView) -> None:
-        self.view = view
-
-    def __repr__(self) -> str:
-        return render_text(self.view)
-
-    def _repr_html_(self) -> str:
-        return render_html(self.view)
+    from .planner import Plan
+    from .runner import Runner
 
 
 class Outputs(Mapping[str, Any]):
     """Step outputs by step id, loaded from the store on first access."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
 
     def __getitem__(self, step_id: str) -> Any:
-        st = self._engine.states.get(step_id)
+        st = self._runner.states.get(step_id)
         if st is None or st.status not in ("completed", "skipped"):
             raise KeyError(step_id)
-        return self._engine.output_of(step_id)
+        return self._runner.output_of(step_id)
 
     def __iter__(self) -> Iterator[str]:
-        return (s for s, st in self._engine.states.items() if st.status in ("completed", "skipped"))
+        return (s for s, st in self._runner.states.items() if st.status in ("completed", "skipped"))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -211,19 +39,19 @@ class Outputs(Mapping[str, Any]):
 class RunResult:
     """The outcome of a run: ``.status``, ``.steps`` (a DataFrame) and ``.outputs``."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self.run_id = engine.run_id
-        self.workflow = engine.spec.name
-        self.status = engine.status
-        self.error = engine.error
-        self.failed_step = engine.failed_step
-        self.plan: Plan | None = engine.plan
-        self.outputs = Outputs(engine)
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self.run_id = runner.run_id
+        self.workflow = runner.spec.name
+        self.status = runner.status
+        self.error = runner.error
+        self.failed_step = runner.failed_step
+        self.plan: Plan | None = runner.plan
+        self.outputs = Outputs(runner)
 
     @property
     def steps(self) -> pd.DataFrame:
-        rows = view_of_engine(self._engine).rows
+        rows = view_of_run(self._runner).rows
         df = pd.DataFrame(rows, columns=["step", "kind", "status", "attempts", "duration", "note"])
         df["duration"] = pd.to_timedelta(df["duration"], unit="s")
         df["attempts"] = df["attempts"].astype("int64")
@@ -231,24 +59,24 @@ class RunResult:
 
     @property
     def replayed(self) -> list[str]:
-        return [s for s, st in self._engine.states.items() if st.replayed]
+        return [s for s, st in self._runner.states.items() if st.replayed]
 
     @property
     def executed(self) -> list[str]:
-        return list(self._engine.executed)
+        return list(self._runner.executed)
 
     def __getitem__(self, step_id: str) -> Any:
         return self.outputs[step_id]
 
     def timeline(self) -> Any:
         """The run as a timeline (Gantt) picture: a matplotlib Figure."""
-        from .timeline import timeline
+        from . import history, timeline
 
-        self._engine.store.flush()
-        return timeline(self.run_id, self._engine.store.path)
+        self._runner.store.flush()
+        return timeline.draw(history.attempts(self.run_id, self._runner.store.path))
 
     def __repr__(self) -> str:
-        return render_text(view_of_engine(self._engine))
+        return render_text(view_of_run(self._runner))
 
     def _repr_html_(self) -> str:
-        return render_html(view_of_engine(self._engine))
+        return render_html(view_of_run(self._runner))

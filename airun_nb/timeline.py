@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-from .history import attempts, stored_run
 
 _COLORS = {
     "completed": "#2da44e",
@@ -15,8 +12,9 @@ _COLORS = {
 }
 
 
-def timeline(run_id: str, db: str | os.PathLike[str] | None = None) -> Any:
-    """A matplotlib Figure of every attempt of a run (needs matplotlib)."""
+def draw(df: Any, *, title: str | None = None) -> Any:
+    """A matplotlib Figure of every attempt of a run, from its attempts table
+    (:func:`airun_nb.history.attempts`; needs matplotlib)."""
     try:
         import matplotlib
 
@@ -24,8 +22,6 @@ def timeline(run_id: str, db: str | os.PathLike[str] | None = None) -> Any:
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - matplotlib ships with the jupyter extra
         raise ImportError("the timeline needs matplotlib (pip install matplotlib)") from exc
-    stored_run(run_id, db)  # a clear error for an unknown run
-    df = attempts(run_id, db)
     order = list(dict.fromkeys(df["step_id"]))
     fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(order), 2) + 1))
     if not df.empty:
@@ -48,7 +44,10 @@ def timeline(run_id: str, db: str | os.PathLike[str] | None = None) -> Any:
     ax.set_yticks(range(len(order)), labels=order)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the run's first attempt")
-    ax.set_title(f"run {run_id}")
+    if title is None and not df.empty:
+        title = f"run {df['run_id'].iloc[0]}"
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from . import spec as spec_mod
-from .engine import Engine, Listener, gc_paused, gc_release
+from .ledger import Listener
+from .memory import gc_paused, gc_release
+from .runner import Runner
 from .errors import RunNotFound
 from .result import RunResult
 from .spec import WorkflowSpec
@@ -78,7 +80,7 @@ class Workflow:
         """
         try:
             with gc_paused():  # planning allocates many small objects and frees none
-                engine = self.engine(
+                engine = self.runner(
                     db=db,
                     params=params,
                     namespace=namespace,
@@ -96,7 +98,7 @@ class Workflow:
                 raise
         return RunResult(engine)
 
-    def engine(
+    def runner(
         self,
         *,
         db: str | os.PathLike[str] | None = None,
@@ -104,8 +106,8 @@ class Workflow:
         namespace: Mapping[str, Any] | None = None,
         listener: Listener | None = None,
         user: str | None = None,
-    ) -> Engine:
-        return Engine(
+    ) -> Runner:
+        return Runner(
             self.spec,
             Store.open(db),
             namespace=namespace,
@@ -130,7 +132,7 @@ def rollback(
     failing (the run is then ``rollback_failed``; call again after fixing it).
     """
     wf = Workflow.from_run(run_id, db=db)
-    engine = Engine(wf.spec, Store.open(db), namespace=namespace, listener=listener)
+    engine = Runner(wf.spec, Store.open(db), namespace=namespace, listener=listener)
     engine.prepare_rollback(run_id)
     engine.execute()
     return RunResult(engine)

@@ -8,15 +8,17 @@ from typing import Any
 
 from IPython.display import display
 
-from ..engine import Engine, Listener, StepState
-from ..result import render_html, render_text, view_of_engine
+from ..ledger import Listener
+from ..runner import Runner
+from ..runview import render_html, render_text, view_of_run
+from ..state import StepState
 
 UPDATE_EVERY = 0.25  # seconds between redraws while steps finish
 
 
 class _Snapshot:
-    def __init__(self, engine: Engine) -> None:
-        self.view = view_of_engine(engine)
+    def __init__(self, engine: Runner) -> None:
+        self.view = view_of_run(engine)
 
     def __repr__(self) -> str:
         return render_text(self.view)
@@ -33,24 +35,24 @@ class LiveTable(Listener):
         self._last = 0.0
         self._dirty = False
 
-    def planned(self, engine: Engine) -> None:
+    def planned(self, engine: Runner) -> None:
         plan = engine.plan
         if plan is not None and plan.mode != "new":
             print(plan.summary())
         self._handle = display(_Snapshot(engine), display_id=True)
         self._last = time.monotonic()
 
-    def changed(self, engine: Engine, state: StepState | None) -> None:
+    def changed(self, engine: Runner, state: StepState | None) -> None:
         self._dirty = True
         if threading.current_thread() is not threading.main_thread():
             return
         if time.monotonic() - self._last >= UPDATE_EVERY:
             self._draw(engine)
 
-    def finished(self, engine: Engine) -> None:
+    def finished(self, engine: Runner) -> None:
         self._draw(engine)
 
-    def _draw(self, engine: Engine) -> None:
+    def _draw(self, engine: Runner) -> None:
         if self._handle is None:
             self._handle = display(_Snapshot(engine), display_id=True)
         else:
@@ -67,16 +69,16 @@ class WidgetTable(Listener):
         self.html = html_widget
         self._last = 0.0
 
-    def planned(self, engine: Engine) -> None:
+    def planned(self, engine: Runner) -> None:
         self._draw(engine)
 
-    def changed(self, engine: Engine, state: StepState | None) -> None:
+    def changed(self, engine: Runner, state: StepState | None) -> None:
         if time.monotonic() - self._last >= UPDATE_EVERY:
             self._draw(engine)
 
-    def finished(self, engine: Engine) -> None:
+    def finished(self, engine: Runner) -> None:
         self._draw(engine)
 
-    def _draw(self, engine: Engine) -> None:
-        self.html.value = render_html(view_of_engine(engine))
+    def _draw(self, engine: Runner) -> None:
+        self.html.value = render_html(view_of_run(engine))
         self._last = time.monotonic()

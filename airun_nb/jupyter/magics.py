@@ -73,7 +73,7 @@ class WorkflowMagics(Magics):
     def _run(self, wf: Workflow, **kwargs: Any) -> None:
         listener = LiveTable()
         ns = self.shell.user_ns
-        engine = wf.engine(
+        engine = wf.runner(
             db=kwargs.get("db"), params=kwargs.get("params"), namespace=ns, listener=listener
         )
         engine.prepare(resume=kwargs.get("resume"), new=bool(kwargs.get("new")))
@@ -117,9 +117,10 @@ class WorkflowMagics(Magics):
         if cmd == "timeline":
             if len(rest) != 1:
                 raise UsageError("%workflow timeline: give one run id")
-            from ..timeline import timeline
+            from .. import timeline
 
-            return timeline(rest[0], db)
+            history.stored_run(rest[0], db)  # a clear error for an unknown run
+            return timeline.draw(history.attempts(rest[0], db), title=f"run {rest[0]}")
         if cmd == "approvals":
             store = Store.open(db)
             rows = store.query_dicts(

@@ -20,7 +20,7 @@ from IPython.display import display
 
 from .. import gate
 from ..config import current_user
-from ..engine import Listener
+from ..ledger import Listener
 from ..errors import AirunError
 from ..store import Store
 from ..workflow import Workflow
@@ -150,7 +150,7 @@ def resume_and_draw(
 ) -> None:
     """Resume a run in this kernel; draw the gates it stops at (if any)."""
     wf = Workflow.from_run(run_id, db=db)
-    engine = wf.engine(db=db, namespace=namespace, listener=listener or LiveTable())
+    engine = wf.runner(db=db, namespace=namespace, listener=listener or LiveTable())
     engine.prepare(resume=run_id)
     try:
         engine.execute()

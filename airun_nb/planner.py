@@ -1,0 +1,362 @@
+"""The planner: decides what a run will do, before it does anything.
+
+Given a spec and the store, it resolves ``call`` targets, hashes every step (its definition, its
+function's source, the run's params and the hashes of the steps it needs: a Merkle chain, so a
+change anywhere invalidates everything downstream), picks the run (new, a resume, or a new run
+that reuses unchanged steps of a finished one) and gives every step a decision with its reason.
+It reads the store and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import capabilities, gateconfig, kinds, outputs
+from .errors import RunBusy, RunNotFound, SpecError, TemplateError
+from .ledger import timestamp
+from .owner import owner_alive
+from .spec import StepSpec, WorkflowSpec, _hash
+from .state import (
+    COMPLETED,
+    DONE_STEP,
+    RESUMABLE,
+    ROLLBACK_FAILED,
+    ROLLED_BACK,
+    ROLLING_BACK,
+    RUNNING,
+    S_COMPLETED,
+    S_FAILED,
+    S_INTERRUPTED,
+    S_RUNNING,
+    S_SKIPPED,
+    S_WAITING,
+    WAITING,
+    StepState,
+)
+from .store import Store
+
+_STEP_COLUMNS = """run_id, step_id, status, attempts, def_hash, code_hash, eff_hash,
+      epoch(started_at) AS started_at, epoch(finished_at) AS finished_at,
+      finish_seq, output_kind, output_json, output_table,
+      output_blob IS NOT NULL AS has_blob, replayed_from, reason, error,
+      compensation, comp_status, comp_attempts, comp_error,
+      epoch(comp_finished_at) AS comp_finished_at"""
+
+
+def new_run_id() -> str:
+    return "r-" + uuid.uuid4().hex[:8]
+
+
+@dataclass
+class PlanEntry:
+    step_id: str
+    action: str  # "replay" | "run"
+    reason: str
+
+
+@dataclass
+class Plan:
+    run_id: str
+    mode: str  # "new" | "resume" | "seeded" | "rollback"
+    source_run: str | None
+    entries: list[PlanEntry]
+    # What the run takes over from the stored run it continues.
+    launched_by: str | None = None
+    prior_spec_hash: str | None = None
+    created_at: float | None = None
+    prior: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    @property
+    def replayed(self) -> list[str]:
+        return [e.step_id for e in self.entries if e.action == "replay"]
+
+    @property
+    def to_run(self) -> list[PlanEntry]:
+        return [e for e in self.entries if e.action == "run"]
+
+    def summary(self) -> str:
+        """One short paragraph: what resumes, what replays and why the rest runs again."""
+        if self.mode == "new":
+            return f"run {self.run_id}: new run of {len(self.entries)} steps"
+        if self.mode == "rollback":
+            return f"run {self.run_id}: rolling back"
+        head = (
+            f"run {self.run_id}: resuming"
+            if self.mode == "resume"
+            else f"run {self.run_id}: new run, reusing unchanged steps of {self.source_run}"
+        )
+        lines = [head]
+        if self.replayed:
+            lines.append(f"  replayed from the store: {', '.join(self.replayed)}")
+        for e in self.to_run:
+            lines.append(f"  runs: {e.step_id} ({e.reason})")
+        return "\n".join(lines)
+
+
+def busy_message(row: Mapping[str, Any]) -> str:
+    return (
+        f"run {row['run_id']} is executing in another process (pid {row['owner_pid']} "
+        f"on {row['owner_host']}); wait for it or interrupt it there"
+    )
+
+
+class Planner:
+    """Plans one run of ``spec`` against ``store``; fills in the step states it is given."""
+
+    def __init__(
+        self,
+        spec: WorkflowSpec,
+        store: Store,
+        states: dict[str, StepState],
+        *,
+        params: dict[str, Any],
+        namespace: Mapping[str, Any],
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.states = states
+        self.params = params
+        self.namespace = namespace
+        self.order: list[StepSpec] = list(spec.steps)
+        self.blob_source: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ checks
+    def resolve(self) -> None:
+        """Find every ``call`` target and check every body that can be checked now."""
+        for st in self.states.values():
+            if st.spec.kind == "call":
+                st.fn = kinds.resolve_callable(str(st.spec.body), self.namespace, step=st.id)
+                st.code_hash = kinds.code_hash(st.fn)
+            elif st.spec.kind == "python":
+                kinds.compile_python(str(st.spec.body), st.id)
+            elif st.spec.kind == "approval":
+                gateconfig.parse_config(st.spec.body, step=st.id)
+            elif st.spec.kind == "capability":
+                try:
+                    capabilities.get(str(st.spec.body))
+                except capabilities.CapabilityError as exc:
+                    raise SpecError(f"step '{st.id}': {exc.message}") from None
+
+    def hash_steps(self) -> None:
+        params_hash = _hash(self.params)
+        self.order = self._topo()
+        for s in self.order:
+            st = self.states[s.id]
+            text = "|".join(
+                [s.def_hash, st.code_hash, params_hash, *(self.states[n].eff_hash for n in s.needs)]
+            )
+            st.eff_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _topo(self) -> list[StepSpec]:
+        order: list[StepSpec] = []
+        seen: set[str] = set()
+        for s in self.spec.steps:
+            stack = [(s, False)]
+            while stack:
+                node, expanded = stack.pop()
+                if node.id in seen:
+                    continue
+                if expanded:
+                    seen.add(node.id)
+                    order.append(node)
+                    continue
+                stack.append((node, True))
+                for n in reversed(node.needs):
+                    if n not in seen:
+                        stack.append((self.spec.by_id[n], False))
+        return order
+
+    def check_templates(self) -> None:
+        if self.spec.seed_dialect:
+            return  # seed lookups ({{draft}}) resolve against outputs at run time
+        known = {"params", "steps", "run", "result", *self.namespace.keys()}
+        for step_id, field_path, names in self.spec.template_names():
+            allowed = (
+                known if field_path.split(".")[0] in ("check", "compensate") else known - {"result"}
+            )
+            allowed = allowed | set(self.spec.by_id[step_id].bindings)
+            for name in sorted(names - allowed):
+                raise TemplateError(
+                    f"step '{step_id}', field '{field_path}': name '{name}' is undefined "
+                    "(templates see params, steps, run and notebook variables)"
+                )
+
+    # ------------------------------------------------------------------ which run
+    def select_run(
+        self, resume: str | None, new: bool
+    ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]], str]:
+        store = self.store
+        if resume:
+            row = _one(store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [resume]))
+            if row is None:
+                raise RunNotFound(f"no run '{resume}' in {store.path}")
+            check_not_busy(row)
+            if row["status"] in (ROLLED_BACK, ROLLBACK_FAILED):
+                raise RunBusy(
+                    f"run {resume} is {row['status']}: its finished steps were undone, so it "
+                    "cannot resume; start a new run"
+                    + (
+                        f", or finish the rollback with `airun rollback {resume}`"
+                        if row["status"] == ROLLBACK_FAILED
+                        else ""
+                    )
+                )
+            mode = "rollback" if row["status"] == ROLLING_BACK else "resume"
+            return row, self.load_rows(resume), mode
+        if not new:
+            row = _one(
+                store.query_dicts(
+                    "SELECT * FROM runs WHERE workflow = ? ORDER BY created_at DESC LIMIT 1",
+                    [self.spec.name],
+                )
+            )
+            if row is not None and row["status"] == ROLLBACK_FAILED:
+                raise RunBusy(
+                    f"run {row['run_id']} of {self.spec.name} is rollback_failed: finish undoing "
+                    f"it with `%workflow rollback {row['run_id']}` (or `airun rollback "
+                    f"{row['run_id']}`), or start anew with --new"
+                )
+            if row is not None and row["status"] == ROLLING_BACK:
+                check_not_busy(row)
+                return row, self.load_rows(row["run_id"]), "rollback"
+            if row is not None and row["status"] in RESUMABLE:
+                check_not_busy(row)
+                return row, self.load_rows(row["run_id"]), "resume"
+            if row is not None and row["status"] == COMPLETED:
+                rows = self.load_rows(row["run_id"])
+                changed = any(
+                    rows.get(s.id, {}).get("eff_hash") != self.states[s.id].eff_hash
+                    for s in self.spec.steps
+                ) or set(rows) != set(self.states)
+                if changed:
+                    return row, rows, "seeded"
+        return None, {}, "new"
+
+    def select_rollback(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The stored run to roll back (on demand, or to finish a rollback)."""
+        row = _one(self.store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id]))
+        if row is None:
+            raise RunNotFound(f"no run '{run_id}' in {self.store.path}")
+        if row["status"] in (RUNNING, ROLLING_BACK, WAITING) and owner_alive(row):
+            raise RunBusy(
+                f"run {run_id} is still executing in another process (pid "
+                f"{row['owner_pid']} on {row['owner_host']}); stop it there before rolling "
+                "it back"
+            )
+        if row["status"] == ROLLED_BACK:
+            raise RunBusy(f"run {run_id} is already rolled back")
+        return row, self.load_rows(run_id)
+
+    def load_rows(self, run_id: str) -> dict[str, dict[str, Any]]:
+        rows = self.store.query_dicts(
+            f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ?", [run_id]
+        )
+        return {r["step_id"]: r for r in rows}
+
+    # ------------------------------------------------------------------ decisions
+    def decide(
+        self, prior_run: dict[str, Any] | None, rows: dict[str, dict[str, Any]], mode: str
+    ) -> Plan:
+        plan = Plan(new_run_id(), mode, None, [])
+        if mode in ("resume", "rollback") and prior_run is not None:
+            plan.run_id = prior_run["run_id"]
+            plan.launched_by = prior_run.get("launched_by")
+            plan.prior_spec_hash = prior_run.get("spec_hash")
+            plan.created_at = timestamp(prior_run.get("created_at")) or time.time()
+            plan.prior = prior_run
+        if mode == "seeded" and prior_run is not None:
+            plan.source_run = prior_run["run_id"]
+        prior_params = (
+            json.loads(prior_run["params"]) if prior_run and prior_run.get("params") else None
+        )
+        for s in self.order:
+            st = self.states[s.id]
+            row = rows.get(s.id)
+            reason = self.reason(st, row, prior_params)
+            if mode == "rollback" and row is not None:
+                self.apply_row(st, row)
+                plan.entries.append(PlanEntry(s.id, "replay", "rolling back"))
+            elif reason is None and row is not None:
+                self.apply_row(st, row)
+                st.replayed = True
+                if mode == "seeded":
+                    st.replayed_from = row.get("replayed_from") or row["run_id"]
+                    st.comp_status = st.comp_error = None
+                    st.comp_attempts = 0
+                plan.entries.append(PlanEntry(s.id, "replay", "unchanged"))
+            else:
+                if mode == "resume" and row is not None:
+                    st.attempts = int(row.get("attempts") or 0)
+                    comp = json.loads(row["compensation"]) if row.get("compensation") else None
+                    if comp and "prepared_attempt" in comp and row["status"] != S_COMPLETED:
+                        st.compensation = comp  # the undo captured before the first effect
+                plan.entries.append(PlanEntry(s.id, "run", reason or "not run yet"))
+        seqs = [int(r["finish_seq"]) for r in rows.values() if r.get("finish_seq") is not None]
+        plan.seq = max(seqs) if seqs and mode in ("resume", "rollback") else 0
+        return plan
+
+    def apply_row(self, st: StepState, row: Mapping[str, Any]) -> None:
+        """Take a step's state as the store has it."""
+        st.status = row["status"]
+        st.attempts = int(row.get("attempts") or 0)
+        st.started_at = timestamp(row.get("started_at"))
+        st.finished_at = timestamp(row.get("finished_at"))
+        st.finish_seq = row.get("finish_seq")
+        st.out = {k: row.get(k) for k in ("output_kind", "output_json", "output_table")}
+        st.out["has_blob"] = bool(row.get("has_blob"))
+        st.compensation = json.loads(row["compensation"]) if row.get("compensation") else None
+        st.comp_status = row.get("comp_status")
+        st.comp_attempts = int(row.get("comp_attempts") or 0)
+        st.comp_error = row.get("comp_error")
+        st.comp_finished_at = timestamp(row.get("comp_finished_at"))
+        st.replayed_from = row.get("replayed_from")
+        st.error = row.get("error")
+        st.reason = row.get("reason")
+        self.blob_source[st.id] = row["run_id"]
+
+    def reason(self, st: StepState, row: Mapping[str, Any] | None, prior_params: Any) -> str | None:
+        """Why this step must run (None: it can replay)."""
+        s = st.spec
+        if row is None:
+            return "not run yet"
+        status = row["status"]
+        if status in (S_COMPLETED, S_SKIPPED):
+            if row.get("eff_hash") == st.eff_hash:
+                if status == S_COMPLETED and not outputs.storable(row):
+                    return "its output could not be stored"
+                return None
+            if row.get("def_hash") != s.def_hash:
+                return "definition changed"
+            if row.get("code_hash") != st.code_hash:
+                return f"function {s.body} changed"
+            if prior_params is not None and prior_params != self.params:
+                return "params changed"
+            for n in s.needs:
+                if self.states[n].status not in DONE_STEP or not self.states[n].replayed:
+                    return f"upstream '{n}' runs again"
+            return "inputs changed"
+        if status == S_WAITING:
+            return "waiting for approval"
+        if status == S_RUNNING:
+            return f"was in flight when its process died (attempt {row.get('attempts')})"
+        if status == S_INTERRUPTED:
+            return "was interrupted"
+        if status == S_FAILED:
+            return "failed before"
+        return "not run yet"
+
+
+def check_not_busy(row: Mapping[str, Any]) -> None:
+    if row["status"] in (RUNNING, ROLLING_BACK) and owner_alive(row):
+        raise RunBusy(busy_message(row))
+
+
+def _one(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return rows[0] if rows else None
