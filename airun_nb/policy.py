@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from . import settings
+from . import capabilities, settings
 from .errors import AirunError
 
 DECISIONS = ("allow", "require_approval", "deny")
@@ -65,12 +65,28 @@ class Rule:
             for p in self.principals
         ):
             return False
-        if not any(fnmatch.fnmatchcase(capability, c) for c in self.capabilities):
+        names = _names_of(capability)
+        if not any(fnmatch.fnmatchcase(n, c) for n in names for c in self.capabilities):
             return False
         if self.risk is not None:
             level = RISK_ORDER.get(risk, 1)
             return any(_compare(level, op, bound) for op, bound in self.risk)
         return True
+
+
+def _names_of(capability: str) -> set[str]:
+    """A capability and every alias it is known by (the seed dialect's ids)."""
+    real = capabilities.canonical(capability)
+    return {capability, real, *(a for a, t in capabilities.ALIASES.items() if t == real)}
+
+
+def known_capabilities() -> set[str]:
+    """Every name a rule may match: registered capabilities, their aliases, the step kinds."""
+    return {
+        *capabilities.registry._REGISTRY,
+        *capabilities.ALIASES,
+        *capabilities.KIND_CAPABILITY.values(),
+    }
 
 
 def _compare(level: int, op: str, bound: int) -> bool:
@@ -131,6 +147,7 @@ class Policy:
         """This policy plus a workflow's own rules, which may only tighten it."""
         if not extra:
             return self
+        check_tightening(extra, self, where=where)
         add = _parse(extra, source=where, roles=self.roles)
         for rule in add.rules:
             if rule.decision == "allow":
@@ -148,12 +165,61 @@ class Policy:
         return Policy({**self.roles, **add.roles}, default, [*self.rules, *add.rules], self.source)
 
 
+def check_tightening(doc: Any, base: Policy, *, where: str = "workflow") -> None:
+    """A workflow's ``policy:`` may only tighten ``base``: deny / require_approval rules, a
+    stricter default, and roles of its own that its rules use. It may not change a configured
+    role (adding members can loosen too: a role may carry allow rules or approver rights)."""
+    if not isinstance(doc, Mapping):
+        return  # _parse says what is wrong
+    configured = {**settings.roles(), **base.roles}
+    own = doc.get("roles") or {}
+    if isinstance(own, Mapping):
+        for name in own:
+            if str(name) in configured:
+                raise PolicyError(
+                    f"{where}: roles.{name}: a workflow may not change the configured role "
+                    f"'{name}'; give its own role another name"
+                )
+    used: set[str] = set()
+    for i, raw in enumerate(doc.get("rules") or []):
+        if not isinstance(raw, Mapping):
+            continue
+        name = raw.get("name", f"#{i + 1}")
+        if str(raw.get("decision", "")) == "allow":
+            raise PolicyError(
+                f"{where} rule '{name}': decision: a workflow may only tighten the "
+                "policy (deny or require_approval), not allow"
+            )
+        for key in ("principals", "approvers"):
+            items = raw.get(key) or []
+            for p in [items] if isinstance(items, str) else items:
+                if isinstance(p, str) and p.startswith("role:"):
+                    used.add(p[5:])
+    if isinstance(own, Mapping):
+        for name in own:
+            if str(name) not in used:
+                raise PolicyError(
+                    f"{where}: roles.{name}: a workflow's own role must be used by one of its rules"
+                )
+
+
+def check_workflow(doc: Any, *, source: str = "the workflow's policy") -> None:
+    """Parse-time check of a workflow's ``policy:`` against the configured policy."""
+    try:
+        base = current()
+    except (PolicyError, settings.SettingsError):
+        base = Policy()  # the run itself fails closed on a bad configured policy
+    check_tightening(doc, base, where=source)
+    _parse(doc, source=source, roles=base.roles)
+
+
 def _parse(
     doc: Mapping[str, Any],
     *,
     source: str,
     roles: Mapping[str, list[str]] | None = None,
     check_roles: bool = True,
+    check_capabilities: bool = True,
 ) -> Policy:
     if not isinstance(doc, Mapping):
         raise PolicyError(f"{source}: a policy is a mapping with roles, default and rules")
@@ -196,6 +262,14 @@ def _parse(
         for c in caps:
             if not _PATTERN.match(c) or "**" in c:
                 raise PolicyError(f"{where}: malformed capability pattern {c!r}")
+        if check_capabilities:
+            known = known_capabilities()
+            for c in caps:
+                if not any(fnmatch.fnmatchcase(k, c) for k in known):
+                    raise PolicyError(
+                        f"{where}: capability pattern {c!r} matches no known capability, so "
+                        "the rule could never apply (register the capability first)"
+                    )
         decision = str(raw.get("decision", ""))
         if decision not in DECISIONS:
             raise PolicyError(f"{where}: decision must be one of {', '.join(DECISIONS)}")
@@ -218,6 +292,8 @@ def _strings(value: Any, where: str, key: str) -> list[str]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise PolicyError(f"{where}: '{key}' must be a list of strings")
+    if not value:
+        raise PolicyError(f"{where}: '{key}' is empty, so the rule would match nothing")
     return value
 
 
@@ -237,7 +313,11 @@ def _risk(value: Any, where: str) -> list[tuple[str, int]] | None:
 
 
 def parse(
-    text_or_doc: str | Mapping[str, Any], *, source: str = "policy", check_roles: bool = True
+    text_or_doc: str | Mapping[str, Any],
+    *,
+    source: str = "policy",
+    check_roles: bool = True,
+    check_capabilities: bool = True,
 ) -> Policy:
     """Parse a policy. ``check_roles=False`` leaves unknown roles to be checked later (a
     workflow's own rules may use the roles of the configured policy)."""
@@ -250,16 +330,18 @@ def parse(
             raise PolicyError(f"{source}:{line} invalid YAML") from None
     else:
         doc = text_or_doc
-    return _parse(doc, source=source, check_roles=check_roles)
+    return _parse(
+        doc, source=source, check_roles=check_roles, check_capabilities=check_capabilities
+    )
 
 
-def load_file(path: str | os.PathLike[str]) -> Policy:
+def load_file(path: str | os.PathLike[str], *, check_capabilities: bool = True) -> Policy:
     p = Path(path).expanduser()
     try:
         text = p.read_text()
     except OSError as exc:
         raise PolicyError(f"cannot read the policy {p}: {exc.strerror}") from None
-    return parse(text, source=str(p))
+    return parse(text, source=str(p), check_capabilities=check_capabilities)
 
 
 def configure(path: str | os.PathLike[str] | None) -> None:
@@ -269,7 +351,8 @@ def configure(path: str | os.PathLike[str] | None) -> None:
     else:
         # Kept even when it is bad: every run then fails with its error (fail closed).
         _configured["path"] = str(path)
-        load_file(path)
+        # (capabilities a notebook registers later are checked when a run loads it)
+        load_file(path, check_capabilities=False)
 
 
 def current() -> Policy:

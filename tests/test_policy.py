@@ -237,13 +237,16 @@ def test_risk_comparisons(risk: Any, matching: set[str]) -> None:
         ("fs.*", ["fs.write", "fs.delete"], ["fsx.write", "sql.exec", "xfs.write"]),
         ("*.exec", ["python.exec", "sql.exec"], ["python.call", "exec"]),
         ("fs.?ead", ["fs.read"], ["fs.write", "fs.rread"]),
-        ("http.request", ["http.request"], ["http.requests", "net.http.request"]),
+        # the seed ids are aliases of the native names: a rule matches through them
+        ("http.request", ["http.request", "net.http.request"], ["http.requests"]),
+        ("io.fs.write_file", ["fs.write", "io.fs.write_file"], ["fs.read", "fs.delete"]),
         ("test-caps.*", ["test-caps.a"], ["test_caps.a"]),
     ],
 )
 def test_capability_wildcards(pattern: str, yes: list[str], no: list[str]) -> None:
     policy = policy_mod.parse(
-        {"rules": [{"name": "r", "capabilities": [pattern], "decision": "deny"}]}
+        {"rules": [{"name": "r", "capabilities": [pattern], "decision": "deny"}]},
+        check_capabilities=False,  # names of capabilities nobody registered
     )
     for cap in yes:
         assert verdict(policy, "u", cap, "low")[0] == "deny", cap
@@ -259,7 +262,8 @@ def test_principals_star_names_and_roles() -> None:
           - {name: everyone, principals: ["*"], capabilities: [a.x], decision: deny}
           - {name: by-name, principals: [bob], capabilities: [b.x], decision: deny}
           - {name: by-role, principals: [role:ops], capabilities: [c.x], decision: deny}
-        """
+        """,
+        check_capabilities=False,
     )
     assert verdict(policy, "zed", "a.x", "low") == ("deny", "everyone")
     assert verdict(policy, "bob", "b.x", "low") == ("deny", "by-name")

@@ -181,15 +181,22 @@ def policy_name(kind: str, body: Any) -> str:
     return KIND_CAPABILITY.get(kind, kind)
 
 
-def risk_of(kind: str, body: Any, declared: str | None) -> str:
-    if declared:
-        return declared
+def declared_risk(kind: str, body: Any) -> str:
+    """The risk a capability (or step kind) declares for itself."""
     if kind == "capability":
         try:
             return get(str(body)).risk
         except CapabilityError:
             return "high"
     return KIND_RISK.get(policy_name(kind, body), "medium")
+
+
+def risk_of(kind: str, body: Any, declared: str | None) -> str:
+    """The risk the policy sees: a step's ``risk:`` may raise the declared risk, never lower it."""
+    base = declared_risk(kind, body)
+    if declared in RISKS and RISKS.index(declared) > RISKS.index(base):
+        return declared
+    return base
 
 
 def summarize(value: Any, limit: int = 200) -> str:
