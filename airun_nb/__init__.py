@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .cancellation import cancel
 from .capabilities import register as register_capability
 from .errors import (
     AirunError,
@@ -46,6 +47,7 @@ __all__ = [
     "approve",
     "attempts",
     "audit",
+    "cancel",
     "events",
     "last_run",
     "load_ipython_extension",

@@ -316,3 +316,96 @@ def _notebook_store(notebook: Path) -> Path | None:
         return p if p.is_absolute() else notebook.parent / p
     default = resolve_db(None)
     return notebook.parent / default.name
+
+
+@main.command("cancel")
+@click.argument("run_id")
+@click.option("--rollback", is_flag=True, help="Undo the run's finished steps first.")
+@_by
+@_comment
+@db_option
+def cancel_cmd(
+    run_id: str, rollback: bool, by: str | None, comment: str | None, db: Path | None
+) -> None:
+    """End a waiting, failed or interrupted run as cancelled (closing its open gates)."""
+    from .cancellation import cancel, describe
+
+    click.echo(
+        describe(cancel(run_id, rollback=rollback, by=by, channel="cli", comment=comment, db=db))
+    )
+
+
+@main.group("token")
+def token_group() -> None:
+    """Tokens for the approval service (`airun serve`)."""
+
+
+@token_group.command("create")
+@click.argument("user")
+@click.option("--role", default="approver", show_default=True, help="viewer, approver or admin.")
+@db_option
+def token_create(user: str, role: str, db: Path | None) -> None:
+    """Make a token for USER and print it (only this once; the store keeps its hash)."""
+    from .service import tokens
+
+    click.echo(tokens.create(Store.open(db), user, role=role, created_by=current_user()))
+
+
+@token_group.command("revoke")
+@click.argument("token_id_or_user")
+@db_option
+def token_revoke(token_id_or_user: str, db: Path | None) -> None:
+    """Revoke a token by its id, or every token of a user."""
+    from .service import tokens
+
+    ids = tokens.revoke(Store.open(db), token_id_or_user)
+    click.echo(f"revoked {', '.join(ids)}")
+
+
+@token_group.command("list")
+@db_option
+def token_list(db: Path | None) -> None:
+    """List tokens (id, user, role, created, revoked); never their secrets."""
+    from .service import tokens
+
+    rows = tokens.listing(Store.open(db))
+    if not rows:
+        click.echo("(no tokens)")
+    for r in rows:
+        revoked = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "live"
+        click.echo(
+            f"{r['token_id']}  {r['user_name']:<16} {r['role']:<9} "
+            f"created {r['created_at']:%Y-%m-%d %H:%M} by {r['created_by']}  {revoked}"
+        )
+
+
+@main.command("serve")
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (TLS in front).")
+@click.option("--public-url", help="The https:// address people reach it at (for links).")
+def serve_cmd(
+    db: Path | None, host: str, port: int, allow_remote: bool, public_url: str | None
+) -> None:
+    """Run the approval service: REST API, approval pages and event stream."""
+    try:
+        from .service.server import serve
+    except ImportError as exc:
+        raise click.ClickException(
+            f"{exc.name} is missing: pip install 'airun_nb[serve]'"
+        ) from None
+    serve(db, host, port, allow_remote=allow_remote, public_url=public_url)
+
+
+@main.command("dashboard")
+@db_option
+def dashboard_cmd(db: Path | None) -> None:
+    """A terminal dashboard of runs and gates (keyboard only; works over SSH)."""
+    try:
+        from .dashboard.app import Dashboard
+    except ImportError as exc:
+        raise click.ClickException(
+            f"{exc.name} is missing: pip install 'airun_nb[dashboard]'"
+        ) from None
+    Dashboard(Store.open(db)).run()

@@ -1,0 +1,68 @@
+"""What the API and the pages change: a gate's decision and a run's cancel, for one identity.
+
+Both go through the runtime's own code (``gate.decide``, ``cancellation.cancel``), so a decision
+made here is the same first-wins decision as one from the CLI or the notebook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import cancellation, gate
+from ..store import Store
+from .auth import BadInput, NotFound, Refused, TooLarge
+from .tokens import Identity
+
+MAX_COMMENT = 4000
+
+
+def check_comment(comment: Any) -> str | None:
+    if comment is None:
+        return None
+    if not isinstance(comment, str):
+        raise BadInput("comment must be text")
+    if len(comment) > MAX_COMMENT:
+        raise TooLarge(f"comment is {len(comment)} characters; at most {MAX_COMMENT}")
+    return comment.strip() or None
+
+
+def decide_gate(
+    store: Store,
+    who: Identity,
+    run_id: str,
+    gate_id: str,
+    decision: str,
+    comment: Any,
+    *,
+    channel: str,
+) -> dict[str, Any]:
+    text = check_comment(comment)
+    if not who.may_decide:
+        raise Refused(f"{who.user} has role {who.role} and may not decide gates")
+    if not store.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id]):
+        raise NotFound(f"no run '{run_id}'")
+    if gate.gate_row(store, run_id, gate_id) is None:
+        raise NotFound(f"run {run_id} has no gate '{gate_id}'")
+    out = gate.decide(
+        store, run_id, gate_id, decision, actor=who.user, channel=channel, comment=text
+    )
+    return {"run_id": run_id, "gate_id": gate_id, **out}
+
+
+def cancel_run(
+    store: Store, who: Identity, run_id: str, *, rollback: bool, comment: Any, channel: str
+) -> dict[str, Any]:
+    text = check_comment(comment)
+    if not who.may_decide:
+        raise Refused(f"{who.user} has role {who.role} and may only read")
+    rows = store.query("SELECT launched_by FROM runs WHERE run_id = ?", [run_id])
+    if not rows:
+        raise NotFound(f"no run '{run_id}'")
+    if who.role != "admin" and who.user != rows[0][0]:
+        raise Refused(
+            f"{who.user} may not cancel run {run_id}: only its launcher ({rows[0][0]}) or an "
+            "admin token may"
+        )
+    return cancellation.cancel(
+        run_id, rollback=rollback, by=who.user, channel=channel, comment=text, db=store.path
+    )

@@ -1,0 +1,82 @@
+"""The ASGI application: ``create_app(db)`` builds the API, the pages and the event stream."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
+
+from .. import __version__
+from ..errors import AirunError
+from ..store import Store
+from . import api, links, pages
+from .auth import SESSION_COOKIE, status_of
+
+DESCRIPTION = """Approve, reject and follow airun_nb workflow runs from outside the notebook.
+
+Every request except `GET /v1/health` carries `Authorization: Bearer <token>`; tokens come from
+`airun token create USER`. Errors are JSON `{"error": "one line"}` with a fitting status code.
+"""
+
+
+def create_app(
+    db: str | os.PathLike[str] | None = None,
+    *,
+    url: str = "http://127.0.0.1:8765",
+    secure_cookies: bool = False,
+) -> FastAPI:
+    """The application over the store ``db``; ``url`` is the address links point at."""
+    store = Store.open(db)
+    settings = links.ensure_settings(store.path, url)
+    app = FastAPI(
+        title="airun_nb approvals",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.store = store
+    app.state.secret = links._secret(settings)
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=str(app.state.secret),
+        session_cookie=SESSION_COOKIE,
+        same_site="lax",
+        https_only=secure_cookies,
+        max_age=12 * 3600,
+    )
+    app.include_router(api.router)
+    app.include_router(pages.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        if pages.wants_html(request):
+            return pages.error_page(request, exc.status_code, str(exc.detail))
+        headers = getattr(exc, "headers", None)
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Any:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse(
+            {"error": f"{where or 'request'}: {first.get('msg', 'invalid input')}"},
+            status_code=400,
+        )
+
+    @app.exception_handler(AirunError)
+    async def _airun_error(request: Request, exc: AirunError) -> Any:
+        code = status_of(exc)
+        if pages.wants_html(request):
+            return pages.error_page(request, code, exc.message)
+        return JSONResponse({"error": exc.message}, status_code=code)
+
+    return app

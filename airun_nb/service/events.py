@@ -1,0 +1,75 @@
+"""The event stream: every row of the store's ``events`` table, as Server-Sent Events.
+
+Each client polls the store for events newer than the last one it sent (every half second, in a
+worker thread), so a transition recorded by any process (a kernel, the CLI, this service) reaches
+every open stream in the order it was recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+from fastapi import Request
+from sse_starlette.sse import EventSourceResponse
+
+from ..overview import iso, parse_since
+from ..store import Store
+
+POLL = 0.5
+BATCH = 500
+
+
+def _fetch(store: Store, after: datetime, run: str | None) -> list[dict[str, Any]]:
+    clause, params = ("AND run_id = ?", [run]) if run else ("", [])
+    return store.query_dicts(
+        f"""SELECT ts, run_id, step_id, kind, detail FROM events
+            WHERE ts >= ? {clause} ORDER BY ts, kind LIMIT {BATCH}""",
+        [after, *params],
+    )
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["ts"], row["run_id"], row["step_id"], row["kind"], row["detail"])
+
+
+def _payload(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        detail = json.loads(row["detail"]) if row.get("detail") else None
+    except ValueError:
+        detail = row["detail"]
+    return {
+        "ts": iso(row["ts"]),
+        "run_id": row["run_id"],
+        "step_id": row["step_id"],
+        "kind": row["kind"],
+        "detail": detail,
+    }
+
+
+async def _events(
+    request: Request, store: Store, run: str | None, start: datetime
+) -> AsyncIterator[dict[str, str]]:
+    cursor = start
+    sent_at_cursor: set[tuple[Any, ...]] = set()
+    while not await request.is_disconnected():
+        rows = await anyio.to_thread.run_sync(_fetch, store, cursor, run)
+        for row in rows:
+            key = _key(row)
+            if key in sent_at_cursor:
+                continue
+            if row["ts"] != cursor:
+                cursor = row["ts"]
+                sent_at_cursor = set()
+            sent_at_cursor.add(key)
+            yield {"event": "transition", "data": json.dumps(_payload(row), default=str)}
+        if len(rows) < BATCH:
+            await anyio.sleep(POLL)
+
+
+def response(request: Request, store: Store, *, run: str | None, since: str | None) -> Any:
+    start = parse_since(since) or datetime.now(timezone.utc).replace(tzinfo=None)
+    return EventSourceResponse(_events(request, store, run, start), ping=15)

@@ -1,0 +1,213 @@
+"""Server-rendered pages for people: log in with a token, see and decide gates, follow runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from .. import cancellation, gate, overview
+from ..errors import AirunError
+from . import actions, links, tokens
+from .auth import check_csrf, csrf_token, session_identity, status_of, store_of
+from .tokens import Identity
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+MAX_FORM = 64 * 1024
+
+
+def wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/v1/") and request.url.path != "/openapi.json"
+
+
+def _render(
+    request: Request, name: str, who: Identity | None, status: int = 200, **ctx: Any
+) -> Response:
+    flash = request.session.pop("flash", None) if "session" in request.scope else None
+    return templates.TemplateResponse(
+        request,
+        name,
+        {"who": who, "csrf": csrf_token(request), "flash": flash, **ctx},
+        status_code=status,
+    )
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    who = session_identity(request) if "session" in request.scope else None
+    return _render(request, "error.html", who, status=status, message=message)
+
+
+def _login_redirect(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+
+
+def _safe_next(value: Any) -> str:
+    text = str(value or "/")
+    return text if text.startswith("/") and not text.startswith("//") else "/"
+
+
+async def _form(request: Request) -> dict[str, Any]:
+    size = request.headers.get("content-length")
+    if size and size.isdigit() and int(size) > MAX_FORM:
+        raise actions.TooLarge(f"the form is {int(size)} bytes; at most {MAX_FORM}")
+    form = await request.form()
+    data = {k: v for k, v in form.items() if isinstance(v, str)}
+    check_csrf(request, data.get("csrf"))
+    return data
+
+
+@router.get("/", response_class=HTMLResponse)
+def home() -> Response:
+    return RedirectResponse("/approvals", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str = "/") -> Response:
+    return _render(request, "login.html", session_identity(request), next=_safe_next(next))
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    data = await _form(request)
+    store = store_of(request)
+    found = await anyio.to_thread.run_sync(tokens.authenticate, store, data.get("token"))
+    target = _safe_next(data.get("next"))
+    if found is None:
+        return _render(
+            request,
+            "login.html",
+            None,
+            status=401,
+            next=target,
+            error="that token is not valid (unknown, mistyped or revoked)",
+        )
+    request.session.clear()
+    request.session["tid"] = found.token_id
+    csrf_token(request)  # a fresh CSRF token for the new session
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    await _form(request)
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+@router.get("/approvals", response_class=HTMLResponse)
+def approvals_page(request: Request) -> Response:
+    who = session_identity(request)
+    if who is None:
+        return _login_redirect(request)
+    gates = overview.open_gates(store_of(request), who.user)
+    gates.sort(key=lambda g: not g["may_decide"])
+    return _render(request, "approvals.html", who, gates=gates)
+
+
+@router.get("/runs", response_class=HTMLResponse)
+def runs_page(request: Request, status: str | None = None, workflow: str | None = None) -> Response:
+    who = session_identity(request)
+    if who is None:
+        return _login_redirect(request)
+    runs = overview.runs(store_of(request), status=status or None, workflow=workflow or None)
+    return _render(
+        request,
+        "runs.html",
+        who,
+        runs=runs,
+        statuses=overview.RUN_STATUSES,
+        status=status or "",
+        workflow=workflow or "",
+    )
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: str) -> Response:
+    who = session_identity(request)
+    if who is None:
+        return _login_redirect(request)
+    detail = overview.run_detail(store_of(request), run_id, user=who.user)
+    return _render(
+        request,
+        "run.html",
+        who,
+        run=detail,
+        cancellable=detail["status"] in cancellation.CANCELLABLE,
+    )
+
+
+@router.get("/runs/{run_id}/gates/{gate_id}", response_class=HTMLResponse)
+def gate_page(request: Request, run_id: str, gate_id: str) -> Response:
+    who = session_identity(request)
+    if who is None:
+        return _login_redirect(request)
+    row = gate.gate_row(store_of(request), run_id, gate_id)
+    if row is None:
+        raise actions.NotFound(f"run {run_id} has no gate '{gate_id}'")
+    return _render(request, "gate.html", who, g=overview.gate_view(row, who.user))
+
+
+@router.get("/link/{signed}", response_class=HTMLResponse)
+def follow_link(request: Request, signed: str) -> Response:
+    try:
+        run_id, gate_id = links.verify(request.app.state.secret, signed)
+    except links.LinkError as exc:
+        expired = "expired" in exc.message
+        return error_page(request, 410 if expired else 403, exc.message)
+    return RedirectResponse(f"/runs/{quote(run_id)}/gates/{quote(gate_id)}", status_code=303)
+
+
+@router.post("/runs/{run_id}/gates/{gate_id}/decide")
+async def decide(request: Request, run_id: str, gate_id: str) -> Response:
+    data = await _form(request)
+    who = session_identity(request)
+    if who is None:
+        return _login_redirect(request)
+    decision = data.get("decision")
+    if decision not in (gate.APPROVE, gate.REJECT):
+        raise actions.BadInput("the form must say approve or reject")
+    store = store_of(request)
+    try:
+        out = await anyio.to_thread.run_sync(
+            lambda: actions.decide_gate(
+                store, who, run_id, gate_id, str(decision), data.get("comment"), channel="web"
+            )
+        )
+    except AirunError as exc:
+        request.session["flash"] = {"kind": "error", "text": exc.message, "code": status_of(exc)}
+    else:
+        verb = "Approved" if out["decision"] == gate.APPROVE else "Rejected"
+        request.session["flash"] = {
+            "kind": "ok",
+            "text": f"{verb} gate {gate_id} of run {run_id} as {who.user}. The run continues in "
+            f"its notebook, or with `airun resume {run_id}`.",
+        }
+    return RedirectResponse(f"/runs/{quote(run_id)}/gates/{quote(gate_id)}", status_code=303)
+
+
+@router.post("/runs/{run_id}/cancel")
+async def cancel(request: Request, run_id: str) -> Response:
+    data = await _form(request)
+    who = session_identity(request)
+    if who is None:
+        return _login_redirect(request)
+    store = store_of(request)
+    rollback = data.get("rollback") == "yes"
+    try:
+        out = await anyio.to_thread.run_sync(
+            lambda: actions.cancel_run(
+                store, who, run_id, rollback=rollback, comment=data.get("comment"), channel="web"
+            )
+        )
+    except AirunError as exc:
+        request.session["flash"] = {"kind": "error", "text": exc.message}
+    else:
+        request.session["flash"] = {"kind": "ok", "text": cancellation.describe(out) + "."}
+    return RedirectResponse(f"/runs/{quote(run_id)}", status_code=303)

@@ -1,0 +1,52 @@
+"""``airun serve``: the approval service on uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import click
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    db: str | os.PathLike[str] | None,
+    host: str,
+    port: int,
+    *,
+    allow_remote: bool = False,
+    public_url: str | None = None,
+) -> None:
+    """Run the service until interrupted; a non-loopback address needs ``allow_remote``."""
+    from ..errors import AirunError
+
+    if not is_loopback(host) and not allow_remote:
+        raise AirunError(
+            f"refusing to listen on {host}: only loopback by default; pass --allow-remote "
+            "(and put a TLS proxy in front)"
+        )
+    import uvicorn
+
+    from .app import create_app
+
+    url = public_url or f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    secure = url.startswith("https://")
+    app = create_app(db, url=url, secure_cookies=secure)
+    if not is_loopback(host):
+        click.echo(
+            f"warning: listening on {host}: this service speaks plain HTTP; TLS is expected in "
+            "front of it (a reverse proxy), and --public-url should be its https:// address",
+            err=True,
+        )
+    click.echo(f"airun approvals on {url} (store {app.state.store.path}); Ctrl-C stops it")
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=not is_loopback(host))
