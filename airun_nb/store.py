@@ -11,7 +11,6 @@ thread folds and lets go as soon as the holder pauses or another process asks fo
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import json
 import os
@@ -28,215 +27,23 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from . import config
+from . import config, schema
 from .confine import NO_EXTENSIONS
+from .crashpoints import crashpoint
 from .errors import StoreBusy, StoreError, StoreIncompatible, StoreWarning
+from .fold import fold
 from .journal import Journal
 from .lease import Lease
+from .schema import APP, SCHEMA_VERSION, TABLES, quote_ident
 
-SCHEMA_VERSION = 3
-# Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
-# (hashed API tokens of the approval service). Each version only adds
-# tables or columns, so an older store is upgraded in place when it is opened.
-APP = "airun_nb"
+__all__ = ["APP", "SCHEMA_VERSION", "TABLES", "Store", "crashpoint", "quote_ident"]
 
-# Column lists are the single source of truth for DDL, Arrow batches and journal records.
-_TS = "TIMESTAMP"
-TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
-    "specs": (
-        [("spec_hash", "VARCHAR"), ("workflow", "VARCHAR"), ("text", "VARCHAR")],
-        ("spec_hash",),
-    ),
-    "runs": (
-        [
-            ("run_id", "VARCHAR"),
-            ("workflow", "VARCHAR"),
-            ("status", "VARCHAR"),
-            ("spec_hash", "VARCHAR"),
-            ("params", "VARCHAR"),
-            ("created_at", _TS),
-            ("started_at", _TS),
-            ("finished_at", _TS),
-            ("updated_at", _TS),
-            ("launched_by", "VARCHAR"),
-            ("owner_pid", "BIGINT"),
-            ("owner_host", "VARCHAR"),
-            ("owner_token", "VARCHAR"),
-            ("seeded_from", "VARCHAR"),
-            ("failed_step", "VARCHAR"),
-            ("error", "VARCHAR"),
-            ("source", "VARCHAR"),
-            ("on_failure", "VARCHAR"),
-        ],
-        ("run_id",),
-    ),
-    "steps": (
-        [
-            ("run_id", "VARCHAR"),
-            ("step_id", "VARCHAR"),
-            ("position", "BIGINT"),
-            ("kind", "VARCHAR"),
-            ("status", "VARCHAR"),
-            ("attempts", "BIGINT"),
-            ("def_hash", "VARCHAR"),
-            ("code_hash", "VARCHAR"),
-            ("eff_hash", "VARCHAR"),
-            ("started_at", _TS),
-            ("finished_at", _TS),
-            ("finish_seq", "BIGINT"),
-            ("output_kind", "VARCHAR"),
-            ("output_json", "VARCHAR"),
-            ("output_table", "VARCHAR"),
-            ("output_blob", "BLOB"),
-            ("replayed_from", "VARCHAR"),
-            ("reason", "VARCHAR"),
-            ("error", "VARCHAR"),
-            ("compensation", "VARCHAR"),
-            ("comp_status", "VARCHAR"),
-            ("comp_attempts", "BIGINT"),
-            ("comp_error", "VARCHAR"),
-            ("comp_finished_at", _TS),
-        ],
-        ("run_id", "step_id"),
-    ),
-    "attempts": (
-        [
-            ("run_id", "VARCHAR"),
-            ("step_id", "VARCHAR"),
-            ("phase", "VARCHAR"),
-            ("attempt", "BIGINT"),
-            ("status", "VARCHAR"),
-            ("started_at", _TS),
-            ("finished_at", _TS),
-            ("error", "VARCHAR"),
-            ("pid", "BIGINT"),
-        ],
-        ("run_id", "step_id", "phase", "attempt"),
-    ),
-    "approvals": (
-        [
-            ("run_id", "VARCHAR"),
-            ("gate_id", "VARCHAR"),
-            ("workflow", "VARCHAR"),
-            ("status", "VARCHAR"),
-            ("message", "VARCHAR"),
-            ("preview_text", "VARCHAR"),
-            ("preview_html", "VARCHAR"),
-            ("approvers", "VARCHAR"),
-            ("allow_self_approval", "BOOLEAN"),
-            ("launched_by", "VARCHAR"),
-            ("opened_at", _TS),
-            ("deadline", _TS),
-            ("on_timeout", "VARCHAR"),
-            ("decision", "VARCHAR"),
-            ("actor", "VARCHAR"),
-            ("channel", "VARCHAR"),
-            ("comment", "VARCHAR"),
-            ("decided_at", _TS),
-        ],
-        ("run_id", "gate_id"),
-    ),
-    "audit": (
-        [
-            ("ts", _TS),
-            ("kind", "VARCHAR"),
-            ("principal", "VARCHAR"),
-            ("run_id", "VARCHAR"),
-            ("step_id", "VARCHAR"),
-            ("capability", "VARCHAR"),
-            ("decision", "VARCHAR"),
-            ("risk", "VARCHAR"),
-            ("rule", "VARCHAR"),
-            ("arguments", "VARCHAR"),
-            ("result", "VARCHAR"),
-            ("undo_ref", "VARCHAR"),
-        ],
-        (),
-    ),
-    "events": (
-        [
-            ("ts", _TS),
-            ("run_id", "VARCHAR"),
-            ("step_id", "VARCHAR"),
-            ("kind", "VARCHAR"),
-            ("detail", "VARCHAR"),
-        ],
-        (),
-    ),
-    "tokens": (
-        [
-            ("token_id", "VARCHAR"),
-            ("token_hash", "VARCHAR"),
-            ("user_name", "VARCHAR"),
-            ("role", "VARCHAR"),
-            ("created_at", _TS),
-            ("created_by", "VARCHAR"),
-            ("revoked_at", _TS),
-        ],
-        ("token_id",),
-    ),
-}
-# Journal record type -> table.
-_RECORD_TABLE = {
-    "spec": "specs",
-    "run": "runs",
-    "step": "steps",
-    "att": "attempts",
-    "gate": "approvals",
-    "ev": "events",
-    "audit": "audit",
-    "token": "tokens",
-}
-_ARROW = {
-    "VARCHAR": pa.string(),
-    "BIGINT": pa.int64(),
-    "TIMESTAMP": pa.timestamp("us"),
-    "BLOB": pa.binary(),
-    "DOUBLE": pa.float64(),
-    "BOOLEAN": pa.bool_(),
-}
 FOLD_EVERY = 4096  # journal records between folds while a burst of steps runs
 IDLE_RELEASE = 0.25  # seconds without store activity before the lease is let go
 YIELD_WINDOW = 0.5  # after handing the lease to a waiter, give it this long to finish
 
 _registry: dict[str, Store] = {}
 _registry_lock = threading.Lock()
-
-
-def _ddl() -> list[str]:
-    out = ["CREATE SCHEMA IF NOT EXISTS outputs"]
-    out.append("CREATE TABLE IF NOT EXISTS airun_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    for name, (cols, pk) in TABLES.items():
-        body = ", ".join(f"{c} {t}" for c, t in cols)
-        if pk:
-            body += f", PRIMARY KEY ({', '.join(pk)})"
-        out.append(f"CREATE TABLE IF NOT EXISTS {name} ({body})")
-    return out
-
-
-def _batch(table: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
-    cols, _ = TABLES[table]
-    arrays = []
-    for name, typ in cols:
-        values = [r.get(name) for r in rows]
-        if typ == _TS:
-            arrays.append(
-                pa.array(
-                    [None if v is None else int(float(v) * 1_000_000) for v in values],
-                    pa.int64(),
-                ).cast(pa.timestamp("us"))
-            )
-        elif typ == "BLOB":
-            arrays.append(
-                pa.array([None if v is None else base64.b64decode(v) for v in values], pa.binary())
-            )
-        else:
-            arrays.append(pa.array(values, _ARROW[typ]))
-    return pa.Table.from_arrays(arrays, names=[c for c, _ in cols])
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class Store:
@@ -364,7 +171,7 @@ class Store:
                     f"CREATE OR REPLACE TABLE outputs.{quote_ident(name)} AS "
                     "SELECT * FROM __airun_out"
                 )
-                _crashpoint("output:before_commit")
+                crashpoint("output:before_commit")
                 con.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
@@ -372,7 +179,7 @@ class Store:
                 raise
             finally:
                 con.unregister("__airun_out")
-            _crashpoint("output:after_commit")
+            crashpoint("output:after_commit")
 
     def get_table(self, name: str) -> pa.Table:
         with self.session() as con:
@@ -415,7 +222,7 @@ class Store:
             except duckdb.IOException as exc:
                 msg = str(exc)
                 if "lock" not in msg.lower():
-                    raise _incompatible(self.path, msg) from None
+                    raise schema.incompatible(self.path, msg) from None
                 if time.monotonic() >= deadline:
                     m = re.search(r"PID (\d+)", msg)
                     who = f"process {m.group(1)}" if m else "another program"
@@ -426,56 +233,14 @@ class Store:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.25)
             except duckdb.Error as exc:
-                raise _incompatible(self.path, str(exc)) from None
+                raise schema.incompatible(self.path, str(exc)) from None
         try:
-            self._check_schema(con)
+            schema.check(con, self.path)
         except BaseException:
             con.close()
             raise
         self._con = con
         return con
-
-    def _check_schema(self, con: duckdb.DuckDBPyConnection) -> None:
-        tables = {
-            r[0]
-            for r in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
-            ).fetchall()
-        }
-        if "airun_meta" not in tables:
-            if tables:
-                listed = ", ".join(sorted(tables)[:5])
-                raise StoreIncompatible(
-                    f"{self.path} is a DuckDB database but not an airun_nb store (it has tables "
-                    f"{listed}); choose another store path"
-                )
-            con.execute("BEGIN")
-            for stmt in _ddl():
-                con.execute(stmt)
-            con.execute(
-                "INSERT INTO airun_meta VALUES ('app', ?), ('schema_version', ?)",
-                [APP, str(SCHEMA_VERSION)],
-            )
-            con.execute("COMMIT")
-            return
-        meta = dict(con.execute("SELECT key, value FROM airun_meta").fetchall())
-        if meta.get("app") != APP:
-            raise StoreIncompatible(f"{self.path} is not an airun_nb store")
-        version = int(meta.get("schema_version", "0"))
-        if version > SCHEMA_VERSION:
-            raise StoreIncompatible(
-                f"{self.path} was written by a newer airun_nb (store schema {version}; this "
-                f"version reads up to {SCHEMA_VERSION}); upgrade airun_nb to open it"
-            )
-        if version < SCHEMA_VERSION:
-            con.execute("BEGIN")
-            for stmt in _ddl():
-                con.execute(stmt)
-            con.execute(
-                "INSERT OR REPLACE INTO airun_meta VALUES ('schema_version', ?)",
-                [str(SCHEMA_VERSION)],
-            )
-            con.execute("COMMIT")
 
     def _recover(self) -> None:
         """Fold what a crashed process left in the journal."""
@@ -508,59 +273,12 @@ class Store:
             )
 
     def _fold(self) -> None:
-        journal = self.journal
-        if not journal.pending:
-            if not journal.empty and self._con is not None:
-                journal.reset()
+        if not self.journal.pending:
+            if not self.journal.empty and self._con is not None:
+                self.journal.reset()
             return
-        con = self._connection()
-        grouped: dict[str, dict[Any, dict[str, Any]]] = {}
-        appended: dict[str, list[dict[str, Any]]] = {}
-        for rec in journal.pending:
-            t = rec.get("t")
-            table = _RECORD_TABLE.get(t or "")
-            if table is None:
-                continue
-            if table in ("events", "audit"):
-                appended.setdefault(table, []).append(rec)
-                continue
-            pk = TABLES[table][1]
-            grouped.setdefault(table, {})[tuple(rec.get(k) for k in pk)] = rec
-            if t == "step" and rec.get("att"):
-                att = dict(rec["att"], run_id=rec["run_id"], step_id=rec["step_id"])
-                key = (att["run_id"], att["step_id"], att.get("phase"), att.get("attempt"))
-                grouped.setdefault("attempts", {})[key] = att
-        con.execute("BEGIN")
-        try:
-            for table, rows in grouped.items():
-                self._insert(con, table, list(rows.values()), replace=True)
-            for table, rows_ in appended.items():
-                self._insert(con, table, rows_, replace=False)
-            con.execute(
-                "INSERT OR REPLACE INTO airun_meta VALUES ('journal_gen', ?), ('journal_offset', ?)",
-                [journal.gen, str(journal.size)],
-            )
-            _crashpoint("fold:before_commit")
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
-        _crashpoint("fold:after_commit")
-        journal.reset()
-        self.folds += 1
-
-    @staticmethod
-    def _insert(
-        con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]], replace: bool
-    ) -> None:
-        batch = _batch(table, rows)
-        con.register("__airun_batch", batch)
-        try:
-            verb = "INSERT OR REPLACE" if replace else "INSERT"
-            con.execute(f"{verb} INTO {table} SELECT * FROM __airun_batch")
-        finally:
-            con.unregister("__airun_batch")
+        if fold(self._connection(), self.journal):
+            self.folds += 1
 
     def _release_locked(self) -> None:
         if not self.lease.held:
@@ -621,29 +339,6 @@ def _keep(ref: weakref.ReferenceType[Store]) -> None:
             return
         finally:
             del store
-
-
-def _incompatible(path: Path, msg: str) -> StoreIncompatible:
-    if "sqlite" in msg.lower():
-        return StoreIncompatible(f"{path} is a SQLite file, not an airun_nb store (DuckDB)")
-    if "not a valid DuckDB database" in msg or "database file" in msg.lower():
-        return StoreIncompatible(f"{path} is not an airun_nb store (not a DuckDB database file)")
-    if "newer" in msg.lower() or "version" in msg.lower():
-        return StoreIncompatible(f"{path} was written by an incompatible DuckDB version: {msg}")
-    return StoreIncompatible(f"cannot open the store {path}: {msg.splitlines()[0]}")
-
-
-def _crashpoint(name: str) -> None:
-    """Test hook: ``AIRUN_CRASH_AT=name`` kills this process with SIGKILL at that point."""
-    target = os.environ.get("AIRUN_CRASH_AT")
-    if target and target == name:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def crashpoint(name: str) -> None:
-    _crashpoint(name)
 
 
 @atexit.register

@@ -1,0 +1,93 @@
+"""Folding: journal records into DuckDB rows, in one transaction per batch.
+
+Records of tables with a primary key are full rows, so the latest record of a row wins
+(``INSERT OR REPLACE``); events and audit rows are appended. The transaction also records the
+journal generation and the byte offset folded up to, so folding again after a crash is harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from .crashpoints import crashpoint
+from .journal import Journal
+from .schema import _TS, ARROW, RECORD_TABLE, TABLES
+
+
+def batch(table: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    cols, _ = TABLES[table]
+    arrays = []
+    for name, typ in cols:
+        values = [r.get(name) for r in rows]
+        if typ == _TS:
+            arrays.append(
+                pa.array(
+                    [None if v is None else int(float(v) * 1_000_000) for v in values],
+                    pa.int64(),
+                ).cast(pa.timestamp("us"))
+            )
+        elif typ == "BLOB":
+            arrays.append(
+                pa.array([None if v is None else base64.b64decode(v) for v in values], pa.binary())
+            )
+        else:
+            arrays.append(pa.array(values, ARROW[typ]))
+    return pa.Table.from_arrays(arrays, names=[c for c, _ in cols])
+
+
+def fold(con: duckdb.DuckDBPyConnection, journal: Journal) -> bool:
+    """Fold the journal's pending records into DuckDB in one transaction; True if it did."""
+    if not journal.pending:
+        return False
+    grouped: dict[str, dict[Any, dict[str, Any]]] = {}
+    appended: dict[str, list[dict[str, Any]]] = {}
+    for rec in journal.pending:
+        t = rec.get("t")
+        table = RECORD_TABLE.get(t or "")
+        if table is None:
+            continue
+        if table in ("events", "audit"):
+            appended.setdefault(table, []).append(rec)
+            continue
+        pk = TABLES[table][1]
+        grouped.setdefault(table, {})[tuple(rec.get(k) for k in pk)] = rec
+        if t == "step" and rec.get("att"):
+            att = dict(rec["att"], run_id=rec["run_id"], step_id=rec["step_id"])
+            key = (att["run_id"], att["step_id"], att.get("phase"), att.get("attempt"))
+            grouped.setdefault("attempts", {})[key] = att
+    con.execute("BEGIN")
+    try:
+        for table, rows in grouped.items():
+            _insert(con, table, list(rows.values()), replace=True)
+        for table, rows_ in appended.items():
+            _insert(con, table, rows_, replace=False)
+        con.execute(
+            "INSERT OR REPLACE INTO airun_meta VALUES ('journal_gen', ?), ('journal_offset', ?)",
+            [journal.gen, str(journal.size)],
+        )
+        crashpoint("fold:before_commit")
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+    crashpoint("fold:after_commit")
+    journal.reset()
+    return True
+
+
+def _insert(
+    con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]], replace: bool
+) -> None:
+    con.register("__airun_batch", batch(table, rows))
+    try:
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        con.execute(f"{verb} INTO {table} SELECT * FROM __airun_batch")
+    finally:
+        con.unregister("__airun_batch")
