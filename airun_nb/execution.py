@@ -22,7 +22,7 @@ from .state import (
     StepState,
 )
 from .store import crashpoint
-from .timeouts import CheckFailed, describe, with_timeout
+from .timeouts import CheckFailed, describe, full_traceback, with_timeout
 
 
 def run_step(run: RunContext, st: StepState) -> None:
@@ -77,7 +77,9 @@ def _attempts(
         attempt = st.attempts
         now = time.time()
         st.started_at = st.started_at if tries > 1 and st.started_at else now
-        st.error = None
+        st.error = st.traceback = None
+        if st.reason == "waiting for approval":
+            st.reason = None  # the gate before it was decided; the step itself runs now
         att: dict[str, Any] = {
             "phase": "execute",
             "attempt": attempt,
@@ -101,16 +103,25 @@ def _attempts(
             err = describe(exc)
             retry = tries < policy.attempts and policy.retries(exc)
             st.error = err
+            st.traceback = full_traceback(exc)
             end = time.time()
-            failed = {**att, "status": S_FAILED, "finished_at": end, "error": err}
+            failed = {
+                **att,
+                "status": S_FAILED,
+                "finished_at": end,
+                "error": err,
+                "traceback": st.traceback,
+            }
             if retry:
                 delay = policy.delay(tries)
+                st.retry_at = end + delay
                 ledger.update(
                     st,
                     ledger.event("step_retry", st.id, attempt=attempt, error=err, delay=delay),
                     att=failed,
                 )
                 time.sleep(delay)
+                st.retry_at = None
                 continue
             st.finished_at = end
             st.finish_seq = ledger.next_seq()

@@ -7,7 +7,7 @@ import os
 import pandas as pd
 
 from .errors import RunNotFound
-from .runview import StoredRun, view_of_rows
+from .runview import StoredRun, shown_status, view_of_rows
 from .store import Store
 
 _Db = str | os.PathLike[str] | None
@@ -47,7 +47,8 @@ def runs(db: _Db = None) -> pd.DataFrame:
 def steps(run: str | None = None, db: _Db = None) -> pd.DataFrame:
     """One row a step (of one run, or of every run), in workflow order."""
     where, params = ("WHERE run_id = ?", [run]) if run else ("", [])
-    df = Store.open(db).query_df(
+    store = Store.open(db)
+    df = store.query_df(
         f"""
         SELECT run_id, step_id, kind, status, attempts, started_at, finished_at, finish_seq,
                replayed_from, reason, error, output_kind, output_table, compensation,
@@ -56,6 +57,26 @@ def steps(run: str | None = None, db: _Db = None) -> pd.DataFrame:
         FROM steps {where} ORDER BY run_id, position
         """,
         params,
+    )
+    run_status = dict(
+        store.query(
+            "SELECT run_id, status FROM runs" + (" WHERE run_id = ?" if run else ""), params
+        )
+    )
+    df.insert(
+        4,
+        "view",
+        [
+            shown_status(
+                str(st),
+                isinstance(rf, str) and bool(rf),
+                cs if isinstance(cs, str) else None,
+                run_status.get(r),
+            )
+            for r, st, rf, cs in zip(
+                df["run_id"], df["status"], df["replayed_from"], df["comp_status"], strict=True
+            )
+        ],
     )
     return _frame(
         df, ("started_at", "finished_at", "comp_finished_at"), ("started_at", "finished_at")
@@ -66,7 +87,8 @@ def attempts(run: str | None = None, db: _Db = None) -> pd.DataFrame:
     """One row an attempt of a step (or of its compensation)."""
     where, params = ("WHERE run_id = ?", [run]) if run else ("", [])
     df = Store.open(db).query_df(
-        f"""SELECT run_id, step_id, phase, attempt, status, started_at, finished_at, error, pid
+        f"""SELECT run_id, step_id, phase, attempt, status, started_at, finished_at, error, pid,
+                   traceback
             FROM attempts {where} ORDER BY started_at, run_id, step_id, attempt""",
         params,
     )
@@ -91,7 +113,17 @@ def stored_run(run_id: str, db: _Db = None) -> StoredRun:
     rows = store.query_dicts(
         "SELECT * EXCLUDE (output_blob) FROM steps WHERE run_id = ? ORDER BY position", [run_id]
     )
-    return StoredRun(view_of_rows(found[0], rows))
+    return StoredRun(view_of_rows(found[0], rows, tracebacks(run_id, db)))
+
+
+def tracebacks(run_id: str, db: _Db = None) -> dict[str, str]:
+    """The traceback of each step's last failed attempt (``%workflow traceback``)."""
+    rows = Store.open(db).query(
+        """SELECT step_id, traceback FROM attempts
+           WHERE run_id = ? AND traceback IS NOT NULL ORDER BY started_at""",
+        [run_id],
+    )
+    return {str(step): str(tb) for step, tb in rows}
 
 
 def approvals(run: str | None = None, db: _Db = None, *, pending: bool = False) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import html
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Any
 
 _STATUS_COLORS = {
@@ -54,6 +55,43 @@ class RunView:
     rows: list[dict[str, Any]]
 
 
+_ROLLBACK = ("rolling_back", "rolled_back", "rollback_failed")
+
+
+def shown_status(
+    status: str, replayed: bool, comp_status: str | None, run_status: str | None = None
+) -> str:
+    """The status a step is shown with (the same in every view and in ``steps()``):
+    ``replayed`` for a completed step reused from earlier, ``undone`` / ``undoing`` /
+    ``undo failed`` once its compensation ran."""
+    if comp_status in _UNDO_STATUS:
+        return _UNDO_STATUS[comp_status]
+    if replayed and status == "completed" and run_status not in _ROLLBACK:
+        return "replayed"
+    return status
+
+
+def _attempt_of(st: Any) -> str:
+    retry = getattr(st.spec, "retry", None)
+    most = getattr(retry, "attempts", 1) or 1
+    return f"attempt {st.attempts} of {most}"
+
+
+def _live_note(st: Any, now: float) -> str:
+    if st.comp_status:
+        return _undo_note(st.comp_status, st.comp_error, st.comp_attempts)
+    if st.status == "running" and st.retry_at is not None:
+        wait = max(st.retry_at - now, 0.0)
+        return f"{_attempt_of(st)} failed: {st.error}; retrying in {wait:.0f}s"
+    if st.status == "running":
+        return _attempt_of(st)
+    if st.status == "waiting":
+        return "waiting for approval"
+    if st.replayed:
+        return st.reason or (f"reused from {st.replayed_from}" if st.replayed_from else "reused")
+    return st.error or st.reason or ""
+
+
 def view_of_run(run: Any) -> RunView:
     """The table of a run that is executing (or just finished) in this process: anything
     with ``spec``, ``states``, ``run_id``, ``status`` and ``error`` (the runner)."""
@@ -61,14 +99,12 @@ def view_of_run(run: Any) -> RunView:
     rows = []
     for s in run.spec.steps:
         st = run.states[s.id]
-        shown = "replayed" if st.replayed and st.status == "completed" else st.status
-        shown = _UNDO_STATUS.get(st.comp_status or "", shown)
+        shown = shown_status(st.status, st.replayed, st.comp_status, run.status)
         dur = None
         if st.started_at is not None and not st.replayed:
             dur = (st.finished_at or now) - st.started_at
-        note = st.error or st.reason or ("unchanged" if st.replayed else "")
-        if st.comp_status:
-            note = _undo_note(st.comp_status, st.comp_error, st.comp_attempts)
+        if st.comp_status == "running" and st.finished_at is not None:
+            dur = None
         rows.append(
             {
                 "step": s.id,
@@ -76,28 +112,42 @@ def view_of_run(run: Any) -> RunView:
                 "status": shown,
                 "attempts": st.attempts,
                 "duration": dur,
-                "note": note,
+                "note": _live_note(st, now),
+                "traceback": st.traceback if st.status == "failed" else None,
             }
         )
     return RunView(run.run_id, run.spec.name, run.status, run.error, rows)
 
 
-def view_of_rows(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]) -> RunView:
+def view_of_rows(
+    run: Mapping[str, Any],
+    steps: Sequence[Mapping[str, Any]],
+    tracebacks: Mapping[str, str] | None = None,
+) -> RunView:
+    now = time.time()
     rows = []
     for r in steps:
-        status = str(r["status"])
+        raw = str(r["status"])
+        status = shown_status(
+            raw, bool(r.get("replayed_from")), r.get("comp_status"), run["status"]
+        )
         dur = None
-        if r.get("started_at") is not None and r.get("finished_at") is not None:
-            dur = (r["finished_at"] - r["started_at"]).total_seconds()
+        if r.get("started_at") is not None:
+            end = r.get("finished_at")
+            if end is not None:
+                dur = (end - r["started_at"]).total_seconds()
+            elif raw in ("running", "waiting"):
+                dur = now - float(r["started_at"].replace(tzinfo=timezone.utc).timestamp())
         note = r.get("error") or r.get("reason") or ""
-        if r.get("replayed_from") and status == "completed":
-            status, dur = "replayed", None
+        if status == "replayed":
+            dur = None
             note = note or f"reused from {r['replayed_from']}"
+        if raw == "waiting":
+            note = "waiting for approval"
         if r.get("comp_status"):
             note = _undo_note(
                 r["comp_status"], r.get("comp_error"), int(r.get("comp_attempts") or 0)
             )
-            status = _UNDO_STATUS.get(r["comp_status"], status)
         rows.append(
             {
                 "step": r["step_id"],
@@ -106,9 +156,18 @@ def view_of_rows(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]) -> 
                 "attempts": int(r.get("attempts") or 0),
                 "duration": dur,
                 "note": note,
+                "traceback": (tracebacks or {}).get(r["step_id"]) if raw == "failed" else None,
             }
         )
     return RunView(run["run_id"], run["workflow"], run["status"], run.get("error"), rows)
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
 def render_text(view: RunView, *, limit: int = 60) -> str:
@@ -130,15 +189,34 @@ def render_text(view: RunView, *, limit: int = 60) -> str:
     for i, r in enumerate(shown):
         if len(rows) > limit and i == limit // 2:
             lines.append(f"  ... {len(rows) - limit} more steps ...")
-        dur = "" if r["duration"] is None else f"{r['duration']:.2f}s"
         note = r["note"] if len(r["note"]) <= 90 else r["note"][:87] + "..."
         lines.append(
             f"  {r['step']:<{w_step}}  {r['kind']:<{w_kind}}  {r['status']:<{w_status}}  "
-            f"{r['attempts']:>8}  {dur:>8}  {note}".rstrip()
+            f"{r['attempts']:>8}  {_dur(r['duration']):>8}  {note}".rstrip()
         )
     if view.error and view.status != "completed":
         lines.append(f"  error: {view.error}")
     return "\n".join(lines)
+
+
+_CSS = (
+    "<style>.airun-run{font-family:var(--jp-ui-font-family,system-ui,sans-serif);"
+    "font-size:13px;margin:4px 0}"
+    ".airun-run table{border-collapse:collapse;margin-top:4px}"
+    ".airun-run th{text-align:left;font-weight:600;border-bottom:2px solid #d0d7de;"
+    "padding:3px 12px 3px 0}"
+    ".airun-run td{border-bottom:1px solid #eaeef2;padding:3px 12px 3px 0;vertical-align:top}"
+    ".airun-run td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    ".airun-run details summary{cursor:pointer;color:#cf222e}"
+    ".airun-run pre{margin:4px 0;font-size:12px;white-space:pre-wrap}"
+    ".airun-error{color:#cf222e;margin-top:4px}</style>"
+)
+
+
+def _tb_html(tb: str | None) -> str:
+    if not tb:
+        return ""
+    return f"<details><summary>traceback</summary><pre>{html.escape(tb)}</pre></details>"
 
 
 def render_html(view: RunView, *, limit: int = 200) -> str:
@@ -146,26 +224,27 @@ def render_html(view: RunView, *, limit: int = 200) -> str:
     shown = rows if len(rows) <= limit else rows[:limit]
     color = _STATUS_COLORS.get(view.status, "#57606a")
     out = [
+        _CSS,
         '<div class="airun-run">',
         f"<div><b>run {html.escape(view.run_id)}</b> · {html.escape(view.workflow)} · "
         f'<span style="color:{color};font-weight:bold">{html.escape(view.status)}</span></div>',
-        '<table style="border-collapse:collapse"><thead><tr>'
+        "<table><thead><tr>"
         "<th>step</th><th>kind</th><th>status</th><th>attempts</th><th>duration</th><th>note</th>"
         "</tr></thead><tbody>",
     ]
     for r in shown:
         c = _STATUS_COLORS.get(r["status"], "#57606a")
-        dur = "" if r["duration"] is None else f"{r['duration']:.2f}s"
         out.append(
             f"<tr><td><code>{html.escape(r['step'])}</code></td><td>{r['kind']}</td>"
             f'<td style="color:{c};font-weight:bold">{r["status"]}</td>'
-            f"<td>{r['attempts']}</td><td>{dur}</td><td>{html.escape(r['note'])}</td></tr>"
+            f'<td class="num">{r["attempts"]}</td><td class="num">{_dur(r["duration"])}</td>'
+            f"<td>{html.escape(r['note'])}{_tb_html(r.get('traceback'))}</td></tr>"
         )
     if len(rows) > limit:
         out.append(f"<tr><td colspan=6>... {len(rows) - limit} more steps</td></tr>")
     out.append("</tbody></table>")
     if view.error and view.status != "completed":
-        out.append(f'<div style="color:#cf222e">error: {html.escape(view.error)}</div>')
+        out.append(f'<div class="airun-error">error: {html.escape(view.error)}</div>')
     out.append("</div>")
     return "".join(out)
 

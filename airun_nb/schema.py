@@ -14,10 +14,11 @@ import pyarrow as pa
 
 from .errors import StoreIncompatible
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
 # (hashed API tokens of the approval service); 4 adds attempts.traceback (the full traceback of
-# a failed attempt). Each version only adds
+# a failed attempt); 5 adds runs.forked_from / forked_step (a fork's run and step) and
+# steps.fingerprint (the components of a step's code fingerprint, and what changed). Each version only adds
 # tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
@@ -48,6 +49,8 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
             ("error", "VARCHAR"),
             ("source", "VARCHAR"),
             ("on_failure", "VARCHAR"),
+            ("forked_from", "VARCHAR"),
+            ("forked_step", "VARCHAR"),
         ],
         ("run_id",),
     ),
@@ -77,6 +80,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
             ("comp_attempts", "BIGINT"),
             ("comp_error", "VARCHAR"),
             ("comp_finished_at", _TS),
+            ("fingerprint", "VARCHAR"),
         ],
         ("run_id", "step_id"),
     ),

@@ -115,6 +115,8 @@ class StepState:
     comp_attempts: int = 0
     comp_error: str | None = None
     comp_finished_at: float | None = None
+    retry_at: float | None = None  # while waiting between attempts: when the next one starts
+    traceback: str | None = None  # of the last failed attempt
 
     @property
     def id(self) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from IPython.display import display
@@ -13,7 +16,9 @@ from ..runner import Runner
 from ..runview import render_html, render_text, view_of_run
 from ..state import StepState
 
-UPDATE_EVERY = 0.25  # seconds between redraws while steps finish
+MIN_INTERVAL = 0.1  # at most 10 redraws a second, however fast steps change
+TICK = 0.5  # while a step runs (or waits), its elapsed time is redrawn this often
+_LIVE = ("running", "waiting")
 
 
 class _Snapshot:
@@ -27,58 +32,135 @@ class _Snapshot:
         return render_html(self.view)
 
 
+def _live(engine: Runner) -> bool:
+    return engine.status in ("running", "rolling_back") and any(
+        st.status in _LIVE or st.comp_status == "running" for st in engine.states.values()
+    )
+
+
+class Ticker:
+    """A daemon thread that redraws a table: soon after a change (at most every
+    ``MIN_INTERVAL`` s) and every ``TICK`` s while a step runs, so its elapsed time moves.
+
+    The thread draws in the context of the cell that started it (``contextvars``), so the
+    kernel routes the updates to that cell's output even while the main thread is busy.
+    """
+
+    def __init__(self, draw: Callable[[], None], live: Callable[[], bool]) -> None:
+        self._draw = draw
+        self._live = live
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self.draws = 0
+        self._ctx = contextvars.copy_context()
+        self._thread = threading.Thread(target=self._loop, name="airun-live-table", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._dirty.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)
+
+    def draw_now(self) -> None:
+        with self._lock:
+            self._draw()
+            self._last = time.monotonic()
+            self.draws += 1
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._dirty.wait(TICK)
+            if self._stop.is_set():
+                return
+            wait = MIN_INTERVAL - (time.monotonic() - self._last)
+            if wait > 0:
+                time.sleep(wait)
+            changed = self._dirty.is_set()
+            self._dirty.clear()
+            if changed or self._live():
+                with contextlib.suppress(Exception):  # a redraw must never break the run
+                    self._ctx.run(self.draw_now)
+
+
 class LiveTable(Listener):
-    """Draws the run's step table and redraws it as steps change (main thread only)."""
+    """Draws the run's step table and redraws it on every transition (throttled) and while a
+    step runs, from any thread."""
 
     def __init__(self) -> None:
         self._handle: Any = None
-        self._last = 0.0
-        self._dirty = False
+        self._engine: Runner | None = None
+        self._ticker: Ticker | None = None
+
+    @property
+    def draws(self) -> int:
+        return self._ticker.draws if self._ticker is not None else 0
 
     def planned(self, engine: Runner) -> None:
         plan = engine.plan
         if plan is not None and plan.mode != "new":
             print(plan.summary())
+        self._engine = engine
         self._handle = display(_Snapshot(engine), display_id=True)
-        self._last = time.monotonic()
+        self._ticker = Ticker(self._redraw, lambda: _live(engine))
+        self._ticker.start()
 
     def changed(self, engine: Runner, state: StepState | None) -> None:
-        self._dirty = True
-        if threading.current_thread() is not threading.main_thread():
-            return
-        if time.monotonic() - self._last >= UPDATE_EVERY:
-            self._draw(engine)
+        if self._ticker is not None:
+            self._ticker.poke()
 
     def finished(self, engine: Runner) -> None:
-        self._draw(engine)
+        if self._ticker is not None:
+            self._ticker.stop()
+        self._engine = engine
+        if self._ticker is not None:
+            self._ticker.draw_now()
+        else:
+            self._redraw()
 
-    def _draw(self, engine: Runner) -> None:
+    def _redraw(self) -> None:
+        engine = self._engine
+        if engine is None:
+            return
         if self._handle is None:
             self._handle = display(_Snapshot(engine), display_id=True)
         else:
             self._handle.update(_Snapshot(engine))
-        self._last = time.monotonic()
-        self._dirty = False
 
 
 class WidgetTable(Listener):
     """The step table drawn into an ipywidgets HTML (front ends do not apply in-place display
-    updates inside an Output widget, so a continuation inside a gate draws here instead)."""
+    updates inside an Output widget, so a continuation inside a gate draws here instead);
+    widget updates are fine from any thread."""
 
     def __init__(self, html_widget: Any) -> None:
         self.html = html_widget
-        self._last = 0.0
+        self._engine: Runner | None = None
+        self._ticker: Ticker | None = None
 
     def planned(self, engine: Runner) -> None:
-        self._draw(engine)
+        self._engine = engine
+        self._ticker = Ticker(self._redraw, lambda: _live(engine))
+        self._ticker.draw_now()
+        self._ticker.start()
 
     def changed(self, engine: Runner, state: StepState | None) -> None:
-        if time.monotonic() - self._last >= UPDATE_EVERY:
-            self._draw(engine)
+        if self._ticker is not None:
+            self._ticker.poke()
 
     def finished(self, engine: Runner) -> None:
-        self._draw(engine)
+        self._engine = engine
+        if self._ticker is not None:
+            self._ticker.stop()
+        self._redraw()
 
-    def _draw(self, engine: Runner) -> None:
-        self.html.value = render_html(view_of_run(engine))
-        self._last = time.monotonic()
+    def _redraw(self) -> None:
+        if self._engine is not None:
+            self.html.value = render_html(view_of_run(self._engine))

@@ -18,6 +18,7 @@ from IPython.display import display
 from .. import history
 from ..result import RunResult
 from ..store import Store
+from ..timeouts import name_files_with
 from ..workflow import Workflow, rollback
 from .config import Workflow as WorkflowSettings
 from .display import LiveTable
@@ -164,7 +165,21 @@ def _latest_unfinished(db: str | None) -> str:
     return str(rows[0][0])
 
 
+def _cell_namer(ipython: Any) -> Any:
+    def name(filename: str) -> str | None:
+        found = ipython.compile.format_code_name(filename)
+        return f"{found[0]} {found[1]}" if found else None  # "Cell In[5]", as IPython says
+
+    return name
+
+
+_namers: dict[int, Any] = {}
+
+
 def load(ipython: Any) -> None:
+    if id(ipython) not in _namers:
+        _namers[id(ipython)] = _cell_namer(ipython)
+        name_files_with(_namers[id(ipython)])
     ipython.register_magics(WorkflowMagics)
     if not any(type(c).__name__ == "Workflow" for c in ipython.configurables):
         conf = WorkflowSettings(parent=ipython)

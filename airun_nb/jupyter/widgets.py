@@ -20,8 +20,8 @@ from IPython.display import display
 
 from .. import gate
 from ..config import current_user
-from ..ledger import Listener
 from ..errors import AirunError
+from ..ledger import Listener
 from ..store import Store
 from ..workflow import Workflow
 from .display import LiveTable, WidgetTable
