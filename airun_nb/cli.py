@@ -10,8 +10,8 @@ from typing import Any
 import click
 import pandas as pd
 
-from . import gate, history
-from .config import current_user, resolve_db
+from . import gate, history, identity
+from .config import resolve_db
 from .errors import AirunError
 from .store import Store
 from .workflow import Workflow, rollback
@@ -159,7 +159,7 @@ def _decide(
         run_id,
         gate_id,
         decision,
-        actor=by or current_user(),
+        actor=identity.acting_as(by),
         channel="cli",
         comment=comment,
     )
@@ -170,7 +170,9 @@ def _decide(
     )
 
 
-_by = click.option("--by", help="Decide as this user (default: $AIRUN_USER or your login).")
+_by = click.option(
+    "--by", help="Decide as this user (needs a 'gate.decide_as' right; default: you)."
+)
 _comment = click.option("--comment", "-m", help="A comment kept with the decision.")
 
 
@@ -348,7 +350,7 @@ def token_create(user: str, role: str, db: Path | None) -> None:
     """Make a token for USER and print it (only this once; the store keeps its hash)."""
     from .service import tokens
 
-    click.echo(tokens.create(Store.open(db), user, role=role, created_by=current_user()))
+    click.echo(tokens.create(Store.open(db), user, role=role, created_by=identity.current()))
 
 
 @token_group.command("revoke")

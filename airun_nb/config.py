@@ -6,9 +6,10 @@ Values come from keyword arguments first, then environment variables (``AIRUN_DB
 
 from __future__ import annotations
 
-import getpass
 import os
 from pathlib import Path
+
+from . import identity
 
 DEFAULT_DB_NAME = "airun.duckdb"
 
@@ -28,14 +29,9 @@ def resolve_db(db: str | os.PathLike[str] | None) -> Path:
 
 
 def current_user() -> str:
-    """The acting user: ``AIRUN_USER`` if set, else the OS login."""
-    user = os.environ.get("AIRUN_USER")
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except Exception:  # pragma: no cover - no login name at all
-        return f"uid{os.getuid()}"
+    """The acting user, as the identity mode resolves it (:mod:`airun_nb.identity`): the OS
+    login by default, ``AIRUN_USER`` in ``env`` mode, ``JUPYTERHUB_USER`` in ``jupyterhub``."""
+    return identity.current()
 
 
 def lock_timeout() -> float:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from . import auditlog, settings
+from . import auditlog, identity, settings
 from .gateconfig import MODES, ON_TIMEOUT, AlreadyDecided, ApprovalError, GateConfig, parse_config
 from .store import Store
 
@@ -205,8 +205,14 @@ def decide(
     actor: str,
     channel: str,
     comment: str | None = None,
+    recorded_by: str | None = None,
 ) -> dict[str, Any]:
-    """Record the one decision of a gate; refuse a second one or a user who may not decide."""
+    """Record the one decision of a gate; refuse a second one or a user who may not decide.
+
+    ``actor`` is who the decision is recorded for (the claimed actor), ``recorded_by`` the
+    resolved identity that recorded it (default: this process's identity); both are kept in the
+    decision's event and audit row."""
+    recorder = recorded_by or identity.current()
     if decision not in (APPROVE, REJECT):
         raise ApprovalError(f"a decision is '{APPROVE}' or '{REJECT}', not {decision!r}")
     if channel not in CHANNELS:
@@ -222,6 +228,13 @@ def decide(
             raise AlreadyDecided(describe_decision(row, prefix="already "))
         if channel not in ("policy", "timeout"):
             check_actor(row, actor)
+            if (
+                recorder != actor
+                and recorder == row.get("launched_by")
+                and not row.get("allow_self_approval")
+                and identity.mode() != "env"
+            ):
+                check_actor(row, recorder)  # four-eyes on the resolved identity too
             if deadline_passed(row):
                 closed = _time_out(store, row)
                 raise AlreadyDecided(
@@ -246,6 +259,7 @@ def decide(
                     "gate_decided",
                     decision=decision,
                     actor=actor,
+                    recorded_by=recorder,
                     channel=channel,
                     comment=comment,
                 ),
@@ -256,7 +270,7 @@ def decide(
                     step_id=gate_id,
                     capability="approval",
                     decision=decision,
-                    arguments={"channel": channel, "comment": comment},
+                    arguments={"channel": channel, "comment": comment, "recorded_by": recorder},
                 ),
             ]
         )
@@ -406,14 +420,12 @@ def _decide_now(
     db: str | os.PathLike[str] | None,
     channel: str,
 ) -> dict[str, Any]:
-    from .config import current_user
-
     return decide(
         Store.open(db),
         run_id,
         gate_id,
         decision,
-        actor=by or current_user(),
+        actor=identity.acting_as(by),
         channel=channel,
         comment=comment,
     )

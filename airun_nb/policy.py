@@ -86,6 +86,7 @@ def known_capabilities() -> set[str]:
         *capabilities.registry._REGISTRY,
         *capabilities.ALIASES,
         *capabilities.KIND_CAPABILITY.values(),
+        "gate.decide_as",  # the right to decide a gate as another user (airun_nb.identity)
     }
 
 

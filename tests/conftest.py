@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Tests play several users by setting AIRUN_USER, which only the `env` identity mode reads (the
+# default, `os`, is the login). Subprocesses and kernels inherit it. tests/security sets the mode
+# explicitly where it tests the modes themselves.
+os.environ["AIRUN_IDENTITY"] = "env"
 
 
 @pytest.fixture
