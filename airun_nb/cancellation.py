@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from . import auditlog
-from .config import current_user
+from . import auditlog, identity
 from .errors import AirunError, RunBusy, RunNotFound
 from .owner import owner_alive, owner_fields
 from .store import Store
@@ -44,15 +43,18 @@ def cancel(
     comment: str | None = None,
     db: str | os.PathLike[str] | None = None,
     namespace: Mapping[str, Any] | None = None,
+    authenticated: bool = False,
 ) -> dict[str, Any]:
     """End a waiting, failed or interrupted run as ``cancelled``; return what was done.
 
     ``rollback=True`` first undoes its finished steps (``namespace`` resolves compensations that
-    call notebook functions). ``by`` is who cancels (default: the acting user), ``channel`` how
-    (``cli``, ``api``, ``web``, ``dashboard``, ``widget``).
+    call notebook functions). ``by`` is who cancels: by default this process's identity; another
+    name needs the same delegation right as deciding a gate for someone else. A front end that
+    authenticated the person itself (the approval service) passes ``authenticated=True``.
+    ``channel`` says how (``cli``, ``api``, ``web``, ``dashboard``, ``widget``).
     """
     store = Store.open(db)
-    actor = by or current_user()
+    actor = by if (authenticated and by) else identity.acting_as(by)
     if rollback:
         from .workflow import Workflow
 

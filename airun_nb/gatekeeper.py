@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import gate, kinds, notify, outputs, templates
+from . import gate, gatelinks, kinds, notify, outputs, templates
 from .gateconfig import GateConfig, parse_config
 from .policy import Verdict
 from .runcontext import RunContext
@@ -172,6 +172,9 @@ def _notify(
         "deadline": gate.iso_utc(row.get("deadline")),
         "preview": row.get("preview_text"),
         "commands": gate.commands(run.run_id, gate_id),
+        "link": gatelinks.approval_link(
+            run.run_id, gate_id, row.get("deadline"), db=run.store.path
+        ),
     }
     error = notify.notify(
         target, payload, lambda name: kinds.resolve_callable(name, run.namespace, step=st.id)

@@ -7,6 +7,6 @@ demand.
 
 from __future__ import annotations
 
-from .links import approval_link
+from ..gatelinks import approval_link
 
 __all__ = ["approval_link"]

@@ -44,7 +44,14 @@ def decide_gate(
     if gate.gate_row(store, run_id, gate_id) is None:
         raise NotFound(f"run {run_id} has no gate '{gate_id}'")
     out = gate.decide(
-        store, run_id, gate_id, decision, actor=who.user, channel=channel, comment=text
+        store,
+        run_id,
+        gate_id,
+        decision,
+        actor=who.user,
+        channel=channel,
+        comment=text,
+        recorded_by=who.user,  # the token's user is the authenticated identity
     )
     return {"run_id": run_id, "gate_id": gate_id, **out}
 
@@ -64,5 +71,11 @@ def cancel_run(
             "admin token may"
         )
     return cancellation.cancel(
-        run_id, rollback=rollback, by=who.user, channel=channel, comment=text, db=store.path
+        run_id,
+        rollback=rollback,
+        by=who.user,
+        channel=channel,
+        comment=text,
+        db=store.path,
+        authenticated=True,
     )

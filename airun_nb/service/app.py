@@ -12,9 +12,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from .. import __version__
+from .. import gatelinks as links
 from ..errors import AirunError
 from ..store import Store
-from . import api, links, pages
+from . import api, pages
 from .auth import SESSION_COOKIE, status_of
 
 DESCRIPTION = """Approve, reject and follow airun_nb workflow runs from outside the notebook.

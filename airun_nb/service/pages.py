@@ -12,8 +12,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from .. import cancellation, gate, overview
+from .. import gatelinks as links
 from ..errors import AirunError
-from . import actions, links, tokens
+from . import actions, tokens
 from .auth import check_csrf, csrf_token, session_identity, status_of, store_of
 from .tokens import Identity
 

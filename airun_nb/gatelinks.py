@@ -13,11 +13,12 @@ import json
 import os
 import secrets
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import config
-from ..errors import AirunError
+from . import config
+from .errors import AirunError
 
 NO_DEADLINE_TTL = 7 * 24 * 3600.0
 _SALT = "airun-gate-link"
@@ -85,7 +86,7 @@ def verify(secret: str, signed: str, *, now: float | None = None) -> tuple[str, 
 def approval_link(
     run_id: str,
     gate_id: str,
-    deadline: float | None,
+    deadline: float | datetime | None,
     *,
     db: str | os.PathLike[str] | None = None,
 ) -> str | None:
@@ -98,4 +99,6 @@ def approval_link(
     base = os.environ.get("AIRUN_SERVICE_URL") or data.get("url")
     if not secret or not base:
         return None
+    if isinstance(deadline, datetime):  # the store's naive UTC timestamps
+        deadline = deadline.replace(tzinfo=timezone.utc).timestamp()
     return f"{str(base).rstrip('/')}/link/{sign(secret, run_id, gate_id, deadline)}"
