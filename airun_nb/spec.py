@@ -2,24 +2,38 @@
 
 Parsing is two-phase: the YAML is loaded (fast C loader where available) and validated; only when
 something is wrong is the document composed again to find the line of the offending key, so
-errors read ``line 7, steps[2].needs: unknown step 'lod' (did you mean 'load'?)``.
+errors read ``line 7, steps[2].needs: unknown step 'lod' (did you mean 'load'?)``. A document in
+the seed dialect is first translated into a native one by :mod:`airun_nb.dialect`.
 """
 
 from __future__ import annotations
 
-import ast
-import difflib
-import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
 
 from . import templates
-from .errors import SpecError, TemplateError
+from .dialect import Translation, translate
+from .digest import _hash
+from .durations import parse_duration
+from .errors import SpecError
+from .foreach import expand
+from .specgraph import check_graph
+from .specgraph import suggest as _suggest
+from .specmodel import RetryPolicy, StepSpec, WorkflowSpec
+
+__all__ = [
+    "RetryPolicy",
+    "StepSpec",
+    "WorkflowSpec",
+    "expand",
+    "from_dict",
+    "parse",
+    "parse_duration",
+]
 
 try:  # pragma: no cover - depends on how PyYAML was built
     _Loader: type = yaml.CSafeLoader
@@ -28,177 +42,20 @@ except AttributeError:  # pragma: no cover
 
 KINDS = ("call", "python", "sql", "capability", "approval", "parallel")
 STEP_KEYS = {
-    "id",
-    "needs",
-    "when",
-    "with",
-    "retry",
-    "timeout",
-    "output",
-    "compensate",
-    "compensate_on_failure",
-    "on_failure",
-    "check",
-    "risk",
-    "description",
-    "executor",
-    "notify",
-    "foreach",
-    "as",
+    *("id", "needs", "when", "with", "retry", "timeout", "output", "compensate"),
+    *("compensate_on_failure", "on_failure", "check", "risk", "description", "executor"),
+    *("notify", "foreach", "as"),
     *KINDS,
 }
 WORKFLOW_KEYS = {
-    "name",
-    "description",
-    "params",
-    "steps",
-    "max_parallel",
-    "on_failure",
-    "metadata",
-    "executor",
-    "version",
-    "policy",
+    *("name", "description", "params", "steps", "max_parallel", "on_failure", "metadata"),
+    *("executor", "version", "policy"),
 }
-# The seed (AI-First Runtime) dialect: alias -> native key.
-SEED_STEP_ALIASES = {
-    "name": "id",
-    "depends_on": "needs",
-    "inputs": "with",
-    "capability_name": "capability",
-    "compensation": "compensate",
-    "risk_level": "risk",
-}
-SEED_WORKFLOW_ALIASES = {"initial_state": "params"}
-SEED_STEP_TYPES = {"HUMAN_APPROVAL", "PARALLEL", "CAPABILITY", "ACTION", "TASK"}
 RISKS = ("low", "medium", "high", "critical")
 ON_FAILURE = ("rollback", "stop")
 BACKOFFS = ("fixed", "exponential", "linear")
 TEMPLATE_ROOTS = {"params", "steps", "run"}
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any, *, path: str) -> float:
-    """``"1s"``, ``"250ms"``, ``"5m"``, ``"1h30m"`` or a number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise SpecError(f"expected a duration such as '30s' or '5m', got {value!r}", path=path)
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise SpecError("a duration cannot be negative", path=path)
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        parts = _DURATION.findall(text)
-        if parts and "".join(n + u for n, u in parts) == text:
-            return sum(float(n) * _UNITS[u] for n, u in parts)
-    raise SpecError(f"expected a duration such as '30s' or '5m', got {value!r}", path=path)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 1
-    backoff: str = "exponential"
-    initial: float = 1.0
-    max: float = 30.0
-    on: tuple[str, ...] = ()
-
-    def delay(self, failed_attempts: int) -> float:
-        """Seconds to wait after ``failed_attempts`` failures (1 = after the first)."""
-        if self.backoff == "fixed":
-            d = self.initial
-        elif self.backoff == "linear":
-            d = self.initial * failed_attempts
-        else:
-            d = self.initial * (2 ** (failed_attempts - 1))
-        return min(d, self.max)
-
-    def retries(self, exc: BaseException) -> bool:
-        if not self.on:
-            return isinstance(exc, Exception)
-        names = {c.__name__ for c in type(exc).__mro__} | {
-            f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__
-        }
-        return any(n in names for n in self.on)
-
-
-@dataclass
-class StepSpec:
-    id: str
-    kind: str
-    body: Any
-    with_: dict[str, Any] = field(default_factory=dict)
-    needs: list[str] = field(default_factory=list)
-    when: str | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout: float | None = None
-    output: str | None = None
-    compensate: dict[str, Any] | None = None
-    compensate_on_failure: bool = False
-    on_failure: str | None = None
-    check: str | None = None
-    risk: str | None = None
-    executor: str | None = None
-    description: str | None = None
-    notify: Any = None
-    definition: dict[str, Any] = field(default_factory=dict)
-    def_hash: str = ""
-    templated: bool = True  # False when no field holds a template (nothing to check)
-    index: int = 0
-    foreach: Any = None  # a list, or a template over params: one step per item
-    item_name: str = "item"
-    bindings: dict[str, Any] = field(default_factory=dict)  # item and index of an expanded step
-
-    @property
-    def is_group(self) -> bool:
-        return self.kind == "parallel"
-
-
-@dataclass
-class WorkflowSpec:
-    name: str
-    steps: list[StepSpec]
-    params: dict[str, Any] = field(default_factory=dict)
-    description: str | None = None
-    max_parallel: int = 4
-    on_failure: str = "rollback"
-    executor: str = "local"
-    metadata: dict[str, Any] = field(default_factory=dict)
-    seed_dialect: bool = False
-    policy: dict[str, Any] | None = None
-    source: str = ""
-    spec_hash: str = ""
-
-    def __post_init__(self) -> None:
-        self.by_id: dict[str, StepSpec] = {s.id: s for s in self.steps}
-
-    def step(self, step_id: str) -> StepSpec:
-        return self.by_id[step_id]
-
-    def downstream(self) -> dict[str, list[str]]:
-        """Step id -> the steps that need it (computed once)."""
-        cached: dict[str, list[str]] | None = self.__dict__.get("_downstream")
-        if cached is None:
-            cached = {s.id: [] for s in self.steps}
-            for s in self.steps:
-                for n in s.needs:
-                    cached[n].append(s.id)
-            self.__dict__["_downstream"] = cached
-        return cached
-
-    def template_names(self) -> list[tuple[str, str, frozenset[str]]]:
-        """(step, field, top-level names) of every template in the workflow (computed once)."""
-        cached: list[tuple[str, str, frozenset[str]]] | None = self.__dict__.get("_tnames")
-        if cached is None:
-            cached = []
-            for s in self.steps:
-                if not s.templated:
-                    continue
-                for field_path, source in _template_fields(s):
-                    names, _ = templates.references(source)
-                    cached.append((s.id, field_path, frozenset(names)))
-            self.__dict__["_tnames"] = cached
-        return cached
 
 
 def _mentions_template(obj: Any) -> bool:
@@ -211,34 +68,15 @@ def _mentions_template(obj: Any) -> bool:
     return False
 
 
-def _strkeys(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _strkeys(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strkeys(v) for v in obj]
-    return obj
+class _Source:
+    """The text of a workflow, its loading, and the lines of paths in it (for errors)."""
 
-
-def _hash(obj: Any) -> str:
-    data = json.dumps(_strkeys(obj), sort_keys=True, default=repr, separators=(",", ":"))
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
-
-
-def _suggest(word: Any, options: Any) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-class _Parser:
-    def __init__(
-        self, text: str | None, name: str | None, line_offset: int, doc: Any = None
-    ) -> None:
+    def __init__(self, text: str | None, line_offset: int, doc: Any = None) -> None:
         self._text = text
         self._doc = doc
-        self.name = name
         self.line_offset = line_offset
         self._node: yaml.Node | None = None
-        self._path_of: dict[str, list[Any]] = {}
+        self.translation = Translation({})
 
     @property
     def text(self) -> str:
@@ -246,8 +84,18 @@ class _Parser:
             self._text = yaml.safe_dump(self._doc, sort_keys=False)
         return self._text
 
-    # -- error location -------------------------------------------------------------------
     def error(self, message: str, path: list[Any]) -> SpecError:
+        """An error at a path of the native document."""
+        return self.error_as_written(message, self.translation.origin(path))
+
+    def duration(self, value: Any, path: list[Any]) -> float:
+        try:
+            return parse_duration(value, path=_fmt_path(path))
+        except SpecError as exc:
+            raise self.error(exc.reason, path) from None
+
+    def error_as_written(self, message: str, path: list[Any]) -> SpecError:
+        """An error at a path of the document as the user wrote it."""
         return SpecError(message, line=self.locate(path), path=_fmt_path(path) or None)
 
     def locate(self, path: list[Any]) -> int | None:
@@ -278,12 +126,6 @@ class _Parser:
         except yaml.YAMLError:
             return None
 
-    def duration(self, value: Any, path: list[Any]) -> float:
-        try:
-            return parse_duration(value, path=_fmt_path(path))
-        except SpecError as exc:
-            raise self.error(exc.reason, path) from None
-
     # -- parsing --------------------------------------------------------------------------
     def load(self) -> Any:
         if self._doc is not None:
@@ -298,6 +140,21 @@ class _Parser:
         except yaml.YAMLError as exc:
             raise SpecError(f"invalid YAML: {exc}") from None
 
+
+class _Parser(_Source):
+    def __init__(
+        self, text: str | None, name: str | None, line_offset: int, doc: Any = None
+    ) -> None:
+        super().__init__(text, line_offset, doc)
+        self.name = name
+        self._path_of: dict[str, list[Any]] = {}
+
+    def duration(self, value: Any, path: list[Any]) -> float:
+        try:
+            return parse_duration(value, path=_fmt_path(path))
+        except SpecError as exc:
+            raise self.error(exc.reason, path) from None
+
     def parse(self) -> WorkflowSpec:
         doc = self.load()
         if doc is None:
@@ -308,16 +165,9 @@ class _Parser:
             raise SpecError(
                 f"a workflow is a mapping with a 'steps:' list, got {type(doc).__name__}", line=1
             )
-        seed = False
+        self.translation = translate(doc, self.error_as_written)
         wf: dict[str, Any] = {}
-        for key, value in doc.items():
-            if key in SEED_WORKFLOW_ALIASES:
-                seed = True
-                key = SEED_WORKFLOW_ALIASES[key]
-            if key == "enable_auto_rollback":
-                seed = True
-                wf["on_failure"] = "rollback" if value else "stop"
-                continue
+        for key, value in self.translation.doc.items():
             if key not in WORKFLOW_KEYS:
                 raise self.error(f"unknown key '{key}'{_suggest(str(key), WORKFLOW_KEYS)}", [key])
             wf[key] = value
@@ -348,9 +198,7 @@ class _Parser:
             raise self.error("'executor' must be 'local' or 'dask'", ["executor"])
         steps: list[StepSpec] = []
         for i, raw in enumerate(raw_steps):
-            got, is_seed = self.step(raw, ["steps", i], parent_needs=[])
-            seed = seed or is_seed
-            steps.extend(got)
+            steps.extend(self.step(raw, ["steps", i], parent_needs=[]))
         name = self.name or wf.get("name")
         if not name:
             raise SpecError(
@@ -365,48 +213,23 @@ class _Parser:
             on_failure=on_failure,
             executor=executor,
             metadata=wf.get("metadata") or {},
-            seed_dialect=seed,
+            seed_dialect=self.translation.seed,
             policy=wf.get("policy"),
             source=self._text or "",
         )
         for i, s in enumerate(steps):
             s.index = i
-        self.check_graph(spec, raw_steps)
+        check_graph(spec, self._path_of, self.error)
         spec.spec_hash = _hash(
             {"name": spec.name, "steps": [s.definition for s in steps], "params": spec.params}
         )
         return spec
 
-    def step(
-        self, raw: Any, path: list[Any], parent_needs: list[str]
-    ) -> tuple[list[StepSpec], bool]:
+    def step(self, raw: Any, path: list[Any], parent_needs: list[str]) -> list[StepSpec]:
         if not isinstance(raw, dict):
             raise self.error("each step must be a mapping with an 'id' and a kind", path)
-        seed = False
         d: dict[str, Any] = {}
-        step_type: str | None = None
-        max_retries: Any = None
         for key, value in raw.items():
-            if key in SEED_STEP_ALIASES:
-                seed = True
-                key = SEED_STEP_ALIASES[key]
-            elif key == "step_type":
-                seed = True
-                step_type = str(value).upper()
-                if step_type not in SEED_STEP_TYPES:
-                    raise self.error(
-                        f"unknown step_type '{value}' (expected one of "
-                        f"{', '.join(sorted(SEED_STEP_TYPES))})",
-                        [*path, "step_type"],
-                    )
-                continue
-            elif key == "max_retries":
-                seed = True
-                max_retries = value
-                continue
-            elif key == "retry_policy":
-                seed = True
-                key = "retry"
             if key not in STEP_KEYS:
                 raise self.error(
                     f"unknown key '{key}'{_suggest(str(key), STEP_KEYS)}", [*path, key]
@@ -419,8 +242,6 @@ class _Parser:
                 + (f", got {sid!r}" if sid is not None else ""),
                 path,
             )
-        if step_type == "HUMAN_APPROVAL":
-            d["approval"] = d.pop("with", None) or {}
         kinds = [k for k in KINDS if k in d]
         if not kinds:
             raise self.error(f"step '{sid}' has no kind: give one of {', '.join(KINDS)}", path)
@@ -459,7 +280,7 @@ class _Parser:
                 parse_config(body, step=sid)
             except (ApprovalError, SpecError) as exc:
                 raise self.error(str(exc).split(": ", 1)[-1], [*path, kind]) from None
-        retry = self.retry(d.get("retry"), max_retries, [*path, "retry"])
+        retry = self.retry(d.get("retry"), [*path, "retry"])
         timeout = (
             self.duration(d["timeout"], [*path, "timeout"])
             if d.get("timeout") is not None
@@ -519,9 +340,7 @@ class _Parser:
             if not isinstance(body, list) or not body:
                 raise self.error("'parallel' must be a non-empty list of steps", [*path, kind])
             for j, child in enumerate(body):
-                got, s = self.step(child, [*path, kind, j], parent_needs=needs)
-                seed = seed or s
-                children.extend(got)
+                children.extend(self.step(child, [*path, kind, j], parent_needs=needs))
             body = [c.id for c in children]
             needs = [*needs, *[c.id for c in children]]
 
@@ -557,16 +376,14 @@ class _Parser:
             or _mentions_template(d.get("notify")),
         )
         self._path_of[sid] = path
-        return [*children, step], seed
+        return [*children, step]
 
     def compensation(self, value: Any, path: list[Any]) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.error(
                 "'compensate' must be a step body such as {call: f, with: {...}}", path
             )
-        out: dict[str, Any] = {}
-        for key, v in value.items():
-            out[SEED_STEP_ALIASES.get(str(key), str(key))] = v
+        out = {str(k): v for k, v in value.items()}
         kinds = [k for k in ("call", "python", "sql", "capability") if k in out]
         if len(kinds) != 1:
             raise self.error(
@@ -579,7 +396,7 @@ class _Parser:
         if out.get("with") is not None and not isinstance(out["with"], dict):
             raise self.error("'with' must be a mapping", [*path, "with"])
         if "retry" in out:
-            policy = self.retry(out["retry"], None, [*path, "retry"])
+            policy = self.retry(out["retry"], [*path, "retry"])
             out["retry"] = {
                 "attempts": policy.attempts,
                 "backoff": policy.backoff,
@@ -591,11 +408,9 @@ class _Parser:
             out["timeout"] = self.duration(out["timeout"], [*path, "timeout"])
         return out
 
-    def retry(self, value: Any, max_retries: Any, path: list[Any]) -> RetryPolicy:
-        if value is None and max_retries is None:
-            return RetryPolicy()
+    def retry(self, value: Any, path: list[Any]) -> RetryPolicy:
         if value is None:
-            value = {"attempts": max_retries}
+            return RetryPolicy()
         if isinstance(value, int) and not isinstance(value, bool):
             value = {"attempts": value}
         if not isinstance(value, dict):
@@ -626,127 +441,6 @@ class _Parser:
             on=tuple(on),
         )
 
-    def check_graph(self, spec: WorkflowSpec, raw_steps: list[Any]) -> None:
-        paths = self._path_of
-        seen: set[str] = set()
-        for s in spec.steps:
-            if s.id in seen:
-                raise self.error(f"duplicate step id '{s.id}'", paths.get(s.id, ["steps"]))
-            seen.add(s.id)
-        ids = {s.id for s in spec.steps}
-        for s in spec.steps:
-            for n in s.needs:
-                if n not in ids:
-                    raise self.error(
-                        f"step '{s.id}' needs unknown step '{n}'{_suggest(n, ids)}",
-                        [*paths.get(s.id, []), "needs"],
-                    )
-                if n == s.id:
-                    raise self.error(f"step '{s.id}' needs itself", [*paths.get(s.id, []), "needs"])
-            if s.kind == "python":
-                for ref in sorted(_python_refs(str(s.body))):
-                    if ref not in ids:
-                        raise self.error(
-                            f"step '{s.id}': its code reads steps.{ref}, an unknown step"
-                            f"{_suggest(ref, ids)}",
-                            [*paths.get(s.id, []), "python"],
-                        )
-                    if ref != s.id and ref not in s.needs:
-                        s.needs.append(ref)
-            # Template references add implicit dependencies; check names are known.
-            for field_path, source in _template_fields(s) if s.templated else ():
-                try:
-                    _, step_refs = templates.references(source)
-                except TemplateError as exc:
-                    raise self.error(
-                        f"step '{s.id}', field '{field_path}': {exc}",
-                        [*paths.get(s.id, []), field_path.split(".")[0].split("[")[0]],
-                    ) from None
-                for ref in step_refs:
-                    if ref not in ids:
-                        raise self.error(
-                            f"step '{s.id}', field '{field_path}': unknown step "
-                            f"'{ref}'{_suggest(ref, ids)}",
-                            [*paths.get(s.id, []), field_path.split(".")[0].split("[")[0]],
-                        )
-                    if (
-                        ref != s.id
-                        and ref not in s.needs
-                        and field_path.split(".")[0] not in ("compensate",)
-                    ):
-                        s.needs.append(ref)
-        cycle = _find_cycle(spec)
-        if cycle:
-            first = cycle[0]
-            raise self.error(
-                "dependency cycle: " + " -> ".join([*cycle, first]),
-                [*paths.get(first, []), "needs"],
-            )
-
-
-def _python_refs(code: str) -> set[str]:
-    """Step ids an inline ``python:`` body reads as ``steps.X`` or ``steps["X"]``."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return set()
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            if node.value.id == "steps":
-                out.add(node.attr)
-        elif (
-            isinstance(node, ast.Subscript)
-            and isinstance(node.value, ast.Name)
-            and node.value.id == "steps"
-            and isinstance(node.slice, ast.Constant)
-            and isinstance(node.slice.value, str)
-        ):
-            out.add(node.slice.value)
-    return out
-
-
-def _template_fields(step: StepSpec) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    out.extend(templates.walk_strings(step.with_, "with"))
-    if step.kind in ("sql", "capability", "call"):
-        out.extend(templates.walk_strings(step.body, step.kind))
-    if step.kind == "approval" and step.body:
-        shown = {k: v for k, v in step.body.items() if k != "notify"}
-        out.extend(templates.walk_strings(shown, "approval"))
-    if step.when:
-        src = step.when if templates.has_template(step.when) else "{{ " + step.when + " }}"
-        out.append(("when", src))
-    if step.compensate:
-        out.extend(templates.walk_strings(step.compensate, "compensate"))
-    return out
-
-
-def _find_cycle(spec: WorkflowSpec) -> list[str] | None:
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str] | None:
-        state[n] = 1
-        stack.append(n)
-        for m in spec.by_id[n].needs:
-            if state.get(m) == 1:
-                return stack[stack.index(m) :]
-            if state.get(m) is None:
-                found = visit(m)
-                if found:
-                    return found
-        stack.pop()
-        state[n] = 2
-        return None
-
-    for s in spec.steps:
-        if s.id not in state:
-            found = visit(s.id)
-            if found:
-                return found
-    return None
-
 
 def _fmt_path(path: list[Any]) -> str:
     out = ""
@@ -755,61 +449,6 @@ def _fmt_path(path: list[Any]) -> str:
             out += f"[{p}]"
         else:
             out += f".{p}" if out else str(p)
-    return out
-
-
-def expand(spec: WorkflowSpec, params: Mapping[str, Any]) -> WorkflowSpec:
-    """Expand ``foreach`` steps for these params: ``ID-0``, ``ID-1``... each with ``item`` (or
-    its ``as`` name) and ``index`` bound, and ``ID`` collecting their outputs as a list."""
-    if not any(s.foreach is not None for s in spec.steps):
-        return spec
-    steps: list[StepSpec] = []
-    renamed: dict[str, list[str]] = {}
-    for s in spec.steps:
-        if s.foreach is None:
-            steps.append(s)
-            continue
-        items = s.foreach
-        if isinstance(items, str):
-            items = templates.render(items, {"params": params}, step=s.id, field="foreach")
-        if not isinstance(items, (list, tuple)):
-            raise SpecError(f"step '{s.id}': 'foreach' gave {type(items).__name__}, not a list")
-        children = []
-        for i, item in enumerate(items):
-            child = replace(
-                s,
-                id=f"{s.id}-{i}",
-                foreach=None,
-                output=None,
-                bindings={s.item_name: item, "index": i},
-                definition={**s.definition, "foreach_item": item, "index": i},
-                templated=True,
-            )
-            child.def_hash = _hash(child.definition)
-            children.append(child)
-        steps.extend(children)
-        collector = replace(
-            s,
-            kind="foreach",
-            body=[c.id for c in children],
-            needs=[*s.needs, *(c.id for c in children)],
-            foreach=None,
-            with_={},
-            when=None,
-            check=None,
-            compensate=None,
-            retry=RetryPolicy(),
-            timeout=None,
-            templated=False,
-            definition={"kind": "foreach", "children": [c.def_hash for c in children]},
-        )
-        collector.def_hash = _hash(collector.definition)
-        steps.append(collector)
-        renamed[s.id] = [c.id for c in children]
-    for i, s in enumerate(steps):
-        s.index = i
-    out = replace(spec, steps=steps)
-    out.__post_init__()
     return out
 
 
