@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
+from .faults import os_fault
 
 _HEADER_KEY = "airun_journal"
 VERSION = 2
@@ -138,13 +138,20 @@ class Journal:
     def open(self) -> None:
         if self._fd is not None:
             return
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        self.size = os.fstat(self._fd).st_size
-        self.seq = 0
-        if self.size == 0:
-            self._start_generation()
-        else:
-            self.gen, self.version = self._read_header()
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            self.size = os.fstat(self._fd).st_size
+            self.seq = 0
+            if self.size == 0:
+                self._start_generation()
+            else:
+                self.gen, self.version = self._read_header()
+        except OSError as exc:
+            if self._fd is not None and self.size == 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, 0)  # no half-written header left behind
+            self.close()
+            raise os_fault(exc, self.path, "open the journal") from None
 
     def close(self) -> None:
         if self._fd is not None:
@@ -169,10 +176,7 @@ class Journal:
             # Never leave half a record behind: later records would follow a torn one.
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.size)
-            raise StoreError(
-                f"cannot write the journal {self.path}: {exc.strerror or exc}; "
-                "fix that and re-run: the run resumes where it stopped"
-            ) from None
+            raise os_fault(exc, self.path, "write the journal") from None
         self.seq = seq
         self.size += len(data)
         self.pending.extend(records)
@@ -233,19 +237,28 @@ class Journal:
         while target.exists():
             n += 1
             target = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            # Nothing was folded or truncated yet: the damaged journal stays as it is.
+            raise os_fault(exc, target, "set the damaged journal bytes aside in") from None
         return target
 
     def reset(self) -> None:
         """Everything is folded: empty the file and start a new generation."""
         assert self._fd is not None
-        os.ftruncate(self._fd, 0)
-        self._start_generation()
+        try:
+            os.ftruncate(self._fd, 0)
+            self._start_generation()
+        except OSError as exc:
+            raise os_fault(exc, self.path, "reset the journal") from None
         self.pending.clear()
         self.unsynced = False
 

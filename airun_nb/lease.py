@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreBusy
+from .faults import os_fault
 
 
 class Lease:
@@ -45,7 +46,10 @@ class Lease:
         """Take the lease, waiting up to ``timeout`` seconds; raise :class:`StoreBusy` after."""
         if self._fd is not None:
             return
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise os_fault(exc, self.lock_path, "open the lock file") from None
         try:
             if not self._try(fd):
                 self._wait(fd, timeout)
@@ -70,8 +74,9 @@ class Lease:
             "purpose": purpose,
             "since": self._since,
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        with contextlib.suppress(OSError):  # a full disk: waiters learn less, nothing breaks
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
 
     def release(self) -> None:
         fd = self._fd

@@ -28,9 +28,11 @@ import pandas as pd
 import pyarrow as pa
 
 from . import config, schema
+from .auditlog import scrub
 from .confine import NO_EXTENSIONS
 from .crashpoints import crashpoint
-from .errors import StoreBusy, StoreError, StoreIncompatible, StoreWarning
+from .errors import AirunError, StoreBusy, StoreError, StoreWarning
+from .faults import short, text_fault, virtual_fs
 from .fold import fold
 from .journal import Journal
 from .lease import Lease
@@ -62,37 +64,54 @@ class Store:
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, db: str | os.PathLike[str] | None = None) -> Store:
+    def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
+        """The store at ``db``; ``create=False`` (read commands) refuses to make a new one."""
         path = config.resolve_db(db)
+        root = virtual_fs(path)
+        if root is not None:
+            raise StoreError(
+                f"cannot use {short(path)} as the store: {root} is a virtual file system of "
+                "the kernel; choose a path on a disk (--db or AIRUN_DB)"
+            )
         if path.exists() and path.is_dir():
-            raise StoreError(f"{path} is a folder; the store is a file (e.g. {path}/airun.duckdb)")
+            raise StoreError(
+                f"{short(path)} is a folder; the store is a file (e.g. {short(path)}/airun.duckdb)"
+            )
         if not path.parent.exists():
-            raise StoreError(f"cannot create the store {path}: folder {path.parent} does not exist")
+            raise StoreError(
+                f"cannot create the store {short(path)}: folder {short(path.parent)} does not exist"
+            )
+        if not create and not path.exists():
+            raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
         key = str(path.resolve())
         with _registry_lock:
             store = _registry.get(key)
             if store is None:
                 store = cls(Path(key))
                 _registry[key] = store
+        side = (store.path, store.journal.path, store.lease.lock_path, _wal(store.path))
+        existed = {p for p in side if os.path.lexists(p)}
         try:
             with store.session("opening the store"):
                 pass
-        except StoreIncompatible:
-            store._forget()
+        except StoreBusy:
+            raise  # someone else holds the files: touch nothing
+        except StoreError:
+            store._forget(created=[p for p in side if p not in existed])
             raise
         return store
 
-    def _forget(self) -> None:
-        """After refusing a file: drop it from the registry and remove our side files."""
+    def _forget(self, created: Sequence[Path] = ()) -> None:
+        """After refusing a file: drop it from the registry and remove what opening created."""
         with _registry_lock:
             _registry.pop(str(self.path), None)
         with self._mutex:
-            self._release_locked()
-            if self.journal.path.exists() and self.journal.path.stat().st_size < 256:
-                with contextlib.suppress(OSError):
-                    self.journal.path.unlink()
-            with contextlib.suppress(OSError):
-                self.lease.lock_path.unlink()
+            with contextlib.suppress(AirunError, OSError, duckdb.Error):
+                self._release_locked()
+            for p in created:
+                if p.is_file() and not p.is_symlink():
+                    with contextlib.suppress(OSError):
+                        p.unlink()
 
     # -- sessions --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -107,10 +126,16 @@ class Store:
         with self._mutex:
             self._ensure_lease(purpose)
             con = self._connection()
-            if fold:
-                self._fold()
             try:
+                if fold:
+                    self._fold()
                 yield con
+            except duckdb.Error as exc:
+                fault = self._duckdb_fault(str(exc), "read")
+                if fault is None:
+                    raise
+                self._drop_connection()
+                raise fault from None
             finally:
                 self._last_activity = time.monotonic()
 
@@ -118,7 +143,7 @@ class Store:
         """Append one state change to the journal: durable when this returns."""
         with self._mutex:
             self._ensure_lease("running a workflow")
-            self.journal.append(rec)
+            self.journal.append(scrub(rec))  # no secret is ever written
             self._last_activity = time.monotonic()
             if len(self.journal.pending) >= FOLD_EVERY:
                 self._connection()
@@ -127,7 +152,7 @@ class Store:
     def record_many(self, recs: Sequence[dict[str, Any]]) -> None:
         with self._mutex:
             self._ensure_lease("running a workflow")
-            self.journal.append_many(recs)
+            self.journal.append_many([scrub(r) for r in recs])
             self._last_activity = time.monotonic()
             if len(self.journal.pending) >= FOLD_EVERY:
                 self._connection()
@@ -222,7 +247,9 @@ class Store:
             except duckdb.IOException as exc:
                 msg = str(exc)
                 if "lock" not in msg.lower():
-                    raise schema.incompatible(self.path, msg) from None
+                    raise self._duckdb_fault(msg, "open") or schema.incompatible(
+                        self.path, msg
+                    ) from None
                 if time.monotonic() >= deadline:
                     m = re.search(r"PID (\d+)", msg)
                     who = f"process {m.group(1)}" if m else "another program"
@@ -233,7 +260,10 @@ class Store:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.25)
             except duckdb.Error as exc:
-                raise schema.incompatible(self.path, str(exc)) from None
+                msg = str(exc)
+                raise self._duckdb_fault(msg, "open") or schema.incompatible(
+                    self.path, msg
+                ) from None
         try:
             schema.check(con, self.path)
         except BaseException:
@@ -277,8 +307,37 @@ class Store:
             if not self.journal.empty and self._con is not None:
                 self.journal.reset()
             return
-        if fold(self._connection(), self.journal):
+        try:
+            folded = fold(self._connection(), self.journal)
+        except duckdb.Error as exc:
+            # The journal keeps every record: the next holder folds them.
+            fault = self._duckdb_fault(str(exc), "fold the journal into")
+            if fault is None:
+                raise
+            self._drop_connection()
+            raise fault from None
+        if folded:
             self.folds += 1
+
+    def _duckdb_fault(self, msg: str, doing: str) -> StoreError | None:
+        """One line for a DuckDB error that is an OS fault or a damaged file (else None)."""
+        fault = text_fault(msg, self.path, f"{doing} the store")
+        if fault is not None:
+            return fault
+        if "Corrupt database" in msg or (
+            "Could not read enough bytes" in msg and _is_duckdb(self.path)
+        ):
+            return StoreError(
+                f"the store {short(self.path)} is corrupt (DuckDB: {short(msg.splitlines()[0])}); "
+                f"see `airun doctor --db {short(self.path)}`, or restore a copy"
+            )
+        return None
+
+    def _drop_connection(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+            self._con = None
 
     def _release_locked(self) -> None:
         if not self.lease.held:
@@ -324,6 +383,19 @@ class Store:
             return True
         finally:
             self._mutex.release()
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
+
+
+def _is_duckdb(path: Path) -> bool:
+    """Does the file start like a DuckDB database (magic ``DUCK`` at byte 8)?"""
+    try:
+        with open(path, "rb") as f:
+            return f.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return False
 
 
 def _keep(ref: weakref.ReferenceType[Store]) -> None:

@@ -4,15 +4,20 @@ Every step of :data:`WORKFLOW` calls :func:`step`, which first appends ``<step> 
 ledger file named by ``AIRUN_TEST_LEDGER`` (outside the store), so a test can tell how many
 times each step body really ran, whatever the store says. ``AIRUN_TEST_KILL=<step>`` makes that
 step SIGKILL its own process right after writing the ledger (a kill mid-step);
-``AIRUN_TEST_HOLD=<step>`` makes it sleep for that many seconds given by ``AIRUN_TEST_HOLD_S``.
+``AIRUN_TEST_WAIT=<step>`` makes it wait until the file named by ``AIRUN_TEST_GO`` exists.
 
 Run as a script (``python fault_support.py DB [RUN_ID]``) it runs or resumes the workflow and
 prints ``RUN <run_id> <status>``; an airun_nb error is printed as ``error: <message>`` on
 stderr with exit status 3 (busy) or 1.
+
+Importing airun_nb (pandas, DuckDB, Arrow) takes seconds on a loaded machine, which would drown
+"starts 0-500 ms apart". :class:`Forker` imports it once in a server process and forks a real
+child process per request: its own pid, its own file descriptors and locks, killed for real.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,8 +48,11 @@ def step(name: str) -> str:
         f.write(f"{name} {os.getpid()}\n")
     if os.environ.get("AIRUN_TEST_KILL") == name:
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get("AIRUN_TEST_HOLD") == name:
-        time.sleep(float(os.environ.get("AIRUN_TEST_HOLD_S", "1")))
+    if os.environ.get("AIRUN_TEST_WAIT") == name:
+        go = Path(os.environ["AIRUN_TEST_GO"])
+        deadline = time.monotonic() + 60
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
     return f"{name}-done"
 
 
@@ -86,6 +94,125 @@ def run_id_of(proc: subprocess.CompletedProcess[str]) -> str:
         if line.startswith("RUN "):
             return line.split()[1]
     raise AssertionError(f"no run line: {proc.stdout!r} {proc.stderr!r}")
+
+
+_SERVER = """
+import atexit, json, os, signal, sys, traceback
+sys.path.insert(0, sys.argv[1])
+import fault_support, airun_nb, airun_nb.runner  # the slow imports, once
+
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the OS
+print("ready", flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid:
+        print(pid, flush=True)
+        continue
+    for fd, suffix in ((1, ".out"), (2, ".err")):
+        os.dup2(os.open(req["out"] + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.stdout = open(1, "w", buffering=1)
+    sys.stderr = open(2, "w", buffering=1)
+    sys.stdin.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.environ.clear()
+    os.environ.update(req["env"])
+    import airun_nb.owner
+    if airun_nb.owner.MY_TOKEN == airun_nb.owner.process_token(os.getppid()):
+        airun_nb.owner.MY_TOKEN = airun_nb.owner.process_token(os.getpid())  # pre-fix owner.py
+    code = 99
+    try:
+        code = getattr(fault_support, req["func"])(req["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(req["out"] + ".rc.tmp", "w") as f:
+        f.write(str(code))
+    os.rename(req["out"] + ".rc.tmp", req["out"] + ".rc")
+    os._exit(code)
+"""
+
+
+class Child:
+    """A process forked by :class:`Forker`; its output lands in ``<out>.out`` / ``<out>.err``."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid = pid
+        self.out = out
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait(self, timeout: float = 90) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr); -9 when it was killed."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"process {self.pid} hung")
+            time.sleep(0.01)
+        rc = Path(str(self.out) + ".rc")
+        code = int(rc.read_text()) if rc.exists() else -9
+        return (
+            code,
+            Path(str(self.out) + ".out").read_text(),
+            Path(str(self.out) + ".err").read_text(),
+        )
+
+
+class Forker:
+    def __init__(self) -> None:
+        self._n = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER, str(HERE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env(Path("/nonexistent")),
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def spawn(self, func: str, argv: list[str], child_env: dict[str, str], out: Path) -> Child:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._n += 1
+        stem = out / f"p{self._n}"
+        req = {"func": func, "argv": argv, "env": child_env, "out": str(stem)}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return Child(int(self.proc.stdout.readline()), stem)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def claim_main(argv: list[str]) -> int:
+    """Claim a run with the store primitive and stay its owner until ``argv[2]`` exists."""
+    from airun_nb.claim import claim_run
+    from airun_nb.errors import RunBusy
+    from airun_nb.owner import owner_alive, owner_fields
+    from airun_nb.store import Store
+
+    db, run_id, go = argv[0], argv[1], Path(argv[2])
+    store = Store.open(db)
+    try:
+        claim_run(store, run_id, status="running", owner=owner_fields(), alive=owner_alive)
+    except RunBusy as exc:
+        print("BUSY", exc.message)
+        return 3
+    store.release()
+    print("CLAIMED", os.getpid(), flush=True)
+    while not go.exists():
+        time.sleep(0.01)
+    return 0
 
 
 def _main(argv: list[str]) -> int:

@@ -1,0 +1,75 @@
+"""Operating-system faults in one line: what failed, where, and what to do about it.
+
+The store touches four files (``<store>``, ``.journal``, ``.lock``, ``.waiters/``); any of them
+can meet a read-only file system, a full disk, a folder where a file should be, or a path
+that cannot exist (under ``/proc``). :func:`os_fault` turns the :class:`OSError` (or DuckDB's
+text for the same errno) into one :class:`~airun_nb.errors.StoreError` line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from .errors import StoreError
+
+MAX_PATH = 100  # longer paths are shortened in messages (head ... tail)
+
+_RESUME = "the run resumes where it stopped"
+_WHY: dict[int, tuple[str, str]] = {
+    errno.EROFS: (
+        "the file system is read-only",
+        "put the store on a writable disk (--db or AIRUN_DB)",
+    ),
+    errno.ENOSPC: ("the disk is full", f"free some space and run again: {_RESUME}"),
+    errno.EDQUOT: ("the disk quota is used up", f"free some space and run again: {_RESUME}"),
+    errno.EFBIG: (
+        "the file size limit was reached (ulimit -f)",
+        f"raise the limit and run again: {_RESUME}",
+    ),
+    errno.EISDIR: ("it is a folder", "move that folder away: airun_nb keeps a file there"),
+    errno.EACCES: ("permission denied", "make it writable or choose another store path"),
+    errno.EPERM: ("operation not permitted", "choose another store path"),
+    errno.ENOENT: ("no such file or folder", "create the folder or choose another store path"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "choose another store path"),
+    errno.ENAMETOOLONG: ("the path is too long", "choose a shorter store path"),
+    errno.ELOOP: ("the path loops through symbolic links", "choose another store path"),
+    errno.EIO: ("the disk reported an I/O error", "check the disk, then `airun doctor`"),
+}
+_VIRTUAL = ("/proc", "/sys", "/dev")
+
+
+def short(path: str | os.PathLike[str], limit: int = MAX_PATH) -> str:
+    """``path`` as text, shortened in the middle when it is longer than ``limit``."""
+    text = os.fspath(path)
+    if len(text) <= limit:
+        return text
+    keep = (limit - 3) // 2
+    return f"{text[:keep]}...{text[-keep:]}"
+
+
+def os_fault(exc: OSError, path: str | os.PathLike[str], doing: str) -> StoreError:
+    """One line for an OS error met while ``doing`` (e.g. "write the journal") on ``path``."""
+    code = exc.errno or 0
+    why, hint = _WHY.get(code, (exc.strerror or str(exc), "see `airun doctor`"))
+    if code == errno.EISDIR:
+        why = f"{short(path)} is a folder"
+    return StoreError(f"cannot {doing} {short(path)}: {why}; {hint}")
+
+
+def text_fault(message: str, path: str | os.PathLike[str], doing: str) -> StoreError | None:
+    """The same line for an error DuckDB reports as text, when the text names an OS errno."""
+    for code in _WHY:
+        if os.strerror(code) in message:
+            return os_fault(OSError(code, os.strerror(code)), path, doing)
+    return None
+
+
+def virtual_fs(path: Path) -> str | None:
+    """The virtual file system (``/proc``...) ``path`` lies in, if any."""
+    resolved = os.path.realpath(path)
+    for root in _VIRTUAL:
+        if resolved == root or resolved.startswith(root + "/"):
+            return root
+    return None
