@@ -358,8 +358,8 @@ def describe_decision(row: Mapping[str, Any], prefix: str = "") -> str:
         when = datetime.fromtimestamp(when, tz=timezone.utc)
     stamp = when.strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(when, datetime) else "?"
     verb = {"approve": "approved", "reject": "rejected"}.get(str(row.get("decision")), "expired")
-    if row.get("status") == "expired":
-        verb = "expired"
+    if row.get("status") in ("expired", "cancelled"):
+        verb = str(row["status"])
     comment = f' ("{row["comment"]}")' if row.get("comment") else ""
     return (
         f"gate '{row['gate_id']}' of run {row['run_id']} was {prefix}{verb} by {row.get('actor')} "

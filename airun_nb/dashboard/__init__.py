@@ -1,0 +1,1 @@
+"""The terminal dashboard (``airun dashboard``); needs the ``dashboard`` extra (Textual)."""

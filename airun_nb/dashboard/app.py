@@ -1,0 +1,337 @@
+"""``airun dashboard``: runs, one run's steps and attempts, and open gates, in a terminal.
+
+Keyboard only (it runs over SSH): arrows move, Enter opens the run under the cursor, Tab moves
+between tables, ``f`` / ``F`` change the status filter, ``a`` / ``r`` approve or reject the gate
+under the cursor (with a comment), ``c`` cancels the selected run and ``b`` rolls it back, each
+after a confirmation, ``q`` quits. The lists refresh every second. Decisions and cancels are
+recorded as the dashboard's user (this process's identity) through the ``dashboard`` channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Footer, Header, Label
+
+from .. import cancellation, gate, identity, overview
+from ..errors import AirunError
+from ..store import Store
+from ..workflow import rollback
+from .screens import CommentScreen, ConfirmScreen
+
+FILTERS = ("all", *overview.RUN_STATUSES)
+MAX_COMMENT = 4000
+CSS = """
+#filter, #detail-title, #gates-title, #message { height: 1; padding: 0 1; }
+#message { color: $warning; }
+#runs { height: 1fr; }
+#steps, #attempts { height: 1fr; }
+#gates { height: 8; }
+"""
+
+
+class Dashboard(App[None]):
+    """The terminal dashboard over one store."""
+
+    TITLE = "airun dashboard"
+    CSS = CSS
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("f", "filter(1)", "Filter"),
+        Binding("F", "filter(-1)", "Filter back", show=False),
+        Binding("enter", "open_run", "Open run", show=False),
+        Binding("a", "decide('approve')", "Approve"),
+        Binding("r", "decide('reject')", "Reject"),
+        Binding("c", "cancel_run", "Cancel run"),
+        Binding("b", "rollback_run", "Roll back run"),
+        Binding("g", "focus_gates", "Gates"),
+        Binding("s", "focus_runs", "Runs"),
+    ]
+
+    def __init__(self, store: Store, *, refresh_every: float = 1.0) -> None:
+        super().__init__()
+        self.store = store
+        self.refresh_every = refresh_every
+        self.user = identity.current()
+        self.filter_index = 0
+        self.selected: str | None = None
+        self.runs: list[dict[str, Any]] = []
+        self.gates: list[dict[str, Any]] = []
+
+    # -- layout ---------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Label("", id="filter")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Label("", id="message")
+        with Vertical():
+            yield Label("Open gates (a approve, r reject)", id="gates-title")
+            yield DataTable(id="gates", cursor_type="row")
+            yield Label("No run open: Enter on a run shows its steps", id="detail-title")
+            yield DataTable(id="steps", cursor_type="row")
+            yield DataTable(id="attempts", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#runs", DataTable).add_columns(
+            "run", "workflow", "status", "launched by", "created", "steps", "gates"
+        )
+        self.query_one("#gates", DataTable).add_columns(
+            "run", "gate", "workflow", "message", "approvers", "deadline", "you"
+        )
+        self.query_one("#steps", DataTable).add_columns(
+            "step", "kind", "status", "attempts", "started", "finished", "note"
+        )
+        self.query_one("#attempts", DataTable).add_columns(
+            "step", "phase", "attempt", "status", "started", "finished", "error"
+        )
+        self.refresh_data()
+        self.set_interval(self.refresh_every, self.refresh_data)
+        self.query_one("#runs", DataTable).focus()
+
+    # -- data -----------------------------------------------------------------------------
+    @property
+    def status_filter(self) -> str | None:
+        value = FILTERS[self.filter_index]
+        return None if value == "all" else value
+
+    def refresh_data(self) -> None:
+        try:
+            self.runs = overview.runs(self.store, status=self.status_filter, limit=200)
+            self.gates = overview.open_gates(self.store, self.user)
+        except AirunError as exc:
+            self.say(exc.message)
+            return
+        self.query_one("#filter", Label).update(
+            f"status: [b]{FILTERS[self.filter_index]}[/b]  (f / F to change)   "
+            f"you are [b]{self.user}[/b]   {len(self.runs)} runs, {len(self.gates)} open gates"
+        )
+        _fill(
+            self.query_one("#runs", DataTable),
+            [
+                (
+                    r["run_id"],
+                    [
+                        r["run_id"],
+                        r["workflow"],
+                        r["status"],
+                        r["launched_by"] or "",
+                        _short(r["created_at"]),
+                        f"{r['completed_steps']}/{r['steps']}",
+                        str(r["open_gates"]),
+                    ],
+                )
+                for r in self.runs
+            ],
+        )
+        _fill(
+            self.query_one("#gates", DataTable),
+            [
+                (
+                    f"{g['run_id']}/{g['gate_id']}",
+                    [
+                        g["run_id"],
+                        g["gate_id"],
+                        g["workflow"] or "",
+                        _clip(g["message"], 50),
+                        "; ".join(g["approvers_shown"]) or "anyone",
+                        _short(g["deadline"]),
+                        "may decide" if g["may_decide"] else _clip(g["refusal"], 40),
+                    ],
+                )
+                for g in self.gates
+            ],
+        )
+        if self.selected is not None:
+            self.show_run(self.selected)
+
+    def show_run(self, run_id: str) -> None:
+        try:
+            detail = overview.run_detail(self.store, run_id)
+        except AirunError as exc:
+            self.say(exc.message)
+            return
+        self.selected = run_id
+        self.query_one("#detail-title", Label).update(
+            f"run [b]{run_id}[/b] · {detail['workflow']} · {detail['status']}"
+            + (f" · {_clip(detail['error'], 80)}" if detail.get("error") else "")
+        )
+        _fill(
+            self.query_one("#steps", DataTable),
+            [
+                (
+                    s["step_id"],
+                    [
+                        s["step_id"],
+                        s["kind"],
+                        s["status"]
+                        + (f" (undo {s['comp_status']})" if s.get("comp_status") else ""),
+                        str(s["attempts"] or 0),
+                        _short(s["started_at"]),
+                        _short(s["finished_at"]),
+                        _clip(s["error"] or s["reason"], 60),
+                    ],
+                )
+                for s in detail["steps"]
+            ],
+        )
+        _fill(
+            self.query_one("#attempts", DataTable),
+            [
+                (
+                    f"{a['step_id']}/{a['phase']}/{a['attempt']}",
+                    [
+                        a["step_id"],
+                        a["phase"],
+                        str(a["attempt"]),
+                        a["status"],
+                        _short(a["started_at"]),
+                        _short(a["finished_at"]),
+                        _clip(a["error"], 60),
+                    ],
+                )
+                for a in detail["attempts"]
+            ],
+        )
+
+    def say(self, text: str) -> None:
+        self.query_one("#message", Label).update(text)
+
+    # -- what is under the cursor -------------------------------------------------------------
+    def _cursor_key(self, table_id: str) -> str | None:
+        table = self.query_one(table_id, DataTable)
+        if table.row_count == 0:
+            return None
+        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return None if key.value is None else str(key.value)
+
+    def _target_run(self) -> str | None:
+        if self.focused is self.query_one("#runs", DataTable):
+            return self._cursor_key("#runs")
+        return self.selected or self._cursor_key("#runs")
+
+    # -- actions ----------------------------------------------------------------------------
+    def action_filter(self, step: int) -> None:
+        self.filter_index = (self.filter_index + step) % len(FILTERS)
+        self.refresh_data()
+
+    def action_focus_gates(self) -> None:
+        self.query_one("#gates", DataTable).focus()
+
+    def action_focus_runs(self) -> None:
+        self.query_one("#runs", DataTable).focus()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "runs" and event.row_key.value is not None:
+            self.show_run(str(event.row_key.value))
+        elif event.data_table.id == "gates" and event.row_key.value is not None:
+            self.show_run(str(event.row_key.value).split("/", 1)[0])
+
+    def action_open_run(self) -> None:
+        run_id = self._cursor_key("#runs")
+        if run_id:
+            self.show_run(run_id)
+
+    def action_decide(self, decision: str) -> None:
+        key = self._cursor_key("#gates")
+        if key is None:
+            self.say("no open gate to decide")
+            return
+        run_id, gate_id = key.split("/", 1)
+        verb = "Approve" if decision == gate.APPROVE else "Reject"
+
+        def done(comment: str | None) -> None:
+            if comment is None:
+                self.say("nothing decided")
+                return
+            try:
+                gate.decide(
+                    self.store,
+                    run_id,
+                    gate_id,
+                    decision,
+                    actor=self.user,
+                    channel="dashboard",
+                    comment=comment.strip() or None,
+                )
+            except AirunError as exc:
+                self.say(exc.message)
+            else:
+                self.say(
+                    f"{verb.lower()}d gate {gate_id} of run {run_id} as {self.user}; the "
+                    f"run continues in its notebook, or with `airun resume {run_id}`"
+                )
+            self.refresh_data()
+
+        self.push_screen(
+            CommentScreen(f"{verb} gate {gate_id} of run {run_id}? Comment:", MAX_COMMENT), done
+        )
+
+    def action_cancel_run(self) -> None:
+        self._confirm_then(False)
+
+    def action_rollback_run(self) -> None:
+        self._confirm_then(True)
+
+    def _confirm_then(self, undo: bool) -> None:
+        run_id = self._target_run()
+        if run_id is None:
+            self.say("no run selected")
+            return
+        question = (
+            f"Roll back run {run_id} (undo its finished steps) and end it?"
+            if undo
+            else f"Cancel run {run_id}? Its open gates close; nothing is undone."
+        )
+
+        def done(yes: bool | None) -> None:
+            if not yes:
+                self.say("nothing changed")
+                return
+            try:
+                self.say(self._apply(run_id, undo))
+            except AirunError as exc:
+                self.say(exc.message)
+            self.refresh_data()
+
+        self.push_screen(ConfirmScreen(question), done)
+
+    def _apply(self, run_id: str, undo: bool) -> str:
+        row = overview.runs_by_id(self.store, run_id)
+        if row["status"] in cancellation.CANCELLABLE:
+            out = cancellation.cancel(
+                run_id, rollback=undo, by=self.user, channel="dashboard", db=self.store.path
+            )
+            return cancellation.describe(out)
+        if not undo:
+            raise cancellation.CancelError(
+                f"run {run_id} is {row['status']} and cannot be cancelled"
+            )
+        result = rollback(run_id, db=self.store.path)
+        return f"rolled back run {run_id}: {result.status}"
+
+
+def _fill(table: DataTable[Any], rows: list[tuple[str, list[str]]]) -> None:
+    """Replace a table's rows, keeping the cursor on the same key when it is still there."""
+    current = None
+    if table.row_count:
+        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        current = key.value
+    table.clear()
+    for key, cells in rows:
+        table.add_row(*cells, key=key)
+    keys = [k for k, _ in rows]
+    if current in keys:
+        table.move_cursor(row=keys.index(str(current)), animate=False)
+
+
+def _short(value: str | None) -> str:
+    return "" if not value else value.replace("T", " ")[:19]
+
+
+def _clip(value: Any, width: int) -> str:
+    text = "" if value is None else str(value).replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
