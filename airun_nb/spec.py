@@ -44,12 +44,12 @@ KINDS = ("call", "python", "sql", "capability", "approval", "parallel")
 STEP_KEYS = {
     *("id", "needs", "when", "with", "retry", "timeout", "output", "compensate"),
     *("compensate_on_failure", "on_failure", "check", "risk", "description", "executor"),
-    *("notify", "foreach", "as"),
+    *("notify", "foreach", "as", "agent"),
     *KINDS,
 }
 WORKFLOW_KEYS = {
     *("name", "description", "params", "steps", "max_parallel", "on_failure", "metadata"),
-    *("executor", "version", "policy"),
+    *("executor", "version", "policy", "deadline"),
 }
 RISKS = ("low", "medium", "high", "critical")
 ON_FAILURE = ("rollback", "stop")
@@ -196,6 +196,9 @@ class _Parser(_Source):
         executor = wf.get("executor", "local")
         if executor not in ("local", "dask"):
             raise self.error("'executor' must be 'local' or 'dask'", ["executor"])
+        deadline = wf.get("deadline")
+        if deadline is not None:
+            deadline = self.duration(deadline, ["deadline"])
         steps: list[StepSpec] = []
         for i, raw in enumerate(raw_steps):
             steps.extend(self.step(raw, ["steps", i], parent_needs=[]))
@@ -216,6 +219,9 @@ class _Parser(_Source):
             seed_dialect=self.translation.seed,
             policy=wf.get("policy"),
             source=self._text or "",
+            version=None if wf.get("version") is None else str(wf["version"]),
+            deadline=deadline,
+            dialect=self.translation.record,
         )
         for i, s in enumerate(steps):
             s.index = i
@@ -367,6 +373,7 @@ class _Parser(_Source):
             executor=d.get("executor"),
             description=d.get("description"),
             notify=d.get("notify"),
+            agent=_agent(d.get("agent"), [*path, "agent"], self.error),
             definition=definition,
             def_hash=_hash(definition),
             foreach=foreach,
@@ -466,3 +473,12 @@ def from_dict(doc: Mapping[str, Any], *, name: str | None = None) -> WorkflowSpe
     spec = _Parser(None, name, 0, doc=dict(doc)).parse()
     spec.source = json.dumps(dict(doc), default=str)
     return spec
+
+
+def _agent(value: Any, path: list[Any], error: Any) -> str | None:
+    """``agent:`` names who acts in a step; policy rules match it as ``agent:<name>``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise error("'agent' must be a name", path)
+    return value

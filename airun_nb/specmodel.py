@@ -54,6 +54,7 @@ class StepSpec:
     executor: str | None = None
     description: str | None = None
     notify: Any = None
+    agent: str | None = None  # who acts: policy principal agent:<name>
     definition: dict[str, Any] = field(default_factory=dict)
     def_hash: str = ""
     templated: bool = True  # False when no field holds a template (nothing to check)
@@ -78,6 +79,9 @@ class WorkflowSpec:
     executor: str = "local"
     metadata: dict[str, Any] = field(default_factory=dict)
     seed_dialect: bool = False
+    version: str | None = None
+    deadline: float | None = None  # seconds the whole run may take; passed: it fails, rolls back
+    dialect: dict[str, Any] = field(default_factory=dict)  # what a seed document kept as record
     policy: dict[str, Any] | None = None
     source: str = ""
     spec_hash: str = ""

@@ -143,6 +143,7 @@ steps:
     capability: fs.write
     with: {path: "{{ params.draft }}", content: "v1"}
     risk: medium
+    retry: {attempts: 3}  # the seed dialect's default: three attempts
   - id: signoff
     approval: {message: "Publish {{ params.draft }}?"}
     needs: [draft]
