@@ -73,6 +73,7 @@ class Ledger:
         self.error: str | None = None
         self.failed_step: str | None = None
         self.seeded_from: str | None = None
+        self.forked_from: tuple[str, str] | None = None  # (run, step) a fork started from
         self.created_at = time.time()
         self.started_at = time.time()
         self.finished_at: float | None = None
@@ -99,6 +100,8 @@ class Ledger:
             "error": self.error,
             "source": self.source,
             "on_failure": self.spec.on_failure,
+            "forked_from": self.forked_from[0] if self.forked_from else None,
+            "forked_step": self.forked_from[1] if self.forked_from else None,
         }
 
     def step_record(self, st: StepState, att: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -124,6 +127,7 @@ class Ledger:
             "comp_attempts": st.comp_attempts,
             "comp_error": st.comp_error,
             "comp_finished_at": st.comp_finished_at,
+            "fingerprint": json.dumps(st.fingerprint, default=str) if st.fingerprint else None,
         }
         rec.update({k: v for k, v in st.out.items() if k != "has_blob"})
         if att is not None:

@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import capabilities, gateconfig, kinds, outputs
+from . import capabilities, gateconfig, kinds, outputs, reasons, recent, stepprint
 from .errors import RunBusy, RunNotFound, SpecError, TemplateError
+from .fingerprint import Fingerprinter
 from .ledger import timestamp
 from .owner import owner_alive
 from .spec import StepSpec, WorkflowSpec, _hash
@@ -31,11 +32,6 @@ from .state import (
     ROLLING_BACK,
     RUNNING,
     S_COMPLETED,
-    S_FAILED,
-    S_INTERRUPTED,
-    S_RUNNING,
-    S_SKIPPED,
-    S_WAITING,
     WAITING,
     StepState,
 )
@@ -46,7 +42,7 @@ _STEP_COLUMNS = """run_id, step_id, status, attempts, def_hash, code_hash, eff_h
       finish_seq, output_kind, output_json, output_table,
       output_blob IS NOT NULL AS has_blob, replayed_from, reason, error,
       compensation, comp_status, comp_attempts, comp_error,
-      epoch(comp_finished_at) AS comp_finished_at"""
+      epoch(comp_finished_at) AS comp_finished_at, fingerprint"""
 
 
 def new_run_id() -> str:
@@ -58,14 +54,16 @@ class PlanEntry:
     step_id: str
     action: str  # "replay" | "run"
     reason: str
+    changed: list[str] = field(default_factory=list)  # what differs from the stored step
 
 
 @dataclass
 class Plan:
     run_id: str
-    mode: str  # "new" | "resume" | "seeded" | "rollback"
+    mode: str  # "new" | "resume" | "seeded" | "fork" | "rollback"
     source_run: str | None
     entries: list[PlanEntry]
+    forked_step: str | None = None  # a fork: the step it runs again from (source_run: the run)
     # What the run takes over from the stored run it continues.
     launched_by: str | None = None
     prior_spec_hash: str | None = None
@@ -87,11 +85,12 @@ class Plan:
             return f"run {self.run_id}: new run of {len(self.entries)} steps"
         if self.mode == "rollback":
             return f"run {self.run_id}: rolling back"
-        head = (
-            f"run {self.run_id}: resuming"
-            if self.mode == "resume"
-            else f"run {self.run_id}: new run, reusing unchanged steps of {self.source_run}"
-        )
+        if self.mode == "fork":
+            head = f"run {self.run_id}: fork of {self.source_run} from step '{self.forked_step}'"
+        elif self.mode == "resume":
+            head = f"run {self.run_id}: resuming"
+        else:
+            head = f"run {self.run_id}: new run, reusing unchanged steps of {self.source_run}"
         lines = [head]
         if self.replayed:
             lines.append(f"  replayed from the store: {', '.join(self.replayed)}")
@@ -129,11 +128,12 @@ class Planner:
 
     # ------------------------------------------------------------------ checks
     def resolve(self) -> None:
-        """Find every ``call`` target and check every body that can be checked now."""
+        """Find every ``call`` target, fingerprint the code of every step (see
+        :mod:`airun_nb.fingerprint`) and check every body that can be checked now."""
+        prints = Fingerprinter(self.namespace)
         for st in self.states.values():
             if st.spec.kind == "call":
                 st.fn = kinds.resolve_callable(str(st.spec.body), self.namespace, step=st.id)
-                st.code_hash = kinds.code_hash(st.fn)
             elif st.spec.kind == "python":
                 kinds.compile_python(str(st.spec.body), st.id)
             elif st.spec.kind == "approval":
@@ -143,16 +143,29 @@ class Planner:
                     capabilities.get(str(st.spec.body))
                 except capabilities.CapabilityError as exc:
                     raise SpecError(f"step '{st.id}': {exc.message}") from None
+            fp = stepprint.of_step(st, prints)
+            if fp is not None and fp.components:
+                st.code_hash = fp.digest
+                st.fingerprint = {"components": fp.components}
 
     def hash_steps(self) -> None:
         params_hash = _hash(self.params)
         self.order = self._topo()
+        self._params_hash = params_hash
         for s in self.order:
-            st = self.states[s.id]
-            text = "|".join(
-                [s.def_hash, st.code_hash, params_hash, *(self.states[n].eff_hash for n in s.needs)]
-            )
-            st.eff_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
+            self._chain(self.states[s.id])
+
+    def _chain(self, st: StepState) -> None:
+        s = st.spec
+        text = "|".join(
+            [
+                s.def_hash,
+                st.code_hash,
+                self._params_hash,
+                *(self.states[n].eff_hash for n in s.needs),
+            ]
+        )
+        st.eff_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _topo(self) -> list[StepSpec]:
         order: list[StepSpec] = []
@@ -176,7 +189,7 @@ class Planner:
     def check_templates(self) -> None:
         if self.spec.seed_dialect:
             return  # seed lookups ({{draft}}) resolve against outputs at run time
-        known = {"params", "steps", "run", "result", *self.namespace.keys()}
+        known = {"params", "steps", "run", "result", "secrets", *self.namespace.keys()}
         for step_id, field_path, names in self.spec.template_names():
             allowed = (
                 known if field_path.split(".")[0] in ("check", "compensate") else known - {"result"}
@@ -185,7 +198,7 @@ class Planner:
             for name in sorted(names - allowed):
                 raise TemplateError(
                     f"step '{step_id}', field '{field_path}': name '{name}' is undefined "
-                    "(templates see params, steps, run and notebook variables)"
+                    "(templates see params, steps, run, secrets and notebook variables)"
                 )
 
     # ------------------------------------------------------------------ which run
@@ -198,6 +211,8 @@ class Planner:
             if row is None:
                 raise RunNotFound(f"no run '{resume}' in {store.path}")
             check_not_busy(row)
+            if row["status"] == "cancelled":
+                raise RunBusy(f"run {resume} was cancelled and cannot resume; start a new run")
             if row["status"] in (ROLLED_BACK, ROLLBACK_FAILED):
                 raise RunBusy(
                     f"run {resume} is {row['status']}: its finished steps were undone, so it "
@@ -211,12 +226,7 @@ class Planner:
             mode = "rollback" if row["status"] == ROLLING_BACK else "resume"
             return row, self.load_rows(resume), mode
         if not new:
-            row = _one(
-                store.query_dicts(
-                    "SELECT * FROM runs WHERE workflow = ? ORDER BY created_at DESC LIMIT 1",
-                    [self.spec.name],
-                )
-            )
+            row = recent.latest_run(store, self.spec.name)
             if row is not None and row["status"] == ROLLBACK_FAILED:
                 raise RunBusy(
                     f"run {row['run_id']} of {self.spec.name} is rollback_failed: finish undoing "
@@ -231,10 +241,14 @@ class Planner:
                 return row, self.load_rows(row["run_id"]), "resume"
             if row is not None and row["status"] == COMPLETED:
                 rows = self.load_rows(row["run_id"])
-                changed = any(
-                    rows.get(s.id, {}).get("eff_hash") != self.states[s.id].eff_hash
-                    for s in self.spec.steps
-                ) or set(rows) != set(self.states)
+                changed = (
+                    any(
+                        rows.get(s.id, {}).get("eff_hash") != self.states[s.id].eff_hash
+                        for s in self.spec.steps
+                    )
+                    or set(rows) != set(self.states)
+                    or any(stepprint.values_changed(self.states, r) for r in rows.values())
+                )
                 if changed:
                     return row, rows, "seeded"
         return None, {}, "new"
@@ -255,14 +269,30 @@ class Planner:
         return row, self.load_rows(run_id)
 
     def load_rows(self, run_id: str) -> dict[str, dict[str, Any]]:
-        rows = self.store.query_dicts(
-            f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ?", [run_id]
-        )
-        return {r["step_id"]: r for r in rows}
+        return recent.step_rows(self.store, run_id, _STEP_COLUMNS)
+
+    def select_fork(
+        self, run_id: str, from_step: str
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The stored run a fork starts from, and its steps."""
+        row = _one(self.store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id]))
+        if row is None:
+            raise RunNotFound(f"no run '{run_id}' in {self.store.path}")
+        if from_step not in self.states:
+            known = ", ".join(self.states)
+            raise SpecError(f"fork: the workflow has no step '{from_step}' (steps: {known})")
+        check_not_busy(row)
+        return row, self.load_rows(run_id)
 
     # ------------------------------------------------------------------ decisions
     def decide(
-        self, prior_run: dict[str, Any] | None, rows: dict[str, dict[str, Any]], mode: str
+        self,
+        prior_run: dict[str, Any] | None,
+        rows: dict[str, dict[str, Any]],
+        mode: str,
+        *,
+        fork_step: str | None = None,
+        fork_only: bool = False,
     ) -> Plan:
         plan = Plan(new_run_id(), mode, None, [])
         if mode in ("resume", "rollback") and prior_run is not None:
@@ -271,33 +301,71 @@ class Planner:
             plan.prior_spec_hash = prior_run.get("spec_hash")
             plan.created_at = timestamp(prior_run.get("created_at")) or time.time()
             plan.prior = prior_run
-        if mode == "seeded" and prior_run is not None:
+            fork_step = prior_run.get("forked_step") or None
+            plan.source_run = prior_run.get("forked_from") or None
+        if mode in ("seeded", "fork") and prior_run is not None:
             plan.source_run = prior_run["run_id"]
+        plan.forked_step = fork_step
+        forced = _downstream(self.spec, fork_step) if fork_step in self.states else set()
+        if fork_only and fork_step:
+            forced = {fork_step}  # the step alone, against the recorded outputs of the rest
         prior_params = (
             json.loads(prior_run["params"]) if prior_run and prior_run.get("params") else None
         )
         for s in self.order:
             st = self.states[s.id]
             row = rows.get(s.id)
-            reason = self.reason(st, row, prior_params)
+            self._chain(st)
             if mode == "rollback" and row is not None:
                 self.apply_row(st, row)
                 plan.entries.append(PlanEntry(s.id, "replay", "rolling back"))
-            elif reason is None and row is not None:
+                continue
+            reason, changed = self.explain(st, row, prior_params, mode)
+            replay_why = "unchanged"
+            if forced and row is not None and s.id not in forced:
+                fork_reuse = row["status"] in DONE_STEP and outputs.storable(row)
+                if mode == "fork":
+                    fork_reuse = fork_reuse and row.get("comp_status") != "done"
+                    reason = None if fork_reuse else reasons.not_reusable(row, plan.source_run)
+                elif fork_reuse and row.get("replayed_from"):
+                    reason = None  # resuming a fork: what it reused stays reused
+                replay_why = f"before the fork point '{fork_step}'"
+            elif mode == "fork" and s.id in forced:
+                reason = (
+                    "the fork point"
+                    if s.id == fork_step
+                    else f"downstream of the fork point '{fork_step}'"
+                )
+            elif mode in ("seeded", "fork") and row is not None and row["status"] in DONE_STEP:
+                policy = reasons.cache_control(st).get("mode")
+                if policy == "recompute":
+                    reason, changed = "cache: recompute", changed or ["cache: recompute"]
+                elif policy == "ignore" and outputs.storable(row):
+                    reason, replay_why = None, "cache: ignore"
+            if reason is None and row is not None:
                 self.apply_row(st, row)
                 st.replayed = True
-                if mode == "seeded":
+                if mode in ("seeded", "fork"):
                     st.replayed_from = row.get("replayed_from") or row["run_id"]
                     st.comp_status = st.comp_error = None
                     st.comp_attempts = 0
-                plan.entries.append(PlanEntry(s.id, "replay", "unchanged"))
+                    # What is reused is what was stored: its hashes travel with it.
+                    st.eff_hash = row.get("eff_hash") or st.eff_hash
+                    st.code_hash = row.get("code_hash") or ""
+                    st.fingerprint = reasons.json_of(row.get("fingerprint"))
+                plan.entries.append(PlanEntry(s.id, "replay", replay_why, changed))
             else:
                 if mode == "resume" and row is not None:
                     st.attempts = int(row.get("attempts") or 0)
                     comp = json.loads(row["compensation"]) if row.get("compensation") else None
                     if comp and "prepared_attempt" in comp and row["status"] != S_COMPLETED:
                         st.compensation = comp  # the undo captured before the first effect
-                plan.entries.append(PlanEntry(s.id, "run", reason or "not run yet"))
+                plan.entries.append(PlanEntry(s.id, "run", reason or "not run yet", changed))
+            entry = plan.entries[-1]
+            untracked = reasons.untracked(st)
+            if untracked:
+                entry.reason += f" ({', '.join(untracked)} not tracked)"
+            st.fingerprint = {**(st.fingerprint or {}), "changed": changed, "why": entry.reason}
         seqs = [int(r["finish_seq"]) for r in rows.values() if r.get("finish_seq") is not None]
         plan.seq = max(seqs) if seqs and mode in ("resume", "rollback") else 0
         return plan
@@ -321,36 +389,11 @@ class Planner:
         st.reason = row.get("reason")
         self.blob_source[st.id] = row["run_id"]
 
-    def reason(self, st: StepState, row: Mapping[str, Any] | None, prior_params: Any) -> str | None:
-        """Why this step must run (None: it can replay)."""
-        s = st.spec
-        if row is None:
-            return "not run yet"
-        status = row["status"]
-        if status in (S_COMPLETED, S_SKIPPED):
-            if row.get("eff_hash") == st.eff_hash:
-                if status == S_COMPLETED and not outputs.storable(row):
-                    return "its output could not be stored"
-                return None
-            if row.get("def_hash") != s.def_hash:
-                return "definition changed"
-            if row.get("code_hash") != st.code_hash:
-                return f"function {s.body} changed"
-            if prior_params is not None and prior_params != self.params:
-                return "params changed"
-            for n in s.needs:
-                if self.states[n].status not in DONE_STEP or not self.states[n].replayed:
-                    return f"upstream '{n}' runs again"
-            return "inputs changed"
-        if status == S_WAITING:
-            return "waiting for approval"
-        if status == S_RUNNING:
-            return f"was in flight when its process died (attempt {row.get('attempts')})"
-        if status == S_INTERRUPTED:
-            return "was interrupted"
-        if status == S_FAILED:
-            return "failed before"
-        return "not run yet"
+    def explain(
+        self, st: StepState, row: Mapping[str, Any] | None, prior_params: Any, mode: str
+    ) -> tuple[str | None, list[str]]:
+        """Why this step must run (None: it can replay), and what differs from ``row``."""
+        return reasons.explain(st, row, self.states, self.params, prior_params, mode)
 
 
 def check_not_busy(row: Mapping[str, Any]) -> None:
@@ -360,3 +403,16 @@ def check_not_busy(row: Mapping[str, Any]) -> None:
 
 def _one(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return rows[0] if rows else None
+
+
+def _downstream(spec: WorkflowSpec, step_id: str | None) -> set[str]:
+    """``step_id`` and every step that needs it, directly or not."""
+    below = spec.downstream()
+    out: set[str] = set()
+    todo = [step_id] if step_id else []
+    while todo:
+        sid = todo.pop()
+        if sid not in out:
+            out.add(sid)
+            todo.extend(below.get(sid, []))
+    return out

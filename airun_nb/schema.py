@@ -14,12 +14,13 @@ import pyarrow as pa
 
 from .errors import StoreIncompatible
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
 # (hashed API tokens of the approval service); 4 adds attempts.traceback (the full traceback of
 # a failed attempt); 5 adds runs.forked_from / forked_step (a fork's run and step) and
-# steps.fingerprint (the components of a step's code fingerprint, and what changed). Each version only adds
-# tables or columns, so an older store is upgraded in place when it is opened.
+# steps.fingerprint (a step's code fingerprint components and what changed); 6 adds
+# approvals.four_eyes (the launcher may not decide the gate). Each version only
+# adds tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
 # Column lists are the single source of truth for DDL, Arrow batches and journal records.
@@ -110,6 +111,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
             ("preview_html", "VARCHAR"),
             ("approvers", "VARCHAR"),
             ("allow_self_approval", "BOOLEAN"),
+            ("four_eyes", "BOOLEAN"),
             ("launched_by", "VARCHAR"),
             ("opened_at", _TS),
             ("deadline", _TS),

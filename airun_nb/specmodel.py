@@ -62,6 +62,7 @@ class StepSpec:
     foreach: Any = None  # a list, or a template over params: one step per item
     item_name: str = "item"
     bindings: dict[str, Any] = field(default_factory=dict)  # item and index of an expanded step
+    cache: Any = None  # "recompute" | "ignore" | {"version": "..."}: how reuse is decided
 
     @property
     def is_group(self) -> bool:
@@ -132,3 +133,15 @@ def _template_fields(step: StepSpec) -> list[tuple[str, str]]:
     if step.compensate:
         out.extend(templates.walk_strings(step.compensate, "compensate"))
     return out
+
+
+CACHE_MODES = ("recompute", "ignore")
+
+
+def cache_control(value: Any) -> str | dict[str, str] | None:
+    """A step's ``cache:``: ``recompute``, ``ignore`` or ``{version: "2"}`` (ValueError else)."""
+    if value is None or value in CACHE_MODES:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, dict) and set(value) == {"version"} and value["version"] is not None:
+        return {"version": str(value["version"])}
+    raise ValueError("'cache' must be recompute, ignore or {version: \"...\"}")

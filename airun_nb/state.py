@@ -115,6 +115,7 @@ class StepState:
     comp_attempts: int = 0
     comp_error: str | None = None
     comp_finished_at: float | None = None
+    fingerprint: dict[str, Any] | None = None  # components of the code fingerprint, changes
     retry_at: float | None = None  # while waiting between attempts: when the next one starts
     traceback: str | None = None  # of the last failed attempt
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import spec as spec_mod
+from .errors import RunNotFound
 from .ledger import Listener
 from .memory import gc_paused, gc_release
-from .runner import Runner
-from .errors import RunNotFound
 from .result import RunResult
+from .runner import Runner
 from .spec import WorkflowSpec
 from .store import Store
 
@@ -68,6 +69,8 @@ class Workflow:
         user: str | None = None,
         principal: str | None = None,
         raise_on_failure: bool = True,
+        fork: tuple[str, str] | None = None,
+        fork_only: bool = False,
     ) -> RunResult:
         """Run (or resume) the workflow and return its :class:`RunResult`.
 
@@ -75,7 +78,8 @@ class Workflow:
         new run (reusing the outputs of steps that did not change). ``resume=RUN`` resumes that
         run; ``new=True`` always starts afresh. ``principal`` is who the policy sees running it
         (an agent's name, say); by default the acting user (``AIRUN_USER`` or the login).
-        Failures raise
+        ``fork=(RUN, STEP)`` starts a new run that reuses RUN's outputs of every step that is
+        not STEP or downstream of it (see :func:`fork`). Failures raise
         :class:`~airun_nb.errors.WorkflowFailed` unless ``raise_on_failure=False``.
         """
         try:
@@ -87,7 +91,7 @@ class Workflow:
                     listener=listener,
                     user=principal or user,
                 )
-                engine.prepare(resume=resume, new=new)
+                engine.prepare(resume=resume, new=new, fork=fork, fork_only=fork_only)
         except BaseException:
             gc_release()
             raise
@@ -136,3 +140,45 @@ def rollback(
     engine.prepare_rollback(run_id)
     engine.execute()
     return RunResult(engine)
+
+
+def fork(
+    run_id: str,
+    from_step: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    db: str | os.PathLike[str] | None = None,
+    listener: Listener | None = None,
+    workflow: Workflow | None = None,
+    raise_on_failure: bool = True,
+) -> RunResult:
+    """Start a new run from step ``from_step`` of the stored run ``run_id``.
+
+    Every step that is not ``from_step`` and not downstream of it is replayed from ``run_id``'s
+    stored outputs (not executed); ``from_step`` and everything downstream run with the current
+    code (functions from ``namespace``) and the stored run's params updated with ``params``.
+    ``workflow`` replaces the stored definition (a notebook cell's current YAML). The new run
+    records ``forked_from``; it resumes and rolls back like any run, and undoing it undoes only
+    what it ran. A failed or rolled-back run can be forked too.
+    """
+    stored = stored_params(run_id, db)
+    wf = workflow if workflow is not None else Workflow.from_run(run_id, db=db)
+    return wf.run(
+        db=db,
+        params={**stored, **(params or {})},
+        namespace=namespace,
+        listener=listener,
+        fork=(run_id, from_step),
+        raise_on_failure=raise_on_failure,
+    )
+
+
+def stored_params(run_id: str, db: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The params a stored run ran with."""
+    store = Store.open(db)
+    found = store.query("SELECT params FROM runs WHERE run_id = ?", [run_id])
+    if not found:
+        raise RunNotFound(f"no run '{run_id}' in {store.path}")
+    value = json.loads(found[0][0]) if found[0][0] else {}
+    return dict(value) if isinstance(value, dict) else {}

@@ -1,0 +1,54 @@
+"""A step's fingerprint: the code and notebook values a step depends on (see
+:mod:`airun_nb.fingerprint`), with its ``cache:`` control applied."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .fingerprint import Fingerprint, Fingerprinter, value_part
+from .reasons import cache_control, json_of, value_changes
+from .state import StepState
+
+
+def of_step(st: StepState, prints: Fingerprinter) -> Fingerprint | None:
+    """The fingerprint of a ``call`` or ``python`` step (None for other kinds);
+    ``cache: {version: ...}`` stands in for the code."""
+    version = cache_control(st).get("version")
+    if version is not None:
+        return Fingerprint({"cache version": [str(version), str(version)]})
+    if st.spec.kind == "call" and st.fn is not None:
+        return prints.of_function(st.fn, str(st.spec.body).strip())
+    if st.spec.kind == "python":
+        return prints.of_code(str(st.spec.body), bound=frozenset(st.spec.bindings))
+    return None
+
+
+def values_changed(states: Mapping[str, StepState], row: Mapping[str, Any]) -> bool:
+    """Whether the values a stored step read differ from the notebook's now."""
+    st = states.get(row["step_id"])
+    if st is None or not row.get("fingerprint"):
+        return False
+    ours = (st.fingerprint or {}).get("components") or {}
+    return bool(value_changes(json_of(row["fingerprint"]).get("components"), ours))
+
+
+def refresh_values(
+    states: Mapping[str, StepState], namespace: Mapping[str, Any]
+) -> list[StepState]:
+    """Take the values the steps read again, as the notebook has them now (at the end of a
+    run); return the steps whose values changed meanwhile."""
+    prints = Fingerprinter(namespace)
+    out = []
+    for st in states.values():
+        comps = (st.fingerprint or {}).get("components")
+        if not comps or not value_part(comps):
+            continue
+        fresh = of_step(st, prints)
+        if fresh is None:
+            continue
+        values = {k: v for k, v in value_part(fresh.components).items() if k in comps}
+        if any(comps.get(k) != v for k, v in values.items()):
+            st.fingerprint = {**(st.fingerprint or {}), "components": {**comps, **values}}
+            out.append(st)
+    return out
