@@ -21,10 +21,12 @@ from .errors import (
     TemplateError,
     WorkflowFailed,
 )
+from .explanation import why
 from .gate import AlreadyDecided, ApprovalError, approve, reject
 from .history import approvals, attempts, audit, events, runs, steps
 from .result import RunResult
-from .workflow import Workflow, rollback
+from .rundiff import diff
+from .workflow import Workflow, fork, rollback
 
 __version__ = "0.1.0"
 
@@ -48,7 +50,9 @@ __all__ = [
     "attempts",
     "audit",
     "cancel",
+    "diff",
     "events",
+    "fork",
     "last_run",
     "load_ipython_extension",
     "register_capability",
@@ -57,6 +61,7 @@ __all__ = [
     "runs",
     "steps",
     "unload_ipython_extension",
+    "why",
 ]
 
 

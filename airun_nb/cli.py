@@ -10,7 +10,7 @@ from typing import Any
 import click
 import pandas as pd
 
-from . import gate, history, identity
+from . import cli_travel, gate, history, identity
 from .config import resolve_db
 from .errors import AirunError
 from .store import Store
@@ -40,6 +40,10 @@ db_option = click.option(
 @click.version_option(package_name="airun_nb")
 def main() -> None:
     """Inspect and drive airun_nb workflow runs."""
+
+
+for _command in cli_travel.COMMANDS:  # fork, diff, why
+    main.add_command(_command)
 
 
 def _print_frame(df: pd.DataFrame, columns: list[str]) -> None:

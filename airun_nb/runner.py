@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import capabilities, compensation, config, execution, kinds, owner
+from . import capabilities, compensation, config, execution, kinds, owner, stepprint
 from . import policy as policy_mod
 from .errors import RunBusy, RunInterrupted, WorkflowFailed
 from .ledger import Ledger, Listener
@@ -116,7 +116,17 @@ class Runner:
         return capabilities.Context(self.workspace, undo_dir, self.store)
 
     # ------------------------------------------------------------------ plan
-    def prepare(self, *, resume: str | None = None, new: bool = False) -> Plan:
+    def prepare(
+        self,
+        *,
+        resume: str | None = None,
+        new: bool = False,
+        fork: tuple[str, str] | None = None,
+        fork_only: bool = False,
+    ) -> Plan:
+        """Plan the run. ``fork=(run, step)``: a new run that reuses every step of ``run``
+        that is not ``step`` or downstream of it, and runs the rest (``fork_only``: runs
+        ``step`` alone, every other step reused)."""
         try:
             with gc_paused():  # released when the run ends (execute), or on failure here
                 self.policy = policy_mod.current().tightened(self.spec.policy)
@@ -125,13 +135,28 @@ class Runner:
                 self.planner.hash_steps()
                 self.planner.check_templates()
                 with self.store.session("planning a run"):
-                    prior_run, prior_rows, mode = self.planner.select_run(resume, new)
-                self._adopt(self.planner.decide(prior_run, prior_rows, mode))
+                    if fork is not None:
+                        prior_run, prior_rows = self.planner.select_fork(*fork)
+                        mode = "fork"
+                    else:
+                        prior_run, prior_rows, mode = self.planner.select_run(resume, new)
+                step = fork[1] if fork is not None else None
+                plan = self.planner.decide(
+                    prior_run, prior_rows, mode, fork_step=step, fork_only=fork_only
+                )
+                self._adopt(plan)
         except BaseException:
             gc_release()
             raise
         assert self.plan is not None
         return self.plan
+
+    def dry_run(self, **how: Any) -> Plan:
+        """The plan :meth:`prepare` makes, and nothing executed or written."""
+        try:
+            return self.prepare(**how)
+        finally:
+            gc_release()
 
     def prepare_rollback(self, run_id: str) -> Plan:
         """Load a stored run to roll it back (on demand, or to finish a rollback)."""
@@ -149,7 +174,11 @@ class Runner:
         """Take over what the plan continues: the run id, its launcher, its history."""
         ledger = self.ledger
         ledger.run_id = plan.run_id
-        ledger.seeded_from = plan.source_run
+        ledger.seeded_from = plan.source_run if plan.mode == "seeded" else None
+        if plan.mode in ("resume", "rollback"):
+            ledger.seeded_from = plan.prior.get("seeded_from")
+        if plan.forked_step and plan.source_run:
+            ledger.forked_from = (plan.source_run, plan.forked_step)
         if plan.mode in ("resume", "rollback"):
             ledger.launched_by = plan.launched_by or self.user
             ledger.created_at = plan.created_at or time.time()
@@ -178,6 +207,7 @@ class Runner:
                 self.listener.planned(self)
                 self._schedule()
                 self._finish()
+                self._record_values()
         except KeyboardInterrupt:
             self._on_interrupt()
         finally:
@@ -209,7 +239,7 @@ class Runner:
                 st.out = {}
                 st.started_at = st.finished_at = None
                 steps.append((st, st.reason))
-            elif plan.mode == "seeded":
+            elif plan.mode in ("seeded", "fork"):
                 steps.append((st, None))
         self.ledger.begin(
             mode=plan.mode, source_run=plan.source_run, spec_record=spec_record, steps=steps
@@ -239,6 +269,15 @@ class Runner:
             compensation.roll_back(self)
         else:
             ledger.set_status(FAILED, step=ledger.failed_step, error=ledger.error)
+
+    def _record_values(self) -> None:
+        """A completed run stores the values its steps read as the notebook has them at its
+        end, so a later run compares against those (not against what its steps changed)."""
+        if self.status != COMPLETED:
+            return
+        changed = stepprint.refresh_values(self.states, self.namespace)
+        if changed:
+            self.ledger.write([self.ledger.step_record(st) for st in changed])
 
     def _failure_policy(self) -> str:
         assert self.failed_step is not None

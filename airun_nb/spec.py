@@ -23,7 +23,7 @@ from .errors import SpecError
 from .foreach import expand
 from .specgraph import check_graph
 from .specgraph import suggest as _suggest
-from .specmodel import RetryPolicy, StepSpec, WorkflowSpec
+from .specmodel import RetryPolicy, StepSpec, WorkflowSpec, cache_control
 
 __all__ = [
     "RetryPolicy",
@@ -44,7 +44,7 @@ KINDS = ("call", "python", "sql", "capability", "approval", "parallel")
 STEP_KEYS = {
     *("id", "needs", "when", "with", "retry", "timeout", "output", "compensate"),
     *("compensate_on_failure", "on_failure", "check", "risk", "description", "executor"),
-    *("notify", "foreach", "as", "agent"),
+    *("notify", "foreach", "as", "cache", "agent"),
     *KINDS,
 }
 WORKFLOW_KEYS = {
@@ -316,6 +316,10 @@ class _Parser(_Source):
         check = d.get("check")
         if check is not None and not isinstance(check, str):
             raise self.error("'check' must be an expression over 'result'", [*path, "check"])
+        try:
+            cache = cache_control(d.get("cache"))
+        except ValueError as exc:
+            raise self.error(str(exc), [*path, "cache"]) from None
 
         children: list[StepSpec] = []
         foreach = d.get("foreach")
@@ -350,7 +354,10 @@ class _Parser(_Source):
             body = [c.id for c in children]
             needs = [*needs, *[c.id for c in children]]
 
-        definition = {k: v for k, v in d.items() if k not in ("description", "output", "notify")}
+        # cache: decides reuse, it is not part of what a step computes.
+        definition = {
+            k: v for k, v in d.items() if k not in ("description", "output", "notify", "cache")
+        }
         definition["kind"] = kind
         if kind == "parallel":
             definition["parallel"] = [c.definition for c in children]
@@ -373,6 +380,7 @@ class _Parser(_Source):
             executor=d.get("executor"),
             description=d.get("description"),
             notify=d.get("notify"),
+            cache=cache,
             agent=_agent(d.get("agent"), [*path, "agent"], self.error),
             definition=definition,
             def_hash=_hash(definition),

@@ -15,11 +15,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
-from .. import history
+from .. import explanation, history, rundiff
 from ..result import RunResult
 from ..store import Store
 from ..timeouts import name_files_with
-from ..workflow import Workflow, rollback
+from ..workflow import Workflow, rollback, stored_params
 from .config import Workflow as WorkflowSettings
 from .display import LiveTable
 from .widgets import draw_gates
@@ -39,6 +39,9 @@ def _cell_parser() -> _Parser:
     p.add_argument("--resume", metavar="RUN")
     p.add_argument("--new", action="store_true")
     p.add_argument("--db", metavar="PATH")
+    p.add_argument("--fork", metavar="RUN")
+    p.add_argument("--from", dest="from_step", metavar="STEP")
+    p.add_argument("--dry-run", action="store_true")
     return p
 
 
@@ -68,8 +71,23 @@ class WorkflowMagics(Magics):
         args = _cell_parser().parse_args(shlex.split(line))
         if args.resume and args.new:
             raise UsageError("%%workflow: give --resume RUN or --new, not both")
+        if bool(args.fork) != bool(args.from_step):
+            raise UsageError("%%workflow: --fork RUN goes with --from STEP")
+        if args.fork and (args.resume or args.new):
+            raise UsageError("%%workflow: --fork does not go with --resume or --new")
         wf = Workflow.from_yaml(cell, name=args.name, line_offset=1)
-        self._run(wf, db=args.db, params=_params(args.param), resume=args.resume, new=args.new)
+        params = _params(args.param)
+        fork = (args.fork, args.from_step) if args.fork else None
+        if fork is not None:
+            params = {**stored_params(args.fork, args.db), **params}
+        if args.dry_run:
+            engine = wf.runner(db=args.db, params=params, namespace=self.shell.user_ns)
+            plan = engine.dry_run(resume=args.resume, new=args.new, fork=fork)
+            print(explanation.plan_text(plan))
+            return
+        self._run(
+            wf, db=args.db, params=params, resume=args.resume, new=args.new, fork=fork
+        )
 
     def _run(self, wf: Workflow, **kwargs: Any) -> None:
         listener = LiveTable()
@@ -77,7 +95,9 @@ class WorkflowMagics(Magics):
         engine = wf.runner(
             db=kwargs.get("db"), params=kwargs.get("params"), namespace=ns, listener=listener
         )
-        engine.prepare(resume=kwargs.get("resume"), new=bool(kwargs.get("new")))
+        engine.prepare(
+            resume=kwargs.get("resume"), new=bool(kwargs.get("new")), fork=kwargs.get("fork")
+        )
         try:
             engine.execute()
         finally:
@@ -136,6 +156,21 @@ class WorkflowMagics(Magics):
                 raise UsageError("%workflow rollback: give one run id")
             rollback(rest[0], db=db, namespace=self.shell.user_ns, listener=LiveTable())
             return None
+        if cmd == "why":
+            if len(rest) != 1:
+                raise UsageError("%workflow why: give one run id")
+            return explanation.why(rest[0], db)
+        if cmd == "diff":
+            step = None
+            if "--step" in rest:
+                i = rest.index("--step")
+                if i + 1 >= len(rest):
+                    raise UsageError("%workflow diff: --step needs a step id")
+                step = rest[i + 1]
+                del rest[i : i + 2]
+            if len(rest) != 2:
+                raise UsageError("%workflow diff: give two run ids (and --step STEP)")
+            return rundiff.diff(rest[0], rest[1], step=step, db=db)
         if cmd == "history":
             what = rest[0] if rest else "runs"
             run = rest[1] if len(rest) > 1 else None
