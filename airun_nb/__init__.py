@@ -11,6 +11,7 @@ from .cancellation import cancel
 from .capabilities import register as register_capability
 from .errors import (
     AirunError,
+    QueryError,
     RunBusy,
     RunInterrupted,
     RunNotFound,
@@ -23,7 +24,7 @@ from .errors import (
 )
 from .explanation import why
 from .gate import AlreadyDecided, ApprovalError, approve, reject
-from .history import approvals, attempts, audit, events, runs, steps
+from .history import approvals, attempts, audit, events, history_relation, query, runs, steps
 from .result import RunResult
 from .rundiff import diff
 from .workflow import Workflow, fork, rollback
@@ -34,6 +35,7 @@ __all__ = [
     "AirunError",
     "AlreadyDecided",
     "ApprovalError",
+    "QueryError",
     "RunBusy",
     "RunInterrupted",
     "RunNotFound",
@@ -52,9 +54,11 @@ __all__ = [
     "cancel",
     "diff",
     "events",
+    "history_relation",
     "fork",
     "last_run",
     "load_ipython_extension",
+    "query",
     "register_capability",
     "reject",
     "rollback",

@@ -54,6 +54,10 @@ class StoreIncompatible(StoreError):
     """The file is not an airun_nb store, or was written by a newer schema."""
 
 
+class QueryError(AirunError):
+    """A history query is not valid SQL, or is not a single read-only SELECT."""
+
+
 class StoreWarning(UserWarning):
     """Something in the store needed repair (a damaged journal tail was set aside...)."""
 

@@ -30,6 +30,7 @@ class Lease:
         self.waiters_dir = db_path.with_name(db_path.name + ".waiters")
         self._fd: int | None = None
         self._held_since = 0.0
+        self.grants = 0  # how many times this process took the lease (caches check it)
         self.purpose = "airun_nb"
         self._since = 0.0
         self._tlock = threading.Lock()
@@ -57,6 +58,7 @@ class Lease:
             os.close(fd)
             raise
         self._fd = fd
+        self.grants += 1
         self._held_since = time.monotonic()
         self._since = time.time()
         self.retitle(purpose)

@@ -134,7 +134,7 @@ class Runner:
                 self.planner.resolve()
                 self.planner.hash_steps()
                 self.planner.check_templates()
-                with self.store.session("planning a run"):
+                with self.store.session("planning a run", fold=False):
                     if fork is not None:
                         prior_run, prior_rows = self.planner.select_fork(*fork)
                         mode = "fork"
@@ -213,8 +213,7 @@ class Runner:
         finally:
             owner.release_in_process(self.run_id)
             gc_release()
-        self._bind_outputs()
-        self.store.flush()
+        self._bind_outputs()  # no fold here: the journal holds the run, folded in batches
         self.listener.finished(self)
         self._raise_for_status()
 

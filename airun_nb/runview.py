@@ -71,6 +71,17 @@ def shown_status(
     return status
 
 
+def shown_status_sql(status: str, replayed_from: str, comp_status: str, run_status: str) -> str:
+    """:func:`shown_status` as a SQL expression over the named columns."""
+    undo = " ".join(f"WHEN {comp_status} = '{k}' THEN '{v}'" for k, v in _UNDO_STATUS.items())
+    rollback = ", ".join(f"'{s}'" for s in _ROLLBACK)
+    return (
+        f"CASE {undo} WHEN coalesce({replayed_from}, '') <> '' AND {status} = 'completed' "
+        f"AND ({run_status} IS NULL OR {run_status} NOT IN ({rollback})) THEN 'replayed' "
+        f"ELSE {status} END"
+    )
+
+
 def _attempt_of(st: Any) -> str:
     retry = getattr(st.spec, "retry", None)
     most = getattr(retry, "attempts", 1) or 1

@@ -92,7 +92,7 @@ class Store:
         side = (store.path, store.journal.path, store.lease.lock_path, _wal(store.path))
         existed = {p for p in side if os.path.lexists(p)}
         try:
-            with store.session("opening the store"):
+            with store.session("opening the store", fold=False):
                 pass
         except StoreBusy:
             raise  # someone else holds the files: touch nothing
@@ -207,7 +207,8 @@ class Store:
             crashpoint("output:after_commit")
 
     def get_table(self, name: str) -> pa.Table:
-        with self.session() as con:
+        # No fold first: output tables are committed directly, never journaled.
+        with self.session("reading a step output", fold=False) as con:
             rel = con.sql(f"SELECT * FROM outputs.{quote_ident(name)}")
             fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
             table: pa.Table = fetch()
