@@ -10,7 +10,7 @@ from typing import Any
 import click
 import pandas as pd
 
-from . import cli_travel, gate, history, identity
+from . import cli_migrate, cli_travel, gate, history, identity
 from .config import resolve_db
 from .errors import AirunError
 from .store import Store
@@ -42,7 +42,7 @@ def main() -> None:
     """Inspect and drive airun_nb workflow runs."""
 
 
-for _command in cli_travel.COMMANDS:  # fork, diff, why
+for _command in (*cli_travel.COMMANDS, *cli_migrate.COMMANDS):  # fork, diff, why, validate...
     main.add_command(_command)
 
 

@@ -292,3 +292,66 @@ def _agent_policy(items: list[Any], out: Translation, error: ErrorAt) -> None:
 
 def _key(path: list[Any], last: Any) -> Path:
     return (*path, last)
+
+
+def principals(metadata: dict[str, Any], agent: str | None) -> list[str]:
+    """Who else acts in a step besides its launcher: the workflow's ``metadata.owner`` and the
+    step's agent (``agent:<name>``). The policy decides the most restrictive over all of them."""
+    out = []
+    owner = metadata.get("owner") if isinstance(metadata, dict) else None
+    if isinstance(owner, str) and owner.strip():
+        out.append(owner.strip())
+    if agent:
+        out.append(agent if agent.startswith("agent:") else f"agent:{agent}")
+    return out
+
+
+def seed_names(
+    steps: list[tuple[str, str | None, Any]], params: dict[str, Any], run_id: str
+) -> dict[str, Any]:
+    """The names a seed template sees besides ``params``/``steps``/``run``: every finished step's
+    output keys flat (``{{rendered}}``) and under its name (``{{w1.path}}``), with the old keys
+    of aliased capabilities; the params; and ``workflow_id`` / ``run_id`` as the run's id (the
+    old runtime's meaning) unless a param gives them a value. ``steps`` is (id, capability or
+    None, output) of each finished step, in the order they finished."""
+    from .capabilities.legacy import seed_output
+
+    flat: dict[str, Any] = {}
+    named: dict[str, Any] = {}
+    for step_id, capability, value in steps:
+        if capability:
+            value = seed_output(capability, value)
+        if isinstance(value, dict):
+            flat.update(value)
+        named[step_id] = value
+    out = {**flat, **named, **params}
+    for key in ("workflow_id", "run_id"):
+        if out.get(key) in (None, ""):
+            out[key] = run_id
+    return out
+
+
+def unknown_flat_names(spec: Any, namespace_names: set[str]) -> list[str]:
+    """Flat names a seed workflow's templates use that nothing will define, each as
+    ``step 'x', field 'with.path': name 'y' is undefined``. Empty when a step's outputs cannot be
+    known before it runs (a user capability, code), since any name could then come from it."""
+    from .capabilities.legacy import GATE_KEYS, output_keys
+
+    known = {"params", "steps", "run", "result", "secrets", "workflow_id", "run_id"}
+    known |= namespace_names | set(spec.params) | {s.id for s in spec.steps}
+    for s in spec.steps:
+        if s.kind == "approval":
+            known.update(GATE_KEYS)
+        elif s.kind == "capability":
+            keys = output_keys(str(s.body))
+            if keys is None:
+                return []
+            known.update(keys)
+        elif s.kind not in ("parallel", "foreach"):
+            return []
+    out = []
+    for step_id, field_path, names in spec.template_names():
+        allowed = known | set(spec.by_id[step_id].bindings)
+        for name in sorted(names - allowed):
+            out.append(f"step '{step_id}', field '{field_path}': name '{name}' is undefined")
+    return out

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import capabilities, executor, gatekeeper, governance, kinds, outputs, templates
+from . import capabilities, deadline, executor, gatekeeper, governance, kinds, outputs, templates
 from .errors import AirunError
 from .runcontext import RunContext
 from .scope import StepRefs
@@ -168,10 +168,11 @@ def _skip_reason(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> str 
 
 def _attempt(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> Any:
     s = st.spec
-    if s.timeout is None:
+    limit = deadline.step_limit(run.run_id, s.timeout, run.spec.deadline)
+    if limit is None:
         value = _invoke(run, st, ctx)
     else:
-        value = with_timeout(lambda: _invoke(run, st, ctx), s.timeout)
+        value = with_timeout(lambda: _invoke(run, st, ctx), limit)
     if isinstance(value, Exception):
         raise value  # a step that returns an error value fails
     if s.check:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import auditlog, capabilities
+from . import auditlog, capabilities, dialect
 from . import policy as policy_mod
 from .runcontext import RunContext
 from .state import StepState
@@ -18,11 +18,15 @@ def check(run: RunContext, st: StepState) -> tuple[policy_mod.Verdict, dict[str,
     cap = capabilities.policy_name(s.kind, s.body)
     risk = capabilities.risk_of(s.kind, s.body, s.risk)
     verdict = run.policy.evaluate(run.user, cap, risk)
+    for other in dialect.principals(run.spec.metadata, s.agent):  # owner, agent: tighten only
+        seen = run.policy.evaluate(other, cap, risk)
+        if policy_mod.DECISIONS.index(seen.decision) > policy_mod.DECISIONS.index(verdict.decision):
+            verdict = seen
     if not run.policy.active:
         return verdict, None  # no policy configured: nothing was decided
     rec = auditlog.row(
         kind="policy",
-        principal=run.user,
+        principal=verdict.principal,
         run_id=run.run_id,
         step_id=s.id,
         capability=cap,

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import capabilities, gateconfig, kinds, outputs, reasons, recent, stepprint
+from . import capabilities, dialect, gateconfig, kinds, outputs, reasons, recent, stepprint
+from .capabilities import legacy
 from .errors import RunBusy, RunNotFound, SpecError, TemplateError
 from .fingerprint import Fingerprinter
 from .ledger import timestamp
@@ -125,6 +126,8 @@ class Planner:
         self.namespace = namespace
         self.order: list[StepSpec] = list(spec.steps)
         self.blob_source: dict[str, str] = {}
+        # call targets not defined here: fine for a resumed run's finished steps only
+        self.unresolved: dict[str, kinds.ResolveError] = {}
 
     # ------------------------------------------------------------------ checks
     def resolve(self) -> None:
@@ -133,7 +136,11 @@ class Planner:
         prints = Fingerprinter(self.namespace)
         for st in self.states.values():
             if st.spec.kind == "call":
-                st.fn = kinds.resolve_callable(str(st.spec.body), self.namespace, step=st.id)
+                try:
+                    st.fn = kinds.resolve_callable(str(st.spec.body), self.namespace, step=st.id)
+                except kinds.ResolveError as exc:
+                    self.unresolved[st.id] = exc  # decide() raises it if the step must run
+                    continue
             elif st.spec.kind == "python":
                 kinds.compile_python(str(st.spec.body), st.id)
             elif st.spec.kind == "approval":
@@ -142,7 +149,8 @@ class Planner:
                 try:
                     capabilities.get(str(st.spec.body))
                 except capabilities.CapabilityError as exc:
-                    raise SpecError(f"step '{st.id}': {exc.message}") from None
+                    hint = legacy.missing_hint(str(st.spec.body)) or exc.message
+                    raise SpecError(f"step '{st.id}': {hint}") from None
             fp = stepprint.of_step(st, prints)
             if fp is not None and fp.components:
                 st.code_hash = fp.digest
@@ -187,8 +195,10 @@ class Planner:
         return order
 
     def check_templates(self) -> None:
-        if self.spec.seed_dialect:
-            return  # seed lookups ({{draft}}) resolve against outputs at run time
+        if self.spec.seed_dialect:  # flat lookups ({{draft}}) resolve against outputs
+            for problem in dialect.unknown_flat_names(self.spec, set(self.namespace)):
+                raise TemplateError(f"{problem} (no param, step or earlier output gives it)")
+            return
         known = {"params", "steps", "run", "result", "secrets", *self.namespace.keys()}
         for step_id, field_path, names in self.spec.template_names():
             allowed = (
@@ -315,6 +325,10 @@ class Planner:
         for s in self.order:
             st = self.states[s.id]
             row = rows.get(s.id)
+            if s.id in self.unresolved:
+                if mode not in ("resume", "rollback") or row is None:
+                    raise self.unresolved[s.id]
+                st.code_hash = row.get("code_hash") or ""  # not defined here: as it was
             self._chain(st)
             if mode == "rollback" and row is not None:
                 self.apply_row(st, row)
@@ -368,7 +382,22 @@ class Planner:
             st.fingerprint = {**(st.fingerprint or {}), "changed": changed, "why": entry.reason}
         seqs = [int(r["finish_seq"]) for r in rows.values() if r.get("finish_seq") is not None]
         plan.seq = max(seqs) if seqs and mode in ("resume", "rollback") else 0
+        missing = [
+            e.step_id for e in plan.entries if e.action == "run" and e.step_id in self.unresolved
+        ]
+        if missing:
+            raise self.missing_functions(missing)
         return plan
+
+    def missing_functions(self, steps: list[str]) -> kinds.ResolveError:
+        """One error naming every function the steps that still have to run need."""
+        if len(steps) == 1:
+            return self.unresolved[steps[0]]
+        names = ", ".join(dict.fromkeys(str(self.states[s].spec.body).strip() for s in steps))
+        return kinds.ResolveError(
+            f"steps {', '.join(steps)} still have to run and call {names}, which are not "
+            "defined here (define them in the notebook's cells, or give 'package.module:function')"
+        )
 
     def apply_row(self, st: StepState, row: Mapping[str, Any]) -> None:
         """Take a step's state as the store has it."""

@@ -331,6 +331,10 @@ def parse(
             raise PolicyError(f"{source}:{line} invalid YAML") from None
     else:
         doc = text_or_doc
+    from . import policy_dialect  # the seed runtime's policy files (v1 and v2 shapes)
+
+    if policy_dialect.is_seed_policy(doc):
+        return policy_dialect.load(doc, source=source)
     return _parse(
         doc, source=source, check_roles=check_roles, check_capabilities=check_capabilities
     )

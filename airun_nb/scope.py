@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import kinds, outputs
+from . import dialect, kinds, outputs
 from .errors import TemplateError
 from .spec import WorkflowSpec
 from .state import DONE_STEP, MISSING, S_COMPLETED, StepState
@@ -40,12 +40,16 @@ class Scope:
         ctx: dict[str, Any] = {}
         if self.spec.seed_dialect:
             ctx.update(self.namespace)
-            for st in self.states.values():
-                if st.status == S_COMPLETED:
-                    val = self.output_of(st.id)
-                    if isinstance(val, dict):
-                        ctx.update(val)
-            ctx.update(self.params)
+            done = [
+                (
+                    st.id,
+                    st.spec.body if st.spec.kind == "capability" else None,
+                    self.output_of(st.id),
+                )
+                for st in self.states.values()
+                if st.status == S_COMPLETED
+            ]
+            ctx.update(dialect.seed_names(done, self.params, self._run_id()))
         else:
             ctx.update(self.namespace)
         ctx["params"] = self.params

@@ -147,6 +147,7 @@ class _Parser(_Source):
     ) -> None:
         super().__init__(text, line_offset, doc)
         self.name = name
+        self.default_name: str | None = None
         self._path_of: dict[str, list[Any]] = {}
 
     def duration(self, value: Any, path: list[Any]) -> float:
@@ -203,6 +204,8 @@ class _Parser(_Source):
         for i, raw in enumerate(raw_steps):
             steps.extend(self.step(raw, ["steps", i], parent_needs=[]))
         name = self.name or wf.get("name")
+        if self.translation.seed and self.default_name is not None:
+            name = wf.get("name") or self.default_name  # a seed file keeps its own name
         if not name:
             raise SpecError(
                 "the workflow needs a name: give one after %%workflow or as 'name:' in the YAML"
@@ -467,13 +470,20 @@ def _fmt_path(path: list[Any]) -> str:
     return out
 
 
-def parse(text: str, *, name: str | None = None, line_offset: int = 0) -> WorkflowSpec:
+def parse(
+    text: str, *, name: str | None = None, line_offset: int = 0, file_stem: str | None = None
+) -> WorkflowSpec:
     """Parse workflow YAML into a :class:`WorkflowSpec`.
 
     ``name`` overrides the YAML's ``name:``; ``line_offset`` is added to reported line numbers
     (a ``%%workflow`` cell's YAML starts on the cell's second line).
     """
-    return _Parser(text, name, line_offset).parse()
+    if file_stem is None:
+        return _Parser(text, name, line_offset).parse()
+    parser = _Parser(text, name or file_stem, line_offset)
+    if name is None:  # a file: a seed document is named by its name:, a native one by the file
+        parser.default_name = file_stem
+    return parser.parse()
 
 
 def from_dict(doc: Mapping[str, Any], *, name: str | None = None) -> WorkflowSpec:

@@ -31,7 +31,7 @@ class Workflow:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, name: str | None = None) -> Workflow:
         p = Path(path)
-        return cls(spec_mod.parse(p.read_text(), name=name or p.stem))
+        return cls(spec_mod.parse(p.read_text(), name=name, file_stem=p.stem))
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, name: str | None = None) -> Workflow:

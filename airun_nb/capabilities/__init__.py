@@ -7,7 +7,7 @@ imported: :mod:`.files`, :mod:`.network`, :mod:`.shell`, :mod:`.sqlexec`.
 
 from __future__ import annotations
 
-from . import files, network, shell, sqlexec  # noqa: F401  (register the built-ins)
+from . import files, legacy, network, shell, sqlexec  # noqa: F401  (register the built-ins)
 from .registry import (
     ALIASES,
     KIND_CAPABILITY,
