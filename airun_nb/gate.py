@@ -5,9 +5,12 @@ A gate is a step whose output is the decision (``decision``, ``actor``, ``channe
 with the deadline fixed then (a restart does not extend it), and takes exactly one decision:
 the check and the write happen while holding the store's exclusive lease, so a double click, the
 CLI racing a button, or a replay can never record two. Who may decide is checked against the
-gate's ``approvers`` (user names and ``role:NAME``) and the four-eyes rule (the user who started
-the run may not approve it unless ``allow_self_approval``). Decisions by policy or timeout are
-the runtime's own and skip those checks.
+gate's ``approvers`` (user names and ``role:NAME``) and the four-eyes rule: a gate that names
+approvers, says ``four_eyes: true`` or was inserted by a policy rule refuses the user who started
+the run unless ``allow_self_approval`` (and, with approvers, the launcher is listed); a gate with
+neither may be decided by its launcher. Running the cell again with changed settings updates an
+open gate (a ``gate_settings_changed`` event). Decisions by policy or timeout are the runtime's
+own and skip those checks.
 """
 
 from __future__ import annotations
@@ -106,6 +109,12 @@ def expand_approvers(approvers: list[str] | None) -> tuple[set[str], list[str]]:
     return users, shown
 
 
+def four_eyes(row: Mapping[str, Any]) -> bool:
+    """Does the gate refuse its launcher? Yes when it names approvers, says ``four_eyes:
+    true``, or a policy rule inserted it; a gate with neither may be decided by anyone."""
+    return bool(row.get("four_eyes")) or bool(row.get("approvers"))
+
+
 def check_actor(row: Mapping[str, Any], actor: str) -> None:
     """Refuse (raise :class:`ApprovalError`) a user who may not decide this gate."""
     approvers = json.loads(row["approvers"]) if row.get("approvers") else None
@@ -114,11 +123,23 @@ def check_actor(row: Mapping[str, Any], actor: str) -> None:
         users, shown = expand_approvers(approvers)
         if actor not in users:
             raise ApprovalError(f"{actor} may not decide {where}: approvers are {'; '.join(shown)}")
-    if actor == row.get("launched_by") and not row.get("allow_self_approval"):
+    if actor == row.get("launched_by") and four_eyes(row) and not row.get("allow_self_approval"):
         raise ApprovalError(
             f"{actor} started run {row['run_id']} and may not also decide its {where.split(' of')[0]} "
             "(four-eyes); ask another approver, or set allow_self_approval: true on the gate"
         )
+
+
+_SETTINGS = ("approvers", "allow_self_approval", "four_eyes", "on_timeout")
+
+
+def _settings(config: GateConfig) -> dict[str, Any]:
+    return {
+        "approvers": json.dumps(config.approvers) if config.approvers else None,
+        "allow_self_approval": config.allow_self_approval,
+        "four_eyes": config.four_eyes or bool(config.approvers),
+        "on_timeout": config.on_timeout,
+    }
 
 
 # -- the durable record ----------------------------------------------------------------------
@@ -155,6 +176,21 @@ def open_gate(
     """Open the gate if it is not open yet; return (its row, whether it was opened now)."""
     with store.session("opening an approval gate"):
         existing = gate_row(store, run_id, gate_id)
+        if existing is not None and existing["status"] == "open":
+            # The cell was edited and run again: its new settings apply to the open gate.
+            wanted = _settings(config)
+            changed = {
+                k: v for k, v in wanted.items() if (existing.get(k) or None) != (v or None)
+            }
+            if changed:
+                row = {**existing, **changed}
+                store.record_many(
+                    [
+                        _record(row),
+                        _event(run_id, gate_id, "gate_settings_changed", **changed),
+                    ]
+                )
+                return row, False
         if existing is not None and not (
             existing["status"] == "expired" and existing.get("channel") == "policy"
         ):
@@ -181,12 +217,10 @@ def open_gate(
             "message": message,
             "preview_text": preview_text,
             "preview_html": preview_html,
-            "approvers": json.dumps(config.approvers) if config.approvers else None,
-            "allow_self_approval": config.allow_self_approval,
+            **_settings(config),
             "launched_by": launched_by,
             "opened_at": now,
             "deadline": now + config.timeout if config.timeout else None,
-            "on_timeout": config.on_timeout,
         }
         store.record_many(
             [_record(row), _event(run_id, gate_id, "gate_opened", deadline=row["deadline"])]

@@ -31,6 +31,7 @@ class GateConfig:
     mode: str | None = None
     allow_self_approval: bool = False
     notify: Any = None
+    four_eyes: bool = False  # the launcher may not decide (also implied by approvers)
 
 
 def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
@@ -44,6 +45,7 @@ def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
         "on_timeout",
         "mode",
         "allow_self_approval",
+        "four_eyes",
         "notify",
         "description",
     }
@@ -77,4 +79,5 @@ def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
         mode=mode,
         allow_self_approval=bool(body.get("allow_self_approval", False)),
         notify=body.get("notify"),
+        four_eyes=bool(body.get("four_eyes", False)),
     )

@@ -272,12 +272,37 @@ def test_four_eyes_the_launcher_cannot_decide_their_own_run(db: Path) -> None:
     assert run(text, db).status == "completed"
 
 
-def test_four_eyes_without_an_approvers_list_means_anyone_but_the_launcher(db: Path) -> None:
-    first = run(spec({}), db)
+def test_four_eyes_true_without_an_approvers_list_means_anyone_but_the_launcher(
+    db: Path,
+) -> None:
+    first = run(spec({"four_eyes": True}), db)
     with pytest.raises(ApprovalError, match="four-eyes"):
         airun_nb.approve(first.run_id, "review", db=db)  # by the current user: alice
     airun_nb.approve(first.run_id, "review", by="zoe", db=db)
     assert gate_row(db, first.run_id)["actor"] == "zoe"
+
+
+def test_a_gate_without_approvers_or_four_eyes_may_be_decided_by_its_launcher(db: Path) -> None:
+    first = run(spec({}), db)
+    airun_nb.approve(first.run_id, "review", db=db)  # by the current user: alice, the launcher
+    assert gate_row(db, first.run_id)["actor"] == "alice"
+    assert run(spec({}), db).status == "completed"
+
+
+def test_editing_an_open_gate_and_running_the_cell_again_applies_the_new_settings(
+    db: Path,
+) -> None:
+    first = run(spec({"approvers": ["bob"]}), db)
+    with pytest.raises(ApprovalError, match="approvers are bob"):
+        airun_nb.approve(first.run_id, "review", db=db)
+    again = run(spec({"approvers": ["bob", "alice"], "allow_self_approval": True}), db)
+    assert again.run_id == first.run_id and again.status == "waiting"
+    changed = events(db, first.run_id, "gate_settings_changed")
+    assert len(changed) == 1
+    airun_nb.approve(first.run_id, "review", db=db)  # alice, now listed and allowed
+    assert run(spec({"approvers": ["bob", "alice"], "allow_self_approval": True}), db).status == (
+        "completed"
+    )
 
 
 def test_allow_self_approval_lets_the_launcher_decide(db: Path) -> None:

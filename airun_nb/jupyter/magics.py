@@ -16,15 +16,21 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
 from .. import explanation, history, rundiff
-from ..result import RunResult
 from ..store import Store
 from ..timeouts import name_files_with
 from ..workflow import Workflow, rollback, stored_params
 from .config import Workflow as WorkflowSettings
 from .display import LiveTable
-from .widgets import draw_gates
+from .lastrun import last_result, remember
+from .widgets import draw_gates, waiting_line
 
-_last: dict[str, RunResult] = {}
+
+def _split(magic: str, line: str) -> list[str]:
+    """The words of a magic line; an unbalanced quote is a usage error, not a traceback."""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"{magic}: {exc} in: {line.strip()}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,9 +64,6 @@ def _params(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def last_result() -> RunResult | None:
-    """The result of the last ``%%workflow`` cell run in this kernel."""
-    return _last.get("result")
 
 
 @magics_class
@@ -68,7 +71,7 @@ class WorkflowMagics(Magics):
     @cell_magic("workflow")
     def workflow_cell(self, line: str, cell: str) -> None:
         """Run the workflow in this cell (resuming its unfinished run, if any)."""
-        args = _cell_parser().parse_args(shlex.split(line))
+        args = _cell_parser().parse_args(_split("%%workflow", line))
         if args.resume and args.new:
             raise UsageError("%%workflow: give --resume RUN or --new, not both")
         if bool(args.fork) != bool(args.from_step):
@@ -101,14 +104,14 @@ class WorkflowMagics(Magics):
         try:
             engine.execute()
         finally:
-            _last["result"] = RunResult(engine)
+            remember(engine)
             if engine.open_gates:
                 draw_gates(engine.open_gates, engine.store.path, ns)
 
     @line_magic("workflow")
     def workflow_line(self, line: str) -> Any:
-        """%workflow runs | show RUN | resume [RUN] | rollback RUN | approvals | timeline RUN | history [TABLE] [RUN]"""
-        words = shlex.split(line)
+        """%workflow runs | show RUN | resume [RUN] | rollback RUN | cancel RUN [--rollback] | approvals | timeline RUN | traceback [RUN] [STEP] | history [TABLE] [RUN]"""
+        words = _split("%workflow", line)
         db = None
         if "--db" in words:
             i = words.index("--db")
@@ -118,7 +121,8 @@ class WorkflowMagics(Magics):
             del words[i : i + 2]
         if not words:
             raise UsageError(
-                "%workflow: give a command: runs | show RUN | resume [RUN] | rollback RUN | approvals | timeline RUN | history"
+                "%workflow: give a command: runs | show RUN | resume [RUN] | rollback RUN | cancel RUN "
+                "| approvals | timeline RUN | traceback [RUN] [STEP] | history"
             )
         cmd, rest = words[0], words[1:]
         if cmd == "runs":
@@ -145,11 +149,43 @@ class WorkflowMagics(Magics):
         if cmd == "approvals":
             store = Store.open(db)
             rows = store.query_dicts(
-                "SELECT * FROM approvals WHERE status = 'open' ORDER BY opened_at"
+                "SELECT a.*, r.created_at AS run_created_at FROM approvals a "
+                "JOIN runs r USING (run_id) WHERE a.status = 'open' ORDER BY a.opened_at"
             )
             if not rows:
                 print("no approval gates are waiting")
+            for row in rows:
+                print(waiting_line(row))
             draw_gates(rows, store.path, self.shell.user_ns)
+            return None
+        if cmd == "cancel":
+            rollback_first = "--rollback" in rest
+            ids = [w for w in rest if w != "--rollback"]
+            if len(ids) != 1:
+                raise UsageError("%workflow cancel: give one run id (and --rollback to undo it)")
+            from ..cancellation import cancel, describe
+
+            done = cancel(
+                ids[0],
+                rollback=rollback_first,
+                channel="notebook",
+                db=db,
+                namespace=self.shell.user_ns,
+            )
+            print(describe(done))
+            return None
+        if cmd == "traceback":
+            if len(rest) > 2:
+                raise UsageError("%workflow traceback: give [RUN] [STEP]")
+            run_id = rest[0] if rest else _latest_failed(db)
+            history.stored_run(run_id, db)  # a clear error for an unknown run
+            found = history.tracebacks(run_id, db)
+            if len(rest) == 2:
+                found = {k: v for k, v in found.items() if k == rest[1]}
+            if not found:
+                print(f"run {run_id}: no failed attempt has a traceback")
+            for step, tb in found.items():
+                print(f"run {run_id} · step {step}\n{tb}\n")
             return None
         if cmd == "rollback":
             if len(rest) != 1:
@@ -186,8 +222,22 @@ class WorkflowMagics(Magics):
                 )
             return funcs[what]()
         raise UsageError(
-            f"%workflow: unknown command {cmd!r} (runs | show RUN | resume [RUN] | rollback RUN | approvals | timeline RUN | history)"
+            f"%workflow: unknown command {cmd!r} (runs | show RUN | resume [RUN] | rollback RUN | "
+            "cancel RUN | approvals | timeline RUN | traceback [RUN] [STEP] | why RUN | diff A B | "
+            "history)"
         )
+
+
+def _latest_failed(db: str | None) -> str:
+    last = last_result()
+    if last is not None:
+        return last.run_id
+    rows = Store.open(db).query(
+        "SELECT run_id FROM attempts WHERE traceback IS NOT NULL ORDER BY started_at DESC LIMIT 1"
+    )
+    if not rows:
+        raise UsageError("%workflow traceback: no run has failed yet; give a run id")
+    return str(rows[0][0])
 
 
 def _latest_unfinished(db: str | None) -> str:

@@ -1,30 +1,43 @@
-"""The approval gate as an ipywidget: message, preview, comment, Approve / Reject.
+"""The approval gate as an ipywidget: message, preview, comment, Approve / Reject / Cancel run.
 
 No custom JavaScript: plain ipywidgets 8. The cell that opened the gate has already ended, so
-the kernel is free to handle the click; the click records the decision in the store (first
-decision wins) and continues the run right here, drawing its progress in the gate's area.
-The plain-text form names the CLI commands, so headless outputs stay readable.
+the kernel is free to handle the click. A click first checks that the run can continue here
+(its remaining steps' functions are defined), then records the decision (first decision wins)
+and continues the run right here, drawing its progress in the gate's area. A decision taken
+anywhere else reaches the widget through the kernel's watcher (:mod:`.watcher`): the buttons
+show it, and the run continues in this kernel. The plain-text form names the CLI commands, so
+headless outputs stay readable.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import threading
 from collections.abc import Mapping, MutableMapping
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 from IPython.display import display
 
-from .. import gate
+from .. import gate, history
 from ..config import current_user
 from ..errors import AirunError
-from ..ledger import Listener
+from ..memory import gc_release
+from ..owner import owner_alive
+from ..runner import Runner
+from ..runview import render_html, render_text
 from ..store import Store
 from ..workflow import Workflow
-from .display import LiveTable, WidgetTable
+from .display import WidgetTable
+from .lastrun import remember
+from .watcher import WATCHER
+
+_DRAWN: list[GateWidget] = []
+_STYLE = "<style>.airun-gate pre{white-space:pre-wrap} .airun-gate table{border-collapse:collapse}"
+_STYLE += ".airun-gate td,.airun-gate th{padding:2px 10px 2px 0;text-align:left}</style>"
 
 
 def _deadline(row: Mapping[str, Any]) -> str:
@@ -35,8 +48,49 @@ def _deadline(row: Mapping[str, Any]) -> str:
 def _approvers(row: Mapping[str, Any]) -> str:
     raw = json.loads(row["approvers"]) if row.get("approvers") else None
     if not raw:
-        return "anyone but the launcher" if not row.get("allow_self_approval") else "anyone"
+        return "anyone but the launcher" if gate.four_eyes(row) else "anyone, the launcher too"
     return "; ".join(gate.expand_approvers(raw)[1])
+
+
+def _age(value: Any) -> str:
+    if not isinstance(value, datetime):
+        return "?"
+    secs = max((datetime.now(timezone.utc) - value.replace(tzinfo=timezone.utc)).total_seconds(), 0)
+    if secs < 120:
+        return f"{secs:.0f}s"
+    if secs < 7200:
+        return f"{secs / 60:.0f}m"
+    if secs < 172800:
+        return f"{secs / 3600:.0f}h"
+    return f"{secs / 86400:.0f}d"
+
+
+def waiting_line(row: Mapping[str, Any]) -> str:
+    """One line of ``%workflow approvals``: the run, its age, and how to end it."""
+    return (
+        f"run {row['run_id']} ({row.get('workflow')}, started by {row.get('launched_by')}, "
+        f"{_age(row.get('run_created_at') or row.get('opened_at'))} ago) waits at gate "
+        f"{row['gate_id']} for {_age(row.get('opened_at'))}; no longer wanted? "
+        f"%workflow cancel {row['run_id']}"
+    )
+
+
+def gate_widgets() -> list[GateWidget]:
+    """The gate widgets drawn in this kernel, oldest first."""
+    return list(_DRAWN)
+
+
+def _decided_line(row: Mapping[str, Any]) -> str:
+    who = html.escape(str(row.get("actor") or "?"))
+    via = html.escape(str(row.get("channel") or "?"))
+    status = str(row.get("status"))
+    if status == "approved":
+        return f"<b>Approved</b> by {who} via {via}; continuing the run."
+    if status == "rejected":
+        return f"<b>Rejected</b> by {who} via {via}; rolling the run back."
+    if status == "cancelled":
+        return f"<b>Cancelled</b> by {who} via {via}; the run will not continue."
+    return f"<b>{html.escape(status)}</b>: {html.escape(str(row.get('comment') or ''))}"
 
 
 class GateWidget(widgets.VBox):
@@ -48,21 +102,22 @@ class GateWidget(widgets.VBox):
         self.namespace = namespace
         self.run_id = str(row["run_id"])
         self.gate_id = str(row["gate_id"])
-        self._deciding = False
+        self._deciding = threading.Lock()
+        self.decided = False
         cmds = gate.commands(self.run_id, self.gate_id)
         header = widgets.HTML(
-            f"<div style='border-left:4px solid #8250df;padding-left:8px'>"
+            f"{_STYLE}<div class='airun-gate' style='border-left:4px solid #8250df;"
+            "padding-left:8px'>"
             f"<b>Approval needed</b> · gate <code>{html.escape(self.gate_id)}</code> · run "
             f"<code>{html.escape(self.run_id)}</code> · {html.escape(str(row.get('workflow')))}"
             f"<div style='font-size:1.1em;margin:4px 0'>{html.escape(str(row.get('message')))}</div>"
             f"<small>approvers: {html.escape(_approvers(row))} · deadline: {_deadline(row)}<br>"
-            f"or from a terminal: <code>{cmds['approve']}</code> / <code>{cmds['reject']}</code>."
-            " After a kernel restart these buttons are stale: run <code>%workflow approvals</code>"
-            " to draw the gate again.</small></div>"
+            f"or from a terminal: <code>{cmds['approve']}</code> / <code>{cmds['reject']}</code>"
+            " — a decision taken there continues the run here.</small></div>"
         )
         parts: list[widgets.Widget] = [header]
         if row.get("preview_html"):
-            parts.append(widgets.HTML(str(row["preview_html"])))
+            parts.append(widgets.HTML(f"<div class='airun-gate'>{row['preview_html']}</div>"))
         self.comment = widgets.Textarea(placeholder="comment (optional)", layout={"width": "60%"})
         self.approve_button = widgets.Button(
             description="Approve", button_style="success", icon="check"
@@ -70,19 +125,30 @@ class GateWidget(widgets.VBox):
         self.reject_button = widgets.Button(
             description="Reject", button_style="danger", icon="times"
         )
+        self.cancel_button = widgets.Button(description="Cancel run", icon="ban")
         self.approve_button.on_click(lambda _b: self.decide(gate.APPROVE))
         self.reject_button.on_click(lambda _b: self.decide(gate.REJECT))
+        self.cancel_button.on_click(lambda _b: self.cancel())
         self.status = widgets.HTML("")
-        self.table = widgets.HTML("")
+        self.table = widgets.HTML(self._stored_table()[1])
         self.out = widgets.Output()
         parts += [
             self.comment,
-            widgets.HBox([self.approve_button, self.reject_button]),
+            widgets.HBox([self.approve_button, self.reject_button, self.cancel_button]),
             self.status,
             self.table,
             self.out,
         ]
         super().__init__(parts)
+        _DRAWN.append(self)
+        WATCHER.watch(self)
+
+    def _stored_table(self) -> tuple[str, str]:
+        try:
+            view = history.stored_run(self.run_id, self.db).view
+        except AirunError:
+            return "", ""
+        return render_text(view), render_html(view)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)
@@ -106,56 +172,146 @@ class GateWidget(widgets.VBox):
         return "\n".join(lines)
 
     def _buttons(self, enabled: bool) -> None:
-        self.approve_button.disabled = not enabled
-        self.reject_button.disabled = not enabled
+        for b in (self.approve_button, self.reject_button, self.cancel_button):
+            b.disabled = not enabled
+
+    def _show_decision(self, row: Mapping[str, Any]) -> None:
+        status = str(row.get("status"))
+        self._buttons(False)
+        self.approve_button.description = "Approved" if status == "approved" else "Approve"
+        self.reject_button.description = "Rejected" if status == "rejected" else "Reject"
+        self.cancel_button.description = "Cancelled" if status == "cancelled" else "Cancel run"
+        self.status.value = _decided_line(row)
 
     def decide(self, decision: str) -> None:
-        """Record the decision, then continue the run in this widget's output area."""
-        if self._deciding:
-            return  # a double click: the first one is already being recorded
-        self._deciding = True
-        self._buttons(False)
+        """Check the run can continue here, record the decision, then continue the run in this
+        widget's output area."""
+        if self.decided or not self._deciding.acquire(blocking=False):
+            return  # a double click: the first one is being handled
         try:
-            gate.decide(
-                Store.open(self.db),
-                self.run_id,
-                self.gate_id,
-                decision,
-                actor=current_user(),
-                channel="widget",
-                comment=self.comment.value or None,
+            self._buttons(False)
+            WATCHER.forget(self)
+            runner = self._prepared()
+            if runner is None:
+                self._buttons(True)
+                WATCHER.watch(self)
+                return
+            try:
+                gate.decide(
+                    Store.open(self.db),
+                    self.run_id,
+                    self.gate_id,
+                    decision,
+                    actor=current_user(),
+                    channel="widget",
+                    comment=self.comment.value or None,
+                )
+            except BaseException as exc:
+                gc_release()
+                if isinstance(exc, gate.AlreadyDecided):
+                    self.decided = True
+                    row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
+                    self._show_decision(row)
+                    self.status.value += f" (your click came too late: {html.escape(exc.message)})"
+                    return
+                if isinstance(exc, AirunError):
+                    self.status.value = (
+                        f"<b style='color:#cf222e'>Refused:</b> {html.escape(exc.message)}"
+                    )
+                    self._buttons(True)
+                    WATCHER.watch(self)
+                    return
+                raise
+            self.decided = True
+            row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
+            self._show_decision(row)
+            self._execute(runner)
+        finally:
+            self._deciding.release()
+
+    def _prepared(self) -> Runner | None:
+        """The run planned to continue here, or None (and what is missing, on the widget)."""
+        try:
+            wf = Workflow.from_run(self.run_id, db=self.db)
+            runner = wf.runner(
+                db=self.db, namespace=self.namespace, listener=WidgetTable(self.table)
             )
-        except gate.AlreadyDecided as exc:
-            self.status.value = f"<b>Stale gate:</b> {html.escape(exc.message)}; nothing recorded."
-            return
+            runner.prepare(resume=self.run_id)
         except AirunError as exc:
-            self.status.value = f"<b style='color:#cf222e'>Refused:</b> {html.escape(exc.message)}"
-            self._buttons(True)
-            self._deciding = False
-            return
-        verb = "Approved" if decision == gate.APPROVE else "Rejected"
-        self.status.value = f"<b>{verb}</b> by {html.escape(current_user())}; continuing the run."
-        self.continue_run()
+            self.status.value = (
+                f"<b style='color:#cf222e'>Not recorded:</b> the run cannot continue in this "
+                f"kernel: {html.escape(exc.message)}. Define what is missing (run the "
+                "notebook's cells above), then click again."
+            )
+            return None
+        return runner
+
+    def _execute(self, runner: Runner) -> None:
+        try:
+            runner.execute()
+        except AirunError as exc:
+            self.out.append_stdout(f"{type(exc).__name__}: {exc.message}\n")
+        finally:
+            remember(runner)
+            for row in runner.open_gates:
+                fresh = gate.gate_row(runner.store, str(row["run_id"]), str(row["gate_id"]))
+                self.out.append_display_data(GateWidget(fresh or row, self.db, self.namespace))
 
     def continue_run(self) -> None:
-        with self.out:
-            try:
-                resume_and_draw(self.run_id, self.db, self.namespace, WidgetTable(self.table))
-            except AirunError as exc:
-                print(f"{type(exc).__name__}: {exc.message}")
+        """Continue the run after its gate was decided (here or elsewhere)."""
+        runner = self._prepared()
+        if runner is not None:
+            self._execute(runner)
+
+    def decided_elsewhere(self, row: dict[str, Any]) -> None:
+        """The watcher saw a decision from another channel: show it and, when this kernel may
+        run the run (it launched it, or nobody runs it now), continue it here."""
+        if self.decided or not self._deciding.acquire(blocking=False):
+            return
+        try:
+            self.decided = True
+            self._show_decision(row)
+            if row.get("status") == "cancelled":
+                self.table.value = self._stored_table()[1]
+                return
+            found = Store.open(self.db).query_dicts(
+                "SELECT * FROM runs WHERE run_id = ?", [self.run_id]
+            )
+            if not found or found[0]["status"] != "waiting":
+                self.table.value = self._stored_table()[1]
+                return
+            if owner_alive(found[0]) and int(found[0].get("owner_pid") or 0) != _pid():
+                return  # the kernel that runs it continues it
+            self.continue_run()
+        finally:
+            self._deciding.release()
+
+    def deadline_reached(self) -> None:
+        """The gate's deadline passed: continuing applies its on_timeout."""
+        self.decided_elsewhere({"status": "timed out", "comment": "the deadline passed"})
+
+    def cancel(self) -> None:
+        """End the run as cancelled (its gates close)."""
+        from ..cancellation import cancel, describe
+
+        WATCHER.forget(self)
+        try:
+            done = cancel(self.run_id, channel="widget", db=self.db, namespace=self.namespace)
+        except AirunError as exc:
+            self.status.value = f"<b style='color:#cf222e'>Refused:</b> {html.escape(exc.message)}"
+            WATCHER.watch(self)
+            return
+        self.decided = True
+        row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
+        self._show_decision(row or {"status": "cancelled", "actor": current_user()})
+        self.status.value += f"<br><small>{html.escape(describe(done))}</small>"
+        self.table.value = self._stored_table()[1]
 
 
-def resume_and_draw(
-    run_id: str, db: Path, namespace: MutableMapping[str, Any], listener: Listener | None = None
-) -> None:
-    """Resume a run in this kernel; draw the gates it stops at (if any)."""
-    wf = Workflow.from_run(run_id, db=db)
-    engine = wf.runner(db=db, namespace=namespace, listener=listener or LiveTable())
-    engine.prepare(resume=run_id)
-    try:
-        engine.execute()
-    finally:
-        draw_gates(engine.open_gates, engine.store.path, namespace)
+def _pid() -> int:
+    import os
+
+    return os.getpid()
 
 
 def draw_gates(

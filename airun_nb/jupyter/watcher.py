@@ -1,0 +1,122 @@
+"""A kernel's watch over the gates it shows: a decision taken anywhere else (the CLI, the API,
+another kernel, a policy) or a passed deadline reaches the gate's widget within a second.
+
+One daemon thread per kernel. While nothing changes it only looks at the store file's and the
+journal's size and modification time (a decision is always a journal append, folded into the
+file later), so it never takes the store's lease while idle; when they change, or a watched
+gate's deadline passes, it reads the watched gates' rows once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..store import Store
+
+POLL = 0.25  # seconds between looks at the files
+
+
+class Watched(Protocol):
+    db: Path
+    run_id: str
+    gate_id: str
+    row: dict[str, Any]
+
+    def decided_elsewhere(self, row: dict[str, Any]) -> None: ...
+
+    def deadline_reached(self) -> None: ...
+
+
+def _signature(db: Path) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for p in (db, db.with_name(db.name + ".journal")):
+        try:
+            st = os.stat(p)
+            out.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+def _past(deadline: Any) -> bool:
+    if not isinstance(deadline, datetime):
+        return False
+    return deadline.replace(tzinfo=timezone.utc) <= datetime.now(timezone.utc)
+
+
+class GateWatcher:
+    def __init__(self) -> None:
+        self._gates: dict[tuple[str, str, str], Watched] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._seen: dict[str, tuple[Any, ...]] = {}
+        self.reads = 0  # how many times the store was read (the idle cost)
+
+    def watch(self, widget: Watched) -> None:
+        key = (str(widget.db), widget.run_id, widget.gate_id)
+        with self._lock:
+            self._gates[key] = widget
+            self._seen.pop(str(widget.db), None)  # look once now
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="airun-gate-watcher", daemon=True
+                )
+                self._thread.start()
+
+    def forget(self, widget: Watched) -> None:
+        with self._lock:
+            key = (str(widget.db), widget.run_id, widget.gate_id)
+            if self._gates.get(key) is widget:
+                del self._gates[key]
+
+    def watching(self) -> list[Watched]:
+        with self._lock:
+            return list(self._gates.values())
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(POLL)
+            with self._lock:
+                if not self._gates:
+                    self._thread = None
+                    return
+                by_db: dict[str, list[Watched]] = {}
+                for (db, _r, _g), w in self._gates.items():
+                    by_db.setdefault(db, []).append(w)
+            for db, widgets in by_db.items():
+                with contextlib.suppress(Exception):  # a bad look must not end the watch
+                    self._look(Path(db), widgets)
+
+    def _look(self, db: Path, widgets: Iterable[Watched]) -> None:
+        widgets = list(widgets)
+        due = [w for w in widgets if _past(w.row.get("deadline"))]
+        sig = _signature(db)
+        if sig == self._seen.get(str(db)) and not due:
+            return
+        self._seen[str(db)] = sig
+        self.reads += 1
+        keys = [(w.run_id, w.gate_id) for w in widgets]
+        rows = Store.open(db).query_dicts(
+            "SELECT * FROM approvals WHERE status <> 'open' AND (run_id, gate_id) IN "
+            f"({', '.join('(?, ?)' for _ in keys)})",
+            [v for k in keys for v in k],
+        )
+        decided = {(r["run_id"], r["gate_id"]): r for r in rows}
+        for w in widgets:
+            row = decided.get((w.run_id, w.gate_id))
+            if row is not None:
+                self.forget(w)
+                w.decided_elsewhere(row)
+            elif w in due:
+                self.forget(w)
+                w.deadline_reached()
+
+
+WATCHER = GateWatcher()
