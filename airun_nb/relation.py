@@ -181,8 +181,8 @@ class HistoryRelation:
         return rows
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = self._run("fetchone")
-        return row
+        rows = self.limit(1).fetchall()
+        return rows[0] if rows else None
 
     @property
     def sql(self) -> str:
