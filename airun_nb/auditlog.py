@@ -16,18 +16,21 @@ from typing import Any
 
 REDACTED = "***"
 _SECRET_KEYS = re.compile(
-    r"(pass(word|wd)?|secret|token|api[_-]?key|apikey|auth(orization)?|credential|"
-    r"private[_-]?key|session|cookie|signature|sig)s?$|^(key)$",
+    r"(pass(word|wd|phrase)?|secret|token|api[_-]?key|apikey|auth(orization)?|credential|"
+    r"private[_-]?key|access[_-]?key|secret[_-]?key|session|cookie|signature|sig)s?$"
+    r"|^(key|pwd)$|_pwd$|secret|password|passphrase",
     re.IGNORECASE,
 )
+# Each pattern starts at a literal or a word boundary and scans forward once, so redaction is
+# linear in the length of the text (a 1 MB string takes milliseconds).
 _VALUE_PATTERNS = [
     # credentials inside URLs: https://user:pass@host
-    (re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^/\s:@]+:)[^@\s/]+(?=@)", re.I), r"\g<pre>***"),
+    (re.compile(r"(?<=://)(?P<user>[^/\s:@]{1,256}):[^@\s/]+(?=@)"), r"\g<user>:***"),
     # secret-looking query parameters
     (
         re.compile(
             r"(?P<pre>[?&](?:access_token|token|api_key|apikey|key|secret|password|sig|signature|"
-            r"auth|code)=)[^&#\s]+",
+            r"auth|code)=)[^&#\s\"']+",
             re.I,
         ),
         r"\g<pre>***",
@@ -43,6 +46,72 @@ _VALUE_PATTERNS = [
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"), REDACTED),
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]+"), REDACTED),
 ]
+# A cheap test per pattern: text without the marker cannot match it.
+_MARKERS = ("://", "=", None, None, "AKIA", "sk-", "eyJ")
+
+# Secret values resolved in this process (the ``secrets`` namespace of templates): redacted by
+# value wherever they would be written.
+_secret_values: set[str] = set()
+_secret_re: list[re.Pattern[str] | None] = [None]
+MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary text
+
+
+def register_secret(value: str) -> None:
+    """Redact ``value`` from now on, wherever this process writes or shows it."""
+    if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH and value not in _secret_values:
+        _secret_values.add(value)
+        alternation = "|".join(re.escape(v) for v in sorted(_secret_values, key=len, reverse=True))
+        _secret_re[0] = re.compile(alternation)
+
+
+def forget_secrets() -> None:
+    """Forget every registered secret value (tests; a new session)."""
+    _secret_values.clear()
+    _secret_re[0] = None
+
+
+def redact_text(text: str) -> str:
+    """``text`` with secret values and credential-looking values replaced by ``***``."""
+    pattern = _secret_re[0]
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    for (regex, repl), marker in zip(_VALUE_PATTERNS, _MARKERS, strict=True):
+        if marker is None or marker in text:
+            text = regex.sub(repl, text)
+    return text
+
+
+def redact_secrets(value: Any) -> Any:
+    """``value`` with registered secret values replaced, inside strings at any depth (other
+    objects are left as they are)."""
+    pattern = _secret_re[0]
+    if pattern is None:
+        return value
+    if isinstance(value, str):
+        return pattern.sub(REDACTED, value)
+    if isinstance(value, Mapping):
+        return {k: redact_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(redact_secrets(v) for v in value)
+    return value
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEYS.search(key))
+
+
+def redact_keys(value: Any) -> Any:
+    """``value`` with the values of secret-named keys replaced; other objects (DataFrames...)
+    are left as they are (for previews)."""
+    if isinstance(value, Mapping):
+        return {k: REDACTED if is_secret_key(str(k)) else redact_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_keys(v) for v in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
 
 
 def redact(value: Any, key: str | None = None) -> Any:
@@ -54,12 +123,57 @@ def redact(value: Any, key: str | None = None) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     if isinstance(value, str):
-        for pattern, repl in _VALUE_PATTERNS:
-            value = pattern.sub(repl, value)
-        return value
+        return redact_text(value)
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     return redact(repr(value))
+
+
+def redact_json(text: str) -> str:
+    """A JSON text with secret-named keys and secret-looking values redacted; other text has
+    its values redacted."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return redact_text(text)
+    if not isinstance(doc, (dict, list)):
+        return redact_text(text)
+    return json.dumps(redact(doc), default=str)
+
+
+# Fields of journal records that carry free text from outside (error lines, stderr, comments,
+# previews, event details): credential-looking values are redacted there. Registered secret
+# values are redacted from every string of every record.
+SCRUB_FIELDS: dict[str, tuple[str, ...]] = {
+    "step": ("error", "comp_error", "reason"),
+    "att": ("error", "traceback"),
+    "run": ("error",),
+    "ev": ("detail",),
+    "gate": ("message", "preview_text", "preview_html", "comment"),
+    "audit": ("arguments", "result"),
+}
+
+
+_JSON_FIELDS = ("detail", "arguments", "result")
+
+
+def scrub(rec: dict[str, Any]) -> dict[str, Any]:
+    """The redactor every journal record passes through before it is written (the store calls
+    it in ``record``/``record_many``): secret values everywhere, credential-looking values in
+    the free-text fields of :data:`SCRUB_FIELDS`."""
+    fields = SCRUB_FIELDS.get(str(rec.get("t")), ())
+    att = rec.get("att")
+    if not fields and _secret_re[0] is None and not isinstance(att, dict):
+        return rec
+    out = redact_secrets(rec) if _secret_re[0] is not None else dict(rec)
+    for f in fields:
+        v = out.get(f)
+        if isinstance(v, str):
+            out[f] = redact_json(v) if f in _JSON_FIELDS else redact_text(v)
+    if isinstance(out.get("att"), dict):
+        out["att"] = scrub({**out["att"], "t": "att"})
+        out["att"].pop("t", None)
+    return out
 
 
 def row(
@@ -93,6 +207,6 @@ def row(
         "risk": risk,
         "rule": rule,
         "arguments": args,
-        "result": redact(result) if result else None,
+        "result": redact_json(result) if result else None,
         "undo_ref": undo_ref,
     }

@@ -9,7 +9,17 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import capabilities, deadline, executor, gatekeeper, governance, kinds, outputs, templates
+from . import (
+    auditlog,
+    capabilities,
+    deadline,
+    executor,
+    gatekeeper,
+    governance,
+    kinds,
+    outputs,
+    templates,
+)
 from .errors import AirunError
 from .runcontext import RunContext
 from .scope import StepRefs
@@ -100,10 +110,10 @@ def _attempts(
             ledger.step(st, S_INTERRUPTED, att={**ended, "error": "interrupted"}, notify=False)
             raise
         except Exception as exc:
-            err = describe(exc)
+            err = auditlog.redact_text(describe(exc))  # stderr may carry a token
             retry = tries < policy.attempts and policy.retries(exc)
             st.error = err
-            st.traceback = full_traceback(exc)
+            st.traceback = auditlog.redact_text(full_traceback(exc))
             end = time.time()
             failed = {
                 **att,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import gate, gatelinks, kinds, notify, outputs, templates
+from . import auditlog, gate, gatelinks, kinds, notify, outputs, templates
 from .gateconfig import GateConfig, parse_config
 from .policy import Verdict
 from .runcontext import RunContext
@@ -34,7 +34,8 @@ def run_gate(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> None:
     )
     preview = None
     if conf.show is not None:
-        preview = templates.render(conf.show, ctx, step=s.id, field="approval.show")
+        shown = templates.render(conf.show, ctx, step=s.id, field="approval.show")
+        preview = auditlog.redact_keys(shown)
     row = await_gate(run, st, s.id, conf, str(message), preview, counts_attempt=True)
     if row is None:
         return
@@ -69,7 +70,8 @@ def policy_gate(run: RunContext, st: StepState, verdict: Verdict) -> bool | None
         f"(risk {verdict.risk}) for {verdict.principal}"
         + (f" (rule '{verdict.rule}')" if verdict.rule else "")
     )
-    preview = templates.render(s.with_, run.scope.context(), step=s.id, field="with") or None
+    rendered = templates.render(s.with_, run.scope.context(), step=s.id, field="with")
+    preview = auditlog.redact_keys(rendered) or None  # no passwords or tokens in a preview
     row = await_gate(run, st, f"{s.id}.approval", conf, message, preview, counts_attempt=False)
     if row is None:
         return None

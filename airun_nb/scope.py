@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import dialect, kinds, outputs
+from . import dialect, kinds, outputs, secrets
 from .errors import TemplateError
 from .spec import WorkflowSpec
 from .state import DONE_STEP, MISSING, S_COMPLETED, StepState
@@ -55,6 +55,7 @@ class Scope:
         ctx["params"] = self.params
         ctx["steps"] = Steps(self)
         ctx["run"] = {"id": self._run_id(), "workflow": self.spec.name, "user": self.user}
+        ctx.update(secrets.namespace())  # {{ secrets.NAME }}, looked up when rendered
         return ctx
 
     def output_of(self, step_id: str) -> Any:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from . import templates
+from . import secrets, templates, yamlsafe
 from .dialect import Translation, translate
 from .digest import _hash
 from .durations import parse_duration
@@ -131,7 +132,9 @@ class _Source:
         if self._doc is not None:
             return self._doc
         try:
-            return yaml.load(self.text, Loader=_Loader)
+            return yamlsafe.load(self.text, where="the workflow")  # node and alias limits
+        except yamlsafe.YamlLimitError as exc:
+            raise SpecError(exc.message) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 + self.line_offset if mark is not None else None
@@ -187,11 +190,10 @@ class _Parser(_Source):
         if on_failure not in ON_FAILURE:
             raise self.error(f"'on_failure' must be one of {', '.join(ON_FAILURE)}", ["on_failure"])
         if wf.get("policy") is not None:
-            from .policy import PolicyError
-            from .policy import parse as parse_policy
+            from .policy import PolicyError, check_workflow
 
-            try:
-                parse_policy(wf["policy"], source="the workflow's policy", check_roles=False)
+            try:  # only tightening: no allow rules, no configured roles touched
+                check_workflow(wf["policy"], source="the workflow's policy")
             except PolicyError as exc:
                 raise self.error(exc.message, ["policy"]) from None
         executor = wf.get("executor", "local")
@@ -228,6 +230,8 @@ class _Parser(_Source):
         )
         for i, s in enumerate(steps):
             s.index = i
+            for line in secrets.literal_warnings(s.with_, step=s.id):
+                warnings.warn(line, secrets.SecretWarning, stacklevel=4)
         check_graph(spec, self._path_of, self.error)
         spec.spec_hash = _hash(
             {"name": spec.name, "steps": [s.definition for s in steps], "params": spec.params}

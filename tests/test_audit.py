@@ -145,6 +145,7 @@ def test_every_decision_execution_undo_and_compensation_has_a_row(
     assert json.loads(by[("human", "review")]["arguments"]) == {
         "channel": "api",
         "comment": "ship it",
+        "recorded_by": "bob",  # the identity that recorded alice's decision
     }
     others = audit[audit["kind"] != "human"]
     assert set(others["principal"]) == {"bob"}

@@ -28,6 +28,7 @@ import pytest
 import airun_nb
 from airun_nb import ApprovalError, Workflow, WorkflowFailed
 from airun_nb import policy as policy_mod
+from airun_nb.errors import SpecError
 from airun_nb.policy import PolicyError
 from support import ENV_VARS
 
@@ -549,8 +550,9 @@ def test_a_workflow_allow_rule_is_refused_naming_it(
             )
         ),
     )
-    wf = Workflow.from_yaml(
-        """
+    with pytest.raises(SpecError) as exc:  # refused when the workflow is parsed
+        Workflow.from_yaml(
+            """
 name: loosening
 policy:
   rules:
@@ -560,9 +562,7 @@ steps:
     capability: fs.write
     with: {path: out.txt, content: x}
 """
-    )
-    with pytest.raises(PolicyError) as exc:
-        wf.run()
+        )
     assert "rule 'let-me-write'" in exc.value.message
     assert "only tighten" in exc.value.message
     assert not (env.root / "out.txt").exists()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import confine
+from ..auditlog import redact_keys
 from ..errors import AirunError
 from ..workspace import Workspace
 
@@ -202,6 +203,7 @@ def risk_of(kind: str, body: Any, declared: str | None) -> str:
 def summarize(value: Any, limit: int = 200) -> str:
     """A short, JSON-ish description of a result for the audit trail."""
     if isinstance(value, Mapping):
+        value = redact_keys(value)
         short = {
             k: (v if not isinstance(v, str) or len(v) < 60 else v[:57] + "...")
             for k, v in value.items()

@@ -6,6 +6,7 @@ import os
 import subprocess
 from typing import Any
 
+from ..auditlog import redact_text
 from .registry import CapabilityError, Context, register
 
 
@@ -26,7 +27,7 @@ def _shell_apply(args: dict[str, Any], ctx: Context) -> Any:
     result = {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
     if proc.returncode != 0 and not args.get("allow_errors"):
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-        raise CapabilityError(f"shell.run exited with {proc.returncode}: {tail[0]}")
+        raise CapabilityError(f"shell.run exited with {proc.returncode}: {redact_text(tail[0])}")
     return result
 
 

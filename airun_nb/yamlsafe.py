@@ -1,0 +1,101 @@
+"""YAML loading with limits: a document may not expand past a node budget.
+
+YAML aliases let a few hundred bytes describe a structure of 10^8 nodes (the "billion laughs"
+shape): loading it is quick, because aliases share objects, but everything that later walks the
+document (validation, hashing, JSON) expands it. :func:`load` composes the document first,
+counts the nodes it stands for *with every alias expanded* (without expanding anything: each
+node's size is computed once), and refuses past :data:`MAX_NODES` or :data:`MAX_ALIASES`, in
+one line. Only then are Python objects built, with PyYAML's safe constructor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .errors import AirunError
+
+MAX_NODES = 200_000  # expanded scalars, sequences and mappings in one document
+MAX_ALIASES = 1_000  # alias references (``*name``) in one document
+MAX_BYTES = 8 * 1024 * 1024
+
+try:  # pragma: no cover - depends on how PyYAML was built
+    _Composer: type = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    _Composer = yaml.SafeLoader
+
+
+class YamlLimitError(AirunError):
+    """A YAML document is larger than the limits allow."""
+
+
+def expanded_size(root: yaml.Node, *, limit: int = MAX_NODES) -> int:
+    """How many nodes ``root`` stands for with aliases expanded (stops counting past limit)."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_stack: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if not done:
+            if key in on_stack:  # a recursive structure: infinite once expanded
+                return limit + 1
+            on_stack.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        on_stack.discard(key)
+        total = 1
+        for c in children:
+            total += sizes.get(id(c), 1)
+            if total > limit:
+                return total
+        sizes[key] = total
+    return sizes.get(id(root), 1)
+
+
+def load(text: str, *, where: str = "the document") -> Any:
+    """Load one YAML document (safe types only) within the limits, else :class:`YamlLimitError`.
+
+    YAML syntax errors propagate as PyYAML's ``YAMLError`` (with their marks), so callers can
+    report the line."""
+    if len(text) > MAX_BYTES:
+        raise YamlLimitError(
+            f"{where} is {len(text)} bytes; the limit is {MAX_BYTES} bytes of YAML"
+        )
+    aliases = text.count("*")
+    if aliases > MAX_ALIASES and _count_aliases(text) > MAX_ALIASES:
+        raise YamlLimitError(
+            f"{where} uses more than {MAX_ALIASES} YAML aliases; refused (alias expansion limit)"
+        )
+    node = yaml.compose(text, Loader=_Composer)
+    if node is None:
+        return None
+    size = expanded_size(node)
+    if size > MAX_NODES:
+        raise YamlLimitError(
+            f"{where} expands to more than {MAX_NODES} YAML nodes (aliases included); refused"
+        )
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _count_aliases(text: str) -> int:
+    count = 0
+    for event in yaml.parse(text, Loader=_Composer):
+        if isinstance(event, yaml.AliasEvent):
+            count += 1
+            if count > MAX_ALIASES:
+                break
+    return count
