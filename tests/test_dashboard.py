@@ -31,8 +31,8 @@ def env(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return db
 
 
-def waiting(db: Path, name: str) -> str:
-    r = Workflow.from_yaml(gated_spec(name)).run(db=db, namespace=NAMESPACE, raise_on_failure=False)
+def waiting(db: Path, name: str, **approval: Any) -> str:
+    r = Workflow.from_yaml(gated_spec(name, **approval)).run(db=db, namespace=NAMESPACE, raise_on_failure=False)
     assert r.status == "waiting"
     return r.run_id
 
@@ -129,12 +129,11 @@ async def test_approve_a_gate_with_a_comment(env: Path, monkeypatch: pytest.Monk
 
 @sync
 async def test_a_refused_decision_says_why_and_records_nothing(env: Path) -> None:
-    run_id = waiting(env, "deploy")  # alice launched it, and alice is at the terminal
+    # alice launched it, and alice is at the terminal
+    run_id = waiting(env, "deploy", approvers=["alice", "bob"])
     app = Dashboard(Store.open(env))
     async with app.run_test(size=(160, 50)) as pilot:
-        assert (
-            "four-eyes" in rows(app, "#gates")[0][-1] or "started run" in rows(app, "#gates")[0][-1]
-        )
+        assert rows(app, "#gates")[0][-1].startswith(f"alice started run {run_id}")
         await pilot.press("g", "a", "enter")
         await pilot.pause()
         assert "four-eyes" in str(app.query_one("#message").render())

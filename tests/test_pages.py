@@ -105,7 +105,7 @@ def test_a_form_post_without_the_csrf_token_is_refused_and_records_nothing(
 def test_the_launcher_sees_why_they_may_not_decide_and_a_revoked_session_ends(
     server: Server, env: Path
 ) -> None:
-    run_id = start(env)
+    run_id = start(env, approvers=["alice", "bob"])
     alice = make_token(env, "alice")
     with server.client() as c:
         login(c, alice)

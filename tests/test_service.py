@@ -210,7 +210,7 @@ def test_a_non_approver_is_refused_and_nothing_is_recorded(
 def test_four_eyes_goes_by_the_token_not_by_a_claimed_name(
     server: Server, env: Ctx, tokens: dict[str, str]
 ) -> None:
-    run = start(env)
+    run = start(env, approvers=["alice", "bob"])  # alice is listed, but she launched it
     with server.client(tokens["alice"]) as c:
         assert "four-eyes" in one_line_error(
             c.post(f"/v1/runs/{run.run_id}/gates/review/approve"), 403

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..store import Store
 from . import api, pages
 from .auth import SESSION_COOKIE, status_of
 
+log = logging.getLogger("airun_nb.service")
 DESCRIPTION = """Approve, reject and follow airun_nb workflow runs from outside the notebook.
 
 Every request except `GET /v1/health` carries `Authorization: Bearer <token>`; tokens come from
@@ -79,5 +81,13 @@ def create_app(
         if pages.wants_html(request):
             return pages.error_page(request, code, exc.message)
         return JSONResponse({"error": exc.message}, status_code=code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Any:
+        log.exception("airun serve: %s %s failed", request.method, request.url.path)
+        message = f"internal error ({type(exc).__name__}); the service log has the details"
+        if pages.wants_html(request):
+            return pages.error_page(request, 500, message)
+        return JSONResponse({"error": message}, status_code=500)
 
     return app

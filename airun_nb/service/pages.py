@@ -20,6 +20,14 @@ from .tokens import Identity
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+def _when(value: str | None) -> str:
+    """An ISO 8601 UTC time as people read it: 2026-01-31 12:00:05 UTC."""
+    return f"{value[:19].replace('T', ' ')} UTC" if value else ""
+
+
+templates.env.filters["when"] = _when
 MAX_FORM = 64 * 1024
 
 
@@ -28,20 +36,20 @@ def wants_html(request: Request) -> bool:
 
 
 def _render(
-    request: Request, name: str, who: Identity | None, status: int = 200, **ctx: Any
+    request: Request, name: str, who: Identity | None, code: int = 200, **ctx: Any
 ) -> Response:
     flash = request.session.pop("flash", None) if "session" in request.scope else None
     return templates.TemplateResponse(
         request,
         name,
         {"who": who, "csrf": csrf_token(request), "flash": flash, **ctx},
-        status_code=status,
+        status_code=code,
     )
 
 
 def error_page(request: Request, status: int, message: str) -> Response:
     who = session_identity(request) if "session" in request.scope else None
-    return _render(request, "error.html", who, status=status, message=message)
+    return _render(request, "error.html", who, code=status, message=message)
 
 
 def _login_redirect(request: Request) -> Response:
@@ -85,7 +93,7 @@ async def login(request: Request) -> Response:
             request,
             "login.html",
             None,
-            status=401,
+            code=401,
             next=target,
             error="that token is not valid (unknown, mistyped or revoked)",
         )
