@@ -241,6 +241,8 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
             out.append(f"{key} (no longer used)")
         elif role == "package":
             out.append(f"{name} {a[1]} → {b[1]}")
+        elif role == "cache":
+            out.append(f"cache version {a[1]} → {b[1]}")
         elif role in ("global", "closure"):
             if b[0] == UNTRACKED or a[0] == UNTRACKED:
                 continue  # an untracked value is named as such, not as a change

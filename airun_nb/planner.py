@@ -329,11 +329,14 @@ class Planner:
                 if mode not in ("resume", "rollback") or row is None:
                     raise self.unresolved[s.id]
                 st.code_hash = row.get("code_hash") or ""  # not defined here: as it was
-            self._chain(st)
-            if mode == "rollback" and row is not None:
-                self.apply_row(st, row)
-                plan.entries.append(PlanEntry(s.id, "replay", "rolling back"))
+            if mode == "rollback":
+                if row is not None:
+                    self.apply_row(st, row)
+                    plan.entries.append(PlanEntry(s.id, "replay", "rolling back"))
+                else:
+                    plan.entries.append(PlanEntry(s.id, "run", "not run yet"))
                 continue
+            self._chain(st)  # again: a reused step brings the hash it was stored with
             reason, changed = self.explain(st, row, prior_params, mode)
             replay_why = "unchanged"
             if forced and row is not None and s.id not in forced:

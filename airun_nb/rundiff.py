@@ -127,11 +127,14 @@ def _tables(con: duckdb.DuckDBPyConnection, ta: str, tb: str) -> tuple[bool, str
     cells = " + ".join(
         f"(a.{quote_ident(c)} IS DISTINCT FROM b.{quote_ident(c)})::BIGINT" for c in common
     )
-    sel_a = ", ".join(f"{quote_ident(c)}" for c in common) or "1 AS _x"
+    sel = ", ".join(f"{quote_ident(c)}" for c in common)
+    sel = f"true AS __airun_row, {sel}" if sel else "true AS __airun_row"
+    # One pass: both row counts and the changed cells of the shared columns in the rows both
+    # have, row by row in stored order (a positional join: no hashing, no sorting).
     query = f"""
-        SELECT (SELECT count(*) FROM {qa}), (SELECT count(*) FROM {qb}),
-               coalesce(sum({cells or "0"}), 0)
-        FROM (SELECT {sel_a} FROM {qa}) a POSITIONAL JOIN (SELECT {sel_a} FROM {qb}) b
+        SELECT count(a.__airun_row), count(b.__airun_row),
+               coalesce(sum(CASE WHEN a.__airun_row AND b.__airun_row THEN {cells or "0"} END), 0)
+        FROM (SELECT {sel} FROM {qa}) a POSITIONAL JOIN (SELECT {sel} FROM {qb}) b
     """
     n_a, n_b, changed = con.execute(query).fetchone() or (0, 0, 0)
     parts = []
