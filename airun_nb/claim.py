@@ -41,14 +41,16 @@ def claim_run(
     alive: Callable[[Mapping[str, Any]], bool],
     expect_status: Collection[str] | None = None,
     owned: Collection[str] = OWNED,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Make this process the owner of ``run_id`` and set its status to ``status``.
 
     ``owner`` holds the owner columns to write (``owner_pid``, ``owner_host``,
     ``owner_token``); ``alive(row)`` tells whether a row's owner is a live process. Raises
     :class:`RunNotFound`, or :class:`RunBusy` when a live process owns the run (its status is
-    one of ``owned``) or the status is not one of ``expect_status``. Returns the row as it was
-    before the claim (``SELECT *`` shape), for planning.
+    one of ``owned``) or the status is not one of ``expect_status``. ``extra`` sets more
+    columns of the claimed row (``error``...). Returns the row as it was before the claim
+    (``SELECT *`` shape), for planning.
     """
     with store.session(f"claiming run {run_id}"):
         rows = store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id])
@@ -67,6 +69,7 @@ def claim_run(
             value = row.get(col)
             claim[col] = _epoch(value) if col in _TS_COLUMNS else value
         claim.update(owner)
+        claim.update(extra or {})
         claim["status"] = status
         claim["updated_at"] = time.time()
         store.record(claim)  # same lease hold as the read above

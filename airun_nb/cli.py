@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import pandas as pd
 
 from . import cli_migrate, cli_travel, gate, history, identity
 from .config import resolve_db
-from .errors import AirunError
+from .errors import AirunError, StoreError
+from .faults import os_fault, short
 from .store import Store
 from .workflow import Workflow, rollback
 
@@ -33,6 +35,31 @@ db_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="AIRUN_DB",
     help="Store file (default: $AIRUN_DB or ./airun.duckdb).",
+)
+
+
+def _existing_store(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Commands that read or act on runs never create a store: a typo is one line."""
+    path = resolve_db(value)
+    if not path.exists():
+        raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
+    return value
+
+
+def _output_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and not value.parent.exists():
+        raise AirunError(
+            f"cannot write {short(value)}: folder {short(value.parent)} does not exist"
+        )
+    return value
+
+
+store_option = click.option(
+    "--db",
+    type=click.Path(path_type=Path),
+    envvar="AIRUN_DB",
+    callback=_existing_store,
+    help="Store file (default: $AIRUN_DB or ./airun.duckdb); it must exist.",
 )
 
 
@@ -62,7 +89,7 @@ def _print_frame(df: pd.DataFrame, columns: list[str]) -> None:
 
 
 @main.command()
-@db_option
+@store_option
 @click.option("--workflow", "-w", help="Only runs of this workflow.")
 @click.option("--limit", "-n", default=20, show_default=True, help="Newest N runs.")
 def runs(db: Path | None, workflow: str | None, limit: int) -> None:
@@ -87,7 +114,7 @@ def runs(db: Path | None, workflow: str | None, limit: int) -> None:
 
 @main.command()
 @click.argument("run_id")
-@db_option
+@store_option
 def show(run_id: str, db: Path | None) -> None:
     """Show the step table of one run."""
     click.echo(repr(history.stored_run(run_id, db)))
@@ -95,7 +122,7 @@ def show(run_id: str, db: Path | None) -> None:
 
 @main.command()
 @click.argument("run_id")
-@db_option
+@store_option
 def resume(run_id: str, db: Path | None) -> None:
     """Resume an unfinished run outside its notebook.
 
@@ -111,7 +138,7 @@ def resume(run_id: str, db: Path | None) -> None:
 
 @main.command("rollback")
 @click.argument("run_id")
-@db_option
+@store_option
 def rollback_cmd(run_id: str, db: Path | None) -> None:
     """Undo a run through its compensations (or finish a rollback that stopped).
 
@@ -123,7 +150,7 @@ def rollback_cmd(run_id: str, db: Path | None) -> None:
 
 
 @main.command()
-@db_option
+@store_option
 @click.option("--all", "show_all", is_flag=True, help="Decided gates too, not only open ones.")
 @click.option("--run", "run_id", help="Only gates of this run.")
 def approvals(db: Path | None, show_all: bool, run_id: str | None) -> None:
@@ -185,7 +212,7 @@ _comment = click.option("--comment", "-m", help="A comment kept with the decisio
 @click.argument("gate_id")
 @_by
 @_comment
-@db_option
+@store_option
 def approve(
     run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None
 ) -> None:
@@ -198,26 +225,28 @@ def approve(
 @click.argument("gate_id")
 @_by
 @_comment
-@db_option
+@store_option
 def reject(run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None) -> None:
     """Reject gate GATE_ID of run RUN_ID (the run rolls back when it resumes)."""
     _decide(gate.REJECT, run_id, gate_id, by, comment, db)
 
 
 @main.command("audit")
-@db_option
+@store_option
 @click.option("--run", "run_id", help="Only this run.")
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), callback=_output_path
+)
 def audit_cmd(db: Path | None, run_id: str | None, fmt: str, output: Path | None) -> None:
     """Export the audit trail (secrets are redacted when recorded)."""
     _emit(history.audit(run_id, db), "json" if fmt == "jsonl" else "csv", output)
 
 
 @main.command("history")
-@db_option
+@store_option
 @click.option("--table", "-t", type=click.Choice(_TABLES), default="runs", show_default=True)
 @click.option("--run", "run_id", help="Only this run (steps, attempts, events).")
 @click.option(
@@ -231,12 +260,18 @@ def audit_cmd(db: Path | None, run_id: str | None, fmt: str, output: Path | None
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_output_path,
     help="Write here instead of standard output (required for parquet).",
 )
 def history_cmd(
     db: Path | None, table: str, run_id: str | None, fmt: str, output: Path | None
 ) -> None:
     """Export run history as CSV, Parquet or JSON lines."""
+    if run_id and not Store.open(db, create=False).query(
+        "SELECT 1 FROM runs WHERE run_id = ?", [run_id]
+    ):
+        click.echo(f"error: no run {run_id} in {short(resolve_db(db))}", err=True)
+        sys.exit(2)
     if table == "runs":
         df = history.runs(db)
         if run_id:
@@ -249,10 +284,17 @@ def history_cmd(
     if fmt == "parquet":
         if output is None:
             raise click.UsageError("--format parquet needs --output FILE")
-        df.to_parquet(output, index=False)
+        _write(output, lambda: df.to_parquet(output, index=False))
         click.echo(f"wrote {len(df)} rows to {output}")
         return
     _emit(df, fmt, output)
+
+
+def _write(output: Path, write: Callable[[], object]) -> None:
+    try:
+        write()
+    except OSError as exc:
+        raise os_fault(exc, output, "write") from None
 
 
 def _emit(df: pd.DataFrame, fmt: str, output: Path | None) -> None:
@@ -263,7 +305,7 @@ def _emit(df: pd.DataFrame, fmt: str, output: Path | None) -> None:
         else df.to_json(orient="records", lines=True, date_format="iso")
     )
     if output is not None:
-        output.write_text(text)
+        _write(output, lambda: output.write_text(text))
         click.echo(f"wrote {len(df)} rows to {output}")
     else:
         click.echo(text, nl=False)
@@ -329,7 +371,7 @@ def _notebook_store(notebook: Path) -> Path | None:
 @click.option("--rollback", is_flag=True, help="Undo the run's finished steps first.")
 @_by
 @_comment
-@db_option
+@store_option
 def cancel_cmd(
     run_id: str, rollback: bool, by: str | None, comment: str | None, db: Path | None
 ) -> None:
@@ -415,3 +457,19 @@ def dashboard_cmd(db: Path | None) -> None:
             f"{exc.name} is missing: pip install 'airun_nb[dashboard]'"
         ) from None
     Dashboard(Store.open(db)).run()
+
+
+@main.command("doctor")
+@db_option
+@click.option("--repair", is_flag=True, help="Move damaged parts aside; close dead runs.")
+def doctor_cmd(db: Path | None, repair: bool) -> None:
+    """Check a store: it opens, its journal folds, its rows hang together, no run is stuck.
+
+    Exits 1 when a problem is left (run again with --repair).
+    """
+    from . import doctor
+
+    findings = doctor.examine(db, repair=repair)
+    click.echo(doctor.table(findings))
+    if not doctor.healthy(findings):
+        sys.exit(1)

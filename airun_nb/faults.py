@@ -37,7 +37,7 @@ _WHY: dict[int, tuple[str, str]] = {
     errno.ELOOP: ("the path loops through symbolic links", "choose another store path"),
     errno.EIO: ("the disk reported an I/O error", "check the disk, then `airun doctor`"),
 }
-_VIRTUAL = ("/proc", "/sys", "/dev")
+_VIRTUAL = ("/proc", "/sys")
 
 
 def short(path: str | os.PathLike[str], limit: int = MAX_PATH) -> str:

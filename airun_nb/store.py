@@ -32,7 +32,7 @@ from .auditlog import scrub
 from .confine import NO_EXTENSIONS
 from .crashpoints import crashpoint
 from .errors import AirunError, StoreBusy, StoreError, StoreWarning
-from .faults import short, text_fault, virtual_fs
+from .faults import os_fault, short, text_fault, virtual_fs
 from .fold import fold
 from .journal import Journal
 from .lease import Lease
@@ -67,6 +67,13 @@ class Store:
     def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
         """The store at ``db``; ``create=False`` (read commands) refuses to make a new one."""
         path = config.resolve_db(db)
+        try:
+            return cls._open(path, create)
+        except OSError as exc:  # a path the OS refuses outright (too long, a loop...)
+            raise os_fault(exc, path, "open the store") from None
+
+    @classmethod
+    def _open(cls, path: Path, create: bool) -> Store:
         root = virtual_fs(path)
         if root is not None:
             raise StoreError(
@@ -125,8 +132,8 @@ class Store:
         """
         with self._mutex:
             self._ensure_lease(purpose)
-            con = self._connection()
             try:
+                con = self._connection()
                 if fold:
                     self._fold()
                 yield con
@@ -134,8 +141,11 @@ class Store:
                 fault = self._duckdb_fault(str(exc), "read")
                 if fault is None:
                     raise
-                self._drop_connection()
+                self._abandon()
                 raise fault from None
+            except StoreError:
+                self._abandon()
+                raise
             finally:
                 self._last_activity = time.monotonic()
 
@@ -315,7 +325,7 @@ class Store:
             fault = self._duckdb_fault(str(exc), "fold the journal into")
             if fault is None:
                 raise
-            self._drop_connection()
+            self._abandon()
             raise fault from None
         if folded:
             self.folds += 1
@@ -334,11 +344,14 @@ class Store:
             )
         return None
 
-    def _drop_connection(self) -> None:
+    def _abandon(self) -> None:
+        """After a fault: let go of the file without folding (the journal keeps its records)."""
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):
                 self._con.close()
             self._con = None
+        self.journal.close()
+        self.lease.release()
 
     def _release_locked(self) -> None:
         if not self.lease.held:

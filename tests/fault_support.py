@@ -217,13 +217,14 @@ def claim_main(argv: list[str]) -> int:
 
 def _main(argv: list[str]) -> int:
     import airun_nb
-    from airun_nb.errors import AirunError, RunBusy
+    from airun_nb.errors import AirunError, RunBusy, WorkflowFailed
 
     db, run_id = argv[0], (argv[1] if len(argv) > 1 else None)
     try:
-        result = airun_nb.Workflow.from_yaml(WORKFLOW).run(
-            db=db, resume=run_id, raise_on_failure=False
-        )
+        result = airun_nb.Workflow.from_yaml(WORKFLOW).run(db=db, resume=run_id)
+    except WorkflowFailed as exc:
+        print(f"RUN {exc.run_id} {exc.status}")
+        return 0
     except RunBusy as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 3
