@@ -69,11 +69,17 @@ class RunResult:
         return self.outputs[step_id]
 
     def timeline(self) -> Any:
-        """The run as a timeline (Gantt) picture: a matplotlib Figure."""
+        """The run as a timeline picture (:class:`~airun_nb.timeline.Timeline`): it displays
+        itself in any front end; ``.figure`` is the matplotlib Figure."""
         from . import history, timeline
 
         self._runner.store.flush()
-        return timeline.draw(history.attempts(self.run_id, self._runner.store.path))
+        db = self._runner.store.path
+        return timeline.draw(
+            history.attempts(self.run_id, db),
+            gates=history.approvals(self.run_id, db),
+            title=f"run {self.run_id} · {self.workflow}",
+        )
 
     def __repr__(self) -> str:
         return render_text(view_of_run(self._runner))

@@ -154,7 +154,9 @@ def test_a_cli_approval_continues_the_idle_kernels_run_within_two_seconds(
     assert states
     buttons = [s for _, s in kernel.comm_values() if "disabled" in s]
     assert any(s["disabled"] for s in buttons), "the buttons were not disabled"
-    status = [str(s.get("value")) for _, s in kernel.comm_values() if "Approved" in str(s.get("value"))]
+    status = [
+        str(s.get("value")) for _, s in kernel.comm_values() if "Approved" in str(s.get("value"))
+    ]
     assert any("bob" in v and "cli" in v for v in status), status
     # The kernel answers at once: nothing holds its main thread.
     t0 = time.monotonic()
@@ -196,3 +198,77 @@ def test_a_click_without_the_functions_records_nothing_and_says_what_to_define(
         assert "['open']" in rows, rows
     finally:
         second.shutdown()
+
+
+def test_the_timeline_displays_as_a_picture_in_a_fresh_kernel(tmp_path: Path) -> None:
+    db = tmp_path / "airun.duckdb"
+    first = LiveKernel(tmp_path, _env(db))
+    try:
+        first.execute("%load_ext airun_nb")
+        first.execute(SLOW.replace("time.sleep(3)", "time.sleep(0.1)"))
+        run_id = _run_id(first)
+    finally:
+        first.shutdown()
+    fresh = LiveKernel(tmp_path, _env(db))
+    try:
+        fresh.execute("%load_ext airun_nb")
+        msg = fresh.execute(f"%workflow timeline {run_id}")
+        results = [c for _, k, c in fresh.outputs(msg) if k == "execute_result"]
+        assert results, fresh.text(msg)
+        data = results[0]["data"]
+        assert data["image/png"] and "data:image/png;base64," in data["text/html"]
+        assert "Figure size" not in data["text/plain"]
+    finally:
+        fresh.shutdown()
+
+
+def test_cancel_from_the_notebook_ends_a_waiting_run_and_its_gate_shows_it(
+    kernel: LiveKernel, tmp_path: Path
+) -> None:
+    kernel.execute(FUNCTIONS)
+    kernel.execute(GATE)
+    run_id = _run_id(kernel)
+    listing = kernel.text(kernel.execute("%workflow approvals"))
+    assert f"%workflow cancel {run_id}" in listing and "ago" in listing
+    out = kernel.text(kernel.execute(f"%workflow cancel {run_id}"))
+    assert f"cancelled run {run_id} (was waiting)" in out
+    kernel.wait_for(
+        lambda: any("Cancelled" in str(s.get("value", "")) for _, s in kernel.comm_values()),
+        5,
+        "the gate widgets to show the cancel",
+    )
+    status = kernel.text(
+        kernel.execute(
+            f"import airun_nb; print(airun_nb.runs().set_index('run_id').loc['{run_id}', 'status'])"
+        )
+    )
+    assert "cancelled" in status
+    assert not (tmp_path / "shipped").exists()
+
+
+def test_after_a_restart_running_the_cell_again_resumes_the_same_run(tmp_path: Path) -> None:
+    db = tmp_path / "airun.duckdb"
+    cell = GATE.replace("approvers: [bob]", "allow_self_approval: true")
+    first = LiveKernel(tmp_path, _env(db))
+    try:
+        first.execute("%load_ext airun_nb")
+        first.execute(FUNCTIONS)
+        first.execute(cell)
+        run_id = _run_id(first)
+    finally:
+        first.shutdown()
+    again = LiveKernel(tmp_path, _env(db))
+    try:
+        again.execute("%load_ext airun_nb")
+        again.execute(FUNCTIONS)
+        again.execute(cell)
+        assert _run_id(again) == run_id
+        msg = again.execute(
+            "from airun_nb.jupyter.widgets import gate_widgets\n"
+            "gate_widgets()[-1].approve_button.click()\n"
+            "import airun_nb; print('STATUS', airun_nb.last_run().run_id, airun_nb.last_run().status)"
+        )
+        assert f"STATUS {run_id} completed" in again.text(msg)
+        assert (tmp_path / "shipped").exists()
+    finally:
+        again.shutdown()

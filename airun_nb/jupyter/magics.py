@@ -145,7 +145,11 @@ class WorkflowMagics(Magics):
             from .. import timeline
 
             history.stored_run(rest[0], db)  # a clear error for an unknown run
-            return timeline.draw(history.attempts(rest[0], db), title=f"run {rest[0]}")
+            return timeline.draw(
+                history.attempts(rest[0], db),
+                gates=history.approvals(rest[0], db),
+                title=f"run {rest[0]}",
+            )
         if cmd == "approvals":
             store = Store.open(db)
             rows = store.query_dicts(
