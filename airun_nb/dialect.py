@@ -173,23 +173,45 @@ def _step(raw: Any, path: list[Any], out: Translation, error: ErrorAt) -> Any:
         _approval(d, approval_config, path, out)
     elif approval_config is not None:
         raise error("'approval_config' goes with step_type: HUMAN_APPROVAL", path)
-    if d.get("retry") is None and "approval" not in d and seed:
+    retry = d.get("retry")
+    open_attempts = retry is None or (
+        isinstance(retry, dict) and not {"attempts", "max_attempts"} & set(retry)
+    )
+    if open_attempts and "approval" not in d and seed:
+        attempts: Any = None
         if max_retries is not None:
             attempts = max_retries
             if isinstance(max_retries, int) and not isinstance(max_retries, bool):
                 attempts = max(1, max_retries)  # 0 means one attempt
-            d["retry"] = {"attempts": attempts}
-            out.rename([*path, "retry"], [*path, "max_retries"])
+            if retry is None:
+                out.rename([*path, "retry"], [*path, "max_retries"])
         elif "capability" in d or "call" in d:
-            d["retry"] = {"attempts": DEFAULT_ATTEMPTS}
+            attempts = DEFAULT_ATTEMPTS
+        if attempts is not None:
+            d["retry"] = {**(retry or {}), "attempts": attempts}
     if isinstance(d.get("compensate"), dict):
         d["compensate"] = _compensation(d["compensate"], [*path, "compensate"], out)
+    for body in (d, d.get("compensate")):
+        _old_inputs(body)
     if isinstance(d.get("parallel"), list):
         d["parallel"] = [
             _step(child, [*path, "parallel", j], out, error)
             for j, child in enumerate(d["parallel"])
         ]
     return d
+
+
+# Old input names of ids that alias native capabilities.
+_FILE_IDS = {"io.fs.write_file", "io.fs.read_file", "io.fs.delete", "io.fs.delete_file"}
+
+
+def _old_inputs(body: Any) -> None:
+    """``file_path`` is the old second name of ``path``."""
+    if not isinstance(body, dict) or body.get("capability") not in _FILE_IDS:
+        return
+    args = body.get("with")
+    if isinstance(args, dict) and "file_path" in args and "path" not in args:
+        body["with"] = {("path" if k == "file_path" else k): v for k, v in args.items()}
 
 
 def _approval(d: dict[str, Any], config: Any, path: list[Any], out: Translation) -> None:
@@ -229,9 +251,8 @@ def _compensation(raw: dict[str, Any], path: list[Any], out: Translation) -> dic
     for key, value in raw.items():
         native = SEED_STEP_ALIASES.get(str(key), str(key))
         if native in ("step_name", "description", "id"):
-            out.record.setdefault("compensations", {}).setdefault(str(origin[1]), {})[native] = (
-                value
-            )
+            where = ".".join(str(p) for p in origin[:2])
+            out.record.setdefault("compensations", {}).setdefault(where, {})[native] = value
             continue
         out.rename([*path, native], [*origin, key])
         d[native] = value
@@ -355,3 +376,10 @@ def unknown_flat_names(spec: Any, namespace_names: set[str]) -> list[str]:
         for name in sorted(names - allowed):
             out.append(f"step '{step_id}', field '{field_path}': name '{name}' is undefined")
     return out
+
+
+def own_output(step_id: str, step: Any, value: Any) -> dict[str, Any]:
+    """A step's own output as its seed compensation sees it: flat keys and under its name."""
+    capability = step.body if step.kind == "capability" else None
+    names = seed_names([(step_id, capability, value)], {}, "")
+    return {k: v for k, v in names.items() if k not in ("workflow_id", "run_id")}

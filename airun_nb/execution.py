@@ -13,6 +13,7 @@ from . import (
     auditlog,
     capabilities,
     deadline,
+    dialect,
     executor,
     gatekeeper,
     governance,
@@ -245,10 +246,11 @@ def render_compensation(run: RunContext, st: StepState) -> dict[str, Any] | None
     comp = st.spec.compensate
     if not comp:
         return None
+    ctx = run.scope.context()
+    if run.spec.seed_dialect:  # the seed dialect's {{tenant_id}}: the step's own output too
+        ctx = {**ctx, **dialect.own_output(st.id, st.spec, st.value)}
     try:
-        rendered: dict[str, Any] = templates.render(
-            comp, run.scope.context(), step=st.id, field="compensate"
-        )
+        rendered: dict[str, Any] = templates.render(comp, ctx, step=st.id, field="compensate")
     except AirunError as exc:
         return {"error": f"cannot prepare its compensation: {exc.message}"}
     return rendered
