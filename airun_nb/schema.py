@@ -14,12 +14,13 @@ import pyarrow as pa
 
 from .errors import StoreIncompatible
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
 # (hashed API tokens of the approval service); 4 adds attempts.traceback (the full traceback of
 # a failed attempt); 5 adds runs.forked_from / forked_step (a fork's run and step) and
 # steps.fingerprint (a step's code fingerprint components and what changed); 6 adds
-# approvals.four_eyes (the launcher may not decide the gate). Each version only
+# approvals.four_eyes (the launcher may not decide the gate); 7 adds spec_cache (parsed workflows
+# by the hash of their text and of the parser, see speccache). Each version only
 # adds tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
@@ -162,6 +163,10 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
             ("revoked_at", _TS),
         ],
         ("token_id",),
+    ),
+    "spec_cache": (
+        [("cache_key", "VARCHAR"), ("created_at", _TS), ("data", "BLOB")],
+        ("cache_key",),
     ),
 }
 # Journal record type -> table.

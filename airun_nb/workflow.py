@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from . import spec as spec_mod
+from . import speccache
 from .errors import RunNotFound
 from .ledger import Listener
 from .memory import gc_paused, gc_release
 from .result import RunResult
 from .runner import Runner
 from .spec import WorkflowSpec
+from .speccache import NO_STORE
 from .store import Store
 
 
@@ -25,13 +27,20 @@ class Workflow:
         self.spec = spec
 
     @classmethod
-    def from_yaml(cls, text: str, *, name: str | None = None, line_offset: int = 0) -> Workflow:
-        return cls(spec_mod.parse(text, name=name, line_offset=line_offset))
+    def from_yaml(
+        cls, text: str, *, name: str | None = None, line_offset: int = 0, db: Any = NO_STORE
+    ) -> Workflow:
+        """Parse ``text``; an unchanged text parsed before in this process is not parsed again,
+        and with ``db`` (a store path, None for the default store) a big one is also found in
+        that store's parsed-spec cache (:mod:`airun_nb.speccache`)."""
+        return cls(speccache.parse(text, name=name, line_offset=line_offset, db=db))
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, name: str | None = None) -> Workflow:
+    def from_file(
+        cls, path: str | os.PathLike[str], *, name: str | None = None, db: Any = NO_STORE
+    ) -> Workflow:
         p = Path(path)
-        return cls(spec_mod.parse(p.read_text(), name=name, file_stem=p.stem))
+        return cls(speccache.parse(p.read_text(), name=name, file_stem=p.stem, db=db))
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, name: str | None = None) -> Workflow:
@@ -51,7 +60,7 @@ class Workflow:
         workflow, text = found[0]
         if not text:
             raise RunNotFound(f"run '{run_id}' has no stored workflow definition")
-        return cls(spec_mod.parse(text, name=workflow))
+        return cls(speccache.parse(text, name=workflow, db=db))
 
     @property
     def name(self) -> str:

@@ -78,7 +78,7 @@ class WorkflowMagics(Magics):
             raise UsageError("%%workflow: --fork RUN goes with --from STEP")
         if args.fork and (args.resume or args.new):
             raise UsageError("%%workflow: --fork does not go with --resume or --new")
-        wf = Workflow.from_yaml(cell, name=args.name, line_offset=1)
+        wf = Workflow.from_yaml(cell, name=args.name, line_offset=1, db=args.db)
         params = _params(args.param)
         fork = (args.fork, args.from_step) if args.fork else None
         if fork is not None:
