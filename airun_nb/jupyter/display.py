@@ -18,6 +18,7 @@ from ..state import StepState
 
 MIN_INTERVAL = 0.1  # at most 10 redraws a second, however fast steps change
 TICK = 0.5  # while a step runs (or waits), its elapsed time is redrawn this often
+COST_FACTOR = 25  # redraws are spaced by at least this many times what one costs
 _LIVE = ("running", "waiting")
 
 
@@ -53,7 +54,9 @@ class Ticker:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._last = 0.0
+        self._gap = MIN_INTERVAL
         self.draws = 0
+        self.spent = 0.0  # seconds spent drawing
         self._ctx = contextvars.copy_context()
         self._thread = threading.Thread(target=self._loop, name="airun-live-table", daemon=True)
 
@@ -71,16 +74,21 @@ class Ticker:
 
     def draw_now(self) -> None:
         with self._lock:
+            t0 = time.monotonic()
             self._draw()
             self._last = time.monotonic()
+            # A big table costs more to draw: space redraws so drawing stays a few percent of
+            # the run, never less often than once a second.
+            self._gap = min(max(MIN_INTERVAL, COST_FACTOR * (self._last - t0)), 1.0)
             self.draws += 1
+            self.spent += self._last - t0
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._dirty.wait(TICK)
             if self._stop.is_set():
                 return
-            wait = MIN_INTERVAL - (time.monotonic() - self._last)
+            wait = self._gap - (time.monotonic() - self._last)
             if wait > 0:
                 time.sleep(wait)
             changed = self._dirty.is_set()
@@ -102,6 +110,11 @@ class LiveTable(Listener):
     @property
     def draws(self) -> int:
         return self._ticker.draws if self._ticker is not None else 0
+
+    @property
+    def spent(self) -> float:
+        """Seconds spent drawing so far."""
+        return self._ticker.spent if self._ticker is not None else 0.0
 
     def planned(self, engine: Runner) -> None:
         plan = engine.plan
