@@ -204,9 +204,15 @@ def _row_diff(
         raise DiffError(f"diff: the outputs of step '{step}' share no column")
     sel = ", ".join(quote_ident(c) for c in common)
     qa, qb = (f"outputs.{quote_ident(t)}" for t in tables)
+    # One hash aggregate over both tables: a row's copies in A count +1, in B -1; what does
+    # not cancel out is in one run only (as often as it is left over).
     query = f"""
-        SELECT 'A' AS _side, * FROM (SELECT {sel} FROM {qa} EXCEPT ALL SELECT {sel} FROM {qb})
-        UNION ALL
-        SELECT 'B' AS _side, * FROM (SELECT {sel} FROM {qb} EXCEPT ALL SELECT {sel} FROM {qa})
+        SELECT CASE WHEN __airun_n > 0 THEN 'A' ELSE 'B' END AS _side, {sel}
+        FROM (
+            SELECT {sel}, sum(__airun_w) AS __airun_n FROM (
+                SELECT {sel}, 1 AS __airun_w FROM {qa} UNION ALL SELECT {sel}, -1 AS __airun_w FROM {qb}
+            ) GROUP BY ALL HAVING sum(__airun_w) <> 0
+        ) CROSS JOIN range(abs(__airun_n)::BIGINT)
+        ORDER BY _side
     """
     return con.execute(query).df()
