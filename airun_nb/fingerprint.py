@@ -89,7 +89,7 @@ class Fingerprinter:
         if origin is None:
             fp.components[f"function {name}"] = [_code_hash(fn), "changed"]
             fp.components.update(self._reads_of(fn))
-        elif origin != "builtin":
+        elif isinstance(origin, tuple):
             dist, version = origin
             fp.components[f"package {dist}"] = [version, version]
         return fp
@@ -367,7 +367,8 @@ def _names_read(source: str) -> set[str]:
         tree = ast.parse(textwrap.dedent(source))
     except SyntaxError:
         return set()
-    loaded, stored = set(), set()
+    loaded: set[str] = set()
+    stored: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             (loaded if isinstance(node.ctx, ast.Load) else stored).add(node.id)

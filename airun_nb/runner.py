@@ -135,6 +135,7 @@ class Runner:
                 self.planner.hash_steps()
                 self.planner.check_templates()
                 with self.store.session("planning a run", fold=False):
+                    prior_run: dict[str, Any] | None
                     if fork is not None:
                         prior_run, prior_rows = self.planner.select_fork(*fork)
                         mode = "fork"

@@ -141,7 +141,7 @@ CACHE_MODES = ("recompute", "ignore")
 def cache_control(value: Any) -> str | dict[str, str] | None:
     """A step's ``cache:``: ``recompute``, ``ignore`` or ``{version: "2"}`` (ValueError else)."""
     if value is None or value in CACHE_MODES:
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, dict) and set(value) == {"version"} and value["version"] is not None:
         return {"version": str(value["version"])}
     raise ValueError("'cache' must be recompute, ignore or {version: \"...\"}")
