@@ -67,7 +67,8 @@ def runs(
     limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Runs, newest first, with their step counts and open gates."""
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[Any] = []
     if workflow:
         clauses.append("r.workflow = ?")
         params.append(workflow)

@@ -318,8 +318,8 @@ def _fill(table: DataTable[Any], rows: list[tuple[str, list[str]]]) -> None:
     """Replace a table's rows, keeping the cursor on the same key when it is still there."""
     current = None
     if table.row_count:
-        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        current = key.value
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        current = row_key.value
     table.clear()
     for key, cells in rows:
         table.add_row(*cells, key=key)

@@ -1,15 +1,20 @@
 """The event stream: every row of the store's ``events`` table, as Server-Sent Events.
 
-Each client polls the store for events newer than the last one it sent (every half second, in a
-worker thread), so a transition recorded by any process (a kernel, the CLI, this service) reaches
-every open stream in the order it was recorded.
+Each client looks at the store file's and its journal's size and modification time ten times a
+second (every state change is a journal append), and only when they changed (or every few
+seconds anyway) reads the events newer than the last one it sent, in a worker thread. So an idle
+stream never takes the store's lease, and a transition recorded by any process (a kernel, the
+CLI, this service) reaches every open stream in the order it was recorded.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,8 +24,20 @@ from sse_starlette.sse import EventSourceResponse
 from ..overview import iso, parse_since
 from ..store import Store
 
-POLL = 0.5
+POLL = 0.1  # seconds between looks at the files
+READ_ANYWAY = 5.0  # seconds after which the events are read even if the files look unchanged
 BATCH = 500
+
+
+def _signature(db: Path) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for p in (db, db.with_name(db.name + ".journal")):
+        try:
+            st = os.stat(p)
+            out.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
 
 
 def _fetch(store: Store, after: datetime, run: str | None) -> list[dict[str, Any]]:
@@ -55,7 +72,15 @@ async def _events(
 ) -> AsyncIterator[dict[str, str]]:
     cursor = start
     sent_at_cursor: set[tuple[Any, ...]] = set()
+    seen: tuple[Any, ...] | None = None
+    last_read = 0.0
     while not await request.is_disconnected():
+        now = time.monotonic()
+        signature = _signature(store.path)
+        if signature == seen and now - last_read < READ_ANYWAY:
+            await anyio.sleep(POLL)
+            continue
+        seen, last_read = signature, now
         rows = await anyio.to_thread.run_sync(_fetch, store, cursor, run)
         for row in rows:
             key = _key(row)
@@ -66,8 +91,9 @@ async def _events(
                 sent_at_cursor = set()
             sent_at_cursor.add(key)
             yield {"event": "transition", "data": json.dumps(_payload(row), default=str)}
-        if len(rows) < BATCH:
-            await anyio.sleep(POLL)
+        if len(rows) >= BATCH:
+            seen = None  # more to read: do not wait for the files to change
+        await anyio.sleep(POLL)
 
 
 def response(request: Request, store: Store, *, run: str | None, since: str | None) -> Any:
