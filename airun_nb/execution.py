@@ -224,7 +224,7 @@ def _invoke(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> Any:
 def _run_capability(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> Any:
     s = st.spec
     cap = capabilities.get(str(s.body))
-    args = templates.render(s.with_, ctx, step=s.id, field="with")
+    args = templates.render_with(s.with_, ctx, step=s.id, field="with", capability=cap.name)
     cctx = run.capability_context(st.id)
     prepared = (
         st.compensation if st.compensation and "prepared_attempt" in st.compensation else None
@@ -251,6 +251,14 @@ def render_compensation(run: RunContext, st: StepState) -> dict[str, Any] | None
         ctx = {**ctx, **dialect.own_output(st.id, st.spec, st.value)}
     try:
         rendered: dict[str, Any] = templates.render(comp, ctx, step=st.id, field="compensate")
+        if isinstance(comp.get("with"), dict) and comp.get("capability"):
+            rendered["with"] = templates.render_with(
+                comp["with"],
+                ctx,
+                step=st.id,
+                field="compensate.with",
+                capability=capabilities.canonical(str(comp["capability"])),
+            )
     except AirunError as exc:
         return {"error": f"cannot prepare its compensation: {exc.message}"}
     return rendered

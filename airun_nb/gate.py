@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from . import auditlog, identity, settings
+from . import auditlog, identity, limits, settings
 from .gateconfig import MODES, ON_TIMEOUT, AlreadyDecided, ApprovalError, GateConfig, parse_config
 from .store import Store
 
@@ -174,6 +174,8 @@ def open_gate(
     launched_by: str,
 ) -> tuple[dict[str, Any], bool]:
     """Open the gate if it is not open yet; return (its row, whether it was opened now)."""
+    limits.check_size(message, limits.MAX_MESSAGE, f"the message of gate '{gate_id}'")
+    preview_text, preview_html = limits.cut(preview_text), limits.cut(preview_html)
     with store.session("opening an approval gate"):
         existing = gate_row(store, run_id, gate_id)
         if existing is not None and existing["status"] == "open":
@@ -251,6 +253,7 @@ def decide(
         raise ApprovalError(f"a decision is '{APPROVE}' or '{REJECT}', not {decision!r}")
     if channel not in CHANNELS:
         raise ApprovalError(f"unknown channel {channel!r}")
+    limits.check_size(comment, limits.MAX_COMMENT, "the comment")  # before the store is held
     with store.session("recording an approval decision"):
         row = gate_row(store, run_id, gate_id)
         if row is None:

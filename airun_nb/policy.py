@@ -58,6 +58,7 @@ class Rule:
     risk: list[tuple[str, int]] | None = None
     approvers: list[str] | None = None
     source: str = "policy"
+    hosts: list[str] | None = None  # where http.request may go for these principals
 
     def matches(self, principal: str, roles_of: set[str], capability: str, risk: str) -> bool:
         if not any(
@@ -129,6 +130,16 @@ class Policy:
 
     def roles_of(self, principal: str) -> set[str]:
         return {r for r, members in self.roles.items() if principal in members}
+
+    def hosts_for(self, principal: str, capability: str = "http.request") -> list[str] | None:
+        """The hosts ``principal`` may reach with ``capability`` when a matching rule lists
+        ``hosts:`` (patterns like ``*.example.com``), else None (no host restriction)."""
+        mine = self.roles_of(principal)
+        found: list[str] | None = None
+        for rule in self.rules:
+            if rule.hosts is not None and rule.matches(principal, mine, capability, "high"):
+                found = [*(found or []), *rule.hosts]
+        return found
 
     def evaluate(self, principal: str, capability: str, risk: str) -> Verdict:
         mine = self.roles_of(principal)
@@ -252,6 +263,7 @@ def _parse(
             "decision",
             "approvers",
             "description",
+            "hosts",
         }
         if extra:
             raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))}")
@@ -282,9 +294,12 @@ def _parse(
                     raise PolicyError(f"{where}: unknown role '{a[5:]}' in approvers")
         if approvers and decision != "require_approval":
             raise PolicyError(f"{where}: 'approvers' only goes with require_approval")
-        rules.append(
-            Rule(name, principals, caps, decision, _risk(raw.get("risk"), where), approvers, source)
-        )
+        hosts = raw.get("hosts")
+        if hosts is not None:
+            hosts = [h.lower() for h in _strings(hosts, where, "hosts")]
+        rule = Rule(name, principals, caps, decision, _risk(raw.get("risk"), where), approvers)
+        rule.source, rule.hosts = source, hosts
+        rules.append(rule)
     return Policy({**settings.roles(), **table}, default, rules, source)
 
 

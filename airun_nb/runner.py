@@ -78,7 +78,7 @@ class Runner:
             spec, store, self.states, params=self.params, namespace=self.namespace
         )
         self.plan: Plan | None = None
-        self.sql = kinds.SqlEngine()
+        self.sql = kinds.SqlEngine(store_path=store.path)  # confined to the workspace
         self.bind_output = isinstance(namespace, dict)
         self.requested_rollback = False
         self.rejected = False
@@ -113,7 +113,13 @@ class Runner:
 
     def capability_context(self, step_id: str) -> capabilities.Context:
         undo_dir = self.store.path.with_name(self.store.path.name + ".undo") / self.run_id / step_id
-        return capabilities.Context(self.workspace, undo_dir, self.store)
+        return capabilities.Context(
+            self.workspace,
+            undo_dir,
+            self.store,
+            principal=self.user,
+            hosts=self.policy.hosts_for(self.user),
+        )
 
     # ------------------------------------------------------------------ plan
     def prepare(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import re
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from types import ModuleType
@@ -71,6 +72,50 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
 ENV = Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _FORMAT_WRAPPER = getattr(ENV.wrap_str_format("".format), "__code__", None)
+
+
+def _shell_word(value: Any) -> str:
+    return shlex.quote(value if isinstance(value, str) else str(value))
+
+
+# For the string form of shell.run: every {{ }} output is one shell word (shlex.quote).
+SHELL_ENV = Sandbox(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+    finalize=_shell_word,
+)
+
+
+def render_with(
+    with_: Any, context: Mapping[str, Any], *, step: str, field: str, capability: str
+) -> Any:
+    """A capability step's ``with:`` rendered; for ``shell.run`` a string ``command`` has each
+    template value shell-quoted (:func:`render_shell`)."""
+    out = render(with_, context, step=step, field=field)
+    command = with_.get("command") if isinstance(with_, Mapping) else None
+    if capability == "shell.run" and isinstance(command, str) and isinstance(out, dict):
+        out["command"] = render_shell(command, context, step=step, field=f"{field}.command")
+    return out
+
+
+def render_shell(command: str, context: Mapping[str, Any], *, step: str, field: str) -> str:
+    """Render a shell command string with each template value shell-quoted, so a value can
+    never add words, pipes or commands (``{{ name }}`` with ``x; rm -rf ~`` stays one word)."""
+    if not has_template(command):
+        return command
+    try:
+        return str(SHELL_ENV.from_string(command).render(**safe_context(context)))
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(
+            f"step '{step}', field '{field}': {_undefined_message(exc)} in {command.strip()!r}"
+        ) from None
+    except Exception as exc:
+        raise TemplateError(
+            f"step '{step}', field '{field}': {exc} in {command.strip()!r}"
+        ) from None
+
+
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
 
 

@@ -51,6 +51,8 @@ class Context:
     workspace: Workspace
     undo_dir: Path
     store: Any = None  # the Store, for snapshots kept as tables
+    principal: str | None = None  # who runs the step
+    hosts: list[str] | None = None  # where http.request may go (the policy's hosts:), or any
 
     def path(self, value: object, *, field: str = "path", capability: str = "") -> Path:
         """The real path of ``value`` inside the workspace, refused when it is protected (the
