@@ -272,3 +272,50 @@ def test_after_a_restart_running_the_cell_again_resumes_the_same_run(tmp_path: P
         assert (tmp_path / "shipped").exists()
     finally:
         again.shutdown()
+
+
+def _cli(tmp_path: Path, *args: str, user: str = "bob") -> subprocess.CompletedProcess[str]:
+    env = _env(tmp_path / "airun.duckdb", user=user)
+    return subprocess.run([*AIRUN, *args], env=env, cwd=tmp_path, capture_output=True, text=True)
+
+
+def _waiting_run(tmp_path: Path, cell: str, *, store_code: bool) -> str:
+    k = LiveKernel(tmp_path, _env(tmp_path / "airun.duckdb"))
+    try:
+        k.execute("%load_ext airun_nb")
+        if store_code:
+            k.execute("%config Workflow.store_code = True")
+        k.execute(FUNCTIONS)
+        k.execute(cell)
+        return _run_id(k)
+    finally:
+        k.shutdown()
+
+
+def test_a_terminal_resumes_a_run_whose_remaining_steps_need_no_notebook(tmp_path: Path) -> None:
+    cell = GATE.replace("call: ship", 'python: |\n      open("shipped", "w").write("yes")')
+    run_id = _waiting_run(tmp_path, cell, store_code=False)
+    assert _cli(tmp_path, "approve", run_id, "review").returncode == 0
+    done = _cli(tmp_path, "resume", run_id)
+    assert done.returncode == 0, done.stdout + done.stderr  # prepare's function is not needed
+    assert (tmp_path / "shipped").exists()
+
+
+def test_a_terminal_resume_names_the_missing_function_unless_the_code_was_stored(
+    tmp_path: Path,
+) -> None:
+    run_id = _waiting_run(tmp_path, GATE, store_code=False)
+    assert _cli(tmp_path, "approve", run_id, "review").returncode == 0
+    done = _cli(tmp_path, "resume", run_id)
+    assert done.returncode != 0
+    assert "call 'ship' is not defined" in done.stderr and "prepare" not in done.stderr
+    assert "Re-open" in done.stderr and "store_code" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    stored = tmp_path / "stored"
+    stored.mkdir()
+    run_id = _waiting_run(stored, GATE, store_code=True)
+    assert _cli(stored, "approve", run_id, "review").returncode == 0
+    done = _cli(stored, "resume", run_id)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (stored / "shipped").read_text() == "yes"

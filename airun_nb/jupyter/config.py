@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from traitlets import Unicode, observe
+from traitlets import Bool, Unicode, observe
 from traitlets.config import Configurable
 
 from .. import policy as policy_mod
@@ -16,6 +16,11 @@ class Workflow(Configurable):
 
     policy = Unicode(None, allow_none=True, help="Path of the policy YAML file.").tag(config=True)
     db = Unicode(None, allow_none=True, help="Default store file for this kernel.").tag(config=True)
+    store_code = Bool(
+        False,
+        help="Store the notebook functions a run calls, by value (cloudpickle), so that "
+        "`airun resume` can continue the run from a terminal without this kernel.",
+    ).tag(config=True)
 
     @observe("policy")
     def _policy_changed(self, change: Any) -> None:

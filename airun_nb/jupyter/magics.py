@@ -7,6 +7,7 @@ wrong is an :class:`~airun_nb.errors.AirunError` whose short message is what the
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from typing import Any
 
@@ -15,7 +16,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
-from .. import explanation, history, rundiff
+from .. import codestore, explanation, history, rundiff
 from ..store import Store
 from ..timeouts import name_files_with
 from ..workflow import Workflow, rollback, stored_params
@@ -101,12 +102,22 @@ class WorkflowMagics(Magics):
         engine.prepare(
             resume=kwargs.get("resume"), new=bool(kwargs.get("new")), fork=kwargs.get("fork")
         )
+        engine.ledger.source = _notebook_path(ns)
+        if self._setting("store_code"):
+            targets = [str(s.body) for s in engine.spec.steps if s.kind == "call"]
+            codestore.save(engine.store, engine.run_id, codestore.notebook_functions(targets, ns))
         try:
             engine.execute()
         finally:
             remember(engine)
             if engine.open_gates:
                 draw_gates(engine.open_gates, engine.store.path, ns)
+
+    def _setting(self, name: str) -> Any:
+        for conf in self.shell.configurables:
+            if type(conf).__name__ == "Workflow" and hasattr(conf, name):
+                return getattr(conf, name)
+        return None
 
     @line_magic("workflow")
     def workflow_line(self, line: str) -> Any:
@@ -232,6 +243,12 @@ class WorkflowMagics(Magics):
         )
 
 
+def _notebook_path(ns: Any) -> str | None:
+    """The notebook this kernel runs, when the front end says (Jupyter Server does)."""
+    path = ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
+    return str(path) if path else None
+
+
 def _latest_failed(db: str | None) -> str:
     last = last_result()
     if last is not None:
@@ -247,7 +264,7 @@ def _latest_failed(db: str | None) -> str:
 def _latest_unfinished(db: str | None) -> str:
     rows = Store.open(db).query(
         "SELECT run_id FROM runs WHERE status IN ('interrupted', 'failed', 'running', 'waiting', "
-        "'pending') ORDER BY created_at DESC LIMIT 1"
+        "'pending', 'rolling_back', 'rollback_failed') ORDER BY created_at DESC LIMIT 1"
     )
     if not rows:
         raise UsageError("%workflow resume: there is no unfinished run to resume")
