@@ -213,6 +213,6 @@ def _row_diff(
                 SELECT {sel}, 1 AS __airun_w FROM {qa} UNION ALL SELECT {sel}, -1 AS __airun_w FROM {qb}
             ) GROUP BY ALL HAVING sum(__airun_w) <> 0
         ) CROSS JOIN range(abs(__airun_n)::BIGINT)
-        ORDER BY _side
+        ORDER BY ALL
     """
     return con.execute(query).df()
