@@ -1,11 +1,12 @@
 # Two commands on a fresh machine:
 #   make quickstart   set up, then run notebooks/quickstart.ipynb headless and print its runs
+#   make lab          set up, then open notebooks/quickstart.ipynb in JupyterLab
 #   make test         set up (including headless Chromium), then run every test
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: quickstart test lint bench clean
+.PHONY: quickstart lab test lint bench clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +15,14 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(BIN)/python -m pip install --quiet -e '.[jupyter,test,dask,dev,serve,dashboard]'
+	$(BIN)/python -m pip install --quiet -e '.[jupyter,test,dask,dev,serve,dashboard,pdf]'
 	touch $@
 
 quickstart: $(VENV)/.core
 	$(BIN)/airun run notebooks/quickstart.ipynb --output out/quickstart.ipynb
+
+lab: $(VENV)/.core
+	$(BIN)/jupyter lab notebooks/quickstart.ipynb
 
 test: $(VENV)/.test
 	bash scripts/install_browser.sh

@@ -108,9 +108,13 @@ def test_an_error_points_at_the_key_as_written() -> None:
 
 
 def test_the_per_agent_policy_denies_a_capability_outside_its_list() -> None:
-    text = (SEED / "all_keys.yaml").read_text().replace(
-        "allowed_capabilities: [io.fs.write_file, io.fs.hash_file, io.fs.delete, sys.info.*]",
-        "allowed_capabilities: [io.fs.write_file, io.fs.delete]",
+    text = (
+        (SEED / "all_keys.yaml")
+        .read_text()
+        .replace(
+            "allowed_capabilities: [io.fs.write_file, io.fs.hash_file, io.fs.delete, sys.info.*]",
+            "allowed_capabilities: [io.fs.write_file, io.fs.delete]",
+        )
     )
     wf = spec.parse(text)
     rules = wf.policy["rules"]  # type: ignore[index]

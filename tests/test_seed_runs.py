@@ -241,7 +241,9 @@ def test_a_v1_require_approval_waits(work: Path, db: Path, monkeypatch: pytest.M
     assert (work / "w.txt").exists()  # the delete waits for its approval
 
 
-def test_the_owner_is_a_principal_too(work: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_owner_is_a_principal_too(
+    work: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIRUN_POLICY", str(SEED / "policy_v2.yaml"))
     text = POLICY_FLOW.replace("AGENT", "careful").replace("CAP", "io.fs.exists")
     assert Workflow.from_yaml(text).run(db=db).status == "waiting"  # agent:careful writes

@@ -97,8 +97,15 @@ def _frame(data: Any) -> Any:
         rows = [r for t in data for r in (t.get("rows") or [])]  # io.pdf.extract_table output
         data = rows or data
     if isinstance(data, list) and data and isinstance(data[0], (list, tuple)):
-        return pd.DataFrame(data[1:], columns=list(data[0]))
-    return pd.DataFrame(data or [])
+        df = pd.DataFrame(data[1:], columns=list(data[0]))
+    else:
+        df = pd.DataFrame(data or [])
+    for col in df.columns:  # numbers read from a PDF or JSON text are numbers
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            converted = pd.to_numeric(df[col], errors="coerce")
+            if converted.notna().all():
+                df[col] = converted
+    return df
 
 
 def _pandas_calculate(args: dict[str, Any], ctx: Context) -> Any:
