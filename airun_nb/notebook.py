@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
@@ -57,8 +60,16 @@ def run_notebook(
     old_env = dict(os.environ)
     if env:
         os.environ.update(env)
+    # IPC sockets in a private folder: no TCP port, so the kernel has nothing to warn about
+    # ("Kernel is running over TCP without encryption") and nothing listens on the network.
+    sockets = tempfile.mkdtemp(prefix="airun-kernel-")
+    km = AsyncKernelManager(
+        kernel_name=kernel_name, transport="ipc", ip=os.path.join(sockets, "kernel")
+    )
+    km.connection_file = os.path.join(sockets, "kernel.json")
     client = NotebookClient(
         nb,
+        km=km,
         timeout=timeout,
         kernel_name=kernel_name,
         resources={"metadata": {"path": str(src.parent.resolve())}},
@@ -75,6 +86,7 @@ def run_notebook(
         os.environ.clear()
         os.environ.update(old_env)
         nbformat.write(nb, out)
+        shutil.rmtree(sockets, ignore_errors=True)
     return NotebookRun(src, out, started, time.time() - started)
 
 
