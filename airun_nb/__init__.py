@@ -5,10 +5,9 @@ Importing the package registers nothing; ``%load_ext airun_nb`` adds the ``%%wor
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .cancellation import cancel
-from .capabilities import register as register_capability
 from .errors import (
     AirunError,
     QueryError,
@@ -22,12 +21,57 @@ from .errors import (
     TemplateError,
     WorkflowFailed,
 )
-from .explanation import why
-from .gate import AlreadyDecided, ApprovalError, approve, reject
-from .history import approvals, attempts, audit, events, history_relation, query, runs, steps
-from .result import RunResult
-from .rundiff import diff
-from .workflow import Workflow, fork, rollback
+
+if TYPE_CHECKING:
+    from .cancellation import cancel
+    from .capabilities import register as register_capability
+    from .explanation import why
+    from .gate import AlreadyDecided, ApprovalError, approve, reject
+    from .history import approvals, attempts, audit, events, runs, steps
+    from .relation import history_relation, query
+    from .result import RunResult
+    from .rundiff import diff
+    from .workflow import Workflow, fork, rollback
+
+# Everything else is imported on first use, so that `import airun_nb` (and the `airun` command)
+# does not pay for pandas, pyarrow and the engine before it needs them.
+_LAZY: dict[str, tuple[str, str]] = {
+    "cancel": ("cancellation", "cancel"),
+    "register_capability": ("capabilities", "register"),
+    "why": ("explanation", "why"),
+    "AlreadyDecided": ("gate", "AlreadyDecided"),
+    "ApprovalError": ("gate", "ApprovalError"),
+    "approve": ("gate", "approve"),
+    "reject": ("gate", "reject"),
+    **{
+        n: ("history", n)
+        for n in (
+            *("approvals", "attempts", "audit", "events"),
+            *("runs", "steps"),
+        )
+    },
+    "history_relation": ("relation", "history_relation"),
+    "query": ("relation", "query"),
+    "RunResult": ("result", "RunResult"),
+    "diff": ("rundiff", "diff"),
+    "Workflow": ("workflow", "Workflow"),
+    "fork": ("workflow", "fork"),
+    "rollback": ("workflow", "rollback"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'airun_nb' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{where[0]}", __name__), where[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 
@@ -54,8 +98,8 @@ __all__ = [
     "cancel",
     "diff",
     "events",
-    "history_relation",
     "fork",
+    "history_relation",
     "last_run",
     "load_ipython_extension",
     "query",

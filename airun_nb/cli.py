@@ -6,28 +6,21 @@ import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
-import pandas as pd
 
-from . import cli_migrate, cli_travel, gate, history, identity
+from . import gate, history, identity, runlist
+from .cligroup import Group
 from .config import resolve_db
 from .errors import AirunError, StoreError
 from .faults import os_fault, short
 from .store import Store
-from .workflow import Workflow, rollback
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _TABLES = ("runs", "steps", "attempts", "events", "approvals", "audit")
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except AirunError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(1)
 
 
 db_option = click.option(
@@ -63,17 +56,15 @@ store_option = click.option(
 )
 
 
-@click.group(cls=_Group)
+@click.group(cls=Group)
 @click.version_option(package_name="airun_nb")
 def main() -> None:
     """Inspect and drive airun_nb workflow runs."""
 
 
-for _command in (*cli_travel.COMMANDS, *cli_migrate.COMMANDS):  # fork, diff, why, validate...
-    main.add_command(_command)
-
-
 def _print_frame(df: pd.DataFrame, columns: list[str]) -> None:
+    import pandas as pd
+
     if df.empty:
         click.echo("(no runs)")
         return
@@ -94,22 +85,7 @@ def _print_frame(df: pd.DataFrame, columns: list[str]) -> None:
 @click.option("--limit", "-n", default=20, show_default=True, help="Newest N runs.")
 def runs(db: Path | None, workflow: str | None, limit: int) -> None:
     """List runs, newest last."""
-    df = history.runs(db)
-    if workflow:
-        df = df[df["workflow"] == workflow]
-    _print_frame(
-        df.tail(limit),
-        [
-            "run_id",
-            "workflow",
-            "status",
-            "launched_by",
-            "created_at",
-            "duration",
-            "steps",
-            "failed_step",
-        ],
-    )
+    click.echo(runlist.text(db, workflow, limit))
 
 
 @main.command()
@@ -129,6 +105,8 @@ def resume(run_id: str, db: Path | None) -> None:
     Works for steps whose code is importable (python, sql, and call: 'module:function'); a step
     that calls a notebook function must be resumed in its notebook.
     """
+    from .workflow import Workflow
+
     wf = Workflow.from_run(run_id, db=db)
     result = wf.run(db=db, resume=run_id, raise_on_failure=False)
     click.echo(repr(result))
@@ -145,6 +123,8 @@ def rollback_cmd(run_id: str, db: Path | None) -> None:
     Compensations that call notebook functions need the notebook: use `%workflow rollback RUN`
     there; importable ones (module:function, python, sql) run here.
     """
+    from .workflow import rollback
+
     result = rollback(run_id, db=db)
     click.echo(repr(result))
 
@@ -155,6 +135,8 @@ def rollback_cmd(run_id: str, db: Path | None) -> None:
 @click.option("--run", "run_id", help="Only gates of this run.")
 def approvals(db: Path | None, show_all: bool, run_id: str | None) -> None:
     """List approval gates waiting for a decision (with --all, decided ones too)."""
+    import pandas as pd
+
     df = history.approvals(run_id, db, pending=not show_all)
     if df.empty:
         click.echo("(no open gates)" if not show_all else "(no gates)")

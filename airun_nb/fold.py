@@ -10,17 +10,29 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
 
 from .crashpoints import crashpoint
 from .journal import Journal
-from .schema import _TS, ARROW, RECORD_TABLE, TABLES
+from .schema import _TS, RECORD_TABLE, TABLES
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def batch(table: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Journal records of one table as an Arrow table with the store's column types."""
+    import pyarrow as pa  # here, not at import: a read-only command never folds
+
+    arrow = {
+        "VARCHAR": pa.string(),
+        "BIGINT": pa.int64(),
+        "BLOB": pa.binary(),
+        "DOUBLE": pa.float64(),
+        "BOOLEAN": pa.bool_(),
+    }
     cols, _ = TABLES[table]
     arrays = []
     for name, typ in cols:
@@ -37,7 +49,7 @@ def batch(table: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
                 pa.array([None if v is None else base64.b64decode(v) for v in values], pa.binary())
             )
         else:
-            arrays.append(pa.array(values, ARROW[typ]))
+            arrays.append(pa.array(values, arrow[typ]))
     return pa.Table.from_arrays(arrays, names=[c for c, _ in cols])
 
 

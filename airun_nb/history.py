@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .errors import QueryError, RunNotFound
-from .relation import arrow_of, history_relation, query, to_frame
 from .runview import StoredRun, shown_status_sql, view_of_rows
 from .store import Store
 
-__all__ = ["approvals", "attempts", "audit", "events", "history_relation", "query", "runs", "steps"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["approvals", "attempts", "audit", "events", "runs", "steps"]
 
 _Db = str | os.PathLike[str] | None
 
@@ -23,11 +23,15 @@ def _frame(
     store: Store, sql: str, params: Sequence[Any] = (), duration: tuple[str, str] | None = None
 ) -> pd.DataFrame:
     """The query's rows as a frame, dtypes from Arrow (UTC timestamps, string text)."""
+    from .relation import arrow_of, to_frame  # pandas and pyarrow: only when a frame is asked for
+
     return to_frame(arrow_of(store, sql, params), duration)
 
 
 def _utc(value: Any, what: str) -> datetime:
     """``since=`` / ``until=`` as a naive UTC datetime (the store's timestamps are UTC)."""
+    import pandas as pd
+
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from .errors import StoreIncompatible
 
@@ -180,14 +179,6 @@ RECORD_TABLE = {
     "audit": "audit",
     "token": "tokens",
 }
-ARROW = {
-    "VARCHAR": pa.string(),
-    "BIGINT": pa.int64(),
-    "TIMESTAMP": pa.timestamp("us"),
-    "BLOB": pa.binary(),
-    "DOUBLE": pa.float64(),
-    "BOOLEAN": pa.bool_(),
-}
 
 
 def ddl() -> list[str]:
@@ -254,8 +245,7 @@ def _add_columns(con: duckdb.DuckDBPyConnection) -> None:
     """Columns a newer version added to a table that an older store already has."""
     have: dict[str, set[str]] = {}
     for table, column in con.execute(
-        "SELECT table_name, column_name FROM information_schema.columns "
-        "WHERE table_schema = 'main'"
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
     ).fetchall():
         have.setdefault(table, set()).add(column)
     for name, (cols, _pk) in TABLES.items():

@@ -21,11 +21,9 @@ import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
-import pyarrow as pa
 
 from . import config, schema
 from .auditlog import scrub
@@ -37,6 +35,10 @@ from .fold import fold
 from .journal import Journal
 from .lease import Lease
 from .schema import APP, SCHEMA_VERSION, TABLES, quote_ident
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 __all__ = ["APP", "SCHEMA_VERSION", "TABLES", "Store", "crashpoint", "quote_ident"]
 
