@@ -32,7 +32,9 @@ def env(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def waiting(db: Path, name: str, **approval: Any) -> str:
-    r = Workflow.from_yaml(gated_spec(name, **approval)).run(db=db, namespace=NAMESPACE, raise_on_failure=False)
+    r = Workflow.from_yaml(gated_spec(name, **approval)).run(
+        db=db, namespace=NAMESPACE, raise_on_failure=False
+    )
     assert r.status == "waiting"
     return r.run_id
 
