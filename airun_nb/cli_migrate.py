@@ -212,7 +212,7 @@ def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, d
     except WorkflowFailed as exc:
         record.update(run_id=exc.run_id, status=exc.status, error=exc.message)
         kind = classify(exc.message)
-        if kind == "internal" and exc.status == "rolled_back":
+        if kind in ("internal", "not_found") and exc.status == "rolled_back":
             kind = "ok"
         return EXIT[kind], record
     except (SpecError, TemplateError, policy_mod.PolicyError) as exc:

@@ -266,7 +266,7 @@ def _global_compensations(items: Any, out: Translation, error: ErrorAt) -> None:
         raise error("'global_compensation_steps' must be a list", ["global_compensation_steps"])
     steps = out.doc["steps"]
     roots = [s for s in steps if isinstance(s, dict) and not s.get("needs")]
-    markers = []
+    markers: list[dict[str, Any]] = []
     for i, raw in enumerate(reversed(items)):
         j = len(items) - 1 - i
         where = ["global_compensation_steps", j]
@@ -299,7 +299,8 @@ def _agent_policy(items: list[Any], out: Translation, error: ErrorAt) -> None:
         if not lim:
             continue
         if lim.get("attempts") is not None and "approval" not in s:
-            retry = s.get("retry") if isinstance(s.get("retry"), dict) else {}
+            raw = s.get("retry")
+            retry: dict[str, Any] = raw if isinstance(raw, dict) else {}
             have = retry.get("attempts", 1)
             if isinstance(have, int) and have > lim["attempts"]:
                 s["retry"] = {**retry, "attempts": lim["attempts"]}
