@@ -14,7 +14,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..cancellation import CancelError
-from ..errors import AirunError, RunBusy, RunNotFound, StoreBusy
+from ..errors import AirunError, RunBusy, RunNotFound, StoreBusy, WorkflowFailed
 from ..gate import AlreadyDecided, ApprovalError
 from ..overview import FilterError
 from ..store import Store
@@ -45,7 +45,7 @@ def status_of(exc: AirunError) -> int:
     """The HTTP status for an error the runtime raised."""
     if isinstance(exc, (NotFound, RunNotFound)):
         return 404
-    if isinstance(exc, (AlreadyDecided, RunBusy, CancelError)):
+    if isinstance(exc, (AlreadyDecided, RunBusy, CancelError, WorkflowFailed)):
         return 409
     if isinstance(exc, (Refused, ApprovalError)):
         return 403
