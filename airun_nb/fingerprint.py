@@ -46,15 +46,16 @@ class Fingerprint:
     """A step's code fingerprint: its components and one digest over them."""
 
     components: Components = field(default_factory=dict)
+    _digest: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def digest(self) -> str:
         """The hash of the code components (values are compared one by one, see
         :func:`value_part`): a run resumes whatever its own steps did to the notebook's state."""
-        code = code_part(self.components)
-        if not code:
-            return ""
-        return _sha(repr(sorted((k, v[0]) for k, v in code.items())))
+        if self._digest is None:
+            code = code_part(self.components)
+            self._digest = _sha(repr(sorted((k, v[0]) for k, v in code.items()))) if code else ""
+        return self._digest
 
     @property
     def untracked(self) -> list[str]:
@@ -80,11 +81,17 @@ class Fingerprinter:
         self._functions: dict[int, tuple[Any, Components]] = {}
         self._values: dict[int, tuple[Any, tuple[str, str] | None]] = {}
         self._dists: dict[str, tuple[str, str] | None] = {}
+        self._calls: dict[tuple[int, str], tuple[Any, Fingerprint]] = {}
 
     # ------------------------------------------------------------------ entry points
     def of_function(self, fn: Callable[..., Any], name: str) -> Fingerprint:
         """A ``call`` step's function, named as its step calls it."""
+        key = (id(fn), name)
+        hit = self._calls.get(key)
+        if hit is not None and hit[0] is fn:
+            return hit[1]  # shared: fingerprints are never changed in place
         fp = Fingerprint()
+        self._calls[key] = (fn, fp)
         origin = self.origin(fn)
         if origin is None:
             fp.components[f"function {name}"] = [_code_hash(fn), "changed"]
@@ -96,8 +103,12 @@ class Fingerprinter:
 
     def of_code(self, source: str, *, bound: frozenset[str] = frozenset()) -> Fingerprint:
         """An inline ``python:`` step: the notebook names its code reads."""
+        return self.of_names(_names_read(source) - STEP_NAMES - bound)
+
+    def of_names(self, names: set[str] | frozenset[str]) -> Fingerprint:
+        """The notebook names given (those the notebook defines) and what they lead to."""
         fp = Fingerprint()
-        for name in sorted(_names_read(source) - STEP_NAMES - bound):
+        for name in sorted(names):
             if name in self.namespace:
                 self._name(fp.components, "global", name, self.namespace[name])
         return fp
@@ -322,8 +333,23 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+_code_hashes: dict[int, tuple[Any, str]] = {}  # id(code object) -> (code object, hash)
+
+
 def _code_hash(fn: Any) -> str:
-    """The hash of a function's syntax tree without docstrings (bytecode when no source)."""
+    """The hash of a function's syntax tree without docstrings (bytecode when no source),
+    computed once per code object (a redefined function has a new one)."""
+    code = getattr(fn, "__code__", None)
+    hit = _code_hashes.get(id(code)) if code is not None else None
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    digest = _tree_hash(fn)
+    if code is not None:
+        _code_hashes[id(code)] = (code, digest)
+    return digest
+
+
+def _tree_hash(fn: Any) -> str:
     try:
         source = textwrap.dedent(inspect.getsource(fn))
         tree = ast.parse(source)

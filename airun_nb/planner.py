@@ -322,6 +322,7 @@ class Planner:
         prior_params = (
             json.loads(prior_run["params"]) if prior_run and prior_run.get("params") else None
         )
+        moved: set[str] = set()  # steps whose hash changed here: those downstream re-chain
         for s in self.order:
             st = self.states[s.id]
             row = rows.get(s.id)
@@ -336,7 +337,11 @@ class Planner:
                 else:
                     plan.entries.append(PlanEntry(s.id, "run", "not run yet"))
                 continue
-            self._chain(st)  # again: a reused step brings the hash it was stored with
+            if moved and any(n in moved for n in s.needs):
+                before = st.eff_hash
+                self._chain(st)  # an upstream step brought the hash it was stored with
+                if st.eff_hash != before:
+                    moved.add(s.id)
             reason, changed = self.explain(st, row, prior_params, mode)
             replay_why = "unchanged"
             if forced and row is not None and s.id not in forced:
@@ -367,7 +372,9 @@ class Planner:
                     st.comp_status = st.comp_error = None
                     st.comp_attempts = 0
                     # What is reused is what was stored: its hashes travel with it.
-                    st.eff_hash = row.get("eff_hash") or st.eff_hash
+                    if row.get("eff_hash") and row["eff_hash"] != st.eff_hash:
+                        st.eff_hash = row["eff_hash"]
+                        moved.add(s.id)
                     st.code_hash = row.get("code_hash") or ""
                     st.fingerprint = reasons.json_of(row.get("fingerprint"))
                 plan.entries.append(PlanEntry(s.id, "replay", replay_why, changed))

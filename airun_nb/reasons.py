@@ -39,9 +39,14 @@ def explain(
     changed: list[str] = []
     if row.get("def_hash") != s.def_hash:
         changed.append("definition")
-    stored = json_of(row.get("fingerprint")).get("components")
+    code_changed = row.get("code_hash") != st.code_hash
+    stored = (
+        json_of(row.get("fingerprint")).get("components")
+        if code_changed or mode in ("seeded", "fork")
+        else None
+    )
     ours = (st.fingerprint or {}).get("components") or {}
-    if row.get("code_hash") != st.code_hash:
+    if code_changed:
         what = changes(code_part(stored), code_part(ours)) if stored is not None else []
         changed.extend(what or [f"function {s.body}" if s.kind == "call" else "code"])
     values = value_changes(stored, ours) if mode in ("seeded", "fork") else []

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
+
+import pandas as pd
+import pyarrow as pa
 
 from .fingerprint import Fingerprint, Fingerprinter, value_part
 from .reasons import cache_control, json_of, value_changes
@@ -21,7 +25,17 @@ def of_step(st: StepState, prints: Fingerprinter) -> Fingerprint | None:
         return prints.of_function(st.fn, str(st.spec.body).strip())
     if st.spec.kind == "python":
         return prints.of_code(str(st.spec.body), bound=frozenset(st.spec.bindings))
+    if st.spec.kind == "sql":  # notebook DataFrames it queries by name
+        names = set(_IDENT.findall(str(st.spec.body)))
+        return prints.of_names({n for n in names if _is_table(prints.namespace.get(n))})
     return None
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, (pd.DataFrame, pa.Table))
 
 
 def values_changed(states: Mapping[str, StepState], row: Mapping[str, Any]) -> bool:

@@ -255,7 +255,9 @@ def test_cache_recompute_always_runs_in_a_reusing_run(shell) -> None:
 
 def test_cache_version_is_a_manual_key(shell) -> None:
     def cell(version: str, edit: int) -> str:
-        text = CACHE_CELL.format(load_cache=f'{{version: "{version}"}}', other_cache="null", edit=edit)
+        text = CACHE_CELL.format(
+            load_cache=f'{{version: "{version}"}}', other_cache="null", edit=edit
+        )
         return text.replace("{", "{{").replace("}", "}}")
 
     run_cell(shell, cell=cell("1", 1))
@@ -284,7 +286,9 @@ def test_cache_ignore_reuses_whatever_is_stored(shell) -> None:
 
 def test_bad_cache_value_is_one_line_with_its_place() -> None:
     with pytest.raises(SpecError) as info:
-        airun_nb.Workflow.from_yaml("name: w\nsteps:\n  - id: a\n    python: 'result = 1'\n    cache: sometimes\n")
+        airun_nb.Workflow.from_yaml(
+            "name: w\nsteps:\n  - id: a\n    python: 'result = 1'\n    cache: sometimes\n"
+        )
     assert "line 5" in str(info.value) and "'cache' must be recompute, ignore" in str(info.value)
 
 
@@ -513,10 +517,57 @@ def test_why_diff_and_fork_work_from_a_new_process(shell, db: Path, tmp_path: Pa
     code = textwrap.dedent(
         f"""
         import airun_nb
-        df = airun_nb.why({str(forked['run_id'])!r})
+        df = airun_nb.why({str(forked["run_id"])!r})
         print(list(df['decision']))
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.stdout.strip() == "['replayed', 'replayed', 'ran', 'ran']", proc.stderr
     assert pd.notna(forked["run_id"])
+
+
+def test_sql_step_tracks_the_notebook_dataframes_it_queries(shell) -> None:
+    assert shell.run_cell(
+        "targets = pd.DataFrame({'region': ['n', 's'], 'goal': [1.0, 2.0]})"
+    ).success
+    cell = """%%workflow sqlnames
+steps:
+  - id: goals
+    sql: select * from targets order by region
+  - id: fixed
+    python: |
+      result = 1
+"""
+    run_cell(shell, cell=cell)
+    assert shell.run_cell("targets.loc[0, 'goal'] = 5.0").success
+    second = run_cell(shell, cell=cell)
+    rows = why_rows(second.run_id)
+    assert rows["goals"]["decision"] == "ran"
+    assert rows["goals"]["changed"] == ["global targets changed"]
+    assert second.outputs["goals"]["goal"].tolist() == [5.0, 2.0]
+
+
+@pytest.mark.slow
+def test_time_travel_notebook_reproduces_its_saved_outputs(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    notebook = root / "notebooks" / "time_travel.ipynb"
+    assert notebook.exists(), "python notebooks/make_time_travel.py"
+    copy = tmp_path / "time_travel.ipynb"
+    copy.write_text(notebook.read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbval",
+        str(copy),
+        "--nbval-sanitize-with",
+        str(root / "tests" / "nbval_sanitize.cfg"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--rootdir",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
