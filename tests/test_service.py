@@ -398,3 +398,31 @@ def test_the_openapi_document_lists_the_versioned_api(server: Server) -> None:
     } <= paths
     assert "bearer" in json.dumps(doc["components"]["securitySchemes"]).lower()
     assert httpx.get(server.url + "/docs").status_code == 200
+
+
+def test_cancel_with_rollback_through_the_api_undoes_the_run_in_the_service(
+    server: Server, env: Ctx, tokens: dict[str, str]
+) -> None:
+    doc = {
+        "name": env.name,
+        "steps": [
+            {
+                "id": "prepare",
+                "python": "open('effects.log', 'a').write('prepare\\n')\nresult = 1",
+                "compensate": {"python": "open(params['log'], 'a').write('unprepare\\n')"},
+            },
+            {"id": "review", "needs": ["prepare"], "approval": {"message": "go?"}},
+        ],
+        "params": {"log": str(Path.cwd() / "effects.log")},
+    }
+    run = Workflow.from_dict(doc).run(db=env.db)
+    assert run.status == "waiting"
+    with server.client(tokens["alice"]) as c:
+        resp = c.post(f"/v1/runs/{run.run_id}/cancel", json={"rollback": True})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["rolled_back"] is True
+        assert "rollback must be true or false" in one_line_error(
+            c.post(f"/v1/runs/{run.run_id}/cancel", json={"rollback": "yes"}), 400
+        )
+    assert effects() == ["prepare", "unprepare"]  # undone by the service's process
+    assert airun_nb.runs(db=env.db).set_index("run_id").loc[run.run_id, "status"] == "cancelled"
