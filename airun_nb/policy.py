@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from . import capabilities, settings
+from . import capabilities, settings, yamlsafe
 from .errors import AirunError
 
 DECISIONS = ("allow", "require_approval", "deny")
@@ -339,7 +339,9 @@ def parse(
     workflow's own rules may use the roles of the configured policy)."""
     if isinstance(text_or_doc, str):
         try:
-            doc = yaml.safe_load(text_or_doc) or {}
+            doc = yamlsafe.load(text_or_doc, where=source) or {}
+        except yamlsafe.YamlLimitError as exc:
+            raise PolicyError(exc.message) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark is not None else ""

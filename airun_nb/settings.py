@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from . import yamlsafe
 from .errors import AirunError
 
 try:  # Python 3.11+
@@ -34,7 +35,9 @@ def _load_file(path: Path) -> dict[str, Any]:
             if path.name == "pyproject.toml":
                 data = data.get("tool", {}).get("airun_nb", {})
         else:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yamlsafe.load(path.read_text(), where=f"settings file {path}") or {}
+    except yamlsafe.YamlLimitError as exc:
+        raise SettingsError(exc.message) from None
     except FileNotFoundError:
         raise SettingsError(f"settings file {path} does not exist") from None
     except (yaml.YAMLError, ValueError) as exc:
