@@ -38,6 +38,7 @@ lint: $(VENV)/.test
 bench: $(VENV)/.test
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/step_overhead.py
+	$(BIN)/python benchmarks/speed.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

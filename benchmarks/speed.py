@@ -1,0 +1,663 @@
+"""Speed benchmarks: airun_nb beside its peers and its floors, measured in the same run.
+
+    python benchmarks/speed.py            # every row (a few minutes on 2 cores)
+    python benchmarks/speed.py --quick    # smaller sizes, a smoke run
+    python benchmarks/speed.py --only small,parse
+
+Rows (see benchmarks/README.md): many small runs in 1 and 4 processes, re-running a 10k-step
+cell that resumes (same process and fresh process), parsing 10k/50k-step specs, steps() and an
+aggregation over a 1M-row store (built once, cached in benchmarks/.cache), the CLI's wall time,
+a 100 MB DataFrame checkpoint and parallel I/O steps. Every ratio divides two figures taken in
+this run, so load on the machine moves both sides. Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+ROWS: list[tuple[str, str, str, str]] = []  # (work, airun_nb, peers and floors, ratio)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def row(work: str, ours: str, peers: str, ratio: str) -> None:
+    ROWS.append((work, ours, peers, ratio))
+    log(f"  => {work}: {ours} | {peers} | {ratio}")
+
+
+@contextmanager
+def fresh_dir(tag: str) -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix=f"airun-speed-{tag}-"))
+    try:
+        yield d
+    finally:
+        release(d / "airun.duckdb")
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def release(db: Path) -> None:
+    from airun_nb.store import Store
+
+    try:
+        if db.exists():
+            Store.open(db).release()
+    except Exception:
+        pass
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * p))]
+
+
+def latency_summary(lat: list[float], total: float) -> dict[str, float]:
+    head = lat[: min(100, len(lat))]
+    tail = lat[-min(100, len(lat)) :]
+    return {
+        "runs_s": len(lat) / total,
+        "p50": pct(lat, 0.5) * 1000,
+        "p95": pct(lat, 0.95) * 1000,
+        "first100": statistics.mean(head) * 1000,
+        "last100": statistics.mean(tail) * 1000,
+        "total": total,
+    }
+
+
+def fmt_lat(s: dict[str, float]) -> str:
+    return (
+        f"{s['runs_s']:.0f} runs/s, p50 {s['p50']:.1f} ms, p95 {s['p95']:.1f} ms, "
+        f"first100 {s['first100']:.1f} -> last100 {s['last100']:.1f} ms"
+    )
+
+
+def timed_runs(n: int, one: Callable[[int], Any]) -> dict[str, float]:
+    one(-1)  # warm-up
+    lat = []
+    gc.collect()
+    t0 = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        one(i)
+        lat.append(time.perf_counter() - t)
+    return latency_summary(lat, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------- many small runs
+SMALL = {
+    "name": "small",
+    "steps": [
+        {"id": "a", "call": "f"},
+        {"id": "b", "call": "f", "needs": ["a"]},
+        {"id": "c", "call": "f", "needs": ["b"]},
+        {"id": "d", "call": "f", "needs": ["c"]},
+    ],
+}
+
+
+def _one() -> int:
+    return 1
+
+
+def _two() -> int:
+    return 2
+
+
+def airun_small(n: int, db: Path) -> dict[str, float]:
+    from airun_nb import Workflow
+
+    wf = Workflow.from_dict(SMALL)
+    ns = {"f": _one}
+    return timed_runs(n, lambda i: wf.run(db=db, namespace=ns, new=True))
+
+
+def langgraph_small(n: int, d: Path) -> dict[str, float] | None:
+    try:
+        from typing import TypedDict
+
+        from langgraph.checkpoint.sqlite import SqliteSaver
+        from langgraph.graph import END, START, StateGraph
+    except ImportError:
+        return None
+
+    class State(TypedDict):
+        x: int
+
+    def node(state: State) -> dict[str, int]:
+        return {"x": state["x"] + 1}
+
+    graph = StateGraph(State)
+    for i in range(4):
+        graph.add_node(f"n{i}", node)
+    graph.add_edge(START, "n0")
+    for i in range(3):
+        graph.add_edge(f"n{i}", f"n{i + 1}")
+    graph.add_edge("n3", END)
+    conn = sqlite3.connect(str(d / "lg.sqlite"), check_same_thread=False)
+    app = graph.compile(checkpointer=SqliteSaver(conn))
+    try:
+        return timed_runs(
+            n,
+            lambda i: app.invoke(
+                {"x": 0}, {"configurable": {"thread_id": f"t{i}"}}, durability="sync"
+            ),
+        )
+    finally:
+        conn.close()
+
+
+def dbos_small(n: int, d: Path) -> dict[str, float] | None:
+    code = f"""
+import json, sys, time
+sys.path.insert(0, {str(HERE)!r})
+from speed import timed_runs
+from dbos import DBOS
+DBOS(config={{"name": "speed", "system_database_url": "sqlite:///{d}/dbos.sqlite"}})
+
+@DBOS.step()
+def step() -> int:
+    return 1
+
+@DBOS.workflow()
+def wf() -> int:
+    return sum(step() for _ in range(4))
+
+DBOS.launch()
+print("RESULT " + json.dumps(timed_runs({n}, lambda i: wf())))
+DBOS.destroy()
+"""
+    return _child(code, "dbos")
+
+
+def duckdb_small(n: int, d: Path) -> dict[str, float]:
+    import duckdb
+
+    from airun_nb.schema import ddl
+
+    con = duckdb.connect(str(d / "raw.duckdb"))
+    for stmt in ddl():
+        con.execute(stmt)
+
+    def one(i: int) -> None:
+        rid = f"r{i}"
+        now = time.time()
+        con.execute(
+            "INSERT INTO runs (run_id, workflow, status) VALUES (?, 'small', 'running')", [rid]
+        )
+        for s in "abcd":
+            con.execute(
+                "INSERT INTO steps (run_id, step_id, status, attempts, output_json, finished_at) "
+                "VALUES (?, ?, 'completed', 1, '1', make_timestamp(?))",
+                [rid, s, int(now * 1e6)],
+            )
+        con.execute("UPDATE runs SET status = 'completed' WHERE run_id = ?", [rid])
+
+    try:
+        return timed_runs(n, one)
+    finally:
+        con.close()
+
+
+def _child(code: str, tag: str, env: dict[str, str] | None = None) -> dict[str, Any] | None:
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, **(env or {})},
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[7:])
+            return result
+    log(f"  {tag}: failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return None
+
+
+def bench_small(n: int) -> None:
+    log(f"many small runs: {n} runs of a 4-step workflow, one process")
+    with fresh_dir("small") as d:
+        ours = airun_small(n, d / "airun.duckdb")
+        lg = langgraph_small(n, d)
+        db_ = dbos_small(n, d)
+        raw = duckdb_small(n, d)
+    peers = [f"raw DuckDB autocommit {raw['runs_s']:.0f} runs/s"]
+    if lg:
+        peers.insert(0, f"LangGraph+SqliteSaver (sync) {lg['runs_s']:.0f} runs/s")
+    if db_:
+        peers.insert(1, f"DBOS (SQLite) {db_['runs_s']:.0f} runs/s")
+    ratio = f"{ours['total'] / lg['total']:.2f}x LangGraph's time" if lg else "langgraph missing"
+    row(f"{n} runs of a 4-step workflow, 1 process", fmt_lat(ours), "; ".join(peers), ratio)
+
+
+def bench_small_procs(n: int, procs: int) -> None:
+    log(f"many small runs: {procs} processes x {n} runs, one store")
+    with fresh_dir("procs") as d:
+        db = d / "airun.duckdb"
+        code = f"""
+import json, sys, time
+sys.path.insert(0, {str(HERE)!r})
+from speed import airun_small
+from pathlib import Path
+errors = 0
+try:
+    s = airun_small({n}, Path({str(db)!r}))
+except Exception as exc:
+    print("ERR", type(exc).__name__, exc, file=sys.stderr)
+    raise
+print("RESULT " + json.dumps(s))
+"""
+        from airun_nb import Workflow
+
+        Workflow.from_dict(SMALL).run(db=db, namespace={"f": _one}, new=True)
+        release(db)
+        t0 = time.perf_counter()
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(procs)
+        ]
+        outs = [c.communicate(timeout=3600) for c in children]
+        wall = time.perf_counter() - t0
+        results, failures = [], 0
+        for out, err in outs:
+            got = [json.loads(x[7:]) for x in out.splitlines() if x.startswith("RESULT ")]
+            if got:
+                results.append(got[0])
+            else:
+                failures += 1
+                log(f"  child failed: {err.strip().splitlines()[-1:]}")
+        import airun_nb
+
+        stored = len(airun_nb.runs(db=db))
+    total_runs = n * len(results)
+    p95 = max((r["p95"] for r in results), default=float("nan"))
+    p50 = statistics.median([r["p50"] for r in results]) if results else float("nan")
+    row(
+        f"the same, {procs} processes on one store",
+        f"{total_runs / wall:.0f} runs/s in all, p50 {p50:.0f} ms, p95 {p95:.0f} ms (worst "
+        f"process); {failures} processes failed; {stored - 1} of {n * procs} runs stored",
+        "-",
+        f"{(total_runs / wall) / 100:.2f}x the goal of 100 runs/s",
+    )
+
+
+# ---------------------------------------------------------------------- big cells, parsing
+def chain_text(n: int, fail_last: bool = False) -> str:
+    lines = ["name: big", "on_failure: stop", "steps:"]
+    for i in range(1, n + 1):
+        call = "g" if fail_last and i == n else "f"
+        lines.append(
+            f"  - id: s{i}\n    call: {call}" + (f"\n    needs: [s{i - 1}]" if i > 1 else "")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def yaml_load(text: str) -> float:
+    import yaml
+
+    gc.collect()
+    t = time.perf_counter()
+    yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return time.perf_counter() - t
+
+
+RESUME_CHILD = """
+import json, sys, time
+sys.path.insert(0, {here!r})
+from speed import _one, _two, yaml_load
+text = open({path!r}).read()
+bare = min(yaml_load(text) for _ in range(2))
+from airun_nb import Workflow
+ns = {{"f": _one, "g": _two}}
+t = time.perf_counter()
+r = Workflow.from_yaml(text, db={db!r}).run(db={db!r}, namespace=ns)
+took = time.perf_counter() - t
+print("RESULT " + json.dumps({{"took": took, "bare": bare, "executed": len(r.executed)}}))
+"""
+
+
+def bench_resume(n: int) -> None:
+    from airun_nb import Workflow, WorkflowFailed, speccache
+
+    log(f"re-running a {n}-step cell that resumes ({n - 1} replayed)")
+    text = chain_text(n, fail_last=True)
+    with fresh_dir("resume") as d:
+        db = d / "airun.duckdb"
+        state = {"fail": True}
+
+        def g() -> int:
+            if state["fail"]:
+                raise RuntimeError("not yet")
+            return _two()
+
+        ns = {"f": _one, "g": g}
+        with suppress(WorkflowFailed):
+            Workflow.from_yaml(text, db=db).run(db=db, namespace=ns)
+        state["fail"] = False
+        bare = min(yaml_load(text) for _ in range(2))
+        # same kernel: the cell is run again (the spec cache holds its parse)
+        gc.collect()
+        t = time.perf_counter()
+        res = Workflow.from_yaml(text, db=db).run(db=db, namespace=ns)
+        same = time.perf_counter() - t
+        assert res.executed == [f"s{n}"], res.executed[:3]
+        # fresh process: fail the last step again, then resume from a new interpreter
+        state["fail"] = True
+        with suppress(WorkflowFailed):
+            Workflow.from_yaml(text, db=db).run(db=db, namespace=ns, new=True)
+        speccache.forget()
+        Workflow.from_yaml(text, db=db)  # parsed once more: now the store holds the parse
+        release(db)
+        (d / "cell.yaml").write_text(text)
+        child = _child(
+            RESUME_CHILD.format(here=str(HERE), path=str(d / "cell.yaml"), db=str(db)), "fresh"
+        )
+    row(
+        f"re-running a {n}-step cell that resumes, same kernel",
+        f"{same:.3f} s",
+        f"bare C YAML load of the text {bare:.3f} s",
+        f"{same / bare:.2f}x the bare YAML load (goal <= 0.5x)",
+    )
+    if child:
+        row(
+            f"re-running a {n}-step cell that resumes, fresh process",
+            f"{child['took']:.3f} s ({child['executed']} step executed)",
+            f"bare C YAML load in that process {child['bare']:.3f} s",
+            f"{child['took'] / child['bare']:.2f}x the bare YAML load (goal <= 1.0x)",
+        )
+
+
+def bench_parse(n: int) -> None:
+    from airun_nb import spec
+
+    log(f"parsing a {n}-step spec")
+    text = chain_text(n)
+    bare = yaml_load(text)
+    gc.collect()
+    t = time.perf_counter()
+    spec.parse(text)
+    took = time.perf_counter() - t
+    row(
+        f"parsing a {n}-step spec (no cache)",
+        f"{took:.3f} s",
+        f"bare C YAML load {bare:.3f} s",
+        f"{took / bare:.2f}x the bare YAML load",
+    )
+
+
+# ---------------------------------------------------------------------- history at 1M rows
+def million_store(rows: int) -> Path:
+    """A store with ``rows`` step rows over rows/10 runs, built once and kept in .cache."""
+    from airun_nb import schema
+    from airun_nb.store import Store
+
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"history-{rows}-v{schema.SCHEMA_VERSION}.duckdb"
+    if path.exists():
+        return path
+    log(f"  building {path.name} (once)")
+    tmp = path.with_suffix(".building")
+    for p in tmp.parent.glob(tmp.name + "*"):
+        p.unlink()
+    store = Store.open(tmp)
+    runs = rows // 10
+    with store.session("building a benchmark store") as con:
+        con.execute(
+            f"""INSERT INTO runs (run_id, workflow, status, created_at, started_at, finished_at)
+                SELECT 'r' || i, 'wf' || (i % 20), CASE WHEN i % 7 = 0 THEN 'failed'
+                       ELSE 'completed' END,
+                       TIMESTAMP '2026-01-01' + i * INTERVAL 1 SECOND,
+                       TIMESTAMP '2026-01-01' + i * INTERVAL 1 SECOND,
+                       TIMESTAMP '2026-01-01' + i * INTERVAL 1 SECOND + INTERVAL 3 SECOND
+                FROM range({runs}) t(i)"""
+        )
+        con.execute(
+            f"""INSERT INTO steps (run_id, step_id, position, kind, status, attempts, def_hash,
+                       code_hash, eff_hash, started_at, finished_at, finish_seq, output_kind,
+                       output_json, reason)
+                SELECT 'r' || (i // 10), 's' || (i % 10), i % 10, 'call',
+                       CASE WHEN i % 97 = 0 THEN 'failed' ELSE 'completed' END, 1 + (i % 3 = 0)::INT,
+                       md5(i::VARCHAR), md5((i % 10)::VARCHAR), md5((i // 10)::VARCHAR),
+                       TIMESTAMP '2026-01-01' + (i // 10) * INTERVAL 1 SECOND
+                           + (i % 10) * INTERVAL 100 MILLISECOND,
+                       TIMESTAMP '2026-01-01' + (i // 10) * INTERVAL 1 SECOND
+                           + (i % 10) * INTERVAL 100 MILLISECOND + (i % 50) * INTERVAL 1 MILLISECOND,
+                       i % 10, 'json', '1', NULL
+                FROM range({rows}) t(i)"""
+        )
+    store.release()
+    tmp.rename(path)
+    return path
+
+
+STEP_SQL = """SELECT run_id, step_id, kind, status, attempts, started_at, finished_at, finish_seq,
+       replayed_from, reason, error, output_kind, output_table, compensation, comp_status,
+       comp_attempts, comp_error, comp_finished_at, def_hash, code_hash, eff_hash
+FROM steps ORDER BY run_id, position"""
+AGG_SQL = """SELECT run_id, count(*) AS steps, sum(attempts) AS attempts,
+       avg(epoch(finished_at) - epoch(started_at)) AS mean_s, max(finished_at) AS last
+FROM steps GROUP BY run_id"""
+
+
+def best(fn: Callable[[], Any], n: int = 3) -> float:
+    times = []
+    for _ in range(n):
+        gc.collect()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_history(rows: int) -> None:
+    import duckdb
+
+    import airun_nb
+    from airun_nb.store import Store
+
+    log(f"history over a {rows}-row store")
+    path = million_store(rows)
+    airun_nb.steps(db=path)  # warm
+    ours = best(lambda: airun_nb.steps(db=path))
+    Store.open(path).release()
+    con = duckdb.connect(str(path), read_only=True)
+    raw = best(lambda: con.sql(STEP_SQL).df())
+    raw_agg = best(lambda: con.sql(AGG_SQL).df())
+    con.close()
+    rel = airun_nb.history_relation("steps", db=path).aggregate(
+        "run_id, count(*) AS steps, sum(attempts) AS attempts, "
+        "avg(epoch(finished_at) - epoch(started_at)) AS mean_s, max(finished_at) AS last",
+        "run_id",
+    )
+    via_rel = best(rel.df)
+    via_query = best(lambda: airun_nb.query(AGG_SQL, db=path))
+    via_pandas = best(
+        lambda: (
+            airun_nb.steps(db=path)
+            .groupby("run_id")
+            .agg(steps=("step_id", "size"), attempts=("attempts", "sum"))
+        ),
+        1,
+    )
+    Store.open(path).release()
+    sqlite_s = sqlite_peer(path, rows)
+    row(
+        f"steps() of {rows:,} rows -> pandas",
+        f"{ours:.3f} s",
+        f"the same SELECT ... .df() in raw DuckDB {raw:.3f} s"
+        + (f"; sqlite3 + read_sql {sqlite_s:.3f} s" if sqlite_s else ""),
+        f"{ours / raw:.2f}x raw DuckDB (goal <= 1.1x)",
+    )
+    row(
+        f"per-run statistics over {rows:,} step rows",
+        f"history_relation(...).aggregate().df() {via_rel:.3f} s; query(sql) {via_query:.3f} s",
+        f"raw DuckDB SQL {raw_agg:.3f} s; steps() + pandas groupby {via_pandas:.3f} s",
+        f"{via_rel / raw_agg:.2f}x / {via_query / raw_agg:.2f}x raw DuckDB SQL (goal <= 1.3x)",
+    )
+
+
+def sqlite_peer(path: Path, rows: int) -> float | None:
+    """The same step rows in SQLite, read with pandas.read_sql (built once, cached)."""
+    import duckdb
+    import pandas as pd
+
+    lite = CACHE / f"history-{rows}.sqlite"
+    if not lite.exists():
+        con = duckdb.connect(str(path), read_only=True)
+        df = con.sql(STEP_SQL).df()
+        con.close()
+        with sqlite3.connect(lite) as sq:
+            df.to_sql("steps", sq, index=False, chunksize=100_000)
+    sq = sqlite3.connect(lite)
+    try:
+        return best(lambda: pd.read_sql("SELECT * FROM steps ORDER BY run_id, finish_seq", sq), 1)
+    finally:
+        sq.close()
+
+
+# ---------------------------------------------------------------------- CLI
+def bench_cli() -> None:
+    from airun_nb import Workflow
+
+    log("airun runs from a terminal")
+    with fresh_dir("cli") as d:
+        db = d / "airun.duckdb"
+        for _ in range(20):
+            Workflow.from_dict(SMALL).run(db=db, namespace={"f": _one}, new=True)
+        release(db)
+
+        def wall(args: list[str]) -> float:
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                subprocess.run(args, capture_output=True, check=True, timeout=120)
+                times.append(time.perf_counter() - t)
+            return statistics.median(times)
+
+        py = sys.executable
+        ours = wall([py, "-m", "airun_nb", "runs", "--db", str(db)])
+        bare = wall([py, "-c", "pass"])
+        floor = wall(
+            [
+                py,
+                "-c",
+                f"import duckdb; c = duckdb.connect({str(db)!r}); "
+                "c.execute('SELECT * FROM runs').fetchall()",
+            ]
+        )
+    row(
+        "`airun runs` from a terminal (median of 5)",
+        f"{ours:.3f} s",
+        f"python -c pass {bare:.3f} s; python + import duckdb + one SELECT {floor:.3f} s",
+        f"{ours / floor:.2f}x the DuckDB floor; {ours - floor:+.3f} s over it",
+    )
+
+
+# ---------------------------------------------------------------------- kept rows
+def bench_frame(mb: int) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from airun_nb import Workflow
+
+    log(f"a {mb} MB DataFrame checkpoint")
+    n = mb * 1024 * 1024 // 16
+    frame = pd.DataFrame({"a": np.arange(n, dtype="float64"), "b": np.ones(n)})
+    with fresh_dir("frame") as d:
+        db = d / "airun.duckdb"
+        wf = Workflow.from_dict({"name": "frame", "steps": [{"id": "big", "call": "make"}]})
+        ours = best(lambda: wf.run(db=db, namespace={"make": lambda: frame}, new=True), 2)
+        parquet = best(lambda: frame.to_parquet(d / "f.parquet"), 2)
+    row(
+        f"a {mb} MB DataFrame step output",
+        f"{ours:.3f} s",
+        f"DataFrame.to_parquet {parquet:.3f} s",
+        f"{ours / parquet:.2f}x Parquet",
+    )
+
+
+def bench_parallel(steps: int, workers: int) -> None:
+    from airun_nb import Workflow
+
+    log(f"parallel I/O steps: {steps} steps of 50 ms sleep, max_parallel {workers}")
+    doc = {
+        "name": "par",
+        "max_parallel": workers,
+        "steps": [{"id": f"s{i}", "call": "io"} for i in range(steps)],
+    }
+    with fresh_dir("par") as d:
+        db = d / "airun.duckdb"
+        wf = Workflow.from_dict(doc)
+        took = best(lambda: wf.run(db=db, namespace={"io": lambda: time.sleep(0.05)}, new=True), 2)
+    serial = steps * 0.05
+    row(
+        f"{steps} parallel I/O steps (50 ms each), {workers} workers",
+        f"{took:.3f} s",
+        f"serial sleep time {serial:.2f} s",
+        f"{serial / took:.1f}x speed-up",
+    )
+
+
+# ---------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--only", default="", help="comma list: small,procs,resume,parse,history,cli,frame,parallel"
+    )
+    args = ap.parse_args()
+    q = args.quick
+    plan: dict[str, Callable[[], None]] = {
+        "small": lambda: bench_small(100 if q else 500),
+        "procs": lambda: bench_small_procs(50 if q else 250, 4),
+        "resume": lambda: bench_resume(1_000 if q else 10_000),
+        "parse": lambda: [bench_parse(n) for n in ((1_000,) if q else (10_000, 50_000))],
+        "history": lambda: bench_history(100_000 if q else 1_000_000),
+        "cli": bench_cli,
+        "frame": lambda: bench_frame(10 if q else 100),
+        "parallel": lambda: bench_parallel(16 if q else 64, 8),
+    }
+    chosen = [s for s in args.only.split(",") if s] or list(plan)
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    for name in chosen:
+        plan[name]()
+    took = time.perf_counter() - t0
+    after = os.getloadavg()
+    import duckdb
+
+    print(
+        f"airun_nb speed ({'quick' if q else 'full'} run, {os.cpu_count()} CPUs, python "
+        f"{sys.version.split()[0]}, duckdb {duckdb.__version__}, took {took:.0f} s, load "
+        f"average {load[0]:.1f} before / {after[0]:.1f} after)\n"
+    )
+    print("| work | airun_nb | peers and floors, same run | ratio |")
+    print("|---|---|---|---|")
+    for r in ROWS:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
