@@ -21,11 +21,11 @@ _SECRET_KEYS = re.compile(
     r"|^(key|pwd)$|_pwd$|secret|password|passphrase",
     re.IGNORECASE,
 )
-# Each pattern starts at a literal or a word boundary and scans forward once, so redaction is
-# linear in the length of the text (a 1 MB string takes milliseconds).
+# Each pattern starts with a literal (so the regex engine skips ahead to it) or a word boundary,
+# and scans forward once: redaction is linear in the length of the text.
 _VALUE_PATTERNS = [
     # credentials inside URLs: https://user:pass@host
-    (re.compile(r"(?<=://)(?P<user>[^/\s:@]{1,256}):[^@\s/]+(?=@)"), r"\g<user>:***"),
+    (re.compile(r"://(?P<user>[^/\s:@]{1,256}):[^@\s/]+(?=@)"), r"://\g<user>:***"),
     # secret-looking query parameters
     (
         re.compile(
@@ -41,54 +41,67 @@ _VALUE_PATTERNS = [
         r"\g<pre>***",
     ),
     # well-known token shapes
-    (re.compile(r"\b(?:ghp|gho|ghs|github_pat|glpat|xox[abpr])[-_][A-Za-z0-9_\-]{10,}"), REDACTED),
-    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"), REDACTED),
-    (re.compile(r"\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]+"), REDACTED),
+    (re.compile(r"(?:gh[pos]|github_pat|glpat|xox[abpr])[-_][A-Za-z0-9_\-]{10,}"), REDACTED),
+    (re.compile(r"AKIA[0-9A-Z]{16}\b"), REDACTED),
+    (re.compile(r"sk-[A-Za-z0-9_\-]{16,}"), REDACTED),
+    (re.compile(r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]+"), REDACTED),
 ]
-# A cheap test per pattern: text without the marker cannot match it.
-_MARKERS = ("://", "=", None, None, "AKIA", "sk-", "eyJ")
+# A cheap test per pattern (substrings of the lower-cased text, found at C speed): text without
+# any of them cannot match the pattern, which is then not run at all.
+_MARKERS: list[tuple[str, ...]] = [
+    ("://",),
+    ("token=", "key=", "secret=", "password=", "sig=", "signature=", "auth=", "code="),
+    ("bearer", "basic", "token"),
+    ("ghp", "gho", "ghs", "github_pat", "glpat", "xox"),
+    ("akia",),
+    ("sk-",),
+    ("eyj",),
+]
 
 # Secret values resolved in this process (the ``secrets`` namespace of templates): redacted by
 # value wherever they would be written.
-_secret_values: set[str] = set()
-_secret_re: list[re.Pattern[str] | None] = [None]
+_secret_values: list[str] = []  # longest first
 MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary text
 
 
 def register_secret(value: str) -> None:
     """Redact ``value`` from now on, wherever this process writes or shows it."""
     if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH and value not in _secret_values:
-        _secret_values.add(value)
-        alternation = "|".join(re.escape(v) for v in sorted(_secret_values, key=len, reverse=True))
-        _secret_re[0] = re.compile(alternation)
+        _secret_values.append(value)
+        _secret_values.sort(key=len, reverse=True)
 
 
 def forget_secrets() -> None:
     """Forget every registered secret value (tests; a new session)."""
     _secret_values.clear()
-    _secret_re[0] = None
+
+
+def _replace_secrets(text: str) -> str:
+    for v in _secret_values:
+        if v in text:
+            text = text.replace(v, REDACTED)
+    return text
 
 
 def redact_text(text: str) -> str:
     """``text`` with secret values and credential-looking values replaced by ``***``."""
-    pattern = _secret_re[0]
-    if pattern is not None:
-        text = pattern.sub(REDACTED, text)
-    for (regex, repl), marker in zip(_VALUE_PATTERNS, _MARKERS, strict=True):
-        if marker is None or marker in text:
+    if _secret_values:
+        text = _replace_secrets(text)
+    lowered = text.lower()
+    for (regex, repl), markers in zip(_VALUE_PATTERNS, _MARKERS, strict=True):
+        if any(m in lowered for m in markers):
             text = regex.sub(repl, text)
+            lowered = text.lower()
     return text
 
 
 def redact_secrets(value: Any) -> Any:
     """``value`` with registered secret values replaced, inside strings at any depth (other
     objects are left as they are)."""
-    pattern = _secret_re[0]
-    if pattern is None:
+    if not _secret_values:
         return value
     if isinstance(value, str):
-        return pattern.sub(REDACTED, value)
+        return _replace_secrets(value)
     if isinstance(value, Mapping):
         return {k: redact_secrets(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -163,9 +176,9 @@ def scrub(rec: dict[str, Any]) -> dict[str, Any]:
     the free-text fields of :data:`SCRUB_FIELDS`."""
     fields = SCRUB_FIELDS.get(str(rec.get("t")), ())
     att = rec.get("att")
-    if not fields and _secret_re[0] is None and not isinstance(att, dict):
+    if not fields and not _secret_values and not isinstance(att, dict):
         return rec
-    out = redact_secrets(rec) if _secret_re[0] is not None else dict(rec)
+    out = redact_secrets(rec) if _secret_values else dict(rec)
     for f in fields:
         v = out.get(f)
         if isinstance(v, str):
