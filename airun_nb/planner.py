@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import capabilities, dialect, gateconfig, kinds, outputs, reasons, recent, stepprint
+from . import capabilities, dialect, gateconfig, kinds, reasons, recent, stepprint
 from .capabilities import legacy
 from .errors import RunBusy, RunNotFound, SpecError, TemplateError
 from .fingerprint import Fingerprinter
@@ -343,40 +343,14 @@ class Planner:
                 if st.eff_hash != before:
                     moved.add(s.id)
             reason, changed = self.explain(st, row, prior_params, mode)
-            replay_why = "unchanged"
-            if forced and row is not None and s.id not in forced:
-                fork_reuse = row["status"] in DONE_STEP and outputs.storable(row)
-                if mode == "fork":
-                    fork_reuse = fork_reuse and row.get("comp_status") != "done"
-                    reason = None if fork_reuse else reasons.not_reusable(row, plan.source_run)
-                elif fork_reuse and row.get("replayed_from"):
-                    reason = None  # resuming a fork: what it reused stays reused
-                replay_why = f"before the fork point '{fork_step}'"
-            elif mode == "fork" and s.id in forced:
-                reason = (
-                    "the fork point"
-                    if s.id == fork_step
-                    else f"downstream of the fork point '{fork_step}'"
-                )
-            elif mode in ("seeded", "fork") and row is not None and row["status"] in DONE_STEP:
-                policy = reasons.cache_control(st).get("mode")
-                if policy == "recompute":
-                    reason, changed = "cache: recompute", changed or ["cache: recompute"]
-                elif policy == "ignore" and outputs.storable(row):
-                    reason, replay_why = None, "cache: ignore"
+            reason, changed, replay_why = reasons.overridden(
+                st, row, mode, forced, fork_step, plan.source_run, (reason, changed)
+            )
             if reason is None and row is not None:
                 self.apply_row(st, row)
                 st.replayed = True
-                if mode in ("seeded", "fork"):
-                    st.replayed_from = row.get("replayed_from") or row["run_id"]
-                    st.comp_status = st.comp_error = None
-                    st.comp_attempts = 0
-                    # What is reused is what was stored: its hashes travel with it.
-                    if row.get("eff_hash") and row["eff_hash"] != st.eff_hash:
-                        st.eff_hash = row["eff_hash"]
-                        moved.add(s.id)
-                    st.code_hash = row.get("code_hash") or ""
-                    st.fingerprint = reasons.json_of(row.get("fingerprint"))
+                if mode in ("seeded", "fork") and reasons.reuse(st, row):
+                    moved.add(s.id)
                 plan.entries.append(PlanEntry(s.id, "replay", replay_why, changed))
             else:
                 if mode == "resume" and row is not None:

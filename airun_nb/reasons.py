@@ -136,3 +136,52 @@ def value_changes(stored: Mapping[str, Any] | None, ours: Mapping[str, Any]) -> 
     if stored is None:
         return []
     return changes(value_part(stored), value_part(ours))
+
+
+def overridden(
+    st: StepState,
+    row: Mapping[str, Any] | None,
+    mode: str,
+    forced: set[str],
+    fork_step: str | None,
+    source: str | None,
+    plain: tuple[str | None, list[str]],
+) -> tuple[str | None, list[str], str]:
+    """A fork and the step's ``cache:`` control over the plain decision: (why it runs or None,
+    what changed, why it replays)."""
+    reason, changed = plain
+    replay_why = "unchanged"
+    sid = st.id
+    if forced and row is not None and sid not in forced:
+        reusable = row["status"] in DONE_STEP and outputs.storable(row)
+        if mode == "fork":
+            reusable = reusable and row.get("comp_status") != "done"
+            reason = None if reusable else not_reusable(row, source)
+        elif reusable and row.get("replayed_from"):
+            reason = None  # resuming a fork: what it reused stays reused
+        replay_why = f"before the fork point '{fork_step}'"
+    elif mode == "fork" and sid in forced:
+        reason = (
+            "the fork point" if sid == fork_step else f"downstream of the fork point '{fork_step}'"
+        )
+    elif mode in ("seeded", "fork") and row is not None and row["status"] in DONE_STEP:
+        policy = cache_control(st).get("mode")
+        if policy == "recompute":
+            reason, changed = "cache: recompute", changed or ["cache: recompute"]
+        elif policy == "ignore" and outputs.storable(row):
+            reason, replay_why = None, "cache: ignore"
+    return reason, changed, replay_why
+
+
+def reuse(st: StepState, row: Mapping[str, Any]) -> bool:
+    """A step reused from another run: it is not this run's to undo, and its hashes and
+    fingerprint are the stored ones. True when its hash differs from the one planned."""
+    st.replayed_from = row.get("replayed_from") or row["run_id"]
+    st.comp_status = st.comp_error = None
+    st.comp_attempts = 0
+    st.code_hash = row.get("code_hash") or ""
+    st.fingerprint = json_of(row.get("fingerprint"))
+    if row.get("eff_hash") and row["eff_hash"] != st.eff_hash:
+        st.eff_hash = row["eff_hash"]
+        return True
+    return False

@@ -214,9 +214,13 @@ class Runner:
                 self.listener.planned(self)
                 self._schedule()
                 self._finish()
-                self._record_values()
+                if self.status == COMPLETED:  # the values steps read, as the run leaves them
+                    fresh = stepprint.refresh_values(self.states, self.namespace)
+                    self.ledger.write([self.ledger.step_record(st) for st in fresh])
         except KeyboardInterrupt:
             self._on_interrupt()
+        except Exception as exc:
+            raise failed(self, exc) from None  # recorded failed (or why it could not be)
         finally:
             owner.release_in_process(self.run_id)
             gc_release()
@@ -275,15 +279,6 @@ class Runner:
             compensation.roll_back(self)
         else:
             ledger.set_status(FAILED, step=ledger.failed_step, error=ledger.error)
-
-    def _record_values(self) -> None:
-        """A completed run stores the values its steps read as the notebook has them at its
-        end, so a later run compares against those (not against what its steps changed)."""
-        if self.status != COMPLETED:
-            return
-        changed = stepprint.refresh_values(self.states, self.namespace)
-        if changed:
-            self.ledger.write([self.ledger.step_record(st) for st in changed])
 
     def _failure_policy(self) -> str:
         assert self.failed_step is not None
