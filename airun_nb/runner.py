@@ -219,8 +219,6 @@ class Runner:
                     self.ledger.write([self.ledger.step_record(st) for st in fresh])
         except KeyboardInterrupt:
             self._on_interrupt()
-        except Exception as exc:
-            raise failed(self, exc) from None  # recorded failed (or why it could not be)
         finally:
             owner.release_in_process(self.run_id)
             gc_release()
