@@ -7,7 +7,9 @@ A workflow never supplies its own settings.
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +60,41 @@ def settings_path() -> Path | None:
     for folder in (cwd, *cwd.parents):
         candidate = folder / "pyproject.toml"
         if candidate.exists():
-            try:
-                has = "[tool.airun_nb" in candidate.read_text()
-            except OSError:
-                has = False
+            has = _by_content("mentions", candidate, lambda c=candidate: _mentions_us(c))
             return candidate if has else None
     return None
 
 
 def load() -> dict[str, Any]:
-    """The settings in force now (read afresh each time: files may change between runs)."""
+    """The settings in force now (a file is read again whenever it changes)."""
     path = settings_path()
-    return _load_file(path) if path is not None else {}
+    if path is None:
+        return {}
+    return copy.deepcopy(_by_content("settings", path, lambda: _load_file(path)))
+
+
+def _mentions_us(candidate: Path) -> bool:
+    try:
+        return "[tool.airun_nb" in candidate.read_text()
+    except OSError:
+        return False
+
+
+# (what, path) -> (bytes, value): a file is read every time, but parsed again only when it changed.
+_READ: dict[tuple[str, Path], tuple[bytes, Any]] = {}
+
+
+def _by_content(what: str, path: Path, compute: Callable[[], Any]) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return compute()  # missing or unreadable: compute says what that means
+    hit = _READ.get((what, path))
+    if hit is not None and hit[0] == data:
+        return hit[1]
+    value = compute()
+    _READ[(what, path)] = (data, value)
+    return value
 
 
 def roles() -> dict[str, list[str]]:
