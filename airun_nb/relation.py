@@ -61,7 +61,7 @@ def to_frame(table: pa.Table, duration: tuple[str, str] | None = None) -> pd.Dat
             nullable_ints.append(field.name)
     df: pd.DataFrame = table.to_pandas(types_mapper=_MAPPED.get)
     for name in nullable_ints:  # as DuckDB's own .df() gives them: Int64, not float64
-        df[name] = pd.Int64Dtype().__from_arrow__(table.column(name))
+        df[name] = pd.Int64Dtype().__from_arrow__(table.column(name))  # type: ignore[attr-defined]
     if duration is not None:
         start, end = duration
         df["duration"] = df[end] - df[start]

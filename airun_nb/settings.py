@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def settings_path() -> Path | None:
     for folder in (cwd, *cwd.parents):
         candidate = folder / "pyproject.toml"
         if candidate.exists():
-            has = _by_content("mentions", candidate, lambda c=candidate: _mentions_us(c))
+            has = _by_content("mentions", candidate, partial(_mentions_us, candidate))
             return candidate if has else None
     return None
 
