@@ -74,7 +74,7 @@ def problems(path: Path) -> tuple[str, list[str]]:
             pol = policy_mod.parse(doc, source=str(path), check_capabilities=False)
         except AirunError as exc:
             return "policy", [exc.message]
-        notes = getattr(pol, "unmatched", [])
+        notes = pol.first_match.unmatched if pol.first_match is not None else []
         return "policy", [f"note: {n} names no built-in capability yet" for n in notes]
     found: list[str] = []
     with warnings.catch_warnings():
@@ -119,8 +119,8 @@ def native_document(path: Path) -> dict[str, Any]:
     doc = _load(path)
     if is_policy(doc):
         pol = policy_mod.parse(doc, source=str(path), check_capabilities=False)
-        if isinstance(pol, policy_dialect.SeedPolicy):
-            return policy_dialect.as_native(pol)
+        if pol.first_match is not None:
+            return policy_dialect.as_native(pol.first_match)
         return dict(doc)
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: a workflow is a mapping with a 'steps:' list")

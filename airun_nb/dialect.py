@@ -384,3 +384,11 @@ def own_output(step_id: str, step: Any, value: Any) -> dict[str, Any]:
     capability = step.body if step.kind == "capability" else None
     names = seed_names([(step_id, capability, value)], {}, "")
     return {k: v for k, v in names.items() if k not in ("workflow_id", "run_id")}
+
+
+def check_flat_names(spec: Any, namespace_names: set[str]) -> None:
+    """Raise :class:`TemplateError` for the first flat name nothing will define."""
+    from .errors import TemplateError
+
+    for problem in unknown_flat_names(spec, namespace_names):
+        raise TemplateError(f"{problem} (no param, step or earlier output gives it)")

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from . import capabilities, settings, yamlsafe
+from . import capabilities, policy_dialect, settings, yamlsafe
 from .errors import AirunError
 
 DECISIONS = ("allow", "require_approval", "deny")
@@ -122,11 +122,12 @@ class Policy:
     default: str = "allow"
     rules: list[Rule] = field(default_factory=list)
     source: str = "(no policy)"
+    first_match: Any = None  # a seed policy file's ordered rules (airun_nb.policy_dialect)
 
     @property
     def active(self) -> bool:
         """Does this policy decide anything (rules, or a default other than allow)?"""
-        return bool(self.rules) or self.default != "allow"
+        return bool(self.rules) or self.default != "allow" or self.first_match is not None
 
     def roles_of(self, principal: str) -> set[str]:
         return {r for r, members in self.roles.items() if principal in members}
@@ -144,6 +145,10 @@ class Policy:
     def evaluate(self, principal: str, capability: str, risk: str) -> Verdict:
         mine = self.roles_of(principal)
         best: Verdict | None = None
+        if self.first_match is not None:  # a seed file: its first matching rule decides
+            decision, name = self.first_match.decide(principal, capability, risk)
+            decision = decision if name else self.default
+            best = Verdict(decision, name, None, principal, capability, risk)
         for rule in self.rules:
             if rule.matches(principal, mine, capability, risk) and (
                 best is None or _STRICTNESS[rule.decision] > _STRICTNESS[best.decision]
@@ -174,7 +179,13 @@ class Policy:
                     f"{where}: default '{add.default}' would loosen the policy's '{self.default}'"
                 )
             default = add.default
-        return Policy({**self.roles, **add.roles}, default, [*self.rules, *add.rules], self.source)
+        return Policy(
+            {**self.roles, **add.roles},
+            default,
+            [*self.rules, *add.rules],
+            self.source,
+            self.first_match,
+        )
 
 
 def check_tightening(doc: Any, base: Policy, *, where: str = "workflow") -> None:
@@ -348,10 +359,12 @@ def parse(
             raise PolicyError(f"{source}:{line} invalid YAML") from None
     else:
         doc = text_or_doc
-    from . import policy_dialect  # the seed runtime's policy files (v1 and v2 shapes)
-
-    if policy_dialect.is_seed_policy(doc):
-        return policy_dialect.load(doc, source=source)
+    if policy_dialect.is_seed_policy(doc):  # the seed runtime's files (v1 and v2 shapes)
+        try:
+            seed = policy_dialect.load(doc, source=source, known=known_capabilities())
+        except policy_dialect.SeedPolicyError as exc:
+            raise PolicyError(exc.message) from None
+        return Policy(settings.roles(), seed.default, [], source, seed)
     return _parse(
         doc, source=source, check_roles=check_roles, check_capabilities=check_capabilities
     )

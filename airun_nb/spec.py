@@ -24,7 +24,8 @@ from .errors import SpecError
 from .foreach import expand
 from .specgraph import check_graph
 from .specgraph import suggest as _suggest
-from .specmodel import RetryPolicy, StepSpec, WorkflowSpec, cache_control
+from .specmodel import RetryPolicy, StepSpec, WorkflowSpec, cache_control, check_agent
+from .specmodel import mentions_template as _mentions_template
 
 __all__ = [
     "RetryPolicy",
@@ -57,16 +58,6 @@ ON_FAILURE = ("rollback", "stop")
 BACKOFFS = ("fixed", "exponential", "linear")
 TEMPLATE_ROOTS = {"params", "steps", "run"}
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-
-
-def _mentions_template(obj: Any) -> bool:
-    if isinstance(obj, str):
-        return "{{" in obj or "{%" in obj
-    if isinstance(obj, dict):
-        return any(_mentions_template(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_mentions_template(v) for v in obj)
-    return False
 
 
 class _Source:
@@ -142,6 +133,39 @@ class _Source:
             raise SpecError(f"invalid YAML: {problem}", line=line) from None
         except yaml.YAMLError as exc:
             raise SpecError(f"invalid YAML: {exc}") from None
+
+    def retry(self, value: Any, path: list[Any]) -> RetryPolicy:
+        if value is None:
+            return RetryPolicy()
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = {"attempts": value}
+        if not isinstance(value, dict):
+            raise self.error("'retry' must be a number of attempts or a mapping", path)
+        # YAML 1.1 reads a bare `on:` key as the boolean True.
+        value = {("on" if k is True else k): v for k, v in value.items()}
+        allowed = {"attempts", "backoff", "initial", "max", "on", "max_attempts", "delay"}
+        for key in value:
+            if key not in allowed:
+                raise self.error(f"unknown key '{key}'{_suggest(key, allowed)}", [*path, key])
+        attempts = value.get("attempts", value.get("max_attempts", 1))
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            raise self.error("'attempts' must be a positive integer", [*path, "attempts"])
+        backoff = value.get("backoff", "exponential")
+        if backoff not in BACKOFFS:
+            raise self.error(f"'backoff' must be one of {', '.join(BACKOFFS)}", [*path, "backoff"])
+        on = value.get("on", [])
+        if isinstance(on, str):
+            on = [on]
+        if not isinstance(on, list) or not all(isinstance(x, str) for x in on):
+            raise self.error("'on' must be a list of exception type names", [*path, "on"])
+        initial = value.get("initial", value.get("delay", 1.0))
+        return RetryPolicy(
+            attempts=attempts,
+            backoff=backoff,
+            initial=self.duration(initial, [*path, "initial"]),
+            max=self.duration(value.get("max", 30.0), [*path, "max"]),
+            on=tuple(on),
+        )
 
 
 class _Parser(_Source):
@@ -387,8 +411,8 @@ class _Parser(_Source):
             executor=d.get("executor"),
             description=d.get("description"),
             notify=d.get("notify"),
+            agent=check_agent(d.get("agent"), [*path, "agent"], self.error),
             cache=cache,
-            agent=_agent(d.get("agent"), [*path, "agent"], self.error),
             definition=definition,
             def_hash=_hash(definition),
             foreach=foreach,
@@ -430,39 +454,6 @@ class _Parser(_Source):
             out["timeout"] = self.duration(out["timeout"], [*path, "timeout"])
         return out
 
-    def retry(self, value: Any, path: list[Any]) -> RetryPolicy:
-        if value is None:
-            return RetryPolicy()
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = {"attempts": value}
-        if not isinstance(value, dict):
-            raise self.error("'retry' must be a number of attempts or a mapping", path)
-        # YAML 1.1 reads a bare `on:` key as the boolean True.
-        value = {("on" if k is True else k): v for k, v in value.items()}
-        allowed = {"attempts", "backoff", "initial", "max", "on", "max_attempts", "delay"}
-        for key in value:
-            if key not in allowed:
-                raise self.error(f"unknown key '{key}'{_suggest(key, allowed)}", [*path, key])
-        attempts = value.get("attempts", value.get("max_attempts", 1))
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-            raise self.error("'attempts' must be a positive integer", [*path, "attempts"])
-        backoff = value.get("backoff", "exponential")
-        if backoff not in BACKOFFS:
-            raise self.error(f"'backoff' must be one of {', '.join(BACKOFFS)}", [*path, "backoff"])
-        on = value.get("on", [])
-        if isinstance(on, str):
-            on = [on]
-        if not isinstance(on, list) or not all(isinstance(x, str) for x in on):
-            raise self.error("'on' must be a list of exception type names", [*path, "on"])
-        initial = value.get("initial", value.get("delay", 1.0))
-        return RetryPolicy(
-            attempts=attempts,
-            backoff=backoff,
-            initial=self.duration(initial, [*path, "initial"]),
-            max=self.duration(value.get("max", 30.0), [*path, "max"]),
-            on=tuple(on),
-        )
-
 
 def _fmt_path(path: list[Any]) -> str:
     out = ""
@@ -495,12 +486,3 @@ def from_dict(doc: Mapping[str, Any], *, name: str | None = None) -> WorkflowSpe
     spec = _Parser(None, name, 0, doc=dict(doc)).parse()
     spec.source = json.dumps(dict(doc), default=str)
     return spec
-
-
-def _agent(value: Any, path: list[Any], error: Any) -> str | None:
-    """``agent:`` names who acts in a step; policy rules match it as ``agent:<name>``."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise error("'agent' must be a name", path)
-    return value

@@ -145,3 +145,22 @@ def cache_control(value: Any) -> str | dict[str, str] | None:
     if isinstance(value, dict) and set(value) == {"version"} and value["version"] is not None:
         return {"version": str(value["version"])}
     raise ValueError("'cache' must be recompute, ignore or {version: \"...\"}")
+
+
+def mentions_template(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return "{{" in obj or "{%" in obj
+    if isinstance(obj, dict):
+        return any(mentions_template(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(mentions_template(v) for v in obj)
+    return False
+
+
+def check_agent(value: Any, path: list[Any], error: Any) -> str | None:
+    """``agent:`` names who acts in a step; policy rules match it as ``agent:<name>``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise error("'agent' must be a name", path)
+    return value

@@ -236,6 +236,7 @@ steps:
   - name: fail_it
     depends_on: [write_it]
     call: check_then_fail
+    max_retries: 1  # the seed dialect's default is three attempts
 """
     )
     r = wf.run(namespace={"check_then_fail": check_then_fail}, raise_on_failure=False)

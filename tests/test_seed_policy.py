@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from airun_nb import policy
-from airun_nb.policy_dialect import SeedPolicy
 
 SEED = Path(__file__).parent / "seed"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "seed-dialect"
@@ -22,7 +21,7 @@ def _decide(p: policy.Policy, who: str, cap: str, risk: str = "medium") -> str:
 
 def test_v1_first_match_wins_with_old_ids_and_any_case() -> None:
     p = policy.load_file(SEED / "policy_v1.yaml")
-    assert isinstance(p, SeedPolicy) and p.default == "deny"
+    assert p.first_match is not None and p.default == "deny"
     assert _decide(p, "agent:writer", "io.fs.write_file") == "allow"
     assert _decide(p, "agent:writer", "fs.write") == "allow"  # the native name of the same id
     assert _decide(p, "agent:writer", "fs.delete") == "require_approval"  # rule 2 before rule 3
@@ -101,7 +100,7 @@ def test_the_shared_policy_files_load_and_decide(name: str) -> None:
     assert _decide(p, "agent:data_processor", "io.fs.read_file", "low") == "allow"
     assert _decide(p, "bob", "fs.read", "low") == "allow"  # user:* -> *
     assert _decide(p, "agent:stranger", "fs.read", "low") == "deny"
-    assert p.unmatched  # rules for capabilities this runtime does not have are kept
+    assert p.first_match.unmatched  # rules for capabilities this runtime does not have are kept
 
 
 def test_the_pdf_capability_without_its_extra_names_the_extra(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 import airun_nb
 from airun_nb import Workflow, WorkflowFailed
+from airun_nb.capabilities import registry
 
 SEED = Path(__file__).parent / "seed"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "seed-dialect"
@@ -27,6 +28,8 @@ def work(tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(ws)
     monkeypatch.setenv("AIRUN_USER", "tester")
     monkeypatch.delenv("AIRUN_POLICY", raising=False)
+    # capabilities registered by a test are gone after it
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     return ws
 
 

@@ -4,11 +4,12 @@ alias native capabilities (``io.fs.read_file`` gives ``content`` and ``size``...
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from . import legacy_data, legacy_fs, legacy_net, legacy_sys  # noqa: F401  (register them)
-from .registry import canonical
+from .registry import CapabilityError, canonical
 
 # Old ids that talk to outside services: the user registers them.
 EXTERNAL_PREFIXES = ("web.browser.", "crm.", "cloud.", "email.", "audit.")
@@ -22,6 +23,12 @@ def missing_hint(name: str) -> str | None:
             f"with `airun_nb.register_capability('{name}', fn, undo=...)` before the run"
         )
     return None
+
+
+def hint(exc: CapabilityError) -> str:
+    """The message of a failed look-up, with how to register an outside service's id."""
+    name = re.search(r"unknown capability '([^']+)'", exc.message)
+    return (missing_hint(name.group(1)) if name else None) or exc.message
 
 
 def seed_output(capability: str, value: Any) -> Any:
