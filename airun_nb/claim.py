@@ -11,11 +11,13 @@ journaled claim is folded by the next holder, so a claim is never lost and never
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
+from . import owner
 from .errors import RunBusy, RunNotFound
 from .store import TABLES, Store
 
@@ -74,6 +76,51 @@ def claim_run(
         claim["updated_at"] = time.time()
         store.record(claim)  # same lease hold as the read above
     return row
+
+
+class RunClaim:
+    """A runner's claim on the run it resumes or rolls back (``dry``: plan only, claim none)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.dry = False
+        self.taken: tuple[str, str] | None = None
+
+    def take(self, row: Mapping[str, Any] | None, mode: str) -> None:
+        """Claim the run ``row`` selected for ``mode``; call within the selecting session."""
+        if self.dry or row is None or mode not in ("resume", "rollback"):
+            return
+        claim_run(
+            self.store,
+            str(row["run_id"]),
+            status="rolling_back" if mode == "rollback" else "running",
+            owner=owner.owner_fields(),
+            alive=owner.owner_alive,
+            expect_status=(row["status"],),
+        )
+        self.taken = (str(row["run_id"]), mode)
+
+    def fail(self, exc: BaseException) -> None:
+        """Planning failed after the claim: the run ends failed (or rollback_failed)."""
+        taken, self.taken = self.taken, None
+        if taken is None or isinstance(exc, RunBusy):
+            return
+        run_id, mode = taken
+        with contextlib.suppress(Exception):  # the planning error is what the user must see
+            claim_run(
+                self.store,
+                run_id,
+                status="rollback_failed" if mode == "rollback" else "failed",
+                owner=owner.owner_fields(),
+                alive=owner.owner_alive,
+                extra={"error": _describe(exc), "finished_at": time.time()},
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    from .timeouts import describe
+
+    return describe(exc)
 
 
 def _epoch(value: Any) -> float | None:

@@ -25,6 +25,17 @@ MY_TOKEN = process_token(os.getpid())
 HOST = socket.gethostname()
 
 
+def _after_fork() -> None:
+    """A forked child is another process: its own start time, no run executing in it yet."""
+    global MY_TOKEN, _ACTIVE_LOCK
+    MY_TOKEN = process_token(os.getpid())
+    _ACTIVE_LOCK = threading.Lock()  # another thread may have held it at the fork
+    _ACTIVE.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def claim_in_process(run_id: str) -> bool:
     """Mark a run as executing in this process; False if it already is."""
     with _ACTIVE_LOCK:

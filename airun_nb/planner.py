@@ -223,17 +223,14 @@ class Planner:
             check_not_busy(row)
             if row["status"] == "cancelled":
                 raise RunBusy(f"run {resume} was cancelled and cannot resume; start a new run")
-            if row["status"] in (ROLLED_BACK, ROLLBACK_FAILED):
+            if row["status"] == ROLLED_BACK:
                 raise RunBusy(
-                    f"run {resume} is {row['status']}: its finished steps were undone, so it "
+                    f"run {resume} is rolled_back: its finished steps were undone, so it "
                     "cannot resume; start a new run"
-                    + (
-                        f", or finish the rollback with `airun rollback {resume}`"
-                        if row["status"] == ROLLBACK_FAILED
-                        else ""
-                    )
                 )
-            mode = "rollback" if row["status"] == ROLLING_BACK else "resume"
+            # A rollback that stopped (killed, or a compensation failed) is unfinished too:
+            # resuming it continues the rollback.
+            mode = "rollback" if row["status"] in (ROLLING_BACK, ROLLBACK_FAILED) else "resume"
             return row, self.load_rows(resume), mode
         if not new:
             row = recent.latest_run(store, self.spec.name)

@@ -17,6 +17,8 @@ from typing import Any
 
 from . import capabilities, compensation, config, execution, kinds, owner, stepprint
 from . import policy as policy_mod
+from .claim import RunClaim
+from .endstate import failed
 from .errors import RunBusy, RunInterrupted, WorkflowFailed
 from .ledger import Ledger, Listener
 from .memory import gc_paused, gc_release
@@ -86,6 +88,7 @@ class Runner:
         self.policy = policy_mod.Policy()
         self.workspace = Workspace()
         self.executed: list[str] = []
+        self.claim = RunClaim(store)
 
     # Run-level facts live in the ledger, which records them.
     @property
@@ -147,19 +150,22 @@ class Runner:
                         mode = "fork"
                     else:
                         prior_run, prior_rows, mode = self.planner.select_run(resume, new)
+                    self.claim.take(prior_run, mode)  # in the lease hold of the selection
                 step = fork[1] if fork is not None else None
                 plan = self.planner.decide(
                     prior_run, prior_rows, mode, fork_step=step, fork_only=fork_only
                 )
                 self._adopt(plan)
-        except BaseException:
+        except BaseException as exc:
             gc_release()
+            self.claim.fail(exc)
             raise
         assert self.plan is not None
         return self.plan
 
     def dry_run(self, **how: Any) -> Plan:
         """The plan :meth:`prepare` makes, and nothing executed or written."""
+        self.claim.dry = True
         try:
             return self.prepare(**how)
         finally:
@@ -169,6 +175,7 @@ class Runner:
         """Load a stored run to roll it back (on demand, or to finish a rollback)."""
         with self.store.session("planning a rollback"):
             row, rows = self.planner.select_rollback(run_id)
+            self.claim.take(row, "rollback")
         self.workspace = Workspace()
         self.ledger.failed_step = row.get("failed_step")
         self.ledger.error = row.get("error")
@@ -219,6 +226,8 @@ class Runner:
                     self.ledger.write([self.ledger.step_record(st) for st in fresh])
         except KeyboardInterrupt:
             self._on_interrupt()
+        except Exception as exc:
+            raise failed(self, exc) from None  # recorded failed (or why it could not be)
         finally:
             owner.release_in_process(self.run_id)
             gc_release()

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import spec as spec_mod
 from . import speccache
-from .errors import RunNotFound
+from .errors import RunInterrupted, RunNotFound, WorkflowFailed
 from .ledger import Listener
 from .memory import gc_paused, gc_release
 from .result import RunResult
@@ -106,7 +106,7 @@ class Workflow:
             raise
         try:
             engine.execute()
-        except Exception:
+        except (WorkflowFailed, RunInterrupted):
             if raise_on_failure:
                 raise
         return RunResult(engine)
