@@ -57,6 +57,13 @@ def to_frame(table: pa.Table, duration: tuple[str, str] | None = None) -> pd.Dat
         if pa.types.is_timestamp(field.type) and field.type.tz is None:
             utc = pa.timestamp(field.type.unit, tz="UTC")
             table = table.set_column(i, field.name, table.column(i).cast(utc))
+        elif pa.types.is_decimal(field.type):
+            # sum() of integers is a HUGEINT, arriving as decimal(38, 0): whole numbers become
+            # int64 when they fit, other decimals float64 (as DuckDB's own .df() gives them),
+            # never a column of Python Decimal objects.
+            table = table.set_column(i, field.name, _from_decimal(table.column(i), field.type))
+            if pa.types.is_integer(table.schema.field(i).type) and table.column(i).null_count:
+                nullable_ints.append(field.name)
         elif pa.types.is_integer(field.type) and table.column(i).null_count:
             nullable_ints.append(field.name)
     df: pd.DataFrame = table.to_pandas(types_mapper=_MAPPED.get)
@@ -66,6 +73,15 @@ def to_frame(table: pa.Table, duration: tuple[str, str] | None = None) -> pd.Dat
         start, end = duration
         df["duration"] = df[end] - df[start]
     return df
+
+
+def _from_decimal(column: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
+    if typ.scale == 0:
+        try:
+            return column.cast(pa.int64())
+        except (pa.ArrowInvalid, OverflowError):
+            pass
+    return column.cast(pa.float64())
 
 
 def arrow_of(store: Store, sql: str, params: Sequence[Any] = ()) -> pa.Table:

@@ -156,3 +156,16 @@ def test_a_resume_sees_the_records_of_a_run_that_was_not_folded(db: Path) -> Non
     runs = airun_nb.runs(db=db)
     assert runs["run_id"].tolist() == [second.run_id]
     assert runs["status"].tolist() == ["completed"]
+
+
+def test_sums_and_decimals_come_back_as_numbers_not_python_objects(
+    db: Path, store_with_runs
+) -> None:
+    df = airun_nb.query(
+        "SELECT sum(attempts) AS attempts, 1.5::DECIMAL(4, 1) AS d, "
+        "sum(attempts) FILTER (WHERE false) AS none FROM steps",
+        db=db,
+    )
+    assert df["attempts"].dtype == "int64" and df["attempts"].iloc[0] == 7
+    assert df["d"].dtype == "float64" and df["d"].iloc[0] == 1.5
+    assert df["none"].dtype == "Int64" and df["none"].isna().all()
