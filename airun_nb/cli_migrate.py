@@ -17,7 +17,7 @@ from typing import Any
 import click
 import yaml
 
-from . import dialect, policy_dialect
+from . import dialect, policy_dialect, yamlsafe
 from . import policy as policy_mod
 from .errors import AirunError, SpecError, TemplateError, WorkflowFailed
 
@@ -49,7 +49,9 @@ def classify(message: str) -> str:
 
 def _load(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yamlsafe.load(path.read_text(), where=str(path))  # node and alias limits
+    except yamlsafe.YamlLimitError as exc:
+        raise SpecError(exc.message) from None
     except OSError as exc:
         raise SpecError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

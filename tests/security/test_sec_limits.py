@@ -108,3 +108,13 @@ def test_a_128_kb_write_goes_through_redaction_whole(world: World) -> None:
     ).run(params={"c": content})
     assert (world.root / "big.txt").read_text() == content
     assert "u:pw@" not in airun_nb.audit().to_string()
+
+
+def test_airun_validate_refuses_a_bomb_file_in_one_line(world: World) -> None:
+    from sec_support import airun, one_line
+
+    path = world.root / "bomb.yaml"
+    path.write_text("name: bomb\n" + _bomb() + "steps:\n  - id: a\n    python: x = 1\n")
+    done = airun("validate", str(path))
+    assert done.returncode != 0
+    assert "expands to more than" in one_line(done.stdout + done.stderr)
