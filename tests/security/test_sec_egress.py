@@ -119,3 +119,26 @@ def test_a_template_value_in_a_shell_string_is_one_quoted_word(world: World, val
     wf.run(params={"name": value})
     assert not (world.root / "pwned.txt").exists(), "the value ran as shell code"
     assert (world.root / "said.txt").read_text() == value
+
+
+def test_a_shell_compensation_quotes_its_template_values(world: World) -> None:
+    wf = Workflow.from_yaml(
+        """
+name: shcomp
+params: {name: "x; touch pwned.txt"}
+steps:
+  - id: make
+    capability: fs.write
+    with: {path: made.txt, content: "{{ params.name }}"}
+    compensate:
+      capability: shell.run
+      with: {command: "printf %s {{ params.name }} > undone.txt"}
+  - id: boom
+    needs: [make]
+    python: raise RuntimeError("later step failed")
+"""
+    )
+    r = wf.run(raise_on_failure=False)
+    assert r.status == "rolled_back"
+    assert not (world.root / "pwned.txt").exists()
+    assert (world.root / "undone.txt").read_text() == "x; touch pwned.txt"

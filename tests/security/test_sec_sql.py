@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from sec_support import World, airun, one_line, run_refused
 
+import airun_nb
 from airun_nb import Workflow
 
 
@@ -187,3 +188,28 @@ def test_a_sqlite_file_as_the_store_is_refused_in_one_line_without_network(
     assert "SQLite file, not an airun_nb store" in line
     assert fake.read_bytes() == before
     assert not (home / ".duckdb").exists(), "DuckDB fetched an extension"
+
+
+def test_a_declared_sql_compensation_is_confined_too(world: World, local_db: Path) -> None:
+    wf = Workflow.from_yaml(
+        f"""
+name: comp
+steps:
+  - id: ins
+    capability: sql.exec
+    with: {{database: local.duckdb, sql: "INSERT INTO t VALUES (2)"}}
+    compensate:
+      capability: sql.exec
+      with:
+        database: local.duckdb
+        sql: "COPY (SELECT 1) TO '{world.outside}/undo.csv'"
+  - id: boom
+    needs: [ins]
+    python: raise RuntimeError("later step failed")
+"""
+    )
+    r = wf.run(raise_on_failure=False)
+    assert r.status == "rollback_failed"
+    assert not (world.outside / "undo.csv").exists()
+    rows = {s["step_id"]: s for s in airun_nb.steps(r.run_id).to_dict("records")}
+    assert "Permission Error" in str(rows["ins"]["comp_error"])
