@@ -149,8 +149,7 @@ class Planner:
                 try:
                     capabilities.get(str(st.spec.body))
                 except capabilities.CapabilityError as exc:
-                    hint = legacy.missing_hint(str(st.spec.body)) or exc.message
-                    raise SpecError(f"step '{st.id}': {hint}") from None
+                    raise SpecError(f"step '{st.id}': {legacy.hint(exc)}") from None
             fp = stepprint.of_step(st, prints)
             if fp is not None and fp.components:
                 st.code_hash = fp.digest
@@ -196,9 +195,7 @@ class Planner:
 
     def check_templates(self) -> None:
         if self.spec.seed_dialect:  # flat lookups ({{draft}}) resolve against outputs
-            for problem in dialect.unknown_flat_names(self.spec, set(self.namespace)):
-                raise TemplateError(f"{problem} (no param, step or earlier output gives it)")
-            return
+            return dialect.check_flat_names(self.spec, set(self.namespace))
         known = {"params", "steps", "run", "result", "secrets", *self.namespace.keys()}
         for step_id, field_path, names in self.spec.template_names():
             allowed = (
