@@ -343,6 +343,8 @@ def seed_names(
     for step_id, capability, value in steps:
         if capability:
             value = seed_output(capability, value)
+        elif isinstance(value, dict) and {"approved", "actor"} <= set(value):
+            value = {**value, "approver_email": value["actor"]}  # a gate, as the old state had it
         if isinstance(value, dict):
             flat.update(value)
         named[step_id] = value

@@ -99,6 +99,36 @@ def test_customer_onboarding_waits_and_a_rejection_undoes_tenant_then_account(
     assert calls == ["deprovision t-acc-enterprise", "delete acc-enterprise"]
 
 
+def test_customer_onboarding_approved_runs_to_its_audit_record(work: Path, db: Path) -> None:
+    records: list[dict[str, Any]] = []
+    reg = airun_nb.register_capability
+    reg("crm.create_account", lambda customer_name, tier: {"account_id": "acc-1"})
+    reg("crm.delete_account", lambda account_id: None)
+    reg("cloud.provision_tenant", lambda account_id, tier: {"tenant_id": "t-1"})
+    reg("cloud.deprovision_tenant", lambda tenant_id: None)
+    reg("email.send", lambda to, template, variables: {"sent_to": to, **variables})
+    reg("audit.create_record", lambda **kw: records.append(kw) or {"record": len(records)})
+    (work / "airun.yaml").write_text("roles: {sales_director: [dana]}\n")
+    wf = Workflow.from_file(_shared("v3_customer_onboarding.yaml"))
+    first = wf.run(db=db)
+    airun_nb.approve(first.run_id, "human_approval", by="dana", db=db)
+    done = wf.run(db=db, resume=first.run_id)
+    assert done.status == "completed"
+    assert done["send_welcome_email"] == {
+        "sent_to": "contact@acme.com",
+        "account_id": "acc-1",
+        "tenant_id": "t-1",
+    }
+    assert records == [
+        {
+            "event_type": "customer_onboarded",
+            "customer_name": "Acme Corp",
+            "account_id": "acc-1",
+            "approved_by": "dana",
+        }
+    ]
+
+
 def test_outside_capabilities_are_refused_before_the_run_with_how_to_register(
     work: Path, db: Path
 ) -> None:

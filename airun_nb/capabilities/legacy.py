@@ -80,7 +80,7 @@ OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "http.request": ("status", "headers", "body", "json", *_OK),
     "shell.run": ("returncode", "stdout", "stderr", *_OK),
 }
-GATE_KEYS = ("decision", "approved", "actor", "channel", "comment", "decided_at")
+GATE_KEYS = ("decision", "approved", "actor", "channel", "comment", "decided_at", "approver_email")
 
 
 def output_keys(capability: str) -> tuple[str, ...] | None:
