@@ -15,12 +15,12 @@ import os
 import time
 from typing import Any
 
-from . import auditlog, capabilities, kinds
+from . import auditlog, capabilities, gate, kinds
 from .errors import AirunError
 from .runcontext import RunContext
 from .scope import Steps
 from .spec import RetryPolicy
-from .state import ROLLBACK_FAILED, ROLLED_BACK, ROLLING_BACK, StepState
+from .state import ROLLBACK_FAILED, ROLLED_BACK, ROLLING_BACK, S_PENDING, S_WAITING, StepState
 from .store import crashpoint
 from .timeouts import describe, with_timeout
 
@@ -63,6 +63,14 @@ def undo_order(run: RunContext) -> list[StepState]:
 def roll_back(run: RunContext) -> None:
     ledger = run.ledger
     if ledger.status != ROLLING_BACK:
+        # A run rolled back while it waits at a gate: the gate closes, its step never runs.
+        closed = gate.cancel_open(run.store, run.run_id, reason="the run was rolled back")
+        for st in run.states.values():
+            if st.status == S_WAITING:
+                st.reason = "gate cancelled: the run was rolled back"
+                ledger.step(st, S_PENDING, *closed)
+                closed = []
+        ledger.note(*closed)
         ledger.set_status(ROLLING_BACK, step=ledger.failed_step)
     for st in undo_order(run):
         if st.comp_status in ("done", "none"):

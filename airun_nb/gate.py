@@ -436,6 +436,23 @@ def commands(run_id: str, gate_id: str) -> dict[str, str]:
     }
 
 
+def cancel_open(store: Store, run_id: str, *, reason: str) -> list[dict[str, Any]]:
+    """The records that close a run's open gates as ``cancelled`` (a rollback of a waiting
+    run: nobody may decide them any more); the caller writes them."""
+    rows = store.query_dicts(
+        "SELECT * FROM approvals WHERE run_id = ? AND status = 'open'", [run_id]
+    )
+    recs: list[dict[str, Any]] = []
+    for row in rows:
+        rec = _record(row)
+        rec.update(
+            status="cancelled", actor="runtime", channel="rollback", comment=reason,
+            decided_at=time.time(),
+        )  # fmt: skip
+        recs += [rec, _event(run_id, row["gate_id"], "gate_cancelled", reason=reason)]
+    return recs
+
+
 def _event(run_id: str, gate_id: str, kind: str, **detail: Any) -> dict[str, Any]:
     return {
         "t": "ev",

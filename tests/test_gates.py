@@ -1026,7 +1026,23 @@ def test_a_refused_click_records_nothing_and_keeps_the_buttons(
     assert effects() == ["prepare", "unprepare"]
 
 
-def test_a_stale_widget_says_so_and_records_nothing(
+@pytest.fixture(autouse=True)
+def _unwatch() -> Any:
+    """Gate widgets drawn by one test stop being watched when it ends."""
+    yield
+    from airun_nb.jupyter.watcher import WATCHER
+
+    WATCHER.clear()
+
+
+def _wait(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_stale_widget_shows_the_decision_taken_elsewhere_and_records_nothing(
     ipython: Any, db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shown = Displayed(ipython, monkeypatch)
@@ -1037,18 +1053,19 @@ def test_a_stale_widget_says_so_and_records_nothing(
 
     done = cli("reject", run_id, "review", "--by", "bob", "-m", "not today", "--db", str(db))
     assert done.returncode == 0, done.stderr
-    before = events(db, run_id)
 
+    # The kernel's watcher sees the decision: the widget shows it and the run continues here
+    # (a rejection rolls it back).
+    _wait(lambda: widget.decided and run_status(db, run_id) == "rolled_back", "the watcher")
+    assert "<b>Rejected</b> by bob via cli; rolling the run back." in widget.status.value
+    assert widget.approve_button.disabled and widget.reject_button.disabled
+    before = events(db, run_id)
     monkeypatch.setenv("AIRUN_USER", "bob")
-    widget.approve_button.click()
-    assert "Stale" in widget.status.value
-    assert "already rejected by bob via cli" in widget.status.value
-    assert "nothing recorded" in widget.status.value
+    widget.approve_button.click()  # a late click records nothing
     row = gate_row(db, run_id)
     assert (row["decision"], row["channel"], row["comment"]) == ("reject", "cli", "not today")
     assert events(db, run_id) == before
-    assert run_status(db, run_id) == "waiting"  # the click did not resume anything
-    assert effects() == ["prepare"]
+    assert effects() == ["prepare", "unprepare"]
 
 
 _RESTARTED = textwrap.dedent(
@@ -1114,10 +1131,11 @@ def test_workflow_approvals_redraws_open_gates_after_a_restart(
     assert effects() == ["prepare", "ship"]
 
     # the button drawn before the restart is stale now, and harmless
+    _wait(lambda: old_widget.decided, "the watcher to show the decision on the old widget")
+    assert "<b>Approved</b> by bob via widget" in old_widget.status.value
     before = events(db, run_id)
     monkeypatch.setenv("AIRUN_USER", "bob")
     old_widget.reject_button.click()
-    assert "Stale" in old_widget.status.value
     assert events(db, run_id) == before
     assert effects() == ["prepare", "ship"]
 

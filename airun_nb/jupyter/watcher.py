@@ -76,6 +76,11 @@ class GateWatcher:
             if self._gates.get(key) is widget:
                 del self._gates[key]
 
+    def clear(self) -> None:
+        """Stop watching every gate (the widgets stay as they are)."""
+        with self._lock:
+            self._gates.clear()
+
     def watching(self) -> list[Watched]:
         with self._lock:
             return list(self._gates.values())
