@@ -84,7 +84,7 @@ def problems(path: Path) -> tuple[str, list[str]]:
         try:
             spec = parse(path.read_text(), file_stem=path.stem)
         except AirunError as exc:
-            return "workflow", [exc.message]
+            return "workflow", [exc.message, *_each_step(doc, exc.message)]
     for s in spec.steps:
         if s.kind == "capability":
             try:
@@ -95,6 +95,31 @@ def problems(path: Path) -> tuple[str, list[str]]:
     if spec.seed_dialect:
         found.extend(f"warning: {p}" for p in dialect.unknown_flat_names(spec, set()))
     return "workflow", found
+
+
+def _each_step(doc: Any, first: str) -> list[str]:
+    """The problems of each step on its own (after the first error of the whole file), so one
+    validation shows them all; dependencies are left out, they are checked with the file."""
+    from .spec import from_dict
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
+        return []
+    out: list[str] = []
+    for i, raw in enumerate(doc["steps"]):
+        if not isinstance(raw, dict):
+            continue
+        alone = {k: v for k, v in raw.items() if k not in ("depends_on", "needs")}
+        try:
+            from_dict({**doc, "name": "check", "steps": [alone]})
+        except SpecError as exc:
+            where = (exc.path or "steps[0]").replace("steps[0]", f"steps[{i}]", 1)
+            found = f"{where}: {exc.reason}"
+            if exc.reason not in first and found not in out:
+                out.append(found)
+        except AirunError as exc:
+            if exc.message not in first:
+                out.append(f"steps[{i}]: {exc.message}")
+    return out
 
 
 @click.command("validate")

@@ -70,6 +70,24 @@ def test_validate_prints_every_problem_of_every_file(work: Path) -> None:
     assert f"{ok}: workflow ok" in out.stdout and "policy_v1.yaml: policy ok" in out.stdout
 
 
+def test_validate_lists_the_problems_of_every_step_not_only_the_first(work: Path) -> None:
+    bad = work / "three.yaml"
+    bad.write_text(
+        "name: w\nsteps:\n  - name: a\n    step_type: CONDITION\n"
+        "  - name: b\n    capability_name: io.fs.exists\n    risk_level: EXTREME\n"
+        "  - name: c\n    capability_name: io.fs.exists\n    timeout_seconds: soon\n"
+    )
+    out = airun("validate", str(bad), cwd=work)
+    assert out.returncode == 10
+    lines = out.stdout.splitlines()
+    assert lines[0].endswith("workflow 3 problem(s)")
+    assert "line 4" in lines[1] and "CONDITION" in lines[1]
+    assert (
+        lines[2].strip() == "steps[1].risk_level: 'risk' must be one of low, medium, high, critical"
+    )
+    assert lines[3].strip().startswith("steps[2].timeout_seconds: expected a duration")
+
+
 def test_convert_gives_a_native_file_that_runs_the_same(work: Path) -> None:
     out = airun("convert", str(SEED / "two_writes.yaml"), cwd=work)
     assert out.returncode == 0, out.stderr
