@@ -102,13 +102,29 @@ def show(run_id: str, db: Path | None) -> None:
 def resume(run_id: str, db: Path | None) -> None:
     """Resume an unfinished run outside its notebook.
 
-    Works for steps whose code is importable (python, sql, and call: 'module:function'); a step
-    that calls a notebook function must be resumed in its notebook.
+    Only the steps that still have to run need their code: python, sql, call: 'module:function',
+    and notebook functions the notebook stored (`%config Workflow.store_code = True`); otherwise
+    re-open the notebook and resume there.
     """
+    from . import codestore
+    from .kinds import ResolveError
+    from .store import Store
     from .workflow import Workflow
 
     wf = Workflow.from_run(run_id, db=db)
-    result = wf.run(db=db, resume=run_id, raise_on_failure=False)
+    store = Store.open(db)
+    try:
+        result = wf.run(
+            db=db, resume=run_id, namespace=codestore.load(store, run_id), raise_on_failure=False
+        )
+    except ResolveError as exc:
+        found = store.query("SELECT source FROM runs WHERE run_id = ?", [run_id])
+        where = found[0][0] if found and found[0][0] else "the notebook that started it"
+        raise ResolveError(
+            f"{exc.message}. Re-open {where}, run its cells, then `%workflow resume {run_id}`; "
+            "or let the notebook store its code (`%config Workflow.store_code = True`, then "
+            "run the cell again) and resume here"
+        ) from None
     click.echo(repr(result))
     if result.status != "completed":
         sys.exit(1)
@@ -318,14 +334,16 @@ def run_cmd(notebook: Path, output: Path | None, timeout: float, db: Path | None
     store_path = db or _notebook_store(notebook)
     if store_path is not None and store_path.exists():
         store = Store.open(store_path)
-        ids = [
-            r[0]
-            for r in store.query(
-                "SELECT run_id FROM runs WHERE created_at >= ? ORDER BY created_at", [started]
-            )
-        ]
-        for run_id in ids:
+        # Every run the notebook touched: the ones it created and the ones it resumed.
+        rows = store.query(
+            "SELECT run_id, created_at < ? AS resumed FROM runs "
+            "WHERE created_at >= ? OR updated_at >= ? ORDER BY created_at",
+            [started, started, started],
+        )
+        for run_id, resumed in rows:
             click.echo("")
+            if resumed:
+                click.echo(f"(resumed run {run_id}, started before this notebook run)")
             click.echo(repr(history.stored_run(run_id, store_path)))
     if failure is not None:
         raise failure

@@ -64,7 +64,7 @@ def refused(run: RunContext, st: StepState, row: Mapping[str, Any]) -> None:
 def policy_gate(run: RunContext, st: StepState, verdict: Verdict) -> bool | None:
     """A gate the policy inserted before a step: True approved, False refused, None waits."""
     s = st.spec
-    conf = GateConfig(approvers=verdict.approvers, on_timeout="reject")
+    conf = GateConfig(approvers=verdict.approvers, on_timeout="reject", four_eyes=True)
     message = (
         f"The policy requires approval before step '{s.id}' runs {verdict.capability} "
         f"(risk {verdict.risk}) for {verdict.principal}"

@@ -26,14 +26,12 @@ from .owner import owner_alive
 from .spec import StepSpec, WorkflowSpec, _hash
 from .state import (
     COMPLETED,
-    DONE_STEP,
     RESUMABLE,
     ROLLBACK_FAILED,
     ROLLED_BACK,
     ROLLING_BACK,
     RUNNING,
     S_COMPLETED,
-    WAITING,
     StepState,
 )
 from .store import Store
@@ -262,7 +260,7 @@ class Planner:
         row = _one(self.store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id]))
         if row is None:
             raise RunNotFound(f"no run '{run_id}' in {self.store.path}")
-        if row["status"] in (RUNNING, ROLLING_BACK, WAITING) and owner_alive(row):
+        if row["status"] in (RUNNING, ROLLING_BACK) and owner_alive(row):  # waiting: idle
             raise RunBusy(
                 f"run {run_id} is still executing in another process (pid "
                 f"{row['owner_pid']} on {row['owner_host']}); stop it there before rolling "

@@ -20,7 +20,7 @@ from . import policy as policy_mod
 from .claim import RunClaim
 from .endstate import failed
 from .errors import RunBusy, RunInterrupted, WorkflowFailed
-from .ledger import Ledger, Listener
+from .ledger import Ledger, Listener, timestamp
 from .memory import gc_paused, gc_release
 from .planner import Plan, Planner
 from .scheduler import schedule
@@ -133,9 +133,8 @@ class Runner:
         fork: tuple[str, str] | None = None,
         fork_only: bool = False,
     ) -> Plan:
-        """Plan the run. ``fork=(run, step)``: a new run that reuses every step of ``run``
-        that is not ``step`` or downstream of it, and runs the rest (``fork_only``: runs
-        ``step`` alone, every other step reused)."""
+        """Plan the run; ``fork=(run, step)``: reuse ``run`` but ``step`` and downstream
+        (``fork_only``: but ``step`` alone)."""
         try:
             with gc_paused():  # released when the run ends (execute), or on failure here
                 self.policy = policy_mod.current().tightened(self.spec.policy)
@@ -198,7 +197,8 @@ class Runner:
             ledger.created_at = plan.created_at or time.time()
             ledger.status = plan.prior.get("status") or ledger.status
             if plan.mode == "rollback":
-                # Finishing a rollback: the run keeps the failure that started it.
+                # A rollback keeps when the run started, and the failure that started it.
+                ledger.started_at = timestamp(plan.prior.get("started_at")) or ledger.started_at
                 ledger.failed_step = ledger.failed_step or plan.prior.get("failed_step")
                 ledger.error = ledger.error or plan.prior.get("error")
         ledger.set_seq(plan.seq)
