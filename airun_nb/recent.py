@@ -41,10 +41,10 @@ def run_row(store: Store, run_id: str) -> dict[str, Any] | None:
         if mine:
             return _as_rows("runs", mine[-1:])[0]
         cur = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
-        found = cur.fetchone()
-        if found is None:
+        rows = cur.fetchall()  # fetched to the end: no unfinished result left on the connection
+        if not rows:
             return None
-        return dict(zip([d[0] for d in cur.description], found, strict=True))
+        return dict(zip([d[0] for d in cur.description], rows[0], strict=True))
 
 
 class _Latest:
@@ -89,10 +89,10 @@ def _stored_latest(con: Any, workflow: str) -> dict[str, Any] | None:
     cur = con.execute(
         "SELECT * FROM runs WHERE workflow = ? ORDER BY created_at DESC LIMIT 1", [workflow]
     )
-    found = cur.fetchone()
-    if found is None:
+    rows = cur.fetchall()  # fetched to the end: no unfinished result left on the connection
+    if not rows:
         return None
-    return dict(zip([d[0] for d in cur.description], found, strict=True))
+    return dict(zip([d[0] for d in cur.description], rows[0], strict=True))
 
 
 def step_rows(store: Store, run_id: str, columns: str = "*") -> dict[str, dict[str, Any]]:
