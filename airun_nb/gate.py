@@ -5,12 +5,9 @@ A gate is a step whose output is the decision (``decision``, ``actor``, ``channe
 with the deadline fixed then (a restart does not extend it), and takes exactly one decision:
 the check and the write happen while holding the store's exclusive lease, so a double click, the
 CLI racing a button, or a replay can never record two. Who may decide is checked against the
-gate's ``approvers`` (user names and ``role:NAME``) and the four-eyes rule: a gate that names
-approvers, says ``four_eyes: true`` or was inserted by a policy rule refuses the user who started
-the run unless ``allow_self_approval`` (and, with approvers, the launcher is listed); a gate with
-neither may be decided by its launcher. Running the cell again with changed settings updates an
-open gate (a ``gate_settings_changed`` event). Decisions by policy or timeout are the runtime's
-own and skip those checks.
+gate's ``approvers`` (user names and ``role:NAME``) and four-eyes (:func:`four_eyes`); changed
+settings of an open gate apply when its cell runs again. Decisions by policy or timeout are the
+runtime's own and skip those checks.
 """
 
 from __future__ import annotations
@@ -181,9 +178,7 @@ def open_gate(
         if existing is not None and existing["status"] == "open":
             # The cell was edited and run again: its new settings apply to the open gate.
             wanted = _settings(config)
-            changed = {
-                k: v for k, v in wanted.items() if (existing.get(k) or None) != (v or None)
-            }
+            changed = {k: v for k, v in wanted.items() if (existing.get(k) or None) != (v or None)}
             if changed:
                 row = {**existing, **changed}
                 store.record_many(
@@ -437,19 +432,14 @@ def commands(run_id: str, gate_id: str) -> dict[str, str]:
 
 
 def cancel_open(store: Store, run_id: str, *, reason: str) -> list[dict[str, Any]]:
-    """The records that close a run's open gates as ``cancelled`` (a rollback of a waiting
-    run: nobody may decide them any more); the caller writes them."""
-    rows = store.query_dicts(
-        "SELECT * FROM approvals WHERE run_id = ? AND status = 'open'", [run_id]
-    )
+    """Records that close a run's open gates as ``cancelled`` (its rollback); not written."""
     recs: list[dict[str, Any]] = []
-    for row in rows:
-        rec = _record(row)
-        rec.update(
-            status="cancelled", actor="runtime", channel="rollback", comment=reason,
-            decided_at=time.time(),
-        )  # fmt: skip
-        recs += [rec, _event(run_id, row["gate_id"], "gate_cancelled", reason=reason)]
+    for row in store.query_dicts(
+        "SELECT * FROM approvals WHERE run_id = ? AND status = 'open'", [run_id]
+    ):
+        done = {"status": "cancelled", "actor": "runtime", "channel": "rollback"}
+        recs.append({**_record(row), **done, "comment": reason, "decided_at": time.time()})
+        recs.append(_event(run_id, row["gate_id"], "gate_cancelled", reason=reason))
     return recs
 
 
