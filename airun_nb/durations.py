@@ -16,6 +16,10 @@ def parse_duration(value: Any, *, path: str) -> float:
     if isinstance(value, bool):
         raise SpecError(f"expected a duration such as '30s' or '5m', got {value!r}", path=path)
     if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SpecError(
+                f"a duration must be a finite number of seconds, got {value}", path=path
+            )
         if value < 0:
             raise SpecError("a duration cannot be negative", path=path)
         return float(value)

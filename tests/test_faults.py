@@ -392,3 +392,19 @@ def test_file_size_limit_while_journaling(tmp_path: Path) -> None:
     done = fs.run(db, ledger)
     assert done.returncode == 0, done.stderr
     assert fs.ledger(ledger) == {"a": 1, "b": 1, "c": 2, "d": 1, "e": 1}
+
+
+# -- bad input that the parser refuses before any store is touched ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expect"),
+    [(".inf", "finite"), (".nan", "finite"), ("-.inf", "finite"), ("-1", "cannot be negative")],
+)
+def test_timeout_must_be_finite(tmp_path: Path, timeout: str, expect: str) -> None:
+    text = f"name: t\nsteps:\n  - id: a\n    python: x = 1\n    timeout: {timeout}\n"
+    with pytest.raises(AirunError) as info:
+        Workflow.from_yaml(text).run(db=tmp_path / "s.duckdb")
+    line = _one_line(info.value.message)
+    assert expect in line and "timeout" in line
+    assert list(tmp_path.iterdir()) == []
