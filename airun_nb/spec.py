@@ -124,6 +124,11 @@ class _Source:
             return self._doc
         try:
             return yamlsafe.load(self.text, where="the workflow")  # node and alias limits
+        except yamlsafe.DuplicateKeyError as exc:
+            first, second = (n + 1 + self.line_offset for n in exc.lines)
+            raise SpecError(
+                f"duplicate key '{exc.key}' (first at line {first})", line=second
+            ) from None
         except yamlsafe.YamlLimitError as exc:
             raise SpecError(exc.message) from None
         except yaml.MarkedYAMLError as exc:

@@ -30,6 +30,35 @@ class YamlLimitError(AirunError):
     """A YAML document is larger than the limits allow."""
 
 
+class DuplicateKeyError(AirunError):
+    """A YAML mapping names the same key twice (PyYAML would keep the last silently)."""
+
+    def __init__(self, key: str, lines: tuple[int, int]) -> None:
+        super().__init__(f"duplicate key '{key}' (lines {lines[0] + 1} and {lines[1] + 1})")
+        self.key = key
+        self.lines = lines  # 0-based, as YAML marks count
+
+
+def _check_duplicates(root: yaml.Node) -> None:
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in first:
+                        raise DuplicateKeyError(k.value, (first[k.value], k.start_mark.line))
+                    first[k.value] = k.start_mark.line
+                stack.extend((k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
 def expanded_size(root: yaml.Node, *, limit: int = MAX_NODES) -> int:
     """How many nodes ``root`` stands for with aliases expanded (stops counting past limit)."""
     sizes: dict[int, int] = {}
@@ -84,6 +113,7 @@ def load(text: str, *, where: str = "the document") -> Any:
         raise YamlLimitError(
             f"{where} expands to more than {MAX_NODES} YAML nodes (aliases included); refused"
         )
+    _check_duplicates(node)
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_document(node)

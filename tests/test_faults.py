@@ -408,3 +408,19 @@ def test_timeout_must_be_finite(tmp_path: Path, timeout: str, expect: str) -> No
     line = _one_line(info.value.message)
     assert expect in line and "timeout" in line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "first"),
+    [
+        ("name: t\nsteps:\n  - id: a\n    python: x = 1\n    python: x = 2\n", 5, 4),
+        ("name: t\nname: u\nsteps:\n  - id: a\n    python: x = 1\n", 2, 1),
+        ("name: t\nsteps:\n  - id: a\n    with: {k: 1, k: 2}\n    python: x = 1\n", 4, 4),
+    ],
+)
+def test_duplicate_yaml_keys(tmp_path: Path, text: str, line: int, first: int) -> None:
+    with pytest.raises(AirunError) as info:
+        Workflow.from_yaml(text).run(db=tmp_path / "s.duckdb")
+    msg = _one_line(info.value.message)
+    assert msg.startswith(f"line {line}: duplicate key ") and f"(first at line {first})" in msg
+    assert list(tmp_path.iterdir()) == []
