@@ -165,6 +165,9 @@ def _step(raw: Any, path: list[Any], out: Translation, error: ErrorAt) -> Any:
         if native != key:
             seed = True
             out.rename([*path, native], [*path, key])
+        if native in d:  # e.g. id and name on one step: which one was meant?
+            other = next(k for k in raw if k != key and SEED_STEP_ALIASES.get(k, k) == native)
+            raise error(f"'{other}' and '{key}' both give the step's {native}; keep one", path)
         d[native] = value
     out.seed = out.seed or seed
     if step_type == "HUMAN_APPROVAL" or (

@@ -424,3 +424,15 @@ def test_duplicate_yaml_keys(tmp_path: Path, text: str, line: int, first: int) -
     msg = _one_line(info.value.message)
     assert msg.startswith(f"line {line}: duplicate key ") and f"(first at line {first})" in msg
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("keys", [("id", "name"), ("name", "id"), ("needs", "depends_on")])
+def test_two_keys_for_one_thing(tmp_path: Path, keys: tuple[str, str]) -> None:
+    values = {"id": "a", "name": "b", "needs": "[]", "depends_on": "[]"}
+    body = "".join(f"    {k}: {values[k]}\n" for k in keys)
+    text = f"name: t\nsteps:\n  - python: x = 1\n{body}"
+    with pytest.raises(AirunError) as info:
+        Workflow.from_yaml(text).run(db=tmp_path / "s.duckdb")
+    msg = _one_line(info.value.message)
+    assert f"'{keys[0]}' and '{keys[1]}' both give the step's" in msg and "line 3" in msg
+    assert list(tmp_path.iterdir()) == []
