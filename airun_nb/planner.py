@@ -321,7 +321,10 @@ class Planner:
             if s.id in self.unresolved:
                 if mode not in ("resume", "rollback") or row is None:
                     raise self.unresolved[s.id]
-                st.code_hash = row.get("code_hash") or ""  # not defined here: as it was
+                # Not defined here: the step is taken as it was stored (code and chain hash).
+                st.code_hash = row.get("code_hash") or ""
+                st.eff_hash = row.get("eff_hash") or st.eff_hash
+                moved.add(s.id)
             if mode == "rollback":
                 if row is not None:
                     self.apply_row(st, row)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from ..store import Store
 
-POLL = 0.25  # seconds between looks at the files
+POLL = 0.3  # seconds between looks at the files
 
 
 class Watched(Protocol):
@@ -57,13 +57,14 @@ class GateWatcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._seen: dict[str, tuple[Any, ...]] = {}
+        self._settling: dict[str, tuple[Any, ...]] = {}
         self.reads = 0  # how many times the store was read (the idle cost)
 
     def watch(self, widget: Watched) -> None:
         key = (str(widget.db), widget.run_id, widget.gate_id)
         with self._lock:
             self._gates[key] = widget
-            self._seen.pop(str(widget.db), None)  # look once now
+            self._seen.pop(str(widget.db), None)  # look once the file is still
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="airun-gate-watcher", daemon=True
@@ -104,6 +105,12 @@ class GateWatcher:
         due = [w for w in widgets if _past(w.row.get("deadline"))]
         sig = _signature(db)
         if sig == self._seen.get(str(db)) and not due:
+            return
+        if sig != self._settling.get(str(db)) and not due:
+            # Changing right now: the writer (a CLI, say) still holds the file. Read once it
+            # has been still for a poll, so the watcher never makes a finishing writer hand
+            # the lease over on its way out.
+            self._settling[str(db)] = sig
             return
         self._seen[str(db)] = sig
         self.reads += 1
