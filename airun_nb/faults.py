@@ -73,3 +73,47 @@ def virtual_fs(path: Path) -> str | None:
         if resolved == root or resolved.startswith(root + "/"):
             return root
     return None
+
+
+def check_store_path(path: Path, *, create: bool) -> None:
+    """Refuse, in one line, a store path that cannot work (before any file is touched)."""
+    root = virtual_fs(path)
+    if root is not None:
+        raise StoreError(
+            f"cannot use {short(path)} as the store: {root} is a virtual file system of "
+            "the kernel; choose a path on a disk (--db or AIRUN_DB)"
+        )
+    if path.exists() and path.is_dir():
+        raise StoreError(
+            f"{short(path)} is a folder; the store is a file (e.g. {short(path)}/airun.duckdb)"
+        )
+    if not path.parent.exists():
+        raise StoreError(
+            f"cannot create the store {short(path)}: folder {short(path.parent)} does not exist"
+        )
+    if not create and not path.exists():
+        raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
+
+
+def duckdb_fault(message: str, path: Path, doing: str) -> StoreError | None:
+    """One line for a DuckDB error that is an OS fault or a damaged file (else None)."""
+    fault = text_fault(message, path, f"{doing} the store")
+    if fault is not None:
+        return fault
+    if "Corrupt database" in message or (
+        "Could not read enough bytes" in message and _is_duckdb(path)
+    ):
+        return StoreError(
+            f"the store {short(path)} is corrupt (DuckDB: {short(message.splitlines()[0])}); "
+            f"see `airun doctor --db {short(path)}`, or restore a copy"
+        )
+    return None
+
+
+def _is_duckdb(path: Path) -> bool:
+    """Does the file start like a DuckDB database (magic ``DUCK`` at byte 8)?"""
+    try:
+        with open(path, "rb") as f:
+            return f.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return False

@@ -30,7 +30,7 @@ from .auditlog import scrub
 from .confine import NO_EXTENSIONS
 from .crashpoints import crashpoint
 from .errors import AirunError, StoreBusy, StoreError, StoreWarning
-from .faults import os_fault, short, text_fault, virtual_fs
+from .faults import check_store_path, duckdb_fault, os_fault
 from .fold import fold
 from .journal import Journal
 from .lease import Lease
@@ -70,28 +70,13 @@ class Store:
         """The store at ``db``; ``create=False`` (read commands) refuses to make a new one."""
         path = config.resolve_db(db)
         try:
-            return cls._open(path, create)
+            check_store_path(path, create=create)
+            return cls._open(path)
         except OSError as exc:  # a path the OS refuses outright (too long, a loop...)
             raise os_fault(exc, path, "open the store") from None
 
     @classmethod
-    def _open(cls, path: Path, create: bool) -> Store:
-        root = virtual_fs(path)
-        if root is not None:
-            raise StoreError(
-                f"cannot use {short(path)} as the store: {root} is a virtual file system of "
-                "the kernel; choose a path on a disk (--db or AIRUN_DB)"
-            )
-        if path.exists() and path.is_dir():
-            raise StoreError(
-                f"{short(path)} is a folder; the store is a file (e.g. {short(path)}/airun.duckdb)"
-            )
-        if not path.parent.exists():
-            raise StoreError(
-                f"cannot create the store {short(path)}: folder {short(path.parent)} does not exist"
-            )
-        if not create and not path.exists():
-            raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
+    def _open(cls, path: Path) -> Store:
         key = str(path.resolve())
         with _registry_lock:
             store = _registry.get(key)
@@ -135,19 +120,11 @@ class Store:
         with self._mutex:
             self._ensure_lease(purpose)
             try:
-                con = self._connection()
-                if fold:
-                    self._fold()
-                yield con
-            except duckdb.Error as exc:
-                fault = self._duckdb_fault(str(exc), "read")
-                if fault is None:
-                    raise
-                self._abandon()
-                raise fault from None
-            except StoreError:
-                self._abandon()
-                raise
+                with _faults(self, "read"):
+                    con = self._connection()
+                    if fold:
+                        self._fold()
+                    yield con
             finally:
                 self._last_activity = time.monotonic()
 
@@ -260,7 +237,7 @@ class Store:
             except duckdb.IOException as exc:
                 msg = str(exc)
                 if "lock" not in msg.lower():
-                    raise self._duckdb_fault(msg, "open") or schema.incompatible(
+                    raise duckdb_fault(msg, self.path, "open") or schema.incompatible(
                         self.path, msg
                     ) from None
                 if time.monotonic() >= deadline:
@@ -274,7 +251,7 @@ class Store:
                 delay = min(delay * 2, 0.25)
             except duckdb.Error as exc:
                 msg = str(exc)
-                raise self._duckdb_fault(msg, "open") or schema.incompatible(
+                raise duckdb_fault(msg, self.path, "open") or schema.incompatible(
                     self.path, msg
                 ) from None
         try:
@@ -301,59 +278,16 @@ class Store:
         self.journal.pending = scan.records
         self.journal.size = scan.end
         self._fold()
-        message = scan.describe(self.journal.path, aside)
-        if message:
-            warnings.warn_explicit(message, StoreWarning, APP, 0)
-            self.journal.append(
-                {
-                    "t": "ev",
-                    "ts": time.time(),
-                    "run_id": None,
-                    "step_id": None,
-                    "kind": "journal_recovered",
-                    "detail": json.dumps({"message": message}),
-                }
-            )
+        _report(self.journal, scan.describe(self.journal.path, aside))
 
     def _fold(self) -> None:
         if not self.journal.pending:
             if not self.journal.empty and self._con is not None:
                 self.journal.reset()
             return
-        try:
-            folded = fold(self._connection(), self.journal)
-        except duckdb.Error as exc:
-            # The journal keeps every record: the next holder folds them.
-            fault = self._duckdb_fault(str(exc), "fold the journal into")
-            if fault is None:
-                raise
-            self._abandon()
-            raise fault from None
-        if folded:
-            self.folds += 1
-
-    def _duckdb_fault(self, msg: str, doing: str) -> StoreError | None:
-        """One line for a DuckDB error that is an OS fault or a damaged file (else None)."""
-        fault = text_fault(msg, self.path, f"{doing} the store")
-        if fault is not None:
-            return fault
-        if "Corrupt database" in msg or (
-            "Could not read enough bytes" in msg and _is_duckdb(self.path)
-        ):
-            return StoreError(
-                f"the store {short(self.path)} is corrupt (DuckDB: {short(msg.splitlines()[0])}); "
-                f"see `airun doctor --db {short(self.path)}`, or restore a copy"
-            )
-        return None
-
-    def _abandon(self) -> None:
-        """After a fault: let go of the file without folding (the journal keeps its records)."""
-        if self._con is not None:
-            with contextlib.suppress(duckdb.Error):
-                self._con.close()
-            self._con = None
-        self.journal.close()
-        self.lease.release()
+        with _faults(self, "fold the journal into"):  # the journal keeps every record
+            if fold(self._connection(), self.journal):
+                self.folds += 1
 
     def _release_locked(self) -> None:
         if not self.lease.held:
@@ -401,17 +335,37 @@ class Store:
             self._mutex.release()
 
 
+@contextlib.contextmanager
+def _faults(store: Store, doing: str) -> Iterator[None]:
+    """A fault (OS error, damaged file) while holding the store: one line, and let go of the
+    file without folding; the journal keeps its records for the next holder."""
+    try:
+        yield
+    except (duckdb.Error, StoreError) as exc:
+        fault = exc if isinstance(exc, StoreError) else duckdb_fault(str(exc), store.path, doing)
+        if fault is None:
+            raise
+        if store._con is not None:
+            with contextlib.suppress(duckdb.Error):
+                store._con.close()
+            store._con = None
+        store.journal.close()
+        store.lease.release()
+        raise fault from None
+
+
+def _report(journal: Journal, message: str | None) -> None:
+    """Say in one line what recovery kept and set aside; keep it as an event too."""
+    if not message:
+        return
+    warnings.warn_explicit(message, StoreWarning, APP, 0)
+    event = {"t": "ev", "ts": time.time(), "run_id": None, "step_id": None}
+    event.update(kind="journal_recovered", detail=json.dumps({"message": message}))
+    journal.append(event)
+
+
 def _wal(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
-
-
-def _is_duckdb(path: Path) -> bool:
-    """Does the file start like a DuckDB database (magic ``DUCK`` at byte 8)?"""
-    try:
-        with open(path, "rb") as f:
-            return f.read(12)[8:12] == b"DUCK"
-    except OSError:
-        return False
 
 
 def _keep(ref: weakref.ReferenceType[Store]) -> None:
