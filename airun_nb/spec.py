@@ -136,6 +136,11 @@ class _Source:
             line = mark.line + 1 + self.line_offset if mark is not None else None
             problem = exc.problem or exc.context or "invalid YAML"
             raise SpecError(f"invalid YAML: {problem}", line=line) from None
+        except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a NUL byte)
+            line = self.text[: exc.position].count("\n") + 1 + self.line_offset
+            code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+            what = "a NUL byte" if code == 0 else f"character U+{code:04X}"
+            raise SpecError(f"invalid YAML: {what} is not allowed", line=line) from None
         except yaml.YAMLError as exc:
             raise SpecError(f"invalid YAML: {exc}") from None
 
@@ -422,7 +427,8 @@ class _Parser(_Source):
             def_hash=_hash(definition),
             foreach=foreach,
             item_name=item_name,
-            templated=when is not None  # a bare `when:` expression is a template too
+            templated=when is not None  # bare `when:` / `check:` expressions are templates too
+            or check is not None
             or _mentions_template(definition)
             or _mentions_template(d.get("notify")),
         )

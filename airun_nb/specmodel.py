@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import templates
+from .errors import TemplateError
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,12 @@ class WorkflowSpec:
                 if not s.templated:
                     continue
                 for field_path, source in _template_fields(s):
-                    names, _ = templates.references(source)
+                    try:
+                        names, _ = templates.references(source)
+                    except TemplateError as exc:
+                        raise TemplateError(
+                            f"step '{s.id}', field '{field_path}': {exc.message}"
+                        ) from None
                     cached.append((s.id, field_path, frozenset(names)))
             self.__dict__["_tnames"] = cached
         return cached
@@ -130,6 +136,9 @@ def _template_fields(step: StepSpec) -> list[tuple[str, str]]:
     if step.when:
         src = step.when if templates.has_template(step.when) else "{{ " + step.when + " }}"
         out.append(("when", src))
+    if step.check:
+        src = step.check if templates.has_template(step.check) else "{{ " + step.check + " }}"
+        out.append(("check", src))
     if step.compensate:
         out.extend(templates.walk_strings(step.compensate, "compensate"))
     return out

@@ -160,6 +160,12 @@ def references(source: str) -> tuple[set[str], set[str]]:
         ast = ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message}") from None
+    for flt in ast.find_all(nodes.Filter):
+        if flt.name not in ENV.filters:
+            raise TemplateError(f"unknown filter '{flt.name}'")
+    for tst in ast.find_all(nodes.Test):
+        if tst.name not in ENV.tests:
+            raise TemplateError(f"unknown test '{tst.name}'")
     names = {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"}
     assigned = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
     step_refs: set[str] = set()

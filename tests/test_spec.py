@@ -415,3 +415,37 @@ def test_changing_retry_changes_the_step_hash() -> None:
     base = parse(NATIVE)
     edited = parse(NATIVE.replace("retry: 2", "retry: 4"))
     assert edited.by_id["clean"].def_hash != base.by_id["clean"].def_hash
+
+
+def test_a_nul_byte_names_its_line() -> None:
+    text = "steps:\n  - id: a\n    python: |\n      x = 1\x00\n"
+    with pytest.raises(SpecError) as info:
+        parse(text)
+    assert str(info.value) == "line 4: invalid YAML: a NUL byte is not allowed"
+
+
+@pytest.mark.parametrize(
+    ("lines", "field", "what"),
+    [
+        ("    check: result > nothere\n", "check", "name 'nothere' is undefined"),
+        ("    when: params.x and nothere\n", "when", "name 'nothere' is undefined"),
+        ("    check: result | nofilter\n", "check", "unknown filter 'nofilter'"),
+        ("    when: params.x is notatest\n", "when", "unknown test 'notatest'"),
+        ("    with: {x: '{{ params | nofilter }}'}\n", "with.x", "unknown filter 'nofilter'"),
+    ],
+)
+def test_check_and_when_are_checked_before_anything_runs(
+    tmp_path: object, lines: str, field: str, what: str
+) -> None:
+    import airun_nb
+
+    db = f"{tmp_path}/s.duckdb"
+    text = "steps:\n  - id: a\n    python: 'result = 1'\n" + lines
+    with pytest.raises(airun_nb.AirunError) as info:
+        airun_nb.Workflow.from_yaml(text, name="w").run(db=db, namespace={})
+    assert f"step 'a', field '{field}'" in str(info.value)
+    assert what in str(info.value)
+    import os
+
+    if os.path.exists(db):
+        assert airun_nb.runs(db=db).empty
