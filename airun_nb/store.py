@@ -368,8 +368,11 @@ def _wal(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
 
 
+_stopping = threading.Event()
+
+
 def _keep(ref: weakref.ReferenceType[Store]) -> None:
-    while True:
+    while not _stopping.is_set():
         time.sleep(0.01)
         store = ref()
         if store is None:
@@ -385,6 +388,13 @@ def _keep(ref: weakref.ReferenceType[Store]) -> None:
 
 @atexit.register
 def _release_all() -> None:
+    # Keeper threads stop first and are waited for: a daemon thread still inside DuckDB when
+    # the interpreter finalizes would abort the process as it exits.
+    _stopping.set()
+    for store in list(_registry.values()):
+        keeper = store._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(timeout=5)
     for store in list(_registry.values()):
         with contextlib.suppress(Exception):
             store.release()

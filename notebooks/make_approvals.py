@@ -44,7 +44,8 @@ CELLS = [
         "output, stored with the run, and the first decision wins.\n"
         "\n"
         "This notebook keeps its store beside it, in `approvals.duckdb`, and starts from an empty "
-        "one. `AIRUN_USER` names who is acting (by default your login)."
+        "one. With `AIRUN_IDENTITY=env`, `AIRUN_USER` names who is acting (by default it is your "
+        "login; see docs/security.md for the identity modes)."
     ),
     code(
         "import os\n"
@@ -52,6 +53,7 @@ CELLS = [
         "from pathlib import Path\n"
         "\n"
         'os.environ["AIRUN_DB"] = "approvals.duckdb"\n'
+        'os.environ["AIRUN_IDENTITY"] = "env"  # play users by name in this demo\n'
         'os.environ["AIRUN_USER"] = "alice"\n'
         "for old in Path('.').glob('approvals.duckdb*'):  # the store and its side files\n"
         "    shutil.rmtree(old) if old.is_dir() else old.unlink()"
@@ -176,7 +178,14 @@ def build() -> nbformat.NotebookNode:
 def main() -> int:
     nb = build()
     env_before = dict(os.environ)
-    for var in ("AIRUN_DB", "AIRUN_APPROVAL", "AIRUN_APPROVAL_MODE", "AIRUN_CONFIG", "AIRUN_USER"):
+    for var in (
+        "AIRUN_DB",
+        "AIRUN_APPROVAL",
+        "AIRUN_APPROVAL_MODE",
+        "AIRUN_CONFIG",
+        "AIRUN_USER",
+        "AIRUN_IDENTITY",
+    ):
         os.environ.pop(var, None)
     try:
         NotebookClient(

@@ -86,6 +86,7 @@ CELLS = [
                 approvers: [role:lead]
             """))
 
+        os.environ["AIRUN_IDENTITY"] = "env"  # identity from AIRUN_USER (see docs/security.md)
         os.environ["AIRUN_USER"] = "llm-bot"  # the agent is the principal of every run below
         print(pathlib.Path("policy.yaml").read_text())
         '''

@@ -137,8 +137,8 @@ def build_quickstart():
 
             The store is one DuckDB file: `AIRUN_DB` if set, else `airun.duckdb` in the notebook's
             folder. This notebook uses `quickstart.duckdb` and deletes a previous one first, so
-            running it again from the top gives the same result. `AIRUN_USER` names who launches
-            the runs (by default, your login).
+            running it again from the top gives the same result. With `AIRUN_IDENTITY=env`,
+            `AIRUN_USER` names who launches the runs (by default, your login).
             """
         ),
         _code(
@@ -148,6 +148,7 @@ def build_quickstart():
             import shutil
 
             os.environ["AIRUN_DB"] = "quickstart.duckdb"
+            os.environ["AIRUN_IDENTITY"] = "env"
             os.environ["AIRUN_USER"] = "analyst"
             for leftover in pathlib.Path().glob("quickstart.duckdb*"):  # store, journal, lock
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
