@@ -368,6 +368,19 @@ def _wal(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
 
 
+def files_signature(db: Path) -> tuple[Any, ...]:
+    """Sizes and modification times of a store and its journal: a change means new records
+    (a cheap look that takes no lock, for watchers)."""
+    out: list[Any] = []
+    for p in (db, db.with_name(db.name + ".journal")):
+        try:
+            st = os.stat(p)
+            out.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
 _stopping = threading.Event()
 
 

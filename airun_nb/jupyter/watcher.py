@@ -10,7 +10,6 @@ gate's deadline passes, it reads the watched gates' rows once.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..store import Store
+from ..store import Store, files_signature
 
 POLL = 0.3  # seconds between looks at the files
 
@@ -32,17 +31,6 @@ class Watched(Protocol):
     def decided_elsewhere(self, row: dict[str, Any]) -> None: ...
 
     def deadline_reached(self) -> None: ...
-
-
-def _signature(db: Path) -> tuple[Any, ...]:
-    out: list[Any] = []
-    for p in (db, db.with_name(db.name + ".journal")):
-        try:
-            st = os.stat(p)
-            out.append((st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            out.append(None)
-    return tuple(out)
 
 
 def _past(deadline: Any) -> bool:
@@ -103,7 +91,7 @@ class GateWatcher:
     def _look(self, db: Path, widgets: Iterable[Watched]) -> None:
         widgets = list(widgets)
         due = [w for w in widgets if _past(w.row.get("deadline"))]
-        sig = _signature(db)
+        sig = files_signature(db)
         if sig == self._seen.get(str(db)) and not due:
             return
         if sig != self._settling.get(str(db)) and not due:

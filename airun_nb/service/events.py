@@ -10,11 +10,9 @@ CLI, this service) reaches every open stream in the order it was recorded.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,22 +20,11 @@ from fastapi import Request
 from sse_starlette.sse import EventSourceResponse
 
 from ..overview import iso, parse_since
-from ..store import Store
+from ..store import Store, files_signature
 
 POLL = 0.1  # seconds between looks at the files
 READ_ANYWAY = 5.0  # seconds after which the events are read even if the files look unchanged
 BATCH = 500
-
-
-def _signature(db: Path) -> tuple[Any, ...]:
-    out: list[Any] = []
-    for p in (db, db.with_name(db.name + ".journal")):
-        try:
-            st = os.stat(p)
-            out.append((st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            out.append(None)
-    return tuple(out)
 
 
 def _fetch(store: Store, after: datetime, run: str | None) -> list[dict[str, Any]]:
@@ -76,7 +63,7 @@ async def _events(
     last_read = 0.0
     while not await request.is_disconnected():
         now = time.monotonic()
-        signature = _signature(store.path)
+        signature = files_signature(store.path)
         if signature == seen and now - last_read < READ_ANYWAY:
             await anyio.sleep(POLL)
             continue
