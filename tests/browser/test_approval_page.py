@@ -184,11 +184,10 @@ def test_a_reviewer_with_a_browser_and_a_token_approves_a_kernels_gate(
                 f"document.querySelector('#run-{run_id} td.gates').textContent === '0'",
                 timeout=15_000,
             )
-            # The run goes on in its kernel: the kernel's gate watcher continues it by itself;
-            # without a watcher, re-running the cell does (the same run, not a new one).
-            if not wait_for_status(db, run_id, "completed", 10):
-                kernel.run(WORKFLOW)
-            assert wait_for_status(db, run_id, "completed", 60), "the run did not complete"
+            # The run goes on in its kernel by itself: the kernel's gate watcher continues it.
+            assert wait_for_status(db, run_id, "completed", 30), (
+                "the kernel did not continue the run after the web decision"
+            )
             assert airun_nb.runs(db=db)["run_id"].tolist() == [run_id]
             listing.wait_for_function(
                 f"document.querySelector('#run-{run_id} td.status').textContent === 'completed'",
