@@ -141,7 +141,9 @@ def test_approve_button_in_jupyterlab_continues_the_run(
 
     # the page shows the decision and the continued run in the gate's area
     page.page.get_by_text("Approved", exact=False).first.wait_for(state="visible", timeout=30_000)
-    assert page.button_locator("Approve").first.is_disabled()
+    # the buttons now say what was decided, and take no second decision
+    assert page.button_locator("Approved").first.is_disabled()
+    assert page.button_locator("Reject").first.is_disabled()
     run_id = str(row["run_id"])
     final = f"run {run_id} · release · completed"
     try:
