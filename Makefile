@@ -1,7 +1,7 @@
 # Two commands on a fresh machine:
 #   make quickstart   set up, then run notebooks/quickstart.ipynb headless and print its runs
-#   make lab          set up, then open notebooks/quickstart.ipynb in JupyterLab
 #   make test         set up (including headless Chromium), then run every test
+# and, after them, make lab: open notebooks/quickstart.ipynb in JupyterLab
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
