@@ -176,10 +176,11 @@ def scrub(rec: dict[str, Any]) -> dict[str, Any]:
     the free-text fields of :data:`SCRUB_FIELDS`."""
     fields = SCRUB_FIELDS.get(str(rec.get("t")), ())
     att = rec.get("att")
-    if not fields and not _secret_values and not isinstance(att, dict):
-        return rec
+    texts = [f for f in fields if isinstance(rec.get(f), str) and rec[f]]
+    if not texts and not _secret_values and not isinstance(att, dict):
+        return rec  # nothing to look at: the hot path of a step's records
     out = redact_secrets(rec) if _secret_values else dict(rec)
-    for f in fields:
+    for f in texts:
         v = out.get(f)
         if isinstance(v, str):
             out[f] = redact_json(v) if f in _JSON_FIELDS else redact_text(v)
