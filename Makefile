@@ -39,6 +39,7 @@ bench: $(VENV)/.test
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/step_overhead.py
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/readers.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
