@@ -128,9 +128,19 @@ def translate(doc: dict[str, Any], error: ErrorAt) -> Translation:
     return out
 
 
+# Keys whose presence needs the translation below; a step without any is native as written.
+_STEP_TRANSLATED = {
+    *SEED_STEP_ALIASES,
+    *("step_type", "max_retries", "approval_config", "retry_policy"),
+    *("compensate", "parallel", "capability"),
+}
+
+
 def _step(raw: Any, path: list[Any], out: Translation, error: ErrorAt) -> Any:
     if not isinstance(raw, dict):
         return raw
+    if raw.keys().isdisjoint(_STEP_TRANSLATED):
+        return dict(raw)
     d: dict[str, Any] = {}
     step_type: str | None = None
     max_retries: Any = None

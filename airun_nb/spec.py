@@ -8,6 +8,7 @@ the seed dialect is first translated into a native one by :mod:`airun_nb.dialect
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import warnings
@@ -16,9 +17,10 @@ from typing import Any
 
 import yaml
 
-from . import secrets, templates, yamlsafe
+from . import secrets, specparts, templates, yamlsafe
 from .dialect import Translation, translate
-from .digest import _hash
+from .digest import _hash as _hash  # the planner takes it from here
+from .digest import canonical, of_canonical
 from .durations import parse_duration
 from .errors import SpecError
 from .foreach import expand
@@ -26,6 +28,7 @@ from .specgraph import check_graph
 from .specgraph import suggest as _suggest
 from .specmodel import RetryPolicy, StepSpec, WorkflowSpec, cache_control, check_agent
 from .specmodel import mentions_template as _mentions_template
+from .specparts import NO_RETRY
 
 __all__ = [
     "RetryPolicy",
@@ -55,7 +58,6 @@ WORKFLOW_KEYS = {
 }
 RISKS = ("low", "medium", "high", "critical")
 ON_FAILURE = ("rollback", "stop")
-BACKOFFS = ("fixed", "exponential", "linear")
 TEMPLATE_ROOTS = {"params", "steps", "run"}
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
@@ -145,37 +147,7 @@ class _Source:
             raise SpecError(f"invalid YAML: {exc}") from None
 
     def retry(self, value: Any, path: list[Any]) -> RetryPolicy:
-        if value is None:
-            return RetryPolicy()
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = {"attempts": value}
-        if not isinstance(value, dict):
-            raise self.error("'retry' must be a number of attempts or a mapping", path)
-        # YAML 1.1 reads a bare `on:` key as the boolean True.
-        value = {("on" if k is True else k): v for k, v in value.items()}
-        allowed = {"attempts", "backoff", "initial", "max", "on", "max_attempts", "delay"}
-        for key in value:
-            if key not in allowed:
-                raise self.error(f"unknown key '{key}'{_suggest(key, allowed)}", [*path, key])
-        attempts = value.get("attempts", value.get("max_attempts", 1))
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-            raise self.error("'attempts' must be a positive integer", [*path, "attempts"])
-        backoff = value.get("backoff", "exponential")
-        if backoff not in BACKOFFS:
-            raise self.error(f"'backoff' must be one of {', '.join(BACKOFFS)}", [*path, "backoff"])
-        on = value.get("on", [])
-        if isinstance(on, str):
-            on = [on]
-        if not isinstance(on, list) or not all(isinstance(x, str) for x in on):
-            raise self.error("'on' must be a list of exception type names", [*path, "on"])
-        initial = value.get("initial", value.get("delay", 1.0))
-        return RetryPolicy(
-            attempts=attempts,
-            backoff=backoff,
-            initial=self.duration(initial, [*path, "initial"]),
-            max=self.duration(value.get("max", 30.0), [*path, "max"]),
-            on=tuple(on),
-        )
+        return specparts.retry(value, path, self.error, self.duration)
 
 
 class _Parser(_Source):
@@ -186,12 +158,7 @@ class _Parser(_Source):
         self.name = name
         self.default_name: str | None = None
         self._path_of: dict[str, list[Any]] = {}
-
-    def duration(self, value: Any, path: list[Any]) -> float:
-        try:
-            return parse_duration(value, path=_fmt_path(path))
-        except SpecError as exc:
-            raise self.error(exc.reason, path) from None
+        self._canonical: dict[int, str] = {}  # id(step) -> its definition's canonical JSON
 
     def parse(self) -> WorkflowSpec:
         doc = self.load()
@@ -264,24 +231,30 @@ class _Parser(_Source):
         )
         for i, s in enumerate(steps):
             s.index = i
-            for line in secrets.literal_warnings(s.with_, step=s.id):
-                warnings.warn(line, secrets.SecretWarning, stacklevel=4)
+            if s.with_:
+                for line in secrets.literal_warnings(s.with_, step=s.id):
+                    warnings.warn(line, secrets.SecretWarning, stacklevel=4)
         check_graph(spec, self._path_of, self.error)
-        spec.spec_hash = _hash(
-            {"name": spec.name, "steps": [s.definition for s in steps], "params": spec.params}
+        spec.spec_hash = specparts.spec_hash(
+            spec.name, spec.params, [self._canonical[id(s)] for s in steps]
         )
         return spec
 
     def step(self, raw: Any, path: list[Any], parent_needs: list[str]) -> list[StepSpec]:
+        plain = None if parent_needs else specparts.plain_step(raw)
+        if plain is not None:
+            self._canonical[id(plain[0])] = plain[1]
+            self._path_of[plain[0].id] = path
+            return [plain[0]]
         if not isinstance(raw, dict):
             raise self.error("each step must be a mapping with an 'id' and a kind", path)
-        d: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in STEP_KEYS:
-                raise self.error(
-                    f"unknown key '{key}'{_suggest(str(key), STEP_KEYS)}", [*path, key]
-                )
-            d[key] = value
+        if not STEP_KEYS.issuperset(raw):
+            for key in raw:
+                if key not in STEP_KEYS:
+                    raise self.error(
+                        f"unknown key '{key}'{_suggest(str(key), STEP_KEYS)}", [*path, key]
+                    )
+        d: dict[str, Any] = dict(raw)
         sid = d.get("id")
         if not isinstance(sid, str) or not _ID.match(sid):
             raise self.error(
@@ -327,7 +300,7 @@ class _Parser(_Source):
                 parse_config(body, step=sid)
             except (ApprovalError, SpecError) as exc:
                 raise self.error(str(exc).split(": ", 1)[-1], [*path, kind]) from None
-        retry = self.retry(d.get("retry"), [*path, "retry"])
+        retry = NO_RETRY if d.get("retry") is None else self.retry(d["retry"], [*path, "retry"])
         timeout = (
             self.duration(d["timeout"], [*path, "timeout"])
             if d.get("timeout") is not None
@@ -403,6 +376,7 @@ class _Parser(_Source):
         if kind == "parallel":
             definition["parallel"] = [c.definition for c in children]
         definition["needs"] = sorted(needs)
+        text = canonical(definition)
         step = StepSpec(
             id=sid,
             kind=kind,
@@ -421,17 +395,20 @@ class _Parser(_Source):
             executor=d.get("executor"),
             description=d.get("description"),
             notify=d.get("notify"),
-            agent=check_agent(d.get("agent"), [*path, "agent"], self.error),
+            agent=check_agent(d["agent"], [*path, "agent"], self.error) if "agent" in d else None,
             cache=cache,
             definition=definition,
-            def_hash=_hash(definition),
+            def_hash=of_canonical(text),
             foreach=foreach,
             item_name=item_name,
             templated=when is not None  # bare `when:` / `check:` expressions are templates too
             or check is not None
-            or _mentions_template(definition)
+            # a template's "{{" / "{%" can only come from a string in the JSON text
+            or "{{" in text
+            or "{%" in text
             or _mentions_template(d.get("notify")),
         )
+        self._canonical[id(step)] = text
         self._path_of[sid] = path
         return [*children, step]
 
@@ -483,13 +460,21 @@ def parse(
 
     ``name`` overrides the YAML's ``name:``; ``line_offset`` is added to reported line numbers
     (a ``%%workflow`` cell's YAML starts on the cell's second line).
+
+    The cyclic garbage collector is paused meanwhile: parsing builds many objects and no cycles,
+    and collections would otherwise take nearly half the time of a big workflow.
     """
-    if file_stem is None:
-        return _Parser(text, name, line_offset).parse()
     parser = _Parser(text, name or file_stem, line_offset)
-    if name is None:  # a file: a seed document is named by its name:, a native one by the file
+    if file_stem is not None and name is None:
+        # a file: a seed document is named by its name:, a native one by the file
         parser.default_name = file_stem
-    return parser.parse()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return parser.parse()
+    finally:
+        if was:
+            gc.enable()
 
 
 def from_dict(doc: Mapping[str, Any], *, name: str | None = None) -> WorkflowSpec:

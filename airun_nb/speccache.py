@@ -43,6 +43,8 @@ _PARSER_MODULES = (
     "foreach.py",
     "templates.py",
     "yamlsafe.py",
+    "yamlplain.py",
+    "specparts.py",
     "agentpolicy.py",
     "speccache.py",
 )

@@ -4,8 +4,13 @@ YAML aliases let a few hundred bytes describe a structure of 10^8 nodes (the "bi
 shape): loading it is quick, because aliases share objects, but everything that later walks the
 document (validation, hashing, JSON) expands it. :func:`load` composes the document first,
 counts the nodes it stands for *with every alias expanded* (without expanding anything: each
-node's size is computed once), and refuses past :data:`MAX_NODES` or :data:`MAX_ALIASES`, in
-one line. Only then are Python objects built, with PyYAML's safe constructor.
+node's size is computed once), and refuses when aliases add more than :data:`MAX_NODES` nodes to
+the ones written in the document, or it uses more than :data:`MAX_ALIASES` aliases, in one line.
+Only then are Python objects built, with PyYAML's safe constructor. The nodes a document writes
+out itself are bounded by :data:`MAX_BYTES`, so a long plain workflow (50,000 steps) loads.
+
+Text in the plain subset of YAML (no anchors, aliases or tags; see :mod:`airun_nb.yamlplain`)
+is read by a faster line reader instead, and cannot expand.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from typing import Any
 
 import yaml
 
+from . import yamlplain
 from .errors import AirunError
 
-MAX_NODES = 200_000  # expanded scalars, sequences and mappings in one document
+MAX_NODES = 200_000  # nodes that aliases add to a document's own, once expanded
 MAX_ALIASES = 1_000  # alias references (``*name``) in one document
 MAX_BYTES = 8 * 1024 * 1024
 
@@ -59,8 +65,11 @@ def _check_duplicates(root: yaml.Node) -> None:
             stack.extend(node.value)
 
 
-def expanded_size(root: yaml.Node, *, limit: int = MAX_NODES) -> int:
-    """How many nodes ``root`` stands for with aliases expanded (stops counting past limit)."""
+def expanded_size(root: yaml.Node, *, limit: int | None = None) -> int:
+    """How many nodes ``root`` stands for with aliases expanded (stops counting past limit,
+    by default :data:`MAX_NODES` more than the distinct nodes it is made of)."""
+    if limit is None:
+        limit = distinct_nodes(root) + MAX_NODES
     sizes: dict[int, int] = {}
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     on_stack: set[int] = set()
@@ -105,20 +114,41 @@ def load(text: str, *, where: str = "the document") -> Any:
         raise YamlLimitError(
             f"{where} uses more than {MAX_ALIASES} YAML aliases; refused (alias expansion limit)"
         )
+    doc = yamlplain.load(text)  # never holds an anchor, alias or tag
+    if doc is not yamlplain.NOT_PLAIN:
+        return doc
     node = yaml.compose(text, Loader=_Composer)
     if node is None:
         return None
-    size = expanded_size(node)
-    if size > MAX_NODES:
-        raise YamlLimitError(
-            f"{where} expands to more than {MAX_NODES} YAML nodes (aliases included); refused"
-        )
+    if aliases:  # without an alias ('*'), no node is reached twice
+        own = distinct_nodes(node)
+        if expanded_size(node, limit=own + MAX_NODES) > own + MAX_NODES:
+            raise YamlLimitError(
+                f"{where} expands to more than {MAX_NODES} YAML nodes through aliases; refused"
+            )
     _check_duplicates(node)
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def distinct_nodes(root: yaml.Node) -> int:
+    """How many nodes the document is made of (an aliased node counts once)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for pair in node.value:
+                stack.extend(pair)
+    return len(seen)
 
 
 def _count_aliases(text: str) -> int:

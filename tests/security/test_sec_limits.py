@@ -41,6 +41,26 @@ def test_too_many_aliases_are_refused() -> None:
         yamlsafe.load(text)
 
 
+def test_a_long_document_with_an_alias_is_not_refused_for_its_own_nodes() -> None:
+    # 250,000 nodes written out (over MAX_NODES) and one alias that adds a single node
+    text = "a: &x 1\nb: *x\nitems: [" + ", ".join(["0"] * 250_000) + "]\n"
+    doc = yamlsafe.load(text)
+    assert doc["b"] == 1 and len(doc["items"]) == 250_000
+
+
+def test_a_bomb_inside_a_long_document_is_still_refused() -> None:
+    # the document's own 250,000 nodes give the aliases no more room than MAX_NODES
+    text = _bomb(7) + "items: [" + ", ".join(["0"] * 250_000) + "]\n"
+    with pytest.raises(yamlsafe.YamlLimitError, match="through aliases"):
+        yamlsafe.load(text)
+
+
+def test_a_document_over_the_byte_limit_is_refused() -> None:
+    text = "a: [" + ", ".join(["0"] * (yamlsafe.MAX_BYTES // 3 + 1)) + "]\n"
+    with pytest.raises(yamlsafe.YamlLimitError, match="bytes"):
+        yamlsafe.load(text)
+
+
 def test_ordinary_aliases_still_load() -> None:
     assert yamlsafe.load("base: &b {retry: 2}\nstep: *b\n") == {
         "base": {"retry": 2},
