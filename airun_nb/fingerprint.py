@@ -8,8 +8,9 @@ stops there). An inline ``python:`` step gets the same for the names its code re
 Each component is a name (``function load_sales``, ``helper normalize``, ``global THRESHOLD``,
 ``closure factor``, ``package pandas``) with a hash and a short value to show, so that a later run
 can say exactly what changed (:func:`changes`). Values are hashed by content: plain values by
-their representation, DataFrames with :func:`pandas.util.hash_pandas_object`, arrays by their
-bytes, other objects by their pickle; an object that cannot be hashed is listed as not tracked.
+their representation, DataFrames with :func:`pandas.util.hash_pandas_object` (big ones by the
+bytes of their columns, see :mod:`airun_nb.framehash`), arrays by their bytes, other objects by
+their pickle; an object that cannot be hashed is listed as not tracked.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import framehash
 
 # Names every step's code sees that are not the notebook's.
 STEP_NAMES = frozenset({"params", "steps", "run", "result", "secrets", "__builtins__"})
@@ -426,14 +429,18 @@ def _value_hash(value: Any) -> tuple[str, str] | None:
         import pandas as pd
 
         if isinstance(value, (pd.DataFrame, pd.Series, pd.Index)):
-            try:
-                rows = pd.util.hash_pandas_object(value, index=True).to_numpy()
-            except (TypeError, ValueError):
-                return None
             meta = repr((type(value).__name__, list(map(str, getattr(value, "columns", [])))))
             meta += repr(getattr(value, "dtypes", getattr(value, "dtype", "")))
             shape = "x".join(str(n) for n in value.shape)
-            return _sha(meta.encode() + rows.tobytes()), f"{type(value).__name__} {shape}"
+            try:
+                if framehash.shallow_bytes(value) >= framehash.BIG_FRAME_BYTES:
+                    digest = framehash.digest(value, meta)
+                else:
+                    rows = pd.util.hash_pandas_object(value, index=True).to_numpy()
+                    digest = _sha(meta.encode() + rows.tobytes())
+            except (TypeError, ValueError):
+                return None
+            return digest, f"{type(value).__name__} {shape}"
     if module == "numpy" and hasattr(value, "tobytes") and hasattr(value, "dtype"):
         try:
             data = value.tobytes()

@@ -547,6 +547,30 @@ steps:
     assert second.outputs["goals"]["goal"].tolist() == [5.0, 2.0]
 
 
+def test_one_changed_cell_of_a_big_notebook_frame_reruns_the_step_that_reads_it(shell) -> None:
+    # over 8 MB: hashed by the bytes of its columns, not row by row
+    assert shell.run_cell(
+        "import numpy as np\n"
+        "big = pd.DataFrame({'a': np.arange(700_000, dtype='float64'), 'c': ['x'] * 700_000})\n"
+        "def total():\n"
+        "    tick('total')\n"
+        "    return float(big['a'].sum()) + int((big['c'] == 'y').sum())\n"
+    ).success
+    cell = "%%workflow bigframe\nsteps:\n  - id: total\n    call: total\n"
+    first = run_cell(shell, cell=cell)
+    second = run_cell(shell, cell=cell)
+    assert why_rows(second.run_id)["total"]["changed"] == []  # hashed alike: nothing changed
+    expected = first.outputs["total"]
+    for change, delta in (("big.loc[699_999, 'a'] = 0.0", -699_999), ("big.loc[5, 'c'] = 'y'", 1)):
+        assert shell.run_cell(change).success
+        again = run_cell(shell, cell=cell)
+        rows = why_rows(again.run_id)
+        assert rows["total"]["decision"] == "ran", change
+        assert rows["total"]["changed"] == ["global big changed"]
+        expected += delta
+        assert again.outputs["total"] == expected
+
+
 @pytest.mark.slow
 def test_time_travel_notebook_reproduces_its_saved_outputs(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
