@@ -10,6 +10,13 @@ Fixture ``lab``: a factory bound to a fresh tmp root dir::
         page.run_all()
         page.click_button("Approve")
 
+Fixture ``jupyter``: the same factory, parametrized over both front ends, JupyterLab
+(``[lab]``) and Notebook 7 (``[notebook7]``): a test written against it runs in each.
+
+``factory.shot(name)`` is where a test writes a screenshot: the test's artifacts (removed when
+it passes), or, when ``AIRUN_SCREENSHOTS=<dir>`` is set, ``<dir>/<front end>-<name>.png``,
+kept.
+
 Missing Chromium skips the test locally, but FAILS it when ``CI`` is set.
 """
 
@@ -24,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from .harness import CHROMIUM_PATH, ChromiumBrowser, JupyterLabServer, LabPage
+from .harness import CHROMIUM_PATH, FRONT_ENDS, ChromiumBrowser, JupyterLabServer, LabPage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SRC_DIR = REPO_ROOT
@@ -68,9 +75,10 @@ def require_browser() -> None:
 class LabFactory:
     """Starts JupyterLab servers + Chromium pages over one root dir."""
 
-    def __init__(self, root: Path, artifacts: Path) -> None:
+    def __init__(self, root: Path, artifacts: Path, front_end: str = "lab") -> None:
         self.root = root
         self.artifacts = artifacts
+        self.front_end = front_end
         self._servers: list[JupyterLabServer] = []
         self._browsers: list[ChromiumBrowser] = []
         self.pages: list[LabPage] = []
@@ -85,6 +93,15 @@ class LabFactory:
             self._pw_cm = sync_playwright()
             self._pw = self._pw_cm.__enter__()
         return self._pw
+
+    def shot(self, name: str) -> Path:
+        """Where to write the screenshot ``name`` (see the module's docstring)."""
+        keep = os.environ.get("AIRUN_SCREENSHOTS", "").strip()
+        if keep:
+            out = Path(keep)
+            out.mkdir(parents=True, exist_ok=True)
+            return out / f"{self.front_end}-{name}.png"
+        return self.artifacts / f"{name}.png"
 
     @property
     def server(self) -> JupyterLabServer:
@@ -119,6 +136,7 @@ class LabFactory:
             env=full_env,
             log_path=self.artifacts / f"jupyterlab-{n}.log",
             startup_timeout=startup_timeout,
+            front_end=self.front_end,
         )
         self._servers.append(server)  # before start(): close() reaps it on failure
         server.start()
@@ -155,14 +173,15 @@ class LabFactory:
             server.cleanup_state()
 
 
-@pytest.fixture
-def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabFactory]:
+def _factory(
+    tmp_path: Path, request: pytest.FixtureRequest, front_end: str
+) -> Iterator[LabFactory]:
     require_browser()
     root = tmp_path / "root"
     root.mkdir()
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
-    factory = LabFactory(root, artifacts)
+    factory = LabFactory(root, artifacts, front_end=front_end)
     try:
         yield factory
     finally:
@@ -175,3 +194,15 @@ def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabFactory]:
                 print(f"--- {server.log_path} (tail) ---\n{server.log_tail(40)}")
         else:
             shutil.rmtree(artifacts, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabFactory]:
+    """JupyterLab only."""
+    yield from _factory(tmp_path, request, "lab")
+
+
+@pytest.fixture(params=FRONT_ENDS)
+def jupyter(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabFactory]:
+    """JupyterLab, then Notebook 7: the test runs once in each front end."""
+    yield from _factory(tmp_path, request, request.param)

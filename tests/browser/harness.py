@@ -1,5 +1,8 @@
 """Real end-to-end browser harness: a real JupyterLab on loopback, driven by a
 real headless Chromium (Debian's ``/usr/bin/chromium``) through Playwright.
+The same server class runs either front end: JupyterLab 4 (``front_end="lab"``)
+or Notebook 7 (``front_end="notebook7"``); both are the same kind of app in the
+page (``window.jupyterapp``), so every page helper works in both.
 
 Nothing here downloads anything: Playwright is pointed at the system Chromium
 (never run ``playwright install``), JupyterLab is started with every remote
@@ -14,7 +17,7 @@ Three building blocks, usable with or without pytest:
   fresh persistent context (empty user-data-dir) of the system Chromium.
 * :class:`LabPage`           - notebook-level helpers over that page:
   ``open_notebook``, ``run_all``, ``wait_idle``, ``click_button``,
-  ``output_text``, ``screenshot``.
+  ``output_text``, ``screenshot``, ``element_screenshot``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ CHROMIUM_ARGS = [
     "--metrics-recording-only",
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
 ]
+
+#: The front ends a :class:`JupyterLabServer` can run, and the page that opens a notebook in each.
+FRONT_ENDS = ("lab", "notebook7")
+_NOTEBOOK_PAGE = {"lab": "/lab/tree/", "notebook7": "/notebooks/"}
 
 DEFAULT_STARTUP_TIMEOUT = 120.0  # s; first JupyterLab start on 2 cores can be slow
 DEFAULT_NOTEBOOK_TIMEOUT = 90.0  # s; page load + kernel start
@@ -173,7 +180,8 @@ LAB_USER_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 class JupyterLabServer:
-    """Run a real JupyterLab on 127.0.0.1 for the duration of a ``with`` block.
+    """Run a real JupyterLab (or, with ``front_end="notebook7"``, a real Notebook 7) on
+    127.0.0.1 for the duration of a ``with`` block.
 
     ``env`` is merged over ``os.environ`` and is what kernels inherit (kernels
     are children of the server), so set e.g. ``AIRUN_DB`` there.
@@ -189,7 +197,11 @@ class JupyterLabServer:
         log_path: Path | str | None = None,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         extra_args: list[str] | None = None,
+        front_end: str = "lab",
     ) -> None:
+        if front_end not in FRONT_ENDS:
+            raise ValueError(f"front_end must be one of {FRONT_ENDS}, not {front_end!r}")
+        self.front_end = front_end
         self.root_dir = Path(root_dir).resolve()
         self.env_overrides = dict(env or {})
         self.port = port or free_port()
@@ -212,6 +224,11 @@ class JupyterLabServer:
         q = {"token": self.token, **query}
         return f"{self.base_url}{path}?{urllib.parse.urlencode(q)}"
 
+    def notebook_url(self, relpath: str) -> str:
+        """The page that opens the notebook ``relpath`` in this server's front end."""
+        quoted = urllib.parse.quote(relpath.lstrip("/"))
+        return self.url(_NOTEBOOK_PAGE[self.front_end] + quoted)
+
     def log_tail(self, lines: int = 60) -> str:
         return tail(self.log_path, lines)
 
@@ -233,10 +250,26 @@ class JupyterLabServer:
         settings_dir = self._write_settings()
         workspaces_dir = self._state_dir / "lab-workspaces"
         workspaces_dir.mkdir(exist_ok=True)
+        module = "notebook" if self.front_end == "notebook7" else "jupyterlab"
+        app = "JupyterNotebookApp" if self.front_end == "notebook7" else "LabApp"
+        app_args = [
+            # window.jupyterapp for reliable commands/kernel status
+            f"--{app}.expose_app_in_browser=True",
+            f"--{app}.user_settings_dir={settings_dir}",
+            f"--{app}.workspaces_dir={workspaces_dir}",
+        ]
+        if self.front_end == "lab":
+            # nothing remote: no news feed, no update check, no PyPI manager (JupyterLab's
+            # settings; the browser reaches no host but loopback in either front end)
+            app_args += [
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.extension_manager=readonly",
+            ]
         return [
             sys.executable,
             "-m",
-            "jupyterlab",
+            module,
             "--no-browser",
             "--ip=127.0.0.1",
             f"--port={self.port}",
@@ -246,14 +279,7 @@ class JupyterLabServer:
             "--ServerApp.open_browser=False",
             "--ServerApp.allow_remote_access=False",
             "--ServerApp.terminals_enabled=False",
-            # nothing remote: no news feed, no update check, no PyPI manager
-            "--LabApp.news_url=None",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--LabApp.extension_manager=readonly",
-            # window.jupyterapp for reliable commands/kernel status
-            "--LabApp.expose_app_in_browser=True",
-            f"--LabApp.user_settings_dir={settings_dir}",
-            f"--LabApp.workspaces_dir={workspaces_dir}",
+            *app_args,
             *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
             *self.extra_args,
         ]
@@ -542,9 +568,8 @@ class LabPage:
     def open_notebook(self, relpath: str, timeout: float = DEFAULT_NOTEBOOK_TIMEOUT) -> None:
         """Open ``relpath`` (relative to the server root) and wait for an idle kernel."""
         deadline = time.monotonic() + timeout
-        quoted = urllib.parse.quote(relpath.lstrip("/"))
         self.page.goto(
-            self.server.url(f"/lab/tree/{quoted}"),
+            self.server.notebook_url(relpath),
             wait_until="domcontentloaded",
             timeout=timeout * 1000,
         )
@@ -688,3 +713,21 @@ class LabPage:
         p.parent.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(p), full_page=full_page)
         return p
+
+    def element_screenshot(self, locator: Any, path: Path | str, timeout: float = 30.0) -> Path:
+        """A screenshot of one element (scrolled into view first).
+
+        Outputs are redrawn in place while a run is live, so an element may be replaced between
+        finding it and taking the picture: that is retried until ``timeout``."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                locator.scroll_into_view_if_needed(timeout=5_000)
+                locator.screenshot(path=str(p), timeout=5_000, animations="disabled")
+                return p
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise self.fail(f"no screenshot of {locator}: {exc}") from None
+                time.sleep(0.1)
