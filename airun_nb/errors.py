@@ -11,6 +11,10 @@ from __future__ import annotations
 class AirunError(Exception):
     """Base class of every error airun_nb raises on purpose."""
 
+    #: The line a notebook cell shows instead of the message, when the cell already shows part
+    #: of it (a failed run's reason is in its step's row): set by the notebook front end.
+    shown: str | None = None
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
@@ -19,7 +23,7 @@ class AirunError(Exception):
         return self.message
 
     def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self.message}"]
+        return [f"{type(self).__name__}: {self.shown or self.message}"]
 
 
 class SpecError(AirunError):

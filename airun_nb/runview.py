@@ -181,6 +181,14 @@ def _dur(seconds: float | None) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
+def _error_line(view: RunView, shown: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the table ends with the run's error: not when a shown step's note says it
+    already (a failed step's reason is said once, in its row)."""
+    if not view.error or view.status == "completed":
+        return False
+    return all(r["note"] != view.error for r in shown)
+
+
 def render_text(view: RunView, *, limit: int = 60) -> str:
     rows = view.rows
     ran = sum(1 for r in rows if r["status"] not in ("replayed", "pending", "skipped"))
@@ -200,12 +208,13 @@ def render_text(view: RunView, *, limit: int = 60) -> str:
     for i, r in enumerate(shown):
         if len(rows) > limit and i == limit // 2:
             lines.append(f"  ... {len(rows) - limit} more steps ...")
-        note = r["note"] if len(r["note"]) <= 90 else r["note"][:87] + "..."
+        long = len(r["note"]) > 90 and r["note"] != view.error  # the reason is shown whole
+        note = r["note"][:87] + "..." if long else r["note"]
         lines.append(
             f"  {r['step']:<{w_step}}  {r['kind']:<{w_kind}}  {r['status']:<{w_status}}  "
             f"{r['attempts']:>8}  {_dur(r['duration']):>8}  {note}".rstrip()
         )
-    if view.error and view.status != "completed":
+    if _error_line(view, shown):
         lines.append(f"  error: {view.error}")
     return "\n".join(lines)
 
@@ -254,8 +263,8 @@ def render_html(view: RunView, *, limit: int = 200) -> str:
     if len(rows) > limit:
         out.append(f"<tr><td colspan=6>... {len(rows) - limit} more steps</td></tr>")
     out.append("</tbody></table>")
-    if view.error and view.status != "completed":
-        out.append(f'<div class="airun-error">error: {html.escape(view.error)}</div>')
+    if _error_line(view, shown):
+        out.append(f'<div class="airun-error">error: {html.escape(str(view.error))}</div>')
     out.append("</div>")
     return "".join(out)
 

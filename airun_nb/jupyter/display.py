@@ -11,6 +11,7 @@ from typing import Any
 
 from IPython.display import display
 
+from ..errors import AirunError, WorkflowFailed
 from ..ledger import Listener
 from ..runner import Runner
 from ..runview import render_html, render_text, view_of_run
@@ -20,6 +21,25 @@ MIN_INTERVAL = 0.1  # at most 10 redraws a second, however fast steps change
 TICK = 0.5  # while a step runs (or waits), its elapsed time is redrawn this often
 COST_FACTOR = 25  # redraws are spaced by at least this many times what one costs
 _LIVE = ("running", "waiting")
+
+
+def said_once(exc: AirunError, engine: Runner) -> str:
+    """The line a cell shows for ``exc`` under the run's table (also set as ``exc.shown``).
+
+    A failed run's reason is already in its step's row, so the line names the step and what
+    became of the run, without saying the reason a second time. The message itself stays
+    whole: headless tools (``airun run NOTEBOOK``) report it without the table."""
+    step, error = engine.failed_step, engine.error
+    said = f" failed at step '{step}': {error}"
+    if (
+        isinstance(exc, WorkflowFailed)
+        and step
+        and error
+        and said in exc.message
+        and any(r["note"] == error for r in view_of_run(engine).rows)
+    ):
+        exc.shown = exc.message.replace(said, f" failed at step '{step}'", 1)
+    return f"{type(exc).__name__}: {exc.shown or exc.message}"
 
 
 class _Snapshot:

@@ -17,11 +17,12 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
 from .. import codestore, explanation, history, rundiff
+from ..errors import WorkflowFailed
 from ..store import Store
 from ..timeouts import name_files_with
 from ..workflow import Workflow, rollback, stored_params
 from .config import Workflow as WorkflowSettings
-from .display import LiveTable
+from .display import LiveTable, said_once
 from .lastrun import last_result, remember
 from .widgets import draw_gates, waiting_line
 
@@ -108,10 +109,14 @@ class WorkflowMagics(Magics):
             codestore.save(engine.store, engine.run_id, codestore.notebook_functions(targets, ns))
         try:
             engine.execute()
+        except WorkflowFailed as exc:
+            said_once(exc, engine)
+            raise
         finally:
             remember(engine)
             if engine.open_gates:
-                draw_gates(engine.open_gates, engine.store.path, ns)
+                # the cell's live table, right above, already shows the run waiting
+                draw_gates(engine.open_gates, engine.store.path, ns, table=False)
 
     def _setting(self, name: str) -> Any:
         for conf in self.shell.configurables:

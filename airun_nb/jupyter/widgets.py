@@ -31,7 +31,7 @@ from ..runner import Runner
 from ..runview import render_html, render_text
 from ..store import Store
 from ..workflow import Workflow
-from .display import WidgetTable
+from .display import WidgetTable, said_once
 from .lastrun import remember
 from .watcher import WATCHER
 
@@ -94,9 +94,19 @@ def _decided_line(row: Mapping[str, Any]) -> str:
 
 
 class GateWidget(widgets.VBox):
-    """One open gate. ``approve_button.click()`` does what a click in the page does."""
+    """One open gate. ``approve_button.click()`` does what a click in the page does.
 
-    def __init__(self, row: Mapping[str, Any], db: Path, namespace: MutableMapping[str, Any]):
+    With ``table=False`` (the run's table is drawn right above the gate) the gate's own table
+    stays empty until the run continues, so the cell does not show the same table twice."""
+
+    def __init__(
+        self,
+        row: Mapping[str, Any],
+        db: Path,
+        namespace: MutableMapping[str, Any],
+        *,
+        table: bool = True,
+    ):
         self.row = dict(row)
         self.db = db
         self.namespace = namespace
@@ -130,7 +140,7 @@ class GateWidget(widgets.VBox):
         self.reject_button.on_click(lambda _b: self.decide(gate.REJECT))
         self.cancel_button.on_click(lambda _b: self.cancel())
         self.status = widgets.HTML("")
-        self.table = widgets.HTML(self._stored_table()[1])
+        self.table = widgets.HTML(self._stored_table()[1] if table else "")
         self.out = widgets.Output()
         parts += [
             self.comment,
@@ -250,12 +260,13 @@ class GateWidget(widgets.VBox):
         try:
             runner.execute()
         except AirunError as exc:
-            self.out.append_stdout(f"{type(exc).__name__}: {exc.message}\n")
+            self.out.append_stdout(said_once(exc, runner) + "\n")
         finally:
             remember(runner)
             for row in runner.open_gates:
                 fresh = gate.gate_row(runner.store, str(row["run_id"]), str(row["gate_id"]))
-                self.out.append_display_data(GateWidget(fresh or row, self.db, self.namespace))
+                gate_widget = GateWidget(fresh or row, self.db, self.namespace, table=False)
+                self.out.append_display_data(gate_widget)
 
     def continue_run(self) -> None:
         """Continue the run after its gate was decided (here or elsewhere)."""
@@ -315,9 +326,14 @@ def _pid() -> int:
 
 
 def draw_gates(
-    rows: list[Mapping[str, Any]], db: Path, namespace: MutableMapping[str, Any]
+    rows: list[Mapping[str, Any]],
+    db: Path,
+    namespace: MutableMapping[str, Any],
+    *,
+    table: bool = True,
 ) -> None:
+    """Display a gate widget per row; ``table=False`` when the run's table is right above."""
     store = Store.open(db)
     for row in rows:
         fresh = gate.gate_row(store, str(row["run_id"]), str(row["gate_id"])) or row
-        display(GateWidget(fresh, db, namespace))
+        display(GateWidget(fresh, db, namespace, table=table))
