@@ -3,8 +3,9 @@
 A workflow's text is untrusted. Three things keep it inside its bounds:
 
 * **Protected paths.** The store file and everything beside it that carries its name (the
-  journal ``<store>.journal``, the lock ``<store>.lock``, the waiters folder, the undo and trash
-  folder ``<store>.undo``, DuckDB's ``<store>.wal``) and the workspace root itself are refused
+  journal slots ``<store>.journal``, ``.journal.2``... made yet or not, the lock
+  ``<store>.lock``, the waiters folder, the undo and trash folder ``<store>.undo``, DuckDB's
+  ``<store>.wal``) and the workspace root itself are refused
   as the source or target of every file capability and as a ``sql.exec`` database, and so is any
   folder that contains one of them (deleting it would delete the store). Paths are compared as
   resolved real paths, so ``..`` and symlinks do not get around it.
@@ -71,6 +72,8 @@ def protection(
     if store_path is None:
         return None
     store = _real(store_path)
+    if real.parent == store.parent and real.name.startswith(store.name + ".journal"):
+        return f"is the store's file {real.name}"  # every journal slot, made yet or not
     for root in protected_roots(store_path):
         what = "the store" if root == store else f"the store's file {root.name}"
         if real == root:

@@ -56,7 +56,7 @@ def examine(db: str | os.PathLike[str] | None = None, *, repair: bool = False) -
         if journal
         else Finding("journal", "ok", "every journaled record folded")
     )
-    aside = sorted(path.parent.glob(path.name + ".journal.damaged-*"))
+    aside = sorted(path.parent.glob(path.name + ".journal*.damaged-*"))
     if aside:
         names = ", ".join(p.name for p in aside[:3]) + (" ..." if len(aside) > 3 else "")
         findings.append(

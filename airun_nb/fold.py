@@ -1,8 +1,9 @@
 """Folding: journal records into DuckDB rows, in one transaction per batch.
 
 Records of tables with a primary key are full rows, so the latest record of a row wins
-(``INSERT OR REPLACE``); events and audit rows are appended. The transaction also records the
-journal generation and the byte offset folded up to, so folding again after a crash is harmless.
+(``INSERT OR REPLACE``); events and audit rows are appended. The transaction also records, for
+each journal slot it read, the generation and the byte offset folded up to, so folding again
+after a crash is harmless and a slot is never folded twice.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from .crashpoints import crashpoint
-from .journal import Journal
+from .journal import meta_keys
 from .schema import _TS, RECORD_TABLE, TABLES
 
 if TYPE_CHECKING:
@@ -53,13 +54,17 @@ def batch(table: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=[c for c, _ in cols])
 
 
-def fold(con: duckdb.DuckDBPyConnection, journal: Journal) -> bool:
-    """Fold the journal's pending records into DuckDB in one transaction; True if it did."""
-    if not journal.pending:
-        return False
+Mark = tuple[int, str, int]  # (slot, generation, byte offset folded up to)
+
+
+def fold(
+    con: duckdb.DuckDBPyConnection, records: Sequence[dict[str, Any]], marks: Sequence[Mark]
+) -> None:
+    """Fold ``records`` (oldest first) into DuckDB and set each slot's mark, in one
+    transaction."""
     grouped: dict[str, dict[Any, dict[str, Any]]] = {}
     appended: dict[str, list[dict[str, Any]]] = {}
-    for rec in journal.pending:
+    for rec in records:
         t = rec.get("t")
         table = RECORD_TABLE.get(t or "")
         if table is None:
@@ -79,10 +84,12 @@ def fold(con: duckdb.DuckDBPyConnection, journal: Journal) -> bool:
             _insert(con, table, list(rows.values()), replace=True)
         for table, rows_ in appended.items():
             _insert(con, table, rows_, replace=False)
-        con.execute(
-            "INSERT OR REPLACE INTO airun_meta VALUES ('journal_gen', ?), ('journal_offset', ?)",
-            [journal.gen, str(journal.size)],
-        )
+        for slot, gen, offset in marks:
+            gen_key, offset_key = meta_keys(slot)
+            con.execute(
+                "INSERT OR REPLACE INTO airun_meta VALUES (?, ?), (?, ?)",
+                [gen_key, gen, offset_key, str(offset)],
+            )
         crashpoint("fold:before_commit")
         con.execute("COMMIT")
     except BaseException:
@@ -90,8 +97,6 @@ def fold(con: duckdb.DuckDBPyConnection, journal: Journal) -> bool:
             con.execute("ROLLBACK")
         raise
     crashpoint("fold:after_commit")
-    journal.reset()
-    return True
 
 
 def _insert(

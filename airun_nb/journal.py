@@ -8,6 +8,12 @@ process being killed (``AIRUN_SYNC=group`` adds an ``fsync`` at most every few m
 by :class:`~airun_nb.store.Store`, which remembers in the same DuckDB transaction how far it
 folded, so folding twice after a crash is harmless.
 
+Every process appends to a journal of its own, a *slot*: ``<store>.journal`` for the first,
+``<store>.journal.2``, ``.3``... for the others. A process holds an exclusive ``flock`` on its
+slot while it has records there, so appending never waits for another process; whoever holds
+the store's lease folds every slot (see :mod:`~airun_nb.peers`), and a slot whose ``flock`` is
+free belongs to nobody: its leftover records are recovered by the next holder.
+
 The file starts with a header line carrying the format version and a generation id; a fold that
 reaches the end truncates the file and starts a new generation. Each record is one line framed
 so that it can be checked::
@@ -25,6 +31,7 @@ framed (header version 1: bare JSON lines) are still read once; the next generat
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -43,6 +50,43 @@ VERSION = 2
 _FRAME = re.compile(rb"([0-9a-f]{8}) ([0-9a-f]{8}) ([0-9a-f]{8}) ")
 _PREFIX = 27  # len("%08x %08x %08x ")
 GROUP_SYNC_MS = 50.0  # AIRUN_SYNC=group: at most this long between fsyncs while records arrive
+MAX_SLOTS = 256  # journals per store: processes appending at the same time
+
+
+def slot_path(db_path: Path, slot: int) -> Path:
+    """The journal file of ``slot`` (0: ``<store>.journal``, n: ``<store>.journal.<n+1>``)."""
+    name = db_path.name + ".journal"
+    return db_path.with_name(name if slot == 0 else f"{name}.{slot + 1}")
+
+
+def slot_paths(db_path: Path) -> list[tuple[int, Path]]:
+    """The journal slots that exist for a store (slots are never removed, so they are
+    numbered without gaps)."""
+    out = []
+    for slot in range(MAX_SLOTS):
+        p = slot_path(db_path, slot)
+        if not os.path.lexists(p):
+            if slot:  # slot 0 may be missing while a later one exists (removed by hand)
+                break
+            continue
+        out.append((slot, p))
+    return out
+
+
+def meta_keys(slot: int) -> tuple[str, str]:
+    """The ``airun_meta`` keys holding a slot's folded generation and byte offset."""
+    if slot == 0:
+        return ("journal_gen", "journal_offset")
+    return (f"journal_gen.{slot + 1}", f"journal_offset.{slot + 1}")
+
+
+def try_lock(fd: int) -> bool:
+    """Take the slot's exclusive ``flock`` without waiting (False: a live process has it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def encode(seq: int, record: dict[str, Any]) -> bytes:
@@ -120,7 +164,9 @@ class Scan:
 
 class Journal:
     def __init__(self, db_path: Path, *, sync: bool | str = False) -> None:
-        self.path = db_path.with_name(db_path.name + ".journal")
+        self.db_path = db_path
+        self.slot = 0
+        self.path = slot_path(db_path, 0)
         self.sync = (
             {True: "always", False: "off"}.get(sync, sync) if isinstance(sync, bool) else sync
         )
@@ -131,21 +177,38 @@ class Journal:
         self.size = 0
         self.seq = 0
         self.pending: list[dict[str, Any]] = []
+        self.ends: list[int] = []  # byte offset just past each pending record
+        self.leftover = False  # the slot held records of a process that died
         self._synced_at = 0.0
         self.unsynced = False
 
-    # The journal is only touched by the lease holder.
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
     def open(self) -> None:
+        """Take the first free slot (its ``flock``) and open it for appending."""
         if self._fd is not None:
             return
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            for slot in range(MAX_SLOTS):
+                self.slot, self.path = slot, slot_path(self.db_path, slot)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+                if try_lock(self._fd):
+                    break
+                os.close(self._fd)
+                self._fd = None
+            else:
+                raise OSError(0, f"all {MAX_SLOTS} journal slots are in use")
             self.size = os.fstat(self._fd).st_size
             self.seq = 0
+            self.pending, self.ends = [], []
             if self.size == 0:
                 self._start_generation()
+                self.leftover = False
             else:
                 self.gen, self.version = self._read_header()
+                self.leftover = self.size > len(self._header_bytes()) or self.gen == "unknown"
         except OSError as exc:
             if self._fd is not None and self.size == 0:
                 with contextlib.suppress(OSError):
@@ -154,21 +217,59 @@ class Journal:
             raise os_fault(exc, self.path, "open the journal") from None
 
     def close(self) -> None:
+        """Close the slot and let go of it (closing drops the ``flock``)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self.pending, self.ends = [], []
+
+    @classmethod
+    def peer(cls, db_path: Path, slot: int) -> tuple[Journal, bool] | None:
+        """Another process's slot, opened to be folded: (journal, owner_dead) or None when
+        the file is gone or empty. With ``owner_dead`` this process holds the slot's
+        ``flock`` until :meth:`close`; a live owner's slot is only read."""
+        j = cls(db_path)
+        j.slot, j.path = slot, slot_path(db_path, slot)
+        try:
+            fd = os.open(j.path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise os_fault(exc, j.path, "open the journal") from None
+        j._fd = fd
+        dead = try_lock(fd)
+        j.size = os.fstat(fd).st_size
+        if j.size == 0:
+            j.close()
+            return None
+        j.gen, j.version = j._read_header()
+        return j, dead
+
+    def trim(self, gen: str | None, offset: int) -> None:
+        """Another process folded this slot up to ``offset``: forget what it folded."""
+        if gen != self.gen or not self.ends or offset < self.ends[0]:
+            return
+        k = 0
+        while k < len(self.ends) and self.ends[k] <= offset:
+            k += 1
+        del self.pending[:k], self.ends[:k]
 
     def append(self, record: dict[str, Any]) -> None:
         self.append_many((record,))
 
     def append_many(self, records: Sequence[dict[str, Any]]) -> None:
         """Append several records with one ``write``: they survive a crash together or not."""
-        assert self._fd is not None, "journal used without the lease"
+        assert self._fd is not None, "journal used before it was opened"
         seq = self.seq
         parts = []
+        ends = []
+        end = self.size
         for r in records:
             seq += 1
-            parts.append(encode(seq, r))
+            line = encode(seq, r)
+            parts.append(line)
+            end += len(line)
+            ends.append(end)
         data = b"".join(parts)
         try:
             _write_all(self._fd, data)
@@ -180,6 +281,7 @@ class Journal:
         self.seq = seq
         self.size += len(data)
         self.pending.extend(records)
+        self.ends.extend(ends)
         if self.sync == "always":
             os.fsync(self._fd)
         elif self.sync == "group":
@@ -260,6 +362,8 @@ class Journal:
         except OSError as exc:
             raise os_fault(exc, self.path, "reset the journal") from None
         self.pending.clear()
+        self.ends.clear()
+        self.leftover = False
         self.unsynced = False
 
     @property

@@ -63,6 +63,24 @@ class Lease:
         self._since = time.time()
         self.retitle(purpose)
 
+    def try_acquire(self, purpose: str) -> bool:
+        """Take the lease if it is free right now (no waiting, no marker); True if taken."""
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return False
+        if not self._try(fd):
+            os.close(fd)
+            return False
+        self._fd = fd
+        self.grants += 1
+        self._held_since = time.monotonic()
+        self._since = time.time()
+        self.retitle(purpose)
+        return True
+
     def retitle(self, purpose: str) -> None:
         """Say what the holder is doing now (what a waiting process will be told)."""
         fd = self._fd
@@ -80,15 +98,26 @@ class Lease:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
 
-    def release(self) -> None:
+    def release(self, closed: Any = None) -> None:
+        """Let go; ``closed`` (JSON) tells the next holder how the store was left."""
         fd = self._fd
         if fd is None:
             return
         self._fd = None
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
+            if closed is not None:
+                os.pwrite(fd, json.dumps({"closed": closed}).encode(), 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+    def closed_as(self) -> Any:
+        """What the last holder said of the store as it let go (None: nothing known)."""
+        try:
+            data = self.lock_path.read_bytes()
+            return json.loads(data).get("closed") if data.startswith(b'{"closed"') else None
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def waiters(self) -> bool:
         """True when another process is waiting for the lease."""
@@ -104,7 +133,8 @@ class Lease:
     def holder(self) -> dict[str, Any]:
         try:
             data = self.lock_path.read_text()
-            return json.loads(data) if data.strip() else {}
+            info = json.loads(data) if data.strip() else {}
+            return info if isinstance(info, dict) and "pid" in info else {}
         except (OSError, ValueError):
             return {}
 

@@ -2,12 +2,14 @@
 
 A run ends without forcing a fold: its records stay in the journal (durable) and are folded in
 batches. The planner of the next run still needs the latest run of its workflow and that run's
-step rows; these functions read them from DuckDB without folding and lay the journal's pending
-records over them (a pending record is a full row and always the newer one). While this process
-holds the lease nobody else writes, so DuckDB plus the pending records is the whole truth.
+step rows; these functions read them from DuckDB without folding this process's own records and
+lay its pending records over them (a pending record is a full row and always the newer one).
+Every session folds the other processes' journal slots first, and a process forgets the records
+another holder folded for it as soon as it holds the lease again, so DuckDB plus the pending
+records is the whole truth.
 
 The latest run of each workflow is also kept per process and refreshed by the records that pass
-through; the cache is dropped whenever the lease changes hands (``Lease.grants``) or the journal
+through; the cache is dropped whenever the lease changes hands (``Lease.grants``) or any journal
 is folded (``Store.folds``), since until then every record this process wrote is still pending.
 """
 

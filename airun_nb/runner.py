@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 from . import capabilities, compensation, config, execution, kinds, owner, stepprint
@@ -142,7 +143,8 @@ class Runner:
                 self.planner.resolve()
                 self.planner.hash_steps()
                 self.planner.check_templates()
-                with self.store.session("planning a run", fold=False):
+                reads = fork is not None or bool(resume) or not new  # a new run reads nothing
+                with self.store.session("planning a run", fold=False) if reads else nullcontext():
                     prior_run: dict[str, Any] | None
                     if fork is not None:
                         prior_run, prior_rows = self.planner.select_fork(*fork)

@@ -1,11 +1,13 @@
 """The store: one DuckDB file holding every run, step, attempt, output and event.
 
-Writes go through the :class:`~airun_nb.journal.Journal` (one ``write`` per state change, durable
-against a crash) and are folded into DuckDB in batches, in one transaction per batch that also
-records how far the journal was folded. Every read folds first, so readers always see every
-committed state change. Access to the file is coordinated by the :class:`~airun_nb.lease.Lease`:
-a process holds the DuckDB file only while it writes or runs a burst of quick steps; a keeper
-thread folds and lets go as soon as the holder pauses or another process asks for it.
+Writes go through a :class:`~airun_nb.journal.Journal` slot of this process's own (one
+``write`` per state change, durable against a crash, no lock to wait for) and are folded into
+DuckDB in batches, in one transaction per batch that also records how far each slot was folded.
+Every read folds first, this process's records and every other process's (see
+:mod:`~airun_nb.peers`), so readers always see every committed state change. Access to the
+DuckDB file is coordinated by the :class:`~airun_nb.lease.Lease`: a process holds it only while
+it reads, folds or writes an output table; a keeper thread folds and lets go as soon as the
+holder pauses or another process asks for it.
 """
 
 from __future__ import annotations
@@ -18,32 +20,33 @@ import re
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from . import config, schema
+from . import config, keeper, schema
 from .auditlog import scrub
 from .confine import NO_EXTENSIONS
 from .crashpoints import crashpoint
 from .errors import AirunError, StoreBusy, StoreError, StoreWarning
 from .faults import check_store_path, duckdb_fault, os_fault
 from .fold import fold
-from .journal import Journal
+from .journal import Journal, meta_keys
 from .lease import Lease
+from .peers import Batch, Peers, files_signature
 from .schema import APP, SCHEMA_VERSION, TABLES, quote_ident
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["APP", "SCHEMA_VERSION", "TABLES", "Store", "crashpoint", "quote_ident"]
+__all__ = ["APP", "SCHEMA_VERSION", "TABLES", "Store", "crashpoint", "files_signature"]
+__all__ += ["quote_ident"]
 
 FOLD_EVERY = 4096  # journal records between folds while a burst of steps runs
-IDLE_RELEASE = 0.25  # seconds without store activity before the lease is let go
+FOLD_AT_LATEST = 8 * FOLD_EVERY  # pending records past which appending waits for the lease
 YIELD_WINDOW = 0.5  # after handing the lease to a waiter, give it this long to finish
 
 _registry: dict[str, Store] = {}
@@ -61,7 +64,11 @@ class Store:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._last_activity = 0.0
         self._yielded_at = 0.0
-        self._keeper: threading.Thread | None = None
+        self.keeper = keeper.Keeper(self)
+        self.peers = Peers(path)
+        self._known: tuple[int, int, int] | None = None  # the file as this process left it
+        self._checked = False  # the file passed the schema check in this process
+        self._trimmed = -1  # the lease grant at which this slot's folded part was forgotten
         self.folds = 0
 
     # -- opening ---------------------------------------------------------------------------
@@ -83,6 +90,8 @@ class Store:
             if store is None:
                 store = cls(Path(key))
                 _registry[key] = store
+        if store._checked and _file_signature(store.path) in (store._known, store._closed_as()):
+            return store  # checked before, and unchanged since an airun_nb process closed it
         side = (store.path, store.journal.path, store.lease.lock_path, _wal(store.path))
         existed = {p for p in side if os.path.lexists(p)}
         try:
@@ -114,50 +123,54 @@ class Store:
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Hold the store (lease + DuckDB connection) for the duration of the block.
 
-        Anything still journaled is folded first (unless ``fold=False``, for writers that do
-        not read), so the block sees every state change.
-        """
+        Every other process's journal slot is folded first, and this process's own too unless
+        ``fold=False`` (its pending records are laid over what it reads, see ``recent``)."""
         with self._mutex:
             self._ensure_lease(purpose)
             try:
                 with _faults(self, "read"):
                     con = self._connection()
-                    if fold:
-                        self._fold()
+                    self._fold(own=fold)
                     yield con
             finally:
                 self._last_activity = time.monotonic()
 
     def record(self, rec: dict[str, Any]) -> None:
-        """Append one state change to the journal: durable when this returns."""
-        with self._mutex:
-            self._ensure_lease("running a workflow")
-            self.journal.append(scrub(rec))  # no secret is ever written
-            self._last_activity = time.monotonic()
-            if len(self.journal.pending) >= FOLD_EVERY:
-                self._connection()
-                self._fold()
+        """Append one state change to this process's journal: durable when this returns."""
+        self.record_many((rec,))
 
     def record_many(self, recs: Sequence[dict[str, Any]]) -> None:
         with self._mutex:
-            self._ensure_lease("running a workflow")
-            self.journal.append_many([scrub(r) for r in recs])
+            journal = self._journal()
+            journal.append_many([scrub(r) for r in recs])  # no secret is ever written
             self._last_activity = time.monotonic()
-            if len(self.journal.pending) >= FOLD_EVERY:
-                self._connection()
-                self._fold()
+            if len(journal.pending) >= FOLD_EVERY:
+                self._fold_soon(len(journal.pending) >= FOLD_AT_LATEST)
+            self.keeper.start()
 
     def flush(self) -> None:
-        """Fold everything journaled into DuckDB now."""
+        """Fold everything this process journaled into DuckDB now."""
         with self._mutex:
-            if self.lease.held and not self.journal.empty:
+            if self.journal.is_open and not self.journal.empty:
+                self._ensure_lease("saving the journal")
                 self._connection()
                 self._fold()
 
     def release(self) -> None:
-        """Fold, close the DuckDB file and let go of the lease."""
+        """Fold, close the DuckDB file, let go of the lease and of the journal slot."""
         with self._mutex:
+            if not self.lease.held and self.journal.is_open and not self.journal.empty:
+                self._ensure_lease("saving the journal")
             self._release_locked()
+            self.journal.close()
+
+    def _exit(self) -> None:
+        """At exit: fold if the lease is free, else the next holder folds the slot."""
+        with self._mutex:
+            if self.journal.is_open and not self.journal.empty and not self.lease.held:
+                self.lease.try_acquire("saving the journal")
+            self._release_locked()
+            self.journal.close()
 
     # -- queries ---------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -215,124 +228,155 @@ class Store:
             while self.lease.waiters() and time.monotonic() < deadline:
                 time.sleep(0.005)
         self.lease.acquire(config.lock_timeout(), purpose)
-        try:
-            self.journal.open()
-            if not self.journal.empty:
-                self._recover()
-        except BaseException:
-            self._release_locked()
-            raise
         self._last_activity = time.monotonic()
-        self._start_keeper()
+        self.keeper.start()
+
+    def _closed_as(self) -> tuple[int, int, int] | None:  # as the last holder left the file
+        sig = self.lease.closed_as()
+        return (sig[0], sig[1], sig[2]) if isinstance(sig, list) and len(sig) == 3 else None
+
+    def _journal(self) -> Journal:
+        """This process's journal slot, opened (and its leftovers recovered) on first use."""
+        journal = self.journal
+        if not journal.is_open:
+            journal.open()
+            if journal.leftover:  # its last owner died with records in it
+                try:
+                    self._ensure_lease("recovering the journal")
+                    self._recover()
+                except BaseException:
+                    self._release_locked()
+                    journal.close()
+                    raise
+        return journal
+
+    def _fold_soon(self, must: bool) -> None:
+        """Many records are pending: fold them if the lease is free (or ``must``: wait)."""
+        if not self.lease.held:
+            if must:
+                self._ensure_lease("running a workflow")
+            elif not self.lease.try_acquire("running a workflow"):
+                return  # the holder folds this slot too; try again a little later
+            self.keeper.start()
+        self._connection()
+        self._fold()
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
-        if self._con is not None:
-            return self._con
-        deadline = time.monotonic() + config.lock_timeout()
-        delay = 0.01
-        while True:
-            try:
-                con = duckdb.connect(str(self.path), config=dict(NO_EXTENSIONS))
-                break
-            except duckdb.IOException as exc:
-                msg = str(exc)
-                if "lock" not in msg.lower():
-                    raise duckdb_fault(msg, self.path, "open") or schema.incompatible(
-                        self.path, msg
-                    ) from None
-                if time.monotonic() >= deadline:
-                    m = re.search(r"PID (\d+)", msg)
-                    who = f"process {m.group(1)}" if m else "another program"
-                    raise StoreBusy(
-                        f"the store {self.path} is locked by {who} outside airun_nb; "
-                        f"gave up after {config.lock_timeout():g} s"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
-            except duckdb.Error as exc:
-                msg = str(exc)
-                raise duckdb_fault(msg, self.path, "open") or schema.incompatible(
-                    self.path, msg
-                ) from None
-        try:
-            schema.check(con, self.path)
-        except BaseException:
-            con.close()
-            raise
-        self._con = con
-        return con
+        if self._con is None:
+            self._con = _connect(self.path)
+            self._checked = True
+        return self._con
 
     def _recover(self) -> None:
-        """Fold what a crashed process left in the journal."""
+        """Fold what a process that died left in this process's slot."""
         con = self._connection()
-        meta = dict(
-            con.execute(
-                "SELECT key, value FROM airun_meta WHERE key IN ('journal_gen', 'journal_offset')"
-            ).fetchall()
-        )
-        offset = int(meta["journal_offset"]) if meta.get("journal_gen") == self.journal.gen else 0
-        scan = self.journal.scan(offset)
+        journal = self.journal
+        gen_key, offset_key = meta_keys(journal.slot)
+        meta = _meta(con)
+        offset = int(meta[offset_key]) if meta.get(gen_key) == journal.gen else 0
+        scan = journal.scan(offset)
         # The damaged bytes are copied aside before anything is folded or truncated, and the
         # journal is reset after the fold: nothing is ever appended after a bad record.
-        aside = self.journal.set_aside(scan.damage[0][0]) if scan.damage else None
-        self.journal.pending = scan.records
-        self.journal.size = scan.end
-        self._fold()
-        _report(self.journal, scan.describe(self.journal.path, aside))
+        aside = journal.set_aside(scan.damage[0][0]) if scan.damage else None
+        with _faults(self, "fold the journal into"):
+            fold(con, scan.records, [(journal.slot, journal.gen, scan.end)])
+        journal.reset()
+        self.folds += 1
+        self._trimmed = self.lease.grants
+        _report(self, scan.describe(journal.path, aside))
 
-    def _fold(self) -> None:
-        if not self.journal.pending:
-            if not self.journal.empty and self._con is not None:
-                self.journal.reset()
+    def _fold(self, own: bool = True) -> None:
+        """Fold the other slots' new records and (``own``) this process's (lease held)."""
+        journal = self.journal
+        mine = journal.slot if journal.is_open else None
+        changed = self.peers.changed(mine)
+        stale = mine is not None and bool(journal.pending) and self._trimmed != self.lease.grants
+        if not changed and not stale and not (own and journal.pending):
+            if own and journal.is_open and not journal.empty and self._con is not None:
+                journal.reset()
             return
-        with _faults(self, "fold the journal into"):  # the journal keeps every record
-            if fold(self._connection(), self.journal):
-                self.folds += 1
+        con = self._connection()
+        meta = _meta(con)
+        if stale:  # another holder may have folded part of this slot while we had no lease
+            gen_key, offset_key = meta_keys(journal.slot)
+            journal.trim(meta.get(gen_key), int(meta.get(offset_key, "0")))
+            self._trimmed = self.lease.grants
+        batch = self.peers.collect(changed, meta) if changed else Batch()
+        records, marks = batch.records, batch.marks
+        if own and journal.pending:
+            records = records + journal.pending
+            marks = [*marks, (journal.slot, journal.gen, journal.size)]
+        if marks:
+            try:
+                with _faults(self, "fold the journal into"):  # every journal keeps its records
+                    fold(con, records, marks)
+            except BaseException:
+                self.peers.abandon(batch)
+                raise
+            self.folds += 1
+        self.peers.done(batch)
+        if own and journal.is_open and not journal.empty:
+            journal.reset()
+        for message in batch.reports:
+            _report(self, message)
 
     def _release_locked(self) -> None:
+        """Fold, close DuckDB and let go of the lease; the slot too once it is empty."""
         if not self.lease.held:
             return
         try:
-            if not self.journal.empty:
+            if self.journal.is_open and not self.journal.empty:
                 self._connection()
                 self._fold()
         finally:
             if self._con is not None:
-                with contextlib.suppress(duckdb.Error):
+                try:
                     self._con.close()
+                    self._known = _file_signature(self.path)
+                except duckdb.Error:
+                    self._known = None
                 self._con = None
-            self.journal.close()
-            self.lease.release()
+            if self.journal.is_open and self.journal.empty:
+                self.journal.close()
+            self.lease.release(closed=list(self._known) if self._known else None)
 
-    def _start_keeper(self) -> None:
-        if self._keeper is not None and self._keeper.is_alive():
-            return
-        ref = weakref.ref(self)
-        self._keeper = threading.Thread(
-            target=_keep, args=(ref,), name="airun-store-keeper", daemon=True
-        )
-        self._keeper.start()
 
-    def _keeper_tick(self) -> bool:
-        """One look by the keeper thread; returns False when there is nothing left to keep."""
-        if not self._mutex.acquire(timeout=0.05):
-            return True
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file (waiting out a short lock by another program) and check it."""
+    deadline = time.monotonic() + config.lock_timeout()
+    delay = 0.01
+    while True:
         try:
-            if not self.lease.held:
-                return False
-            idle = time.monotonic() - self._last_activity
-            if self.lease.waiters():
-                self._release_locked()
-                self._yielded_at = time.monotonic()
-                return False
-            if idle >= IDLE_RELEASE:
-                self._release_locked()
-                return False
-            if self.journal.unsynced and idle >= self.journal.group_sync_s:
-                self.journal.sync_now()  # group commit: the last records of a burst
-            return True
-        finally:
-            self._mutex.release()
+            con = duckdb.connect(str(path), config=dict(NO_EXTENSIONS))
+            break
+        except duckdb.IOException as exc:
+            msg = str(exc)
+            if "lock" not in msg.lower():
+                raise duckdb_fault(msg, path, "open") or schema.incompatible(path, msg) from None
+            if time.monotonic() >= deadline:
+                m = re.search(r"PID (\d+)", msg)
+                who = f"process {m.group(1)}" if m else "another program"
+                raise StoreBusy(
+                    f"the store {path} is locked by {who} outside airun_nb; "
+                    f"gave up after {config.lock_timeout():g} s"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        except duckdb.Error as exc:
+            msg = str(exc)
+            raise duckdb_fault(msg, path, "open") or schema.incompatible(path, msg) from None
+    try:
+        schema.check(con, path)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _meta(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The journal slots' marks in ``airun_meta``."""
+    rows = con.execute("SELECT key, value FROM airun_meta WHERE key LIKE 'journal_%'").fetchall()
+    return {str(k): str(v) for k, v in rows}
 
 
 @contextlib.contextmanager
@@ -345,69 +389,45 @@ def _faults(store: Store, doing: str) -> Iterator[None]:
         fault = exc if isinstance(exc, StoreError) else duckdb_fault(str(exc), store.path, doing)
         if fault is None:
             raise
+        store._known = None
         if store._con is not None:
             with contextlib.suppress(duckdb.Error):
                 store._con.close()
             store._con = None
-        store.journal.close()
+        store.journal.close()  # its records stay in the file, for the next holder
         store.lease.release()
         raise fault from None
 
 
-def _report(journal: Journal, message: str | None) -> None:
+def _report(store: Store, message: str | None) -> None:
     """Say in one line what recovery kept and set aside; keep it as an event too."""
     if not message:
         return
     warnings.warn_explicit(message, StoreWarning, APP, 0)
     event = {"t": "ev", "ts": time.time(), "run_id": None, "step_id": None}
     event.update(kind="journal_recovered", detail=json.dumps({"message": message}))
-    journal.append(event)
+    store._journal().append(event)
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _wal(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
 
 
-def files_signature(db: Path) -> tuple[Any, ...]:
-    """Sizes and modification times of a store and its journal: a change means new records
-    (a cheap look that takes no lock, for watchers)."""
-    out: list[Any] = []
-    for p in (db, db.with_name(db.name + ".journal")):
-        try:
-            st = os.stat(p)
-            out.append((st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            out.append(None)
-    return tuple(out)
-
-
-_stopping = threading.Event()
-
-
-def _keep(ref: weakref.ReferenceType[Store]) -> None:
-    while not _stopping.is_set():
-        time.sleep(0.01)
-        store = ref()
-        if store is None:
-            return
-        try:
-            if not store._keeper_tick():
-                return
-        except Exception:  # pragma: no cover - the next user of the store reports it
-            return
-        finally:
-            del store
-
-
 @atexit.register
 def _release_all() -> None:
     # Keeper threads stop first and are waited for: a daemon thread still inside DuckDB when
     # the interpreter finalizes would abort the process as it exits.
-    _stopping.set()
+    keeper.stopping.set()
     for store in list(_registry.values()):
-        keeper = store._keeper
-        if keeper is not None and keeper is not threading.current_thread():
-            keeper.join(timeout=5)
+        store.keeper.join(timeout=5)
     for store in list(_registry.values()):
         with contextlib.suppress(Exception):
-            store.release()
+            store._exit()

@@ -88,16 +88,23 @@ def fmt_lat(s: dict[str, float]) -> str:
     )
 
 
-def timed_runs(n: int, one: Callable[[int], Any]) -> dict[str, float]:
+def timed_runs(
+    n: int, one: Callable[[int], Any], ready: Callable[[], None] | None = None
+) -> dict[str, float]:
     one(-1)  # warm-up
+    if ready is not None:
+        ready()  # wait for the others (several processes start their timed runs together)
     lat = []
     gc.collect()
+    begin = time.time()
     t0 = time.perf_counter()
     for i in range(n):
         t = time.perf_counter()
         one(i)
         lat.append(time.perf_counter() - t)
-    return latency_summary(lat, time.perf_counter() - t0)
+    out = latency_summary(lat, time.perf_counter() - t0)
+    out.update(begin=begin, end=time.time())
+    return out
 
 
 # ---------------------------------------------------------------------- many small runs
@@ -120,12 +127,26 @@ def _two() -> int:
     return 2
 
 
-def airun_small(n: int, db: Path) -> dict[str, float]:
+def airun_small(
+    n: int, db: Path, ready: Callable[[], None] | None = None
+) -> dict[str, float]:
     from airun_nb import Workflow
 
     wf = Workflow.from_dict(SMALL)
     ns = {"f": _one}
-    return timed_runs(n, lambda i: wf.run(db=db, namespace=ns, new=True))
+    return timed_runs(n, lambda i: wf.run(db=db, namespace=ns, new=True), ready)
+
+
+def barrier(folder: Path, procs: int) -> Callable[[], None]:
+    """Each process says it is ready, then waits until all ``procs`` are."""
+
+    def wait() -> None:
+        (folder / f"ready-{os.getpid()}").touch()
+        deadline = time.time() + 600
+        while len(list(folder.glob("ready-*"))) < procs and time.time() < deadline:
+            time.sleep(0.002)
+
+    return wait
 
 
 def langgraph_small(n: int, d: Path) -> dict[str, float] | None:
@@ -257,8 +278,9 @@ sys.path.insert(0, {str(HERE)!r})
 from speed import airun_small
 from pathlib import Path
 errors = 0
+from speed import barrier
 try:
-    s = airun_small({n}, Path({str(db)!r}))
+    s = airun_small({n}, Path({str(db)!r}), barrier(Path({str(d)!r}), {procs}))
 except Exception as exc:
     print("ERR", type(exc).__name__, exc, file=sys.stderr)
     raise
@@ -292,6 +314,8 @@ print("RESULT " + json.dumps(s))
 
         stored = len(airun_nb.runs(db=db))
     total_runs = n * len(results)
+    if results:  # from the moment all started their timed runs until the last finished
+        wall = max(r["end"] for r in results) - min(r["begin"] for r in results)
     p95 = max((r["p95"] for r in results), default=float("nan"))
     p50 = statistics.median([r["p50"] for r in results]) if results else float("nan")
     row(

@@ -33,6 +33,9 @@ LAYERS: dict[str, int] = {
     "airun_nb.state": 30,
     "airun_nb.gate": 30,
     "airun_nb.store": 20,
+    "airun_nb.keeper": 15,
+    "airun_nb.peers": 16,
+    "airun_nb.fold": 14,
     "airun_nb.journal": 10,
     "airun_nb.lease": 10,
 }

@@ -24,6 +24,9 @@ ATTACKS = [
     ("fs.write", {"path": "airun.duckdb", "content": "gone"}),
     ("fs.write", {"path": "airun.duckdb.journal", "content": "garbage"}),
     ("fs.write", {"path": "airun.duckdb.lock", "content": "x"}),
+    # a journal slot no process has made yet: its records would be folded into the store
+    ("fs.write", {"path": "airun.duckdb.journal.3", "content": "forged records"}),
+    ("fs.copy", {"source": "data.txt", "destination": "airun.duckdb.journal.2"}),
     ("fs.write", {"path": "airun.duckdb.undo/r/s/before/x", "content": "x"}),
     ("fs.write", {"path": "keep/../airun.duckdb", "content": "gone"}),
     ("fs.write", {"path": "store-link", "content": "gone"}),
@@ -53,7 +56,7 @@ ATTACKS = [
 def test_a_file_capability_cannot_touch_the_store_or_the_root(
     world: World, capability: str, args: dict[str, object]
 ) -> None:
-    airun_nb.steps()  # (the store's journal exists once something was read or written)
+    airun_nb.steps()
     (world.root / "store-link").symlink_to(world.store)
     (world.root / "journal-link").symlink_to(world.store.with_name("airun.duckdb.journal"))
     snap = world.snapshot()
