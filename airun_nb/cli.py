@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import gate, history, identity, runlist
+from . import runlist  # the others are imported by the commands that use them
 from .cligroup import Group
 from .config import resolve_db
 from .errors import AirunError, StoreError
@@ -93,6 +93,8 @@ def runs(db: Path | None, workflow: str | None, limit: int) -> None:
 @store_option
 def show(run_id: str, db: Path | None) -> None:
     """Show the step table of one run."""
+    from . import history
+
     click.echo(repr(history.stored_run(run_id, db)))
 
 
@@ -153,6 +155,8 @@ def approvals(db: Path | None, show_all: bool, run_id: str | None) -> None:
     """List approval gates waiting for a decision (with --all, decided ones too)."""
     import pandas as pd
 
+    from . import history
+
     df = history.approvals(run_id, db, pending=not show_all)
     if df.empty:
         click.echo("(no open gates)" if not show_all else "(no gates)")
@@ -183,6 +187,8 @@ def approvals(db: Path | None, show_all: bool, run_id: str | None) -> None:
 def _decide(
     decision: str, run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None
 ) -> None:
+    from . import gate, identity
+
     out = gate.decide(
         Store.open(db),
         run_id,
@@ -215,7 +221,7 @@ def approve(
     run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None
 ) -> None:
     """Approve gate GATE_ID of run RUN_ID."""
-    _decide(gate.APPROVE, run_id, gate_id, by, comment, db)
+    _decide("approve", run_id, gate_id, by, comment, db)
 
 
 @main.command()
@@ -226,7 +232,7 @@ def approve(
 @store_option
 def reject(run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None) -> None:
     """Reject gate GATE_ID of run RUN_ID (the run rolls back when it resumes)."""
-    _decide(gate.REJECT, run_id, gate_id, by, comment, db)
+    _decide("reject", run_id, gate_id, by, comment, db)
 
 
 @main.command("audit")
@@ -240,6 +246,8 @@ def reject(run_id: str, gate_id: str, by: str | None, comment: str | None, db: P
 )
 def audit_cmd(db: Path | None, run_id: str | None, fmt: str, output: Path | None) -> None:
     """Export the audit trail (secrets are redacted when recorded)."""
+    from . import history
+
     _emit(history.audit(run_id, db), "json" if fmt == "jsonl" else "csv", output)
 
 
@@ -265,6 +273,8 @@ def history_cmd(
     db: Path | None, table: str, run_id: str | None, fmt: str, output: Path | None
 ) -> None:
     """Export run history as CSV, Parquet or JSON lines."""
+    from . import history
+
     if run_id and not Store.open(db, create=False).query(
         "SELECT 1 FROM runs WHERE run_id = ?", [run_id]
     ):
@@ -321,6 +331,7 @@ def _emit(df: pd.DataFrame, fmt: str, output: Path | None) -> None:
 @db_option
 def run_cmd(notebook: Path, output: Path | None, timeout: float, db: Path | None) -> None:
     """Execute a notebook headless and print the runs it made."""
+    from . import history
     from .notebook import run_notebook  # nbclient is slow to import: only when needed
 
     env = {"AIRUN_DB": str(db.resolve())} if db else None
@@ -394,6 +405,7 @@ def token_group() -> None:
 @db_option
 def token_create(user: str, role: str, db: Path | None) -> None:
     """Make a token for USER and print it (only this once; the store keeps its hash)."""
+    from . import identity
     from .service import tokens
 
     click.echo(tokens.create(Store.open(db), user, role=role, created_by=identity.current()))

@@ -198,13 +198,17 @@ def quote_ident(name: str) -> str:
 
 def check(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Create the tables of a new store, upgrade an older one, refuse anything else."""
-    tables = {
-        r[0]
-        for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
-        ).fetchall()
-    }
-    if "airun_meta" not in tables:
+    try:  # a store: one small read (listing the catalog costs a first query 3x more)
+        meta = dict(con.execute("SELECT key, value FROM airun_meta").fetchall())
+    except duckdb.CatalogException:
+        meta = None
+    if meta is None:
+        tables = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+            ).fetchall()
+        }
         if tables:
             listed = ", ".join(sorted(tables)[:5])
             raise StoreIncompatible(
@@ -220,7 +224,6 @@ def check(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         )
         con.execute("COMMIT")
         return
-    meta = dict(con.execute("SELECT key, value FROM airun_meta").fetchall())
     if meta.get("app") != APP:
         raise StoreIncompatible(f"{path} is not an airun_nb store")
     version = int(meta.get("schema_version", "0"))

@@ -14,15 +14,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import yamlsafe
 from .errors import AirunError
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    tomllib = None
+# yaml, yamlsafe and tomllib are imported when a settings file is read: a terminal command that
+# finds none (most do) does not pay for them.
 
 
 class SettingsError(AirunError):
@@ -30,9 +25,15 @@ class SettingsError(AirunError):
 
 
 def _load_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from . import yamlsafe
+
     try:
         if path.suffix == ".toml":
-            if tomllib is None:  # pragma: no cover
+            try:  # Python 3.11+
+                import tomllib
+            except ModuleNotFoundError:  # pragma: no cover - Python 3.10
                 return {}
             data = tomllib.loads(path.read_text())
             if path.name == "pyproject.toml":
