@@ -111,6 +111,22 @@ class Lease:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
+    def busy(self) -> bool:
+        """Does another process hold the lease right now?"""
+        if self._fd is not None:
+            return False
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            if self._try(fd):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return False
+            return True
+        finally:
+            os.close(fd)
+
     def closed_as(self) -> Any:
         """What the last holder said of the store as it let go (None: nothing known)."""
         try:

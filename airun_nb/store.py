@@ -90,8 +90,11 @@ class Store:
             if store is None:
                 store = cls(Path(key))
                 _registry[key] = store
-        if store._checked and _file_signature(store.path) in (store._known, store._closed_as()):
-            return store  # checked before, and unchanged since an airun_nb process closed it
+        if store._checked and (
+            _file_signature(store.path) in (store._known, store._closed_as())
+            or store.lease.busy()  # another airun_nb process has it open right now
+        ):
+            return store  # checked before, and unchanged since, or in use by airun_nb
         side = (store.path, store.journal.path, store.lease.lock_path, _wal(store.path))
         existed = {p for p in side if os.path.lexists(p)}
         try:
