@@ -57,6 +57,16 @@ _MARKERS: list[tuple[str, ...]] = [
     ("sk-",),
     ("eyj",),
 ]
+# Every text a key or value pattern can match holds one of these (case aside): text without any
+# is left as it is, after one scan at C speed. The words are those every secret key name holds.
+_KEY_WORDS = ("pass", "secret", "token", "key", "auth", "credential", "session", "cookie")
+_ANY_VALUE_MARKER = re.compile("|".join(re.escape(m) for ms in _MARKERS for m in ms), re.I)
+_ANY_MARKER = re.compile(
+    "|".join(
+        re.escape(m) for m in (*_KEY_WORDS, "sig", "pwd", *(m for ms in _MARKERS for m in ms))
+    ),
+    re.I,
+)
 
 # Secret values resolved in this process (the ``secrets`` namespace of templates): redacted by
 # value wherever they would be written.
@@ -87,6 +97,8 @@ def redact_text(text: str) -> str:
     """``text`` with secret values and credential-looking values replaced by ``***``."""
     if _secret_values:
         text = _replace_secrets(text)
+    if not _ANY_VALUE_MARKER.search(text):
+        return text
     lowered = text.lower()
     for (regex, repl), markers in zip(_VALUE_PATTERNS, _MARKERS, strict=True):
         if any(m in lowered for m in markers):
@@ -145,6 +157,8 @@ def redact(value: Any, key: str | None = None) -> Any:
 def redact_json(text: str) -> str:
     """A JSON text with secret-named keys and secret-looking values redacted; other text has
     its values redacted."""
+    if not _secret_values and "\\" not in text and not _ANY_MARKER.search(text):
+        return text  # no key or value in it can be a secret's (no escape hides one)
     try:
         doc = json.loads(text)
     except ValueError:
@@ -174,11 +188,10 @@ def scrub(rec: dict[str, Any]) -> dict[str, Any]:
     """The redactor every journal record passes through before it is written (the store calls
     it in ``record``/``record_many``): secret values everywhere, credential-looking values in
     the free-text fields of :data:`SCRUB_FIELDS`."""
+    if not _secret_values and _clean(rec, str(rec.get("t"))):
+        return rec  # nothing any pattern could match: the hot path of a step's records
     fields = SCRUB_FIELDS.get(str(rec.get("t")), ())
-    att = rec.get("att")
     texts = [f for f in fields if isinstance(rec.get(f), str) and rec[f]]
-    if not texts and not _secret_values and not isinstance(att, dict):
-        return rec  # nothing to look at: the hot path of a step's records
     out = redact_secrets(rec) if _secret_values else dict(rec)
     for f in texts:
         v = out.get(f)
@@ -188,6 +201,22 @@ def scrub(rec: dict[str, Any]) -> dict[str, Any]:
         out["att"] = scrub({**out["att"], "t": "att"})
         out["att"].pop("t", None)
     return out
+
+
+def _clean(rec: Mapping[str, Any], kind: str) -> bool:
+    """Whether scrubbing ``rec`` would leave it as it is (no secret values registered): none of
+    its free-text fields holds a marker that a pattern needs (see :func:`redact_text` and
+    :func:`redact_json`)."""
+    for f in SCRUB_FIELDS.get(kind, ()):
+        v = rec.get(f)
+        if isinstance(v, str) and v:
+            if f in _JSON_FIELDS:
+                if "\\" in v or _ANY_MARKER.search(v):
+                    return False
+            elif _ANY_VALUE_MARKER.search(v):
+                return False
+    att = rec.get("att")
+    return not isinstance(att, dict) or _clean(att, "att")
 
 
 def row(

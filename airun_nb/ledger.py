@@ -79,6 +79,10 @@ class Ledger:
         self.finished_at: float | None = None
         self._seq = 0
         self._seq_lock = threading.Lock()
+        # step id -> (its fingerprint, that fingerprint's JSON): a step's records (started,
+        # finished...) carry the same fingerprint object, encoded once. Fingerprints are
+        # replaced, never changed in place.
+        self._fp_json: dict[str, tuple[Any, str]] = {}
 
     # ------------------------------------------------------------------ records
     def run_record(self) -> dict[str, Any]:
@@ -127,12 +131,21 @@ class Ledger:
             "comp_attempts": st.comp_attempts,
             "comp_error": st.comp_error,
             "comp_finished_at": st.comp_finished_at,
-            "fingerprint": json.dumps(st.fingerprint, default=str) if st.fingerprint else None,
+            "fingerprint": self._fingerprint_json(st),
         }
         rec.update({k: v for k, v in st.out.items() if k != "has_blob"})
         if att is not None:
             rec["att"] = att
         return rec
+
+    def _fingerprint_json(self, st: StepState) -> str | None:
+        fp = st.fingerprint
+        if not fp:
+            return None
+        hit = self._fp_json.get(st.id)
+        if hit is None or hit[0] is not fp:
+            hit = self._fp_json[st.id] = (fp, json.dumps(fp, default=str))
+        return hit[1]
 
     def event(self, kind: str, step_id: str | None = None, **detail: Any) -> dict[str, Any]:
         return {
