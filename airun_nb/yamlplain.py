@@ -43,6 +43,8 @@ _QUOTED = re.compile(r"""(?:'((?:[^']|'')*)'|"([^"\\]*)")(?: *| +#.*)$""")
 _FLOW_ITEM = re.compile(r" *" + _SCALAR + r" *(,|$)")
 _FLOW_ENTRY = re.compile(r" *([A-Za-z_][A-Za-z0-9_\-]*): +" + _SCALAR + r" *(,|$)")
 _BLOCK_HEAD = ("|", "|-")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*$")  # always a plain scalar on its own
+_WORD_LIST = re.compile(r"\[([A-Za-z_][A-Za-z0-9_.\-/]*)\]$")
 
 _resolver = yaml.resolver.Resolver()
 _constructor = yaml.constructor.SafeConstructor()
@@ -231,12 +233,19 @@ class _Reader:
                 raise _NotPlain  # a duplicate key: PyYAML's path reports it
             rest = tok[3]
             value = _resolved.get(rest, _MISS) if rest else _MISS
+            if value is _MISS and rest:  # one word, or a list of one word: no checks needed
+                if _WORD.match(rest):
+                    value = _plain(rest)
+                else:
+                    m = _WORD_LIST.match(rest)
+                    if m is not None:
+                        value = [_plain(m.group(1))]
             if value is _MISS:  # not a plain scalar seen before: the general path
                 if rest not in _BLOCK_HEAD:
                     self._advance()  # a block's lines are not tokens
                 out[key] = self.value(rest, indent, indent, tok[4])
                 continue
-            self._advance()  # (every cached text is a valid one-line plain scalar)
+            self._advance()  # (every cached text is a valid one-line plain scalar, as a word is)
             nxt = self.tok
             if nxt is not None and nxt[0] > indent:
                 raise _NotPlain  # a continuation line: a multi-line scalar
