@@ -8,6 +8,7 @@ directly; anything else returns None and takes the general path, which also word
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str
@@ -100,18 +101,33 @@ def plain_step(raw: Any) -> tuple[StepSpec, str] | None:
             f'{{"id":{_json_str(sid)},"kind":"{kind}","needs":[{listed}],'
             f'"{kind}":{_json_str(body)}}}'
         )
-    step = StepSpec(
-        id=sid,
-        kind=kind,
-        body=body,
-        needs=needs,
-        retry=NO_RETRY,
-        definition=definition,
-        def_hash=of_canonical(text),
-        # a template's "{{" / "{%" can only come from a string in the JSON text
-        templated="{{" in text or "{%" in text,
-    )
+    # StepSpec(id=..., kind=..., ...) without the dataclass __init__: the defaults are copied
+    # from a built one, and the fields with a default factory get a fresh value each.
+    step = _new_step(StepSpec)
+    fields = step.__dict__
+    fields.update(_DEFAULTS)
+    for name, factory in _FACTORIES:
+        fields[name] = factory()
+    fields["id"] = sid
+    fields["kind"] = kind
+    fields["body"] = body
+    fields["needs"] = needs
+    fields["retry"] = NO_RETRY
+    fields["definition"] = definition
+    fields["def_hash"] = of_canonical(text)
+    # a template's "{{" / "{%" can only come from a string in the JSON text
+    fields["templated"] = "{{" in text or "{%" in text
     return step, text
+
+
+_SET = {"id", "kind", "body", "needs", "retry", "definition", "def_hash", "templated"}
+_DEFAULTS = vars(StepSpec(id="", kind="", body=None))  # every field, in order (_SET: set anew)
+_FACTORIES = [
+    (f.name, f.default_factory)
+    for f in dataclasses.fields(StepSpec)
+    if f.default_factory is not dataclasses.MISSING and f.name not in _SET
+]
+_new_step = object.__new__
 
 
 def spec_hash(name: str, params: dict[str, Any], step_texts: list[str]) -> str:

@@ -194,3 +194,23 @@ def test_random_yaml_reads_alike_on_both_paths_or_steps_aside() -> None:
             want = exc
         assert repr(got) == repr(want), text
     assert read > 300
+
+
+def test_a_plain_step_is_the_step_the_dataclass_builds() -> None:
+    from airun_nb import specparts
+    from airun_nb.specmodel import StepSpec
+
+    one, _ = specparts.plain_step({"id": "a", "call": "f", "needs": ["b"]})  # type: ignore[misc]
+    two, _ = specparts.plain_step({"id": "c", "call": "f"})  # type: ignore[misc]
+    built = StepSpec(
+        id="a",
+        kind="call",
+        body="f",
+        needs=["b"],
+        retry=specparts.NO_RETRY,
+        definition=one.definition,
+        def_hash=one.def_hash,
+        templated=False,
+    )
+    assert one == built and list(vars(one).items()) == list(vars(built).items())
+    assert one.with_ is not two.with_ and one.bindings is not two.bindings  # fresh, not shared
