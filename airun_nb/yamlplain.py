@@ -147,40 +147,30 @@ class _Reader:
     def __init__(self, text: str) -> None:
         self.lines = text.split("\n")
         self.n = len(self.lines)
-        self.toks = _LINES.findall(text)  # one (indent, dash, key, value, value) per line
-        if len(self.toks) != self.n:  # pragma: no cover - one match per line, always
+        found = _LINES.findall(text)  # one (indent, dash, key, value, value) per line
+        if len(found) != self.n:  # pragma: no cover - one match per line, always
             raise _NotPlain
-        self.i = 0  # the next raw line
-        self.tok: tuple[int, int, str | None, str | None, int] | None = None
-        # (indent, col, key, rest, line)
+        # The lines that are not blank and not comments, as (indent, column of the content,
+        # key or None, value text, line, after a dash) in one pass (a block's lines too: they
+        # are skipped when the block is read).
+        self.toks: list[tuple[int, int, str | None, str, int, bool]] = [
+            (len(sp), len(sp) + len(dash), key or None, rest if key else other, i, bool(dash))
+            for i, (sp, dash, key, rest, other) in enumerate(found)
+            if key or dash or (other and other[0] != "#")
+        ]
+        self.p = -1  # the current token
+        self.tok: tuple[int, int, str | None, str, int, bool] | None = None
         self.is_dash = False
         self._advance()
 
     def _advance(self) -> None:
         """Take the next line that is not blank and not a comment."""
-        toks, i, n = self.toks, self.i, self.n
-        while i < n:
-            spaces, dash, key, rest, other = toks[i]
-            if not key:
-                if not dash and (not other or other[0] == "#"):
-                    i += 1
-                    continue
-                key, rest = None, other
-            indent = len(spaces)
-            if dash:
-                if dash[-1] != " " and (key is not None or rest):
-                    raise _NotPlain
-                self.tok = (indent, indent + len(dash), key, rest, i)
-                self.is_dash = True
-            else:
-                self.tok = (indent, indent, key, rest, i)
-                self.is_dash = False
-            if rest and rest[0] == "-" and (len(rest) == 1 or rest[1] == " "):
-                raise _NotPlain  # "- - x", or a key's value starting a sequence on its line
-            self.i = i + 1
-            return
-        self.tok = None
-        self.i = n
+        p = self.p = self.p + 1
+        if p < len(self.toks):
+            tok = self.tok = self.toks[p]
+            self.is_dash = tok[5]
+        else:
+            self.tok = None
 
     def node(self, parent: int) -> Any:
         """The block node that starts at the current line (indented more than parent)."""
@@ -273,7 +263,7 @@ class _Reader:
     def mapping_at(self, col: int) -> dict[Any, Any]:
         tok = self.tok
         assert tok is not None
-        self.tok = (col, col, tok[2], tok[3], tok[4])  # the first key, seen as if at its own column
+        self.tok = (col, col, tok[2], tok[3], tok[4], False)  # the first key, at its own column
         return self.mapping(col)
 
     def block(self, parent: int, strip: bool, i: int) -> str:
@@ -305,7 +295,10 @@ class _Reader:
             body.pop()
         if not body:
             raise _NotPlain
-        self.i = i
+        toks, p = self.toks, self.p
+        while p < len(toks) and toks[p][4] < i:  # the block's own lines
+            p += 1
+        self.p = p - 1
         self._advance()
         tok = self.tok
         if tok is not None and tok[0] > parent:
