@@ -76,9 +76,16 @@ def plain_step(raw: Any) -> tuple[StepSpec, str] | None:
         needs = []
     elif type(needs) is str:
         needs = [needs]
-    elif type(needs) is not list or not all(type(n) is str for n in needs):
+    elif type(needs) is not list:
         return None
+    elif len(needs) == 1:  # the common case: one step needed
+        if type(needs[0]) is not str:
+            return None
+        needs = [needs[0]]
     else:
+        for n in needs:
+            if type(n) is not str:
+                return None
         needs = list(dict.fromkeys(needs))
     for kind in _PLAIN_KINDS:
         if kind in raw:

@@ -214,3 +214,12 @@ def test_a_plain_step_is_the_step_the_dataclass_builds() -> None:
     )
     assert one == built and list(vars(one).items()) == list(vars(built).items())
     assert one.with_ is not two.with_ and one.bindings is not two.bindings  # fresh, not shared
+
+
+def test_steps_listed_before_what_they_need_parse_and_cycles_are_still_found() -> None:
+    wf = spec.parse("name: w\nsteps:\n  - {id: b, call: f, needs: [a]}\n  - {id: a, call: f}\n")
+    assert [s.id for s in wf.steps] == ["b", "a"] and wf.step("b").needs == ["a"]
+    with pytest.raises(SpecError, match=r"dependency cycle: (a -> b -> a|b -> a -> b)"):
+        spec.parse(
+            "name: w\nsteps:\n  - {id: a, call: f, needs: [b]}\n  - {id: b, call: f, needs: a}\n"
+        )
