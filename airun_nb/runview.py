@@ -219,16 +219,36 @@ def render_text(view: RunView, *, limit: int = 60) -> str:
     return "\n".join(lines)
 
 
-_CSS = (
+def _rules(*tables: str) -> str:
+    """CSS for the step table (and a gate's preview table) wherever it is drawn: the cell's
+    output, where JupyterLab and Notebook 7 right-align and centre tables
+    (``:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td``, specificity 0,2,1), and an
+    ipywidgets HTML, where nothing styles tables but lines are 28 px tall. Every selector
+    here is at least 0,2,2, so the table looks the same in both."""
+
+    def each(part: str) -> str:
+        return ",".join(f".airun-run table.{t}{part}" for t in tables)
+
+    return (
+        f"{each('')}{{border-collapse:collapse;border:none;margin:4px 0 0 0;"
+        "table-layout:auto;width:auto;font-size:13px;color:inherit}"
+        f"{each(' th')},{each(' td')}{{text-align:left;vertical-align:top;line-height:1.45;"
+        "padding:3px 16px 3px 0;border:none;border-bottom:1px solid #eaeef2;max-width:none;"
+        "white-space:nowrap;background:none}"
+        f"{each(' th')}{{font-weight:600;border-bottom:2px solid #d0d7de}}"
+        f"{each(' td.num')}{{text-align:right;font-variant-numeric:tabular-nums}}"
+        f"{each(' td.note')}{{white-space:normal;min-width:12em}}"
+        f"{each(' tbody tr:nth-child(n)')}{{background:none}}"
+    )
+
+
+TABLE_CLASS = "airun-table"
+CSS = (
     "<style>.airun-run{font-family:var(--jp-ui-font-family,system-ui,sans-serif);"
-    "font-size:13px;margin:4px 0}"
-    ".airun-run table{border-collapse:collapse;margin-top:4px}"
-    ".airun-run th{text-align:left;font-weight:600;border-bottom:2px solid #d0d7de;"
-    "padding:3px 12px 3px 0}"
-    ".airun-run td{border-bottom:1px solid #eaeef2;padding:3px 12px 3px 0;vertical-align:top}"
-    ".airun-run td.num{text-align:right;font-variant-numeric:tabular-nums}"
-    ".airun-run details summary{cursor:pointer;color:#cf222e}"
-    ".airun-run pre{margin:4px 0;font-size:12px;white-space:pre-wrap}"
+    "font-size:13px;line-height:1.45;margin:4px 0;white-space:normal;text-align:left}"
+    + _rules(TABLE_CLASS, "dataframe")
+    + ".airun-run details summary{cursor:pointer;color:#cf222e}"
+    ".airun-run pre{margin:4px 0;font-size:12px;line-height:1.35;white-space:pre-wrap}"
     ".airun-error{color:#cf222e;margin-top:4px}</style>"
 )
 
@@ -244,11 +264,11 @@ def render_html(view: RunView, *, limit: int = 200) -> str:
     shown = rows if len(rows) <= limit else rows[:limit]
     color = _STATUS_COLORS.get(view.status, "#57606a")
     out = [
-        _CSS,
+        CSS,
         '<div class="airun-run">',
         f"<div><b>run {html.escape(view.run_id)}</b> · {html.escape(view.workflow)} · "
         f'<span style="color:{color};font-weight:bold">{html.escape(view.status)}</span></div>',
-        "<table><thead><tr>"
+        f'<table class="{TABLE_CLASS}"><thead><tr>'
         "<th>step</th><th>kind</th><th>status</th><th>attempts</th><th>duration</th><th>note</th>"
         "</tr></thead><tbody>",
     ]
@@ -258,7 +278,7 @@ def render_html(view: RunView, *, limit: int = 200) -> str:
             f"<tr><td><code>{html.escape(r['step'])}</code></td><td>{r['kind']}</td>"
             f'<td style="color:{c};font-weight:bold">{r["status"]}</td>'
             f'<td class="num">{r["attempts"]}</td><td class="num">{_dur(r["duration"])}</td>'
-            f"<td>{html.escape(r['note'])}{_tb_html(r.get('traceback'))}</td></tr>"
+            f'<td class="note">{html.escape(r["note"])}{_tb_html(r.get("traceback"))}</td></tr>'
         )
     if len(rows) > limit:
         out.append(f"<tr><td colspan=6>... {len(rows) - limit} more steps</td></tr>")

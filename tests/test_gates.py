@@ -1057,7 +1057,9 @@ def test_a_stale_widget_shows_the_decision_taken_elsewhere_and_records_nothing(
     # The kernel's watcher sees the decision: the widget shows it and the run continues here
     # (a rejection rolls it back).
     _wait(lambda: widget.decided and run_status(db, run_id) == "rolled_back", "the watcher")
-    assert "<b>Rejected</b> by bob via cli; rolling the run back." in widget.status.value
+    # once the rollback is over the status line says so (not "rolling the run back" any more)
+    _wait(lambda: "the run was rolled back" in widget.status.value, "the status line")
+    assert "<b>Rejected</b> by bob via cli; the run was rolled back." in widget.status.value
     assert widget.approve_button.disabled and widget.reject_button.disabled
     before = events(db, run_id)
     monkeypatch.setenv("AIRUN_USER", "bob")

@@ -133,18 +133,30 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def gate_views(cell: Any) -> list[Any]:
+    """The cell's gate widgets (the run's table above them is a widget too, once it waits)."""
+    return [
+        o
+        for o in cell.outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+        and o["data"].get("text/plain", "").startswith("Approval needed")
+    ]
+
+
 def first_kernel_stops_at_the_gate(folder: Path, db: Path) -> tuple[str, nbformat.NotebookNode]:
     nb = run_in_fresh_kernel(folder, db)
     report = text_of(nb.cells[3])
     assert "RUN " in report and report.split()[2] == "waiting", report
     run_id = report.split()[1]
     gate_cell = nb.cells[2]
-    widget_views = [
-        o
-        for o in gate_cell.outputs
-        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    assert len(gate_views(gate_cell)) == 1, "the gate widget is drawn once in the workflow cell"
+    # one table of the run, above the gate; a headless reader sees it waiting
+    tables = [
+        o for o in gate_cell.outputs if "· release ·" in o.get("data", {}).get("text/plain", "")
     ]
-    assert len(widget_views) == 1, "the gate widget is drawn once in the workflow cell"
+    assert (
+        len(tables) == 1 and f"run {run_id} · release · waiting" in tables[0]["data"]["text/plain"]
+    )
     assert "Release 3 rows?" in text_of(gate_cell)
     assert not any(o.get("output_type") == "error" for o in gate_cell.outputs)
     assert count(folder, "prepare") == 1 and count(folder, "ship") == 0
@@ -208,11 +220,7 @@ def test_the_saved_notebook_tells_a_headless_reader_how_to_decide(folder: Path) 
     plain-text form is what is left: it must keep the message, approvers and both commands."""
     db = folder / "store.duckdb"
     run_id, nb = first_kernel_stops_at_the_gate(folder, db)
-    (gate_out,) = [
-        o
-        for o in nb.cells[2].outputs
-        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
-    ]
+    (gate_out,) = gate_views(nb.cells[2])
     plain = gate_out["data"]["text/plain"]
     assert "Release 3 rows?" in plain
     assert "approvers: bob" in plain

@@ -291,20 +291,51 @@ def test_a_waiting_gate_shows_its_run_once(kernel: LiveKernel) -> None:
     assert repeated(text) == {}, text
 
 
+def _last_status(kernel: LiveKernel) -> str:
+    out = kernel.text(kernel.execute("import airun_nb; print('LAST', airun_nb.last_run().status)"))
+    return out.split("LAST ")[1].split()[0]
+
+
 def test_an_approved_gate_says_each_thing_once(kernel: LiveKernel) -> None:
     msg_id = kernel.execute(_gate("release_ok"))
     _click(kernel, msg_id, "Approve")
-    text = _settle(kernel, msg_id, "Approved by alice via widget", "release_ok · completed")
+    text = _settle(kernel, msg_id, "release_ok · completed")
+    # one table of the run, and it shows the run as it is now: not "waiting" above the result
+    assert text.count("release_ok · ") == 1 and "release_ok · waiting" not in text, text
+    text = _settle(kernel, msg_id, "via widget; the run completed", "release_ok · completed")
     assert repeated(text) == {}, text
+    # the status line says what became of the run, not that it is still continuing
+    assert "Approved by alice via widget; the run completed." in text, text
+    assert "continuing" not in text, text
+    assert _last_status(kernel) == "completed"
+
+
+def test_an_approval_whose_next_step_fails_says_where_it_failed(kernel: LiveKernel) -> None:
+    cell = _gate("release_bad").replace('python: result = "shipped"', "call: flaky")
+    msg_id = kernel.execute(cell)
+    _click(kernel, msg_id, "Approve")
+    text = _settle(
+        kernel, msg_id, "Approved by alice via widget; the run ", "release_bad · rolled_back"
+    )
+    assert (
+        "Approved by alice via widget; the run failed at step 'ship' and was rolled back." in text
+    ), text
+    assert "continuing" not in text and "release_bad · waiting" not in text, text
+    assert text.count("release_bad · ") == 1, text
+    assert repeated(text) == {}, text
+    assert _last_status(kernel) == "rolled_back"
 
 
 def test_a_rejected_gate_that_rolls_back_says_each_thing_once(kernel: LiveKernel) -> None:
     msg_id = kernel.execute(_gate("release_no"))
     _click(kernel, msg_id, "Reject")
-    text = _settle(kernel, msg_id, "Rejected by alice via widget", "WorkflowFailed")
+    text = _settle(kernel, msg_id, "via widget; the run ", "WorkflowFailed")
     assert "release_no · rolled_back" in text and "compensated" in text
     assert text.count("was rejected by alice via widget") == 1, text
     assert repeated(text) == {}, text
+    assert "Rejected by alice via widget; the run was rolled back." in text, text
+    assert "rolling the run back" not in text and "release_no · waiting" not in text, text
+    assert text.count("release_no · ") == 1, text
 
 
 def test_a_step_that_fails_after_its_retries_says_its_error_once(kernel: LiveKernel) -> None:
@@ -332,10 +363,34 @@ def test_a_rejection_from_a_terminal_says_each_thing_once(kernel: LiveKernel, cw
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    text = _settle(kernel, msg_id, "Rejected by bob via cli", "WorkflowFailed")
+    text = _settle(kernel, msg_id, "via cli; the run ", "WorkflowFailed")
     assert "release_cli · rolled_back" in text
     assert text.count("was rejected by bob via cli") == 1, text
     assert repeated(text) == {}, text
+    assert "Rejected by bob via cli; the run was rolled back." in text, text
+    assert text.count("release_cli · ") == 1 and "release_cli · waiting" not in text, text
+    assert _last_status(kernel) == "rolled_back"
+
+
+def test_an_approval_from_a_terminal_updates_the_cells_table(kernel: LiveKernel, cwd: Path) -> None:
+    msg_id = kernel.execute(_gate("release_term"))
+    run_id = _run_id(visible(kernel, msg_id))
+    done = subprocess.run(
+        [*AIRUN, "approve", run_id, "review"],
+        env=_env(cwd / "airun.duckdb", "bob"),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    text = _settle(kernel, msg_id, "release_term · completed")
+    assert text.count("release_term · ") == 1 and "release_term · waiting" not in text, text
+    text = _settle(kernel, msg_id, "via cli; the run ", "release_term · completed")
+    assert "Approved by bob via cli; the run completed." in text, text
+    assert "continuing" not in text, text
+    assert text.count("release_term · ") == 1 and "release_term · waiting" not in text, text
+    assert repeated(text) == {}, text
+    assert _last_status(kernel) == "completed"
 
 
 def test_the_run_error_line_stays_when_no_step_row_says_it() -> None:

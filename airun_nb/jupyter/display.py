@@ -158,6 +158,15 @@ class LiveTable(Listener):
         else:
             self._redraw()
 
+    def hand_over(self, bundle: dict[str, Any]) -> bool:
+        """Replace the drawn table, in place, with ``bundle`` (a widget that carries the run's
+        table on after the cell ends: a front end applies in-place updates of a display only
+        while its cell runs). False when nothing was drawn."""
+        if self._handle is None:
+            return False
+        self._handle.update(bundle, raw=True)
+        return True
+
     def _redraw(self) -> None:
         engine = self._engine
         if engine is None:

@@ -24,7 +24,7 @@ from ..workflow import Workflow, rollback, stored_params
 from .config import Workflow as WorkflowSettings
 from .display import LiveTable, said_once
 from .lastrun import last_result, remember
-from .widgets import draw_gates, waiting_line
+from .widgets import draw_gates, run_table_widget, waiting_line
 
 
 def _split(magic: str, line: str) -> list[str]:
@@ -115,8 +115,12 @@ class WorkflowMagics(Magics):
         finally:
             remember(engine)
             if engine.open_gates:
-                # the cell's live table, right above, already shows the run waiting
-                draw_gates(engine.open_gates, engine.store.path, ns, table=False)
+                # The cell's live table, right above, already shows the run waiting. In a
+                # kernel it becomes a widget now, so the run continued later redraws it.
+                table = None
+                if getattr(self.shell, "kernel", None) is not None:
+                    table = run_table_widget(listener, engine)
+                draw_gates(engine.open_gates, engine.store.path, ns, table=False, run_table=table)
 
     def _setting(self, name: str) -> Any:
         for conf in self.shell.configurables:

@@ -28,16 +28,15 @@ from ..errors import AirunError
 from ..memory import gc_release
 from ..owner import owner_alive
 from ..runner import Runner
-from ..runview import render_html, render_text
+from ..runview import CSS, render_html, render_text, view_of_run
 from ..store import Store
 from ..workflow import Workflow
-from .display import WidgetTable, said_once
+from .display import LiveTable, WidgetTable, said_once
 from .lastrun import remember
 from .watcher import WATCHER
 
 _DRAWN: list[GateWidget] = []
-_STYLE = "<style>.airun-gate pre{white-space:pre-wrap} .airun-gate table{border-collapse:collapse}"
-_STYLE += ".airun-gate td,.airun-gate th{padding:2px 10px 2px 0;text-align:left}</style>"
+_STYLE = "<style>.airun-gate pre{white-space:pre-wrap}</style>"
 
 
 def _deadline(row: Mapping[str, Any]) -> str:
@@ -80,17 +79,55 @@ def gate_widgets() -> list[GateWidget]:
     return list(_DRAWN)
 
 
-def _decided_line(row: Mapping[str, Any]) -> str:
+def run_outcome(status: str, failed_step: str | None, gates: list[str] | None = None) -> str:
+    """What became of a continued run, as the end of a gate's status line."""
+    at = f" at step '{failed_step}'" if failed_step else ""
+    if status == "completed":
+        return "the run completed."
+    if status == "waiting":
+        named = ", ".join(f"'{g}'" for g in gates or [])
+        return f"the run now waits at gate {named}." if named else "the run waits at a gate."
+    if status == "rolled_back":
+        return f"the run failed{at} and was rolled back." if at else "the run was rolled back."
+    if status == "rollback_failed":
+        return f"the run failed{at} and its rollback failed."
+    if status == "failed":
+        return f"the run failed{at}."
+    if status == "cancelled":
+        return "the run was cancelled."
+    if status == "interrupted":
+        return "the run was interrupted."
+    return f"the run is {status}."
+
+
+def _decided_line(row: Mapping[str, Any], outcome: str | None = None) -> str:
+    """The gate's status line: who decided, and what became of the run (once it is known)."""
     who = html.escape(str(row.get("actor") or "?"))
     via = html.escape(str(row.get("channel") or "?"))
     status = str(row.get("status"))
     if status == "approved":
-        return f"<b>Approved</b> by {who} via {via}; continuing the run."
+        return f"<b>Approved</b> by {who} via {via}; {outcome or 'continuing the run.'}"
     if status == "rejected":
-        return f"<b>Rejected</b> by {who} via {via}; rolling the run back."
+        return f"<b>Rejected</b> by {who} via {via}; {outcome or 'rolling the run back.'}"
     if status == "cancelled":
         return f"<b>Cancelled</b> by {who} via {via}; the run will not continue."
-    return f"<b>{html.escape(status)}</b>: {html.escape(str(row.get('comment') or ''))}"
+    said = html.escape(str(row.get("comment") or ""))
+    tail = f"; {outcome}" if outcome else ""
+    return f"<b>{html.escape(status.capitalize())}</b>: {said}{tail}"
+
+
+def run_table_widget(listener: LiveTable, engine: Runner) -> widgets.HTML | None:
+    """Turn the cell's live table of a run that stopped at a gate into a widget, in place (the
+    same display), so whatever continues the run later (a click, the watcher) redraws that
+    table: the cell keeps one table of the run, and it shows the run as it is now."""
+    view = view_of_run(engine)
+    table = widgets.HTML(render_html(view))
+    bundle = table._repr_mimebundle_()
+    if not isinstance(bundle, dict):
+        return None
+    bundle["text/plain"] = render_text(view)  # what a headless reader of the notebook sees
+    bundle["text/html"] = render_html(view)
+    return table if listener.hand_over(bundle) else None
 
 
 class GateWidget(widgets.VBox):
@@ -106,6 +143,7 @@ class GateWidget(widgets.VBox):
         namespace: MutableMapping[str, Any],
         *,
         table: bool = True,
+        run_table: widgets.HTML | None = None,
     ):
         self.row = dict(row)
         self.db = db
@@ -114,6 +152,7 @@ class GateWidget(widgets.VBox):
         self.gate_id = str(row["gate_id"])
         self._deciding = threading.Lock()
         self.decided = False
+        self._decision: dict[str, Any] = {}
         cmds = gate.commands(self.run_id, self.gate_id)
         header = widgets.HTML(
             f"{_STYLE}<div class='airun-gate' style='border-left:4px solid #8250df;"
@@ -127,7 +166,9 @@ class GateWidget(widgets.VBox):
         )
         parts: list[widgets.Widget] = [header]
         if row.get("preview_html"):
-            parts.append(widgets.HTML(f"<div class='airun-gate'>{row['preview_html']}</div>"))
+            parts.append(
+                widgets.HTML(f"{CSS}<div class='airun-gate airun-run'>{row['preview_html']}</div>")
+            )
         self.comment = widgets.Textarea(placeholder="comment (optional)", layout={"width": "60%"})
         self.approve_button = widgets.Button(
             description="Approve", button_style="success", icon="check"
@@ -140,13 +181,20 @@ class GateWidget(widgets.VBox):
         self.reject_button.on_click(lambda _b: self.decide(gate.REJECT))
         self.cancel_button.on_click(lambda _b: self.cancel())
         self.status = widgets.HTML("")
-        self.table = widgets.HTML(self._stored_table()[1] if table else "")
+        # The run's table: the cell's own (``run_table``, drawn above the gate), redrawn as the
+        # run continues, or one of the gate's own.
+        if run_table is None:
+            run_table = widgets.HTML(self._stored_table()[1] if table else "")
+            parts_table = [run_table]
+        else:
+            parts_table = []
+        self.table = run_table
         self.out = widgets.Output()
         parts += [
             self.comment,
             widgets.HBox([self.approve_button, self.reject_button, self.cancel_button]),
             self.status,
-            self.table,
+            *parts_table,
             self.out,
         ]
         super().__init__(parts)
@@ -191,6 +239,7 @@ class GateWidget(widgets.VBox):
         self.approve_button.description = "Approved" if status == "approved" else "Approve"
         self.reject_button.description = "Rejected" if status == "rejected" else "Reject"
         self.cancel_button.description = "Cancelled" if status == "cancelled" else "Cancel run"
+        self._decision = dict(row)
         self.status.value = _decided_line(row)
 
     def decide(self, decision: str) -> None:
@@ -257,16 +306,31 @@ class GateWidget(widgets.VBox):
         return runner
 
     def _execute(self, runner: Runner) -> None:
+        remember(runner)  # last_run() is this run from now on
         try:
             runner.execute()
         except AirunError as exc:
             self.out.append_stdout(said_once(exc, runner) + "\n")
         finally:
             remember(runner)
+            gates = [str(g["gate_id"]) for g in runner.open_gates]
+            self._say_outcome(runner.status, runner.failed_step, gates)
             for row in runner.open_gates:
                 fresh = gate.gate_row(runner.store, str(row["run_id"]), str(row["gate_id"]))
-                gate_widget = GateWidget(fresh or row, self.db, self.namespace, table=False)
+                gate_widget = GateWidget(
+                    fresh or row, self.db, self.namespace, table=False, run_table=self.table
+                )
                 self.out.append_display_data(gate_widget)
+
+    def _say_outcome(
+        self, status: str, failed_step: str | None, gates: list[str] | None = None
+    ) -> None:
+        """End the status line with what became of the run (said once, replacing
+        "continuing the run")."""
+        if failed_step == self.gate_id:
+            failed_step = None  # this gate was rejected: the line says so already
+        row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or self._decision
+        self.status.value = _decided_line(row, run_outcome(status, failed_step, gates))
 
     def continue_run(self) -> None:
         """Continue the run after its gate was decided (here or elsewhere)."""
@@ -290,9 +354,15 @@ class GateWidget(widgets.VBox):
             )
             if not found or found[0]["status"] != "waiting":
                 self.table.value = self._stored_table()[1]
+                if found:
+                    self._say_outcome(found[0]["status"], found[0].get("failed_step"))
                 return
             if owner_alive(found[0]) and int(found[0].get("owner_pid") or 0) != _pid():
-                return  # the kernel that runs it continues it
+                # the kernel that runs it continues it
+                self.status.value = _decided_line(
+                    row, "the kernel that launched the run continues it."
+                )
+                return
             self.continue_run()
         finally:
             self._deciding.release()
@@ -331,9 +401,11 @@ def draw_gates(
     namespace: MutableMapping[str, Any],
     *,
     table: bool = True,
+    run_table: widgets.HTML | None = None,
 ) -> None:
-    """Display a gate widget per row; ``table=False`` when the run's table is right above."""
+    """Display a gate widget per row; ``table=False`` when the run's table is right above
+    (and ``run_table`` that table as a widget, which the continued run redraws)."""
     store = Store.open(db)
     for row in rows:
         fresh = gate.gate_row(store, str(row["run_id"]), str(row["gate_id"])) or row
-        display(GateWidget(fresh, db, namespace, table=table))
+        display(GateWidget(fresh, db, namespace, table=table, run_table=run_table))

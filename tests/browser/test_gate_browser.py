@@ -155,3 +155,11 @@ def test_approve_button_in_jupyterlab_continues_the_run(
     assert f"run {run_id} · release · running" not in page.output_text(), (
         "the gate's area still shows the continued run as running"
     )
+    # the cell shows one table of the run, as it is now (not "waiting" above the result)
+    wait_for(
+        lambda: "Approved by bob via widget; the run completed." in page.output_text(),
+        "the status line to say how the run ended",
+        timeout=30,
+    )
+    text = page.output_text()
+    assert text.count(f"run {run_id} · release · ") == 1, text

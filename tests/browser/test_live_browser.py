@@ -116,6 +116,37 @@ def _changed_box(a: Image.Image, b: Image.Image) -> tuple[int, int, int, int] | 
     return ImageChops.difference(a.crop((0, 0, w, h)), b.crop((0, 0, w, h))).getbbox()
 
 
+_TABLE_STYLE = """() => {
+  const t = document.querySelector(
+    '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output table.airun-table');
+  if (!t) return null;
+  const style = e => getComputedStyle(e);
+  const text = [...t.querySelectorAll('th'), ...t.querySelectorAll('td:not(.num)')];
+  return {
+    align: [...new Set(text.map(c => style(c).textAlign))],
+    pad: Math.min(...[...t.querySelectorAll('th, td')].map(c => parseFloat(style(c).paddingRight))),
+    margin: style(t).marginLeft,
+    line: parseFloat(style(t.querySelector('td')).lineHeight),
+    widget: !!t.closest('.widget-html'),
+  };
+}"""
+
+
+def _table_style(page) -> dict:
+    """How the run's table is drawn: the alignment of its headers and text cells, the least
+    right padding of a cell, its left margin and line height, and whether a widget holds it."""
+    found: list[dict] = []
+    wait_for(lambda: bool(found.append(page.page.evaluate(_TABLE_STYLE)) or found[-1]), "a table")
+    return found[-1]
+
+
+def _styled_alike(style: dict) -> None:
+    # left-aligned headers and text (the front end right-aligns output tables), columns apart,
+    # not centred, and not the widget's 28 px lines
+    assert style["align"] == ["left"], style
+    assert style["pad"] >= 12 and style["margin"] == "0px" and style["line"] < 24, style
+
+
 def _elapsed(page) -> str | None:
     m = re.search(r"nap\s*python\s*running\s*1\s*([0-9.]+)s\s*attempt 1 of 2", page.output_text())
     return m.group(1) if m else None
@@ -144,6 +175,9 @@ def test_the_running_row_ticks_and_the_error_line_names_the_cell(jupyter) -> Non
         return len(seen - {None}) >= 3
 
     wait_for(ticking, "the running row to show three different elapsed times", timeout=30)
+    cell_table = _table_style(page)
+    assert not cell_table["widget"]
+    _styled_alike(cell_table)
     duration = row.locator("td").nth(4).bounding_box()
     origin = row.bounding_box()
     second = page.element_screenshot(row, jupyter.shot("running-row-2"))
@@ -217,6 +251,11 @@ def test_a_terminal_approval_flips_the_buttons_and_continues_the_run_on_the_page
         has=page.page.locator("button", has_text="Reject")
     )
     before = _picture(page.element_screenshot(buttons.first, jupyter.shot("gate-buttons-before")))
+    # the cell's table of the waiting run is a widget now (the continued run redraws it),
+    # drawn just like the cell's table of a running step
+    widget_table = _table_style(page)
+    assert widget_table["widget"], widget_table
+    _styled_alike(widget_table)
     _page_shot(page, jupyter.shot("gate-before"), "Approval needed")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
     env.update(_env(db, "bob"))
@@ -233,6 +272,14 @@ def test_a_terminal_approval_flips_the_buttons_and_continues_the_run_on_the_page
     )
     assert page.button_locator("Approved").first.is_disabled()
     assert page.button_locator("Reject").first.is_disabled()
+    # one table of the run, showing it as it is now, and the status line says how it ended
+    text = page.output_text()
+    assert text.count(f"run {run_id} · release · ") == 1, text
+    wait_for(
+        lambda: "Approved by bob via cli; the run completed." in page.output_text(),
+        "the status line to say the run completed",
+        30,
+    )
     after = _picture(page.element_screenshot(buttons.first, jupyter.shot("gate-buttons-after")))
     assert _inked(before) > 0.05 and _inked(after) > 0.05, "a picture of the buttons is blank"
     assert _changed_box(before, after) is not None, "the buttons look the same after the decision"
