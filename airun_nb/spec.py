@@ -204,8 +204,15 @@ class _Parser(_Source):
         if deadline is not None:
             deadline = self.duration(deadline, ["deadline"])
         steps: list[StepSpec] = []
+        plain_step, canonical_of, path_of = specparts.plain_step, self._canonical, self._path_of
         for i, raw in enumerate(raw_steps):
-            steps.extend(self.step(raw, ["steps", i], parent_needs=[]))
+            plain = plain_step(raw)  # most steps of a big workflow: see specparts
+            if plain is None:
+                steps.extend(self.step(raw, ["steps", i], parent_needs=[]))
+            else:
+                canonical_of[id(plain[0])] = plain[1]
+                path_of[plain[0].id] = ["steps", i]
+                steps.append(plain[0])
         name = self.name or wf.get("name")
         if self.translation.seed and self.default_name is not None:
             name = wf.get("name") or self.default_name  # a seed file keeps its own name
