@@ -109,14 +109,14 @@ def load(text: str, *, where: str = "the document") -> Any:
         raise YamlLimitError(
             f"{where} is {len(text)} bytes; the limit is {MAX_BYTES} bytes of YAML"
         )
+    doc = yamlplain.load(text)  # never holds an anchor, alias or tag: no limit but the size
+    if doc is not yamlplain.NOT_PLAIN:
+        return doc
     aliases = text.count("*")
     if aliases > MAX_ALIASES and _count_aliases(text) > MAX_ALIASES:
         raise YamlLimitError(
             f"{where} uses more than {MAX_ALIASES} YAML aliases; refused (alias expansion limit)"
         )
-    doc = yamlplain.load(text)  # never holds an anchor, alias or tag
-    if doc is not yamlplain.NOT_PLAIN:
-        return doc
     node = yaml.compose(text, Loader=_Composer)
     if node is None:
         return None

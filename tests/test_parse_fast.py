@@ -223,3 +223,11 @@ def test_steps_listed_before_what_they_need_parse_and_cycles_are_still_found() -
         spec.parse(
             "name: w\nsteps:\n  - {id: a, call: f, needs: [b]}\n  - {id: b, call: f, needs: a}\n"
         )
+
+
+def test_many_stars_in_plain_text_are_not_taken_for_aliases() -> None:
+    text = "name: w\nsteps:\n" + "".join(
+        f"  - id: q{i}\n    sql: SELECT * FROM t{i}\n" for i in range(yamlsafe.MAX_ALIASES + 5)
+    )
+    wf = spec.parse(text)
+    assert wf.step("q3").body == "SELECT * FROM t3"
