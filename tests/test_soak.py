@@ -128,6 +128,7 @@ class CliLoop:
         self.turn = 0
         self.last_run: str | None = None
         self.results: list[tuple[list[str], int, str, float]] = []  # args, exit, stderr, s
+        self.out_path = self.err_path = Path(cwd) / "cli.out"
 
     def step(self) -> None:
         """Collect the command in flight if it ended; start the next one."""
@@ -135,11 +136,11 @@ class CliLoop:
             if self.proc.poll() is None:
                 if time.monotonic() - self.started > CLI_TIMEOUT:
                     self.proc.kill()
-                    _, err = self.proc.communicate()
+                    _, err = self._output()
                     self.results.append((self.args, -9, f"timed out: {err}", CLI_TIMEOUT))
                     self.proc = None
                 return
-            out, err = self.proc.communicate()
+            out, err = self._output()
             self.results.append(
                 (self.args, self.proc.returncode, err, time.monotonic() - self.started)
             )
@@ -159,21 +160,26 @@ class CliLoop:
             self.args = ["history", "--table", "steps", *db]
         else:
             self.args = ["show", str(self.last_run), *db]
-        self.proc = subprocess.Popen(
-            [*AIRUN, *self.args],
-            cwd=self.cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # Output goes to files, not pipes: a long history would fill a pipe nobody reads yet.
+        self.out_path = self.cwd / f"cli-{self.turn}.out"
+        self.err_path = self.cwd / f"cli-{self.turn}.err"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [*AIRUN, *self.args], cwd=self.cwd, env=self.env, stdout=out, stderr=err, text=True
+            )
         self.started = time.monotonic()
+
+    def _output(self) -> tuple[str, str]:
+        """Wait for the command in flight and return its stdout and stderr."""
+        assert self.proc is not None
+        self.proc.wait()
+        return self.out_path.read_text(), self.err_path.read_text()
 
     def finish(self) -> None:
         deadline = time.monotonic() + CLI_TIMEOUT
         while self.proc is not None and time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                _, err = self.proc.communicate()
+                _, err = self._output()
                 self.results.append(
                     (self.args, self.proc.returncode, err, time.monotonic() - self.started)
                 )
@@ -185,7 +191,7 @@ class CliLoop:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
             self.results.append((self.args, -9, "killed at the end of the soak", 0.0))
         self.proc = None
 
