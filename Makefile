@@ -28,7 +28,10 @@ test: $(VENV)/.test
 	bash scripts/install_browser.sh
 	$(BIN)/ruff check airun_nb tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest --cov --cov-report=term
+	@# Two steps: every test but the slowest on both cores, then the slow and browser tests
+	@# (a soak, real browsers, saved notebooks) one at a time; coverage counts both.
+	$(BIN)/python -m pytest -n 2 -m "not slow and not browser" --cov --cov-report= --cov-fail-under=0
+	$(BIN)/python -m pytest -m "slow or browser" --cov --cov-append --cov-report=term
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check airun_nb tests benchmarks

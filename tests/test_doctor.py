@@ -60,7 +60,9 @@ def test_doctor_moves_a_corrupt_store_aside(tmp_path: Path) -> None:
     code, out = _doctor(db)
     assert code == 1 and "is corrupt" in out
     code, out = _doctor(db, "--repair")
-    assert f"repaired  moved to {tmp_path}/s.duckdb.corrupt-" in out
+    # (a long temporary path is shortened in the message: match its two ends)
+    assert "repaired  moved to " in out and "/s.duckdb.corrupt-" in out
+    assert str(tmp_path)[:20] in out
     [aside] = tmp_path.glob("s.duckdb.corrupt-*")
     assert aside.read_bytes() == bytes(data) and not db.exists()
 
