@@ -1,8 +1,9 @@
 """The keeper: a thread per store handle that folds and lets go of the store when it pauses.
 
 A process holds the store's lease only while it reads, folds or writes an output table. The
-keeper looks every 10 ms: when another process waits for the lease, or nothing happened for
-``IDLE_RELEASE`` seconds, it folds this process's journal slot and lets go; when records wait in
+keeper looks every 10 ms: when another process waits for the lease it lets go at once (the
+waiter folds this process's slot as it reads); when nothing happened for ``IDLE_RELEASE``
+seconds it folds the slot and lets go; when records wait in
 the slot with nobody folding them, it folds them if the lease is free. It also makes the group
 commit's last ``fsync`` of a burst (``AIRUN_SYNC=group``). It ends when there is nothing left to
 keep, and is started again by the next use of the store.
@@ -32,7 +33,7 @@ class Kept(Protocol):
     _last_activity: float
     _yielded_at: float
 
-    def _release_locked(self) -> None: ...
+    def _release_locked(self, fold: bool = True) -> None: ...
 
 
 class Keeper:
@@ -79,7 +80,8 @@ def tick(store: Kept) -> bool:
             journal.sync_now()  # group commit: the last records of a burst
         if lease.held:
             if lease.waiters():
-                store._release_locked()
+                # The waiter folds this process's slot as it reads: appending goes on at once.
+                store._release_locked(fold=False)
                 store._yielded_at = time.monotonic()
             elif idle >= IDLE_RELEASE:
                 store._release_locked()

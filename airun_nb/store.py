@@ -98,7 +98,7 @@ class Store:
         side = (store.path, store.journal.path, store.lease.lock_path, _wal(store.path))
         existed = {p for p in side if os.path.lexists(p)}
         try:
-            with store.session("opening the store", fold=False):
+            with store.session("opening the store", fold=False, peers=False):  # a check
                 pass
         except StoreBusy:
             raise  # someone else holds the files: touch nothing
@@ -122,18 +122,20 @@ class Store:
     # -- sessions --------------------------------------------------------------------------
     @contextlib.contextmanager
     def session(
-        self, purpose: str = "reading", *, fold: bool = True
+        self, purpose: str = "reading", *, fold: bool = True, peers: bool = True
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Hold the store (lease + DuckDB connection) for the duration of the block.
 
-        Every other process's journal slot is folded first, and this process's own too unless
-        ``fold=False`` (its pending records are laid over what it reads, see ``recent``)."""
+        Every other process's journal slot is folded first (unless ``peers=False``), and this
+        process's own too unless ``fold=False`` (its pending records are laid over what it
+        reads, see ``recent``)."""
         with self._mutex:
             self._ensure_lease(purpose)
             try:
                 with _faults(self, "read"):
                     con = self._connection()
-                    self._fold(own=fold)
+                    if peers:
+                        self._fold(own=fold)
                     yield con
             finally:
                 self._last_activity = time.monotonic()
@@ -323,12 +325,13 @@ class Store:
         for message in batch.reports:
             _report(self, message)
 
-    def _release_locked(self) -> None:
-        """Fold, close DuckDB and let go of the lease; the slot too once it is empty."""
+    def _release_locked(self, fold: bool = True) -> None:
+        """Fold, close DuckDB and let go of the lease; the slot too once it is empty.
+        ``fold=False`` hands the store to a waiting process at once: it folds this slot."""
         if not self.lease.held:
             return
         try:
-            if self.journal.is_open and not self.journal.empty:
+            if fold and self.journal.is_open and not self.journal.empty:
                 self._connection()
                 self._fold()
         finally:
