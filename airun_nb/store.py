@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import os
 import re
@@ -33,7 +34,7 @@ from .crashpoints import crashpoint
 from .errors import AirunError, StoreBusy, StoreError, StoreWarning
 from .faults import check_store_path, duckdb_fault, os_fault
 from .fold import fold
-from .journal import Journal, meta_keys
+from .journal import Journal, meta_keys, slot_paths
 from .lease import Lease
 from .peers import Batch, Peers, files_signature
 from .schema import APP, SCHEMA_VERSION, TABLES, quote_ident
@@ -49,6 +50,7 @@ FOLD_EVERY = 4096  # journal records between folds while a burst of steps runs
 FOLD_AT_LATEST = 8 * FOLD_EVERY  # pending records past which appending waits for the lease
 YIELD_WINDOW = 0.5  # after handing the lease to a waiter, give it this long to finish
 
+_OPEN_J = "open the journal"
 _registry: dict[str, Store] = {}
 _registry_lock = threading.Lock()
 
@@ -99,7 +101,9 @@ class Store:
         existed = {p for p in side if os.path.lexists(p)}
         try:
             with store.session("opening the store", fold=False, peers=False):  # a check
-                pass
+                for _, slot in slot_paths(path):
+                    if slot.is_dir():  # a journal slot that can never be written
+                        raise os_fault(IsADirectoryError(errno.EISDIR, "folder"), slot, _OPEN_J)
         except StoreBusy:
             raise  # someone else holds the files: touch nothing
         except StoreError:
@@ -331,8 +335,7 @@ class Store:
         if not self.lease.held:
             return
         try:
-            if fold and self.journal.is_open and not self.journal.empty:
-                self._connection()
+            if fold:  # this slot and any other that changed
                 self._fold()
         finally:
             if self._con is not None:
