@@ -31,7 +31,6 @@ framed (header version 1: bare JSON lines) are still read once; the next generat
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .faults import os_fault
+from .lease import try_lock
 
 _HEADER_KEY = "airun_journal"
 VERSION = 2
@@ -78,15 +78,6 @@ def meta_keys(slot: int) -> tuple[str, str]:
     if slot == 0:
         return ("journal_gen", "journal_offset")
     return (f"journal_gen.{slot + 1}", f"journal_offset.{slot + 1}")
-
-
-def try_lock(fd: int) -> bool:
-    """Take the slot's exclusive ``flock`` without waiting (False: a live process has it)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
 
 
 def encode(seq: int, record: dict[str, Any]) -> bytes:

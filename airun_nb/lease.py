@@ -24,6 +24,15 @@ from .errors import StoreBusy
 from .faults import os_fault
 
 
+def try_lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting (False: a live process has it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 class Lease:
     def __init__(self, db_path: Path) -> None:
         self.lock_path = db_path.with_name(db_path.name + ".lock")
@@ -166,13 +175,7 @@ class Lease:
         )
 
     # -- internals -------------------------------------------------------------------------
-    @staticmethod
-    def _try(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
+    _try = staticmethod(try_lock)
 
     def _wait(self, fd: int, timeout: float) -> None:
         marker = self.waiters_dir / f"{os.getpid()}-{threading.get_ident()}"

@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     "airun_nb.keeper": 15,
     "airun_nb.peers": 16,
     "airun_nb.fold": 14,
-    "airun_nb.journal": 10,
+    "airun_nb.journal": 11,
     "airun_nb.lease": 10,
 }
 FRONT_ENDS = ("airun_nb.jupyter", "airun_nb.cli", "airun_nb.service", "airun_nb.dashboard")
