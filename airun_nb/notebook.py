@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import nbformat
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
@@ -83,11 +85,19 @@ def run_notebook(
     except DeadKernelError:
         raise NotebookFailed(f"{src}: the kernel died while running the notebook") from None
     finally:
+        _shutdown(km)  # a kernel manager passed in is not shut down by nbclient
         os.environ.clear()
         os.environ.update(old_env)
         nbformat.write(nb, out)
         shutil.rmtree(sockets, ignore_errors=True)
     return NotebookRun(src, out, started, time.time() - started)
+
+
+def _shutdown(km: AsyncKernelManager) -> None:
+    """Stop the kernel and wait for it (its store folds its journal as it exits)."""
+    with contextlib.suppress(Exception):
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=False)
 
 
 def _cell_failure(nb: nbformat.NotebookNode, exc: CellExecutionError) -> str:

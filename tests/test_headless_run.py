@@ -62,4 +62,7 @@ def test_airun_run_reports_the_runs_it_resumed_and_starts_the_kernel_without_tcp
     assert f"(resumed run {run_id}, started before this notebook run)" in second.stdout
     assert f"run {run_id} · nightly · completed" in second.stdout
     assert "TCP" not in second.stderr
+    # the kernel is shut down before the command exits, not left to notice its parent is gone
+    for done in (first, second):
+        assert "Parent appears to have exited" not in done.stderr, done.stderr
     assert not list(tmp_path.glob("kernel*")), "socket files left in the notebook's folder"
