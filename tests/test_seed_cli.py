@@ -17,7 +17,9 @@ import yaml
 from support import AIRUN, ENV_VARS
 
 SEED = Path(__file__).parent / "seed"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "seed-dialect"
+from seed_support import SEED_DIALECT  # noqa: E402
+
+SHARED = SEED_DIALECT  # the old runtime's real files
 
 
 @pytest.fixture

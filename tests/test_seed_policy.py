@@ -12,7 +12,9 @@ import pytest
 from airun_nb import policy
 
 SEED = Path(__file__).parent / "seed"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "seed-dialect"
+from seed_support import SEED_DIALECT  # noqa: E402
+
+SHARED = SEED_DIALECT  # the old runtime's real files
 
 
 def _decide(p: policy.Policy, who: str, cap: str, risk: str = "medium") -> str:

@@ -17,7 +17,9 @@ from airun_nb import Workflow, WorkflowFailed
 from airun_nb.capabilities import registry
 
 SEED = Path(__file__).parent / "seed"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "seed-dialect"
+from seed_support import SEED_DIALECT  # noqa: E402
+
+SHARED = SEED_DIALECT  # the old runtime's real files
 
 
 @pytest.fixture
