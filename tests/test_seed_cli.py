@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from seed_support import SEED_DIALECT
 from support import AIRUN, ENV_VARS
 
 SEED = Path(__file__).parent / "seed"
-from seed_support import SEED_DIALECT  # noqa: E402
-
 SHARED = SEED_DIALECT  # the old runtime's real files
 
 

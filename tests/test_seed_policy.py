@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from airun_nb import policy
+from seed_support import SEED_DIALECT
 
 SEED = Path(__file__).parent / "seed"
-from seed_support import SEED_DIALECT  # noqa: E402
-
 SHARED = SEED_DIALECT  # the old runtime's real files
 
 

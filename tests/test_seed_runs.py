@@ -15,10 +15,9 @@ import pytest
 import airun_nb
 from airun_nb import Workflow, WorkflowFailed
 from airun_nb.capabilities import registry
+from seed_support import SEED_DIALECT
 
 SEED = Path(__file__).parent / "seed"
-from seed_support import SEED_DIALECT  # noqa: E402
-
 SHARED = SEED_DIALECT  # the old runtime's real files
 
 
