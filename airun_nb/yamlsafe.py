@@ -15,6 +15,7 @@ is read by a faster line reader instead, and cannot expand.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -45,24 +46,32 @@ class DuplicateKeyError(AirunError):
         self.lines = lines  # 0-based, as YAML marks count
 
 
-def _check_duplicates(root: yaml.Node) -> None:
-    seen_nodes: set[int] = set()
+def _distinct(root: yaml.Node) -> Iterator[yaml.Node]:
+    """Every node of the document once (an aliased node is visited once)."""
+    seen: set[int] = set()
     stack = [root]
     while stack:
         node = stack.pop()
-        if id(node) in seen_nodes:
+        if id(node) in seen:
             continue
-        seen_nodes.add(id(node))
+        seen.add(id(node))
+        yield node
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for pair in node.value:
+                stack.extend(pair)
+
+
+def _check_duplicates(root: yaml.Node) -> None:
+    for node in _distinct(root):
         if isinstance(node, yaml.MappingNode):
             first: dict[str, int] = {}
-            for k, v in node.value:
+            for k, _v in node.value:
                 if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                     if k.value in first:
                         raise DuplicateKeyError(k.value, (first[k.value], k.start_mark.line))
                     first[k.value] = k.start_mark.line
-                stack.extend((k, v))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
 
 
 def expanded_size(root: yaml.Node, *, limit: int | None = None) -> int:
@@ -136,19 +145,7 @@ def load(text: str, *, where: str = "the document") -> Any:
 
 def distinct_nodes(root: yaml.Node) -> int:
     """How many nodes the document is made of (an aliased node counts once)."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            for pair in node.value:
-                stack.extend(pair)
-    return len(seen)
+    return sum(1 for _ in _distinct(root))
 
 
 def _count_aliases(text: str) -> int:

@@ -36,8 +36,7 @@ def work(tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _shared(name: str) -> Path:
     path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"{SHARED} is not here (the shared seed files sit beside the repository)")
+    assert path.exists(), f"{path} is missing from the repository"
     return path
 
 
