@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from airun_nb.errors import (
     AirunError,
     QueryError,
     RunBusy,
@@ -23,37 +23,37 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .cancellation import cancel
-    from .capabilities import register as register_capability
-    from .explanation import why
-    from .gate import AlreadyDecided, ApprovalError, approve, reject
-    from .history import approvals, attempts, audit, events, runs, steps
-    from .relation import history_relation, query
-    from .result import RunResult
-    from .rundiff import diff
-    from .workflow import Workflow, fork, rollback
+    from airun_nb.capabilities import register as register_capability
+    from airun_nb.engine.cancel import cancel
+    from airun_nb.gates.gate import AlreadyDecided, ApprovalError, approve, reject
+    from airun_nb.history.diff import diff
+    from airun_nb.history.frames import approvals, attempts, audit, events, runs, steps
+    from airun_nb.history.relation import history_relation, query
+    from airun_nb.history.why import why
+    from airun_nb.result import RunResult
+    from airun_nb.workflow import Workflow, fork, rollback
 
 # Everything else is imported on first use, so that `import airun_nb` (and the `airun` command)
 # does not pay for pandas, pyarrow and the engine before it needs them.
 _LAZY: dict[str, tuple[str, str]] = {
-    "cancel": ("cancellation", "cancel"),
+    "cancel": ("engine.cancel", "cancel"),
     "register_capability": ("capabilities", "register"),
-    "why": ("explanation", "why"),
-    "AlreadyDecided": ("gate", "AlreadyDecided"),
-    "ApprovalError": ("gate", "ApprovalError"),
-    "approve": ("gate", "approve"),
-    "reject": ("gate", "reject"),
+    "why": ("history.why", "why"),
+    "AlreadyDecided": ("gates.gate", "AlreadyDecided"),
+    "ApprovalError": ("gates.gate", "ApprovalError"),
+    "approve": ("gates.gate", "approve"),
+    "reject": ("gates.gate", "reject"),
     **{
-        n: ("history", n)
+        n: ("history.frames", n)
         for n in (
             *("approvals", "attempts", "audit", "events"),
             *("runs", "steps"),
         )
     },
-    "history_relation": ("relation", "history_relation"),
-    "query": ("relation", "query"),
+    "history_relation": ("history.relation", "history_relation"),
+    "query": ("history.relation", "query"),
     "RunResult": ("result", "RunResult"),
-    "diff": ("rundiff", "diff"),
+    "diff": ("history.diff", "diff"),
     "Workflow": ("workflow", "Workflow"),
     "fork": ("workflow", "fork"),
     "rollback": ("workflow", "rollback"),
@@ -115,19 +115,19 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext airun_nb``: register the ``%%workflow`` / ``%workflow`` magics."""
-    from .jupyter.magics import load
+    from airun_nb.jupyter.magics import load
 
     load(ipython)
 
 
 def last_run() -> RunResult | None:
     """The result of the last ``%%workflow`` cell run in this kernel."""
-    from .jupyter.magics import last_result
+    from airun_nb.jupyter.magics import last_result
 
     return last_result()
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from .jupyter.magics import unload
+    from airun_nb.jupyter.magics import unload
 
     unload(ipython)

@@ -1,5 +1,5 @@
 """``python -m airun_nb``: the same as the ``airun`` command."""
 
-from .cli import main
+from airun_nb.cli.main import main
 
 main()

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .runview import render_html, render_text, view_of_run
+from airun_nb.history.steptable import render_html, render_text, view_of_run
 
 if TYPE_CHECKING:
-    from .planner import Plan
-    from .runner import Runner
+    from airun_nb.engine.planner import Plan
+    from airun_nb.engine.runner import Runner
 
 
 class Outputs(Mapping[str, Any]):
@@ -69,9 +69,10 @@ class RunResult:
         return self.outputs[step_id]
 
     def timeline(self) -> Any:
-        """The run as a timeline picture (:class:`~airun_nb.timeline.Timeline`): it displays
+        """The run as a timeline picture (:class:`~airun_nb.history.timeline.Timeline`): it displays
         itself in any front end; ``.figure`` is the matplotlib Figure."""
-        from . import history, timeline
+        from airun_nb.history import frames as history
+        from airun_nb.history import timeline
 
         self._runner.store.flush()
         db = self._runner.store.path

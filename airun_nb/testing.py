@@ -27,12 +27,12 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import RunNotFound
-from .ledger import timestamp
-from .rundiff import diff
-from .schema import TABLES
-from .store import Store
-from .workflow import Workflow
+from airun_nb.engine.ledger import timestamp
+from airun_nb.errors import RunNotFound
+from airun_nb.history.diff import diff
+from airun_nb.store.database import Store
+from airun_nb.store.schema import TABLES
+from airun_nb.workflow import Workflow
 
 _Db = str | os.PathLike[str] | None
 REPLAYED_KINDS = ("call", "python", "sql")

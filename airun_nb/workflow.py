@@ -8,16 +8,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import spec as spec_mod
-from . import speccache
-from .errors import RunInterrupted, RunNotFound, WorkflowFailed
-from .ledger import Listener
-from .memory import gc_paused, gc_release
-from .result import RunResult
-from .runner import Runner
-from .spec import WorkflowSpec
-from .speccache import NO_STORE
-from .store import Store
+from airun_nb.engine.ledger import Listener
+from airun_nb.engine.memory import gc_paused, gc_release
+from airun_nb.engine.runner import Runner
+from airun_nb.errors import RunInterrupted, RunNotFound, WorkflowFailed
+from airun_nb.result import RunResult
+from airun_nb.spec import cache as speccache
+from airun_nb.spec import parser as spec_mod
+from airun_nb.spec.cache import NO_STORE
+from airun_nb.spec.parser import WorkflowSpec
+from airun_nb.store.database import Store
 
 
 class Workflow:
@@ -32,7 +32,7 @@ class Workflow:
     ) -> Workflow:
         """Parse ``text``; an unchanged text parsed before in this process is not parsed again,
         and with ``db`` (a store path, None for the default store) a big one is also found in
-        that store's parsed-spec cache (:mod:`airun_nb.speccache`)."""
+        that store's parsed-spec cache (:mod:`airun_nb.spec.cache`)."""
         return cls(speccache.parse(text, name=name, line_offset=line_offset, db=db))
 
     @classmethod

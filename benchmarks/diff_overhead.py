@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 import airun_nb
-from airun_nb.store import Store, quote_ident
+from airun_nb.store.database import Store, quote_ident
 
 WORKFLOW = """
 name: bench_diff

@@ -22,7 +22,7 @@ from pathlib import Path
 
 READER = """
 import sys, time
-from airun_nb.store import Store
+from airun_nb.store.database import Store
 db, stop = sys.argv[1], sys.argv[2]
 worst = 0.0
 n = 0
@@ -59,7 +59,7 @@ def _record(i: int) -> dict[str, object]:
 def burst(db: Path, steps: int, sync: str) -> float:
     """Steps per second for a burst of ``steps`` step transitions."""
     os.environ["AIRUN_SYNC"] = sync
-    from airun_nb.store import Store
+    from airun_nb.store.database import Store
 
     store = Store(db)  # a fresh handle reads AIRUN_SYNC
     store.lease.acquire(30, "benchmark")
@@ -82,7 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        from airun_nb.store import Store
+        from airun_nb.store.database import Store
 
         warm = root / "warm.duckdb"
         Store.open(warm).release()

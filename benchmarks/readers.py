@@ -80,7 +80,7 @@ def chain_doc(n: int) -> dict[str, Any]:
 
 def _release(db: str) -> None:
     """Let go of the store now (no keeper thread lingering into the next phase)."""
-    from airun_nb.store import Store
+    from airun_nb.store.database import Store
 
     with contextlib.suppress(Exception):
         Store.open(db).release()

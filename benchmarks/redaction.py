@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Callable
 
-from airun_nb import auditlog
+from airun_nb.governance import audit as auditlog
 
 SIZES = (8_000, 128_000, 1_000_000)
 

@@ -54,7 +54,7 @@ def fresh_dir(tag: str) -> Iterator[Path]:
 
 
 def release(db: Path) -> None:
-    from airun_nb.store import Store
+    from airun_nb.store.database import Store
 
     try:
         if db.exists():
@@ -127,9 +127,7 @@ def _two() -> int:
     return 2
 
 
-def airun_small(
-    n: int, db: Path, ready: Callable[[], None] | None = None
-) -> dict[str, float]:
+def airun_small(n: int, db: Path, ready: Callable[[], None] | None = None) -> dict[str, float]:
     from airun_nb import Workflow
 
     wf = Workflow.from_dict(SMALL)
@@ -210,7 +208,7 @@ DBOS.destroy()
 def duckdb_small(n: int, d: Path) -> dict[str, float]:
     import duckdb
 
-    from airun_nb.schema import ddl
+    from airun_nb.store.schema import ddl
 
     con = duckdb.connect(str(d / "raw.duckdb"))
     for stmt in ddl():
@@ -364,7 +362,8 @@ print("RESULT " + json.dumps({{"took": took, "bare": bare, "executed": len(r.exe
 
 
 def bench_resume(n: int) -> None:
-    from airun_nb import Workflow, WorkflowFailed, speccache
+    from airun_nb import Workflow, WorkflowFailed
+    from airun_nb.spec import cache as speccache
 
     log(f"re-running a {n}-step cell that resumes ({n - 1} replayed)")
     text = chain_text(n, fail_last=True)
@@ -415,7 +414,7 @@ def bench_resume(n: int) -> None:
 
 
 def bench_parse(n: int) -> None:
-    from airun_nb import spec
+    from airun_nb.spec import parser as spec
 
     log(f"parsing a {n}-step spec")
     text = chain_text(n)
@@ -444,8 +443,8 @@ def bench_parse(n: int) -> None:
 # ---------------------------------------------------------------------- history at 1M rows
 def million_store(rows: int) -> Path:
     """A store with ``rows`` step rows over rows/10 runs, built once and kept in .cache."""
-    from airun_nb import schema
-    from airun_nb.store import Store
+    from airun_nb.store import schema
+    from airun_nb.store.database import Store
 
     CACHE.mkdir(exist_ok=True)
     path = CACHE / f"history-{rows}-v{schema.SCHEMA_VERSION}.duckdb"
@@ -509,7 +508,7 @@ def bench_history(rows: int) -> None:
     import duckdb
 
     import airun_nb
-    from airun_nb.store import Store
+    from airun_nb.store.database import Store
 
     log(f"history over a {rows}-row store")
     path = million_store(rows)

@@ -94,10 +94,10 @@ def chain_doc(name: str, n: int, call: str = "f") -> dict[str, Any]:
 
 def release_store(db: Path) -> None:
     """Let go of a store this process opened, so its folder can be deleted and no keeper thread
-    of a finished scenario runs during the next one. Uses an internal of airun_nb.store; if that
+    of a finished scenario runs during the next one. Uses an internal of airun_nb.store.database; if that
     changes, the store is simply left to its idle timeout."""
     try:
-        from airun_nb import store as store_mod
+        from airun_nb.store import database as store_mod
 
         key = str(Path(db).resolve())
         with store_mod._registry_lock:
@@ -314,7 +314,7 @@ def bench_frames(n: int, repeats: int) -> dict[str, Any]:
 
 def _step_schema() -> tuple[list[tuple[str, str]], tuple[str, ...]]:
     """The airun ``steps`` table definition (same width and key as the real one)."""
-    from airun_nb.store import TABLES
+    from airun_nb.store.database import TABLES
 
     cols, pk = TABLES["steps"]
     return list(cols), tuple(pk)

@@ -7,8 +7,8 @@ imported: :mod:`.files`, :mod:`.network`, :mod:`.shell`, :mod:`.sqlexec`.
 
 from __future__ import annotations
 
-from . import files, legacy, network, shell, sqlexec  # noqa: F401  (register the built-ins)
-from .registry import (
+from airun_nb.capabilities import files, legacy, network, shell, sqlexec  # noqa: F401  (register the built-ins)
+from airun_nb.capabilities.registry import (
     ALIASES,
     KIND_CAPABILITY,
     KIND_RISK,
@@ -23,7 +23,7 @@ from .registry import (
     risk_of,
     summarize,
 )
-from .sqlexec import SNAPSHOT_MAX_ROWS, touched_tables
+from airun_nb.capabilities.sqlexec import SNAPSHOT_MAX_ROWS, touched_tables
 
 __all__ = [
     "ALIASES",

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .registry import CapabilityError, Context, register
+from airun_nb.capabilities.registry import CapabilityError, Context, register
 
 
 def _backup(path: Path, ctx: Context, tag: str) -> str | None:

@@ -8,8 +8,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from . import legacy_data, legacy_fs, legacy_net, legacy_sys  # noqa: F401  (register them)
-from .registry import CapabilityError, canonical
+from airun_nb.capabilities import legacy_data, legacy_fs, legacy_net, legacy_sys  # noqa: F401  (register them)
+from airun_nb.capabilities.registry import CapabilityError, canonical
 
 # Old ids that talk to outside services: the user registers them.
 EXTERNAL_PREFIXES = ("web.browser.", "crm.", "cloud.", "email.", "audit.")

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from .registry import CapabilityError, Context, register
+from airun_nb.capabilities.registry import CapabilityError, Context, register
 
 
 def _loads(value: Any, cap: str, field: str) -> Any:

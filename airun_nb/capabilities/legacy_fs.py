@@ -15,8 +15,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from .files import _backup, _missing_parents, _remove_dirs, _restore
-from .registry import CapabilityError, Context, register
+from airun_nb.capabilities.files import _backup, _missing_parents, _remove_dirs, _restore
+from airun_nb.capabilities.registry import CapabilityError, Context, register
 
 
 def _path(args: dict[str, Any], ctx: Context, cap: str) -> Path:

@@ -12,8 +12,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ..auditlog import redact
-from .registry import CapabilityError, register
+from airun_nb.capabilities.registry import CapabilityError, register
+from airun_nb.governance.audit import redact
 
 
 def _request(method: str, args: dict[str, Any]) -> Any:

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .files import _backup, _restore
-from .registry import CapabilityError, Context, register
+from airun_nb.capabilities.files import _backup, _restore
+from airun_nb.capabilities.registry import CapabilityError, Context, register
 
 ENV_ALLOWLIST = {
     *("PATH", "HOME", "USER", "LANG", "LC_ALL", "SHELL", "TERM", "PWD", "EDITOR"),

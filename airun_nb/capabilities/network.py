@@ -18,8 +18,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from ..auditlog import redact
-from .registry import CapabilityError, Context, register
+from airun_nb.capabilities.registry import CapabilityError, Context, register
+from airun_nb.governance.audit import redact
 
 _METADATA = {ipaddress.ip_address("fd00:ec2::254")}
 _METADATA_NAMES = {"metadata.google.internal", "metadata", "instance-data"}

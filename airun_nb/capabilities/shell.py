@@ -6,8 +6,8 @@ import os
 import subprocess
 from typing import Any
 
-from ..auditlog import redact_text
-from .registry import CapabilityError, Context, register
+from airun_nb.capabilities.registry import CapabilityError, Context, register
+from airun_nb.governance.audit import redact_text
 
 
 def _shell_apply(args: dict[str, Any], ctx: Context) -> Any:

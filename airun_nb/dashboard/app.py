@@ -16,11 +16,14 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Label
 
-from .. import cancellation, gate, identity, overview
-from ..errors import AirunError
-from ..store import Store
-from ..workflow import rollback
-from .screens import CommentScreen, ConfirmScreen
+from airun_nb.dashboard.screens import CommentScreen, ConfirmScreen
+from airun_nb.engine import cancel as cancellation
+from airun_nb.errors import AirunError
+from airun_nb.gates import gate
+from airun_nb.governance import identity
+from airun_nb.history import readmodels as overview
+from airun_nb.store.database import Store
+from airun_nb.workflow import rollback
 
 FILTERS = ("all", *overview.RUN_STATUSES)
 MAX_COMMENT = 4000

@@ -8,7 +8,7 @@ from typing import Any
 from traitlets import Bool, Unicode, observe
 from traitlets.config import Configurable
 
-from .. import policy as policy_mod
+from airun_nb.governance import policy as policy_mod
 
 
 class Workflow(Configurable):

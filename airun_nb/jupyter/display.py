@@ -11,11 +11,11 @@ from typing import Any
 
 from IPython.display import display
 
-from ..errors import AirunError, WorkflowFailed
-from ..ledger import Listener
-from ..runner import Runner
-from ..runview import render_html, render_text, view_of_run
-from ..state import StepState
+from airun_nb.engine.ledger import Listener
+from airun_nb.engine.runner import Runner
+from airun_nb.engine.state import StepState
+from airun_nb.errors import AirunError, WorkflowFailed
+from airun_nb.history.steptable import render_html, render_text, view_of_run
 
 MIN_INTERVAL = 0.1  # at most 10 redraws a second, however fast steps change
 TICK = 0.5  # while a step runs (or waits), its elapsed time is redrawn this often

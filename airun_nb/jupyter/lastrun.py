@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..result import RunResult
+from airun_nb.result import RunResult
 
 _last: dict[str, RunResult] = {}
 

@@ -16,15 +16,18 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
-from .. import codestore, explanation, history, rundiff
-from ..errors import WorkflowFailed
-from ..store import Store
-from ..timeouts import name_files_with
-from ..workflow import Workflow, rollback, stored_params
-from .config import Workflow as WorkflowSettings
-from .display import LiveTable, said_once
-from .lastrun import last_result, remember
-from .widgets import draw_gates, run_table_widget, waiting_line
+from airun_nb.engine.timeouts import name_files_with
+from airun_nb.errors import WorkflowFailed
+from airun_nb.history import diff as rundiff
+from airun_nb.history import frames as history
+from airun_nb.history import why as explanation
+from airun_nb.jupyter.config import Workflow as WorkflowSettings
+from airun_nb.jupyter.display import LiveTable, said_once
+from airun_nb.jupyter.lastrun import last_result, remember
+from airun_nb.jupyter.widgets import draw_gates, run_table_widget, waiting_line
+from airun_nb.store import code as codestore
+from airun_nb.store.database import Store
+from airun_nb.workflow import Workflow, rollback, stored_params
 
 
 def _split(magic: str, line: str) -> list[str]:
@@ -66,8 +69,6 @@ def _params(items: list[str]) -> dict[str, Any]:
     return out
 
 
-
-
 @magics_class
 class WorkflowMagics(Magics):
     @cell_magic("workflow")
@@ -90,9 +91,7 @@ class WorkflowMagics(Magics):
             plan = engine.dry_run(resume=args.resume, new=args.new, fork=fork)
             print(explanation.plan_text(plan))
             return
-        self._run(
-            wf, db=args.db, params=params, resume=args.resume, new=args.new, fork=fork
-        )
+        self._run(wf, db=args.db, params=params, resume=args.resume, new=args.new, fork=fork)
 
     def _run(self, wf: Workflow, **kwargs: Any) -> None:
         listener = LiveTable()
@@ -162,7 +161,7 @@ class WorkflowMagics(Magics):
         if cmd == "timeline":
             if len(rest) != 1:
                 raise UsageError("%workflow timeline: give one run id")
-            from .. import timeline
+            from airun_nb.history import timeline
 
             history.stored_run(rest[0], db)  # a clear error for an unknown run
             return timeline.draw(
@@ -187,7 +186,7 @@ class WorkflowMagics(Magics):
             ids = [w for w in rest if w != "--rollback"]
             if len(ids) != 1:
                 raise UsageError("%workflow cancel: give one run id (and --rollback to undo it)")
-            from ..cancellation import cancel, describe
+            from airun_nb.engine.cancel import cancel, describe
 
             done = cancel(
                 ids[0],

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..store import Store, files_signature
+from airun_nb.store.database import Store, files_signature
 
 POLL = 0.3  # seconds between looks at the files
 

@@ -22,18 +22,19 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import display
 
-from .. import gate, history
-from ..config import current_user
-from ..errors import AirunError
-from ..memory import gc_release
-from ..owner import owner_alive
-from ..runner import Runner
-from ..runview import CSS, render_html, render_text, view_of_run
-from ..store import Store
-from ..workflow import Workflow
-from .display import LiveTable, WidgetTable, said_once
-from .lastrun import remember
-from .watcher import WATCHER
+from airun_nb.engine.memory import gc_release
+from airun_nb.engine.runner import Runner
+from airun_nb.errors import AirunError
+from airun_nb.gates import gate
+from airun_nb.history import frames as history
+from airun_nb.history.steptable import CSS, render_html, render_text, view_of_run
+from airun_nb.jupyter.display import LiveTable, WidgetTable, said_once
+from airun_nb.jupyter.lastrun import remember
+from airun_nb.jupyter.watcher import WATCHER
+from airun_nb.settings.environment import current_user
+from airun_nb.store.database import Store
+from airun_nb.store.owner import owner_alive
+from airun_nb.workflow import Workflow
 
 _DRAWN: list[GateWidget] = []
 _STYLE = "<style>.airun-gate pre{white-space:pre-wrap}</style>"
@@ -373,7 +374,7 @@ class GateWidget(widgets.VBox):
 
     def cancel(self) -> None:
         """End the run as cancelled (its gates close)."""
-        from ..cancellation import cancel, describe
+        from airun_nb.engine.cancel import cancel, describe
 
         WATCHER.forget(self)
         try:

@@ -7,6 +7,6 @@ demand.
 
 from __future__ import annotations
 
-from ..gatelinks import approval_link
+from airun_nb.gates.links import approval_link
 
 __all__ = ["approval_link"]

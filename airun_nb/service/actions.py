@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import cancellation, gate
-from ..store import Store
-from .auth import BadInput, NotFound, Refused, TooLarge
-from .tokens import Identity
+from airun_nb.engine import cancel as cancellation
+from airun_nb.gates import gate
+from airun_nb.service.auth import BadInput, NotFound, Refused, TooLarge
+from airun_nb.service.tokens import Identity
+from airun_nb.store.database import Store
 
 MAX_COMMENT = 4000
 

@@ -9,10 +9,12 @@ import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from .. import __version__, gate, overview
-from . import actions, events
-from .auth import BadInput, TooLarge, api_identity, api_writer, store_of
-from .tokens import Identity
+from airun_nb import __version__
+from airun_nb.gates import gate
+from airun_nb.history import readmodels as overview
+from airun_nb.service import actions, events
+from airun_nb.service.auth import BadInput, TooLarge, api_identity, api_writer, store_of
+from airun_nb.service.tokens import Identity
 
 router = APIRouter(prefix="/v1")
 MAX_BODY = 64 * 1024

@@ -12,12 +12,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from .. import __version__
-from .. import gatelinks as links
-from ..errors import AirunError
-from ..store import Store
-from . import api, pages
-from .auth import SESSION_COOKIE, status_of
+from airun_nb import __version__
+from airun_nb.errors import AirunError
+from airun_nb.gates import links
+from airun_nb.service import api, pages
+from airun_nb.service.auth import SESSION_COOKIE, status_of
+from airun_nb.store.database import Store
 
 log = logging.getLogger("airun_nb.service")
 DESCRIPTION = """Approve, reject and follow airun_nb workflow runs from outside the notebook.

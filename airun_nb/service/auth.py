@@ -13,13 +13,13 @@ import secrets
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..cancellation import CancelError
-from ..errors import AirunError, RunBusy, RunNotFound, StoreBusy, WorkflowFailed
-from ..gate import AlreadyDecided, ApprovalError
-from ..overview import FilterError
-from ..store import Store
-from . import tokens
-from .tokens import Identity
+from airun_nb.engine.cancel import CancelError
+from airun_nb.errors import AirunError, RunBusy, RunNotFound, StoreBusy, WorkflowFailed
+from airun_nb.gates.gate import AlreadyDecided, ApprovalError
+from airun_nb.history.readmodels import FilterError
+from airun_nb.service import tokens
+from airun_nb.service.tokens import Identity
+from airun_nb.store.database import Store
 
 SESSION_COOKIE = "airun_session"
 bearer = HTTPBearer(auto_error=False, description="A token made by `airun token create USER`.")

@@ -19,8 +19,8 @@ import anyio
 from fastapi import Request
 from sse_starlette.sse import EventSourceResponse
 
-from ..overview import iso, parse_since
-from ..store import Store, files_signature
+from airun_nb.history.readmodels import iso, parse_since
+from airun_nb.store.database import Store, files_signature
 
 POLL = 0.1  # seconds between looks at the files
 READ_ANYWAY = 5.0  # seconds after which the events are read even if the files look unchanged

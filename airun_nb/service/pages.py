@@ -11,12 +11,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from .. import cancellation, gate, overview
-from .. import gatelinks as links
-from ..errors import AirunError
-from . import actions, tokens
-from .auth import check_csrf, csrf_token, session_identity, status_of, store_of
-from .tokens import Identity
+from airun_nb.engine import cancel as cancellation
+from airun_nb.errors import AirunError
+from airun_nb.gates import gate, links
+from airun_nb.history import readmodels as overview
+from airun_nb.service import actions, tokens
+from airun_nb.service.auth import check_csrf, csrf_token, session_identity, status_of, store_of
+from airun_nb.service.tokens import Identity
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))

@@ -28,7 +28,7 @@ def serve(
     public_url: str | None = None,
 ) -> None:
     """Run the service until interrupted; a non-loopback address needs ``allow_remote``."""
-    from ..errors import AirunError
+    from airun_nb.errors import AirunError
 
     if not is_loopback(host) and not allow_remote:
         raise AirunError(
@@ -37,7 +37,7 @@ def serve(
         )
     import uvicorn
 
-    from .app import create_app
+    from airun_nb.service.app import create_app
 
     url = public_url or f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     secure = url.startswith("https://")

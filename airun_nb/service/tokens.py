@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import AirunError
-from ..store import Store
+from airun_nb.errors import AirunError
+from airun_nb.store.database import Store
 
 ROLES = ("viewer", "approver", "admin")
 DEFAULT_ROLE = "approver"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import airun_nb
-from service_support import make_token, running_server
+from support.service import make_token, running_server
 
 from .conftest import REPO_ROOT, require_browser
 from .harness import CHROMIUM_ARGS, CHROMIUM_PATH

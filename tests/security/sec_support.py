@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 
 import airun_nb
-from airun_nb import Workflow, auditlog
-from airun_nb import policy as policy_mod
+from airun_nb import Workflow
 from airun_nb.errors import AirunError
-from airun_nb.store import Store
+from airun_nb.governance import audit as auditlog
+from airun_nb.governance import policy as policy_mod
+from airun_nb.store.database import Store
 from support import AIRUN, ENV_VARS
 
 TABLES = ("runs", "steps", "attempts", "events", "audit", "approvals", "specs")

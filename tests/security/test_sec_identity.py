@@ -11,8 +11,9 @@ import pytest
 from sec_support import World, airun, one_line
 
 import airun_nb
-from airun_nb import Workflow, identity
-from airun_nb.store import Store
+from airun_nb import Workflow
+from airun_nb.governance import identity
+from airun_nb.store.database import Store
 
 ME = getpass.getuser()
 

@@ -7,9 +7,11 @@ import pytest
 from sec_support import World, run_refused
 
 import airun_nb
-from airun_nb import Workflow, policy, yamlsafe
+from airun_nb import Workflow
 from airun_nb.errors import SpecError
-from airun_nb.store import Store
+from airun_nb.governance import policy
+from airun_nb.spec import yamlsafe
+from airun_nb.store.database import Store
 
 
 def _bomb(levels: int = 9) -> str:

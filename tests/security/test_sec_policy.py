@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sec_support import World, run_refused
 
-from airun_nb import policy as policy_mod
 from airun_nb.errors import SpecError
-from airun_nb.policy import PolicyError
+from airun_nb.governance import policy as policy_mod
+from airun_nb.governance.policy import PolicyError
 
 CONFIGURED = """
 roles: {agent: [agent-7], lead: [lena]}

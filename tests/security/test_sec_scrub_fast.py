@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from airun_nb import auditlog
+from airun_nb.governance import audit as auditlog
 
 
 @contextmanager

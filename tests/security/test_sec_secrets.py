@@ -12,8 +12,9 @@ import pytest
 from sec_support import World
 
 import airun_nb
-from airun_nb import Workflow, auditlog
-from airun_nb.secrets import SecretWarning
+from airun_nb import Workflow
+from airun_nb.governance import audit as auditlog
+from airun_nb.governance.secrets import SecretWarning
 
 TOKEN = "tok-9f8e7d6c5b4a-very-secret"
 
@@ -38,7 +39,7 @@ steps:
     wf.run()
     assert (world.root / "out.txt").read_text() == f"token={TOKEN}"  # the effect has it
     world.assert_absent(TOKEN)  # the stored rows (the echo's output too) do not
-    from airun_nb.store import Store
+    from airun_nb.store.database import Store
 
     store = Store.open(world.store)
     (out,) = store.query("SELECT output_json FROM steps WHERE step_id = 'echo'")[0]
@@ -147,8 +148,7 @@ steps:
         )
     r = wf.run(raise_on_failure=False)
     assert r.status == "waiting"
-    gates = airun_nb.gates() if hasattr(airun_nb, "gates") else None
-    from airun_nb.store import Store
+    from airun_nb.store.database import Store
 
     store = Store.open(world.store)
     row = store.query_dicts("SELECT * FROM approvals WHERE run_id = ?", [r.run_id])[0]
@@ -156,7 +156,6 @@ steps:
     preview = str(row["preview_text"]) + str(row["preview_html"])
     assert "abcdefgh12345678zz" not in preview and "pa55w0rd-literal" not in preview
     assert "ada" in preview
-    del gates
     world.assert_absent("abcdefgh12345678zz")
 
 

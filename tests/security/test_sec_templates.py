@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from sec_support import World, run_refused
 
-from airun_nb import templates
 from airun_nb.errors import TemplateError
+from airun_nb.spec import templates
 
 PWNED = "pwned.txt"
 PAYLOADS = [

@@ -1,0 +1,169 @@
+"""``airun doctor``: open a store, fold its journal, check that its rows hang together.
+
+Each check gives a :class:`Finding` (``ok``, ``problem`` or ``repaired``). Checks: the store
+file opens (not corrupt, not foreign), the journal folds (a damaged tail is set aside by the
+fold itself, see :mod:`~airun_nb.store.journal`), earlier set-aside journal bytes, step rows whose
+run is missing, attempts whose step is missing, and runs left ``running`` by a process that is
+gone. With ``repair=True`` a corrupt store file is moved aside (its bytes kept) so that a new
+one can be made, and dead runs are closed as ``interrupted`` (each claimed under the lease,
+so a run that came back to life meanwhile is left alone); resuming them works as before.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from airun_nb.engine.claim import claim_run
+from airun_nb.errors import RunBusy, StoreBusy, StoreError, StoreWarning
+from airun_nb.settings import environment as config
+from airun_nb.store.database import Store
+from airun_nb.store.faults import short
+from airun_nb.store.owner import owner_alive, owner_fields
+
+
+@dataclass
+class Finding:
+    check: str
+    status: str  # ok | problem | repaired
+    detail: str
+
+
+def examine(db: str | os.PathLike[str] | None = None, *, repair: bool = False) -> list[Finding]:
+    """Check the store at ``db`` (never creating one); repair what can be repaired."""
+    path = config.resolve_db(db)
+    if not path.exists():
+        raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
+    findings: list[Finding] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreWarning)
+        try:
+            store = Store.open(path, create=False)
+        except StoreBusy:
+            raise
+        except StoreError as exc:
+            findings.append(Finding("store file", "problem", exc.message))
+            if repair and "corrupt" in exc.message:
+                findings.append(_move_aside(path))
+            return findings
+    findings.append(Finding("store file", "ok", f"{short(path)} opens as an airun_nb store"))
+    journal = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
+    findings.append(
+        Finding("journal", "repaired", journal[0])
+        if journal
+        else Finding("journal", "ok", "every journaled record folded")
+    )
+    aside = sorted(path.parent.glob(path.name + ".journal*.damaged-*"))
+    if aside:
+        names = ", ".join(p.name for p in aside[:3]) + (" ..." if len(aside) > 3 else "")
+        findings.append(
+            Finding("set-aside journal bytes", "ok", f"{len(aside)} file(s) kept: {names}")
+        )
+    for check, sql in _ORPHANS:
+        n = store.query(sql)[0][0]
+        findings.append(
+            Finding(check, "problem", f"{n} row(s); nothing reads them, left in place")
+            if n
+            else Finding(check, "ok", "none")
+        )
+    findings.append(_dead_runs(store, repair))
+    store.release()
+    return findings
+
+
+_ORPHANS = [
+    (
+        "step rows without a run",
+        "SELECT count(*) FROM steps s WHERE NOT EXISTS "
+        "(SELECT 1 FROM runs r WHERE r.run_id = s.run_id)",
+    ),
+    (
+        "attempts without a step",
+        "SELECT count(*) FROM attempts a WHERE NOT EXISTS "
+        "(SELECT 1 FROM steps s WHERE s.run_id = a.run_id AND s.step_id = a.step_id)",
+    ),
+]
+
+
+def _dead_runs(store: Store, repair: bool) -> Finding:
+    rows = store.query_dicts("SELECT * FROM runs WHERE status = 'running'")
+    dead = [r for r in rows if not owner_alive(r)]
+    if not dead:
+        return Finding("runs left running by a dead process", "ok", "none")
+    ids = ", ".join(r["run_id"] for r in dead[:5]) + (" ..." if len(dead) > 5 else "")
+    if not repair:
+        return Finding(
+            "runs left running by a dead process",
+            "problem",
+            f"{len(dead)}: {ids} (resume them, or `airun doctor --repair` closes them as "
+            "interrupted)",
+        )
+    closed = []
+    for r in dead:
+        try:
+            claim_run(
+                store,
+                r["run_id"],
+                status="interrupted",
+                owner=owner_fields(),
+                alive=owner_alive,
+                expect_status=("running",),
+                extra={
+                    "finished_at": time.time(),
+                    "error": "its process died; closed by airun doctor",
+                },
+            )
+        except RunBusy:
+            continue  # it has an owner again: not ours to close
+        store.record(_event(r["run_id"]))
+        closed.append(r["run_id"])
+    store.flush()
+    return Finding(
+        "runs left running by a dead process",
+        "repaired",
+        f"closed {len(closed)} as interrupted: {', '.join(closed[:5])}"
+        + (" ..." if len(closed) > 5 else ""),
+    )
+
+
+def _event(run_id: str) -> dict[str, object]:
+    return {
+        "t": "ev",
+        "ts": time.time(),
+        "run_id": run_id,
+        "step_id": None,
+        "kind": "run_interrupted",
+        "detail": '{"by": "airun doctor", "reason": "its process died"}',
+    }
+
+
+def _move_aside(path: Path) -> Finding:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    try:
+        path.rename(target)
+        wal = path.with_name(path.name + ".wal")
+        if wal.exists():
+            wal.rename(target.with_name(target.name + ".wal"))
+    except OSError as exc:
+        return Finding("store file", "problem", f"could not move it aside: {exc.strerror}")
+    return Finding(
+        "store file",
+        "repaired",
+        f"moved to {short(target)} (bytes kept); the next run starts a new store",
+    )
+
+
+def table(findings: list[Finding]) -> str:
+    """The findings as a plain-text table."""
+    width = max(len(f.check) for f in findings)
+    lines = [f"{'check'.ljust(width)}  status    detail"]
+    lines += [f"{f.check.ljust(width)}  {f.status.ljust(8)}  {f.detail}" for f in findings]
+    return "\n".join(lines)
+
+
+def healthy(findings: list[Finding]) -> bool:
+    return all(f.status != "problem" for f in findings)

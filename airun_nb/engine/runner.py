@@ -1,0 +1,349 @@
+"""The runner: takes one run from its plan to an end state.
+
+1. **plan** (:mod:`~airun_nb.engine.planner`): resolve, hash, pick the run, decide every step.
+2. **execute**: the DAG loop (:mod:`~airun_nb.engine.scheduler`) runs each step
+   (:mod:`~airun_nb.engine.execution`, gates through :mod:`~airun_nb.engine.gatekeeper`); every transition is
+   recorded by the :mod:`~airun_nb.engine.ledger` before the next thing happens.
+3. **finish**: completed, waiting at a gate, failed, or rolled back
+   (:mod:`~airun_nb.engine.compensation`); a kernel interrupt leaves the run ``interrupted`` and
+   resumable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any
+
+from airun_nb import capabilities
+from airun_nb.engine import compensation, execution, stepprint
+from airun_nb.engine import stepkinds as kinds
+from airun_nb.engine.claim import RunClaim
+from airun_nb.engine.endstate import failed
+from airun_nb.engine.ledger import Ledger, Listener, timestamp
+from airun_nb.engine.memory import gc_paused, gc_release
+from airun_nb.engine.planner import Plan, Planner
+from airun_nb.engine.scheduler import schedule
+from airun_nb.engine.scope import Scope
+from airun_nb.engine.state import (
+    COMPLETED,
+    FAILED,
+    ROLLBACK_FAILED,
+    ROLLED_BACK,
+    ROLLING_BACK,
+    S_PENDING,
+    WAITING,
+    StepState,
+)
+from airun_nb.errors import RunBusy, RunInterrupted, WorkflowFailed
+from airun_nb.governance import policy as policy_mod
+from airun_nb.governance.workspace import Workspace
+from airun_nb.settings import environment as config
+from airun_nb.spec.parser import WorkflowSpec, expand
+from airun_nb.store import owner
+from airun_nb.store.database import Store
+
+__all__ = ["Listener", "Plan", "Runner", "StepState"]
+
+
+class Runner:
+    """Executes one run of a workflow (a :class:`~airun_nb.engine.context.RunContext`)."""
+
+    def __init__(
+        self,
+        spec: WorkflowSpec,
+        store: Store,
+        *,
+        namespace: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        listener: Listener | None = None,
+        source: str | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.params: dict[str, Any] = {**spec.params, **(params or {})}
+        spec = expand(spec, self.params)
+        self.spec = spec
+        self.store = store
+        self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
+        self.user = user or config.current_user()
+        self.states: dict[str, StepState] = {s.id: StepState(s) for s in spec.steps}
+        self.ledger = Ledger(
+            store, spec, self.params, listener=listener, source=source, launched_by=self.user
+        )
+        self.ledger.subject = self
+        self.scope = Scope(
+            spec,
+            self.states,
+            store,
+            params=self.params,
+            namespace=self.namespace,
+            run_id=lambda: self.ledger.run_id,
+            user=self.user,
+        )
+        self.planner = Planner(
+            spec, store, self.states, params=self.params, namespace=self.namespace
+        )
+        self.plan: Plan | None = None
+        self.sql = kinds.SqlEngine(store_path=store.path)  # confined to the workspace
+        self.bind_output = isinstance(namespace, dict)
+        self.requested_rollback = False
+        self.rejected = False
+        self.open_gates: list[dict[str, Any]] = []
+        self.policy = policy_mod.Policy()
+        self.workspace = Workspace()
+        self.executed: list[str] = []
+        self.claim = RunClaim(store)
+
+    # Run-level facts live in the ledger, which records them.
+    @property
+    def run_id(self) -> str:
+        return self.ledger.run_id
+
+    @property
+    def status(self) -> str:
+        return self.ledger.status
+
+    @property
+    def error(self) -> str | None:
+        return self.ledger.error
+
+    @property
+    def failed_step(self) -> str | None:
+        return self.ledger.failed_step
+
+    @property
+    def listener(self) -> Listener:
+        return self.ledger.listener
+
+    def output_of(self, step_id: str) -> Any:
+        return self.scope.output_of(step_id)
+
+    def capability_context(self, step_id: str) -> capabilities.Context:
+        undo_dir = self.store.path.with_name(self.store.path.name + ".undo") / self.run_id / step_id
+        return capabilities.Context(
+            self.workspace,
+            undo_dir,
+            self.store,
+            principal=self.user,
+            hosts=self.policy.hosts_for(self.user),
+        )
+
+    # ------------------------------------------------------------------ plan
+    def prepare(
+        self,
+        *,
+        resume: str | None = None,
+        new: bool = False,
+        fork: tuple[str, str] | None = None,
+        fork_only: bool = False,
+    ) -> Plan:
+        """Plan the run; ``fork=(run, step)``: reuse ``run`` but ``step`` and downstream
+        (``fork_only``: but ``step`` alone)."""
+        try:
+            with gc_paused():  # released when the run ends (execute), or on failure here
+                self.policy = policy_mod.current().tightened(self.spec.policy)
+                self.workspace = Workspace()
+                self.planner.resolve()
+                self.planner.hash_steps()
+                self.planner.check_templates()
+                reads = fork is not None or bool(resume) or not new  # a new run reads nothing
+                with self.store.session("planning a run", fold=False) if reads else nullcontext():
+                    prior_run: dict[str, Any] | None
+                    if fork is not None:
+                        prior_run, prior_rows = self.planner.select_fork(*fork)
+                        mode = "fork"
+                    else:
+                        prior_run, prior_rows, mode = self.planner.select_run(resume, new)
+                    self.claim.take(prior_run, mode)  # in the lease hold of the selection
+                step = fork[1] if fork is not None else None
+                plan = self.planner.decide(
+                    prior_run, prior_rows, mode, fork_step=step, fork_only=fork_only
+                )
+                self._adopt(plan)
+        except BaseException as exc:
+            gc_release()
+            self.claim.fail(exc)
+            raise
+        assert self.plan is not None
+        return self.plan
+
+    def dry_run(self, **how: Any) -> Plan:
+        """The plan :meth:`prepare` makes, and nothing executed or written."""
+        self.claim.dry = True
+        try:
+            return self.prepare(**how)
+        finally:
+            gc_release()
+
+    def prepare_rollback(self, run_id: str) -> Plan:
+        """Load a stored run to roll it back (on demand, or to finish a rollback)."""
+        with self.store.session("planning a rollback"):
+            row, rows = self.planner.select_rollback(run_id)
+            self.claim.take(row, "rollback")
+        self.workspace = Workspace()
+        self.ledger.failed_step = row.get("failed_step")
+        self.ledger.error = row.get("error")
+        self.requested_rollback = True
+        self._adopt(self.planner.decide(row, rows, "rollback"))
+        assert self.plan is not None
+        return self.plan
+
+    def _adopt(self, plan: Plan) -> None:
+        """Take over what the plan continues: the run id, its launcher, its history."""
+        ledger = self.ledger
+        ledger.run_id = plan.run_id
+        ledger.seeded_from = plan.source_run if plan.mode == "seeded" else None
+        if plan.mode in ("resume", "rollback"):
+            ledger.seeded_from = plan.prior.get("seeded_from")
+        if plan.forked_step and plan.source_run:
+            ledger.forked_from = (plan.source_run, plan.forked_step)
+        if plan.mode in ("resume", "rollback"):
+            ledger.launched_by = plan.launched_by or self.user
+            ledger.created_at = plan.created_at or time.time()
+            ledger.status = plan.prior.get("status") or ledger.status
+            if plan.mode == "rollback":
+                # A rollback keeps when the run started, and the failure that started it.
+                ledger.started_at = timestamp(plan.prior.get("started_at")) or ledger.started_at
+                ledger.failed_step = ledger.failed_step or plan.prior.get("failed_step")
+                ledger.error = ledger.error or plan.prior.get("error")
+        ledger.set_seq(plan.seq)
+        self.scope.blob_source.update(self.planner.blob_source)
+        self.plan = plan
+
+    # ------------------------------------------------------------------ execute
+    def execute(self) -> None:
+        assert self.plan is not None, "prepare() first"
+        if not owner.claim_in_process(self.run_id):
+            raise RunBusy(f"run {self.run_id} is already executing in this kernel")
+        try:
+            if self.plan.mode in ("resume", "rollback"):
+                self.ledger.close_dead_attempts()
+            if self.plan.mode == "rollback":
+                self.listener.planned(self)
+                compensation.roll_back(self)
+            else:
+                self._begin()
+                self.listener.planned(self)
+                self._schedule()
+                self._finish()
+                if self.status == COMPLETED:  # the values steps read, as the run leaves them
+                    fresh = stepprint.refresh_values(self.states, self.namespace)
+                    self.ledger.write([self.ledger.step_record(st) for st in fresh])
+        except KeyboardInterrupt:
+            self._on_interrupt()
+        except Exception as exc:
+            raise failed(self, exc) from None  # recorded failed (or why it could not be)
+        finally:
+            owner.release_in_process(self.run_id)
+            gc_release()
+        self._bind_outputs()  # no fold here: the journal holds the run, folded in batches
+        self.listener.finished(self)
+        self._raise_for_status()
+
+    def _begin(self) -> None:
+        plan = self.plan
+        assert plan is not None
+        spec_record = None
+        if plan.mode != "resume" or plan.prior_spec_hash != self.spec.spec_hash:
+            spec_record = {
+                "t": "spec",
+                "spec_hash": self.spec.spec_hash,
+                "workflow": self.spec.name,
+                "text": self.spec.source,
+            }
+        steps: list[tuple[StepState, str | None]] = []
+        for entry in plan.entries:
+            st = self.states[entry.step_id]
+            if entry.action == "run":
+                st.reason = None if entry.reason == "not run yet" else entry.reason
+                st.status = S_PENDING
+                st.error = None
+                st.out = {}
+                st.started_at = st.finished_at = None
+                steps.append((st, st.reason))
+            elif plan.mode in ("seeded", "fork"):
+                steps.append((st, None))
+        self.ledger.begin(
+            mode=plan.mode, source_run=plan.source_run, spec_record=spec_record, steps=steps
+        )
+
+    def _schedule(self) -> None:
+        def on_failed(st: StepState) -> None:
+            if self.ledger.failed_step is None:
+                self.ledger.failed_step = st.id
+                self.ledger.error = st.error
+
+        schedule(
+            self.spec,
+            self.states,
+            lambda st: execution.run_step(self, st),
+            on_failed,
+            lambda: self.ledger.failed_step is not None,
+        )
+
+    def _finish(self) -> None:
+        ledger = self.ledger
+        if ledger.failed_step is None and self.open_gates:
+            ledger.set_status(WAITING, gates=[g["gate_id"] for g in self.open_gates])
+        elif ledger.failed_step is None:
+            ledger.set_status(COMPLETED)
+        elif self._failure_policy() == "rollback":
+            compensation.roll_back(self)
+        else:
+            ledger.set_status(FAILED, step=ledger.failed_step, error=ledger.error)
+
+    def _failure_policy(self) -> str:
+        assert self.failed_step is not None
+        if self.rejected:
+            return "rollback"  # a rejection always rolls the run back
+        return self.states[self.failed_step].spec.on_failure or self.spec.on_failure
+
+    def _on_interrupt(self) -> None:
+        was_rolling_back = self.status == ROLLING_BACK
+        self.ledger.interrupted(self.states.values())
+        self.store.flush()
+        self.listener.finished(self)
+        if was_rolling_back:
+            raise RunInterrupted(
+                f"the rollback of run {self.run_id} was interrupted; re-run the cell or "
+                f"`%workflow rollback {self.run_id}` to finish it",
+                run_id=self.run_id,
+            ) from None
+        raise RunInterrupted(
+            f"run {self.run_id} was interrupted; re-run the cell or "
+            f"`%workflow resume {self.run_id}` to resume it",
+            run_id=self.run_id,
+        ) from None
+
+    def _raise_for_status(self) -> None:
+        if self.status in (COMPLETED, WAITING) or (
+            self.status == ROLLED_BACK and (self.failed_step is None or self.requested_rollback)
+        ):
+            return
+        failure = (
+            f"run {self.run_id} failed at step '{self.failed_step}': {self.error}"
+            if self.failed_step
+            else f"run {self.run_id}"
+        )
+        if self.status == ROLLED_BACK:
+            undone = [st.id for st in compensation.undo_order(self) if st.comp_status == "done"]
+            tail = f"; rolled back (undid {', '.join(undone)})" if undone else "; rolled back"
+            message = failure + tail
+        elif self.status == ROLLBACK_FAILED:
+            bad = next((st for st in self.states.values() if st.comp_status == "failed"), None)
+            what = f" at '{bad.id}': {bad.comp_error}" if bad else ""
+            message = (
+                f"{failure}; rollback failed{what}. Fix it, then `%workflow rollback "
+                f"{self.run_id}` (or `airun rollback {self.run_id}`) to finish undoing"
+            )
+        else:
+            message = failure
+        raise WorkflowFailed(message, run_id=self.run_id, status=self.status)
+
+    def _bind_outputs(self) -> None:
+        if not self.bind_output:
+            return
+        for st in self.states.values():
+            if st.spec.output and st.replayed and st.status == "completed":
+                self.namespace[st.spec.output] = self.output_of(st.id)  # type: ignore[index]

@@ -1,0 +1,104 @@
+"""Signed links to a gate's page, for notifications.
+
+The service keeps a settings file beside the store (``<store>.service.json``, readable by its
+owner only) with a random secret and the address it serves on. A gate's notification carries a
+link to the gate's page signed with that secret; the link expires at the gate's deadline (or a
+week after it was made, for a gate without one). The link only finds the gate: the person who
+opens it still logs in with a token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from airun_nb.errors import AirunError
+from airun_nb.settings import environment as config
+
+NO_DEADLINE_TTL = 7 * 24 * 3600.0
+_SALT = "airun-gate-link"
+
+
+class LinkError(AirunError):
+    """A gate link is tampered with, or expired."""
+
+
+def settings_file(db: str | os.PathLike[str] | None = None) -> Path:
+    path = config.resolve_db(db)
+    return path.with_name(path.name + ".service.json")
+
+
+def load_settings(db: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    path = settings_file(db)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def ensure_settings(db: str | os.PathLike[str] | None, url: str) -> dict[str, Any]:
+    """The service's settings, with a secret made on first use and the serving address."""
+    data = load_settings(db)
+    data.setdefault("secret", secrets.token_urlsafe(32))
+    data["url"] = url.rstrip("/")
+    path = settings_file(db)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+    return data
+
+
+def _secret(data: dict[str, Any]) -> str | None:
+    return os.environ.get("AIRUN_SERVICE_SECRET") or data.get("secret")
+
+
+def sign(secret: str, run_id: str, gate_id: str, deadline: float | None) -> str:
+    from itsdangerous import URLSafeSerializer
+
+    expires = deadline if deadline is not None else time.time() + NO_DEADLINE_TTL
+    return str(URLSafeSerializer(secret, salt=_SALT).dumps([run_id, gate_id, round(expires, 3)]))
+
+
+def verify(secret: str, signed: str, *, now: float | None = None) -> tuple[str, str]:
+    """(run id, gate id) of a signed link; :class:`LinkError` if tampered with or expired."""
+    from itsdangerous import BadSignature, URLSafeSerializer
+
+    try:
+        run_id, gate_id, expires = URLSafeSerializer(secret, salt=_SALT).loads(signed)
+    except (BadSignature, ValueError, TypeError):
+        raise LinkError(
+            "this approval link is not valid (altered or from another server)"
+        ) from None
+    if (now if now is not None else time.time()) >= float(expires):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(expires)))
+        raise LinkError(f"this approval link expired at {stamp}")
+    return str(run_id), str(gate_id)
+
+
+def approval_link(
+    run_id: str,
+    gate_id: str,
+    deadline: float | datetime | None,
+    *,
+    db: str | os.PathLike[str] | None = None,
+) -> str | None:
+    """A signed link to the gate's page, or None when no service was set up for this store.
+
+    The address is ``AIRUN_SERVICE_URL`` if set, else the one ``airun serve`` recorded.
+    """
+    data = load_settings(db)
+    secret = _secret(data)
+    base = os.environ.get("AIRUN_SERVICE_URL") or data.get("url")
+    if not secret or not base:
+        return None
+    if isinstance(deadline, datetime):  # the store's naive UTC timestamps
+        deadline = deadline.replace(tzinfo=timezone.utc).timestamp()
+    return f"{str(base).rstrip('/')}/link/{sign(secret, run_id, gate_id, deadline)}"

@@ -1,0 +1,214 @@
+"""Read models of the store for approvers: runs, one run's detail, the gates a user may decide.
+
+The approval service and the terminal dashboard show the same things, so they read them here:
+plain JSON-able dicts with ISO 8601 UTC timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from airun_nb.errors import AirunError, RunNotFound
+from airun_nb.gates import gate
+from airun_nb.store.database import Store
+
+# Every status a run can have, for filters.
+RUN_STATUSES = (
+    "pending",
+    "running",
+    "waiting",
+    "completed",
+    "failed",
+    "interrupted",
+    "rolling_back",
+    "rolled_back",
+    "rollback_failed",
+    "cancelled",
+)
+MAX_RUNS = 500
+
+
+class FilterError(AirunError):
+    """A filter value is not one the store knows."""
+
+
+def iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc).isoformat()
+    return datetime.fromtimestamp(float(value), tz=timezone.utc).isoformat()
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """An ISO 8601 time (``2026-01-31``, ``2026-01-31T12:00:00Z``) as naive UTC."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise FilterError(
+            f"since={text!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00:00Z)"
+        ) from None
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when
+
+
+def runs(
+    store: Store,
+    *,
+    workflow: str | None = None,
+    status: str | None = None,
+    since: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Runs, newest first, with their step counts and open gates."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if workflow:
+        clauses.append("r.workflow = ?")
+        params.append(workflow)
+    if status:
+        if status not in RUN_STATUSES:
+            raise FilterError(
+                f"status={status!r} is not a run status (one of {', '.join(RUN_STATUSES)})"
+            )
+        clauses.append("r.status = ?")
+        params.append(status)
+    after = parse_since(since)
+    if after is not None:
+        clauses.append("r.created_at >= ?")
+        params.append(after)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    limit = max(1, min(int(limit), MAX_RUNS))
+    rows = store.query_dicts(
+        f"""SELECT r.run_id, r.workflow, r.status, r.launched_by, r.created_at, r.started_at,
+                   r.finished_at, r.failed_step, r.error,
+                   (SELECT count(*) FROM steps s WHERE s.run_id = r.run_id) AS steps,
+                   (SELECT count(*) FROM steps s WHERE s.run_id = r.run_id
+                       AND s.status = 'completed') AS completed_steps,
+                   (SELECT count(*) FROM approvals a WHERE a.run_id = r.run_id
+                       AND a.status = 'open') AS open_gates
+            FROM runs r {where} ORDER BY r.created_at DESC, r.run_id LIMIT {limit}""",
+        params,
+    )
+    return [_run(r) for r in rows]
+
+
+def _run(r: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(r)
+    for key in ("created_at", "started_at", "finished_at"):
+        out[key] = iso(r.get(key))
+    for key in ("steps", "completed_steps", "open_gates"):
+        if key in out:
+            out[key] = int(out[key] or 0)
+    return out
+
+
+def run_detail(store: Store, run_id: str, *, user: str | None = None) -> dict[str, Any]:
+    """One run with its steps, attempts and gates (with ``user``: may they decide each)."""
+    found = runs_by_id(store, run_id)
+    steps = store.query_dicts(
+        """SELECT step_id, kind, status, attempts, started_at, finished_at, replayed_from,
+                  reason, error, comp_status, comp_error
+           FROM steps WHERE run_id = ? ORDER BY position""",
+        [run_id],
+    )
+    attempts = store.query_dicts(
+        """SELECT step_id, phase, attempt, status, started_at, finished_at, error
+           FROM attempts WHERE run_id = ? ORDER BY started_at, step_id, attempt""",
+        [run_id],
+    )
+    gates = store.query_dicts(
+        "SELECT * FROM approvals WHERE run_id = ? ORDER BY opened_at", [run_id]
+    )
+    out = found
+    out["steps"] = [_times(s, ("started_at", "finished_at")) for s in steps]
+    out["attempts"] = [_times(a, ("started_at", "finished_at")) for a in attempts]
+    out["gates"] = [gate_view(g, user) for g in gates]
+    return out
+
+
+def runs_by_id(store: Store, run_id: str) -> dict[str, Any]:
+    rows = store.query_dicts(
+        """SELECT run_id, workflow, status, launched_by, created_at, started_at, finished_at,
+                  failed_step, error, params
+           FROM runs WHERE run_id = ?""",
+        [run_id],
+    )
+    if not rows:
+        raise RunNotFound(f"no run '{run_id}' in {store.path}")
+    return _run(rows[0])
+
+
+def _times(row: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    out = dict(row)
+    for key in keys:
+        out[key] = iso(row.get(key))
+    if "attempts" in out and out["attempts"] is not None:
+        out["attempts"] = int(out["attempts"])
+    if "attempt" in out and out["attempt"] is not None:
+        out["attempt"] = int(out["attempt"])
+    return out
+
+
+def gate_view(g: Mapping[str, Any], user: str | None = None) -> dict[str, Any]:
+    """A gate as shown to a person; with ``user``, whether they may decide it and why not."""
+    approvers = json.loads(g["approvers"]) if g.get("approvers") else None
+    out: dict[str, Any] = {
+        "run_id": g["run_id"],
+        "gate_id": g["gate_id"],
+        "workflow": g.get("workflow"),
+        "status": g.get("status"),
+        "message": g.get("message"),
+        "preview_text": g.get("preview_text"),
+        "preview_html": g.get("preview_html"),
+        "approvers": approvers,
+        "approvers_shown": gate.expand_approvers(approvers)[1] if approvers else [],
+        "launched_by": g.get("launched_by"),
+        "allow_self_approval": bool(g.get("allow_self_approval")),
+        "opened_at": iso(g.get("opened_at")),
+        "deadline": iso(g.get("deadline")),
+        "decision": g.get("decision"),
+        "actor": g.get("actor"),
+        "channel": g.get("channel"),
+        "comment": g.get("comment"),
+        "decided_at": iso(g.get("decided_at")),
+        "commands": gate.commands(str(g["run_id"]), str(g["gate_id"])),
+    }
+    if user is not None:
+        out["refusal"] = refusal(g, user)
+        out["may_decide"] = out["refusal"] is None
+    return out
+
+
+def refusal(g: Mapping[str, Any], user: str) -> str | None:
+    """Why ``user`` may not decide this gate now, or None if they may."""
+    if g.get("status") != "open":
+        return gate.describe_decision(g, prefix="already ")
+    if gate.deadline_passed(g):
+        return f"the deadline passed at {gate.iso_utc(g.get('deadline'))}"
+    try:
+        gate.check_actor(g, user)
+    except gate.ApprovalError as exc:
+        return exc.message
+    return None
+
+
+def open_gates(
+    store: Store, user: str | None = None, *, decidable_only: bool = False
+) -> list[dict[str, Any]]:
+    """Open gates, oldest first; with ``user`` each says whether they may decide it."""
+    rows = store.query_dicts("SELECT * FROM approvals WHERE status = 'open' ORDER BY opened_at")
+    views = [gate_view(r, user) for r in rows]
+    if decidable_only:
+        views = [v for v in views if v.get("may_decide")]
+    return views
+
+
+def gate_or_none(store: Store, run_id: str, gate_id: str) -> dict[str, Any] | None:
+    return gate.gate_row(store, run_id, gate_id)

@@ -1,0 +1,219 @@
+"""History at DuckDB speed: SQL and relations over the history tables, frames straight from Arrow.
+
+``query(sql)`` runs one read-only SELECT over the store's tables (``runs``, ``steps``,
+``attempts``, ``events``, ``approvals``, ``audit``, ``specs``) and returns a DataFrame.
+``history_relation("steps")`` is a DuckDB relation that runs when it is materialized: filters,
+projections, aggregations, ordering and limits are DuckDB's own relational methods, replayed on
+the store's connection under the lease (so nothing holds the file in between), and only the
+result travels to pandas.
+
+Frames come from Arrow in one conversion (``to_pandas(types_mapper=...)``): text columns are
+``string`` (Arrow-backed), timestamps are UTC-aware, integer columns with NULLs are ``Int64``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from airun_nb.errors import QueryError
+from airun_nb.store.database import Store
+
+_Db = str | os.PathLike[str] | None
+HISTORY_TABLES = ("runs", "steps", "attempts", "events", "approvals", "audit", "specs")
+_STRING = pd.StringDtype()
+_MAPPED = {pa.string(): _STRING, pa.large_string(): _STRING}
+if hasattr(pa, "string_view"):
+    _MAPPED[pa.string_view()] = _STRING
+# Relational methods replayed on the store's connection; each returns a relation.
+_CHAINABLE = frozenset(
+    {
+        "aggregate",
+        "distinct",
+        "except_",
+        "filter",
+        "intersect",
+        "join",
+        "limit",
+        "order",
+        "project",
+        "select",
+        "set_alias",
+        "sort",
+        "union",
+    }
+)
+
+
+def to_frame(table: pa.Table, duration: tuple[str, str] | None = None) -> pd.DataFrame:
+    """An Arrow result as a DataFrame with the history dtypes (see the module docstring)."""
+    nullable_ints = []
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type) and field.type.tz is None:
+            utc = pa.timestamp(field.type.unit, tz="UTC")
+            table = table.set_column(i, field.name, table.column(i).cast(utc))
+        elif pa.types.is_decimal(field.type):
+            # sum() of integers is a HUGEINT, arriving as decimal(38, 0): whole numbers become
+            # int64 when they fit, other decimals float64 (as DuckDB's own .df() gives them),
+            # never a column of Python Decimal objects.
+            table = table.set_column(i, field.name, _from_decimal(table.column(i), field.type))
+            if pa.types.is_integer(table.schema.field(i).type) and table.column(i).null_count:
+                nullable_ints.append(field.name)
+        elif pa.types.is_integer(field.type) and table.column(i).null_count:
+            nullable_ints.append(field.name)
+    df: pd.DataFrame = table.to_pandas(types_mapper=_MAPPED.get)
+    for name in nullable_ints:  # as DuckDB's own .df() gives them: Int64, not float64
+        df[name] = pd.Int64Dtype().__from_arrow__(table.column(name))  # type: ignore[attr-defined]
+    if duration is not None:
+        start, end = duration
+        df["duration"] = df[end] - df[start]
+    return df
+
+
+def _from_decimal(column: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
+    if typ.scale == 0:
+        try:
+            return column.cast(pa.int64())
+        except (pa.ArrowInvalid, OverflowError):
+            pass
+    return column.cast(pa.float64())
+
+
+def arrow_of(store: Store, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+    """Run ``sql`` on the store (every journaled change folded first) as an Arrow table."""
+    with store.session() as con:
+        return _fetch(con.sql(sql, params=list(params) or None))
+
+
+def _fetch(rel: duckdb.DuckDBPyRelation | None) -> pa.Table:
+    if rel is None:
+        return pa.table({})
+    fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
+    table: pa.Table = fetch()
+    return table
+
+
+def query(sql: str, params: Sequence[Any] = (), *, db: _Db = None) -> pd.DataFrame:
+    """Run one SELECT over the history tables and return the result as a DataFrame.
+
+    ``params`` fill ``?`` or ``$1`` placeholders. The query runs in a transaction that is rolled
+    back, and anything but a single SELECT is refused, so a query never changes the store.
+    """
+    statements = _statements(sql)
+    store = Store.open(db, create=False)
+    with store.session("answering a history query") as con:
+        con.execute("BEGIN")
+        try:
+            table = _fetch(con.sql(statements, params=list(params) or None))
+        except duckdb.Error as exc:
+            raise QueryError(f"query: {_first_line(exc)}") from None
+        finally:
+            con.execute("ROLLBACK")
+    return to_frame(table)
+
+
+def _statements(sql: str) -> str:
+    try:
+        found = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"query: {_first_line(exc)}") from None
+    if len(found) != 1:
+        raise QueryError(f"query: expected one SELECT statement, got {len(found)}")
+    if found[0].type != duckdb.StatementType.SELECT:
+        raise QueryError(f"query: only SELECT reads the history (got {found[0].type.name.lower()})")
+    return sql.strip().rstrip(";")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class HistoryRelation:
+    """A DuckDB relation over one history table, evaluated when it is materialized.
+
+    Call DuckDB's relational methods on it (``filter``, ``project``/``select``, ``aggregate``,
+    ``order``/``sort``, ``limit``, ``distinct``, ``join`` with another history relation of the
+    same store...); each returns a new ``HistoryRelation``. ``df()``, ``arrow()``,
+    ``fetchall()`` and ``fetchone()`` run it in DuckDB and return the result; ``sql`` is the SQL
+    DuckDB would run.
+    """
+
+    def __init__(self, store: Store, table: str, ops: tuple[tuple[str, tuple, dict], ...] = ()):
+        self._store = store
+        self._table = table
+        self._ops = ops
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in _CHAINABLE:
+            raise AttributeError(
+                f"HistoryRelation has no '{name}' (relational methods: "
+                f"{', '.join(sorted(_CHAINABLE))}; results: df, arrow, fetchall, fetchone)"
+            )
+
+        def chained(*args: Any, **kwargs: Any) -> HistoryRelation:
+            return HistoryRelation(self._store, self._table, (*self._ops, (name, args, kwargs)))
+
+        return chained
+
+    def _build(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+        rel = con.table(self._table)
+        for name, args, kwargs in self._ops:
+            args = tuple(a._build(con) if isinstance(a, HistoryRelation) else a for a in args)
+            try:
+                rel = getattr(rel, name)(*args, **kwargs)
+            except (duckdb.Error, TypeError) as exc:
+                raise QueryError(
+                    f"history_relation('{self._table}').{name}: {_first_line(exc)}"
+                ) from None
+        return rel
+
+    def _run(self, what: str) -> Any:
+        with self._store.session("answering a history query") as con:
+            rel = self._build(con)
+            try:
+                if what == "arrow":
+                    return _fetch(rel)
+                if what == "sql":
+                    return rel.sql_query()
+                return getattr(rel, what)()
+            except duckdb.Error as exc:
+                raise QueryError(f"history_relation('{self._table}'): {_first_line(exc)}") from None
+
+    def arrow(self) -> pa.Table:
+        table: pa.Table = self._run("arrow")
+        return table
+
+    def df(self) -> pd.DataFrame:
+        return to_frame(self.arrow())
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._run("fetchall")
+        return rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        rows = self.limit(1).fetchall()
+        return rows[0] if rows else None
+
+    @property
+    def sql(self) -> str:
+        text: str = self._run("sql")
+        return text
+
+    def __repr__(self) -> str:
+        chain = "".join(f".{name}(...)" for name, _, _ in self._ops)
+        return f"history_relation({self._table!r}){chain}"
+
+
+def history_relation(table: str, *, db: _Db = None) -> HistoryRelation:
+    """A DuckDB relation over one history table (``runs``, ``steps``, ``attempts``, ...)."""
+    if table not in HISTORY_TABLES:
+        raise QueryError(
+            f"history_relation: no history table '{table}' (tables: {', '.join(HISTORY_TABLES)})"
+        )
+    return HistoryRelation(Store.open(db, create=False), table)

@@ -1,0 +1,107 @@
+"""Runtime settings from a file: roles, approval policy decisions and (later) the policy file.
+
+Looked up in order: the file named by ``AIRUN_CONFIG``; ``airun.yaml`` in the working directory;
+the ``[tool.airun_nb]`` table of the nearest ``pyproject.toml`` (working directory or a parent).
+A workflow never supplies its own settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from airun_nb.errors import AirunError
+
+# yaml, yamlsafe and tomllib are imported when a settings file is read: a terminal command that
+# finds none (most do) does not pay for them.
+
+
+class SettingsError(AirunError):
+    """The settings file cannot be read."""
+
+
+def _load_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from airun_nb.spec import yamlsafe
+
+    try:
+        if path.suffix == ".toml":
+            try:  # Python 3.11+
+                import tomllib
+            except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+                return {}
+            data = tomllib.loads(path.read_text())
+            if path.name == "pyproject.toml":
+                data = data.get("tool", {}).get("airun_nb", {})
+        else:
+            data = yamlsafe.load(path.read_text(), where=f"settings file {path}") or {}
+    except yamlsafe.YamlLimitError as exc:
+        raise SettingsError(exc.message) from None
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SettingsError(f"cannot read settings file {path}: {first}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} must hold a mapping")
+    return data
+
+
+def settings_path() -> Path | None:
+    env = os.environ.get("AIRUN_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    cwd = Path.cwd()
+    if (cwd / "airun.yaml").exists():
+        return cwd / "airun.yaml"
+    for folder in (cwd, *cwd.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.exists():
+            has = _by_content("mentions", candidate, partial(_mentions_us, candidate))
+            return candidate if has else None
+    return None
+
+
+def load() -> dict[str, Any]:
+    """The settings in force now (a file is read again whenever it changes)."""
+    path = settings_path()
+    if path is None:
+        return {}
+    return copy.deepcopy(_by_content("settings", path, lambda: _load_file(path)))
+
+
+def _mentions_us(candidate: Path) -> bool:
+    try:
+        return "[tool.airun_nb" in candidate.read_text()
+    except OSError:
+        return False
+
+
+# (what, path) -> (bytes, value): a file is read every time, but parsed again only when it changed.
+_READ: dict[tuple[str, Path], tuple[bytes, Any]] = {}
+
+
+def _by_content(what: str, path: Path, compute: Callable[[], Any]) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return compute()  # missing or unreadable: compute says what that means
+    hit = _READ.get((what, path))
+    if hit is not None and hit[0] == data:
+        return hit[1]
+    value = compute()
+    _READ[(what, path)] = (data, value)
+    return value
+
+
+def roles() -> dict[str, list[str]]:
+    """``roles: {lead: [alice, bob]}`` from the settings (and, later, the policy file)."""
+    raw = load().get("roles") or {}
+    if not isinstance(raw, dict):
+        raise SettingsError("'roles' in the settings must map role names to lists of users")
+    return {str(k): [str(u) for u in (v or [])] for k, v in raw.items()}

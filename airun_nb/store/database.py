@@ -1,0 +1,444 @@
+"""The store: one DuckDB file holding every run, step, attempt, output and event.
+
+Writes go through a :class:`~airun_nb.store.journal.Journal` slot of this process's own (one
+``write`` per state change, durable against a crash, no lock to wait for) and are folded into
+DuckDB in batches, in one transaction per batch that also records how far each slot was folded.
+Every read folds first, this process's records and every other process's (see
+:mod:`~airun_nb.store.slots`), so readers always see every committed state change. Access to the
+DuckDB file is coordinated by the :class:`~airun_nb.store.lease.Lease`: a process holds it only while
+it reads, folds or writes an output table; a keeper thread folds and lets go as soon as the
+holder pauses or another process asks for it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import json
+import os
+import re
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from airun_nb.errors import AirunError, StoreBusy, StoreError, StoreWarning
+from airun_nb.governance.audit import scrub
+from airun_nb.governance.confine import NO_EXTENSIONS
+from airun_nb.settings import environment as config
+from airun_nb.store import idle as keeper
+from airun_nb.store import schema
+from airun_nb.store.crashpoints import crashpoint
+from airun_nb.store.faults import check_store_path, duckdb_fault, os_fault
+from airun_nb.store.fold import fold
+from airun_nb.store.journal import Journal, meta_keys, slot_paths
+from airun_nb.store.lease import Lease
+from airun_nb.store.schema import APP, SCHEMA_VERSION, TABLES, quote_ident
+from airun_nb.store.slots import Batch, Peers, files_signature
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+__all__ = ["APP", "SCHEMA_VERSION", "TABLES", "Store", "crashpoint", "files_signature"]
+__all__ += ["quote_ident"]
+
+FOLD_EVERY = 4096  # journal records between folds while a burst of steps runs
+FOLD_AT_LATEST = 8 * FOLD_EVERY  # pending records past which appending waits for the lease
+YIELD_WINDOW = 0.5  # after handing the lease to a waiter, give it this long to finish
+
+_OPEN_J = "open the journal"
+_registry: dict[str, Store] = {}
+_registry_lock = threading.Lock()
+
+
+class Store:
+    """A handle on one store file, shared by every thread of a process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lease = Lease(path)
+        self.journal = Journal(path, sync=config.sync_mode())
+        self._mutex = threading.RLock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._last_activity = 0.0
+        self._yielded_at = 0.0
+        self.keeper = keeper.Keeper(self)
+        self.peers = Peers(path)
+        self._known: tuple[int, int, int] | None = None  # the file as this process left it
+        self._checked = False  # the file passed the schema check in this process
+        self._trimmed = -1  # the lease grant at which this slot's folded part was forgotten
+        self.folds = 0
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
+        """The store at ``db``; ``create=False`` (read commands) refuses to make a new one."""
+        path = config.resolve_db(db)
+        try:
+            check_store_path(path, create=create)
+            return cls._open(path)
+        except OSError as exc:  # a path the OS refuses outright (too long, a loop...)
+            raise os_fault(exc, path, "open the store") from None
+
+    @classmethod
+    def _open(cls, path: Path) -> Store:
+        key = str(path.resolve())
+        with _registry_lock:
+            store = _registry.get(key)
+            if store is None:
+                store = cls(Path(key))
+                _registry[key] = store
+        if store._checked and (
+            _file_signature(store.path) in (store._known, store._closed_as())
+            or store.lease.busy()  # another airun_nb process has it open right now
+        ):
+            return store  # checked before, and unchanged since, or in use by airun_nb
+        side = (store.path, store.journal.path, store.lease.lock_path, _wal(store.path))
+        existed = {p for p in side if os.path.lexists(p)}
+        try:
+            with store.session("opening the store", fold=False, peers=False):  # a check
+                for _, slot in slot_paths(path):
+                    if slot.is_dir():  # a journal slot that can never be written
+                        raise os_fault(IsADirectoryError(errno.EISDIR, "folder"), slot, _OPEN_J)
+        except StoreBusy:
+            raise  # someone else holds the files: touch nothing
+        except StoreError:
+            store._forget(created=[p for p in side if p not in existed])
+            raise
+        return store
+
+    def _forget(self, created: Sequence[Path] = ()) -> None:
+        """After refusing a file: drop it from the registry and remove what opening created."""
+        with _registry_lock:
+            _registry.pop(str(self.path), None)
+        with self._mutex:
+            with contextlib.suppress(AirunError, OSError, duckdb.Error):
+                self._release_locked()
+            for p in created:
+                if p.is_file() and not p.is_symlink():
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+
+    # -- sessions --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(
+        self, purpose: str = "reading", *, fold: bool = True, peers: bool = True
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Hold the store (lease + DuckDB connection) for the duration of the block.
+
+        Every other process's journal slot is folded first (unless ``peers=False``), and this
+        process's own too unless ``fold=False`` (its pending records are laid over what it
+        reads, see ``recent``)."""
+        with self._mutex:
+            self._ensure_lease(purpose)
+            try:
+                with _faults(self, "read"):
+                    con = self._connection()
+                    if peers:
+                        self._fold(own=fold)
+                    yield con
+            finally:
+                self._last_activity = time.monotonic()
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """Append one state change to this process's journal: durable when this returns."""
+        self.record_many((rec,))
+
+    def record_many(self, recs: Sequence[dict[str, Any]]) -> None:
+        with self._mutex:
+            journal = self._journal()
+            journal.append_many([scrub(r) for r in recs])  # no secret is ever written
+            self._last_activity = time.monotonic()
+            if len(journal.pending) >= FOLD_EVERY:
+                self._fold_soon(len(journal.pending) >= FOLD_AT_LATEST)
+            self.keeper.start()
+
+    def flush(self) -> None:
+        """Fold everything this process journaled into DuckDB now."""
+        with self._mutex:
+            if self.journal.is_open and not self.journal.empty:
+                self._ensure_lease("saving the journal")
+                self._connection()
+                self._fold()
+
+    def release(self) -> None:
+        """Fold, close the DuckDB file, let go of the lease and of the journal slot."""
+        with self._mutex:
+            if not self.lease.held and self.journal.is_open and not self.journal.empty:
+                self._ensure_lease("saving the journal")
+            self._release_locked()
+            self.journal.close()
+
+    def _exit(self) -> None:
+        """At exit: fold if the lease is free, else the next holder folds the slot."""
+        with self._mutex:
+            if self.journal.is_open and not self.journal.empty and not self.lease.held:
+                self.lease.try_acquire("saving the journal")
+            self._release_locked()
+            self.journal.close()
+
+    # -- queries ---------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.session() as con:
+            return con.execute(sql, list(params)).fetchall()
+
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.session() as con:
+            cur = con.execute(sql, list(params))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def query_df(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        with self.session() as con:
+            return con.execute(sql, list(params)).df()
+
+    def put_table(self, name: str, table: pa.Table) -> None:
+        """Store an Arrow table as ``outputs."name"`` and commit it."""
+        # No fold first: writing a table reads nothing the journal holds.
+        with self.session("writing a step output", fold=False) as con:
+            con.register("__airun_out", table)
+            try:
+                con.execute("BEGIN")
+                con.execute(
+                    f"CREATE OR REPLACE TABLE outputs.{quote_ident(name)} AS "
+                    "SELECT * FROM __airun_out"
+                )
+                crashpoint("output:before_commit")
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("__airun_out")
+            crashpoint("output:after_commit")
+
+    def get_table(self, name: str) -> pa.Table:
+        # No fold first: output tables are committed directly, never journaled.
+        with self.session("reading a step output", fold=False) as con:
+            rel = con.sql(f"SELECT * FROM outputs.{quote_ident(name)}")
+            fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
+            table: pa.Table = fetch()
+            return table
+
+    # -- internals -------------------------------------------------------------------------
+    def _ensure_lease(self, purpose: str) -> None:
+        if self.lease.held:
+            if purpose != self.lease.purpose:
+                self.lease.retitle(purpose)
+            return
+        if self._yielded_at and time.monotonic() - self._yielded_at < YIELD_WINDOW:
+            # We just handed the lease over: let the waiter have its turn.
+            deadline = self._yielded_at + YIELD_WINDOW
+            while self.lease.waiters() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        self.lease.acquire(config.lock_timeout(), purpose)
+        self._last_activity = time.monotonic()
+        self.keeper.start()
+
+    def _closed_as(self) -> tuple[int, int, int] | None:  # as the last holder left the file
+        sig = self.lease.closed_as()
+        return (sig[0], sig[1], sig[2]) if isinstance(sig, list) and len(sig) == 3 else None
+
+    def _journal(self) -> Journal:
+        """This process's journal slot, opened (and its leftovers recovered) on first use."""
+        journal = self.journal
+        if not journal.is_open:
+            journal.open()
+            if journal.leftover:  # its last owner died with records in it
+                try:
+                    self._ensure_lease("recovering the journal")
+                    self._recover()
+                except BaseException:
+                    self._release_locked()
+                    journal.close()
+                    raise
+        return journal
+
+    def _fold_soon(self, must: bool) -> None:
+        """Many records are pending: fold them if the lease is free (or ``must``: wait)."""
+        if not self.lease.held:
+            if must:
+                self._ensure_lease("running a workflow")
+            elif not self.lease.try_acquire("running a workflow"):
+                return  # the holder folds this slot too; try again a little later
+            self.keeper.start()
+        self._connection()
+        self._fold()
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = _connect(self.path)
+            self._checked = True
+        return self._con
+
+    def _recover(self) -> None:
+        """Fold what a process that died left in this process's slot."""
+        con = self._connection()
+        journal = self.journal
+        gen_key, offset_key = meta_keys(journal.slot)
+        meta = _meta(con)
+        offset = int(meta[offset_key]) if meta.get(gen_key) == journal.gen else 0
+        scan = journal.scan(offset)
+        # The damaged bytes are copied aside before anything is folded or truncated, and the
+        # journal is reset after the fold: nothing is ever appended after a bad record.
+        aside = journal.set_aside(scan.damage[0][0]) if scan.damage else None
+        with _faults(self, "fold the journal into"):
+            fold(con, scan.records, [(journal.slot, journal.gen, scan.end)])
+        journal.reset()
+        self.folds += 1
+        self._trimmed = self.lease.grants
+        _report(self, scan.describe(journal.path, aside))
+
+    def _fold(self, own: bool = True) -> None:
+        """Fold the other slots' new records and (``own``) this process's (lease held)."""
+        journal = self.journal
+        mine = journal.slot if journal.is_open else None
+        changed = self.peers.changed(mine)
+        stale = mine is not None and bool(journal.pending) and self._trimmed != self.lease.grants
+        if not changed and not stale and not (own and journal.pending):
+            if own and journal.is_open and not journal.empty and self._con is not None:
+                journal.reset()
+            return
+        con = self._connection()
+        meta = _meta(con)
+        if stale:  # another holder may have folded part of this slot while we had no lease
+            gen_key, offset_key = meta_keys(journal.slot)
+            journal.trim(meta.get(gen_key), int(meta.get(offset_key, "0")))
+            self._trimmed = self.lease.grants
+        batch = self.peers.collect(changed, meta) if changed else Batch()
+        records, marks = batch.records, batch.marks
+        if own and journal.pending:
+            records = records + journal.pending
+            marks = [*marks, (journal.slot, journal.gen, journal.size)]
+        if marks:
+            try:
+                with _faults(self, "fold the journal into"):  # every journal keeps its records
+                    fold(con, records, marks)
+            except BaseException:
+                self.peers.abandon(batch)
+                raise
+            self.folds += 1
+        self.peers.done(batch)
+        if own and journal.is_open and not journal.empty:
+            journal.reset()
+        for message in batch.reports:
+            _report(self, message)
+
+    def _release_locked(self, fold: bool = True) -> None:
+        """Fold, close DuckDB and let go of the lease; the slot too once it is empty.
+        ``fold=False`` hands the store to a waiting process at once: it folds this slot."""
+        if not self.lease.held:
+            return
+        try:
+            if fold:  # this slot and any other that changed
+                self._fold()
+        finally:
+            if self._con is not None:
+                try:
+                    self._con.close()
+                    self._known = _file_signature(self.path)
+                except duckdb.Error:
+                    self._known = None
+                self._con = None
+            if self.journal.is_open and self.journal.empty:
+                self.journal.close()
+            self.lease.release(closed=list(self._known) if self._known else None)
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file (waiting out a short lock by another program) and check it."""
+    deadline = time.monotonic() + config.lock_timeout()
+    delay = 0.01
+    while True:
+        try:
+            con = duckdb.connect(str(path), config=dict(NO_EXTENSIONS))
+            break
+        except duckdb.IOException as exc:
+            msg = str(exc)
+            if "lock" not in msg.lower():
+                raise duckdb_fault(msg, path, "open") or schema.incompatible(path, msg) from None
+            if time.monotonic() >= deadline:
+                m = re.search(r"PID (\d+)", msg)
+                who = f"process {m.group(1)}" if m else "another program"
+                raise StoreBusy(
+                    f"the store {path} is locked by {who} outside airun_nb; "
+                    f"gave up after {config.lock_timeout():g} s"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        except duckdb.Error as exc:
+            msg = str(exc)
+            raise duckdb_fault(msg, path, "open") or schema.incompatible(path, msg) from None
+    try:
+        schema.check(con, path)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _meta(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The journal slots' marks in ``airun_meta``."""
+    rows = con.execute("SELECT key, value FROM airun_meta WHERE key LIKE 'journal_%'").fetchall()
+    return {str(k): str(v) for k, v in rows}
+
+
+@contextlib.contextmanager
+def _faults(store: Store, doing: str) -> Iterator[None]:
+    """A fault (OS error, damaged file) while holding the store: one line, and let go of the
+    file without folding; the journal keeps its records for the next holder."""
+    try:
+        yield
+    except (duckdb.Error, StoreError) as exc:
+        fault = exc if isinstance(exc, StoreError) else duckdb_fault(str(exc), store.path, doing)
+        if fault is None:
+            raise
+        store._known = None
+        if store._con is not None:
+            with contextlib.suppress(duckdb.Error):
+                store._con.close()
+            store._con = None
+        store.journal.close()  # its records stay in the file, for the next holder
+        store.lease.release()
+        raise fault from None
+
+
+def _report(store: Store, message: str | None) -> None:
+    """Say in one line what recovery kept and set aside; keep it as an event too."""
+    if not message:
+        return
+    warnings.warn_explicit(message, StoreWarning, APP, 0)
+    event = {"t": "ev", "ts": time.time(), "run_id": None, "step_id": None}
+    event.update(kind="journal_recovered", detail=json.dumps({"message": message}))
+    store._journal().append(event)
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
+
+
+@atexit.register
+def _release_all() -> None:
+    # Keeper threads stop first and are waited for: a daemon thread still inside DuckDB when
+    # the interpreter finalizes would abort the process as it exits.
+    keeper.stopping.set()
+    for store in list(_registry.values()):
+        store.keeper.join(timeout=5)
+    for store in list(_registry.values()):
+        with contextlib.suppress(Exception):
+            store._exit()

@@ -1,0 +1,132 @@
+"""Folding: journal records into DuckDB rows, in one transaction per batch.
+
+Records of tables with a primary key are full rows, so the latest record of a row wins
+(``INSERT OR REPLACE``); events and audit rows are appended. The transaction also records, for
+each journal slot it read, the generation and the byte offset folded up to, so folding again
+after a crash is harmless and a slot is never folded twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from airun_nb.store.crashpoints import crashpoint
+from airun_nb.store.journal import meta_keys
+from airun_nb.store.schema import _TS, RECORD_TABLE, TABLES
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def batch(table: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Journal records of one table as an Arrow table with the store's column types."""
+    import pyarrow as pa  # here, not at import: small folds do without it
+
+    arrow = {
+        "VARCHAR": pa.string(),
+        "BIGINT": pa.int64(),
+        "BLOB": pa.binary(),
+        "DOUBLE": pa.float64(),
+        "BOOLEAN": pa.bool_(),
+    }
+    cols, _ = TABLES[table]
+    arrays = []
+    for name, typ in cols:
+        values = [r.get(name) for r in rows]
+        if typ == _TS:
+            arrays.append(
+                pa.array(
+                    [None if v is None else int(float(v) * 1_000_000) for v in values],
+                    pa.int64(),
+                ).cast(pa.timestamp("us"))
+            )
+        elif typ == "BLOB":
+            arrays.append(
+                pa.array([None if v is None else base64.b64decode(v) for v in values], pa.binary())
+            )
+        else:
+            arrays.append(pa.array(values, arrow[typ]))
+    return pa.Table.from_arrays(arrays, names=[c for c, _ in cols])
+
+
+Mark = tuple[int, str, int]  # (slot, generation, byte offset folded up to)
+
+
+def fold(
+    con: duckdb.DuckDBPyConnection, records: Sequence[dict[str, Any]], marks: Sequence[Mark]
+) -> None:
+    """Fold ``records`` (oldest first) into DuckDB and set each slot's mark, in one
+    transaction."""
+    grouped: dict[str, dict[Any, dict[str, Any]]] = {}
+    appended: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        t = rec.get("t")
+        table = RECORD_TABLE.get(t or "")
+        if table is None:
+            continue
+        if table in ("events", "audit"):
+            appended.setdefault(table, []).append(rec)
+            continue
+        pk = TABLES[table][1]
+        grouped.setdefault(table, {})[tuple(rec.get(k) for k in pk)] = rec
+        if t == "step" and rec.get("att"):
+            att = dict(rec["att"], run_id=rec["run_id"], step_id=rec["step_id"])
+            key = (att["run_id"], att["step_id"], att.get("phase"), att.get("attempt"))
+            grouped.setdefault("attempts", {})[key] = att
+    con.execute("BEGIN")
+    try:
+        for table, rows in grouped.items():
+            _insert(con, table, list(rows.values()), replace=True)
+        for table, rows_ in appended.items():
+            _insert(con, table, rows_, replace=False)
+        for slot, gen, offset in marks:
+            gen_key, offset_key = meta_keys(slot)
+            con.execute(
+                "INSERT OR REPLACE INTO airun_meta VALUES (?, ?), (?, ?)",
+                [gen_key, gen, offset_key, str(offset)],
+            )
+        crashpoint("fold:before_commit")
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+    crashpoint("fold:after_commit")
+
+
+# Up to this many rows are inserted as parameters, without Arrow: a reader folding another
+# process's few records (``airun runs`` beside a live kernel) then imports no columnar library.
+SMALL_BATCH = 64
+
+
+def _insert(
+    con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]], replace: bool
+) -> None:
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    if len(rows) <= SMALL_BATCH:
+        cols, _ = TABLES[table]
+        marks = ", ".join("make_timestamp(?::BIGINT)" if typ == _TS else "?" for _, typ in cols)
+        con.executemany(f"{verb} INTO {table} VALUES ({marks})", [_params(cols, r) for r in rows])
+        return
+    con.register("__airun_batch", batch(table, rows))
+    try:
+        con.execute(f"{verb} INTO {table} SELECT * FROM __airun_batch")
+    finally:
+        con.unregister("__airun_batch")
+
+
+def _params(cols: Sequence[tuple[str, str]], row: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for name, typ in cols:
+        v = row.get(name)
+        if v is not None and typ == _TS:
+            v = int(float(v) * 1_000_000)
+        elif v is not None and typ == "BLOB":
+            v = base64.b64decode(v)
+        out.append(v)
+    return out

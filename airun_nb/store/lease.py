@@ -1,0 +1,207 @@
+"""The write lease on a store: an ``flock`` on ``<store>.lock`` shared by every process.
+
+DuckDB lets one process at a time open a file for writing. airun_nb keeps every process polite
+about that: whoever wants the DuckDB file (a kernel running a workflow, the CLI, a history query
+in a second kernel) first takes the lease. The holder writes who it is into the lock file, so a
+process that has to give up can say exactly who is in the way. A process that waits drops a
+marker in ``<store>.waiters/`` so the holder knows to hand the lease over at its next pause.
+The OS releases an ``flock`` when its process dies, so a crashed holder never blocks anyone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from airun_nb.errors import StoreBusy
+from airun_nb.store.faults import os_fault
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting (False: a live process has it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+class Lease:
+    def __init__(self, db_path: Path) -> None:
+        self.lock_path = db_path.with_name(db_path.name + ".lock")
+        self.waiters_dir = db_path.with_name(db_path.name + ".waiters")
+        self._fd: int | None = None
+        self._held_since = 0.0
+        self.grants = 0  # how many times this process took the lease (caches check it)
+        self.purpose = "airun_nb"
+        self._since = 0.0
+        self._tlock = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    @property
+    def held_for(self) -> float:
+        return time.monotonic() - self._held_since if self._fd is not None else 0.0
+
+    def acquire(self, timeout: float, purpose: str) -> None:
+        """Take the lease, waiting up to ``timeout`` seconds; raise :class:`StoreBusy` after."""
+        if self._fd is not None:
+            return
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise os_fault(exc, self.lock_path, "open the lock file") from None
+        try:
+            if not self._try(fd):
+                self._wait(fd, timeout)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.grants += 1
+        self._held_since = time.monotonic()
+        self._since = time.time()
+        self.retitle(purpose)
+
+    def try_acquire(self, purpose: str) -> bool:
+        """Take the lease if it is free right now (no waiting, no marker); True if taken."""
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return False
+        if not self._try(fd):
+            os.close(fd)
+            return False
+        self._fd = fd
+        self.grants += 1
+        self._held_since = time.monotonic()
+        self._since = time.time()
+        self.retitle(purpose)
+        return True
+
+    def retitle(self, purpose: str) -> None:
+        """Say what the holder is doing now (what a waiting process will be told)."""
+        fd = self._fd
+        if fd is None:
+            return
+        self.purpose = purpose
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "user": _user(),
+            "purpose": purpose,
+            "since": self._since,
+        }
+        with contextlib.suppress(OSError):  # a full disk: waiters learn less, nothing breaks
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+
+    def release(self, closed: Any = None) -> None:
+        """Let go; ``closed`` (JSON) tells the next holder how the store was left."""
+        fd = self._fd
+        if fd is None:
+            return
+        self._fd = None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            if closed is not None:
+                os.pwrite(fd, json.dumps({"closed": closed}).encode(), 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def busy(self) -> bool:
+        """Does another process hold the lease right now?"""
+        if self._fd is not None:
+            return False
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            if self._try(fd):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return False
+            return True
+        finally:
+            os.close(fd)
+
+    def closed_as(self) -> Any:
+        """What the last holder said of the store as it let go (None: nothing known)."""
+        try:
+            data = self.lock_path.read_bytes()
+            return json.loads(data).get("closed") if data.startswith(b'{"closed"') else None
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def waiters(self) -> bool:
+        """True when another process is waiting for the lease."""
+        try:
+            with os.scandir(self.waiters_dir) as it:
+                for entry in it:
+                    if not entry.name.startswith(f"{os.getpid()}-"):
+                        return True
+        except FileNotFoundError:
+            return False
+        return False
+
+    def holder(self) -> dict[str, Any]:
+        try:
+            data = self.lock_path.read_text()
+            info = json.loads(data) if data.strip() else {}
+            return info if isinstance(info, dict) and "pid" in info else {}
+        except (OSError, ValueError):
+            return {}
+
+    def describe_holder(self) -> str:
+        info = self.holder()
+        if not info:
+            return "another process"
+        age = time.time() - float(info.get("since", time.time()))
+        where = "" if info.get("host") == socket.gethostname() else f" on {info.get('host')}"
+        return (
+            f"pid {info.get('pid')}{where} (user {info.get('user')}, {info.get('purpose')}) "
+            f"for {age:.1f} s"
+        )
+
+    # -- internals -------------------------------------------------------------------------
+    _try = staticmethod(try_lock)
+
+    def _wait(self, fd: int, timeout: float) -> None:
+        marker = self.waiters_dir / f"{os.getpid()}-{threading.get_ident()}"
+        with contextlib.suppress(OSError):
+            self.waiters_dir.mkdir(exist_ok=True)
+            marker.touch()
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        try:
+            while True:
+                if self._try(fd):
+                    return
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(
+                        f"the store {self.lock_path.name[:-5]} is busy: held by "
+                        f"{self.describe_holder()}; gave up after {timeout:g} s "
+                        "(set AIRUN_LOCK_TIMEOUT to wait longer)"
+                    )
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.02)
+        finally:
+            with contextlib.suppress(OSError):
+                marker.unlink()
+
+
+def _user() -> str:
+    from airun_nb.settings.environment import current_user
+
+    return current_user()

@@ -1,0 +1,151 @@
+"""How step outputs are kept in the store.
+
+- pandas DataFrames and Arrow tables become DuckDB tables in the ``outputs`` schema, written
+  through Arrow (no pickling). A DataFrame's index and dtypes come back through the pandas
+  metadata Arrow keeps, stored beside the table.
+- JSON-able values (None, numbers, strings, lists, dicts of those) are stored as JSON.
+- Anything else goes through the one declared fallback, :mod:`pickle`, as a BLOB.
+- A value that cannot be pickled either is recorded as ``unstorable``: the run goes on, but on
+  resume that step has to run again (and the user is told why).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from airun_nb.store.database import Store
+
+JSON_KINDS = {"none", "json"}
+
+
+def encode(value: Any, store: Store, table_name: str) -> dict[str, Any]:
+    """Store ``value``; return the step-row fields that describe it."""
+    if value is None:
+        return {"output_kind": "none"}
+    if isinstance(value, pd.DataFrame):
+        frame, extra = _portable(value)
+        table = pa.Table.from_pandas(frame, preserve_index=None)
+        meta = (table.schema.metadata or {}).get(b"pandas")
+        store.put_table(table_name, table.replace_schema_metadata(None))
+        extra["pandas"] = json.loads(meta) if meta else None
+        return {
+            "output_kind": "pandas",
+            "output_table": table_name,
+            "output_json": json.dumps(extra),
+        }
+    if isinstance(value, pa.Table):
+        store.put_table(table_name, value)
+        return {"output_kind": "arrow", "output_table": table_name}
+    if isinstance(value, (str, int, float, bool, list, dict)):
+        try:
+            text = json.dumps(value, allow_nan=True)
+            # Only values JSON gives back unchanged (no tuples, no int keys...).
+            if _same(json.loads(text), value):
+                return {"output_kind": "json", "output_json": text}
+        except (TypeError, ValueError):
+            pass
+    try:
+        blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return {
+            "output_kind": "unstorable",
+            "output_json": json.dumps(f"{type(value).__name__}: {exc}"),
+        }
+    return {"output_kind": "pickle", "output_blob": base64.b64encode(blob).decode()}
+
+
+def decode_inline(row: Mapping[str, Any]) -> tuple[bool, Any]:
+    """Decode outputs that live in the row itself; (False, None) for table outputs."""
+    kind = row.get("output_kind")
+    if kind in (None, "none"):
+        return True, None
+    if kind == "json":
+        return True, json.loads(row["output_json"])
+    if kind == "pickle":
+        blob = row.get("output_blob")
+        if isinstance(blob, str):
+            blob = base64.b64decode(blob)
+        if not isinstance(blob, (bytes, bytearray)):
+            raise ValueError("the pickled output is missing from the store")
+        return True, pickle.loads(blob)
+    return False, None
+
+
+def decode(row: Mapping[str, Any], store: Store) -> Any:
+    ok, value = decode_inline(row)
+    if ok:
+        return value
+    kind = row.get("output_kind")
+    if kind in ("pandas", "arrow"):
+        table = store.get_table(row["output_table"])
+        if kind == "arrow":
+            return table
+        extra = json.loads(row["output_json"]) if row.get("output_json") else {}
+        frame = None
+        if extra.get("pandas"):
+            try:
+                meta = json.dumps(extra["pandas"]).encode()
+                frame = table.replace_schema_metadata({b"pandas": meta}).to_pandas()
+            except Exception:
+                frame = None
+        if frame is None:
+            frame = table.to_pandas()
+        return _restore(frame, extra)
+    raise ValueError(f"output of kind {kind!r} cannot be loaded")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same container and key types all the way down."""
+    if type(a) is not type(b):
+        return isinstance(a, float) and isinstance(b, float)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b) or (a != a and b != b)  # NaN
+
+
+def _portable(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Columns DuckDB would not give back as they were, in a form it does (and how to undo)."""
+    extra: dict[str, Any] = {"timedelta": [], "categorical": {}}
+    changed = {}
+    for col in frame.columns:
+        dtype = frame[col].dtype
+        if pd.api.types.is_timedelta64_dtype(dtype):
+            extra["timedelta"].append(str(col))
+            changed[col] = frame[col].astype("int64")
+        elif isinstance(dtype, pd.CategoricalDtype):
+            cats = dtype.categories.tolist()
+            try:
+                json.dumps(cats)
+            except (TypeError, ValueError):
+                continue
+            extra["categorical"][str(col)] = {"categories": cats, "ordered": bool(dtype.ordered)}
+            changed[col] = frame[col].astype(dtype.categories.dtype)
+    if changed:
+        frame = frame.assign(**{str(k): v for k, v in changed.items()})
+    return frame, extra
+
+
+def _restore(frame: pd.DataFrame, extra: dict[str, Any]) -> pd.DataFrame:
+    for col in extra.get("timedelta", []):
+        if col in frame:
+            frame[col] = pd.to_timedelta(frame[col], unit="ns")
+    for col, info in (extra.get("categorical") or {}).items():
+        if col in frame:
+            frame[col] = frame[col].astype(
+                pd.CategoricalDtype(info["categories"], ordered=info["ordered"])
+            )
+    return frame
+
+
+def storable(row: Mapping[str, Any]) -> bool:
+    return row.get("output_kind") != "unstorable"

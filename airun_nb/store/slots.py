@@ -1,0 +1,130 @@
+"""The journal slots of other processes, as the lease holder folds them.
+
+Each process appends to a journal slot of its own without waiting for the lease (see
+:mod:`~airun_nb.store.journal`). Whoever holds the lease folds, besides its own records, what the
+other slots hold past the offset ``airun_meta`` remembers for them:
+
+- a slot whose owner is alive (its ``flock`` is taken) is only read: every complete record up
+  to the first one that does not check out (a write still in progress) is folded, and the slot's
+  mark moves to just past it;
+- a slot whose owner died (its ``flock`` is free) is recovered the way a process recovers its
+  own journal: damaged bytes are copied aside, every valid record is folded, and the slot is
+  emptied after the fold commits.
+
+A slot is looked at again only when its size or modification time changed, so a holder that
+reads often pays a ``stat`` per slot.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airun_nb.store.fold import Mark
+from airun_nb.store.journal import Journal, meta_keys, slot_path, slot_paths
+
+Signature = tuple[int, int, int]
+
+
+@dataclass
+class Batch:
+    """What the other slots hold: records to fold, their marks, what to say and to empty."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
+    dead: list[Journal] = field(default_factory=list)
+    seen: dict[int, Signature] = field(default_factory=dict)
+
+
+def _signature(path: Path) -> Signature | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Peers:
+    """The other slots of one store, from the point of view of one process."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self._seen: dict[int, Signature] = {}
+
+    def changed(self, own: int | None) -> list[int]:
+        """The slots (not ``own``) that changed since they were last folded."""
+        out = []
+        for slot, path in slot_paths(self.db_path):
+            if slot != own and _signature(path) != self._seen.get(slot):
+                out.append(slot)
+        return out
+
+    def collect(self, slots: list[int], meta: dict[str, str]) -> Batch:
+        """Read ``slots`` past their marks in ``meta``; dead owners' slots stay locked."""
+        batch = Batch()
+        for slot in slots:
+            got = Journal.peer(self.db_path, slot)
+            if got is None:
+                sig = _signature(slot_path(self.db_path, slot))
+                if sig is not None:
+                    batch.seen[slot] = sig
+                continue
+            journal, dead = got
+            sig = _signature(journal.path)
+            gen_key, offset_key = meta_keys(slot)
+            offset = int(meta[offset_key]) if meta.get(gen_key) == journal.gen else 0
+            scan = journal.scan(offset)
+            if not scan.records and not (dead and scan.damage):
+                journal.close()  # nothing new (a write may be under way: looked at next time)
+                if sig is not None and not scan.damage:
+                    batch.seen[slot] = sig
+                continue
+            if dead:
+                aside = journal.set_aside(scan.damage[0][0]) if scan.damage else None
+                batch.records.extend(scan.records)
+                batch.marks.append((slot, journal.gen, scan.end))
+                batch.dead.append(journal)
+                message = scan.describe(journal.path, aside)
+                if message:
+                    batch.reports.append(message)
+                continue
+            stop = scan.damage[0][0] if scan.damage else scan.end
+            batch.records.extend(scan.records[: len(scan.records) - scan.after_damage])
+            batch.marks.append((slot, journal.gen, stop))
+            journal.close()
+            if sig is not None and not scan.damage:
+                batch.seen[slot] = sig
+        return batch
+
+    def done(self, batch: Batch) -> None:
+        """After the fold committed: empty the dead owners' slots and let go of them."""
+        for journal in batch.dead:
+            try:
+                journal.reset()
+            finally:
+                journal.close()
+            sig = _signature(journal.path)
+            if sig is not None:
+                batch.seen[journal.slot] = sig
+        self._seen.update(batch.seen)
+
+    def abandon(self, batch: Batch) -> None:
+        """The fold failed: let go of the dead owners' slots untouched."""
+        for journal in batch.dead:
+            journal.close()
+
+
+def files_signature(db: Path) -> tuple[Any, ...]:
+    """Sizes and modification times of a store and its journal: a change means new records
+    (a cheap look that takes no lock, for watchers)."""
+    out: list[Any] = []
+    for p in (db, *(path for _, path in slot_paths(db))):
+        try:
+            st = os.stat(p)
+            out.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)

@@ -1,0 +1,171 @@
+"""The approval pages and signed gate links, against a real `airun serve` on 127.0.0.1.
+
+A person logs in with a token (then holds a session cookie), forms carry a CSRF token, and a
+notification's link finds the gate but still asks for a login. Browser clicks are tested in
+tests/browser/test_approval_page.py; here the same pages are driven over HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import airun_nb
+from airun_nb import Workflow
+from airun_nb.gates import links as gatelinks
+from support.service import NAMESPACE, Server, gated_spec, make_token, running_server
+
+
+@pytest.fixture
+def env(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var in ("AIRUN_APPROVAL", "AIRUN_APPROVAL_MODE", "AIRUN_CONFIG", "AIRUN_SERVICE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AIRUN_USER", "alice")
+    monkeypatch.chdir(tmp_path)
+    return db
+
+
+@pytest.fixture
+def server(env: Path, tmp_path: Path) -> Iterator[Server]:
+    with running_server(env, tmp_path) as srv:
+        yield srv
+
+
+def start(db: Path, sent: list[dict[str, Any]] | None = None, **approval: Any) -> str:
+    ns = dict(NAMESPACE, collect=lambda payload: (sent if sent is not None else []).append(payload))
+    result = Workflow.from_yaml(gated_spec(notify="collect", **approval)).run(
+        db=db, namespace=ns, raise_on_failure=False
+    )
+    assert result.status == "waiting"
+    return result.run_id
+
+
+def csrf_of(page: httpx.Response) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert m, page.text[:500]
+    return m.group(1)
+
+
+def login(c: httpx.Client, token: str, next_url: str = "/") -> httpx.Response:
+    form = c.get("/login", params={"next": next_url})
+    return c.post("/login", data={"csrf": csrf_of(form), "token": token, "next": next_url})
+
+
+def gate_status(db: Path, run_id: str) -> str:
+    return str(airun_nb.approvals(run_id, db=db)["status"].iloc[0])
+
+
+def test_a_token_login_then_a_form_decision_is_recorded_as_web(server: Server, env: Path) -> None:
+    run_id = start(env)
+    bob = make_token(env, "bob")
+    with server.client() as c:
+        first = c.get("/approvals")
+        assert first.status_code == 303 and first.headers["location"].startswith("/login")
+        bad = login(c, bob[:-3] + "abc")
+        assert bad.status_code == 401 and "not valid" in bad.text
+        assert login(c, bob).status_code == 303
+        page = c.get("/approvals")
+        assert page.status_code == 200
+        assert "Ship 3 rows?" in page.text and f"/runs/{run_id}/gates/review/decide" in page.text
+        done = c.post(
+            f"/runs/{run_id}/gates/review/decide",
+            data={"csrf": csrf_of(page), "decision": "approve", "comment": "fine by me"},
+        )
+        assert done.status_code == 303
+        after = c.get(done.headers["location"])
+        assert "Approved gate review" in after.text and "airun resume" in after.text
+        assert "approve by <b>bob</b> via web" in after.text
+    row = airun_nb.approvals(run_id, db=env).iloc[0]
+    assert (row["actor"], row["channel"], row["comment"]) == ("bob", "web", "fine by me")
+
+
+def test_a_form_post_without_the_csrf_token_is_refused_and_records_nothing(
+    server: Server, env: Path
+) -> None:
+    run_id = start(env)
+    with server.client() as c:
+        login(c, make_token(env, "bob"))
+        for data in ({"decision": "approve"}, {"decision": "approve", "csrf": "forged"}):
+            resp = c.post(f"/runs/{run_id}/gates/review/decide", data=data)
+            assert resp.status_code == 403 and "reload the page" in resp.text
+        resp = c.post(f"/runs/{run_id}/cancel", data={"csrf": "forged"})
+        assert resp.status_code == 403
+    # a request from another site carries no session at all
+    with server.client() as other:
+        resp = other.post(f"/runs/{run_id}/gates/review/decide", data={"decision": "approve"})
+        assert resp.status_code == 403
+    assert gate_status(env, run_id) == "open"
+    assert airun_nb.runs(db=env)["status"].tolist() == ["waiting"]
+
+
+def test_the_launcher_sees_why_they_may_not_decide_and_a_revoked_session_ends(
+    server: Server, env: Path
+) -> None:
+    run_id = start(env, approvers=["alice", "bob"])
+    alice = make_token(env, "alice")
+    with server.client() as c:
+        login(c, alice)
+        page = c.get(f"/runs/{run_id}")
+        assert "four-eyes" in page.text and "/decide" not in page.text
+        assert "Cancel this run" in page.text  # the launcher may cancel
+        from airun_nb.service import tokens
+        from airun_nb.store.database import Store
+
+        tokens.revoke(Store.open(env), "alice")
+        assert c.get(f"/runs/{run_id}").status_code == 303  # back to the login
+
+
+def test_the_notification_link_finds_the_gate_after_a_login(server: Server, env: Path) -> None:
+    sent: list[dict[str, Any]] = []
+    run_id = start(env, sent, timeout="1h")
+    link = sent[0]["link"]
+    assert link.startswith(server.url + "/link/")
+    assert sent[0]["commands"]["approve"] == f"airun approve {run_id} review"
+    with server.client() as c:
+        hop = c.get(link.removeprefix(server.url))
+        assert hop.status_code == 303
+        assert hop.headers["location"] == f"/runs/{run_id}/gates/review"
+        gate_page = c.get(hop.headers["location"])
+        assert gate_page.status_code == 303 and "/login?next=" in gate_page.headers["location"]
+        login(c, make_token(env, "bob"), f"/runs/{run_id}/gates/review")
+        shown = c.get(f"/runs/{run_id}/gates/review")
+        assert "Ship 3 rows?" in shown.text and "Approve" in shown.text
+
+
+def test_a_tampered_or_expired_link_is_refused(server: Server, env: Path) -> None:
+    sent: list[dict[str, Any]] = []
+    run_id = start(env, sent, timeout="1h")
+    signed = sent[0]["link"].rsplit("/", 1)[1]
+    flipped = signed[:-2] + ("A" if signed[-2] != "A" else "B") + signed[-1]
+    secret = gatelinks.load_settings(env)["secret"]
+    past = gatelinks.sign(secret, run_id, "review", deadline=1_000_000.0)
+    forged = gatelinks.sign("not-the-secret", run_id, "review", deadline=4_000_000_000.0)
+    with server.client() as c:
+        for bad in (flipped, forged, "garbage"):
+            resp = c.get(f"/link/{bad}")
+            assert resp.status_code == 403 and "not valid" in resp.text
+        resp = c.get(f"/link/{past}")
+        assert resp.status_code == 410 and "expired at 1970-01-12" in resp.text
+
+
+def test_a_link_expires_at_the_gates_deadline(env: Path) -> None:
+    gatelinks.ensure_settings(env, "http://127.0.0.1:9")
+    sent: list[dict[str, Any]] = []
+    run_id = start(env, sent, timeout="1h")
+    deadline = airun_nb.approvals(run_id, db=env)["deadline"].iloc[0].timestamp()
+    secret = gatelinks.load_settings(env)["secret"]
+    signed = sent[0]["link"].rsplit("/", 1)[1]
+    assert gatelinks.verify(secret, signed, now=deadline - 1) == (run_id, "review")
+    with pytest.raises(gatelinks.LinkError, match="expired"):
+        gatelinks.verify(secret, signed, now=deadline + 0.01)
+
+
+def test_without_a_service_the_notification_has_no_link(env: Path) -> None:
+    sent: list[dict[str, Any]] = []
+    start(env, sent)
+    assert sent[0]["link"] is None

@@ -1,0 +1,74 @@
+"""Big notebook frames are hashed by their bytes: every change to a cell, a label, a name or a
+dtype changes the hash; an equal copy hashes alike; small frames keep their hashes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from airun_nb.engine.fingerprint import Fingerprinter
+from airun_nb.store import framehash
+
+ROWS = 600_000  # 2 float columns and an object column: over BIG_FRAME_BYTES
+
+
+def _big() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "a": np.arange(ROWS, dtype="float64"),
+            "b": np.ones(ROWS),
+            "when": pd.date_range("2026-01-01", periods=ROWS, freq="s"),
+            "c": ["x"] * ROWS,
+        }
+    )
+
+
+def _hash(value: object) -> str:
+    got = Fingerprinter({}).value_hash(value)
+    assert got is not None
+    return got[0]
+
+
+def test_a_big_frame_is_hashed_by_bytes() -> None:
+    assert framehash.shallow_bytes(_big()) >= framehash.BIG_FRAME_BYTES
+    assert _hash(_big()) == _hash(_big().copy())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda f: f.loc.__setitem__((ROWS - 1, "a"), -1.0),
+        lambda f: f.loc.__setitem__((3, "b"), np.nan),
+        lambda f: f.loc.__setitem__((7, "c"), "y"),
+        lambda f: f.loc.__setitem__((9, "when"), pd.Timestamp("2020-01-01")),
+        lambda f: f.rename(columns={"b": "bb"}),
+        lambda f: f.set_axis(np.arange(1, ROWS + 1)),
+        lambda f: f.__setitem__("a", f["a"].astype("float32")),
+        lambda f: f.loc.__setitem__((0, "a"), -0.0),  # equal to 0.0, stored otherwise
+    ],
+)
+def test_any_change_to_a_big_frame_changes_its_hash(change) -> None:  # type: ignore[no-untyped-def]
+    frame = _big()
+    before = _hash(frame)
+    result = change(frame)
+    after = _hash(result if isinstance(result, pd.DataFrame) else frame)
+    assert after != before
+
+
+def test_a_big_series_and_index_are_hashed_by_bytes_too() -> None:
+    s = pd.Series(np.arange(2 * ROWS, dtype="int64"))
+    before = _hash(s)
+    s.iloc[-1] = 0
+    assert _hash(s) != before
+    idx = pd.Index(np.arange(2 * ROWS, dtype="int64"))
+    assert _hash(idx) != _hash(pd.Index(np.arange(1, 2 * ROWS + 1, dtype="int64")))
+
+
+def test_a_small_frame_keeps_its_row_hash() -> None:
+    frame = pd.DataFrame({"a": [1.0, 2.0], "c": ["x", "y"]})
+    rows = pd.util.hash_pandas_object(frame, index=True).to_numpy()
+    meta = repr(("DataFrame", ["a", "c"])) + repr(frame.dtypes)
+    assert _hash(frame) == hashlib.sha256(meta.encode() + rows.tobytes()).hexdigest()[:16]
