@@ -74,6 +74,11 @@ class RunBusy(AirunError):
     """The run is executing in another process."""
 
 
+class RunEnded(AirunError):
+    """The run reached an end state that cannot resume (rolled back, cancelled): start a new
+    run or fork it."""
+
+
 class WorkflowFailed(AirunError):
     """A run ended in a failed state; the message names the run and the failing step."""
 

@@ -30,6 +30,7 @@ import pandas as pd
 from airun_nb.engine.ledger import timestamp
 from airun_nb.errors import RunNotFound
 from airun_nb.history.diff import diff
+from airun_nb.store import transitions
 from airun_nb.store.database import Store
 from airun_nb.store.schema import TABLES
 from airun_nb.workflow import Workflow
@@ -51,9 +52,7 @@ def replay(
         params = _copy_run(source, scratch, run_id)
         wf = Workflow.from_run(run_id, db=scratch.path)
         kinds = {s.id: s.kind for s in wf.spec.steps}
-        rows = scratch.query_dicts(
-            "SELECT step_id, status FROM steps WHERE run_id = ? ORDER BY position", [run_id]
-        )
+        rows = scratch.step_rows(run_id)
         out = []
         for r in rows:
             step, kind = r["step_id"], kinds.get(r["step_id"], "")
@@ -107,12 +106,11 @@ def assert_replays(
 
 def _copy_run(source: Store, scratch: Store, run_id: str) -> dict[str, Any]:
     """The run's definition, run row, step rows and output tables, copied into ``scratch``."""
-    runs = source.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id])
-    if not runs:
+    run = source.run_row(run_id)
+    if run is None:
         raise RunNotFound(f"no run '{run_id}' in {source.path}")
-    run = runs[0]
-    specs = source.query_dicts("SELECT * FROM specs WHERE spec_hash = ?", [run["spec_hash"]])
-    steps = source.query_dicts("SELECT * FROM steps WHERE run_id = ?", [run_id])
+    specs = source.spec_rows(run["spec_hash"])
+    steps = source.step_rows(run_id)
     recs = [_record("spec", "specs", s) for s in specs]
     recs.append(_record("run", "runs", {**run, "owner_pid": None, "owner_token": None}))
     for row in steps:
@@ -120,7 +118,7 @@ def _copy_run(source: Store, scratch: Store, run_id: str) -> dict[str, Any]:
         if table:
             scratch.put_table(str(table), source.get_table(str(table)))
         recs.append(_record("step", "steps", row))
-    scratch.record_many(recs)
+    transitions.commit(scratch, recs)
     scratch.flush()
     return json.loads(run["params"]) if run.get("params") else {}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from airun_nb.engine.ledger import Listener
 from airun_nb.engine.memory import gc_paused, gc_release
-from airun_nb.engine.runner import Runner
+from airun_nb.engine.runner import Runner, roll_back, stored_spec
 from airun_nb.errors import RunInterrupted, RunNotFound, WorkflowFailed
 from airun_nb.result import RunResult
 from airun_nb.spec import cache as speccache
@@ -49,18 +49,7 @@ class Workflow:
     @classmethod
     def from_run(cls, run_id: str, *, db: str | os.PathLike[str] | None = None) -> Workflow:
         """The workflow a stored run was started from (to resume it outside its notebook)."""
-        store = Store.open(db)
-        found = store.query(
-            "SELECT r.workflow, s.text FROM runs r LEFT JOIN specs s USING (spec_hash) "
-            "WHERE r.run_id = ?",
-            [run_id],
-        )
-        if not found:
-            raise RunNotFound(f"no run '{run_id}' in {store.path}")
-        workflow, text = found[0]
-        if not text:
-            raise RunNotFound(f"run '{run_id}' has no stored workflow definition")
-        return cls(speccache.parse(text, name=workflow, db=db))
+        return cls(stored_spec(Store.open(db), run_id))
 
     @property
     def name(self) -> str:
@@ -144,11 +133,7 @@ def rollback(
     notebook functions. Raises :class:`~airun_nb.errors.WorkflowFailed` if a compensation keeps
     failing (the run is then ``rollback_failed``; call again after fixing it).
     """
-    wf = Workflow.from_run(run_id, db=db)
-    engine = Runner(wf.spec, Store.open(db), namespace=namespace, listener=listener)
-    engine.prepare_rollback(run_id)
-    engine.execute()
-    return RunResult(engine)
+    return RunResult(roll_back(Store.open(db), run_id, namespace=namespace, listener=listener))
 
 
 def fork(
@@ -186,8 +171,8 @@ def fork(
 def stored_params(run_id: str, db: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The params a stored run ran with."""
     store = Store.open(db)
-    found = store.query("SELECT params FROM runs WHERE run_id = ?", [run_id])
-    if not found:
+    row = store.run_row(run_id)
+    if row is None:
         raise RunNotFound(f"no run '{run_id}' in {store.path}")
-    value = json.loads(found[0][0]) if found[0][0] else {}
+    value = json.loads(row["params"]) if row["params"] else {}
     return dict(value) if isinstance(value, dict) else {}

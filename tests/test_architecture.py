@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "airun_nb.engine.execution": 45,
     "airun_nb.engine.compensation": 44,
     "airun_nb.engine.gatekeeper": 44,
-    "airun_nb.governance.verdict": 42,
+    "airun_nb.engine.verdict": 42,
     "airun_nb.engine.planner": 40,
     "airun_nb.engine.ledger": 38,
     "airun_nb.engine.scope": 38,

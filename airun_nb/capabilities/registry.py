@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airun_nb.capabilities import confine
+from airun_nb.capabilities.workspace import Workspace
 from airun_nb.errors import AirunError
-from airun_nb.governance import confine
 from airun_nb.governance.audit import redact_keys
-from airun_nb.governance.workspace import Workspace
 
 RISKS = ("low", "medium", "high", "critical")
 
@@ -56,7 +56,7 @@ class Context:
 
     def path(self, value: object, *, field: str = "path", capability: str = "") -> Path:
         """The real path of ``value`` inside the workspace, refused when it is protected (the
-        store and its files, the workspace root: see :mod:`airun_nb.governance.confine`)."""
+        store and its files, the workspace root: see :mod:`airun_nb.capabilities.confine`)."""
         real = self.workspace.path(value, field=field)
         return confine.check(
             real,

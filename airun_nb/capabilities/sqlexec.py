@@ -11,8 +11,8 @@ from typing import Any
 
 import duckdb
 
+from airun_nb.capabilities import confine
 from airun_nb.capabilities.registry import CapabilityError, Context, register
-from airun_nb.governance import confine
 
 SNAPSHOT_MAX_ROWS = 100_000  # default; AIRUN_SNAPSHOT_MAX_ROWS or `snapshot_max_rows` change it
 
@@ -46,7 +46,7 @@ def _db_kind(path: Path) -> str:
 
 
 def _sql_connect(path: Path, ctx: Context) -> Any:
-    """A connection confined to the workspace (see :mod:`airun_nb.governance.confine`)."""
+    """A connection confined to the workspace (see :mod:`airun_nb.capabilities.confine`)."""
     root, store = ctx.workspace.root, ctx.store_path
     try:
         if _db_kind(path) == "sqlite":

@@ -120,8 +120,8 @@ def resume(run_id: str, db: Path | None) -> None:
             db=db, resume=run_id, namespace=codestore.load(store, run_id), raise_on_failure=False
         )
     except ResolveError as exc:
-        found = store.query("SELECT source FROM runs WHERE run_id = ?", [run_id])
-        where = found[0][0] if found and found[0][0] else "the notebook that started it"
+        row = store.run_row(run_id)
+        where = row["source"] if row and row["source"] else "the notebook that started it"
         raise ResolveError(
             f"{exc.message}. Re-open {where}, run its cells, then `%workflow resume {run_id}`; "
             "or let the notebook store its code (`%config Workflow.store_code = True`, then "
@@ -276,9 +276,7 @@ def history_cmd(
     """Export run history as CSV, Parquet or JSON lines."""
     from airun_nb.history import frames as history
 
-    if run_id and not Store.open(db, create=False).query(
-        "SELECT 1 FROM runs WHERE run_id = ?", [run_id]
-    ):
+    if run_id and not Store.open(db, create=False).has_run(run_id):
         click.echo(f"error: no run {run_id} in {short(resolve_db(db))}", err=True)
         sys.exit(2)
     if table == "runs":
@@ -349,12 +347,7 @@ def run_cmd(notebook: Path, output: Path | None, timeout: float, db: Path | None
     if store_path is not None and store_path.exists():
         store = Store.open(store_path)
         # Every run the notebook touched: the ones it created and the ones it resumed.
-        rows = store.query(
-            "SELECT run_id, created_at < ? AS resumed FROM runs "
-            "WHERE created_at >= ? OR updated_at >= ? ORDER BY created_at",
-            [started, started, started],
-        )
-        for run_id, resumed in rows:
+        for run_id, resumed in store.runs_touched_since(started):
             click.echo("")
             if resumed:
                 click.echo(f"(resumed run {run_id}, started before this notebook run)")

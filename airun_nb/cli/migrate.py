@@ -20,7 +20,8 @@ import yaml
 from airun_nb.errors import AirunError, SpecError, TemplateError, WorkflowFailed
 from airun_nb.governance import policy as policy_mod
 from airun_nb.governance import seedpolicy as policy_dialect
-from airun_nb.spec import dialect, yamlsafe
+from airun_nb.spec import dialect
+from airun_nb.yamlreader import safe as yamlsafe
 
 EXIT = {
     "ok": 0,

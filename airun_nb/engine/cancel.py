@@ -22,6 +22,7 @@ from typing import Any
 from airun_nb.errors import AirunError, RunBusy, RunNotFound
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance import identity
+from airun_nb.store import transitions
 from airun_nb.store.database import Store
 from airun_nb.store.owner import owner_alive, owner_fields
 
@@ -57,9 +58,9 @@ def cancel(
     store = Store.open(db)
     actor = by if (authenticated and by) else identity.acting_as(by)
     if rollback:
-        from airun_nb.workflow import Workflow
+        from airun_nb.engine.runner import stored_spec
 
-        Workflow.from_run(run_id, db=store.path)  # refuse before changing anything
+        stored_spec(store, run_id)  # refuse before changing anything
     with store.session("cancelling a run"):
         row = _cancellable(store, run_id)
         previous = str(row["status"])
@@ -68,7 +69,7 @@ def cancel(
             recs = _gate_records(store, run_id, gates, actor, channel)
             recs += _step_records(store, run_id)
             recs += _final_records(row, previous, actor, channel, comment, rolled_back=False)
-            store.record_many(recs)
+            transitions.commit(store, recs)
             return _summary(run_id, previous, gates, actor, channel, rolled_back=False)
         # Close the gates first: no decision can continue the run while it is being undone.
         # The cancel takes the run over from an idle owner, so the rollback may run here.
@@ -78,23 +79,23 @@ def cancel(
         taken.update(owner_fields(), updated_at=time.time())
         recs.append(taken)
         recs.append(_event(run_id, None, "run_cancel_started", by=actor, channel=channel))
-        store.record_many(recs)
-    from airun_nb.workflow import rollback as roll_back
+        transitions.commit(store, recs)
+    from airun_nb.engine.runner import roll_back
 
-    roll_back(run_id, db=store.path, namespace=namespace)
+    roll_back(store, run_id, namespace=namespace)
     with store.session("cancelling a run"):
-        found = store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id])
-        store.record_many(
-            _final_records(found[0], previous, actor, channel, comment, rolled_back=True)
+        found = store.run_row(run_id)
+        assert found is not None
+        transitions.commit(
+            store, _final_records(found, previous, actor, channel, comment, rolled_back=True)
         )
     return _summary(run_id, previous, gates, actor, channel, rolled_back=True)
 
 
 def _cancellable(store: Store, run_id: str) -> dict[str, Any]:
-    found = store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id])
-    if not found:
+    row = store.run_row(run_id)
+    if row is None:
         raise RunNotFound(f"no run '{run_id}' in {store.path}")
-    row = found[0]
     status = str(row["status"])
     if status in _EXECUTING and owner_alive(row):
         raise RunBusy(
@@ -113,9 +114,7 @@ def _cancellable(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def _open_gates(store: Store, run_id: str) -> list[dict[str, Any]]:
-    return store.query_dicts(
-        "SELECT * FROM approvals WHERE run_id = ? AND status = 'open' ORDER BY opened_at", [run_id]
-    )
+    return store.open_gates(run_id)
 
 
 def _gate_records(
@@ -140,9 +139,7 @@ def _gate_records(
 
 def _step_records(store: Store, run_id: str) -> list[dict[str, Any]]:
     """Steps still shown as waiting (gates) or running (a dead process) become ``cancelled``."""
-    rows = store.query_dicts(
-        "SELECT * FROM steps WHERE run_id = ? AND status IN ('waiting', 'running')", [run_id]
-    )
+    rows = store.step_rows(run_id, "waiting", "running")
     recs = []
     for r in rows:
         rec = _as_record("step", r)

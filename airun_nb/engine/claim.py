@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from airun_nb.errors import RunBusy, RunNotFound
-from airun_nb.store import owner
+from airun_nb.store import owner, transitions
 from airun_nb.store.database import TABLES, Store
 
 # Statuses in which a live owner is executing the run right now.
@@ -55,7 +55,7 @@ def claim_run(
     (``SELECT *`` shape), for planning.
     """
     with store.session(f"claiming run {run_id}"):
-        rows = store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        rows = [r] if (r := store.run_row(run_id)) else []
         if not rows:
             raise RunNotFound(f"no run '{run_id}' in {store.path}")
         row = rows[0]
@@ -74,7 +74,7 @@ def claim_run(
         claim.update(extra or {})
         claim["status"] = status
         claim["updated_at"] = time.time()
-        store.record(claim)  # same lease hold as the read above
+        transitions.commit(store, [claim])  # same lease hold as the read above
     return row
 
 
@@ -85,12 +85,13 @@ class RunClaim:
         self.store = store
         self.dry = False
         self.taken: tuple[str, str] | None = None
+        self._before: dict[str, Any] | None = None  # the run row as it was before the claim
 
     def take(self, row: Mapping[str, Any] | None, mode: str) -> None:
         """Claim the run ``row`` selected for ``mode``; call within the selecting session."""
         if self.dry or row is None or mode not in ("resume", "rollback"):
             return
-        claim_run(
+        self._before = claim_run(
             self.store,
             str(row["run_id"]),
             status="rolling_back" if mode == "rollback" else "running",
@@ -101,26 +102,25 @@ class RunClaim:
         self.taken = (str(row["run_id"]), mode)
 
     def fail(self, exc: BaseException) -> None:
-        """Planning failed after the claim: the run ends failed (or rollback_failed)."""
-        taken, self.taken = self.taken, None
-        if taken is None or isinstance(exc, RunBusy):
+        """Planning failed after the claim, before the run did anything: a refusal changes
+        nothing, so the run row goes back to what it was (status, owner, error)."""
+        taken, before = self.taken, self._before
+        self.taken = self._before = None
+        if taken is None or before is None or isinstance(exc, RunBusy):
             return
-        run_id, mode = taken
         with contextlib.suppress(Exception):  # the planning error is what the user must see
-            claim_run(
-                self.store,
-                run_id,
-                status="rollback_failed" if mode == "rollback" else "failed",
-                owner=owner.owner_fields(),
-                alive=owner.owner_alive,
-                extra={"error": _describe(exc), "finished_at": time.time()},
-            )
+            release_claim(self.store, before)
 
 
-def _describe(exc: BaseException) -> str:
-    from airun_nb.engine.timeouts import describe
-
-    return describe(exc)
+def release_claim(store: Store, before: Mapping[str, Any]) -> None:
+    """Write the run row back as it was before this process claimed it (nothing ran since)."""
+    row: dict[str, Any] = {"t": "run"}
+    for col, _ in TABLES["runs"][0]:
+        value = before.get(col)
+        row[col] = _epoch(value) if col in _TS_COLUMNS else value
+    with store.session(f"releasing run {before['run_id']}"):
+        # The restore of a row that was valid a moment ago is no transition to check.
+        transitions.commit(store, [row], checked=True)
 
 
 def _epoch(value: Any) -> float | None:

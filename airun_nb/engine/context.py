@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from airun_nb import capabilities
+    from airun_nb.capabilities.workspace import Workspace
     from airun_nb.engine import stepkinds as kinds
     from airun_nb.engine.ledger import Ledger
     from airun_nb.engine.scope import Scope
     from airun_nb.engine.state import StepState
     from airun_nb.governance.policy import Policy
-    from airun_nb.governance.workspace import Workspace
     from airun_nb.spec.parser import WorkflowSpec
     from airun_nb.store.database import Store
 

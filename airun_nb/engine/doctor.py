@@ -20,6 +20,7 @@ from pathlib import Path
 from airun_nb.engine.claim import claim_run
 from airun_nb.errors import RunBusy, StoreBusy, StoreError, StoreWarning
 from airun_nb.settings import environment as config
+from airun_nb.store import transitions
 from airun_nb.store.database import Store
 from airun_nb.store.faults import short
 from airun_nb.store.owner import owner_alive, owner_fields
@@ -62,8 +63,7 @@ def examine(db: str | os.PathLike[str] | None = None, *, repair: bool = False) -
         findings.append(
             Finding("set-aside journal bytes", "ok", f"{len(aside)} file(s) kept: {names}")
         )
-    for check, sql in _ORPHANS:
-        n = store.query(sql)[0][0]
+    for check, n in store.orphan_counts().items():
         findings.append(
             Finding(check, "problem", f"{n} row(s); nothing reads them, left in place")
             if n
@@ -74,22 +74,8 @@ def examine(db: str | os.PathLike[str] | None = None, *, repair: bool = False) -
     return findings
 
 
-_ORPHANS = [
-    (
-        "step rows without a run",
-        "SELECT count(*) FROM steps s WHERE NOT EXISTS "
-        "(SELECT 1 FROM runs r WHERE r.run_id = s.run_id)",
-    ),
-    (
-        "attempts without a step",
-        "SELECT count(*) FROM attempts a WHERE NOT EXISTS "
-        "(SELECT 1 FROM steps s WHERE s.run_id = a.run_id AND s.step_id = a.step_id)",
-    ),
-]
-
-
 def _dead_runs(store: Store, repair: bool) -> Finding:
-    rows = store.query_dicts("SELECT * FROM runs WHERE status = 'running'")
+    rows = store.runs_with_status("running")
     dead = [r for r in rows if not owner_alive(r)]
     if not dead:
         return Finding("runs left running by a dead process", "ok", "none")
@@ -118,7 +104,7 @@ def _dead_runs(store: Store, repair: bool) -> Finding:
             )
         except RunBusy:
             continue  # it has an owner again: not ours to close
-        store.record(_event(r["run_id"]))
+        transitions.commit(store, [_event(r["run_id"])])
         closed.append(r["run_id"])
     store.flush()
     return Finding(

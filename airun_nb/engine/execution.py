@@ -12,6 +12,7 @@ from typing import Any
 from airun_nb import capabilities
 from airun_nb.engine import deadline, executor, gatekeeper
 from airun_nb.engine import stepkinds as kinds
+from airun_nb.engine import verdict as governance
 from airun_nb.engine.context import RunContext
 from airun_nb.engine.scope import StepRefs
 from airun_nb.engine.state import (
@@ -25,7 +26,6 @@ from airun_nb.engine.state import (
 from airun_nb.engine.timeouts import CheckFailed, describe, full_traceback, with_timeout
 from airun_nb.errors import AirunError
 from airun_nb.governance import audit as auditlog
-from airun_nb.governance import verdict as governance
 from airun_nb.spec import dialect, templates
 from airun_nb.store import outputs
 from airun_nb.store.database import crashpoint

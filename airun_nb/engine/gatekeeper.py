@@ -18,10 +18,10 @@ from airun_nb.engine.context import RunContext
 from airun_nb.engine.state import S_COMPLETED, S_FAILED, S_WAITING, StepState
 from airun_nb.gates import gate, notify
 from airun_nb.gates import links as gatelinks
-from airun_nb.gates.config import GateConfig, parse_config
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance.policy import Verdict
 from airun_nb.spec import templates
+from airun_nb.spec.approval import GateConfig, parse_config
 from airun_nb.store import outputs
 
 POLL_SECONDS = 0.25

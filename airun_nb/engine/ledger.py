@@ -31,7 +31,7 @@ from airun_nb.engine.state import (
     check_step,
 )
 from airun_nb.spec.parser import WorkflowSpec
-from airun_nb.store import owner
+from airun_nb.store import owner, transitions
 from airun_nb.store.database import Store
 
 
@@ -170,10 +170,8 @@ class Ledger:
     # ------------------------------------------------------------------ writes
     def write(self, recs: Sequence[dict[str, Any]]) -> None:
         """One journal write of records that describe one state change."""
-        if len(recs) == 1:
-            self.store.record(recs[0])
-        elif recs:
-            self.store.record_many(recs)
+        if recs:
+            transitions.commit(self.store, recs, checked=True)  # checked as each was made
 
     def note(self, *recs: dict[str, Any]) -> None:
         """Records that change no status (an event, an audit row, a notification)."""
@@ -258,9 +256,7 @@ class Ledger:
 
     def close_dead_attempts(self) -> None:
         """Attempts left ``running`` by a process that died are closed as ``crashed``."""
-        rows = self.store.query_dicts(
-            "SELECT * FROM attempts WHERE run_id = ? AND status = 'running'", [self.run_id]
-        )
+        rows = self.store.running_attempts(self.run_id)
         recs = []
         for r in rows:
             rec: dict[str, Any] = {"t": "att", **r}

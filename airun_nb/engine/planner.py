@@ -33,8 +33,8 @@ from airun_nb.engine.state import (
     S_COMPLETED,
     StepState,
 )
-from airun_nb.errors import RunBusy, RunNotFound, SpecError, TemplateError
-from airun_nb.gates import config as gateconfig
+from airun_nb.errors import RunBusy, RunEnded, RunNotFound, SpecError, TemplateError
+from airun_nb.spec import approval as gateconfig
 from airun_nb.spec import dialect
 from airun_nb.spec.parser import StepSpec, WorkflowSpec, _hash
 from airun_nb.store import pending as recent
@@ -217,16 +217,16 @@ class Planner:
     ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]], str]:
         store = self.store
         if resume:
-            row = _one(store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [resume]))
+            row = store.run_row(resume)
             if row is None:
                 raise RunNotFound(f"no run '{resume}' in {store.path}")
             check_not_busy(row)
             if row["status"] == "cancelled":
-                raise RunBusy(f"run {resume} was cancelled and cannot resume; start a new run")
+                raise RunEnded(f"run {resume} was cancelled and cannot resume; start a new run")
             if row["status"] == ROLLED_BACK:
-                raise RunBusy(
-                    f"run {resume} is rolled_back: its finished steps were undone, so it "
-                    "cannot resume; start a new run"
+                raise RunEnded(
+                    f"run {resume} was rolled back: its finished steps were undone, so it "
+                    "cannot resume; start a new run (or fork it)"
                 )
             # A rollback that stopped (killed, or a compensation failed) is unfinished too:
             # resuming it continues the rollback.
@@ -262,7 +262,7 @@ class Planner:
 
     def select_rollback(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """The stored run to roll back (on demand, or to finish a rollback)."""
-        row = _one(self.store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id]))
+        row = self.store.run_row(run_id)
         if row is None:
             raise RunNotFound(f"no run '{run_id}' in {self.store.path}")
         if row["status"] in (RUNNING, ROLLING_BACK) and owner_alive(row):  # waiting: idle
@@ -282,7 +282,7 @@ class Planner:
         self, run_id: str, from_step: str
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """The stored run a fork starts from, and its steps."""
-        row = _one(self.store.query_dicts("SELECT * FROM runs WHERE run_id = ?", [run_id]))
+        row = self.store.run_row(run_id)
         if row is None:
             raise RunNotFound(f"no run '{run_id}' in {self.store.path}")
         if from_step not in self.states:
@@ -412,10 +412,6 @@ class Planner:
 def check_not_busy(row: Mapping[str, Any]) -> None:
     if row["status"] in (RUNNING, ROLLING_BACK) and owner_alive(row):
         raise RunBusy(busy_message(row))
-
-
-def _one(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return rows[0] if rows else None
 
 
 def _downstream(spec: WorkflowSpec, step_id: str | None) -> set[str]:

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from airun_nb import capabilities
+from airun_nb.capabilities.workspace import Workspace
 from airun_nb.engine import compensation, execution, stepprint
 from airun_nb.engine import stepkinds as kinds
 from airun_nb.engine.claim import RunClaim
@@ -36,10 +37,9 @@ from airun_nb.engine.state import (
     WAITING,
     StepState,
 )
-from airun_nb.errors import RunBusy, RunInterrupted, WorkflowFailed
+from airun_nb.errors import RunBusy, RunInterrupted, RunNotFound, WorkflowFailed
+from airun_nb.governance import identity
 from airun_nb.governance import policy as policy_mod
-from airun_nb.governance.workspace import Workspace
-from airun_nb.settings import environment as config
 from airun_nb.spec.parser import WorkflowSpec, expand
 from airun_nb.store import owner
 from airun_nb.store.database import Store
@@ -66,7 +66,7 @@ class Runner:
         self.spec = spec
         self.store = store
         self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
-        self.user = user or config.current_user()
+        self.user = user or identity.current()
         self.states: dict[str, StepState] = {s.id: StepState(s) for s in spec.steps}
         self.ledger = Ledger(
             store, spec, self.params, listener=listener, source=source, launched_by=self.user
@@ -347,3 +347,30 @@ class Runner:
         for st in self.states.values():
             if st.spec.output and st.replayed and st.status == "completed":
                 self.namespace[st.spec.output] = self.output_of(st.id)  # type: ignore[index]
+
+
+def stored_spec(store: Store, run_id: str) -> WorkflowSpec:
+    """The workflow a stored run was started from (to resume or undo it outside its notebook)."""
+    from airun_nb.spec import cache as speccache
+
+    found = store.stored_definition(run_id)
+    if found is None:
+        raise RunNotFound(f"no run '{run_id}' in {store.path}")
+    workflow, text = found
+    if not text:
+        raise RunNotFound(f"run '{run_id}' has no stored workflow definition")
+    return speccache.parse(text, name=workflow, db=store.path)
+
+
+def roll_back(
+    store: Store,
+    run_id: str,
+    *,
+    namespace: Mapping[str, Any] | None = None,
+    listener: Listener | None = None,
+) -> Runner:
+    """Undo a stored run through its compensations, newest first; the runner that did it."""
+    engine = Runner(stored_spec(store, run_id), store, namespace=namespace, listener=listener)
+    engine.prepare_rollback(run_id)
+    engine.execute()
+    return engine

@@ -69,10 +69,7 @@ class Scope:
             row = dict(st.out)
             if row.get("output_kind") == "pickle":
                 run = self.blob_source.get(step_id, self._run_id())
-                blob = self.store.query(
-                    "SELECT output_blob FROM steps WHERE run_id = ? AND step_id = ?", [run, step_id]
-                )
-                row["output_blob"] = blob[0][0] if blob else None
+                row["output_blob"] = self.store.output_blob(run, step_id)
             st.value = outputs.decode(row, self.store)
         return st.value
 

@@ -1,9 +1,5 @@
-"""The states of a run and of a step, and which transitions between them are allowed.
-
-:class:`StepState` is a step's state while a run executes. Only the ledger moves a run or a step
-from one status to another (:func:`check_run`, :func:`check_step`); a transition that is not in
-the tables below raises :class:`TransitionError`, so a bug that would record an impossible
-history fails loudly instead.
+"""A step's state while a run executes (:class:`StepState`), with the statuses and transition
+tables of :mod:`airun_nb.store.transitions` that the ledger checks it against.
 """
 
 from __future__ import annotations
@@ -12,84 +8,74 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from airun_nb.errors import AirunError
 from airun_nb.spec.parser import StepSpec
-
-# Run statuses.
-PENDING, RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED = (
-    "pending",
-    "running",
-    "waiting",
-    "completed",
-    "failed",
-    "interrupted",
+from airun_nb.store.transitions import (  # the tables live with the one writer that checks them
+    CANCELLED,
+    COMP_TRANSITIONS,
+    COMPLETED,
+    DONE_STEP,
+    FAILED,
+    INTERRUPTED,
+    PENDING,
+    RESUMABLE,
+    ROLLBACK_FAILED,
+    ROLLED_BACK,
+    ROLLING_BACK,
+    RUN_STATUSES,
+    RUN_TRANSITIONS,
+    RUNNING,
+    S_CANCELLED,
+    S_COMPLETED,
+    S_FAILED,
+    S_INTERRUPTED,
+    S_PENDING,
+    S_RUNNING,
+    S_SKIPPED,
+    S_WAITING,
+    STEP_TRANSITIONS,
+    TERMINAL,
+    WAITING,
+    TransitionError,
+    check_compensation,
+    check_run,
+    check_step,
 )
-ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED = "rolling_back", "rolled_back", "rollback_failed"
-RESUMABLE = {PENDING, RUNNING, WAITING, FAILED, INTERRUPTED}
-TERMINAL = {COMPLETED, ROLLED_BACK, ROLLBACK_FAILED}
-# Step statuses.
-S_PENDING, S_RUNNING, S_COMPLETED, S_FAILED, S_SKIPPED = (
-    "pending",
-    "running",
-    "completed",
-    "failed",
-    "skipped",
-)
-S_INTERRUPTED, S_WAITING = "interrupted", "waiting"
-DONE_STEP = {S_COMPLETED, S_SKIPPED}
 
-# Which run status may follow which. A run (re)starts as running from any unfinished status, and
-# a rollback may start from any status but rolled_back.
-RUN_TRANSITIONS: dict[str, set[str]] = {
-    PENDING: {RUNNING, ROLLING_BACK},
-    RUNNING: {RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED, ROLLING_BACK},
-    WAITING: {RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED, ROLLING_BACK},
-    FAILED: {RUNNING, ROLLING_BACK},
-    INTERRUPTED: {RUNNING, ROLLING_BACK},
-    COMPLETED: {RUNNING, ROLLING_BACK},
-    ROLLING_BACK: {ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED, INTERRUPTED},
-    ROLLBACK_FAILED: {ROLLING_BACK},
-    ROLLED_BACK: set(),
-}
-# Which step status may follow which (a step that runs again is first reset to pending).
-STEP_TRANSITIONS: dict[str, set[str]] = {
-    S_PENDING: {S_PENDING, S_RUNNING, S_SKIPPED, S_FAILED, S_WAITING, S_COMPLETED},
-    S_RUNNING: {S_RUNNING, S_COMPLETED, S_FAILED, S_INTERRUPTED, S_PENDING},
-    S_WAITING: {S_WAITING, S_RUNNING, S_COMPLETED, S_FAILED, S_INTERRUPTED, S_PENDING},
-    S_FAILED: {S_PENDING, S_FAILED},
-    S_INTERRUPTED: {S_PENDING, S_INTERRUPTED},
-    S_COMPLETED: {S_PENDING},
-    S_SKIPPED: {S_PENDING},
-}
-# A compensation: none yet -> running -> done | failed (failed may run again).
-COMP_TRANSITIONS: dict[str | None, set[str]] = {
-    None: {"running", "none", "failed"},
-    "running": {"running", "done", "failed"},
-    "failed": {"running", "failed"},
-    "none": set(),
-    "done": set(),
-}
+__all__ = [
+    "CANCELLED",
+    "COMPLETED",
+    "COMP_TRANSITIONS",
+    "DONE_STEP",
+    "FAILED",
+    "INTERRUPTED",
+    "MISSING",
+    "PENDING",
+    "RESUMABLE",
+    "ROLLBACK_FAILED",
+    "ROLLED_BACK",
+    "ROLLING_BACK",
+    "RUNNING",
+    "RUN_STATUSES",
+    "RUN_TRANSITIONS",
+    "STEP_TRANSITIONS",
+    "S_CANCELLED",
+    "S_COMPLETED",
+    "S_FAILED",
+    "S_INTERRUPTED",
+    "S_PENDING",
+    "S_RUNNING",
+    "S_SKIPPED",
+    "S_WAITING",
+    "TERMINAL",
+    "WAITING",
+    "StepState",
+    "TransitionError",
+    "check_compensation",
+    "check_run",
+    "check_step",
+]
 
 MISSING: Any = object()
-
-
-class TransitionError(AirunError):
-    """A run or a step was asked to move to a status that cannot follow its current one."""
-
-
-def check_run(old: str, new: str, run_id: str) -> None:
-    if new not in RUN_TRANSITIONS.get(old, set()):
-        raise TransitionError(f"run {run_id}: cannot go from {old} to {new}")
-
-
-def check_step(old: str, new: str, step_id: str) -> None:
-    if new not in STEP_TRANSITIONS.get(old, set()):
-        raise TransitionError(f"step '{step_id}': cannot go from {old} to {new}")
-
-
-def check_compensation(old: str | None, new: str, step_id: str) -> None:
-    if new not in COMP_TRANSITIONS.get(old, set()):
-        raise TransitionError(f"step '{step_id}': its compensation cannot go from {old} to {new}")
 
 
 @dataclass(slots=True)

@@ -17,9 +17,9 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from airun_nb.capabilities import confine
+from airun_nb.capabilities.workspace import Workspace
 from airun_nb.errors import AirunError
-from airun_nb.governance import confine
-from airun_nb.governance.workspace import Workspace
 from airun_nb.settings import environment as config
 from airun_nb.store.database import quote_ident
 
@@ -114,7 +114,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class SqlEngine:
     """An in-memory DuckDB where SQL steps run over step outputs and notebook DataFrames.
 
-    The connection is confined (:func:`airun_nb.governance.confine.duckdb_connect`): files outside the
+    The connection is confined (:func:`airun_nb.capabilities.confine.duckdb_connect`): files outside the
     workspace, the store and its files, and extensions are out of reach."""
 
     def __init__(

@@ -19,7 +19,11 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from airun_nb.gates.config import (
+from airun_nb.governance import audit as auditlog
+from airun_nb.governance import identity
+from airun_nb.settings import file as settings
+from airun_nb.spec import limits
+from airun_nb.spec.approval import (
     MODES,
     ON_TIMEOUT,
     AlreadyDecided,
@@ -27,10 +31,7 @@ from airun_nb.gates.config import (
     GateConfig,
     parse_config,
 )
-from airun_nb.governance import audit as auditlog
-from airun_nb.governance import identity
-from airun_nb.settings import file as settings
-from airun_nb.spec import limits
+from airun_nb.store import transitions
 from airun_nb.store.database import Store
 
 __all__ = [
@@ -151,10 +152,7 @@ def _settings(config: GateConfig) -> dict[str, Any]:
 
 # -- the durable record ----------------------------------------------------------------------
 def gate_row(store: Store, run_id: str, gate_id: str) -> dict[str, Any] | None:
-    rows = store.query_dicts(
-        "SELECT * FROM approvals WHERE run_id = ? AND gate_id = ?", [run_id, gate_id]
-    )
-    return rows[0] if rows else None
+    return store.gate_row(run_id, gate_id)
 
 
 def _record(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,11 +189,12 @@ def open_gate(
             changed = {k: v for k, v in wanted.items() if (existing.get(k) or None) != (v or None)}
             if changed:
                 row = {**existing, **changed}
-                store.record_many(
+                transitions.commit(
+                    store,
                     [
                         _record(row),
                         _event(run_id, gate_id, "gate_settings_changed", **changed),
-                    ]
+                    ],
                 )
                 return row, False
         if existing is not None and not (
@@ -213,7 +212,7 @@ def open_gate(
                 comment=None,
                 decided_at=None,
             )
-            store.record_many([_record(row), _event(run_id, gate_id, "gate_reopened")])
+            transitions.commit(store, [_record(row), _event(run_id, gate_id, "gate_reopened")])
             return row, False
         now = time.time()
         row = {
@@ -229,8 +228,8 @@ def open_gate(
             "opened_at": now,
             "deadline": now + config.timeout if config.timeout else None,
         }
-        store.record_many(
-            [_record(row), _event(run_id, gate_id, "gate_opened", deadline=row["deadline"])]
+        transitions.commit(
+            store, [_record(row), _event(run_id, gate_id, "gate_opened", deadline=row["deadline"])]
         )
     found = gate_row(store, run_id, gate_id)
     assert found is not None
@@ -262,8 +261,7 @@ def decide(
     with store.session("recording an approval decision"):
         row = gate_row(store, run_id, gate_id)
         if row is None:
-            known = store.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id])
-            if not known:
+            if not store.has_run(run_id):
                 raise ApprovalError(f"no run '{run_id}' in {store.path}")
             raise ApprovalError(f"run {run_id} has no open gate '{gate_id}' (not reached yet?)")
         if row["status"] != "open":
@@ -292,7 +290,8 @@ def decide(
             comment=comment or None,
             decided_at=time.time(),
         )
-        store.record_many(
+        transitions.commit(
+            store,
             [
                 _record(row),
                 _event(
@@ -314,9 +313,20 @@ def decide(
                     decision=decision,
                     arguments={"channel": channel, "comment": comment, "recorded_by": recorder},
                 ),
-            ]
+            ],
         )
+    _DECIDED_HERE.add((run_id, gate_id))
     return output_of(row)
+
+
+# Gates decided by code of this process (``airun_nb.approve`` in a notebook cell): the run goes
+# on when that code asks (the cell is run again), not behind its back.
+_DECIDED_HERE: set[tuple[str, str]] = set()
+
+
+def decided_here(run_id: str, gate_id: str) -> bool:
+    """Whether this process recorded the decision of the gate."""
+    return (run_id, gate_id) in _DECIDED_HERE
 
 
 def _time_out(store: Store, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -342,7 +352,8 @@ def _time_out(store: Store, row: Mapping[str, Any]) -> dict[str, Any]:
             decided_at=time.time(),
         )
         kind = "gate_expired"
-    store.record_many(
+    transitions.commit(
+        store,
         [
             _record(closed),
             _event(
@@ -360,7 +371,7 @@ def _time_out(store: Store, row: Mapping[str, Any]) -> dict[str, Any]:
                 capability="approval",
                 decision=str(closed.get("decision") or "expired"),
             ),
-        ]
+        ],
     )
     return closed
 
@@ -390,7 +401,9 @@ def expire(store: Store, run_id: str, gate_id: str, *, reason: str | None = None
             comment=note,
             decided_at=time.time(),
         )
-        store.record_many([_record(row), _event(run_id, gate_id, "gate_expired", reason=note)])
+        transitions.commit(
+            store, [_record(row), _event(run_id, gate_id, "gate_expired", reason=note)]
+        )
     return row
 
 
@@ -444,9 +457,7 @@ def commands(run_id: str, gate_id: str) -> dict[str, str]:
 def cancel_open(store: Store, run_id: str, *, reason: str) -> list[dict[str, Any]]:
     """Records that close a run's open gates as ``cancelled`` (its rollback); not written."""
     recs: list[dict[str, Any]] = []
-    for row in store.query_dicts(
-        "SELECT * FROM approvals WHERE run_id = ? AND status = 'open'", [run_id]
-    ):
+    for row in store.open_gates(run_id):
         done = {"status": "cancelled", "actor": "runtime", "channel": "rollback"}
         recs.append({**_record(row), **done, "comment": reason, "decided_at": time.time()})
         recs.append(_event(run_id, row["gate_id"], "gate_cancelled", reason=reason))

@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from airun_nb.gates.config import ApprovalError
+from airun_nb.spec.approval import ApprovalError
 
 log = logging.getLogger("airun_nb.gates.gate")
 

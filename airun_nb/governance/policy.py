@@ -37,7 +37,7 @@ from airun_nb import capabilities
 from airun_nb.errors import AirunError
 from airun_nb.governance import seedpolicy as policy_dialect
 from airun_nb.settings import file as settings
-from airun_nb.spec import yamlsafe
+from airun_nb.yamlreader import safe as yamlsafe
 
 DECISIONS = ("allow", "require_approval", "deny")
 _STRICTNESS = {d: i for i, d in enumerate(DECISIONS)}

@@ -85,6 +85,8 @@ def shown_status_sql(status: str, replayed_from: str, comp_status: str, run_stat
 def _attempt_of(st: Any) -> str:
     retry = getattr(st.spec, "retry", None)
     most = getattr(retry, "attempts", 1) or 1
+    if st.attempts > most:  # a resumed step: its earlier attempts ran before the resume
+        return f"attempt {st.attempts} (resumed)"
     return f"attempt {st.attempts} of {most}"
 
 

@@ -171,10 +171,7 @@ class WorkflowMagics(Magics):
             )
         if cmd == "approvals":
             store = Store.open(db)
-            rows = store.query_dicts(
-                "SELECT a.*, r.created_at AS run_created_at FROM approvals a "
-                "JOIN runs r USING (run_id) WHERE a.status = 'open' ORDER BY a.opened_at"
-            )
+            rows = store.open_gates()
             if not rows:
                 print("no approval gates are waiting")
             for row in rows:
@@ -261,22 +258,17 @@ def _latest_failed(db: str | None) -> str:
     last = last_result()
     if last is not None:
         return last.run_id
-    rows = Store.open(db).query(
-        "SELECT run_id FROM attempts WHERE traceback IS NOT NULL ORDER BY started_at DESC LIMIT 1"
-    )
-    if not rows:
+    found = Store.open(db).latest_failed_run()
+    if found is None:
         raise UsageError("%workflow traceback: no run has failed yet; give a run id")
-    return str(rows[0][0])
+    return found
 
 
 def _latest_unfinished(db: str | None) -> str:
-    rows = Store.open(db).query(
-        "SELECT run_id FROM runs WHERE status IN ('interrupted', 'failed', 'running', 'waiting', "
-        "'pending', 'rolling_back', 'rollback_failed') ORDER BY created_at DESC LIMIT 1"
-    )
-    if not rows:
+    found = Store.open(db).latest_unfinished_run()
+    if found is None:
         raise UsageError("%workflow resume: there is no unfinished run to resume")
-    return str(rows[0][0])
+    return found
 
 
 def _cell_namer(ipython: Any) -> Any:

@@ -103,11 +103,7 @@ class GateWatcher:
         self._seen[str(db)] = sig
         self.reads += 1
         keys = [(w.run_id, w.gate_id) for w in widgets]
-        rows = Store.open(db).query_dicts(
-            "SELECT * FROM approvals WHERE status <> 'open' AND (run_id, gate_id) IN "
-            f"({', '.join('(?, ?)' for _ in keys)})",
-            [v for k in keys for v in k],
-        )
+        rows = Store.open(db).decided_gates(keys)
         decided = {(r["run_id"], r["gate_id"]): r for r in rows}
         for w in widgets:
             row = decided.get((w.run_id, w.gate_id))

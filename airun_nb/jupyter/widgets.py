@@ -26,12 +26,12 @@ from airun_nb.engine.memory import gc_release
 from airun_nb.engine.runner import Runner
 from airun_nb.errors import AirunError
 from airun_nb.gates import gate
+from airun_nb.governance.identity import current as current_user
 from airun_nb.history import frames as history
 from airun_nb.history.steptable import CSS, render_html, render_text, view_of_run
 from airun_nb.jupyter.display import LiveTable, WidgetTable, said_once
 from airun_nb.jupyter.lastrun import remember
 from airun_nb.jupyter.watcher import WATCHER
-from airun_nb.settings.environment import current_user
 from airun_nb.store.database import Store
 from airun_nb.store.owner import owner_alive
 from airun_nb.workflow import Workflow
@@ -244,15 +244,14 @@ class GateWidget(widgets.VBox):
         self.status.value = _decided_line(row)
 
     def decide(self, decision: str) -> None:
-        """Check the run can continue here, record the decision, then continue the run in this
-        widget's output area."""
+        """Check the run can continue here (a plan, nothing claimed), record the decision, then
+        continue the run in this widget's output area. A refused decision changes nothing."""
         if self.decided or not self._deciding.acquire(blocking=False):
             return  # a double click: the first one is being handled
         try:
             self._buttons(False)
             WATCHER.forget(self)
-            runner = self._prepared()
-            if runner is None:
+            if self._prepared(dry=True) is None:
                 self._buttons(True)
                 WATCHER.watch(self)
                 return
@@ -285,18 +284,24 @@ class GateWidget(widgets.VBox):
             self.decided = True
             row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
             self._show_decision(row)
-            self._execute(runner)
+            runner = self._prepared()
+            if runner is not None:
+                self._execute(runner)
         finally:
             self._deciding.release()
 
-    def _prepared(self) -> Runner | None:
-        """The run planned to continue here, or None (and what is missing, on the widget)."""
+    def _prepared(self, *, dry: bool = False) -> Runner | None:
+        """The run planned to continue here (``dry``: planned only, not claimed), or None (and
+        what is missing, on the widget)."""
         try:
             wf = Workflow.from_run(self.run_id, db=self.db)
             runner = wf.runner(
                 db=self.db, namespace=self.namespace, listener=WidgetTable(self.table)
             )
-            runner.prepare(resume=self.run_id)
+            if dry:
+                runner.dry_run(resume=self.run_id)
+            else:
+                runner.prepare(resume=self.run_id)
         except AirunError as exc:
             self.status.value = (
                 f"<b style='color:#cf222e'>Not recorded:</b> the run cannot continue in this "
@@ -350,15 +355,19 @@ class GateWidget(widgets.VBox):
             if row.get("status") == "cancelled":
                 self.table.value = self._stored_table()[1]
                 return
-            found = Store.open(self.db).query_dicts(
-                "SELECT * FROM runs WHERE run_id = ?", [self.run_id]
-            )
-            if not found or found[0]["status"] != "waiting":
+            run = Store.open(self.db).run_row(self.run_id)
+            if run is None or run["status"] != "waiting":
                 self.table.value = self._stored_table()[1]
-                if found:
-                    self._say_outcome(found[0]["status"], found[0].get("failed_step"))
+                if run is not None:
+                    self._say_outcome(run["status"], run.get("failed_step"))
                 return
-            if owner_alive(found[0]) and int(found[0].get("owner_pid") or 0) != _pid():
+            if gate.decided_here(self.run_id, self.gate_id):
+                # decided by this notebook's own code: the cell that is run next continues it
+                self.status.value = _decided_line(
+                    row, "run the workflow's cell again to continue the run."
+                )
+                return
+            if owner_alive(run) and int(run.get("owner_pid") or 0) != _pid():
                 # the kernel that runs it continues it
                 self.status.value = _decided_line(
                     row, "the kernel that launched the run continues it."

@@ -40,7 +40,7 @@ def decide_gate(
     text = check_comment(comment)
     if not who.may_decide:
         raise Refused(f"{who.user} has role {who.role} and may not decide gates")
-    if not store.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id]):
+    if not store.has_run(run_id):
         raise NotFound(f"no run '{run_id}'")
     if gate.gate_row(store, run_id, gate_id) is None:
         raise NotFound(f"run {run_id} has no gate '{gate_id}'")
@@ -63,12 +63,12 @@ def cancel_run(
     text = check_comment(comment)
     if not who.may_decide:
         raise Refused(f"{who.user} has role {who.role} and may only read")
-    rows = store.query("SELECT launched_by FROM runs WHERE run_id = ?", [run_id])
-    if not rows:
+    row = store.run_row(run_id)
+    if row is None:
         raise NotFound(f"no run '{run_id}'")
-    if who.role != "admin" and who.user != rows[0][0]:
+    if who.role != "admin" and who.user != row["launched_by"]:
         raise Refused(
-            f"{who.user} may not cancel run {run_id}: only its launcher ({rows[0][0]}) or an "
+            f"{who.user} may not cancel run {run_id}: only its launcher ({row['launched_by']}) or an "
             "admin token may"
         )
     return cancellation.cancel(

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airun_nb.errors import AirunError
+from airun_nb.store import transitions
 from airun_nb.store.database import Store
 
 ROLES = ("viewer", "approver", "admin")
@@ -57,17 +58,20 @@ def create(store: Store, user: str, *, role: str = DEFAULT_ROLE, created_by: str
         raise TokenError(f"role {role!r} is not one of {', '.join(ROLES)}")
     token_id = secrets.token_hex(4)
     token = f"airun_{token_id}_{secrets.token_urlsafe(32)}"
-    store.record(
-        {
-            "t": "token",
-            "token_id": token_id,
-            "token_hash": _digest(token),
-            "user_name": user,
-            "role": role,
-            "created_at": time.time(),
-            "created_by": created_by,
-            "revoked_at": None,
-        }
+    transitions.commit(
+        store,
+        [
+            {
+                "t": "token",
+                "token_id": token_id,
+                "token_hash": _digest(token),
+                "user_name": user,
+                "role": role,
+                "created_at": time.time(),
+                "created_by": created_by,
+                "revoked_at": None,
+            }
+        ],
     )
     store.flush()
     return token
@@ -83,7 +87,8 @@ def revoke(store: Store, who: str) -> list[str]:
         if not rows:
             raise TokenError(f"no live token with id or user '{who}' in {store.path}")
         now = time.time()
-        store.record_many(
+        transitions.commit(
+            store,
             [
                 {
                     **{k: v for k, v in r.items() if k != "created_at"},
@@ -92,7 +97,7 @@ def revoke(store: Store, who: str) -> list[str]:
                     "revoked_at": now,
                 }
                 for r in rows
-            ]
+            ],
         )
     return [str(r["token_id"]) for r in rows]
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from airun_nb.governance import identity
-
 DEFAULT_DB_NAME = "airun.duckdb"
 
 
@@ -26,12 +24,6 @@ def default_db() -> Path:
 
 def resolve_db(db: str | os.PathLike[str] | None) -> Path:
     return Path(db).expanduser() if db is not None else default_db()
-
-
-def current_user() -> str:
-    """The acting user, as the identity mode resolves it (:mod:`airun_nb.governance.identity`): the OS
-    login by default, ``AIRUN_USER`` in ``env`` mode, ``JUPYTERHUB_USER`` in ``jupyterhub``."""
-    return identity.current()
 
 
 def lock_timeout() -> float:

@@ -27,7 +27,7 @@ class SettingsError(AirunError):
 def _load_file(path: Path) -> dict[str, Any]:
     import yaml
 
-    from airun_nb.spec import yamlsafe
+    from airun_nb.yamlreader import safe as yamlsafe
 
     try:
         if path.suffix == ".toml":

@@ -7,7 +7,7 @@ the runtime from a step's arguments) is cut, with a note saying so.
 
 from __future__ import annotations
 
-from airun_nb.gates.config import ApprovalError
+from airun_nb.spec.approval import ApprovalError
 
 MAX_COMMENT = 4_000  # characters of a decision's comment
 MAX_MESSAGE = 4_000  # characters of a gate's message

@@ -20,7 +20,7 @@ import yaml
 from airun_nb.errors import SpecError
 from airun_nb.governance import secrets
 from airun_nb.spec import plainsteps as specparts
-from airun_nb.spec import templates, yamlsafe
+from airun_nb.spec import templates
 from airun_nb.spec.dialect import Translation, translate
 from airun_nb.spec.digest import _hash as _hash  # the planner takes it from here
 from airun_nb.spec.digest import canonical, of_canonical
@@ -31,6 +31,7 @@ from airun_nb.spec.graph import suggest as _suggest
 from airun_nb.spec.model import RetryPolicy, StepSpec, WorkflowSpec, cache_control, check_agent
 from airun_nb.spec.model import mentions_template as _mentions_template
 from airun_nb.spec.plainsteps import NO_RETRY
+from airun_nb.yamlreader import safe as yamlsafe
 
 __all__ = [
     "RetryPolicy",
@@ -303,7 +304,7 @@ class _Parser(_Source):
                 raise self.error(
                     "'approval' must be a mapping (message, approvers, ...)", [*path, kind]
                 )
-            from airun_nb.gates.gate import ApprovalError, parse_config
+            from airun_nb.spec.approval import ApprovalError, parse_config
 
             try:
                 parse_config(body, step=sid)

@@ -29,7 +29,6 @@ import duckdb
 
 from airun_nb.errors import AirunError, StoreBusy, StoreError, StoreWarning
 from airun_nb.governance.audit import scrub
-from airun_nb.governance.confine import NO_EXTENSIONS
 from airun_nb.settings import environment as config
 from airun_nb.store import idle as keeper
 from airun_nb.store import schema
@@ -38,7 +37,8 @@ from airun_nb.store.faults import check_store_path, duckdb_fault, os_fault
 from airun_nb.store.fold import fold
 from airun_nb.store.journal import Journal, meta_keys, slot_paths
 from airun_nb.store.lease import Lease
-from airun_nb.store.schema import APP, SCHEMA_VERSION, TABLES, quote_ident
+from airun_nb.store.queries import Queries
+from airun_nb.store.schema import APP, NO_EXTENSIONS, SCHEMA_VERSION, TABLES, quote_ident
 from airun_nb.store.slots import Batch, Peers, files_signature
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ _registry: dict[str, Store] = {}
 _registry_lock = threading.Lock()
 
 
-class Store:
+class Store(Queries):
     """A handle on one store file, shared by every thread of a process."""
 
     def __init__(self, path: Path) -> None:

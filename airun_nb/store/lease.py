@@ -202,6 +202,10 @@ class Lease:
 
 
 def _user() -> str:
-    from airun_nb.settings.environment import current_user
+    """The holder's OS login: a lease belongs to a process, whoever it acts for."""
+    import getpass
 
-    return current_user()
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"

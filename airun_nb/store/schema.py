@@ -8,6 +8,7 @@ an older store is upgraded in place; a newer one, or a DuckDB file of something 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -25,6 +26,13 @@ APP = "airun_nb"
 
 # Column lists are the single source of truth for DDL, Arrow batches and journal records.
 _TS = "TIMESTAMP"
+
+# Settings every DuckDB connection gets at connect time: never fetch or load extensions.
+NO_EXTENSIONS: dict[str, Any] = {
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+}
+
 TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     "specs": (
         [("spec_hash", "VARCHAR"), ("workflow", "VARCHAR"), ("text", "VARCHAR")],

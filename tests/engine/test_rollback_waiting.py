@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import airun_nb
-from airun_nb.gates.config import ApprovalError
+from airun_nb.spec.approval import ApprovalError
 from support import AIRUN
 
 SPEC = """

@@ -10,8 +10,8 @@ import airun_nb
 from airun_nb import Workflow
 from airun_nb.errors import SpecError
 from airun_nb.governance import policy
-from airun_nb.spec import yamlsafe
 from airun_nb.store.database import Store
+from airun_nb.yamlreader import safe as yamlsafe
 
 
 def _bomb(levels: int = 9) -> str:

@@ -13,8 +13,9 @@ import yaml
 
 from airun_nb.errors import SpecError
 from airun_nb.spec import parser as spec
-from airun_nb.spec import yamlplain, yamlsafe
 from airun_nb.spec.digest import digest
+from airun_nb.yamlreader import plain as yamlplain
+from airun_nb.yamlreader import safe as yamlsafe
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ the ones written in the document, or it uses more than :data:`MAX_ALIASES` alias
 Only then are Python objects built, with PyYAML's safe constructor. The nodes a document writes
 out itself are bounded by :data:`MAX_BYTES`, so a long plain workflow (50,000 steps) loads.
 
-Text in the plain subset of YAML (no anchors, aliases or tags; see :mod:`airun_nb.spec.yamlplain`)
+Text in the plain subset of YAML (no anchors, aliases or tags; see :mod:`airun_nb.yamlreader.plain`)
 is read by a faster line reader instead, and cannot expand.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from airun_nb.errors import AirunError
-from airun_nb.spec import yamlplain
+from airun_nb.yamlreader import plain as yamlplain
 
 MAX_NODES = 200_000  # nodes that aliases add to a document's own, once expanded
 MAX_ALIASES = 1_000  # alias references (``*name``) in one document

@@ -27,12 +27,7 @@ from typing import Any
 import duckdb
 
 from airun_nb.errors import AirunError
-
-# Settings every DuckDB connection gets at connect time: never fetch or load extensions.
-NO_EXTENSIONS: dict[str, Any] = {
-    "autoload_known_extensions": False,
-    "autoinstall_known_extensions": False,
-}
+from airun_nb.store.schema import NO_EXTENSIONS
 
 
 class ProtectedPathError(AirunError):
