@@ -13,7 +13,7 @@ import urllib.request
 from typing import Any
 
 from airun_nb.capabilities.registry import CapabilityError, register
-from airun_nb.governance.audit import redact
+from airun_nb.store.redaction import redact
 
 
 def _request(method: str, args: dict[str, Any]) -> Any:

@@ -19,7 +19,7 @@ import urllib.request
 from typing import Any
 
 from airun_nb.capabilities.registry import CapabilityError, Context, register
-from airun_nb.governance.audit import redact
+from airun_nb.store.redaction import redact
 
 _METADATA = {ipaddress.ip_address("fd00:ec2::254")}
 _METADATA_NAMES = {"metadata.google.internal", "metadata", "instance-data"}

@@ -35,7 +35,7 @@ from typing import Any
 from airun_nb.capabilities import confine
 from airun_nb.capabilities.workspace import Workspace
 from airun_nb.errors import AirunError
-from airun_nb.governance.audit import redact_keys
+from airun_nb.store.redaction import redact_keys
 
 RISKS = ("low", "medium", "high", "critical")
 

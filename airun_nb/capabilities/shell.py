@@ -7,7 +7,7 @@ import subprocess
 from typing import Any
 
 from airun_nb.capabilities.registry import CapabilityError, Context, register
-from airun_nb.governance.audit import redact_text
+from airun_nb.store.redaction import redact_text
 
 
 def _shell_apply(args: dict[str, Any], ctx: Context) -> Any:

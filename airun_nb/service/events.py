@@ -28,12 +28,7 @@ BATCH = 500
 
 
 def _fetch(store: Store, after: datetime, run: str | None) -> list[dict[str, Any]]:
-    clause, params = ("AND run_id = ?", [run]) if run else ("", [])
-    return store.query_dicts(
-        f"""SELECT ts, run_id, step_id, kind, detail FROM events
-            WHERE ts >= ? {clause} ORDER BY ts, kind LIMIT {BATCH}""",
-        [after, *params],
-    )
+    return store.events_since(after, run, BATCH)
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -80,10 +80,7 @@ def create(store: Store, user: str, *, role: str = DEFAULT_ROLE, created_by: str
 def revoke(store: Store, who: str) -> list[str]:
     """Revoke the token with this id, or every live token of this user; return the ids."""
     with store.session("revoking a token"):
-        rows = store.query_dicts(
-            "SELECT * FROM tokens WHERE (token_id = ? OR user_name = ?) AND revoked_at IS NULL",
-            [who, who],
-        )
+        rows = store.live_tokens_of(who)
         if not rows:
             raise TokenError(f"no live token with id or user '{who}' in {store.path}")
         now = time.time()
@@ -104,10 +101,7 @@ def revoke(store: Store, who: str) -> list[str]:
 
 def listing(store: Store) -> list[dict[str, Any]]:
     """Every token (never its secret): id, user, role, created, revoked."""
-    return store.query_dicts(
-        "SELECT token_id, user_name, role, created_at, created_by, revoked_at FROM tokens "
-        "ORDER BY created_at"
-    )
+    return store.token_listing()
 
 
 def authenticate(store: Store, token: str | None) -> Identity | None:
@@ -117,26 +111,20 @@ def authenticate(store: Store, token: str | None) -> Identity | None:
     m = _SHAPE.match(token.strip())
     if m is None:
         return None
-    rows = store.query_dicts(
-        "SELECT token_hash, user_name, role, revoked_at FROM tokens WHERE token_id = ?",
-        [m.group(1)],
-    )
-    if not rows or rows[0]["revoked_at"] is not None:
+    row = store.token_row(m.group(1))
+    if row is None or row["revoked_at"] is not None:
         return None
-    if not hmac.compare_digest(str(rows[0]["token_hash"]), _digest(token.strip())):
+    if not hmac.compare_digest(str(row["token_hash"]), _digest(token.strip())):
         return None
-    return Identity(str(rows[0]["user_name"]), str(rows[0]["role"]), m.group(1))
+    return Identity(str(row["user_name"]), str(row["role"]), m.group(1))
 
 
 def identity_of(store: Store, token_id: str) -> Identity | None:
     """The identity behind a live token id (for a session that logged in with it)."""
-    rows = store.query_dicts(
-        "SELECT user_name, role FROM tokens WHERE token_id = ? AND revoked_at IS NULL",
-        [token_id],
-    )
-    if not rows:
+    row = store.token_row(token_id)
+    if row is None or row["revoked_at"] is not None:
         return None
-    return Identity(str(rows[0]["user_name"]), str(rows[0]["role"]), token_id)
+    return Identity(str(row["user_name"]), str(row["role"]), token_id)
 
 
 def _epoch(value: datetime | None) -> float | None:

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from airun_nb.errors import AirunError, StoreBusy, StoreError, StoreWarning
-from airun_nb.governance.audit import scrub
 from airun_nb.settings import environment as config
 from airun_nb.store import idle as keeper
 from airun_nb.store import schema
@@ -38,6 +37,7 @@ from airun_nb.store.fold import fold
 from airun_nb.store.journal import Journal, meta_keys, slot_paths
 from airun_nb.store.lease import Lease
 from airun_nb.store.queries import Queries
+from airun_nb.store.redaction import scrub
 from airun_nb.store.schema import APP, NO_EXTENSIONS, SCHEMA_VERSION, TABLES, quote_ident
 from airun_nb.store.slots import Batch, Peers, files_signature
 

@@ -151,3 +151,31 @@ class Queries:
             f"({', '.join('(?, ?)' for _ in keys)})",
             [v for k in keys for v in k],
         )
+
+    # -- events ---------------------------------------------------------------------------------
+    def events_since(self, after: Any, run_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Events at or after ``after`` (of one run, when given), oldest first."""
+        clause, params = ("AND run_id = ?", [run_id]) if run_id else ("", [])
+        return self.query_dicts(
+            f"""SELECT ts, run_id, step_id, kind, detail FROM events
+                WHERE ts >= ? {clause} ORDER BY ts, kind LIMIT {int(limit)}""",
+            [after, *params],
+        )
+
+    # -- tokens of the approval service ---------------------------------------------------------
+    def live_tokens_of(self, who: str) -> list[dict[str, Any]]:
+        """Unrevoked tokens whose id or user is ``who``."""
+        return self.query_dicts(
+            "SELECT * FROM tokens WHERE (token_id = ? OR user_name = ?) AND revoked_at IS NULL",
+            [who, who],
+        )
+
+    def token_listing(self) -> list[dict[str, Any]]:
+        return self.query_dicts(
+            "SELECT token_id, user_name, role, created_at, created_by, revoked_at FROM tokens "
+            "ORDER BY created_at"
+        )
+
+    def token_row(self, token_id: str) -> dict[str, Any] | None:
+        rows = self.query_dicts("SELECT * FROM tokens WHERE token_id = ?", [token_id])
+        return rows[0] if rows else None
