@@ -260,3 +260,19 @@ def test_the_core_knows_no_front_end() -> None:
                 top = [(node.module or "")] if isinstance(node, ast.ImportFrom) else names
                 for t in top:
                     assert not t.startswith(("IPython", "ipywidgets")), f"{name} imports {t}"
+
+
+def test_only_the_settings_read_the_environment() -> None:
+    """Every AIRUN_* variable is read in settings/environment.py (one typed object)."""
+    import re
+
+    reads = re.compile(r"(environ(\.get)?\s*[\[(]|getenv\()\s*[\"']AIRUN_")
+    wrong = [
+        name
+        for name, path in _modules().items()
+        if name != "airun_nb.settings.environment"
+        and name != "airun_nb.store.crashpoints"  # the crash-test hook, read where it fires
+        and reads.search(path.read_text())
+    ]
+    assert wrong == []
+    assert reads.search('os.environ.get("AIRUN_DB")')

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 from pathlib import Path
@@ -13,6 +12,7 @@ import duckdb
 
 from airun_nb.capabilities import confine
 from airun_nb.capabilities.registry import CapabilityError, Context, register
+from airun_nb.settings.environment import current as settings_now
 
 SNAPSHOT_MAX_ROWS = 100_000  # default; AIRUN_SNAPSHOT_MAX_ROWS or `snapshot_max_rows` change it
 
@@ -78,7 +78,7 @@ def _sql_exec_prepare(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
     kind = _db_kind(path)
     tables = touched_tables(sql)
     limit = int(
-        args.get("snapshot_max_rows", os.environ.get("AIRUN_SNAPSHOT_MAX_ROWS", SNAPSHOT_MAX_ROWS))
+        args.get("snapshot_max_rows", settings_now().snapshot_max_rows or SNAPSHOT_MAX_ROWS)
     )
     snapshots: dict[str, str | None] = {}
     con = _sql_connect(path, ctx)

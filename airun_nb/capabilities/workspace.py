@@ -13,6 +13,7 @@ from pathlib import Path
 
 from airun_nb.errors import AirunError
 from airun_nb.settings import file as settings
+from airun_nb.settings.environment import current as settings_now
 
 
 class SandboxError(AirunError):
@@ -22,7 +23,7 @@ class SandboxError(AirunError):
 class Workspace:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         if root is None:
-            root = os.environ.get("AIRUN_WORKSPACE") or settings.load().get("workspace") or "."
+            root = settings_now().workspace or settings.load().get("workspace") or "."
         self.root = Path(root).expanduser().resolve()
 
     def path(self, value: object, *, field: str = "path") -> Path:

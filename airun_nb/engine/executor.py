@@ -10,11 +10,11 @@ the notebook's variables.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from airun_nb.errors import AirunError
+from airun_nb.settings.environment import current as settings_now
 
 
 class ExecutorError(AirunError):
@@ -31,7 +31,7 @@ def _client() -> Any:
     try:
         return get_client()
     except ValueError:
-        address = os.environ.get("AIRUN_DASK_SCHEDULER")
+        address = settings_now().dask_scheduler
         if not address:
             raise ExecutorError(
                 "executor: dask found no Dask client: create one in the notebook "

@@ -22,6 +22,7 @@ from typing import Any
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance import identity
 from airun_nb.settings import file as settings
+from airun_nb.settings.environment import current as settings_now
 from airun_nb.spec import limits
 from airun_nb.spec.approval import (
     MODES,
@@ -52,10 +53,10 @@ def resolve_mode(config: GateConfig) -> str:
     is set (headless runs and CI), else ``suspend``."""
     if config.mode:
         return config.mode
-    env = os.environ.get("AIRUN_APPROVAL_MODE")
+    env = settings_now().approval_mode
     if env in MODES:
         return env
-    if os.environ.get("AIRUN_APPROVAL") or _policy_settings():
+    if settings_now().approval or _policy_settings():
         return "policy"
     return "suspend"
 
@@ -71,7 +72,7 @@ def policy_decision(workflow: str, gate_id: str) -> tuple[str, str] | None:
     ``AIRUN_APPROVAL`` is ``approve`` or ``reject`` (every gate), or ``gate=approve,other=reject``.
     The settings may say ``approvals: {default: approve, gates: {review: reject}}``.
     """
-    env = os.environ.get("AIRUN_APPROVAL", "").strip()
+    env = (settings_now().approval or "").strip()
     if env:
         if env in (APPROVE, REJECT):
             return env, "AIRUN_APPROVAL"

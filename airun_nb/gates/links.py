@@ -19,6 +19,7 @@ from typing import Any
 
 from airun_nb.errors import AirunError
 from airun_nb.settings import environment as config
+from airun_nb.settings.environment import current as settings_now
 
 NO_DEADLINE_TTL = 7 * 24 * 3600.0
 _SALT = "airun-gate-link"
@@ -57,7 +58,7 @@ def ensure_settings(db: str | os.PathLike[str] | None, url: str) -> dict[str, An
 
 
 def _secret(data: dict[str, Any]) -> str | None:
-    return os.environ.get("AIRUN_SERVICE_SECRET") or data.get("secret")
+    return settings_now().service_secret or data.get("secret")
 
 
 def sign(secret: str, run_id: str, gate_id: str, deadline: float | None) -> str:
@@ -96,7 +97,7 @@ def approval_link(
     """
     data = load_settings(db)
     secret = _secret(data)
-    base = os.environ.get("AIRUN_SERVICE_URL") or data.get("url")
+    base = settings_now().service_url or data.get("url")
     if not secret or not base:
         return None
     if isinstance(deadline, datetime):  # the store's naive UTC timestamps

@@ -25,6 +25,7 @@ import os
 
 from airun_nb.errors import AirunError
 from airun_nb.settings import file as settings
+from airun_nb.settings.environment import current as settings_now
 
 MODES = ("os", "env", "jupyterhub")
 DECIDE_AS = "gate.decide_as"  # the policy's name for the right to decide as another user
@@ -40,7 +41,7 @@ def mode() -> str:
     if pinned is not None:
         value, where = str(pinned), "'identity' in the settings"
     else:
-        value, where = os.environ.get("AIRUN_IDENTITY", "os") or "os", "AIRUN_IDENTITY"
+        value, where = settings_now().identity or "os", "AIRUN_IDENTITY"
     if value not in MODES:
         raise IdentityError(f"{where} is {value!r}; use one of {', '.join(MODES)}")
     return value
@@ -57,7 +58,7 @@ def current() -> str:
     """The resolved identity of this process."""
     m = mode()
     if m == "env":
-        return os.environ.get("AIRUN_USER") or os_login()
+        return settings_now().user or os_login()
     if m == "jupyterhub":
         user = os.environ.get("JUPYTERHUB_USER")
         if not user:

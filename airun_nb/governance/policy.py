@@ -37,6 +37,7 @@ from airun_nb import capabilities
 from airun_nb.errors import AirunError
 from airun_nb.governance import seedpolicy as policy_dialect
 from airun_nb.settings import file as settings
+from airun_nb.settings.environment import current as settings_now
 from airun_nb.yamlreader import safe as yamlsafe
 
 DECISIONS = ("allow", "require_approval", "deny")
@@ -395,7 +396,7 @@ def configure(path: str | os.PathLike[str] | None) -> None:
 
 def current() -> Policy:
     """The policy in force: configured path, else ``AIRUN_POLICY``, else the settings."""
-    path = _configured.get("path") or os.environ.get("AIRUN_POLICY")
+    path = _configured.get("path") or settings_now().policy
     if path:
         return load_file(path)
     conf = settings.load().get("policy")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from airun_nb.governance import audit as auditlog
+from airun_nb.settings.environment import current as settings_now
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -26,7 +27,7 @@ class SecretWarning(UserWarning):
 
 
 def dotenv_path() -> Path:
-    return Path(os.environ.get("AIRUN_DOTENV") or ".env").expanduser()
+    return Path(settings_now().dotenv or ".env").expanduser()
 
 
 def _dotenv() -> dict[str, str]:

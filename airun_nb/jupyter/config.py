@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from traitlets import Bool, Unicode, observe
 from traitlets.config import Configurable
 
 from airun_nb.governance import policy as policy_mod
+from airun_nb.settings import environment
 
 
 class Workflow(Configurable):
@@ -28,7 +28,4 @@ class Workflow(Configurable):
 
     @observe("db")
     def _db_changed(self, change: Any) -> None:
-        if change["new"]:
-            os.environ["AIRUN_DB"] = change["new"]
-        else:
-            os.environ.pop("AIRUN_DB", None)
+        environment.configure(db=change["new"] or None)  # this kernel only, not its children

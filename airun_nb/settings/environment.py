@@ -1,25 +1,143 @@
-"""Runtime configuration: where the store lives, who the user is, how long to wait for a lock.
+"""Runtime settings: one typed object built from the environment and ``%config``.
 
-Values come from keyword arguments first, then environment variables (``AIRUN_DB``,
-``AIRUN_USER``, ``AIRUN_LOCK_TIMEOUT``, ``AIRUN_SYNC``), then defaults.
+Every ``AIRUN_*`` variable is read here and nowhere else; a module asks :func:`current` for the
+:class:`Settings` in force. ``%config Workflow.db = ...`` (and the other per-kernel settings)
+are overrides held in this process (:func:`configure`), never written into ``os.environ``: a
+kernel's setting does not leak into the processes it starts. The settings file (``airun.yaml``,
+:mod:`airun_nb.settings.file`) is trusted configuration read beside it.
+
+:func:`current` is cheap: the object is rebuilt only when one of the variables or overrides it
+was built from changed, so a test or a user changing ``AIRUN_USER`` sees the change at once.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DB_NAME = "airun.duckdb"
 
+# Each setting: its variable. Values are strings as the environment has them; the properties
+# of Settings give them their types and defaults.
+VARIABLES = {
+    "db": "AIRUN_DB",
+    "user": "AIRUN_USER",
+    "identity": "AIRUN_IDENTITY",
+    "lock_timeout": "AIRUN_LOCK_TIMEOUT",
+    "sync": "AIRUN_SYNC",
+    "policy": "AIRUN_POLICY",
+    "config": "AIRUN_CONFIG",
+    "dotenv": "AIRUN_DOTENV",
+    "workspace": "AIRUN_WORKSPACE",
+    "approval": "AIRUN_APPROVAL",
+    "approval_mode": "AIRUN_APPROVAL_MODE",
+    "service_secret": "AIRUN_SERVICE_SECRET",
+    "service_url": "AIRUN_SERVICE_URL",
+    "dask_scheduler": "AIRUN_DASK_SCHEDULER",
+    "snapshot_max_rows": "AIRUN_SNAPSHOT_MAX_ROWS",
+}
+_OVERRIDES: dict[str, str | None] = {}  # %config: name -> value (None: not overridden)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings in force, as strings from the environment or ``%config`` (``None``: unset),
+    with typed views."""
+
+    db_value: str | None = None
+    user: str | None = None
+    identity: str | None = None
+    lock_timeout_value: str | None = None
+    sync: str | None = None
+    policy: str | None = None
+    config: str | None = None
+    dotenv: str | None = None
+    workspace: str | None = None
+    approval: str | None = None
+    approval_mode: str | None = None
+    service_secret: str | None = None
+    service_url: str | None = None
+    dask_scheduler: str | None = None
+    snapshot_max_rows: str | None = None
+
+    @property
+    def db(self) -> Path:
+        """The store path: ``AIRUN_DB`` (or ``%config Workflow.db``) if set, else
+        ``airun.duckdb`` in the working directory (a kernel's is the notebook's folder)."""
+        if self.db_value:
+            return Path(self.db_value).expanduser()
+        return Path.cwd() / DEFAULT_DB_NAME
+
+    @property
+    def lock_timeout(self) -> float:
+        """Seconds to wait for a busy store before giving up with a clear message."""
+        try:
+            return float(self.lock_timeout_value or "30")
+        except ValueError:
+            return 30.0
+
+    @property
+    def sync_mode(self) -> str:
+        """How the journal reaches the disk: ``off`` (survives a killed process), ``group``
+        (an fsync at most every 50 ms and when the holder pauses) or ``always`` (per write)."""
+        value = (self.sync or "").strip().lower()
+        if value in ("", "0", "false", "no", "off"):
+            return "off"
+        return "group" if value == "group" else "always"
+
+
+_cache: tuple[tuple[Any, ...], Settings] | None = None
+
+
+def current() -> Settings:
+    """The settings in force now."""
+    global _cache
+    key = tuple(_value(name, var) for name, var in VARIABLES.items())
+    if _cache is not None and _cache[0] == key:
+        return _cache[1]
+    made = Settings(
+        db_value=key[0],
+        user=key[1],
+        identity=key[2],
+        lock_timeout_value=key[3],
+        sync=key[4],
+        policy=key[5],
+        config=key[6],
+        dotenv=key[7],
+        workspace=key[8],
+        approval=key[9],
+        approval_mode=key[10],
+        service_secret=key[11],
+        service_url=key[12],
+        dask_scheduler=key[13],
+        snapshot_max_rows=key[14],
+    )
+    _cache = (key, made)
+    return made
+
+
+def _value(name: str, var: str) -> str | None:
+    if name in _OVERRIDES and _OVERRIDES[name] is not None:
+        return _OVERRIDES[name]
+    return os.environ.get(var) or None
+
+
+def configure(**overrides: str | None) -> None:
+    """Per-process overrides (``%config Workflow.db = ...``); ``None`` removes one."""
+    for name, value in overrides.items():
+        if name not in VARIABLES:
+            raise KeyError(name)
+        if value is None:
+            _OVERRIDES.pop(name, None)
+        else:
+            _OVERRIDES[name] = value
+
 
 def default_db() -> Path:
-    """The store path: ``AIRUN_DB`` if set, else ``airun.duckdb`` in the working directory.
-
-    A kernel's working directory is the notebook's folder, so by default the store sits next to
-    the notebook.
-    """
-    env = os.environ.get("AIRUN_DB")
-    return Path(env).expanduser() if env else Path.cwd() / DEFAULT_DB_NAME
+    """The store path in force (see :attr:`Settings.db`)."""
+    return current().db
 
 
 def resolve_db(db: str | os.PathLike[str] | None) -> Path:
@@ -27,11 +145,7 @@ def resolve_db(db: str | os.PathLike[str] | None) -> Path:
 
 
 def lock_timeout() -> float:
-    """Seconds to wait for a busy store before giving up with a clear message."""
-    try:
-        return float(os.environ.get("AIRUN_LOCK_TIMEOUT", "30"))
-    except ValueError:
-        return 30.0
+    return current().lock_timeout
 
 
 def sync_journal() -> bool:
@@ -40,10 +154,4 @@ def sync_journal() -> bool:
 
 
 def sync_mode() -> str:
-    """How the journal reaches the disk: ``off`` (default: survives a killed process),
-    ``group`` (``AIRUN_SYNC=group``: an fsync at most every 50 ms and when the holder pauses)
-    or ``always`` (``AIRUN_SYNC=1``: an fsync per write)."""
-    value = os.environ.get("AIRUN_SYNC", "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return "off"
-    return "group" if value == "group" else "always"
+    return current().sync_mode

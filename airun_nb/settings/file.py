@@ -8,7 +8,6 @@ A workflow never supplies its own settings.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -53,7 +52,9 @@ def _load_file(path: Path) -> dict[str, Any]:
 
 
 def settings_path() -> Path | None:
-    env = os.environ.get("AIRUN_CONFIG")
+    from airun_nb.settings.environment import current
+
+    env = current().config
     if env:
         return Path(env).expanduser()
     cwd = Path.cwd()
