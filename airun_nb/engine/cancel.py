@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from airun_nb.engine.claim import busy_message
 from airun_nb.errors import AirunError, RunBusy, RunNotFound
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance import identity
@@ -98,10 +99,7 @@ def _cancellable(store: Store, run_id: str) -> dict[str, Any]:
         raise RunNotFound(f"no run '{run_id}' in {store.path}")
     status = str(row["status"])
     if status in _EXECUTING and owner_alive(row):
-        raise RunBusy(
-            f"run {run_id} is executing in another process (pid {row['owner_pid']} on "
-            f"{row['owner_host']}); wait for it or interrupt it there"
-        )
+        raise RunBusy(busy_message(row))
     if status == CANCELLED:
         raise CancelError(f"run {run_id} is already cancelled")
     if status not in CANCELLABLE:

@@ -18,6 +18,7 @@ from typing import Any
 from airun_nb import capabilities
 from airun_nb.engine import stepkinds as kinds
 from airun_nb.engine.context import RunContext
+from airun_nb.engine.retries import Exhausted, retrying
 from airun_nb.engine.scope import Steps
 from airun_nb.engine.state import (
     ROLLBACK_FAILED,
@@ -103,68 +104,58 @@ def _compensate(run: RunContext, st: StepState) -> bool:
             st, "failed", ledger.event("compensation_failed", st.id, error=st.comp_error)
         )
         return False
-    policy = _policy(comp.get("retry"))
-    tries = 0
-    while True:
-        tries += 1
+    att: dict[str, Any] = {}
+
+    def attempt(tries: int) -> None:
         st.comp_attempts += 1
-        attempt = st.comp_attempts
-        started = time.time()
         st.comp_error = None
-        att: dict[str, Any] = {
-            "phase": "compensate",
-            "attempt": attempt,
-            "status": "running",
-            "started_at": started,
-            "pid": os.getpid(),
-        }
+        att.clear()
+        att.update(
+            phase="compensate",
+            attempt=st.comp_attempts,
+            status="running",
+            started_at=time.time(),
+            pid=os.getpid(),
+        )
         ledger.compensation(st, "running", att=att)
         crashpoint("compensate:started")
-        try:
-            _invoke(run, st, comp)
-        except KeyboardInterrupt:
-            ledger.update(
-                st,
-                att={
-                    **att,
-                    "status": "interrupted",
-                    "finished_at": time.time(),
-                    "error": "interrupted",
-                },
-                notify=False,
-            )
-            raise
-        except Exception as exc:
-            err = describe(exc)
-            failed = {**att, "status": "failed", "finished_at": time.time(), "error": err}
-            st.comp_error = err
-            if tries < policy.attempts and policy.retries(exc):
-                delay = policy.delay(tries)
-                ledger.update(
-                    st,
-                    ledger.event("compensation_retry", st.id, attempt=attempt, error=err),
-                    att=failed,
-                )
-                time.sleep(delay)
-                continue
-            ledger.compensation(
-                st,
-                "failed",
-                ledger.event("compensation_failed", st.id, attempt=attempt, error=err),
-                _audit(run, st, comp, "failed", err),
-                att=failed,
-            )
-            return False
-        st.comp_finished_at = time.time()
+        _invoke(run, st, comp)
+
+    def failed(exc: Exception, tries: int, delay: float | None) -> None:
+        err = describe(exc)
+        ended = {**att, "status": "failed", "finished_at": time.time(), "error": err}
+        st.comp_error = err
+        n = att["attempt"]
+        if delay is not None:
+            event = ledger.event("compensation_retry", st.id, attempt=n, error=err)
+            ledger.update(st, event, att=ended)
+            return
         ledger.compensation(
             st,
-            "done",
-            ledger.event("compensation_done", st.id, attempt=attempt),
-            _audit(run, st, comp, "done", None),
-            att={**att, "status": "completed", "finished_at": st.comp_finished_at},
+            "failed",
+            ledger.event("compensation_failed", st.id, attempt=n, error=err),
+            _audit(run, st, comp, "failed", err),
+            att=ended,
         )
-        crashpoint("compensate:recorded")
-        return True
+
+    def interrupted() -> None:
+        ended = {**att, "status": "interrupted", "finished_at": time.time()}
+        ledger.update(st, att={**ended, "error": "interrupted"}, notify=False)
+
+    try:
+        retrying(_policy(comp.get("retry")), attempt, failed=failed, interrupted=interrupted)
+    except Exhausted:
+        return False
+    st.comp_finished_at = time.time()
+    ledger.compensation(
+        st,
+        "done",
+        ledger.event("compensation_done", st.id, attempt=att["attempt"]),
+        _audit(run, st, comp, "done", None),
+        att={**att, "status": "completed", "finished_at": st.comp_finished_at},
+    )
+    crashpoint("compensate:recorded")
+    return True
 
 
 def _audit(

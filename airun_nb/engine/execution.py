@@ -14,6 +14,7 @@ from airun_nb.engine import deadline, executor, gatekeeper
 from airun_nb.engine import stepkinds as kinds
 from airun_nb.engine import verdict as governance
 from airun_nb.engine.context import RunContext
+from airun_nb.engine.retries import Exhausted, retrying
 from airun_nb.engine.scope import StepRefs
 from airun_nb.engine.state import (
     S_COMPLETED,
@@ -75,91 +76,80 @@ def _attempts(
 ) -> None:
     s = st.spec
     ledger = run.ledger
-    policy = s.retry
-    tries = 0
-    while True:
-        tries += 1
+    att: dict[str, Any] = {}
+    audit_first = [policy_audit] if policy_audit else []
+
+    def attempt(tries: int) -> tuple[Any, dict[str, Any]]:
         st.attempts += 1
-        attempt = st.attempts
         now = time.time()
         st.started_at = st.started_at if tries > 1 and st.started_at else now
         st.error = st.traceback = None
+        st.retry_at = None
         if st.reason == "waiting for approval":
             st.reason = None  # the gate before it was decided; the step itself runs now
-        att: dict[str, Any] = {
-            "phase": "execute",
-            "attempt": attempt,
-            "status": S_RUNNING,
-            "started_at": now,
-            "pid": os.getpid(),
-        }
-        ledger.step(st, S_RUNNING, att=att, before=[policy_audit] if policy_audit else [])
-        policy_audit = None
+        att.clear()
+        att.update(phase="execute", attempt=st.attempts, status=S_RUNNING, started_at=now)
+        att["pid"] = os.getpid()
+        before = audit_first[:] if tries == 1 else []
+        ledger.step(st, S_RUNNING, att=att, before=before)
         crashpoint("step:started")
-        try:
-            value = _attempt(run, st, ctx)
-            crashpoint("step:returned")
-            out = outputs.encode(value, run.store, f"{run.run_id}/{st.id}/{attempt}")
-        except KeyboardInterrupt:
-            st.error = "interrupted"
-            ended = {**att, "status": S_INTERRUPTED, "finished_at": time.time()}
-            ledger.step(st, S_INTERRUPTED, att={**ended, "error": "interrupted"}, notify=False)
-            raise
-        except Exception as exc:
-            err = auditlog.redact_text(describe(exc))  # stderr may carry a token
-            retry = tries < policy.attempts and policy.retries(exc)
-            st.error = err
-            st.traceback = auditlog.redact_text(full_traceback(exc))
-            end = time.time()
-            failed = {
-                **att,
-                "status": S_FAILED,
-                "finished_at": end,
-                "error": err,
-                "traceback": st.traceback,
-            }
-            if retry:
-                delay = policy.delay(tries)
-                st.retry_at = end + delay
-                ledger.update(
-                    st,
-                    ledger.event("step_retry", st.id, attempt=attempt, error=err, delay=delay),
-                    att=failed,
-                )
-                time.sleep(delay)
-                st.retry_at = None
-                continue
-            st.finished_at = end
-            st.finish_seq = ledger.next_seq()
-            if s.compensate_on_failure:
-                st.compensation = render_compensation(run, st) or st.compensation
-            ledger.step(
-                st,
-                S_FAILED,
-                ledger.event("step_failed", st.id, attempt=attempt, error=err),
-                governance.execution_audit(run, st, "failed", err),
-                att=failed,
-            )
+        value = _attempt(run, st, ctx)
+        crashpoint("step:returned")
+        return value, outputs.encode(value, run.store, f"{run.run_id}/{st.id}/{st.attempts}")
+
+    def failed(exc: Exception, tries: int, delay: float | None) -> None:
+        err = auditlog.redact_text(describe(exc))  # stderr may carry a token
+        st.error = err
+        st.traceback = auditlog.redact_text(full_traceback(exc))
+        end = time.time()
+        ended = {**att, "status": S_FAILED, "finished_at": end, "error": err}
+        ended["traceback"] = st.traceback
+        n = att["attempt"]
+        if delay is not None:
+            st.retry_at = end + delay
+            event = ledger.event("step_retry", st.id, attempt=n, error=err, delay=delay)
+            ledger.update(st, event, att=ended)
             return
-        st.value = value
-        st.out = out
-        st.finished_at = time.time()
+        st.finished_at = end
         st.finish_seq = ledger.next_seq()
-        user_comp = render_compensation(run, st)
-        if user_comp is not None:
-            st.compensation = user_comp
-        elif st.compensation and "args" in (st.compensation.get("with") or {}):
-            st.compensation["with"]["result"] = _jsonable(value)
-        done = {**att, "status": S_COMPLETED, "finished_at": st.finished_at}
-        audit = governance.execution_audit(run, st, "executed", capabilities.summarize(value))
-        # Recorded before the listener hears of it, and before the output is bound.
-        ledger.step(st, S_COMPLETED, audit, att=done, notify=False)
-        crashpoint("step:recorded")
-        run.executed.append(st.id)
-        if s.output and run.bind_output:
-            run.namespace[s.output] = value  # type: ignore[index]
-        ledger.listener.changed(ledger.subject, st)
+        if s.compensate_on_failure:
+            st.compensation = render_compensation(run, st) or st.compensation
+        ledger.step(
+            st,
+            S_FAILED,
+            ledger.event("step_failed", st.id, attempt=n, error=err),
+            governance.execution_audit(run, st, "failed", err),
+            att=ended,
+        )
+
+    def interrupted() -> None:
+        st.error = "interrupted"
+        ended = {**att, "status": S_INTERRUPTED, "finished_at": time.time()}
+        ledger.step(st, S_INTERRUPTED, att={**ended, "error": "interrupted"}, notify=False)
+
+    try:
+        value, out = retrying(s.retry, attempt, failed=failed, interrupted=interrupted)
+    except Exhausted:
         return
+    st.retry_at = None
+    st.value = value
+    st.out = out
+    st.finished_at = time.time()
+    st.finish_seq = ledger.next_seq()
+    user_comp = render_compensation(run, st)
+    if user_comp is not None:
+        st.compensation = user_comp
+    elif st.compensation and "args" in (st.compensation.get("with") or {}):
+        st.compensation["with"]["result"] = _jsonable(value)
+    done = {**att, "status": S_COMPLETED, "finished_at": st.finished_at}
+    audit = governance.execution_audit(run, st, "executed", capabilities.summarize(value))
+    # Recorded before the listener hears of it, and before the output is bound.
+    ledger.step(st, S_COMPLETED, audit, att=done, notify=False)
+    crashpoint("step:recorded")
+    run.executed.append(st.id)
+    if s.output and run.bind_output:
+        run.namespace[s.output] = value  # type: ignore[index]
+    ledger.listener.changed(ledger.subject, st)
 
 
 def _skip_reason(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> str | None:

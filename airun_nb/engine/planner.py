@@ -21,6 +21,7 @@ from airun_nb import capabilities
 from airun_nb.capabilities import legacy
 from airun_nb.engine import reasons, stepprint
 from airun_nb.engine import stepkinds as kinds
+from airun_nb.engine.claim import busy_message
 from airun_nb.engine.fingerprint import Fingerprinter
 from airun_nb.engine.ledger import timestamp
 from airun_nb.engine.state import (
@@ -101,13 +102,6 @@ class Plan:
         for e in self.to_run:
             lines.append(f"  runs: {e.step_id} ({e.reason})")
         return "\n".join(lines)
-
-
-def busy_message(row: Mapping[str, Any]) -> str:
-    return (
-        f"run {row['run_id']} is executing in another process (pid {row['owner_pid']} "
-        f"on {row['owner_host']}); wait for it or interrupt it there"
-    )
 
 
 class Planner:

@@ -14,20 +14,8 @@ from typing import Any
 from airun_nb.errors import AirunError, RunNotFound
 from airun_nb.gates import gate
 from airun_nb.store.database import Store
+from airun_nb.store.transitions import RUN_STATUSES  # every status a run can have, for filters
 
-# Every status a run can have, for filters.
-RUN_STATUSES = (
-    "pending",
-    "running",
-    "waiting",
-    "completed",
-    "failed",
-    "interrupted",
-    "rolling_back",
-    "rolled_back",
-    "rollback_failed",
-    "cancelled",
-)
 MAX_RUNS = 500
 
 
