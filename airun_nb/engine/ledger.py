@@ -19,6 +19,7 @@ from airun_nb.engine.state import (
     FAILED,
     INTERRUPTED,
     PENDING,
+    ROLLBACK_FAILED,
     ROLLING_BACK,
     RUNNING,
     S_INTERRUPTED,
@@ -172,6 +173,43 @@ class Ledger:
         """One journal write of records that describe one state change."""
         if recs:
             transitions.commit(self.store, recs, checked=True)  # checked as each was made
+
+    def end_failed(
+        self, states: Iterable[StepState], exc: Exception, *, rolling_back: bool
+    ) -> Exception:
+        """Every exception ends in a recorded state: something unexpected raised while the run
+        executed (a template failing at run time, an error preparing an undo, a bug) records the
+        run ``failed`` (``rollback_failed`` during a rollback) with the error text and its
+        running steps ``interrupted``, so the run is never left ``running`` and a resume
+        continues it. Returns the exception to raise: a one-line :class:`WorkflowFailed`, or
+        ``exc`` itself when even the failure cannot be written (a full disk: the journal still
+        holds everything before it, and the run resumes later)."""
+        from airun_nb.engine.timeouts import describe
+        from airun_nb.errors import WorkflowFailed
+
+        error = describe(exc)
+        recs = []
+        for st in states:
+            if st.status == S_RUNNING:
+                check_step(st.status, S_INTERRUPTED, st.id)
+                st.status = S_INTERRUPTED
+                recs.append(self.step_record(st))
+        new = ROLLBACK_FAILED if rolling_back else FAILED
+        check_run(self.status, new, self.run_id)
+        self.error = self.error or error
+        self.status = new
+        self.finished_at = time.time()
+        recs.append(self.run_record())
+        recs.append(self.event(f"run_{self.status}", error=error))
+        try:
+            self.write(recs)
+        except Exception:
+            return exc
+        out = WorkflowFailed(
+            f"run {self.run_id} failed: {error}", run_id=self.run_id, status=self.status
+        )
+        out.__suppress_context__ = True
+        return out
 
     def note(self, *recs: dict[str, Any]) -> None:
         """Records that change no status (an event, an audit row, a notification)."""

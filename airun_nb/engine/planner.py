@@ -266,7 +266,7 @@ class Planner:
                 "it back"
             )
         if row["status"] == ROLLED_BACK:
-            raise RunBusy(f"run {run_id} is already rolled back")
+            raise RunEnded(f"run {run_id} is already rolled back; there is nothing left to undo")
         return row, self.load_rows(run_id)
 
     def load_rows(self, run_id: str) -> dict[str, dict[str, Any]]:

@@ -21,7 +21,6 @@ from airun_nb.capabilities.workspace import Workspace
 from airun_nb.engine import compensation, execution, stepprint
 from airun_nb.engine import stepkinds as kinds
 from airun_nb.engine.claim import RunClaim
-from airun_nb.engine.endstate import failed
 from airun_nb.engine.ledger import Ledger, Listener, timestamp
 from airun_nb.engine.memory import gc_paused, gc_release
 from airun_nb.engine.planner import Plan, Planner
@@ -233,7 +232,13 @@ class Runner:
         except KeyboardInterrupt:
             self._on_interrupt()
         except Exception as exc:
-            raise failed(self, exc) from None  # recorded failed (or why it could not be)
+            rolling_back = self.ledger.status == ROLLING_BACK or (
+                self.plan is not None and self.plan.mode == "rollback"
+            )
+            # recorded failed (or why it could not be)
+            raise self.ledger.end_failed(
+                self.states.values(), exc, rolling_back=rolling_back
+            ) from None
         finally:
             owner.release_in_process(self.run_id)
             gc_release()

@@ -81,7 +81,8 @@ GATE_STATUSES = (G_OPEN, G_APPROVED, G_REJECTED, G_EXPIRED, G_CANCELLED)
 # rollback may start from any status but rolled_back and cancelled, and a run nobody wants any
 # more ends cancelled (with or without a rollback first).
 RUN_TRANSITIONS: dict[str, set[str]] = {
-    PENDING: {RUNNING, ROLLING_BACK, CANCELLED},
+    # (pending -> failed / rollback_failed: an error before the run got going is recorded too)
+    PENDING: {RUNNING, ROLLING_BACK, CANCELLED, FAILED, ROLLBACK_FAILED},
     # running -> cancelled: a run whose process died (a live owner is refused before this)
     RUNNING: {RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED, ROLLING_BACK, CANCELLED},
     WAITING: {RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED, ROLLING_BACK, CANCELLED},

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import airun_nb
-from airun_nb import AlreadyDecided, RunBusy, RunNotFound, Workflow
+from airun_nb import AlreadyDecided, RunBusy, RunEnded, RunNotFound, Workflow
 from airun_nb.engine.cancel import CancelError
 from support import AIRUN
 from support.service import NAMESPACE, effects, gated_spec
@@ -107,7 +107,7 @@ def test_cancel_ends_a_waiting_run_closes_its_gate_and_is_audited(env: Path) -> 
         airun_nb.approve(run_id, "review", by="bob")
     with pytest.raises(CancelError, match="already cancelled"):
         airun_nb.cancel(run_id)
-    with pytest.raises(RunBusy, match="was cancelled and cannot resume"):
+    with pytest.raises(RunEnded, match="was cancelled and cannot resume"):
         Workflow.from_yaml(gated_spec()).run(db=env, namespace=NAMESPACE, resume=run_id)
     # the notebook's cell starts afresh
     again = Workflow.from_yaml(gated_spec()).run(

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import airun_nb
-from airun_nb import AirunError, RunBusy, Workflow, WorkflowFailed
+from airun_nb import AirunError, RunBusy, RunEnded, Workflow, WorkflowFailed
 
 # -- fixtures and helpers (local on purpose: no shared conftest is relied on) -------------------
 
@@ -365,7 +365,7 @@ def test_rollback_failed_then_fixed_in_namespace_and_finished(store: Path, saga:
     assert run_row(exc.run_id, store)["status"] == "rolled_back"
 
     # A rolled-back run cannot be rolled back twice.
-    with pytest.raises(RunBusy, match="already rolled back"):
+    with pytest.raises(RunEnded, match="already rolled back"):
         airun_nb.rollback(exc.run_id, db=store, namespace=ns)
 
 
@@ -1012,7 +1012,7 @@ def test_magic_rollback_of_a_completed_run(shell: Any, store: Path, saga: Saga) 
     assert saga.calls["do:A.txt"] == 2
 
     res = cell(shell, f"%workflow rollback {first.run_id}")
-    assert isinstance(res.error_in_exec, RunBusy)
+    assert isinstance(res.error_in_exec, RunEnded)
     assert saga.files() == ["A.txt", "B.txt"]
 
 
