@@ -299,3 +299,11 @@ def test_store_locked_by_a_plain_duckdb_process_is_a_clear_busy_error(
     assert str(proc.pid) in msg
     assert "IOException" not in msg and "Conflicting lock" not in msg
     assert "\n" not in msg
+
+
+def test_the_duckdb_store_is_a_backend(db: Path) -> None:
+    """The DuckDB file implements the store's boundary, the interface a second backend
+    implements too."""
+    from airun_nb.store.backend import Backend
+
+    assert isinstance(Store.open(db), Backend)
