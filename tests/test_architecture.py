@@ -35,7 +35,14 @@ LAYERS: dict[str, int] = {
     "airun_nb.store.journal": 11,
     "airun_nb.store.lease": 10,
 }
-FRONT_ENDS = ("airun_nb.jupyter", "airun_nb.cli.main", "airun_nb.service", "airun_nb.dashboard")
+FRONT_ENDS = (
+    "airun_nb.jupyter",
+    "airun_nb.cli.main",
+    "airun_nb.service",
+    "airun_nb.dashboard",
+    "airun_nb.mcp",
+    "airun_nb.cli.agents",
+)
 
 
 def _module_name(path: Path) -> str:
