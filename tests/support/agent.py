@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
+
 from support import AIRUN
 
 REPO = Path(__file__).resolve().parents[2]
