@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from airun_nb.store.database import Store
-from support.agent import agent_policy, agent_session, call, refusal
+from support.agent import agent_policy, agent_session, call, doc_block, refusal
 
 # Each capability the agent policy of docs/security.md denies to agents, as a step that would
 # run after a first step writing a marker file (so a partial run would leave the file behind).
@@ -128,3 +128,22 @@ def test_runs_per_minute_and_the_principal_come_from_the_settings(
     assert second.startswith("run_workflow refused: 1 runs were started in the last minute")
     assert second.endswith("(rule 'mcp.runs_per_minute')")
     assert Store.open(db).query("SELECT count(*) FROM runs")[0][0] == 1
+
+
+def test_the_documented_settings_set_the_principal_and_the_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `mcp:` block of docs/agents.md is what the server reads: its principal and limits;
+    a key it does not know is refused in one line naming it."""
+    from airun_nb.mcp.limits import Limits
+    from airun_nb.settings import file as settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AIRUN_CONFIG", raising=False)
+    (tmp_path / "airun.yaml").write_text(doc_block("yaml", "runs_per_minute"))
+    assert settings.agent_server()["principal"] == "llm-bot"
+    limits = Limits.from_settings()
+    assert (limits.runs_per_minute, limits.max_rows, limits.query_seconds) == (10, 200, 5.0)
+    (tmp_path / "airun.yaml").write_text("mcp: {principal: llm-bot, runs_per_hour: 3}\n")
+    with pytest.raises(settings.SettingsError, match=r"mcp.runs_per_hour in the settings"):
+        settings.agent_server()

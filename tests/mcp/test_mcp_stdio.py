@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 from airun_nb.store.database import Store
 from support import AIRUN
-from support.agent import agent_policy, agent_session, call, refusal
+from support.agent import agent_policy, agent_session, call, doc_block, refusal
 
 TOOLS = {
     "list_capabilities",
@@ -26,20 +27,10 @@ TOOLS = {
     "cancel_run",
     "query_history",
 }
-PUBLISH = """
-name: publish
-steps:
-  - id: draft
-    capability: fs.write
-    with: {path: draft.txt, content: "hello"}
-  - id: review
-    approval: {message: "Publish the draft?"}
-    needs: [draft]
-  - id: publish
-    capability: fs.copy
-    with: {source: draft.txt, destination: published.txt}
-    needs: [review]
-"""
+# The example of docs/agents.md: the client configuration and the workflow an agent runs.
+PUBLISH = doc_block("yaml", "name: publish")
+CLIENT = json.loads(doc_block("json", "mcpServers"))["mcpServers"]["airun"]
+AUDIT_QUERY = doc_block("python", "FROM audit")
 BAD = """
 name: broken
 steps:
@@ -83,9 +74,12 @@ def test_an_agent_validates_runs_waits_and_a_person_approves_with_the_cli(
     by a person lets the server continue the run it launched; wait_for_run sees it completed;
     and the audit names the agent and the channel mcp."""
     env = {"AIRUN_POLICY": str(workspace / "policy.yaml"), "AIRUN_USER": "someone-else"}
+    assert CLIENT["command"] == "airun" and CLIENT["args"][0] == "mcp"
+    args = list(CLIENT["args"][1:])
+    args[args.index("--db") + 1] = str(db)  # the documented command, on this test's store
 
     async def scenario() -> tuple[str, dict, dict]:
-        async with agent_session(workspace, "--as", "llm-bot", "--db", str(db), env=env) as session:
+        async with agent_session(workspace, *args, env=env) as session:
             listed = await session.list_tools()
             assert {t.name for t in listed.tools} == TOOLS
             for tool in listed.tools:
@@ -136,6 +130,15 @@ def test_an_agent_validates_runs_waits_and_a_person_approves_with_the_cli(
     assert {r["principal"] for r in executed} == {"llm-bot"}
     decided = [r for r in rows if r["kind"] == "human"]
     assert decided and decided[0]["principal"] == "alice"
+
+    # The documented audit query (AIRUN_DB names this store) shows the agent's actions.
+    tree = ast.parse(AUDIT_QUERY)
+    last = ast.Expression(tree.body.pop().value)  # type: ignore[attr-defined]
+    scope: dict = {}
+    exec(compile(tree, "docs/agents.md", "exec"), scope)
+    frame = eval(compile(last, "docs/agents.md", "eval"), scope)
+    assert {"mcp.run_workflow", "mcp.continue"} <= set(frame["capability"])
+    assert set(frame["decision"]) >= {"started", "continued"}
 
 
 def test_arguments_are_checked_against_the_schema_in_one_line(workspace: Path, db: Path) -> None:

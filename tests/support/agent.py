@@ -20,11 +20,16 @@ DOCS = REPO / "docs"
 
 def agent_policy() -> str:
     """The policy for agents that docs/security.md gives (its YAML block with `agents-no-code`)."""
-    text = (DOCS / "security.md").read_text()
-    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
-        if "agents-no-code" in block:
-            return block
-    raise AssertionError("docs/security.md has no agent policy block")
+    return doc_block("yaml", "agents-no-code", "security.md")
+
+
+def doc_block(lang: str, containing: str, doc: str = "agents.md") -> str:
+    """The ```LANG block of docs/DOC that contains ``containing``."""
+    text = (DOCS / doc).read_text()
+    for block in re.findall(rf"```{lang}\n(.*?)```", text, re.S):
+        if containing in block:
+            return str(block)
+    raise AssertionError(f"docs/{doc} has no {lang} block with {containing!r}")
 
 
 @contextlib.asynccontextmanager
