@@ -164,13 +164,52 @@ def test_arguments_are_checked_against_the_schema_in_one_line(workspace: Path, d
     assert not db.exists()  # nothing ran
 
 
-def test_history_queries_are_read_only_bounded_and_see_only_the_history(
+def test_a_restarted_server_continues_its_run_after_a_rejection(workspace: Path, db: Path) -> None:
+    """The server that launched a run may be gone when the person decides: a new server of the
+    same principal picks the waiting run up and continues it. A rejection rolls the run back
+    (the draft it wrote is undone), and wait_for_run reports that."""
+
+    async def launch() -> str:
+        async with agent_session(workspace, "--as", "llm-bot", "--db", str(db)) as session:
+            started = await call(session, "run_workflow", yaml=PUBLISH, wait_s=120)
+            assert started["status"] == "waiting"
+            return str(started["run_id"])
+
+    async def later(run_id: str) -> dict:
+        async with agent_session(workspace, "--as", "llm-bot", "--db", str(db)) as session:
+            return await call(session, "wait_for_run", run_id=run_id, timeout_s=240)
+
+    run_id = anyio.run(launch)
+    assert (workspace / "draft.txt").exists()
+    done = subprocess.run(
+        [*AIRUN, "reject", run_id, "review", "--db", str(db), "-m", "not today"],
+        capture_output=True,
+        text=True,
+        cwd=workspace,
+        env={**os.environ, "AIRUN_USER": "alice"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    finished = anyio.run(later, run_id)
+    assert finished["status"] == "rolled_back", finished
+    assert not (workspace / "draft.txt").exists()
+    assert not (workspace / "published.txt").exists()
+
+
+def test_what_an_agent_reads_is_redacted_bounded_and_only_the_history(
     workspace: Path, db: Path
 ) -> None:
-    """query_history answers a SELECT over the history tables (redacted, bounded rows) and
-    refuses other tables, files and writes in one line each, leaving the store as it was."""
+    """get_run shows a step's output redacted and cut to its preview size (a step printing does
+    not disturb the protocol); the resources list the runs; query_history answers a SELECT over
+    the history tables with bounded rows and refuses other tables, files and writes in one line
+    each, leaving the store as it was."""
     from airun_nb import Workflow
 
+    noisy = (
+        "name: noisy\nsteps:\n  - id: out\n    python: |\n      print('a step printing')\n"
+        "      result = {'password': 'hunter2', 'url': 'https://bob:pw1234@db.example', "
+        "'big': 'x' * 5000}\n"
+    )
     for i in range(3):
         Workflow.from_yaml(f"name: w{i}\nsteps:\n  - id: a\n    python: 'result = {i}'\n").run(
             db=db
@@ -179,6 +218,18 @@ def test_history_queries_are_read_only_bounded_and_see_only_the_history(
 
     async def scenario() -> tuple[dict, list[str]]:
         async with agent_session(workspace, "--as", "llm-bot", "--db", str(db)) as session:
+            ran = await call(session, "run_workflow", yaml=noisy, wait_s=120)
+            shown = await call(session, "get_run", run_id=ran["run_id"])
+            preview = shown["steps"][0]["output"]
+            assert "hunter2" not in preview and "pw1234" not in preview
+            assert "more characters" in preview and len(preview) < 1200
+            resources = await session.list_resources()
+            assert {str(r.uri) for r in resources.resources} == {
+                "airun://runs",
+                "airun://capabilities",
+            }
+            recent = await session.read_resource("airun://runs")
+            assert ran["run_id"] in recent.contents[0].text
             answer = await call(
                 session, "query_history", sql="SELECT workflow, status FROM runs ORDER BY workflow"
             )
@@ -195,11 +246,11 @@ def test_history_queries_are_read_only_bounded_and_see_only_the_history(
 
     answer, refused = anyio.run(scenario)
     assert answer["columns"] == ["workflow", "status"]
-    assert answer["rows"] == [["w0", "completed"], ["w1", "completed"]]
+    assert answer["rows"] == [["noisy", "completed"], ["w0", "completed"]]
     assert "first 2 rows" in answer["truncated"]
     assert "tokens is not a history table" in refused[0]
     assert "table function is not readable" in refused[1]
     assert "only SELECT" in refused[2]
     assert "expected one SELECT" in refused[3]
     assert all("\n" not in r for r in refused)
-    assert Store.open(db).query("SELECT count(*) FROM runs")[0][0] == 3
+    assert Store.open(db).query("SELECT count(*) FROM runs")[0][0] == 4
