@@ -147,3 +147,30 @@ def test_the_documented_settings_set_the_principal_and_the_limits(
     (tmp_path / "airun.yaml").write_text("mcp: {principal: llm-bot, runs_per_hour: 3}\n")
     with pytest.raises(settings.SettingsError, match=r"mcp.runs_per_hour in the settings"):
         settings.agent_server()
+
+
+def test_the_server_does_not_start_without_a_principal(tmp_path: Path, db: Path) -> None:
+    """`airun mcp` with no --as and no principal in the settings says so in one line and
+    exits 1 (it never falls back to the login of whoever started it)."""
+    import os
+    import subprocess
+
+    from support import AIRUN
+    from support.agent import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "AIRUN_CONFIG"}
+    done = subprocess.run(
+        [*AIRUN, "mcp", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "error: airun mcp needs the principal the agent acts as: --as NAME, or "
+        "'mcp: {principal: NAME}' in the settings\n"
+    )
+    assert not db.exists()
