@@ -9,6 +9,7 @@ create PRINCIPAL``) that stands for the server's principal.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
@@ -215,21 +216,27 @@ class _ArgumentCheck:
 
 def _problem(schema: dict[str, Any], args: dict[str, Any]) -> str | None:
     """The first way ``args`` break ``schema``, in one line, or None."""
-    import jsonschema
+    import fastjsonschema
 
     known = set(schema.get("properties") or {})
     unknown = sorted(set(args) - known)
     if unknown:
         return f"unknown argument '{unknown[0]}' (arguments: {', '.join(sorted(known)) or 'none'})"
-    errors = sorted(
-        jsonschema.Draft202012Validator(schema).iter_errors(args), key=lambda e: list(e.path)
-    )
-    if not errors:
-        return None
-    err = errors[0]
-    where = ".".join(str(p) for p in err.path) or "arguments"
-    message = " ".join(err.message.split())
-    return f"{where}: {message if len(message) <= 200 else message[:200] + '...'}"
+    try:
+        _validator(json.dumps(schema, sort_keys=True))(args)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        where = str(exc.name or "data").removeprefix("data").lstrip(".") or "arguments"
+        message = " ".join(str(exc.message).split()).replace(str(exc.name), where, 1)
+        return message if len(message) <= 200 else message[:200] + "..."
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _validator(schema: str) -> Callable[[Any], Any]:
+    import fastjsonschema
+
+    validate: Callable[[Any], Any] = fastjsonschema.compile(json.loads(schema))
+    return validate
 
 
 # -- transports --------------------------------------------------------------------------------
