@@ -174,3 +174,32 @@ def test_the_server_does_not_start_without_a_principal(tmp_path: Path, db: Path)
         "'mcp: {principal: NAME}' in the settings\n"
     )
     assert not db.exists()
+
+
+def test_a_step_needing_approval_waits_and_says_who_may_decide(workspace: Path, db: Path) -> None:
+    """Under the agent policy a high-risk step opens the policy's gate: run_workflow answers
+    `waiting` at once, and the gate names its approver from the rule, excludes the agent that
+    launched the run, and gives the command a person uses. Nothing was sent anywhere."""
+    egress = (
+        "name: ping\nsteps:\n  - id: call_home\n    capability: http.request\n"
+        "    with: {url: 'http://127.0.0.1:9/hook', method: POST}\n"
+    )
+
+    async def scenario() -> tuple[dict, dict]:
+        async with agent_session(workspace, "--as", "llm-bot", "--db", str(db)) as session:
+            started = await call(session, "run_workflow", yaml=egress, wait_s=120)
+            listed = await call(session, "list_approvals")
+            return started, listed
+
+    started, listed = anyio.run(scenario)
+    assert started["status"] == "waiting"
+    gate = started["open_gates"][0]
+    assert gate["gate_id"] == "call_home.approval"
+    assert "agent-egress" in gate["message"] or "agents-ask-for-risky" in gate["message"]
+    assert gate["who_may_decide"] == ["alice", "(not llm-bot, who launched the run)"]
+    assert gate["a_person_decides_with"]["approve"].startswith(
+        f"airun approve {started['run_id']} call_home.approval"
+    )
+    assert [g["gate_id"] for g in listed["open_gates"]] == ["call_home.approval"]
+    steps = Store.open(db).query("SELECT step_id, status FROM steps")
+    assert steps == [("call_home", "waiting")]
