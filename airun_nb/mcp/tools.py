@@ -25,6 +25,7 @@ from typing import Any
 from airun_nb import capabilities
 from airun_nb.engine.runner import Runner
 from airun_nb.errors import AirunError, RunNotFound
+from airun_nb.gates import gate
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance import policy as policy_mod
 from airun_nb.history import readmodels
@@ -317,7 +318,7 @@ class Tools:
             }
             for s in detail["steps"]
         ]
-        out["open_gates"] = [_gate(g, n) for g in detail["gates"] if g["status"] == "open"]
+        out["open_gates"] = [_gate(g, n, store) for g in detail["gates"] if g["status"] == "open"]
         if not brief:
             out["decided_gates"] = [
                 {k: g[k] for k in ("gate_id", "status", "actor", "channel", "decided_at")}
@@ -346,9 +347,10 @@ class Tools:
     def list_approvals(self) -> dict[str, Any]:
         if not self.db.exists():
             return {"open_gates": []}
-        gates = readmodels.open_gates(self.reader)
+        store = self.reader
+        gates = readmodels.open_gates(store)
         return fit(
-            {"open_gates": [_gate(g, self.limits.preview_chars) for g in gates]},
+            {"open_gates": [_gate(g, self.limits.preview_chars, store) for g in gates]},
             self.limits.max_result_chars,
         )
 
@@ -467,10 +469,11 @@ def _verdict(v: policy_mod.Verdict) -> dict[str, Any]:
     return out
 
 
-def _gate(g: Mapping[str, Any], n: int) -> dict[str, Any]:
+def _gate(g: Mapping[str, Any], n: int, store: Store) -> dict[str, Any]:
     """An open gate as an agent sees it: what it asks, who may decide, how a person does."""
     approvers = g.get("approvers_shown") or ["anyone"]
-    if g.get("launched_by") and not g.get("allow_self_approval"):
+    row = gate.gate_row(store, str(g["run_id"]), str(g["gate_id"])) or {}
+    if g.get("launched_by") and gate.four_eyes(row) and not row.get("allow_self_approval"):
         approvers = [*approvers, f"(not {g['launched_by']}, who launched the run)"]
     preview = g.get("preview_text")
     return {

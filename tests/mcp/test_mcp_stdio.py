@@ -95,6 +95,7 @@ def test_an_agent_validates_runs_waits_and_a_person_approves_with_the_cli(
             assert started["status"] == "waiting"
             gate = started["open_gates"][0]
             assert gate["gate_id"] == "review"
+            assert gate["who_may_decide"] == ["anyone"]  # no approvers, no four-eyes
             assert "airun approve" in gate["a_person_decides_with"]["approve"]
             assert (workspace / "draft.txt").read_text() == "hello"
             assert not (workspace / "published.txt").exists()
