@@ -38,7 +38,13 @@ LAYERS: dict[str, int] = {
 # Where SQL on the store's tables may be written (history keeps its analytic reads).
 SQL_HOMES = ("airun_nb.store", "airun_nb.history")
 STORE_TABLES = ("runs", "steps", "attempts", "approvals", "audit", "events", "specs", "tokens")
-FRONT_ENDS = ("airun_nb.jupyter", "airun_nb.cli.main", "airun_nb.service", "airun_nb.dashboard")
+FRONT_ENDS = (
+    "airun_nb.jupyter",
+    "airun_nb.cli",
+    "airun_nb.service",
+    "airun_nb.dashboard",
+    "airun_nb.mcp",
+)
 
 
 def _module_name(path: Path) -> str:

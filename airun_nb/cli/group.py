@@ -21,6 +21,7 @@ LAZY_COMMANDS = {
     "validate": "migrate",
     "convert": "migrate",
     "exec": "migrate",
+    "mcp": "agents",
 }
 
 

@@ -92,7 +92,12 @@ def known_capabilities() -> set[str]:
         *capabilities.ALIASES,
         *capabilities.KIND_CAPABILITY.values(),
         "gate.decide_as",  # the right to decide a gate as another user (airun_nb.governance.identity)
+        *RUN_ACTIONS,  # what an agent asks of a run through `airun mcp`
     }
+
+
+# Actions on a whole run that the policy decides for an agent (airun_nb.mcp), with their risk.
+RUN_ACTIONS = {"run.rollback": "high", "run.cancel": "medium"}
 
 
 def _compare(level: int, op: str, bound: int) -> bool:

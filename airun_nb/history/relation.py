@@ -217,3 +217,76 @@ def history_relation(table: str, *, db: _Db = None) -> HistoryRelation:
             f"history_relation: no history table '{table}' (tables: {', '.join(HISTORY_TABLES)})"
         )
     return HistoryRelation(Store.open(db, create=False), table)
+
+
+# What a bounded query may read from: the history tables, through these kinds of FROM items.
+_FROM_KINDS = frozenset({"BASE_TABLE", "JOIN", "SUBQUERY", "EMPTY", "EXPRESSION_LIST"})
+
+
+def _sources(node: Any, ctes: set[str], out: list[str]) -> None:
+    """Collect into ``out`` every FROM item of a parsed statement (DuckDB's JSON form) that a
+    bounded query may not read: anything but the history tables and the query's own CTEs."""
+    if isinstance(node, dict):
+        for entry in (node.get("cte_map") or {}).get("map") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                ctes.add(entry["key"].lower())
+        kind = node.get("type")
+        if "sample" in node and "alias" in node and not {"class", "modifiers"} & set(node):
+            if kind not in _FROM_KINDS:
+                out.append(f"{str(kind).lower().replace('_', ' ')} is not readable here")
+            elif kind == "BASE_TABLE":
+                name = str(node.get("table_name", "")).lower()
+                schema = str(node.get("schema_name", "")).lower()
+                if node.get("catalog_name") or schema not in ("", "main"):
+                    out.append(f"table {schema}.{name} is not a history table")
+                elif name not in HISTORY_TABLES and name not in ctes:
+                    out.append(f"table {name} is not a history table")
+        for value in node.values():
+            _sources(value, ctes, out)
+    elif isinstance(node, list):
+        for value in node:
+            _sources(value, ctes, out)
+
+
+def bounded_query(
+    sql: str, *, db: _Db = None, max_rows: int = 200, seconds: float = 5.0
+) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+    """One SELECT over the history tables only (no other table, file or table function), for a
+    caller that is not trusted: at most ``max_rows`` rows, stopped after ``seconds``.
+
+    Returns (columns, rows, truncated). The query runs in a transaction that is rolled back."""
+    import json
+    import threading
+
+    statements = _statements(sql)
+    probe = duckdb.connect()
+    try:
+        found = probe.execute("SELECT json_serialize_sql(?)", [statements]).fetchone()
+        tree = json.loads(found[0]) if found else {"error": True}
+    finally:
+        probe.close()
+    if tree.get("error"):
+        raise QueryError(f"query: {str(tree.get('error_message', 'cannot parse')).splitlines()[0]}")
+    wrong: list[str] = []
+    _sources(tree.get("statements"), set(), wrong)
+    if wrong:
+        raise QueryError(f"query: {wrong[0]} (readable: {', '.join(HISTORY_TABLES)})")
+    store = Store.open(db, create=False)
+    with store.session("answering a history query") as con:
+        timer = threading.Timer(seconds, con.interrupt)
+        con.execute("BEGIN")
+        timer.start()
+        try:
+            cur = con.execute(statements)
+            columns = [d[0] for d in cur.description or []]
+            rows = cur.fetchmany(max_rows + 1)
+        except duckdb.InterruptException:
+            raise QueryError(
+                f"query: stopped after {seconds:g} s (the limit for a query)"
+            ) from None
+        except duckdb.Error as exc:
+            raise QueryError(f"query: {_first_line(exc)}") from None
+        finally:
+            timer.cancel()
+            con.execute("ROLLBACK")
+    return columns, rows[:max_rows], len(rows) > max_rows

@@ -106,3 +106,33 @@ def roles() -> dict[str, list[str]]:
     if not isinstance(raw, dict):
         raise SettingsError("'roles' in the settings must map role names to lists of users")
     return {str(k): [str(u) for u in (v or [])] for k, v in raw.items()}
+
+
+AGENT_SERVER_KEYS = (
+    "principal",
+    "runs_per_minute",
+    "max_result_chars",
+    "query_seconds",
+    "max_rows",
+)
+
+
+def agent_server() -> dict[str, Any]:
+    """The ``mcp:`` section (``airun mcp``): the principal the server acts as and its limits."""
+    raw = load().get("mcp") or {}
+    if not isinstance(raw, dict):
+        raise SettingsError("'mcp' in the settings must be a mapping (principal, limits)")
+    unknown = sorted(set(map(str, raw)) - set(AGENT_SERVER_KEYS))
+    if unknown:
+        raise SettingsError(
+            f"mcp.{unknown[0]} in the settings is not known (keys: {', '.join(AGENT_SERVER_KEYS)})"
+        )
+    for key in AGENT_SERVER_KEYS[1:]:
+        value = raw.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+        ):
+            raise SettingsError(f"mcp.{key} in the settings must be a positive number")
+    if raw.get("principal") is not None and not str(raw["principal"]).strip():
+        raise SettingsError("mcp.principal in the settings is empty")
+    return dict(raw)
