@@ -61,6 +61,9 @@ class Runner:
         source: str | None = None,
         user: str | None = None,
     ) -> None:
+        # kept to plan again with a resumed run's own params (:meth:`_own_params`)
+        self._given = dict(params or {})
+        self._made = (spec, namespace, listener, source, user)
         self.params: dict[str, Any] = {**spec.params, **(params or {})}
         spec = expand(spec, self.params)
         self.spec = spec
@@ -140,6 +143,8 @@ class Runner:
     ) -> Plan:
         """Plan the run; ``fork=(run, step)``: reuse ``run`` but ``step`` and downstream
         (``fork_only``: but ``step`` alone)."""
+        if resume and fork is None:
+            self._own_params(resume)
         try:
             with gc_paused():  # released when the run ends (execute), or on failure here
                 self.policy = policy_mod.current().tightened(self.spec.policy)
@@ -178,6 +183,7 @@ class Runner:
 
     def prepare_rollback(self, run_id: str) -> Plan:
         """Load a stored run to roll it back (on demand, or to finish a rollback)."""
+        self._own_params(run_id)
         with self.store.session("planning a rollback"):
             row, rows = self.planner.select_rollback(run_id)
             self.claim.take(row, "rollback")
@@ -188,6 +194,30 @@ class Runner:
         self._adopt(self.planner.decide(row, rows, "rollback"))
         assert self.plan is not None
         return self.plan
+
+    def _own_params(self, run_id: str) -> None:
+        """A resumed (or rolled back) run continues with the params it was started with,
+        never the file's defaults; asking for other values is refused (that is a new run)."""
+        stored = self.planner.stored_params(run_id)
+        if stored is None or stored == self.planner.comparable(self.params):
+            return
+        for key, value in self._given.items():
+            if key not in stored or self.planner.comparable({key: value}) != {key: stored[key]}:
+                was = repr(stored[key]) if key in stored else "unset"
+                raise RunBusy(
+                    f"run {run_id} continues with its own params ({key} was {was}); to run "
+                    f"with {key}={value!r} start a new run instead of resuming"
+                )
+        spec, namespace, listener, source, user = self._made
+        self.__init__(  # type: ignore[misc]
+            spec,
+            self.store,
+            namespace=namespace,
+            params=stored,
+            listener=listener,
+            source=source,
+            user=user,
+        )
 
     def _adopt(self, plan: Plan) -> None:
         """Take over what the plan continues: the run id, its launcher, its history."""
