@@ -146,9 +146,12 @@ def native_document(path: Path) -> dict[str, Any]:
     """The native-dialect document of a workflow or policy file."""
     doc = _load(path)
     if is_policy(doc):
-        pol = policy_mod.parse(doc, source=str(path), check_capabilities=False)
-        if pol.first_match is not None:
-            return policy_dialect.as_native(pol.first_match)
+        policy_mod.parse(doc, source=str(path), check_capabilities=False)  # it loads
+        if policy_dialect.is_seed_policy(doc):
+            try:
+                return policy_dialect.native(doc, source=str(path))
+            except policy_dialect.SeedPolicyError as exc:
+                raise policy_mod.PolicyError(exc.message) from None
         return dict(doc)
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: a workflow is a mapping with a 'steps:' list")
@@ -166,64 +169,189 @@ def native_document(path: Path) -> dict[str, Any]:
     return native
 
 
-_FLAT = re.compile(r"\{\{\s*([A-Za-z_]\w*)((?:\.\w+)*)\s*\}\}")
+_FLAT = re.compile(r"\{\{\s*([A-Za-z_]\w*)((?:\.\w+)*)\s*(\|[^{}]*)?\}\}")
+_RUN_NAMES = ("workflow_id", "run_id")
 
 
 def rewrite_templates(doc: dict[str, Any]) -> dict[str, Any]:
-    """Seed lookups in native form: ``{{x}}`` -> ``{{ params.x }}`` or the step output that gives
-    it, ``{{step.key}}`` -> ``{{ steps.step.key }}``, ``{{workflow_id}}`` -> ``{{ run.id }}``."""
+    """Seed lookups in native form, each meaning what it meant in its step: ``{{step.key}}`` ->
+    ``{{ steps.step.key }}``; ``{{x}}`` -> the output of the nearest upstream step that gives
+    ``x`` (outputs replaced the initial state), else ``{{ params.x }}``, else the output of an
+    upstream step whose keys are not known before it runs; ``{{workflow_id}}`` / ``{{run_id}}``
+    -> the param of that name when given, else the run's id; a name nothing defines stays as
+    text, as the old runtime left it. A compensation reads its own step's output by name."""
     from airun_nb.capabilities.legacy import GATE_KEYS, output_keys
 
-    params = doc.get("params") or {}
+    params = dict(doc.get("params") or {})
     steps = [s for s in doc.get("steps") or [] if isinstance(s, dict)]
-    ids = {str(s.get("id")) for s in steps}
-    giver: dict[str, str] = {}
-    for s in steps:
-        keys = GATE_KEYS if "approval" in s else output_keys(str(s.get("capability", ""))) or ()
-        for k in keys:
-            giver.setdefault(k, str(s.get("id")))
+    by_id = {str(s.get("id")): s for s in steps}
+    for s in steps:  # the steps of a parallel block are steps too
+        for child in s.get("parallel") or []:
+            if isinstance(child, dict):
+                by_id[str(child.get("id"))] = {**child, "needs": s.get("needs") or []}
 
-    def one(m: re.Match[str]) -> str:
-        name, rest = m.group(1), m.group(2)
-        if name in ("params", "steps", "run", "secrets"):
-            return m.group(0)
-        if name in ids:
+    def gives(s: dict[str, Any]) -> tuple[str, ...] | None:
+        if "approval" in s:
+            return tuple(GATE_KEYS)
+        if "parallel" in s:
+            return ()
+        keys = output_keys(str(s.get("capability", "")))
+        return tuple(keys) if keys is not None else None
+
+    order = list(by_id)
+    ancestors: dict[str, list[str]] = {}
+
+    def upstream(sid: str) -> list[str]:
+        if sid not in ancestors:
+            ancestors[sid] = []
+            found: set[str] = set()
+            for n in by_id.get(sid, {}).get("needs") or []:
+                found |= {str(n), *upstream(str(n))}
+            ancestors[sid] = [x for x in order if x in found]
+        return ancestors[sid]
+
+    used_run_names: set[str] = set()
+
+    def lookup_filtered(m: re.Match[str], sid: str, own: bool) -> str:
+        filters = m.group(3)
+        found = lookup(m.group(1), m.group(2), sid, own)
+        if not found or not filters:
+            return found or m.group(0)
+        if found.startswith("{{ '{{' }}"):
+            return m.group(0) if filters else found  # nothing defines it: an error either way
+        return found[: -len(" }}")] + " " + filters.strip() + " }}"
+
+    def lookup(name: str, rest: str, sid: str, own: bool) -> str:
+        if name in ("params", "steps", "run", "secrets", "result"):
+            return ""
+        if own:
+            keys = gives(by_id[sid])
+            if keys is None or name in keys:
+                return f"{{{{ steps.{sid}.{name}{rest} }}}}"
+        if name in by_id:
+            if "approval" in by_id[name] and rest.startswith(".approver_email"):
+                rest = ".actor" + rest[len(".approver_email") :]  # the seed's name of it
             return f"{{{{ steps.{name}{rest} }}}}"
-        if name in params and params[name] != "":
+        up = upstream(sid)
+        for u in reversed(up):
+            keys = gives(by_id[u])
+            if keys is not None and name in keys:
+                key = "actor" if name == "approver_email" and "approval" in by_id[u] else name
+                return f"{{{{ steps.{u}.{key}{rest} }}}}"
+        if name in _RUN_NAMES:
+            used_run_names.add(name)
+            return f"{{{{ params.get('{name}') or run.id }}}}"
+        if name in params:
             return f"{{{{ params.{name}{rest} }}}}"
-        if name in ("workflow_id", "run_id"):
-            return "{{ run.id }}"
-        if name in giver:
-            return f"{{{{ steps.{giver[name]}.{name}{rest} }}}}"
-        return m.group(0)
+        unknown = [u for u in up if gives(by_id[u]) is None]
+        if unknown:
+            return f"{{{{ steps.{unknown[-1]}.{name}{rest} }}}}"
+        if rest:
+            return ""  # {{x.y}} of nothing: an error in both forms
+        return "{{ '{{' }}" + name + "{{ '}}' }}"  # literal text, as the old runtime left it
 
-    def walk(v: Any) -> Any:
+    def walk(v: Any, sid: str, own: bool) -> Any:
         if isinstance(v, str):
-            return _FLAT.sub(one, v)
+            return _FLAT.sub(lambda m: lookup_filtered(m, sid, own), v)
         if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
+            return {k: walk(x, sid, own) for k, x in v.items()}
         if isinstance(v, list):
-            return [walk(x) for x in v]
+            return [walk(x, sid, own) for x in v]
         return v
 
-    return {**doc, "steps": walk(doc.get("steps"))}
+    def step(s: dict[str, Any]) -> dict[str, Any]:
+        sid = str(s.get("id"))
+        out: dict[str, Any] = {}
+        for key, value in s.items():
+            if key == "parallel" and isinstance(value, list):
+                out[key] = [step(c) if isinstance(c, dict) else c for c in value]
+            elif key == "compensate":
+                out[key] = walk(value, sid, True)
+            elif key in ("id", "needs"):
+                out[key] = value
+            else:
+                out[key] = walk(value, sid, False)
+        return out
+
+    new_steps = [step(s) if isinstance(s, dict) else s for s in doc.get("steps") or []]
+    for name in sorted(used_run_names):
+        params.setdefault(name, "")  # an --input of that name is taken, as before
+    out = {**doc, "steps": new_steps}
+    if params:
+        out["params"] = params
+    return out
+
+
+class _Plain(yaml.SafeDumper):
+    """YAML without anchors: a converted file reads like one written by hand."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_Plain, sort_keys=False, allow_unicode=True)
 
 
 @click.command("convert")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def convert_cmd(file: Path) -> None:
-    """Print the native-dialect equivalent of a workflow or policy file."""
-    click.echo(yaml.safe_dump(native_document(file), sort_keys=False, allow_unicode=True), nl=False)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Do not print it: ask both forms the same questions and list every difference.",
+)
+def convert_cmd(file: Path, check: bool) -> None:
+    """Print the native-dialect equivalent of a workflow or policy file; it decides and renders
+    as the original does (--check proves it: exit 0 when no difference, 1 otherwise)."""
+    native = native_document(file)
+    if not check:
+        click.echo(dump(native), nl=False)
+        return
+    from airun_nb.cli.convertcheck import differences
+
+    kind, found = differences(file, native)
+    if not found:
+        click.echo(f"{file}: the converted {kind} decides and renders as the original")
+        return
+    click.echo(f"{file}: the converted {kind} differs from the original in {len(found)} case(s)")
+    for line in found:
+        click.echo(f"  {line}")
+    sys.exit(1)
 
 
-def _inputs(items: tuple[str, ...]) -> dict[str, Any]:
+def _inputs(items: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``--input`` values are text, as the old bridge passed them, unless the param's value in
+    the file is a number, a boolean, a list or a mapping: then the text is read as one."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.UsageError(f"--input takes KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value) if value else ""
+        out[key] = _typed(key, value, defaults.get(key))
     return out
+
+
+_KINDS_OF = ((bool, "true or false"), ((int, float), "a number"), (list, "a list"))
+
+
+def _typed(key: str, value: str, default: Any) -> Any:
+    if default is None or isinstance(default, str):
+        return value
+    try:
+        typed = yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        typed = value
+    if isinstance(default, dict):
+        want: tuple[type, ...] | type = dict
+        what = "a mapping"
+    else:
+        want, what = next(
+            ((t, w) for t, w in _KINDS_OF if isinstance(default, t)), (type(default), "as given")
+        )
+    ok = isinstance(typed, want) and not (want is not bool and isinstance(typed, bool))
+    if not ok:
+        raise SpecError(f"--input {key}={value!r}: {key} is {what} in the workflow file")
+    return typed
 
 
 def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, dict[str, Any]]:
@@ -239,9 +367,9 @@ def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, d
         result = wf.run(db=db, params=inputs or None)
     except WorkflowFailed as exc:
         record.update(run_id=exc.run_id, status=exc.status, error=exc.message)
-        kind = classify(exc.message)
-        if kind in ("internal", "not_found") and exc.status == "rolled_back":
-            kind = "ok"
+        kind = classify(exc.message)  # rolled back after a failure is not ok (the old 20)
+        if kind == "not_found" and "capability" not in exc.message:
+            kind = "internal"  # a missing file while running: the old RESOURCE_NOT_FOUND, 20
         return EXIT[kind], record
     except (SpecError, TemplateError, policy_mod.PolicyError) as exc:
         record.update(status="invalid", error=exc.message)
@@ -252,6 +380,18 @@ def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, d
         return EXIT[classify(exc.message)], record
     record.update(run_id=result.run_id, status=result.status)
     return EXIT["paused" if result.status == "waiting" else "ok"], record
+
+
+def _file_params(file: Path) -> dict[str, Any]:
+    """The params a workflow file gives (``params:`` or ``initial_state:``), {} if unreadable."""
+    try:
+        doc = _load(file)
+    except AirunError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    found = doc.get("params", doc.get("initial_state"))
+    return dict(found) if isinstance(found, dict) else {}
 
 
 @click.command("exec")
@@ -267,7 +407,13 @@ def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, d
 def exec_cmd(file: Path, inputs: tuple[str, ...], as_json: bool, db: Path | None) -> None:
     """Run a workflow file; exit 0 done or rolled back, 30 waiting at a gate, 10 invalid,
     11 denied, 12 refused by the sandbox, 13 not found, 15 timed out, 20 anything else."""
-    code, record = execute(file, _inputs(inputs), db)
+    try:
+        given = _inputs(inputs, _file_params(file))
+    except SpecError as exc:
+        code = EXIT["validation"]
+        record: dict[str, Any] = {"file": str(file), "status": "invalid", "error": exc.message}
+    else:
+        code, record = execute(file, given, db)
     record["exit_code"] = code
     if as_json:
         click.echo(json.dumps(record, default=str))

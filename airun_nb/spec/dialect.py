@@ -361,7 +361,7 @@ def seed_names(
         if isinstance(value, dict):
             flat.update(value)
         named[step_id] = value
-    out = {**flat, **named, **params}
+    out = {**params, **flat, **named}  # outputs replace the initial state, as they did
     for key in ("workflow_id", "run_id"):
         if out.get(key) in (None, ""):
             out[key] = run_id
@@ -402,8 +402,18 @@ def own_output(step_id: str, step: Any, value: Any) -> dict[str, Any]:
 
 
 def check_flat_names(spec: Any, namespace_names: set[str]) -> None:
-    """Raise :class:`TemplateError` for the first flat name nothing will define."""
-    from airun_nb.errors import TemplateError
+    """Flat names nothing defines are left as text when they render, as the old runtime left
+    them (``airun validate`` warns about them), so nothing is refused here."""
 
-    for problem in unknown_flat_names(spec, namespace_names):
-        raise TemplateError(f"{problem} (no param, step or earlier output gives it)")
+
+def literal_names(spec: Any) -> set[str]:
+    """Every top-level name a seed workflow's templates use (those undefined when a step
+    renders stay as ``{{name}}`` text)."""
+    cached: set[str] | None = spec.__dict__.get("_literal_names")
+    if cached is None:
+        cached = set()
+        for _step, _field, names in spec.template_names():
+            cached |= set(names)
+        cached -= {"params", "steps", "run", "result", "secrets", *(s.id for s in spec.steps)}
+        spec.__dict__["_literal_names"] = cached
+    return cached
