@@ -295,15 +295,23 @@ def dump(doc: Any) -> str:
 
 @click.command("convert")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "converted", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
     "--check",
     is_flag=True,
     help="Do not print it: ask both forms the same questions and list every difference.",
 )
-def convert_cmd(file: Path, check: bool) -> None:
+def convert_cmd(file: Path, converted: Path | None, check: bool) -> None:
     """Print the native-dialect equivalent of a workflow or policy file; it decides and renders
-    as the original does (--check proves it: exit 0 when no difference, 1 otherwise)."""
-    native = native_document(file)
+    as the original does. --check proves it (exit 0 when no difference, 1 otherwise); with a
+    second file, --check compares FILE with that one (a converted file you edited)."""
+    if converted is not None and not check:
+        raise click.UsageError("a second file goes with --check")
+    native = native_document(file) if converted is None else _load(converted)
+    if not isinstance(native, dict):
+        raise SpecError(f"{converted}: not a workflow or policy mapping")
     if not check:
         click.echo(dump(native), nl=False)
         return
