@@ -136,8 +136,12 @@ def rollback(
     db: str | os.PathLike[str] | None = None,
     namespace: Mapping[str, Any] | None = None,
     listener: Listener | None = None,
+    steps: int | None = None,
 ) -> RunResult:
     """Undo a run: run the compensations of its finished steps, newest first.
+
+    ``steps=N`` undoes only the N newest finished steps of a completed run (it stays
+    completed; those steps show as undone), the seed runtime's ``undo --steps N``.
 
     Works on a completed run ("undo this whole run"), a failed or interrupted one, and finishes a
     rollback that failed or was cut short. ``namespace`` resolves compensations that call
@@ -146,7 +150,9 @@ def rollback(
     """
     wf = Workflow.from_run(run_id, db=db)
     engine = Runner(wf.spec, Store.open(db), namespace=namespace, listener=listener)
-    engine.prepare_rollback(run_id)
+    if steps is not None and steps < 1:
+        raise ValueError("steps: give a whole number of steps, 1 or more")
+    engine.prepare_rollback(run_id, steps=steps)
     engine.execute()
     return RunResult(engine)
 

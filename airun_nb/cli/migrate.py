@@ -17,6 +17,7 @@ from typing import Any
 import click
 import yaml
 
+from airun_nb.capabilities.registry import CapabilityError
 from airun_nb.errors import AirunError, SpecError, TemplateError, WorkflowFailed
 from airun_nb.governance import policy as policy_mod
 from airun_nb.governance import seedpolicy as policy_dialect
@@ -65,13 +66,68 @@ def is_policy(doc: Any) -> bool:
     return isinstance(doc, dict) and "rules" in doc and "steps" not in doc
 
 
+def old_kind(doc: Any) -> tuple[str, list[str]] | None:
+    """The old repository's other YAML files (pack manifests, skill facades, capability specs):
+    what the file is, and a note on what replaces it. None for anything else."""
+    if not isinstance(doc, dict) or "steps" in doc:
+        return None
+    if "pack_id" in doc and ("includes" in doc or "state" in doc):
+        includes: dict[str, Any] = doc["includes"] if isinstance(doc.get("includes"), dict) else {}
+        flows = ", ".join(map(str, includes.get("workflows") or [])) or "none"
+        return "pack manifest", [
+            f"note: pack '{doc['pack_id']}' (workflows: {flows}) is not a workflow: a pack is "
+            "a folder of workflow files here, each run with `airun exec FILE`; its state "
+            f"({doc.get('state', 'unset')}) has no equivalent: a policy file decides who may "
+            "run what"
+        ]
+    if "routes" in doc and ("triggers" in doc or "examples" in doc):
+        routes: dict[str, Any] = doc["routes"] if isinstance(doc.get("routes"), dict) else {}
+        primary: dict[str, Any] = (
+            routes["primary"] if isinstance(routes.get("primary"), dict) else {}
+        )
+        target = f"{primary.get('type', 'workflow')} '{primary.get('ref', '?')}'"
+        return "skill facade", [
+            f"note: facade '{doc.get('name', '?')}' is not a workflow: it routes to {target}; "
+            "run that workflow's file with `airun exec FILE` (or Workflow.from_file); its "
+            "triggers and examples were for a chat front end and are not used"
+        ]
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else None
+    if meta is not None and isinstance(doc.get("adapter"), dict):
+        adapter = doc["adapter"]
+        conf = adapter.get("config") if isinstance(adapter.get("config"), dict) else {}
+        how = f"{adapter.get('type', '?')} adapter"
+        if adapter.get("type") == "http_api":
+            how += f", {conf.get('method', 'GET')} {conf.get('endpoint_url', '?')}"
+            instead = (
+                "call it as a step `capability: http.request` with `{method: "
+                f"{conf.get('method', 'GET')}, url: {conf.get('endpoint_url', '?')}}}` (the "
+                "policy's hosts: and the egress checks apply)"
+            )
+        else:
+            instead = f"register a function: `airun_nb.register_capability('{meta.get('id')}', fn)`"
+        return "capability spec", [
+            f"note: capability spec '{meta.get('id', '?')}' ({how}) is not a workflow: {instead}"
+        ]
+    if "id" in doc and ("handler" in doc or "operation_type" in doc) and "parameters" in doc:
+        return "capability spec", [
+            f"note: capability spec '{doc['id']}' (Python handler {doc.get('handler', '?')}) is "
+            f"not a workflow: register a function with `airun_nb.register_capability("
+            f"'{doc['id']}', fn)` before the run"
+        ]
+    return None
+
+
 def problems(path: Path) -> tuple[str, list[str]]:
-    """What a file is (``workflow``/``policy``) and every problem found in it."""
+    """What a file is (``workflow``/``policy``, or one of the old repository's other kinds)
+    and every problem found in it."""
     from airun_nb.capabilities import get
-    from airun_nb.capabilities.legacy import missing_hint
+    from airun_nb.capabilities.legacy import hint
     from airun_nb.spec.parser import parse
 
     doc = _load(path)
+    other = old_kind(doc)
+    if other is not None:
+        return other
     if is_policy(doc):
         try:
             pol = policy_mod.parse(doc, source=str(path), check_capabilities=False)
@@ -91,7 +147,7 @@ def problems(path: Path) -> tuple[str, list[str]]:
             try:
                 get(str(s.body))
             except AirunError as exc:
-                why = missing_hint(str(s.body)) or exc.message
+                why = hint(exc) if isinstance(exc, CapabilityError) else exc.message
                 found.append(f"warning: step '{s.id}': {why}")
     if spec.seed_dialect:
         found.extend(f"warning: {p}" for p in dialect.unknown_flat_names(spec, set()))
@@ -136,7 +192,10 @@ def validate_cmd(files: tuple[Path, ...], strict: bool) -> None:
         soft = ("note:",) if strict else ("note:", "warning:")
         errors = [p for p in found if not p.startswith(soft)]
         bad += bool(errors)
-        click.echo(f"{path}: {kind} {'ok' if not errors else f'{len(errors)} problem(s)'}")
+        if kind not in ("workflow", "policy"):
+            click.echo(f"{path}: {kind}, not a workflow or policy")
+        else:
+            click.echo(f"{path}: {kind} {'ok' if not errors else f'{len(errors)} problem(s)'}")
         for p in found:
             click.echo(f"  {p}")
     sys.exit(EXIT["validation"] if bad else 0)
@@ -145,6 +204,9 @@ def validate_cmd(files: tuple[Path, ...], strict: bool) -> None:
 def native_document(path: Path) -> dict[str, Any]:
     """The native-dialect document of a workflow or policy file."""
     doc = _load(path)
+    other = old_kind(doc)
+    if other is not None:
+        raise SpecError(f"{path}: a {other[0]}, nothing to convert; {other[1][0][6:]}")
     if is_policy(doc):
         policy_mod.parse(doc, source=str(path), check_capabilities=False)  # it loads
         if policy_dialect.is_seed_policy(doc):
@@ -413,8 +475,9 @@ def _file_params(file: Path) -> dict[str, Any]:
     help="Store file (default: $AIRUN_DB or ./airun.duckdb).",
 )
 def exec_cmd(file: Path, inputs: tuple[str, ...], as_json: bool, db: Path | None) -> None:
-    """Run a workflow file; exit 0 done or rolled back, 30 waiting at a gate, 10 invalid,
-    11 denied, 12 refused by the sandbox, 13 not found, 15 timed out, 20 anything else."""
+    """Run a workflow file; exit 0 done, 30 waiting at a gate, 10 invalid, 11 denied, 12
+    refused by the sandbox, 13 capability or file not found, 15 timed out, 20 anything else
+    (a run that failed and rolled back too)."""
     try:
         given = _inputs(inputs, _file_params(file))
     except SpecError as exc:

@@ -91,6 +91,8 @@ class Runner:
         self.sql = kinds.SqlEngine(store_path=store.path)  # confined to the workspace
         self.bind_output = isinstance(namespace, dict)
         self.requested_rollback = False
+        self.partial: int | None = None  # roll back only this many newest steps
+        self.undone: list[str] = []
         self.rejected = False
         self.open_gates: list[dict[str, Any]] = []
         self.policy = policy_mod.Policy()
@@ -181,12 +183,19 @@ class Runner:
         finally:
             gc_release()
 
-    def prepare_rollback(self, run_id: str) -> Plan:
-        """Load a stored run to roll it back (on demand, or to finish a rollback)."""
+    def prepare_rollback(self, run_id: str, *, steps: int | None = None) -> Plan:
+        """Load a stored run to roll it back (on demand, or to finish a rollback); ``steps``:
+        undo only that many of its newest finished steps (a completed run only)."""
         self._own_params(run_id)
         with self.store.session("planning a rollback"):
             row, rows = self.planner.select_rollback(run_id)
+            if steps is not None and row["status"] != COMPLETED:
+                raise RunBusy(
+                    f"run {run_id} is {row['status']}: --steps undoes the last steps of a "
+                    f"completed run only; roll it back whole with `airun rollback {run_id}`"
+                )
             self.claim.take(row, "rollback")
+        self.partial = steps
         self.workspace = Workspace()
         self.ledger.failed_step = row.get("failed_step")
         self.ledger.error = row.get("error")
@@ -251,7 +260,10 @@ class Runner:
                 self.ledger.close_dead_attempts()
             if self.plan.mode == "rollback":
                 self.listener.planned(self)
-                compensation.roll_back(self)
+                if self.partial is not None:
+                    self.undone = compensation.roll_back_last(self, self.partial)
+                else:
+                    compensation.roll_back(self)
             else:
                 self._begin()
                 self.listener.planned(self)

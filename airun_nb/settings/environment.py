@@ -34,6 +34,13 @@ def current_user() -> str:
     return identity.current()
 
 
+def seed_approval_webhook() -> str | None:
+    """``AI_FIRST_APPROVAL_WEBHOOK``: where the seed runtime POSTed every approval request; a
+    seed-dialect gate without a ``notify:`` of its own is announced there too."""
+    value = os.environ.get("AI_FIRST_APPROVAL_WEBHOOK", "").strip()
+    return value or None
+
+
 def lock_timeout() -> float:
     """Seconds to wait for a busy store before giving up with a clear message."""
     try:

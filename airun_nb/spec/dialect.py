@@ -47,7 +47,11 @@ APPROVAL_KEYS = {
     "approval_timeout": "timeout",
     "timeout": "timeout",
     "timeout_seconds": "timeout",
+    "webhook_url": "notify",  # the old guide's per-gate webhook: POSTed when the gate opens
+    "context": "show",  # values shown to the approver
 }
+# Old gate inputs kept as a record only (the POST body is the native one).
+RECORDED_APPROVAL_KEYS = ("webhook_payload",)
 GATE_CAPABILITY = "human.approve"
 
 Path = tuple[Any, ...]
@@ -240,6 +244,10 @@ def _approval(d: dict[str, Any], config: Any, path: list[Any], out: Translation)
             body["message"] = src  # the native parser reports it
             continue
         for key, value in src.items():
+            if key in RECORDED_APPROVAL_KEYS:
+                where = str(d.get("id"))
+                out.record.setdefault("approval_inputs", {}).setdefault(where, {})[key] = value
+                continue
             native = APPROVAL_KEYS.get(str(key), str(key))
             if native == "approvers":
                 items = value if isinstance(value, list) else [value]
