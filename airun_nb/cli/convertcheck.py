@@ -209,21 +209,3 @@ def workflow_differences(a: WorkflowSpec, b: WorkflowSpec) -> list[str]:
     elif pa is not None and pb is not None:
         out.extend(f"policy: {d}" for d in policy_differences(pa, pb))
     return out
-
-
-def differences(path: Any, native: dict[str, Any]) -> tuple[str, list[str]]:
-    """(what the file is, every difference between it and ``native``, its converted form)."""
-    import yaml
-
-    from airun_nb.cli import migrate
-    from airun_nb.spec.parser import parse
-
-    doc = migrate._load(path)
-    text = migrate.dump(native)
-    if migrate.is_policy(doc):
-        a = policy_mod.parse(doc, source=str(path), check_capabilities=False)
-        b = policy_mod.parse(yaml.safe_load(text), source="converted", check_capabilities=False)
-        return "policy", policy_differences(a, b)
-    wa = parse(path.read_text(), file_stem=path.stem)
-    wb = parse(text, file_stem=path.stem)
-    return "workflow", workflow_differences(wa, wb)

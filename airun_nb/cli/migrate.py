@@ -290,7 +290,7 @@ def rewrite_templates(doc: dict[str, Any]) -> dict[str, Any]:
             keys = gives(by_id[sid])
             if keys is None or name in keys:
                 return f"{{{{ steps.{sid}.{name}{rest} }}}}"
-        if name in by_id:
+        if name in by_id and (rest or name not in params):
             if "approval" in by_id[name] and rest.startswith(".approver_email"):
                 rest = ".actor" + rest[len(".approver_email") :]  # the seed's name of it
             return f"{{{{ steps.{name}{rest} }}}}"
@@ -344,6 +344,22 @@ def rewrite_templates(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def differences(path: Path, native: dict[str, Any]) -> tuple[str, list[str]]:
+    """(what the file is, every difference between it and ``native``, its converted form)."""
+    from airun_nb.cli import convertcheck
+    from airun_nb.spec.parser import parse
+
+    doc = _load(path)
+    text = dump(native)
+    if is_policy(doc):
+        a = policy_mod.parse(doc, source=str(path), check_capabilities=False)
+        b = policy_mod.parse(yaml.safe_load(text), source="converted", check_capabilities=False)
+        return "policy", convertcheck.policy_differences(a, b)
+    wa = parse(path.read_text(), file_stem=path.stem)
+    wb = parse(text, file_stem=path.stem)
+    return "workflow", convertcheck.workflow_differences(wa, wb)
+
+
 class _Plain(yaml.SafeDumper):
     """YAML without anchors: a converted file reads like one written by hand."""
 
@@ -377,8 +393,6 @@ def convert_cmd(file: Path, converted: Path | None, check: bool) -> None:
     if not check:
         click.echo(dump(native), nl=False)
         return
-    from airun_nb.cli.convertcheck import differences
-
     kind, found = differences(file, native)
     if not found:
         click.echo(f"{file}: the converted {kind} decides and renders as the original")

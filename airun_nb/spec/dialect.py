@@ -369,7 +369,8 @@ def seed_names(
         if isinstance(value, dict):
             flat.update(value)
         named[step_id] = value
-    out = {**params, **flat, **named}  # outputs replace the initial state, as they did
+    # outputs replace the initial state, as they did; a bare step name is the param first
+    out = {**named, **params, **flat}
     for key in ("workflow_id", "run_id"):
         if out.get(key) in (None, ""):
             out[key] = run_id
