@@ -125,15 +125,22 @@ def rollback(
     db: str | os.PathLike[str] | None = None,
     namespace: Mapping[str, Any] | None = None,
     listener: Listener | None = None,
+    steps: int | None = None,
 ) -> RunResult:
     """Undo a run: run the compensations of its finished steps, newest first.
+
+    ``steps=N`` undoes only the N newest finished steps of a completed run (it stays
+    completed; those steps show as undone), the seed runtime's ``undo --steps N``.
 
     Works on a completed run ("undo this whole run"), a failed or interrupted one, and finishes a
     rollback that failed or was cut short. ``namespace`` resolves compensations that call
     notebook functions. Raises :class:`~airun_nb.errors.WorkflowFailed` if a compensation keeps
     failing (the run is then ``rollback_failed``; call again after fixing it).
     """
-    return RunResult(roll_back(Store.open(db), run_id, namespace=namespace, listener=listener))
+    if steps is not None and steps < 1:
+        raise ValueError("steps: give a whole number of steps, 1 or more")
+    store = Store.open(db)
+    return RunResult(roll_back(store, run_id, namespace=namespace, listener=listener, steps=steps))
 
 
 def fork(

@@ -4,23 +4,35 @@ alias native capabilities (``io.fs.read_file`` gives ``content`` and ``size``...
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from airun_nb.capabilities import legacy_data, legacy_fs, legacy_net, legacy_sys  # noqa: F401  (register them)
-from airun_nb.capabilities.registry import CapabilityError, canonical
+from airun_nb.capabilities.registry import _REGISTRY as _BUILT
+from airun_nb.capabilities.registry import ALIASES, CapabilityError, canonical
 
-# Old ids that talk to outside services: the user registers them.
-EXTERNAL_PREFIXES = ("web.browser.", "crm.", "cloud.", "email.", "audit.")
+# Old ids that talk to outside services (the old repository's external and generated
+# capability specs among them): the user registers them.
+EXTERNAL_PREFIXES = (
+    *("web.browser.", "crm.", "cloud.", "email.", "audit."),
+    *("io.presentation.", "io.file.pdf", "net.github.", "net.finance.", "net.search."),
+)
 
 
 def missing_hint(name: str) -> str | None:
     """The message for an unregistered id that the old runtime served from outside."""
+    if name == "sys.undo":
+        return (
+            "capability 'sys.undo' is not a step here: a run's steps are undone through their "
+            "compensations, `airun rollback RUN --steps N` for the last N"
+        )
     if name.startswith(EXTERNAL_PREFIXES) or name == "email.send":
         return (
             f"capability '{name}' needs an outside service and is not built in; register it "
-            f"with `airun_nb.register_capability('{name}', fn, undo=...)` before the run"
+            f"with `airun_nb.register_capability('{name}', fn, undo=...)` before the run "
+            "(docs/migrating.md shows how, for a YAML capability spec too)"
         )
     return None
 
@@ -28,7 +40,23 @@ def missing_hint(name: str) -> str | None:
 def hint(exc: CapabilityError) -> str:
     """The message of a failed look-up, with how to register an outside service's id."""
     name = re.search(r"unknown capability '([^']+)'", exc.message)
-    return (missing_hint(name.group(1)) if name else None) or exc.message
+    if name is None:
+        return exc.message
+    found = missing_hint(name.group(1))
+    if found:
+        return found
+    close = difflib.get_close_matches(name.group(1), sorted(capability_names()), n=1)
+    if close:
+        return f"unknown capability '{name.group(1)}' (did you mean '{close[0]}'?)"
+    return (
+        f"unknown capability '{name.group(1)}': it is not built in; register it with "
+        f"`airun_nb.register_capability('{name.group(1)}', fn)` before the run"
+    )
+
+
+def capability_names() -> set[str]:
+    """Every registered capability and alias."""
+    return {*_BUILT, *ALIASES}
 
 
 def seed_output(capability: str, value: Any) -> Any:

@@ -15,6 +15,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from airun_nb.capabilities import confine
 from airun_nb.capabilities.files import _backup, _missing_parents, _remove_dirs, _restore
 from airun_nb.capabilities.registry import CapabilityError, Context, register
 
@@ -45,8 +46,22 @@ def _entry(path: Path, ctx: Context) -> dict[str, Any]:
     }
 
 
+def _listable(path: Path, ctx: Context) -> bool:
+    """Not one of the runtime's own files (the store and its journal, locks, undo records)."""
+    real = path.resolve()
+    why = confine.protection(real, store_path=ctx.store_path, workspace_root=None)
+    return why is None and not any(
+        confine.protection(p, store_path=ctx.store_path, workspace_root=None)
+        for p in real.parents
+        if p != ctx.workspace.root and ctx.workspace.root in p.parents
+    )
+
+
 def _list_dir(args: dict[str, Any], ctx: Context) -> Any:
-    root = _path(args, ctx, "io.fs.list_dir")
+    value = args.get("path", args.get("file_path"))
+    root = ctx.workspace.path(value, field="path")
+    if root != ctx.workspace.root:  # listing the workspace itself ("."), read-only, is fine
+        root = _path(args, ctx, "io.fs.list_dir")
     if not root.is_dir():
         raise CapabilityError(f"io.fs.list_dir: no folder {ctx.workspace.relative(root)}")
     hidden = bool(args.get("include_hidden", False))
@@ -54,7 +69,8 @@ def _list_dir(args: dict[str, Any], ctx: Context) -> Any:
     entries = [
         _entry(p, ctx)
         for p in sorted(found)
-        if hidden or not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if (hidden or not any(part.startswith(".") for part in p.relative_to(root).parts))
+        and _listable(p, ctx)
     ]
     return {"entries": entries, "count": len(entries), "success": True}
 

@@ -34,6 +34,11 @@ class Group(click.Group):
         if found is None and cmd_name in LAZY_COMMANDS:
             module = importlib.import_module(f".{LAZY_COMMANDS[cmd_name]}", __package__)
             found = next((c for c in module.COMMANDS if c.name == cmd_name), None)
+        if found is None:  # the old runtime's verbs: one line naming the new command
+            from airun_nb.cli import oldverbs
+
+            if cmd_name in oldverbs.MOVED:
+                found = oldverbs.command(cmd_name)
         return found
 
     def invoke(self, ctx: click.Context) -> Any:

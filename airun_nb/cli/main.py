@@ -134,16 +134,23 @@ def resume(run_id: str, db: Path | None) -> None:
 
 @main.command("rollback")
 @click.argument("run_id")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Undo only the last N finished steps of a completed run.",
+)
 @store_option
-def rollback_cmd(run_id: str, db: Path | None) -> None:
+def rollback_cmd(run_id: str, steps: int | None, db: Path | None) -> None:
     """Undo a run through its compensations (or finish a rollback that stopped).
 
-    Compensations that call notebook functions need the notebook: use `%workflow rollback RUN`
-    there; importable ones (module:function, python, sql) run here.
+    With --steps N only the N newest finished steps of a completed run are undone (the old
+    `airun undo --steps N`). Compensations that call notebook functions need the notebook: use
+    `%workflow rollback RUN` there; importable ones (module:function, python, sql) run here.
     """
     from airun_nb.workflow import rollback
 
-    result = rollback(run_id, db=db)
+    result = rollback(run_id, db=db, steps=steps)
     click.echo(repr(result))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 import yaml
 
+from airun_nb.capabilities.registry import CapabilityError
 from airun_nb.errors import AirunError, SpecError, TemplateError, WorkflowFailed
 from airun_nb.governance import policy as policy_mod
 from airun_nb.governance import seedpolicy as policy_dialect
@@ -66,13 +67,68 @@ def is_policy(doc: Any) -> bool:
     return isinstance(doc, dict) and "rules" in doc and "steps" not in doc
 
 
+def old_kind(doc: Any) -> tuple[str, list[str]] | None:
+    """The old repository's other YAML files (pack manifests, skill facades, capability specs):
+    what the file is, and a note on what replaces it. None for anything else."""
+    if not isinstance(doc, dict) or "steps" in doc:
+        return None
+    if "pack_id" in doc and ("includes" in doc or "state" in doc):
+        includes: dict[str, Any] = doc["includes"] if isinstance(doc.get("includes"), dict) else {}
+        flows = ", ".join(map(str, includes.get("workflows") or [])) or "none"
+        return "pack manifest", [
+            f"note: pack '{doc['pack_id']}' (workflows: {flows}) is not a workflow: a pack is "
+            "a folder of workflow files here, each run with `airun exec FILE`; its state "
+            f"({doc.get('state', 'unset')}) has no equivalent: a policy file decides who may "
+            "run what"
+        ]
+    if "routes" in doc and ("triggers" in doc or "examples" in doc):
+        routes: dict[str, Any] = doc["routes"] if isinstance(doc.get("routes"), dict) else {}
+        primary: dict[str, Any] = (
+            routes["primary"] if isinstance(routes.get("primary"), dict) else {}
+        )
+        target = f"{primary.get('type', 'workflow')} '{primary.get('ref', '?')}'"
+        return "skill facade", [
+            f"note: facade '{doc.get('name', '?')}' is not a workflow: it routes to {target}; "
+            "run that workflow's file with `airun exec FILE` (or Workflow.from_file); its "
+            "triggers and examples were for a chat front end and are not used"
+        ]
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else None
+    if meta is not None and isinstance(doc.get("adapter"), dict):
+        adapter = doc["adapter"]
+        conf = adapter.get("config") if isinstance(adapter.get("config"), dict) else {}
+        how = f"{adapter.get('type', '?')} adapter"
+        if adapter.get("type") == "http_api":
+            how += f", {conf.get('method', 'GET')} {conf.get('endpoint_url', '?')}"
+            instead = (
+                "call it as a step `capability: http.request` with `{method: "
+                f"{conf.get('method', 'GET')}, url: {conf.get('endpoint_url', '?')}}}` (the "
+                "policy's hosts: and the egress checks apply)"
+            )
+        else:
+            instead = f"register a function: `airun_nb.register_capability('{meta.get('id')}', fn)`"
+        return "capability spec", [
+            f"note: capability spec '{meta.get('id', '?')}' ({how}) is not a workflow: {instead}"
+        ]
+    if "id" in doc and ("handler" in doc or "operation_type" in doc) and "parameters" in doc:
+        return "capability spec", [
+            f"note: capability spec '{doc['id']}' (Python handler {doc.get('handler', '?')}) is "
+            f"not a workflow: register a function with `airun_nb.register_capability("
+            f"'{doc['id']}', fn)` before the run"
+        ]
+    return None
+
+
 def problems(path: Path) -> tuple[str, list[str]]:
-    """What a file is (``workflow``/``policy``) and every problem found in it."""
+    """What a file is (``workflow``/``policy``, or one of the old repository's other kinds)
+    and every problem found in it."""
     from airun_nb.capabilities import get
-    from airun_nb.capabilities.legacy import missing_hint
+    from airun_nb.capabilities.legacy import hint
     from airun_nb.spec.parser import parse
 
     doc = _load(path)
+    other = old_kind(doc)
+    if other is not None:
+        return other
     if is_policy(doc):
         try:
             pol = policy_mod.parse(doc, source=str(path), check_capabilities=False)
@@ -92,7 +148,7 @@ def problems(path: Path) -> tuple[str, list[str]]:
             try:
                 get(str(s.body))
             except AirunError as exc:
-                why = missing_hint(str(s.body)) or exc.message
+                why = hint(exc) if isinstance(exc, CapabilityError) else exc.message
                 found.append(f"warning: step '{s.id}': {why}")
     if spec.seed_dialect:
         found.extend(f"warning: {p}" for p in dialect.unknown_flat_names(spec, set()))
@@ -137,7 +193,10 @@ def validate_cmd(files: tuple[Path, ...], strict: bool) -> None:
         soft = ("note:",) if strict else ("note:", "warning:")
         errors = [p for p in found if not p.startswith(soft)]
         bad += bool(errors)
-        click.echo(f"{path}: {kind} {'ok' if not errors else f'{len(errors)} problem(s)'}")
+        if kind not in ("workflow", "policy"):
+            click.echo(f"{path}: {kind}, not a workflow or policy")
+        else:
+            click.echo(f"{path}: {kind} {'ok' if not errors else f'{len(errors)} problem(s)'}")
         for p in found:
             click.echo(f"  {p}")
     sys.exit(EXIT["validation"] if bad else 0)
@@ -146,10 +205,16 @@ def validate_cmd(files: tuple[Path, ...], strict: bool) -> None:
 def native_document(path: Path) -> dict[str, Any]:
     """The native-dialect document of a workflow or policy file."""
     doc = _load(path)
+    other = old_kind(doc)
+    if other is not None:
+        raise SpecError(f"{path}: a {other[0]}, nothing to convert; {other[1][0][6:]}")
     if is_policy(doc):
-        pol = policy_mod.parse(doc, source=str(path), check_capabilities=False)
-        if pol.first_match is not None:
-            return policy_dialect.as_native(pol.first_match)
+        policy_mod.parse(doc, source=str(path), check_capabilities=False)  # it loads
+        if policy_dialect.is_seed_policy(doc):
+            try:
+                return policy_dialect.native(doc, source=str(path))
+            except policy_dialect.SeedPolicyError as exc:
+                raise policy_mod.PolicyError(exc.message) from None
         return dict(doc)
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: a workflow is a mapping with a 'steps:' list")
@@ -167,64 +232,211 @@ def native_document(path: Path) -> dict[str, Any]:
     return native
 
 
-_FLAT = re.compile(r"\{\{\s*([A-Za-z_]\w*)((?:\.\w+)*)\s*\}\}")
+_FLAT = re.compile(r"\{\{\s*([A-Za-z_]\w*)((?:\.\w+)*)\s*(\|[^{}]*)?\}\}")
+_RUN_NAMES = ("workflow_id", "run_id")
 
 
 def rewrite_templates(doc: dict[str, Any]) -> dict[str, Any]:
-    """Seed lookups in native form: ``{{x}}`` -> ``{{ params.x }}`` or the step output that gives
-    it, ``{{step.key}}`` -> ``{{ steps.step.key }}``, ``{{workflow_id}}`` -> ``{{ run.id }}``."""
+    """Seed lookups in native form, each meaning what it meant in its step: ``{{step.key}}`` ->
+    ``{{ steps.step.key }}``; ``{{x}}`` -> the output of the nearest upstream step that gives
+    ``x`` (outputs replaced the initial state), else ``{{ params.x }}``, else the output of an
+    upstream step whose keys are not known before it runs; ``{{workflow_id}}`` / ``{{run_id}}``
+    -> the param of that name when given, else the run's id; a name nothing defines stays as
+    text, as the old runtime left it. A compensation reads its own step's output by name."""
     from airun_nb.capabilities.legacy import GATE_KEYS, output_keys
 
-    params = doc.get("params") or {}
+    params = dict(doc.get("params") or {})
     steps = [s for s in doc.get("steps") or [] if isinstance(s, dict)]
-    ids = {str(s.get("id")) for s in steps}
-    giver: dict[str, str] = {}
-    for s in steps:
-        keys = GATE_KEYS if "approval" in s else output_keys(str(s.get("capability", ""))) or ()
-        for k in keys:
-            giver.setdefault(k, str(s.get("id")))
+    by_id = {str(s.get("id")): s for s in steps}
+    for s in steps:  # the steps of a parallel block are steps too
+        for child in s.get("parallel") or []:
+            if isinstance(child, dict):
+                by_id[str(child.get("id"))] = {**child, "needs": s.get("needs") or []}
 
-    def one(m: re.Match[str]) -> str:
-        name, rest = m.group(1), m.group(2)
-        if name in ("params", "steps", "run", "secrets"):
-            return m.group(0)
-        if name in ids:
+    def gives(s: dict[str, Any]) -> tuple[str, ...] | None:
+        if "approval" in s:
+            return tuple(GATE_KEYS)
+        if "parallel" in s:
+            return ()
+        keys = output_keys(str(s.get("capability", "")))
+        return tuple(keys) if keys is not None else None
+
+    order = list(by_id)
+    ancestors: dict[str, list[str]] = {}
+
+    def upstream(sid: str) -> list[str]:
+        if sid not in ancestors:
+            ancestors[sid] = []
+            found: set[str] = set()
+            for n in by_id.get(sid, {}).get("needs") or []:
+                found |= {str(n), *upstream(str(n))}
+            ancestors[sid] = [x for x in order if x in found]
+        return ancestors[sid]
+
+    used_run_names: set[str] = set()
+
+    def lookup_filtered(m: re.Match[str], sid: str, own: bool) -> str:
+        filters = m.group(3)
+        found = lookup(m.group(1), m.group(2), sid, own)
+        if not found or not filters:
+            return found or m.group(0)
+        if found.startswith("{{ '{{' }}"):
+            return m.group(0) if filters else found  # nothing defines it: an error either way
+        return found[: -len(" }}")] + " " + filters.strip() + " }}"
+
+    def lookup(name: str, rest: str, sid: str, own: bool) -> str:
+        if name in ("params", "steps", "run", "secrets", "result"):
+            return ""
+        if own:
+            keys = gives(by_id[sid])
+            if keys is None or name in keys:
+                return f"{{{{ steps.{sid}.{name}{rest} }}}}"
+        if name in by_id and (rest or name not in params):
+            if "approval" in by_id[name] and rest.startswith(".approver_email"):
+                rest = ".actor" + rest[len(".approver_email") :]  # the seed's name of it
             return f"{{{{ steps.{name}{rest} }}}}"
-        if name in params and params[name] != "":
+        up = upstream(sid)
+        for u in reversed(up):
+            keys = gives(by_id[u])
+            if keys is not None and name in keys:
+                key = "actor" if name == "approver_email" and "approval" in by_id[u] else name
+                return f"{{{{ steps.{u}.{key}{rest} }}}}"
+        if name in _RUN_NAMES:
+            used_run_names.add(name)
+            return f"{{{{ params.get('{name}') or run.id }}}}"
+        if name in params:
             return f"{{{{ params.{name}{rest} }}}}"
-        if name in ("workflow_id", "run_id"):
-            return "{{ run.id }}"
-        if name in giver:
-            return f"{{{{ steps.{giver[name]}.{name}{rest} }}}}"
-        return m.group(0)
+        unknown = [u for u in up if gives(by_id[u]) is None]
+        if unknown:
+            return f"{{{{ steps.{unknown[-1]}.{name}{rest} }}}}"
+        if rest:
+            return ""  # {{x.y}} of nothing: an error in both forms
+        return "{{ '{{' }}" + name + "{{ '}}' }}"  # literal text, as the old runtime left it
 
-    def walk(v: Any) -> Any:
+    def walk(v: Any, sid: str, own: bool) -> Any:
         if isinstance(v, str):
-            return _FLAT.sub(one, v)
+            return _FLAT.sub(lambda m: lookup_filtered(m, sid, own), v)
         if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
+            return {k: walk(x, sid, own) for k, x in v.items()}
         if isinstance(v, list):
-            return [walk(x) for x in v]
+            return [walk(x, sid, own) for x in v]
         return v
 
-    return {**doc, "steps": walk(doc.get("steps"))}
+    def step(s: dict[str, Any]) -> dict[str, Any]:
+        sid = str(s.get("id"))
+        out: dict[str, Any] = {}
+        for key, value in s.items():
+            if key == "parallel" and isinstance(value, list):
+                out[key] = [step(c) if isinstance(c, dict) else c for c in value]
+            elif key == "compensate":
+                out[key] = walk(value, sid, True)
+            elif key in ("id", "needs"):
+                out[key] = value
+            else:
+                out[key] = walk(value, sid, False)
+        return out
+
+    new_steps = [step(s) if isinstance(s, dict) else s for s in doc.get("steps") or []]
+    for name in sorted(used_run_names):
+        params.setdefault(name, "")  # an --input of that name is taken, as before
+    out = {**doc, "steps": new_steps}
+    if params:
+        out["params"] = params
+    return out
+
+
+def differences(path: Path, native: dict[str, Any]) -> tuple[str, list[str]]:
+    """(what the file is, every difference between it and ``native``, its converted form)."""
+    from airun_nb.cli import convertcheck
+    from airun_nb.spec.parser import parse
+
+    doc = _load(path)
+    text = dump(native)
+    if is_policy(doc):
+        a = policy_mod.parse(doc, source=str(path), check_capabilities=False)
+        b = policy_mod.parse(yaml.safe_load(text), source="converted", check_capabilities=False)
+        return "policy", convertcheck.policy_differences(a, b)
+    wa = parse(path.read_text(), file_stem=path.stem)
+    wb = parse(text, file_stem=path.stem)
+    return "workflow", convertcheck.workflow_differences(wa, wb)
+
+
+class _Plain(yaml.SafeDumper):
+    """YAML without anchors: a converted file reads like one written by hand."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_Plain, sort_keys=False, allow_unicode=True)
 
 
 @click.command("convert")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def convert_cmd(file: Path) -> None:
-    """Print the native-dialect equivalent of a workflow or policy file."""
-    click.echo(yaml.safe_dump(native_document(file), sort_keys=False, allow_unicode=True), nl=False)
+@click.argument(
+    "converted", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Do not print it: ask both forms the same questions and list every difference.",
+)
+def convert_cmd(file: Path, converted: Path | None, check: bool) -> None:
+    """Print the native-dialect equivalent of a workflow or policy file; it decides and renders
+    as the original does. --check proves it (exit 0 when no difference, 1 otherwise); with a
+    second file, --check compares FILE with that one (a converted file you edited)."""
+    if converted is not None and not check:
+        raise click.UsageError("a second file goes with --check")
+    native = native_document(file) if converted is None else _load(converted)
+    if not isinstance(native, dict):
+        raise SpecError(f"{converted}: not a workflow or policy mapping")
+    if not check:
+        click.echo(dump(native), nl=False)
+        return
+    kind, found = differences(file, native)
+    if not found:
+        click.echo(f"{file}: the converted {kind} decides and renders as the original")
+        return
+    click.echo(f"{file}: the converted {kind} differs from the original in {len(found)} case(s)")
+    for line in found:
+        click.echo(f"  {line}")
+    sys.exit(1)
 
 
-def _inputs(items: tuple[str, ...]) -> dict[str, Any]:
+def _inputs(items: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``--input`` values are text, as the old bridge passed them, unless the param's value in
+    the file is a number, a boolean, a list or a mapping: then the text is read as one."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.UsageError(f"--input takes KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value) if value else ""
+        out[key] = _typed(key, value, defaults.get(key))
     return out
+
+
+_KINDS_OF = ((bool, "true or false"), ((int, float), "a number"), (list, "a list"))
+
+
+def _typed(key: str, value: str, default: Any) -> Any:
+    if default is None or isinstance(default, str):
+        return value
+    try:
+        typed = yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        typed = value
+    if isinstance(default, dict):
+        want: tuple[type, ...] | type = dict
+        what = "a mapping"
+    else:
+        want, what = next(
+            ((t, w) for t, w in _KINDS_OF if isinstance(default, t)), (type(default), "as given")
+        )
+    ok = isinstance(typed, want) and not (want is not bool and isinstance(typed, bool))
+    if not ok:
+        raise SpecError(f"--input {key}={value!r}: {key} is {what} in the workflow file")
+    return typed
 
 
 def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, dict[str, Any]]:
@@ -240,9 +452,9 @@ def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, d
         result = wf.run(db=db, params=inputs or None)
     except WorkflowFailed as exc:
         record.update(run_id=exc.run_id, status=exc.status, error=exc.message)
-        kind = classify(exc.message)
-        if kind in ("internal", "not_found") and exc.status == "rolled_back":
-            kind = "ok"
+        kind = classify(exc.message)  # rolled back after a failure is not ok (the old 20)
+        if kind == "not_found" and "capability" not in exc.message:
+            kind = "internal"  # a missing file while running: the old RESOURCE_NOT_FOUND, 20
         return EXIT[kind], record
     except (SpecError, TemplateError, policy_mod.PolicyError) as exc:
         record.update(status="invalid", error=exc.message)
@@ -253,6 +465,18 @@ def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, d
         return EXIT[classify(exc.message)], record
     record.update(run_id=result.run_id, status=result.status)
     return EXIT["paused" if result.status == "waiting" else "ok"], record
+
+
+def _file_params(file: Path) -> dict[str, Any]:
+    """The params a workflow file gives (``params:`` or ``initial_state:``), {} if unreadable."""
+    try:
+        doc = _load(file)
+    except AirunError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    found = doc.get("params", doc.get("initial_state"))
+    return dict(found) if isinstance(found, dict) else {}
 
 
 @click.command("exec")
@@ -266,9 +490,16 @@ def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, d
     help="Store file (default: $AIRUN_DB or ./airun.duckdb).",
 )
 def exec_cmd(file: Path, inputs: tuple[str, ...], as_json: bool, db: Path | None) -> None:
-    """Run a workflow file; exit 0 done or rolled back, 30 waiting at a gate, 10 invalid,
-    11 denied, 12 refused by the sandbox, 13 not found, 15 timed out, 20 anything else."""
-    code, record = execute(file, _inputs(inputs), db)
+    """Run a workflow file; exit 0 done, 30 waiting at a gate, 10 invalid, 11 denied, 12
+    refused by the sandbox, 13 capability or file not found, 15 timed out, 20 anything else
+    (a run that failed and rolled back too)."""
+    try:
+        given = _inputs(inputs, _file_params(file))
+    except SpecError as exc:
+        code = EXIT["validation"]
+        record: dict[str, Any] = {"file": str(file), "status": "invalid", "error": exc.message}
+    else:
+        code, record = execute(file, given, db)
     record["exit_code"] = code
     if as_json:
         click.echo(json.dumps(record, default=str))

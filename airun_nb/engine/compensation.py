@@ -21,6 +21,7 @@ from airun_nb.engine.context import RunContext
 from airun_nb.engine.retries import Exhausted, retrying
 from airun_nb.engine.scope import Steps
 from airun_nb.engine.state import (
+    COMPLETED,
     ROLLBACK_FAILED,
     ROLLED_BACK,
     ROLLING_BACK,
@@ -93,6 +94,35 @@ def roll_back(run: RunContext) -> None:
             ledger.set_status(ROLLBACK_FAILED, step=st.id, error=st.comp_error)
             return
     ledger.set_status(ROLLED_BACK)
+
+
+def pending_undo(run: RunContext) -> list[StepState]:
+    """The steps of :func:`undo_order` not undone yet, newest first."""
+    return [st for st in undo_order(run) if st.comp_status not in ("done", "none")]
+
+
+def roll_back_last(run: RunContext, count: int) -> list[str]:
+    """Undo only the ``count`` newest finished steps of a completed run (the seed runtime's
+    ``undo --steps N``); the run stays completed, those steps are marked undone. Undoing every
+    step left is a whole rollback (:func:`roll_back`). Returns the steps undone."""
+    todo = pending_undo(run)
+    if count >= len(todo):
+        roll_back(run)
+        return [st.id for st in todo if st.comp_status == "done"]
+    ledger = run.ledger
+    if ledger.status != ROLLING_BACK:
+        ledger.set_status(ROLLING_BACK)
+    done: list[str] = []
+    for st in todo[:count]:
+        if not st.compensation:
+            ledger.compensation(st, "none")
+            continue
+        if not _compensate(run, st):
+            ledger.set_status(ROLLBACK_FAILED, step=st.id, error=st.comp_error)
+            return done
+        done.append(st.id)
+    ledger.set_status(COMPLETED)  # what is left of it is still done
+    return done
 
 
 def _compensate(run: RunContext, st: StepState) -> bool:

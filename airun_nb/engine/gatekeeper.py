@@ -20,6 +20,7 @@ from airun_nb.gates import gate, notify
 from airun_nb.gates import links as gatelinks
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance.policy import Verdict
+from airun_nb.settings import environment as config
 from airun_nb.spec import templates
 from airun_nb.spec.approval import GateConfig, parse_config
 from airun_nb.store import outputs
@@ -119,6 +120,8 @@ def await_gate(
         st.started_at = time.time()
         run.ledger.step(st, S_WAITING, notify=False)
         target = conf.notify or st.spec.notify
+        if not target and run.spec.seed_dialect:
+            target = config.seed_approval_webhook()  # the old AI_FIRST_APPROVAL_WEBHOOK
         if target:
             _notify(run, st, gate_id, target, row)
     mode = gate.resolve_mode(conf)

@@ -237,7 +237,11 @@ class Planner:
             if row is not None and row["status"] == ROLLING_BACK:
                 check_not_busy(row)
                 return row, self.load_rows(row["run_id"]), "rollback"
-            if row is not None and row["status"] in RESUMABLE:
+            if (
+                row is not None
+                and row["status"] in RESUMABLE
+                and self.stored_params(row["run_id"], row) == self.comparable(self.params)
+            ):  # other params: a new run, never this one with different inputs
                 check_not_busy(row)
                 return row, self.load_rows(row["run_id"]), "resume"
             if row is not None and row["status"] == COMPLETED:
@@ -268,6 +272,23 @@ class Planner:
         if row["status"] == ROLLED_BACK:
             raise RunEnded(f"run {run_id} is already rolled back; there is nothing left to undo")
         return row, self.load_rows(run_id)
+
+    def stored_params(
+        self, run_id: str, row: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The params a stored run was started with (None: no such run)."""
+        if row is None:
+            row = self.store.run_row(run_id)
+        if row is None:
+            return None
+        value = json.loads(row["params"]) if row.get("params") else {}
+        return dict(value) if isinstance(value, dict) else {}
+
+    @staticmethod
+    def comparable(params: Mapping[str, Any]) -> dict[str, Any]:
+        """Params as the store keeps them (JSON), to compare with a stored run's."""
+        value = json.loads(json.dumps(dict(params), default=str, sort_keys=True))
+        return dict(value)
 
     def load_rows(self, run_id: str) -> dict[str, dict[str, Any]]:
         return recent.step_rows(self.store, run_id, _STEP_COLUMNS)

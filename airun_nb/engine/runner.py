@@ -60,6 +60,9 @@ class Runner:
         source: str | None = None,
         user: str | None = None,
     ) -> None:
+        # kept to plan again with a resumed run's own params (:meth:`_own_params`)
+        self._given = dict(params or {})
+        self._made = (spec, namespace, listener, source, user)
         self.params: dict[str, Any] = {**spec.params, **(params or {})}
         spec = expand(spec, self.params)
         self.spec = spec
@@ -87,6 +90,8 @@ class Runner:
         self.sql = kinds.SqlEngine(store_path=store.path)  # confined to the workspace
         self.bind_output = isinstance(namespace, dict)
         self.requested_rollback = False
+        self.partial: int | None = None  # roll back only this many newest steps
+        self.undone: list[str] = []
         self.rejected = False
         self.open_gates: list[dict[str, Any]] = []
         self.policy = policy_mod.Policy()
@@ -139,6 +144,8 @@ class Runner:
     ) -> Plan:
         """Plan the run; ``fork=(run, step)``: reuse ``run`` but ``step`` and downstream
         (``fork_only``: but ``step`` alone)."""
+        if resume and fork is None:
+            self._own_params(resume)
         try:
             with gc_paused():  # released when the run ends (execute), or on failure here
                 self.policy = policy_mod.current().tightened(self.spec.policy)
@@ -175,11 +182,19 @@ class Runner:
         finally:
             gc_release()
 
-    def prepare_rollback(self, run_id: str) -> Plan:
-        """Load a stored run to roll it back (on demand, or to finish a rollback)."""
+    def prepare_rollback(self, run_id: str, *, steps: int | None = None) -> Plan:
+        """Load a stored run to roll it back (on demand, or to finish a rollback); ``steps``:
+        undo only that many of its newest finished steps (a completed run only)."""
+        self._own_params(run_id)
         with self.store.session("planning a rollback"):
             row, rows = self.planner.select_rollback(run_id)
+            if steps is not None and row["status"] != COMPLETED:
+                raise RunBusy(
+                    f"run {run_id} is {row['status']}: --steps undoes the last steps of a "
+                    f"completed run only; roll it back whole with `airun rollback {run_id}`"
+                )
             self.claim.take(row, "rollback")
+        self.partial = steps
         self.workspace = Workspace()
         self.ledger.failed_step = row.get("failed_step")
         self.ledger.error = row.get("error")
@@ -187,6 +202,30 @@ class Runner:
         self._adopt(self.planner.decide(row, rows, "rollback"))
         assert self.plan is not None
         return self.plan
+
+    def _own_params(self, run_id: str) -> None:
+        """A resumed (or rolled back) run continues with the params it was started with,
+        never the file's defaults; asking for other values is refused (that is a new run)."""
+        stored = self.planner.stored_params(run_id)
+        if stored is None or stored == self.planner.comparable(self.params):
+            return
+        for key, value in self._given.items():
+            if key not in stored or self.planner.comparable({key: value}) != {key: stored[key]}:
+                was = repr(stored[key]) if key in stored else "unset"
+                raise RunBusy(
+                    f"run {run_id} continues with its own params ({key} was {was}); to run "
+                    f"with {key}={value!r} start a new run instead of resuming"
+                )
+        spec, namespace, listener, source, user = self._made
+        self.__init__(  # type: ignore[misc]
+            spec,
+            self.store,
+            namespace=namespace,
+            params=stored,
+            listener=listener,
+            source=source,
+            user=user,
+        )
 
     def _adopt(self, plan: Plan) -> None:
         """Take over what the plan continues: the run id, its launcher, its history."""
@@ -220,7 +259,10 @@ class Runner:
                 self.ledger.close_dead_attempts()
             if self.plan.mode == "rollback":
                 self.listener.planned(self)
-                compensation.roll_back(self)
+                if self.partial is not None:
+                    self.undone = compensation.roll_back_last(self, self.partial)
+                else:
+                    compensation.roll_back(self)
             else:
                 self._begin()
                 self.listener.planned(self)
@@ -373,9 +415,11 @@ def roll_back(
     *,
     namespace: Mapping[str, Any] | None = None,
     listener: Listener | None = None,
+    steps: int | None = None,
 ) -> Runner:
-    """Undo a stored run through its compensations, newest first; the runner that did it."""
+    """Undo a stored run through its compensations, newest first (``steps``: only the N
+    newest finished steps of a completed run); the runner that did it."""
     engine = Runner(stored_spec(store, run_id), store, namespace=namespace, listener=listener)
-    engine.prepare_rollback(run_id)
+    engine.prepare_rollback(run_id, steps=steps)
     engine.execute()
     return engine

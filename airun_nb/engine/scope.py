@@ -53,6 +53,8 @@ class Scope:
                 if st.status == S_COMPLETED
             ]
             ctx.update(dialect.seed_names(done, self.params, self._run_id()))
+            for name in dialect.literal_names(self.spec):  # undefined: left as text
+                ctx.setdefault(name, "{{" + name + "}}")
         else:
             ctx.update(self.namespace)
         ctx["params"] = self.params

@@ -16,7 +16,11 @@ rules:
 ```
 
 Every matching rule is considered and the most restrictive decision wins (deny over
-require_approval over allow); when no rule matches, ``default`` decides. The policy is loaded
+require_approval over allow); when no rule matches, ``default`` decides. With ``match: first``
+the rules are tried in order and the first that matches decides (the seed runtime's meaning;
+``airun convert`` writes seed policy files this way), and a rule may name capabilities nobody
+registered yet (``airun validate`` lists them). A principal is a name, ``role:NAME``, ``*``, or
+a pattern such as ``agent:*`` or ``user:*``; the launcher ``alice`` is also ``user:alice``. The policy is loaded
 from configuration only (``AIRUN_POLICY``, ``%config Workflow.policy``, ``policy:`` in the
 settings or ``[tool.airun_nb]``): a workflow may add rules of its own, but only to tighten it.
 """
@@ -65,8 +69,11 @@ class Rule:
     hosts: list[str] | None = None  # where http.request may go for these principals
 
     def matches(self, principal: str, roles_of: set[str], capability: str, risk: str) -> bool:
+        names = principal_names(principal)
         if not any(
-            p == "*" or p == principal or (p.startswith("role:") and p[5:] in roles_of)
+            p == "*"
+            or (p.startswith("role:") and p[5:] in roles_of)
+            or any(fnmatch.fnmatchcase(n, p) for n in names)
             for p in self.principals
         ):
             return False
@@ -79,10 +86,33 @@ class Rule:
         return True
 
 
+def principal_names(principal: str) -> set[str]:
+    """The names a rule's principal patterns are matched against: a launcher's plain name is
+    also ``user:NAME``; ``agent:x`` and ``role:x`` stay as they are."""
+    if ":" in principal:
+        return {principal}
+    return {principal, f"user:{principal}"}
+
+
 def _names_of(capability: str) -> set[str]:
     """A capability and every alias it is known by (the seed dialect's ids)."""
     real = capabilities.canonical(capability)
-    return {capability, real, *(a for a, t in capabilities.ALIASES.items() if t == real)}
+    names = {capability, real, *(a for a, t in capabilities.ALIASES.items() if t == real)}
+    old = policy_dialect.OLD_IDS.items()
+    return names | {o for o, new in old if capabilities.canonical(new) == real}
+
+
+@dataclass
+class Ordered:
+    """The rules of a ``match: first`` policy: tried in order, the first that matches decides."""
+
+    rules: list[Rule]
+    unmatched: list[str] = field(default_factory=list)  # rules no known capability matches
+
+    def first(self, principal: str, roles_of: set[str], capability: str, risk: str) -> Rule | None:
+        return next(
+            (r for r in self.rules if r.matches(principal, roles_of, capability, risk)), None
+        )
 
 
 def known_capabilities() -> set[str]:
@@ -131,7 +161,7 @@ class Policy:
     default: str = "allow"
     rules: list[Rule] = field(default_factory=list)
     source: str = "(no policy)"
-    first_match: Any = None  # a seed policy file's ordered rules (airun_nb.governance.seedpolicy)
+    first_match: Ordered | None = None  # the rules of a ``match: first`` policy
 
     @property
     def active(self) -> bool:
@@ -146,7 +176,8 @@ class Policy:
         ``hosts:`` (patterns like ``*.example.com``), else None (no host restriction)."""
         mine = self.roles_of(principal)
         found: list[str] | None = None
-        for rule in self.rules:
+        ordered = self.first_match.rules if self.first_match is not None else []
+        for rule in [*ordered, *self.rules]:
             if rule.hosts is not None and rule.matches(principal, mine, capability, "high"):
                 found = [*(found or []), *rule.hosts]
         return found
@@ -154,10 +185,13 @@ class Policy:
     def evaluate(self, principal: str, capability: str, risk: str) -> Verdict:
         mine = self.roles_of(principal)
         best: Verdict | None = None
-        if self.first_match is not None:  # a seed file: its first matching rule decides
-            decision, name = self.first_match.decide(principal, capability, risk)
-            decision = decision if name else self.default
-            best = Verdict(decision, name, None, principal, capability, risk)
+        if self.first_match is not None:  # match: first: the first matching rule decides
+            hit = self.first_match.first(principal, mine, capability, risk)
+            best = (
+                Verdict(hit.decision, hit.name, hit.approvers, principal, capability, risk)
+                if hit is not None
+                else Verdict(self.default, None, None, principal, capability, risk)
+            )
         for rule in self.rules:
             if rule.matches(principal, mine, capability, risk) and (
                 best is None or _STRICTNESS[rule.decision] > _STRICTNESS[best.decision]
@@ -203,6 +237,11 @@ def check_tightening(doc: Any, base: Policy, *, where: str = "workflow") -> None
     role (adding members can loosen too: a role may carry allow rules or approver rights)."""
     if not isinstance(doc, Mapping):
         return  # _parse says what is wrong
+    if "match" in doc:
+        raise PolicyError(
+            f"{where}: 'match' belongs to the configured policy; a workflow's rules all apply "
+            "and the most restrictive decides"
+        )
     configured = {**settings.roles(), **base.roles}
     own = doc.get("roles") or {}
     if isinstance(own, Mapping):
@@ -255,9 +294,16 @@ def _parse(
 ) -> Policy:
     if not isinstance(doc, Mapping):
         raise PolicyError(f"{source}: a policy is a mapping with roles, default and rules")
-    unknown = set(doc) - {"roles", "default", "rules", "description", "version"}
+    unknown = set(doc) - {"roles", "default", "rules", "description", "version", "match"}
     if unknown:
         raise PolicyError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    match = str(doc.get("match", "all"))
+    if match not in ("all", "first"):
+        raise PolicyError(
+            f"{source}: match must be 'all' (the most restrictive matching rule decides) or "
+            f"'first' (the first matching rule decides), got {match!r}"
+        )
+    unmatched: list[str] = []
     raw_roles = doc.get("roles") or {}
     if not isinstance(raw_roles, Mapping):
         raise PolicyError(f"{source}: 'roles' maps role names to lists of users")
@@ -295,7 +341,11 @@ def _parse(
         for c in caps:
             if not _PATTERN.match(c) or "**" in c:
                 raise PolicyError(f"{where}: malformed capability pattern {c!r}")
-        if check_capabilities:
+        if match == "first":
+            known = known_capabilities()
+            if not any(fnmatch.fnmatchcase(k, c) for k in known for c in caps):
+                unmatched.append(f"{where} ({', '.join(caps)})")
+        elif check_capabilities:
             known = known_capabilities()
             for c in caps:
                 if not any(fnmatch.fnmatchcase(k, c) for k in known):
@@ -320,7 +370,10 @@ def _parse(
         rule = Rule(name, principals, caps, decision, _risk(raw.get("risk"), where), approvers)
         rule.source, rule.hosts = source, hosts
         rules.append(rule)
-    return Policy({**settings.roles(), **table}, default, rules, source)
+    all_roles = {**settings.roles(), **table}
+    if match == "first":
+        return Policy(all_roles, default, [], source, Ordered(rules, unmatched))
+    return Policy(all_roles, default, rules, source)
 
 
 def _strings(value: Any, where: str, key: str) -> list[str]:
@@ -370,10 +423,9 @@ def parse(
         doc = text_or_doc
     if policy_dialect.is_seed_policy(doc):  # the seed runtime's files (v1 and v2 shapes)
         try:
-            seed = policy_dialect.load(doc, source=source, known=known_capabilities())
+            doc = policy_dialect.native(doc, source=source)
         except policy_dialect.SeedPolicyError as exc:
             raise PolicyError(exc.message) from None
-        return Policy(settings.roles(), seed.default, [], source, seed)
     return _parse(
         doc, source=source, check_roles=check_roles, check_capabilities=check_capabilities
     )

@@ -19,18 +19,16 @@ when nothing matches. Principal patterns may end in ``*`` (``agent:*``, ``user:*
 is matched as ``user:<name>`` as well as by its name. Old capability ids match steps through the
 alias table. A workflow's own rules (and a seed workflow's per-agent ``policy:`` list) tighten
 this policy the native way: the most restrictive of the first-match decision and every matching
-workflow rule wins. :func:`load` gives the :class:`FirstMatch` rules that
-:class:`airun_nb.governance.policy.Policy` consults before its own rules.
+workflow rule wins. :func:`native` gives the native document (``match: first``) that decides
+exactly as the seed file; ``airun convert`` prints it and the policy loader reads seed files
+through it, so both forms are one set of rules.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
-from airun_nb import capabilities
 from airun_nb.errors import AirunError
 
 SEED_DECISIONS = {"allow": "allow", "deny": "deny", "require_approval": "require_approval"}
@@ -43,7 +41,10 @@ OLD_IDS = {
     "io.fs.create_directory": "fs.mkdir",
     "io.fs.delete_directory": "fs.delete",
 }
-_V1_KEYS = {"principal", "capabilities", "action", "name", "description", "rule_id"}
+_V1_KEYS = {
+    *("principal", "capabilities", "conditions", "action", "name", "description", "rule_id")
+}
+ESCALATED = ("high", "critical")
 _V2_KEYS = {"when", "principal", "decision", "name", "description", "rule_id"}
 
 
@@ -62,52 +63,6 @@ def is_seed_policy(doc: Any) -> bool:
     return isinstance(rules, list) and any(
         isinstance(r, Mapping) and ("principal" in r or "action" in r or "when" in r) for r in rules
     )
-
-
-@dataclass
-class SeedRule:
-    name: str
-    principal: str
-    capabilities: list[str]
-    decision: str
-    risk: str | None = None
-
-    def matches(self, principals: set[str], capability: str, risk: str) -> bool:
-        if not any(fnmatch.fnmatchcase(p, self.principal) for p in principals):
-            return False
-        if self.risk is not None and risk != self.risk:
-            return False
-        names = _names_of(capability)
-        return any(fnmatch.fnmatchcase(n, c) for n in names for c in self.capabilities)
-
-
-def _names_of(capability: str) -> set[str]:
-    real = capabilities.canonical(capability)
-    names = {capability, real, *(a for a, t in capabilities.ALIASES.items() if t == real)}
-    names |= {old for old, new in OLD_IDS.items() if capabilities.canonical(new) == real}
-    return names
-
-
-@dataclass
-class FirstMatch:
-    """A seed file's rules: tried in order, the first that matches decides."""
-
-    default: str
-    rules: list[SeedRule] = field(default_factory=list)
-    unmatched: list[str] = field(default_factory=list)  # rules no known capability matches
-
-    def decide(self, principal: str, capability: str, risk: str) -> tuple[str, str | None]:
-        """(decision, rule name or None for the default)."""
-        names = {principal}
-        if ":" not in principal:
-            names.add(f"user:{principal}")
-        for rule in self.rules:
-            if rule.matches(names, capability, risk):
-                decision = rule.decision
-                if decision == "allow" and risk in ("high", "critical"):
-                    decision = "require_approval"  # the old risk-based escalation
-                return decision, rule.name
-        return self.default, None
 
 
 def _decision(value: Any, where: str, key: str) -> str:
@@ -132,9 +87,11 @@ def _patterns(value: Any, where: str) -> list[str]:
     return out
 
 
-def load(doc: Mapping[str, Any], *, source: str, known: Iterable[str]) -> FirstMatch:
-    """The :class:`FirstMatch` rules of a loaded seed policy document; ``known`` are the
-    capability names a rule may match today (rules matching none are listed, not refused)."""
+def native(doc: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """The native policy document that decides exactly as a seed policy document: its rules in
+    order under ``match: first``, principal patterns as written, old ids with their new names,
+    ``risk_level`` as ``risk``, and each ``ALLOW`` preceded by the ``require_approval`` rule the
+    old runtime applied to high and critical risk."""
     unknown = set(doc) - {"default", "rules", "version", "description"}
     if unknown:
         raise SeedPolicyError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
@@ -142,8 +99,7 @@ def load(doc: Mapping[str, Any], *, source: str, known: Iterable[str]) -> FirstM
     rules_raw = doc.get("rules") or []
     if not isinstance(rules_raw, list):
         raise SeedPolicyError(f"{source}: 'rules' must be a list")
-    known = set(known)
-    out = FirstMatch(default)
+    out: list[dict[str, Any]] = []
     for i, raw in enumerate(rules_raw):
         where = f"{source} rule #{i + 1}"
         if not isinstance(raw, Mapping):
@@ -152,9 +108,9 @@ def load(doc: Mapping[str, Any], *, source: str, known: Iterable[str]) -> FirstM
         if not isinstance(principal, str) or not principal:
             raise SeedPolicyError(f"{where}: 'principal' must be a name such as agent:x or user:*")
         level = None
-        if "when" in raw:
+        if "when" in raw or "decision" in raw:
             bad = set(raw) - _V2_KEYS
-            when = raw["when"]
+            when = raw.get("when") or {}
             if not isinstance(when, Mapping) or set(when) - {"capability", "risk_level"}:
                 raise SeedPolicyError(f"{where}: 'when' takes capability and risk_level")
             caps = _patterns(when.get("capability", "*"), where)
@@ -169,27 +125,39 @@ def load(doc: Mapping[str, Any], *, source: str, known: Iterable[str]) -> FirstM
             bad = set(raw) - _V1_KEYS
             caps = _patterns(raw.get("capabilities"), where)
             decision = _decision(raw.get("action"), where, "action")
+            _conditions(raw.get("conditions"), decision, where)
         if bad:
             raise SeedPolicyError(f"{where}: unknown key(s) {', '.join(sorted(map(str, bad)))}")
         name = str(raw.get("name") or raw.get("rule_id") or f"#{i + 1}")
-        if not any(fnmatch.fnmatchcase(k, c) for k in known for c in caps):
-            out.unmatched.append(f"{where} ({', '.join(caps)})")
-        out.rules.append(SeedRule(name, principal, caps, decision, level))
-    return out
-
-
-def as_native(rules: FirstMatch) -> dict[str, Any]:
-    """The closest native policy document (for ``airun convert``): native rules are all
-    considered at once, so first-match order is kept only where it does not matter."""
-    out: list[dict[str, Any]] = []
-    for r in rules.rules:
-        rule: dict[str, Any] = {
-            "name": r.name,
-            "principals": [r.principal],
-            "capabilities": r.capabilities,
-            "decision": r.decision,
-        }
-        if r.risk:
-            rule["risk"] = r.risk
+        rule: dict[str, Any] = {"name": name, "principals": [principal], "capabilities": caps}
+        if decision == "allow" and level in ESCALATED:
+            decision = "require_approval"  # the old risk-based escalation
+        elif decision == "allow" and level is None:
+            out.append(
+                {
+                    **rule,
+                    "name": f"{name} (high risk needs approval)",
+                    "risk": ">= high",
+                    "decision": "require_approval",
+                }
+            )
+        if level is not None:
+            rule["risk"] = level
+        rule["decision"] = decision
         out.append(rule)
-    return {"default": rules.default, "rules": out}
+    return {"match": "first", "default": default, "rules": out}
+
+
+def _conditions(value: Any, decision: str, where: str) -> None:
+    """The v1 ``conditions:`` mapping, which the old runtime stored and never evaluated. On a
+    deny or require_approval rule ignoring it is what it did (and only errs on the strict side);
+    an allow with conditions would allow more than it says, so it is refused."""
+    if value is None or value == {} or value == []:
+        return
+    if not isinstance(value, Mapping):
+        raise SeedPolicyError(f"{where}: 'conditions' is a mapping")
+    if decision == "allow":
+        raise SeedPolicyError(
+            f"{where}: 'conditions' were never enforced, so this ALLOW allows more than it "
+            "says: remove 'conditions' and narrow 'principal'/'capabilities' instead"
+        )

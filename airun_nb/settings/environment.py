@@ -135,6 +135,13 @@ def configure(**overrides: str | None) -> None:
             _OVERRIDES[name] = value
 
 
+def seed_approval_webhook() -> str | None:
+    """``AI_FIRST_APPROVAL_WEBHOOK``: where the seed runtime POSTed every approval request; a
+    seed-dialect gate without a ``notify:`` of its own is announced there too."""
+    value = os.environ.get("AI_FIRST_APPROVAL_WEBHOOK", "").strip()
+    return value or None
+
+
 def default_db() -> Path:
     """The store path in force (see :attr:`Settings.db`)."""
     return current().db

@@ -47,7 +47,11 @@ APPROVAL_KEYS = {
     "approval_timeout": "timeout",
     "timeout": "timeout",
     "timeout_seconds": "timeout",
+    "webhook_url": "notify",  # the old guide's per-gate webhook: POSTed when the gate opens
+    "context": "show",  # values shown to the approver
 }
+# Old gate inputs kept as a record only (the POST body is the native one).
+RECORDED_APPROVAL_KEYS = ("webhook_payload",)
 GATE_CAPABILITY = "human.approve"
 
 Path = tuple[Any, ...]
@@ -240,6 +244,10 @@ def _approval(d: dict[str, Any], config: Any, path: list[Any], out: Translation)
             body["message"] = src  # the native parser reports it
             continue
         for key, value in src.items():
+            if key in RECORDED_APPROVAL_KEYS:
+                where = str(d.get("id"))
+                out.record.setdefault("approval_inputs", {}).setdefault(where, {})[key] = value
+                continue
             native = APPROVAL_KEYS.get(str(key), str(key))
             if native == "approvers":
                 items = value if isinstance(value, list) else [value]
@@ -361,7 +369,8 @@ def seed_names(
         if isinstance(value, dict):
             flat.update(value)
         named[step_id] = value
-    out = {**flat, **named, **params}
+    # outputs replace the initial state, as they did; a bare step name is the param first
+    out = {**named, **params, **flat}
     for key in ("workflow_id", "run_id"):
         if out.get(key) in (None, ""):
             out[key] = run_id
@@ -402,8 +411,18 @@ def own_output(step_id: str, step: Any, value: Any) -> dict[str, Any]:
 
 
 def check_flat_names(spec: Any, namespace_names: set[str]) -> None:
-    """Raise :class:`TemplateError` for the first flat name nothing will define."""
-    from airun_nb.errors import TemplateError
+    """Flat names nothing defines are left as text when they render, as the old runtime left
+    them (``airun validate`` warns about them), so nothing is refused here."""
 
-    for problem in unknown_flat_names(spec, namespace_names):
-        raise TemplateError(f"{problem} (no param, step or earlier output gives it)")
+
+def literal_names(spec: Any) -> set[str]:
+    """Every top-level name a seed workflow's templates use (those undefined when a step
+    renders stay as ``{{name}}`` text)."""
+    cached: set[str] | None = spec.__dict__.get("_literal_names")
+    if cached is None:
+        cached = set()
+        for _step, _field, names in spec.template_names():
+            cached |= set(names)
+        cached -= {"params", "steps", "run", "result", "secrets", *(s.id for s in spec.steps)}
+        spec.__dict__["_literal_names"] = cached
+    return cached

@@ -50,7 +50,9 @@ def check_graph(spec: WorkflowSpec, paths: dict[str, list[Any]], error: ErrorAt)
         # Template references add implicit dependencies; check names are known.
         for field_path, source in _template_fields(s) if s.templated else ():
             try:
-                _, step_refs = templates.references(source)
+                names, step_refs = templates.references(source)
+                if spec.seed_dialect:  # the seed dialect's {{w1.path}} reads step w1 too
+                    step_refs = step_refs | ((names & ids) - set(spec.params))
             except TemplateError as exc:
                 raise error(
                     f"step '{s.id}', field '{field_path}': {exc}",

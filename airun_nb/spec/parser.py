@@ -216,9 +216,7 @@ class _Parser(_Source):
                 canonical_of[id(plain[0])] = plain[1]
                 path_of[plain[0].id] = ["steps", i]
                 steps.append(plain[0])
-        name = self.name or wf.get("name")
-        if self.translation.seed and self.default_name is not None:
-            name = wf.get("name") or self.default_name  # a seed file keeps its own name
+        name = self.name or wf.get("name") or self.default_name
         if not name:
             raise SpecError(
                 "the workflow needs a name: give one after %%workflow or as 'name:' in the YAML"
@@ -474,10 +472,9 @@ def parse(
     The cyclic garbage collector is paused meanwhile: parsing builds many objects and no cycles,
     and collections would otherwise take nearly half the time of a big workflow.
     """
-    parser = _Parser(text, name or file_stem, line_offset)
+    parser = _Parser(text, name, line_offset)
     if file_stem is not None and name is None:
-        # a file: a seed document is named by its name:, a native one by the file
-        parser.default_name = file_stem
+        parser.default_name = file_stem  # a file is named by its name:, else by the file
     was = gc.isenabled()
     gc.disable()
     try:

@@ -9,7 +9,8 @@ Templates render in a sandbox stricter than Jinja's ``ImmutableSandboxedEnvironm
 attribute starting with ``_``, no mutation of lists and dicts, no modules (names bound to a
 module, or names starting with ``_``, are left out of the context), and the only things a
 template may call are Jinja's own globals (``range``, ``dict``, ``namespace``...) and the
-methods of plain values (``str``, numbers, lists, dicts, dates). Anything else is a
+methods of plain values (``str``, numbers, lists, dicts, dates). A dict or list written into
+text renders as JSON (``report: {{ totals }}`` gives ``report: {"sum": 220.0}``). Anything else is a
 :class:`~airun_nb.errors.TemplateError` that names the step and the field: computation belongs
 in a ``python:`` or ``call:`` step, where the policy sees it.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
@@ -70,11 +72,28 @@ class Sandbox(ImmutableSandboxedEnvironment):
         return any(obj is g for g in self.globals.values())
 
 
-ENV = Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+def as_text(value: Any) -> Any:
+    """A value written into text: a dict or list as JSON (what a reader or a parser of the
+    text expects, and what the seed runtime wrote), anything else as itself."""
+    if isinstance(value, (dict, list, tuple)):
+        try:
+            return json.dumps(value, default=str, ensure_ascii=False)
+        except (TypeError, ValueError):  # a cycle: keep Python's text of it
+            return value
+    return value
+
+
+ENV = Sandbox(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+    finalize=as_text,
+)
 _FORMAT_WRAPPER = getattr(ENV.wrap_str_format("".format), "__code__", None)
 
 
 def _shell_word(value: Any) -> str:
+    value = as_text(value)
     return shlex.quote(value if isinstance(value, str) else str(value))
 
 

@@ -89,7 +89,8 @@ RUN_TRANSITIONS: dict[str, set[str]] = {
     FAILED: {RUNNING, ROLLING_BACK, CANCELLED},
     INTERRUPTED: {RUNNING, ROLLING_BACK, CANCELLED},
     COMPLETED: {RUNNING, ROLLING_BACK},
-    ROLLING_BACK: {ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED, INTERRUPTED},
+    # (completed: the last N steps of a completed run were undone, `rollback --steps N`)
+    ROLLING_BACK: {ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED, INTERRUPTED, COMPLETED},
     ROLLBACK_FAILED: {ROLLING_BACK},
     ROLLED_BACK: {CANCELLED},  # a cancel with rollback ends the run it undid as cancelled
     CANCELLED: set(),

@@ -451,7 +451,8 @@ def test_edited_upstream_function_reruns_when_a_failed_run_resumes(db: Path) -> 
     assert "changed" in reasons["extract"]
 
 
-def test_changed_params_rerun_steps_on_resume(db: Path) -> None:
+def test_changed_params_start_a_new_run_instead_of_resuming(db: Path) -> None:
+    """A failed run is resumed only with its own params; other params are a new run."""
     calls = Counter()
     state = {"broken": True}
 
@@ -470,14 +471,13 @@ def test_changed_params_rerun_steps_on_resume(db: Path) -> None:
         "  - id: f\n    call: f\n    with: {n: '{{ params.n }}'}\n"
         "  - id: g\n    call: g\n    with: {n: '{{ steps.f.output }}'}\n"
     )
-    with pytest.raises(WorkflowFailed):
+    with pytest.raises(WorkflowFailed) as failed:
         wf(text).run(db=db, namespace={"f": f, "g": g})
     state["broken"] = False
     res = wf(text).run(db=db, namespace={"f": f, "g": g}, params={"n": 5})
     assert res.outputs["g"] == 10
     assert calls["f"] == 2
-    reasons = {e.step_id: e.reason for e in res.plan.to_run}
-    assert "params" in reasons["f"]
+    assert res.run_id != failed.value.run_id and res.plan.mode == "new"
 
 
 def test_edited_step_definition_reruns_it_and_downstream(db: Path) -> None:

@@ -123,7 +123,7 @@ def test_exec_exit_codes(work: Path) -> None:
     assert ok.returncode == 30, ok.stderr  # paused at the gate
     assert _json(ok)["status"] == "waiting"
     rolled = airun("exec", str(SEED / "two_writes.yaml"), "--json", cwd=work)
-    assert rolled.returncode == 0 and _json(rolled)["status"] == "rolled_back"
+    assert rolled.returncode == 20 and _json(rolled)["status"] == "rolled_back"
     bad = work / "bad.yaml"
     bad.write_text("name: w\nsteps:\n  - name: a\n    capability_name: io.fs.exists\n    neds: x\n")
     assert airun("exec", str(bad), cwd=work).returncode == 10
@@ -160,7 +160,7 @@ def test_exec_takes_inputs(work: Path) -> None:
     out = airun(
         "exec", str(SEED / "two_writes.yaml"), "--input", "second=c.txt", "--json", cwd=work
     )
-    assert out.returncode == 0
+    assert out.returncode == 20  # failed and rolled back, as the old bridge said
     assert "undid w2, w1" in str(_json(out)["error"])
     assert not (work / "c.txt").exists() and not (work / "a.txt").exists()
 
