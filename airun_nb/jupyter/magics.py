@@ -7,7 +7,6 @@ wrong is an :class:`~airun_nb.errors.AirunError` whose short message is what the
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from typing import Any
 
@@ -23,8 +22,9 @@ from airun_nb.history import frames as history
 from airun_nb.history import why as explanation
 from airun_nb.jupyter.config import Workflow as WorkflowSettings
 from airun_nb.jupyter.display import LiveTable, said_once
-from airun_nb.jupyter.lastrun import last_result, remember
-from airun_nb.jupyter.widgets import draw_gates, run_table_widget, waiting_line
+from airun_nb.jupyter.lastrun import last_result, notebook_path
+from airun_nb.jupyter.pyrun import after_run
+from airun_nb.jupyter.widgets import draw_gates, waiting_line
 from airun_nb.store import code as codestore
 from airun_nb.store.database import Store
 from airun_nb.workflow import Workflow, rollback, stored_params
@@ -102,7 +102,7 @@ class WorkflowMagics(Magics):
         engine.prepare(
             resume=kwargs.get("resume"), new=bool(kwargs.get("new")), fork=kwargs.get("fork")
         )
-        engine.ledger.source = _notebook_path(ns)
+        engine.ledger.source = notebook_path(ns)
         if self._setting("store_code"):
             targets = [str(s.body) for s in engine.spec.steps if s.kind == "call"]
             codestore.save(engine.store, engine.run_id, codestore.notebook_functions(targets, ns))
@@ -112,14 +112,7 @@ class WorkflowMagics(Magics):
             said_once(exc, engine)
             raise
         finally:
-            remember(engine)
-            if engine.open_gates:
-                # The cell's live table, right above, already shows the run waiting. In a
-                # kernel it becomes a widget now, so the run continued later redraws it.
-                table = None
-                if getattr(self.shell, "kernel", None) is not None:
-                    table = run_table_widget(listener, engine)
-                draw_gates(engine.open_gates, engine.store.path, ns, table=False, run_table=table)
+            after_run(self.shell, engine, listener)
 
     def _setting(self, name: str) -> Any:
         for conf in self.shell.configurables:
@@ -249,12 +242,6 @@ class WorkflowMagics(Magics):
             "cancel RUN | approvals | timeline RUN | traceback [RUN] [STEP] | why RUN | diff A B | "
             "history)"
         )
-
-
-def _notebook_path(ns: Any) -> str | None:
-    """The notebook this kernel runs, when the front end says (Jupyter Server does)."""
-    path = ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
-    return str(path) if path else None
 
 
 def _latest_failed(db: str | None) -> str:
