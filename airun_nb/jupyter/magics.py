@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -73,7 +74,29 @@ def _params(items: list[str]) -> dict[str, Any]:
 class WorkflowMagics(Magics):
     @cell_magic("workflow")
     def workflow_cell(self, line: str, cell: str) -> None:
-        """Run the workflow in this cell (resuming its unfinished run, if any)."""
+        """Run the workflow written in this cell (YAML), resuming its unfinished run, if any.
+
+        ::
+
+            %%workflow [NAME] [--param KEY=VALUE ...] [--resume RUN | --new] [--db PATH]
+                       [--fork RUN --from STEP] [--dry-run]
+
+        NAME                the workflow's name (default: its ``name:`` key, else the cell)
+        --param, -p K=V     set a workflow param (VALUE read as YAML: 3, true, [a, b]); repeat
+        --resume RUN        resume that run (default: the latest unfinished run of this
+                            workflow resumes; a finished one starts a new run that reuses
+                            the outputs of steps that did not change)
+        --new               always start a new run, executing every step
+        --db PATH           the store file (default: $AIRUN_DB or ./airun.duckdb)
+        --fork RUN          start a new run from RUN's stored outputs, re-running ...
+        --from STEP         ... STEP and everything downstream of it (goes with --fork)
+        --dry-run           print the plan (what would run, what would be reused, and why);
+                            run nothing
+
+        A run left waiting at an approval gate draws the gate's buttons; ``airun_nb.last_run()``
+        is the run's :class:`~airun_nb.result.RunResult`. A workflow kept in a file runs with
+        ``%workflow run FILE``.
+        """
         args = _cell_parser().parse_args(_split("%%workflow", line))
         if args.resume and args.new:
             raise UsageError("%%workflow: give --resume RUN or --new, not both")
@@ -92,6 +115,32 @@ class WorkflowMagics(Magics):
             print(explanation.plan_text(plan))
             return
         self._run(wf, db=args.db, params=params, resume=args.resume, new=args.new, fork=fork)
+
+    def _run_file(self, words: list[str], db: str | None) -> None:
+        """``%workflow run FILE``: a workflow kept in a file, run as a cell with its YAML is."""
+        p = _Parser(prog="workflow run", add_help=False)
+        p.add_argument("file")
+        p.add_argument("--name", metavar="NAME")
+        p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--resume", metavar="RUN")
+        p.add_argument("--new", action="store_true")
+        p.add_argument("--dry-run", action="store_true")
+        args = p.parse_args(words)
+        if args.resume and args.new:
+            raise UsageError("%workflow run: give --resume RUN or --new, not both")
+        path = Path(args.file).expanduser()
+        if not path.is_file():
+            raise UsageError(f"%workflow run: no workflow file at {args.file}")
+        try:
+            wf = Workflow.from_file(path, name=args.name, db=db)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"%workflow run: cannot read {args.file}: {exc}") from None
+        params = _params(args.param)
+        if args.dry_run:
+            engine = wf.runner(db=db, params=params, namespace=self.shell.user_ns)
+            print(explanation.plan_text(engine.dry_run(resume=args.resume, new=args.new)))
+            return
+        self._run(wf, db=db, params=params, resume=args.resume, new=args.new)
 
     def _run(self, wf: Workflow, **kwargs: Any) -> None:
         listener = LiveTable()
@@ -122,7 +171,19 @@ class WorkflowMagics(Magics):
 
     @line_magic("workflow")
     def workflow_line(self, line: str) -> Any:
-        """%workflow runs | show RUN | resume [RUN] | rollback RUN | cancel RUN [--rollback] | approvals | timeline RUN | traceback [RUN] [STEP] | history [TABLE] [RUN]"""
+        """Run a workflow file, or look at and act on stored runs.
+
+        ::
+
+            %workflow run FILE [--name NAME] [--param KEY=VALUE ...] [--resume RUN | --new]
+                               [--dry-run]
+            %workflow runs | show RUN | resume [RUN] | rollback RUN | cancel RUN [--rollback]
+                      | approvals | timeline RUN | traceback [RUN] [STEP] | why RUN
+                      | diff RUN_A RUN_B [--step STEP] | history [TABLE] [RUN]
+
+        Every command takes ``--db PATH`` (default: $AIRUN_DB or ./airun.duckdb); a store that
+        does not exist is refused, not created (``run`` creates it).
+        """
         words = _split("%workflow", line)
         db = None
         if "--db" in words:
@@ -137,6 +198,8 @@ class WorkflowMagics(Magics):
                 "| approvals | timeline RUN | traceback [RUN] [STEP] | history"
             )
         cmd, rest = words[0], words[1:]
+        if cmd == "run":
+            return self._run_file(rest, db)
         if cmd == "runs":
             return history.runs(db)
         if cmd == "show":
