@@ -346,8 +346,9 @@ def generate(path: Path = QUICKSTART) -> Path:
         for helper in NOTEBOOKS.glob("*.py"):
             shutil.copy(helper, scratch)
         saved_env = os.environ.copy()
+        clean = _clean_env()  # before clearing: the kernel inherits PATH and PYTHONPATH
         os.environ.clear()
-        os.environ.update(_clean_env())
+        os.environ.update(clean)
         try:
             NotebookClient(
                 nb,
