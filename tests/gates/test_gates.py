@@ -708,7 +708,8 @@ def test_wait_mode_blocks_until_a_decision_arrives(db: Path, channel: str) -> No
     def decide_when_open() -> None:
         try:
             wait_until(
-                lambda: not airun_nb.approvals(db=db, pending=True).empty, "the gate to open"
+                lambda: db.exists() and not airun_nb.approvals(db=db, pending=True).empty,
+                "the gate to open",
             )
             run_id = str(airun_nb.approvals(db=db, pending=True)["run_id"].iloc[0])
             if channel == "cli":
