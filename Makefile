@@ -1,7 +1,7 @@
 # Two commands on a fresh machine:
 #   make quickstart   set up, then run notebooks/quickstart.ipynb headless and print its runs
 #   make test         set up (including headless Chromium), then run every test
-# and, after them, make lab: open notebooks/quickstart.ipynb in JupyterLab
+# and, after them, make lab [PORT=8890]: open notebooks/quickstart.ipynb in JupyterLab
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -21,8 +21,13 @@ $(VENV)/.test: $(VENV)/.core
 quickstart: $(VENV)/.core
 	$(BIN)/airun run notebooks/quickstart.ipynb --output out/quickstart.ipynb
 
+# make lab [PORT=8890] [LAB_FLAGS="--no-browser ..."]: root (a container) needs --allow-root.
+PORT      ?= 8888
+LAB_FLAGS ?=
+ROOT_FLAG  = $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(VENV)/.core
-	$(BIN)/jupyter lab notebooks/quickstart.ipynb
+	$(BIN)/jupyter lab notebooks/quickstart.ipynb --port=$(PORT) $(ROOT_FLAG) $(LAB_FLAGS)
 
 test: $(VENV)/.test
 	bash scripts/install_browser.sh

@@ -5,7 +5,10 @@ Importing the package registers nothing; ``%load_ext airun_nb`` adds the ``%%wor
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from airun_nb.errors import (
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from airun_nb.history.relation import history_relation, query
     from airun_nb.history.why import why
     from airun_nb.result import RunResult
-    from airun_nb.workflow import Workflow, fork, rollback
+    from airun_nb.workflow import Workflow, fork, load_run, rollback
 
 # Everything else is imported on first use, so that `import airun_nb` (and the `airun` command)
 # does not pay for pandas, pyarrow and the engine before it needs them.
@@ -57,6 +60,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "diff": ("history.diff", "diff"),
     "Workflow": ("workflow", "Workflow"),
     "fork": ("workflow", "fork"),
+    "load_run": ("workflow", "load_run"),
     "rollback": ("workflow", "rollback"),
 }
 
@@ -66,12 +70,23 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module 'airun_nb' has no attribute '{name}'")
     value = getattr(importlib.import_module(f".{where[0]}", __name__), where[1])
+    if name in ("Workflow", "fork"):
+        _notebook_front()
     globals()[name] = value
     return value
 
 
+def _notebook_front() -> None:
+    """In a notebook, runs started from Python show their live table: load that front end."""
+    ipython = sys.modules.get("IPython")
+    if ipython is not None and ipython.get_ipython() is not None:
+        with contextlib.suppress(ImportError):  # a kernel without the jupyter extra
+            importlib.import_module(".jupyter.pyrun", __name__)
+
+
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    """The public API only (what tab completion of ``airun_nb.`` offers)."""
+    return sorted({*__all__, "__version__"})
 
 
 __version__ = "0.1.0"
@@ -104,6 +119,7 @@ __all__ = [
     "history_relation",
     "last_run",
     "load_ipython_extension",
+    "load_run",
     "query",
     "register_capability",
     "reject",
@@ -117,16 +133,23 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext airun_nb``: register the ``%%workflow`` / ``%workflow`` magics."""
-    from airun_nb.jupyter.magics import load
-
+    try:
+        from airun_nb.jupyter.magics import load
+    except ImportError as exc:
+        raise AirunError(
+            f"%load_ext airun_nb needs the 'jupyter' extra ({exc.name} is missing): "
+            "pip install 'airun_nb[jupyter]' (from a clone: pip install -e '.[jupyter]')"
+        ) from None
     load(ipython)
 
 
-def last_run() -> RunResult | None:
-    """The result of the last ``%%workflow`` cell run in this kernel."""
-    from airun_nb.jupyter.magics import last_result
+def last_run(db: str | os.PathLike[str] | None = None) -> RunResult | None:
+    """The result of the last run this kernel made (a ``%%workflow`` cell, ``%workflow run``,
+    ``Workflow.run()`` or a gate continuation); after a kernel restart, the latest run of this
+    notebook in the store (``db``: that store instead of the default one)."""
+    from airun_nb.jupyter.lastrun import last_result
 
-    return last_result()
+    return last_result(db)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

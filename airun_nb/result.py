@@ -51,11 +51,14 @@ class RunResult:
 
     @property
     def steps(self) -> pd.DataFrame:
+        """One row a step; ``duration`` is a ``timedelta64`` column, shown as ``0.19s``."""
+        from airun_nb.history.relation import HistoryFrame  # pyarrow: only when asked for
+
         rows = view_of_run(self._runner).rows
         df = pd.DataFrame(rows, columns=["step", "kind", "status", "attempts", "duration", "note"])
         df["duration"] = pd.to_timedelta(df["duration"], unit="s")
         df["attempts"] = df["attempts"].astype("int64")
-        return df
+        return HistoryFrame(df)
 
     @property
     def replayed(self) -> list[str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from airun_nb.engine.ledger import Listener
 from airun_nb.engine.memory import gc_paused, gc_release
@@ -18,6 +19,43 @@ from airun_nb.spec import parser as spec_mod
 from airun_nb.spec.cache import NO_STORE
 from airun_nb.spec.parser import WorkflowSpec
 from airun_nb.store.database import Store
+
+
+class Front(Protocol):
+    """Where a run started from Python is shown (a notebook: its live table, gates, last run)."""
+
+    namespace: dict[str, Any]
+    listener: Listener
+    source: str | None
+
+    def finished(self, engine: Runner) -> None: ...
+
+
+# Front ends that recognise a caller's globals as theirs (the notebook's user namespace); the
+# notebook front end adds itself when it is loaded. The core knows none of them by name.
+_fronts: list[Callable[[dict[str, Any]], Front | None]] = []
+
+
+def add_front(find: Callable[[dict[str, Any]], Front | None]) -> None:
+    """Let ``find(caller_globals)`` claim runs started from Python in its front end."""
+    if find not in _fronts:
+        _fronts.append(find)
+
+
+def _caller_front() -> Front | None:
+    """The front end of the code that called into this package (the first frame outside it)."""
+    if not _fronts:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("airun_nb"):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return None
+    for find in _fronts:
+        front = find(frame.f_globals)
+        if front is not None:
+            return front
+    return None
 
 
 class Workflow:
@@ -79,7 +117,14 @@ class Workflow:
         ``fork=(RUN, STEP)`` starts a new run that reuses RUN's outputs of every step that is
         not STEP or downstream of it (see :func:`fork`). Failures raise
         :class:`~airun_nb.errors.WorkflowFailed` unless ``raise_on_failure=False``.
+
+        Called from a notebook's cell (without ``namespace`` and ``listener``), the run draws
+        its live table and gates as a ``%%workflow`` cell does, finds the notebook's functions,
+        and is what ``airun_nb.last_run()`` returns.
         """
+        front = _caller_front() if namespace is None and listener is None else None
+        if front is not None:
+            namespace, listener = front.namespace, front.listener
         try:
             with gc_paused():  # planning allocates many small objects and frees none
                 engine = self.runner(
@@ -93,11 +138,16 @@ class Workflow:
         except BaseException:
             gc_release()
             raise
+        if front is not None:
+            engine.ledger.source = front.source
         try:
             engine.execute()
         except (WorkflowFailed, RunInterrupted):
             if raise_on_failure:
                 raise
+        finally:
+            if front is not None:
+                front.finished(engine)
         return RunResult(engine)
 
     def runner(
@@ -173,6 +223,36 @@ def fork(
         fork=(run_id, from_step),
         raise_on_failure=raise_on_failure,
     )
+
+
+def load_run(run_id: str, *, db: str | os.PathLike[str] | None = None) -> RunResult:
+    """The :class:`RunResult` of a stored run: its status, step table, outputs and timeline,
+    read from the store (after a kernel restart, or from another process). Nothing runs and
+    nothing is written; outputs load on first access."""
+    store = Store.open(db, create=False)
+    row = store.run_row(run_id)
+    if row is None:
+        raise RunNotFound(f"no run '{run_id}' in {store.path}")
+    wf = Workflow.from_run(run_id, db=store.path)
+    params = json.loads(row["params"]) if row.get("params") else {}
+    engine = Runner(wf.spec, store, params=params if isinstance(params, dict) else {})
+    stored = engine.planner.load_rows(run_id)
+    failed = store.tracebacks(run_id)
+    for step_id, st in engine.states.items():
+        step_row = stored.get(step_id)
+        if step_row is None:
+            continue
+        engine.planner.apply_row(st, step_row)
+        st.replayed = bool(step_row.get("replayed_from"))
+        st.traceback = failed.get(step_id)
+    engine.scope.blob_source.update(engine.planner.blob_source)
+    ledger = engine.ledger
+    ledger.run_id = run_id
+    ledger.status = row["status"]
+    ledger.error = row.get("error")
+    ledger.failed_step = row.get("failed_step")
+    ledger.launched_by = row.get("launched_by") or ledger.launched_by
+    return RunResult(engine)
 
 
 def stored_params(run_id: str, db: str | os.PathLike[str] | None = None) -> dict[str, Any]:

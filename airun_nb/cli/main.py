@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -60,6 +61,11 @@ store_option = click.option(
 @click.version_option(package_name="airun_nb")
 def main() -> None:
     """Inspect and drive airun_nb workflow runs."""
+    # As `python -m` does: modules in the working folder import (`call: payments:refund` in a
+    # resume or rollback outside the notebook).
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
 
 
 def _print_frame(df: pd.DataFrame, columns: list[str]) -> None:
@@ -207,8 +213,14 @@ def _decide(
         comment=comment,
     )
     verb = "approved" if decision == gate.APPROVE else "rejected"
+    said = f"{verb} gate {gate_id} of run {run_id} as {out['actor']}"
+    found = Store.open(db).run_row(run_id)
+    status = str(found["status"]) if found else "waiting"
+    if status != "waiting":  # a kernel showing the gate took the decision and went on
+        click.echo(f"{said}; the run has already continued (now {status})")
+        return
     click.echo(
-        f"{verb} gate {gate_id} of run {run_id} as {out['actor']}; the run continues "
+        f"{said}; a notebook showing this gate continues the run now, otherwise it continues "
         f"when it resumes (re-run its cell, or `airun resume {run_id}`)"
     )
 
@@ -325,6 +337,39 @@ def _emit(df: pd.DataFrame, fmt: str, output: Path | None) -> None:
         click.echo(text, nl=False)
 
 
+# `airun run NOTEBOOK` exit codes (docs/headless.md): what a script or CI job branches on.
+EXIT_RUN_OK = 0  # every cell ran and every run the notebook made completed
+EXIT_NOTEBOOK = 1  # the notebook could not run, or a cell that is not a run raised
+EXIT_WAITING = 3  # a run waits at an approval gate (decide it, then resume)
+EXIT_RUN_FAILED = 4  # a run failed, was rolled back after failing, or was interrupted
+_FAILED_RUN = ("failed", "rollback_failed", "interrupted")
+
+
+def _parameters(pairs: tuple[tuple[str, str], ...], file: Path | None) -> dict[str, object]:
+    """``-f params.yaml`` then ``-p NAME VALUE`` (later wins); values read as YAML scalars."""
+    import yaml
+
+    params: dict[str, object] = {}
+    if file is not None:
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except OSError as exc:
+            raise AirunError(f"cannot read {short(file)}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise AirunError(f"{short(file)}{where}: not valid YAML") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise AirunError(f"{short(file)}: parameters must be a mapping of NAME: value")
+        params.update(loaded or {})
+    for name, value in pairs:
+        try:
+            params[name] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            params[name] = value
+    return params
+
+
 @main.command("run")
 @click.argument("notebook", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -333,34 +378,81 @@ def _emit(df: pd.DataFrame, fmt: str, output: Path | None) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the executed notebook (default: NAME.out.ipynb).",
 )
+@click.option(
+    "--parameter",
+    "-p",
+    "pairs",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Set NAME (a YAML value) in a cell after the 'parameters'-tagged cell, as papermill.",
+)
+@click.option(
+    "--parameters-file",
+    "-f",
+    "params_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A YAML file of NAME: value parameters (-p wins over it).",
+)
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds per cell.")
 @db_option
-def run_cmd(notebook: Path, output: Path | None, timeout: float, db: Path | None) -> None:
-    """Execute a notebook headless and print the runs it made."""
+def run_cmd(
+    notebook: Path,
+    output: Path | None,
+    pairs: tuple[tuple[str, str], ...],
+    params_file: Path | None,
+    timeout: float,
+    db: Path | None,
+) -> None:
+    """Execute a notebook headless and print the runs it made.
+
+    Exits 0 when every run completed, 3 when a run waits at an approval gate, 4 when a run
+    failed (or was rolled back or interrupted), 1 when the notebook itself could not run.
+    """
     from airun_nb.history import frames as history
     from airun_nb.jupyter.headless import (
         run_notebook,  # nbclient is slow to import: only when needed
     )
 
+    parameters = _parameters(pairs, params_file)
     env = {"AIRUN_DB": str(db.resolve())} if db else None
     started = datetime.now(timezone.utc).replace(tzinfo=None)
     failure: AirunError | None = None
     try:
-        result = run_notebook(notebook, output=output, timeout=timeout, env=env)
+        result = run_notebook(
+            notebook, output=output, timeout=timeout, env=env, parameters=parameters
+        )
         click.echo(f"executed {notebook} in {result.seconds:.1f} s -> {result.output}")
     except AirunError as exc:
         failure = exc
     store_path = db or _notebook_store(notebook)
+    statuses: list[str] = []
     if store_path is not None and store_path.exists():
         store = Store.open(store_path)
         # Every run the notebook touched: the ones it created and the ones it resumed.
-        for run_id, resumed in store.runs_touched_since(started):
+        for row in store.runs_touched_since(started):
+            run_id, resumed = row["run_id"], row["resumed"]
+            status, failed_step = row["status"], row["failed_step"]
+            # a rollback after a failure is a failure; one asked for (or a cancel) is not
+            statuses.append("failed" if status == "rolled_back" and failed_step else str(status))
             click.echo("")
             if resumed:
                 click.echo(f"(resumed run {run_id}, started before this notebook run)")
             click.echo(repr(history.stored_run(run_id, store_path)))
     if failure is not None:
-        raise failure
+        click.echo(f"error: {failure.message}", err=True)
+    if any(s in _FAILED_RUN for s in statuses):
+        click.echo(f"exit {EXIT_RUN_FAILED}: a run did not complete", err=True)
+        sys.exit(EXIT_RUN_FAILED)
+    if "waiting" in statuses:
+        click.echo(
+            f"exit {EXIT_WAITING}: a run waits at an approval gate "
+            "(`airun approvals`, then resume it)",
+            err=True,
+        )
+        sys.exit(EXIT_WAITING)
+    if failure is not None:
+        sys.exit(EXIT_NOTEBOOK)
 
 
 def _notebook_store(notebook: Path) -> Path | None:
@@ -442,6 +534,18 @@ def token_list(db: Path | None) -> None:
         )
 
 
+def _need_extra(extra: str, command: str, modules: tuple[str, ...]) -> None:
+    """One line naming the extra to install when a command's optional packages are missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise AirunError(
+            f"{command} needs the '{extra}' extra ({', '.join(missing)} missing): "
+            f"pip install 'airun_nb[{extra}]' (from a clone: pip install -e '.[{extra}]')"
+        )
+
+
 @main.command("serve")
 @db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -452,12 +556,9 @@ def serve_cmd(
     db: Path | None, host: str, port: int, allow_remote: bool, public_url: str | None
 ) -> None:
     """Run the approval service: REST API, approval pages and event stream."""
-    try:
-        from airun_nb.service.server import serve
-    except ImportError as exc:
-        raise click.ClickException(
-            f"{exc.name} is missing: pip install 'airun_nb[serve]'"
-        ) from None
+    _need_extra("serve", "airun serve", ("fastapi", "uvicorn", "sse_starlette", "itsdangerous"))
+    from airun_nb.service.server import serve
+
     serve(db, host, port, allow_remote=allow_remote, public_url=public_url)
 
 
@@ -465,12 +566,9 @@ def serve_cmd(
 @db_option
 def dashboard_cmd(db: Path | None) -> None:
     """A terminal dashboard of runs and gates (keyboard only; works over SSH)."""
-    try:
-        from airun_nb.dashboard.app import Dashboard
-    except ImportError as exc:
-        raise click.ClickException(
-            f"{exc.name} is missing: pip install 'airun_nb[dashboard]'"
-        ) from None
+    _need_extra("dashboard", "airun dashboard", ("textual",))
+    from airun_nb.dashboard.app import Dashboard
+
     Dashboard(Store.open(db)).run()
 
 

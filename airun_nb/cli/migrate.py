@@ -189,6 +189,10 @@ def validate_cmd(files: tuple[Path, ...], strict: bool) -> None:
     undefined template name) only with --strict."""
     bad = 0
     for path in files:
+        if not path.is_file():  # a missing file is a validation error (exit 10), said in a line
+            click.echo(f"{path}: no such file")
+            bad += 1
+            continue
         kind, found = problems(path)
         soft = ("note:",) if strict else ("note:", "warning:")
         errors = [p for p in found if not p.startswith(soft)]

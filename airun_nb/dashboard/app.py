@@ -14,6 +14,7 @@ from typing import Any
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Label
 
 from airun_nb.dashboard.screens import CommentScreen, ConfirmScreen
@@ -102,6 +103,15 @@ class Dashboard(App[None]):
         return None if value == "all" else value
 
     def refresh_data(self) -> None:
+        stack = self.screen_stack
+        if not stack or self.screen is not stack[0]:
+            return  # a dialog is up (its screen has none of these tables), or the app is closing
+        try:
+            self._refresh_tables()
+        except NoMatches:  # the timer fired while the app was tearing its screen down
+            return
+
+    def _refresh_tables(self) -> None:
         try:
             self.runs = overview.runs(self.store, status=self.status_filter, limit=200)
             self.gates = overview.open_gates(self.store, self.user)

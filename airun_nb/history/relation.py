@@ -50,6 +50,44 @@ _CHAINABLE = frozenset(
 )
 
 
+def duration_text(seconds: float) -> str:
+    """A duration as people read it: ``0.19s``, ``2m03.5s``, ``3h05m``, ``2d04h``."""
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
+
+
+class HistoryFrame(pd.DataFrame):
+    """A history DataFrame: the same data and dtypes (durations stay ``timedelta64``), shown
+    with durations written as ``0.19s`` / ``2m03.5s`` instead of ``0 days 00:00:00.194005``."""
+
+    @property
+    def _constructor(self) -> type[HistoryFrame]:
+        return HistoryFrame
+
+    def shown(self) -> pd.DataFrame:
+        """A plain copy for display, durations as text."""
+        df = pd.DataFrame(self).copy()
+        for i in range(df.shape[1]):
+            col = df.iloc[:, i]
+            if pd.api.types.is_timedelta64_dtype(col.dtype):
+                df.isetitem(
+                    i, col.map(lambda v: "" if pd.isna(v) else duration_text(v.total_seconds()))
+                )
+        return df
+
+    def __repr__(self) -> str:
+        return repr(self.shown())
+
+    def _repr_html_(self) -> str | None:
+        html: str | None = self.shown()._repr_html_()  # type: ignore[operator]
+        return html
+
+
 def to_frame(table: pa.Table, duration: tuple[str, str] | None = None) -> pd.DataFrame:
     """An Arrow result as a DataFrame with the history dtypes (see the module docstring)."""
     nullable_ints = []
@@ -72,7 +110,7 @@ def to_frame(table: pa.Table, duration: tuple[str, str] | None = None) -> pd.Dat
     if duration is not None:
         start, end = duration
         df["duration"] = df[end] - df[start]
-    return df
+    return HistoryFrame(df)
 
 
 def _from_decimal(column: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:

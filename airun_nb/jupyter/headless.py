@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import keyword
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from jupyter_client.manager import AsyncKernelManager
@@ -38,11 +41,14 @@ def run_notebook(
     timeout: float | None = 600,
     kernel_name: str = "python3",
     env: dict[str, str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> NotebookRun:
     """Execute every cell of a notebook in a fresh kernel, in the notebook's folder.
 
-    The executed notebook is written to ``output`` (default: ``<name>.out.ipynb`` beside it)
-    even when a cell fails; a failure raises :class:`NotebookFailed` naming the cell.
+    ``parameters`` are injected as papermill does: a cell of ``NAME = value`` lines (tagged
+    ``injected-parameters``) right after the cell tagged ``parameters``, or first when there is
+    none. The executed notebook is written to ``output`` (default: ``<name>.out.ipynb`` beside
+    it) even when a cell fails; a failure raises :class:`NotebookFailed` naming the cell.
     """
     src = Path(path)
     if not src.exists():
@@ -51,6 +57,8 @@ def run_notebook(
         nb = nbformat.read(src, as_version=4)
     except Exception as exc:
         raise NotebookFailed(f"{src} is not a readable notebook: {exc}") from None
+    if parameters:
+        inject_parameters(nb, parameters)
     out = Path(output) if output else src.with_name(src.stem + ".out.ipynb")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +99,23 @@ def run_notebook(
         nbformat.write(nb, out)
         shutil.rmtree(sockets, ignore_errors=True)
     return NotebookRun(src, out, started, time.time() - started)
+
+
+def inject_parameters(nb: nbformat.NotebookNode, parameters: Mapping[str, Any]) -> None:
+    """Insert the parameters cell papermill would: after the ``parameters``-tagged cell (it
+    replaces an earlier injected one), else first."""
+    for name in parameters:
+        if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
+            raise NotebookFailed(f"parameter {name!r} is not a Python name")
+    lines = ["# Parameters"] + [f"{k} = {v!r}" for k, v in parameters.items()]
+    cell = nbformat.v4.new_code_cell("\n".join(lines))
+    cell.metadata["tags"] = ["injected-parameters"]
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+    nb.cells = [c for c, t in zip(nb.cells, tags, strict=True) if "injected-parameters" not in t]
+    at = next(
+        (i + 1 for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), 0
+    )
+    nb.cells.insert(at, cell)
 
 
 def _shutdown(km: AsyncKernelManager) -> None:

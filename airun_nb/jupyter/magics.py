@@ -7,8 +7,8 @@ wrong is an :class:`~airun_nb.errors.AirunError` whose short message is what the
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -23,8 +23,9 @@ from airun_nb.history import frames as history
 from airun_nb.history import why as explanation
 from airun_nb.jupyter.config import Workflow as WorkflowSettings
 from airun_nb.jupyter.display import LiveTable, said_once
-from airun_nb.jupyter.lastrun import last_result, remember
-from airun_nb.jupyter.widgets import draw_gates, run_table_widget, waiting_line
+from airun_nb.jupyter.lastrun import last_result, notebook_path
+from airun_nb.jupyter.pyrun import after_run
+from airun_nb.jupyter.widgets import draw_gates, waiting_line
 from airun_nb.store import code as codestore
 from airun_nb.store.database import Store
 from airun_nb.workflow import Workflow, rollback, stored_params
@@ -73,7 +74,29 @@ def _params(items: list[str]) -> dict[str, Any]:
 class WorkflowMagics(Magics):
     @cell_magic("workflow")
     def workflow_cell(self, line: str, cell: str) -> None:
-        """Run the workflow in this cell (resuming its unfinished run, if any)."""
+        """Run the workflow written in this cell (YAML), resuming its unfinished run, if any.
+
+        ::
+
+            %%workflow [NAME] [--param KEY=VALUE ...] [--resume RUN | --new] [--db PATH]
+                       [--fork RUN --from STEP] [--dry-run]
+
+        NAME                the workflow's name (default: its ``name:`` key, else the cell)
+        --param, -p K=V     set a workflow param (VALUE read as YAML: 3, true, [a, b]); repeat
+        --resume RUN        resume that run (default: the latest unfinished run of this
+                            workflow resumes; a finished one starts a new run that reuses
+                            the outputs of steps that did not change)
+        --new               always start a new run, executing every step
+        --db PATH           the store file (default: $AIRUN_DB or ./airun.duckdb)
+        --fork RUN          start a new run from RUN's stored outputs, re-running ...
+        --from STEP         ... STEP and everything downstream of it (goes with --fork)
+        --dry-run           print the plan (what would run, what would be reused, and why);
+                            run nothing
+
+        A run left waiting at an approval gate draws the gate's buttons; ``airun_nb.last_run()``
+        is the run's :class:`~airun_nb.result.RunResult`. A workflow kept in a file runs with
+        ``%workflow run FILE``.
+        """
         args = _cell_parser().parse_args(_split("%%workflow", line))
         if args.resume and args.new:
             raise UsageError("%%workflow: give --resume RUN or --new, not both")
@@ -93,6 +116,32 @@ class WorkflowMagics(Magics):
             return
         self._run(wf, db=args.db, params=params, resume=args.resume, new=args.new, fork=fork)
 
+    def _run_file(self, words: list[str], db: str | None) -> None:
+        """``%workflow run FILE``: a workflow kept in a file, run as a cell with its YAML is."""
+        p = _Parser(prog="workflow run", add_help=False)
+        p.add_argument("file")
+        p.add_argument("--name", metavar="NAME")
+        p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--resume", metavar="RUN")
+        p.add_argument("--new", action="store_true")
+        p.add_argument("--dry-run", action="store_true")
+        args = p.parse_args(words)
+        if args.resume and args.new:
+            raise UsageError("%workflow run: give --resume RUN or --new, not both")
+        path = Path(args.file).expanduser()
+        if not path.is_file():
+            raise UsageError(f"%workflow run: no workflow file at {args.file}")
+        try:
+            wf = Workflow.from_file(path, name=args.name, db=db)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"%workflow run: cannot read {args.file}: {exc}") from None
+        params = _params(args.param)
+        if args.dry_run:
+            engine = wf.runner(db=db, params=params, namespace=self.shell.user_ns)
+            print(explanation.plan_text(engine.dry_run(resume=args.resume, new=args.new)))
+            return
+        self._run(wf, db=db, params=params, resume=args.resume, new=args.new)
+
     def _run(self, wf: Workflow, **kwargs: Any) -> None:
         listener = LiveTable()
         ns = self.shell.user_ns
@@ -102,7 +151,7 @@ class WorkflowMagics(Magics):
         engine.prepare(
             resume=kwargs.get("resume"), new=bool(kwargs.get("new")), fork=kwargs.get("fork")
         )
-        engine.ledger.source = _notebook_path(ns)
+        engine.ledger.source = notebook_path(ns)
         if self._setting("store_code"):
             targets = [str(s.body) for s in engine.spec.steps if s.kind == "call"]
             codestore.save(engine.store, engine.run_id, codestore.notebook_functions(targets, ns))
@@ -112,14 +161,7 @@ class WorkflowMagics(Magics):
             said_once(exc, engine)
             raise
         finally:
-            remember(engine)
-            if engine.open_gates:
-                # The cell's live table, right above, already shows the run waiting. In a
-                # kernel it becomes a widget now, so the run continued later redraws it.
-                table = None
-                if getattr(self.shell, "kernel", None) is not None:
-                    table = run_table_widget(listener, engine)
-                draw_gates(engine.open_gates, engine.store.path, ns, table=False, run_table=table)
+            after_run(self.shell, engine, listener)
 
     def _setting(self, name: str) -> Any:
         for conf in self.shell.configurables:
@@ -129,7 +171,19 @@ class WorkflowMagics(Magics):
 
     @line_magic("workflow")
     def workflow_line(self, line: str) -> Any:
-        """%workflow runs | show RUN | resume [RUN] | rollback RUN | cancel RUN [--rollback] | approvals | timeline RUN | traceback [RUN] [STEP] | history [TABLE] [RUN]"""
+        """Run a workflow file, or look at and act on stored runs.
+
+        ::
+
+            %workflow run FILE [--name NAME] [--param KEY=VALUE ...] [--resume RUN | --new]
+                               [--dry-run]
+            %workflow runs | show RUN | resume [RUN] | rollback RUN | cancel RUN [--rollback]
+                      | approvals | timeline RUN | traceback [RUN] [STEP] | why RUN
+                      | diff RUN_A RUN_B [--step STEP] | history [TABLE] [RUN]
+
+        Every command takes ``--db PATH`` (default: $AIRUN_DB or ./airun.duckdb); a store that
+        does not exist is refused, not created (``run`` creates it).
+        """
         words = _split("%workflow", line)
         db = None
         if "--db" in words:
@@ -144,6 +198,8 @@ class WorkflowMagics(Magics):
                 "| approvals | timeline RUN | traceback [RUN] [STEP] | history"
             )
         cmd, rest = words[0], words[1:]
+        if cmd == "run":
+            return self._run_file(rest, db)
         if cmd == "runs":
             return history.runs(db)
         if cmd == "show":
@@ -246,12 +302,6 @@ class WorkflowMagics(Magics):
             "cancel RUN | approvals | timeline RUN | traceback [RUN] [STEP] | why RUN | diff A B | "
             "history)"
         )
-
-
-def _notebook_path(ns: Any) -> str | None:
-    """The notebook this kernel runs, when the front end says (Jupyter Server does)."""
-    path = ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
-    return str(path) if path else None
 
 
 def _latest_failed(db: str | None) -> str:

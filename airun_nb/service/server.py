@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
+import threading
+from types import FrameType
 
 import click
 
@@ -48,5 +51,23 @@ def serve(
             "front of it (a reverse proxy), and --public-url should be its https:// address",
             err=True,
         )
+    _exit_on_signals()
     click.echo(f"airun approvals on {url} (store {app.state.store.path}); Ctrl-C stops it")
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=not is_loopback(host))
+
+
+def _exit_on_signals() -> None:
+    """SIGTERM and Ctrl-C end the process as a normal exit (status 0, exit handlers run).
+
+    uvicorn shuts down gracefully on either, then raises the signal again with the handler it
+    found: left at the default, SIGTERM would kill the process before its exit handlers (the
+    store's last fold, coverage data) run, and SIGINT would print a KeyboardInterrupt.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, leave)

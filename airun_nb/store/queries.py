@@ -64,15 +64,24 @@ class Queries:
         )
         return str(rows[0][0]) if rows else None
 
-    def runs_touched_since(self, since: Any) -> list[tuple[str, bool]]:
-        """Runs created or changed at or after ``since`` (a naive UTC datetime), oldest first,
-        each with whether it was created before (a run that was resumed)."""
-        rows = self.query(
-            "SELECT run_id, created_at < ? AS resumed FROM runs "
+    def runs_touched_since(self, since: Any) -> list[dict[str, Any]]:
+        """Runs created or changed at or after ``since`` (a naive UTC datetime), oldest first:
+        ``run_id``, ``resumed`` (created before: a run that was resumed), ``status`` and
+        ``failed_step``."""
+        return self.query_dicts(
+            "SELECT run_id, created_at < ? AS resumed, status, failed_step FROM runs "
             "WHERE created_at >= ? OR updated_at >= ? ORDER BY created_at",
             [since, since, since],
         )
-        return [(str(r[0]), bool(r[1])) for r in rows]
+
+    def latest_run_of_source(self, source: str | None) -> str | None:
+        """The newest run started from this notebook (``source``)."""
+        rows = self.query(
+            "SELECT run_id FROM runs WHERE source IS NOT DISTINCT FROM ? "
+            "ORDER BY created_at DESC, run_id DESC LIMIT 1",
+            [source],
+        )
+        return str(rows[0][0]) if rows else None
 
     def stored_definition(self, run_id: str) -> tuple[str, str | None] | None:
         """``(workflow name, workflow text)`` of a run, or ``None`` when there is no such run."""
@@ -98,6 +107,17 @@ class Queries:
             f"SELECT * FROM steps WHERE run_id = ? AND status IN ({marks}) ORDER BY position",
             [run_id, *statuses],
         )
+
+    def tracebacks(self, run_id: str) -> dict[str, str]:
+        """The traceback of each step's last failed attempt."""
+        return {
+            str(step): str(tb)
+            for step, tb in self.query(
+                "SELECT step_id, traceback FROM attempts WHERE run_id = ? "
+                "AND traceback IS NOT NULL ORDER BY started_at",
+                [run_id],
+            )
+        }
 
     def output_blob(self, run_id: str, step_id: str) -> bytes | None:
         rows = self.query(

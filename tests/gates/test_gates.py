@@ -148,6 +148,11 @@ def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+# A gate timeout that the run opening the gate always outlives, however busy the machine (it
+# checks the deadline right after opening); tests then wait for the wall clock to pass it.
+SHORT = 3.0
+
+
 def sleep_past(deadline: pd.Timestamp) -> None:
     """Sleep until the wall clock is past a gate's stored deadline."""
     target = deadline.timestamp() + 0.05
@@ -506,14 +511,14 @@ def test_rejection_raises_with_the_decision_when_asked_to(db: Path) -> None:
 @pytest.mark.parametrize("on_timeout", ["approve", "reject", "fail"])
 def test_a_resume_after_the_deadline_decides_per_on_timeout(db: Path, on_timeout: str) -> None:
     text = spec(
-        {"approvers": ["bob"], "timeout": "0.2s", "on_timeout": on_timeout, "mode": "suspend"}
+        {"approvers": ["bob"], "timeout": f"{SHORT}s", "on_timeout": on_timeout, "mode": "suspend"}
     )
     first = run(text, db)
     assert first.status == "waiting"
     opened = gate_row(db, first.run_id)
     deadline = opened["deadline"]
     # fixed at open: opened_at + timeout (to the microsecond the store keeps)
-    assert abs(deadline - opened["opened_at"] - pd.Timedelta(seconds=0.2)) <= pd.Timedelta("1us")
+    assert abs(deadline - opened["opened_at"] - pd.Timedelta(seconds=SHORT)) <= pd.Timedelta("1us")
     sleep_past(deadline)
 
     second = run(text, db)
@@ -545,7 +550,7 @@ def test_a_resume_after_the_deadline_decides_per_on_timeout(db: Path, on_timeout
 def test_an_expired_gate_is_not_reported_as_rejected(db: Path) -> None:
     """on_timeout: fail closes the gate without a decision; a later attempt is told so, not
     that somebody rejected it."""
-    text = spec({"approvers": ["bob"], "timeout": "0.2s", "on_timeout": "fail"})
+    text = spec({"approvers": ["bob"], "timeout": f"{SHORT}s", "on_timeout": "fail"})
     first = run(text, db)
     sleep_past(gate_row(db, first.run_id)["deadline"])
     run(text, db)
@@ -576,7 +581,7 @@ def test_a_human_decision_after_the_deadline_does_not_override_on_timeout(db: Pa
     """The deadline is fixed when the gate opens; once it has passed, the gate's outcome is
     on_timeout, whoever comes first afterwards (a late click or CLI call, or the resume)."""
     text = spec(
-        {"approvers": ["bob"], "timeout": "0.2s", "on_timeout": "reject", "mode": "suspend"}
+        {"approvers": ["bob"], "timeout": f"{SHORT}s", "on_timeout": "reject", "mode": "suspend"}
     )
     first = run(text, db)
     sleep_past(gate_row(db, first.run_id)["deadline"])
@@ -703,7 +708,8 @@ def test_wait_mode_blocks_until_a_decision_arrives(db: Path, channel: str) -> No
     def decide_when_open() -> None:
         try:
             wait_until(
-                lambda: not airun_nb.approvals(db=db, pending=True).empty, "the gate to open"
+                lambda: db.exists() and not airun_nb.approvals(db=db, pending=True).empty,
+                "the gate to open",
             )
             run_id = str(airun_nb.approvals(db=db, pending=True)["run_id"].iloc[0])
             if channel == "cli":
@@ -1035,7 +1041,7 @@ def _unwatch() -> Any:
     WATCHER.clear()
 
 
-def _wait(predicate: Any, what: str, timeout: float = 10.0) -> None:
+def _wait(predicate: Any, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"

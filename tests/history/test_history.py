@@ -115,6 +115,10 @@ def test_events_frame(db: Path, two_runs) -> None:
 
 
 def test_empty_store_frames_have_the_same_dtypes(db: Path) -> None:
+    """A store with no runs yet gives empty frames with the same dtypes as full ones."""
+    from airun_nb.store.database import Store
+
+    Store.open(db)
     runs = airun_nb.runs(db=db)
     assert len(runs) == 0
     assert _is_utc(runs["started_at"])

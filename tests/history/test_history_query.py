@@ -130,7 +130,10 @@ def test_steps_filters_run_in_sql(db: Path, store_with_runs) -> None:
 
 
 def test_an_empty_store_has_the_same_step_dtypes(db: Path, tmp_path: Path, store_with_runs) -> None:
+    from airun_nb.store.database import Store
+
     full = airun_nb.steps(db=db)
+    Store.open(tmp_path / "empty.duckdb")  # a store with no runs yet
     empty = airun_nb.steps(db=tmp_path / "empty.duckdb")
     assert list(empty.columns) == list(full.columns)
     assert dict(empty.dtypes) == dict(full.dtypes)

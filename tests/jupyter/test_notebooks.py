@@ -311,6 +311,16 @@ def build_quickstart():
             all_steps.groupby("kind")["duration"].agg(["count", "sum"])
             """
         ),
+        _md(
+            """
+            ## 6. The run as a picture
+
+            `run.timeline()` draws every attempt of every step on a time axis (retries, gate
+            waits and compensations too, with a legend); it displays itself, no `%matplotlib`
+            needed. `%workflow timeline RUN` draws a stored run the same way.
+            """
+        ),
+        _code("run.timeline()", ignore_output=True),
     ]
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {
@@ -336,8 +346,9 @@ def generate(path: Path = QUICKSTART) -> Path:
         for helper in NOTEBOOKS.glob("*.py"):
             shutil.copy(helper, scratch)
         saved_env = os.environ.copy()
+        clean = _clean_env()  # before clearing: the kernel inherits PATH and PYTHONPATH
         os.environ.clear()
-        os.environ.update(_clean_env())
+        os.environ.update(clean)
         try:
             NotebookClient(
                 nb,

@@ -46,7 +46,7 @@ class LiveKernel:
         reply = self.kc.get_shell_msg(timeout=timeout)
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = self.kc.get_shell_msg(timeout=timeout)
-        self.wait_for(lambda: self.idle_after(msg_id), 10, "the cell's idle status")
+        self.wait_for(lambda: self.idle_after(msg_id), 60, "the cell's idle status")
         if reply["content"]["status"] != "ok":
             raise AssertionError(
                 f"{reply['content'].get('ename')}: {reply['content'].get('evalue')}\n"
