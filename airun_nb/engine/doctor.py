@@ -22,6 +22,7 @@ from airun_nb.errors import RunBusy, StoreBusy, StoreError, StoreWarning
 from airun_nb.settings import environment as config
 from airun_nb.store.database import Store
 from airun_nb.store.faults import short
+from airun_nb.store.lease import Lease
 from airun_nb.store.owner import owner_alive, owner_fields
 
 
@@ -37,7 +38,7 @@ def examine(db: str | os.PathLike[str] | None = None, *, repair: bool = False) -
     path = config.resolve_db(db)
     if not path.exists():
         raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
-    findings: list[Finding] = []
+    findings: list[Finding] = [_dead_waiters(path, repair)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StoreWarning)
         try:
@@ -127,6 +128,20 @@ def _dead_runs(store: Store, repair: bool) -> Finding:
         f"closed {len(closed)} as interrupted: {', '.join(closed[:5])}"
         + (" ..." if len(closed) > 5 else ""),
     )
+
+
+def _dead_waiters(path: Path, repair: bool) -> Finding:
+    """Markers in ``<store>.waiters/`` left by processes killed while waiting for the lease:
+    every holder would hand the lease over to nobody (looked at before the store is opened,
+    which removes them on sight too)."""
+    check = "lease waiters of dead processes"
+    dead = Lease(path).dead_waiters(remove=repair)
+    if not dead:
+        return Finding(check, "ok", "none")
+    names = ", ".join(dead[:3]) + (" ..." if len(dead) > 3 else "")
+    if repair:
+        return Finding(check, "repaired", f"removed {len(dead)}: {names}")
+    return Finding(check, "problem", f"{len(dead)}: {names} (`airun doctor --repair` removes them)")
 
 
 def _event(run_id: str) -> dict[str, object]:

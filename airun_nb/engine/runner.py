@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -36,7 +37,7 @@ from airun_nb.engine.state import (
     WAITING,
     StepState,
 )
-from airun_nb.errors import RunBusy, RunInterrupted, WorkflowFailed
+from airun_nb.errors import ResumeWarning, RunBusy, RunInterrupted, WorkflowFailed
 from airun_nb.governance import policy as policy_mod
 from airun_nb.governance.workspace import Workspace
 from airun_nb.settings import environment as config
@@ -267,6 +268,10 @@ class Runner:
         self.ledger.begin(
             mode=plan.mode, source_run=plan.source_run, spec_record=spec_record, steps=steps
         )
+        changed = plan.code_changed_line()
+        if changed:  # one line, and an event: the run goes on with what finished
+            self.ledger.note(self.ledger.event("resume_code_changed", message=changed))
+            warnings.warn_explicit(changed, ResumeWarning, "airun_nb", 0)
 
     def _schedule(self) -> None:
         def on_failed(st: StepState) -> None:
