@@ -121,6 +121,17 @@ class Lease:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
+    def clock(self) -> float:
+        """The store's clock, read while the lease is held: the time the file system holding
+        the store stamps the lock file with (a network file system's server sets it), the same
+        for every process whatever its own clock says."""
+        fd = self._fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
+                return os.fstat(fd).st_mtime
+        return time.time()
+
     def busy(self) -> bool:
         """Does another process hold the lease right now?"""
         if self._fd is not None:

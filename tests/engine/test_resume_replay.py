@@ -120,6 +120,11 @@ def test_a_resumed_run_never_runs_a_finished_step_again(
             ipython.run_cell(BODIES.format(value=2)).raise_error()
 
         if way != "decision":
+            # This way, and nothing else, continues the run: the kernel stops watching its gate
+            # (as if it had exited), so a decision from elsewhere does not continue it here.
+            from airun_nb.jupyter.watcher import WATCHER
+
+            WATCHER.clear()
             approved = _cli(tmp_path, db, "approve", run_id, "gate")
             assert approved.returncode == 0, approved.stderr
         if way == "cli":
