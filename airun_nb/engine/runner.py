@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Mapping
@@ -234,11 +235,15 @@ class Runner:
         except KeyboardInterrupt:
             self._on_interrupt()
         except Exception as exc:
-            raise failed(self, exc) from None  # recorded failed (or why it could not be)
+            error = failed(self, exc)  # recorded failed (or why it could not be)
+            with contextlib.suppress(Exception):
+                self.store.sync()
+            raise error from None
         finally:
             owner.release_in_process(self.run_id)
             gc_release()
         self._bind_outputs()  # no fold here: the journal holds the run, folded in batches
+        self.store.sync()  # but on disk: a run reported finished survives a power loss
         self.listener.finished(self)
         self._raise_for_status()
 

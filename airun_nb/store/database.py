@@ -163,6 +163,13 @@ class Store:
                 self._fold_soon(len(journal.pending) >= FOLD_AT_LATEST)
             self.keeper.start()
 
+    def sync(self) -> None:
+        """Make what this process journaled survive a power loss (``fsync``): a run's end does
+        this in every ``AIRUN_SYNC`` mode, so a run reported finished is never lost."""
+        with self._mutex:
+            if self.journal.is_open:
+                self.journal.sync_now()
+
     def flush(self) -> None:
         """Fold everything this process journaled into DuckDB now."""
         with self._mutex:
