@@ -3,8 +3,9 @@
 With ``%config Workflow.store_code = True`` the notebook saves, for every run it starts or
 resumes, the functions its ``call:`` steps take from the notebook, pickled by value with
 cloudpickle (the function's code and the globals it uses), in one table of the store
-(``outputs."code/<run>"``). ``airun resume RUN`` loads them when the run's remaining steps need
-them. Unpickling runs code: only a store you trust should be resumed this way, which is why the
+(``outputs."code/<run>"``), with their source (``outputs."code/<run>/sources"``) so that their
+fingerprints where they are loaded are the ones they had where they were stored. ``airun resume
+RUN`` loads them when the run's remaining steps need them. Unpickling runs code: only a store you trust should be resumed this way, which is why the
 notebook has to opt in.
 """
 
@@ -15,8 +16,6 @@ import inspect
 import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-
-import pyarrow as pa
 
 from airun_nb.store.database import Store
 
@@ -37,6 +36,8 @@ def save(store: Store, run_id: str, functions: Mapping[str, Callable[..., Any]])
         raise ImportError(
             "storing code needs cloudpickle (pip install 'airun_nb[jupyter]')"
         ) from exc
+    import pyarrow as pa  # here: the planner reads stored sources without it
+
     names, blobs = [], []
     for name, fn in sorted(functions.items()):
         names.append(name)
