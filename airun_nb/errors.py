@@ -66,6 +66,14 @@ class StoreWarning(UserWarning):
     """Something in the store needed repair (a damaged journal tail was set aside...)."""
 
 
+class ClockWarning(UserWarning):
+    """This process's clock differs from the store's by more than a few seconds."""
+
+
+class ResumeWarning(UserWarning):
+    """A resumed run continues with the stored outputs of steps whose code changed."""
+
+
 class RunNotFound(AirunError):
     """No run with that id."""
 

@@ -572,9 +572,37 @@ def dashboard_cmd(db: Path | None) -> None:
     Dashboard(Store.open(db)).run()
 
 
+def _finish(run_id: str, db: Path | None) -> str:
+    """Resume an unfinished run here (a rollback is finished), with the code the notebook
+    stored for it; how it ended, or an AirunError that says what it needs."""
+    from airun_nb.engine.stepkinds import ResolveError
+    from airun_nb.store import code as codestore
+    from airun_nb.store.database import Store
+    from airun_nb.workflow import Workflow
+
+    wf = Workflow.from_run(run_id, db=db)
+    try:
+        result = wf.run(
+            db=db,
+            resume=run_id,
+            namespace=codestore.load(Store.open(db), run_id),
+            raise_on_failure=False,
+        )
+    except ResolveError as exc:
+        raise ResolveError(
+            f"{exc.message}; re-open its notebook and `%workflow resume {run_id}`"
+        ) from None
+    return result.status
+
+
 @main.command("doctor")
 @db_option
-@click.option("--repair", is_flag=True, help="Move damaged parts aside; close dead runs.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Move damaged parts aside; finish unfinished runs (rollbacks, runs whose process "
+    "died, decided gates) where their code is available; close the rest.",
+)
 def doctor_cmd(db: Path | None, repair: bool) -> None:
     """Check a store: it opens, its journal folds, its rows hang together, no run is stuck.
 
@@ -582,7 +610,7 @@ def doctor_cmd(db: Path | None, repair: bool) -> None:
     """
     from airun_nb.engine import doctor
 
-    findings = doctor.examine(db, repair=repair)
+    findings = doctor.examine(db, repair=repair, finish=lambda run_id: _finish(run_id, db))
     click.echo(doctor.table(findings))
     if not doctor.healthy(findings):
         sys.exit(1)

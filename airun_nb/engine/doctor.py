@@ -14,15 +14,17 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from airun_nb.engine.claim import claim_run
-from airun_nb.errors import RunBusy, StoreBusy, StoreError, StoreWarning
+from airun_nb.errors import AirunError, RunBusy, StoreBusy, StoreError, StoreWarning
 from airun_nb.settings import environment as config
 from airun_nb.store import transitions
 from airun_nb.store.database import Store
 from airun_nb.store.faults import short
+from airun_nb.store.lease import Lease
 from airun_nb.store.owner import owner_alive, owner_fields
 
 
@@ -33,12 +35,25 @@ class Finding:
     detail: str
 
 
-def examine(db: str | os.PathLike[str] | None = None, *, repair: bool = False) -> list[Finding]:
-    """Check the store at ``db`` (never creating one); repair what can be repaired."""
+# Finishes one unfinished run (resumes it, which finishes a rollback too) and says how it ended;
+# raises an AirunError that says what is needed when it cannot (the front end supplies it: it
+# knows where the code of a run can come from).
+Finisher = Callable[[str], str]
+
+
+def examine(
+    db: str | os.PathLike[str] | None = None,
+    *,
+    repair: bool = False,
+    finish: Finisher | None = None,
+) -> list[Finding]:
+    """Check the store at ``db`` (never creating one); repair what can be repaired: with
+    ``finish``, the unfinished runs (a rollback, a run whose process died, a decided gate that
+    nobody continued) are finished."""
     path = config.resolve_db(db)
     if not path.exists():
         raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
-    findings: list[Finding] = []
+    findings: list[Finding] = [_dead_waiters(path, repair)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StoreWarning)
         try:
@@ -69,9 +84,80 @@ def examine(db: str | os.PathLike[str] | None = None, *, repair: bool = False) -
             if n
             else Finding(check, "ok", "none")
         )
+    unfinished = _unfinished(store)
+    store.release()
+    if repair and finish is not None:
+        findings.extend(_finish_all(unfinished, finish))
+        store = Store.open(path, create=False)  # what is left: closed as before
+    else:
+        findings.extend(_report_unfinished(unfinished))
     findings.append(_dead_runs(store, repair))
     store.release()
     return findings
+
+
+# -- unfinished runs --------------------------------------------------------------------------
+_UNFINISHED = {
+    "rolling_back": "rollbacks left by a dead process",
+    "running": "dead processes' runs resumed",
+    "decided": "decided gates nobody continued",
+}
+
+
+def _unfinished(store: Store) -> list[tuple[str, str]]:
+    """(state, run) of every run that stopped half-way: a rollback or a run whose process is
+    gone, and a waiting run whose gates were all decided without the run going on."""
+    out = []
+    for r in store.runs_with_status("running", "rolling_back"):
+        if not owner_alive(r):
+            out.append((str(r["status"]), str(r["run_id"])))
+    for run_id in store.waiting_runs_with_every_gate_decided():
+        out.append(("decided", run_id))
+    return out
+
+
+def _report_unfinished(unfinished: list[tuple[str, str]]) -> list[Finding]:
+    out = []
+    for state in ("rolling_back", "decided"):  # dead `running` runs: see _dead_runs
+        ids = [r for s, r in unfinished if s == state]
+        if not ids:
+            out.append(Finding(_UNFINISHED[state], "ok", "none"))
+            continue
+        what = "finish the rollback" if state == "rolling_back" else "continue them"
+        out.append(
+            Finding(
+                _UNFINISHED[state],
+                "problem",
+                f"{len(ids)}: {_ids(ids)} (`airun doctor --repair` or `airun resume RUN` "
+                f"{'finishes' if state == 'rolling_back' else 'continues'} them: {what})",
+            )
+        )
+    return out
+
+
+def _finish_all(unfinished: list[tuple[str, str]], finish: Finisher) -> list[Finding]:
+    """Finish every unfinished run that can be; name what is needed for the others."""
+    done: dict[str, list[str]] = {}
+    needs: dict[str, list[str]] = {}
+    for state, run_id in unfinished:
+        try:
+            ended = finish(run_id)
+            done.setdefault(state, []).append(f"{run_id} {ended}")
+        except AirunError as exc:
+            needs.setdefault(state, []).append(f"{run_id}: {exc.message}")
+    out = []
+    for state, check in _UNFINISHED.items():
+        if state in done:
+            out.append(Finding(check, "repaired", "finished " + "; ".join(done[state])))
+        if state in needs:
+            out.append(Finding(check, "problem", "cannot finish " + "; ".join(needs[state])))
+        if state not in done and state not in needs and state != "running":
+            out.append(Finding(check, "ok", "none"))
+    return out
+
+
+def _ids(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
 
 
 def _dead_runs(store: Store, repair: bool) -> Finding:
@@ -84,8 +170,8 @@ def _dead_runs(store: Store, repair: bool) -> Finding:
         return Finding(
             "runs left running by a dead process",
             "problem",
-            f"{len(dead)}: {ids} (resume them, or `airun doctor --repair` closes them as "
-            "interrupted)",
+            f"{len(dead)}: {ids} (resume them, or `airun doctor --repair` resumes those whose "
+            "code is available and closes the rest as interrupted)",
         )
     closed = []
     for r in dead:
@@ -113,6 +199,20 @@ def _dead_runs(store: Store, repair: bool) -> Finding:
         f"closed {len(closed)} as interrupted: {', '.join(closed[:5])}"
         + (" ..." if len(closed) > 5 else ""),
     )
+
+
+def _dead_waiters(path: Path, repair: bool) -> Finding:
+    """Markers in ``<store>.waiters/`` left by processes killed while waiting for the lease:
+    every holder would hand the lease over to nobody (looked at before the store is opened,
+    which removes them on sight too)."""
+    check = "lease waiters of dead processes"
+    dead = Lease(path).dead_waiters(remove=repair)
+    if not dead:
+        return Finding(check, "ok", "none")
+    names = ", ".join(dead[:3]) + (" ..." if len(dead) > 3 else "")
+    if repair:
+        return Finding(check, "repaired", f"removed {len(dead)}: {names}")
+    return Finding(check, "problem", f"{len(dead)}: {names} (`airun doctor --repair` removes them)")
 
 
 def _event(run_id: str) -> dict[str, object]:

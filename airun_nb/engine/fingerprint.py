@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from airun_nb.store import code as codestore
 from airun_nb.store import framehash
 
 # Names every step's code sees that are not the notebook's.
@@ -354,7 +355,13 @@ def _code_hash(fn: Any) -> str:
 
 def _tree_hash(fn: Any) -> str:
     try:
-        source = textwrap.dedent(inspect.getsource(fn))
+        try:
+            source = textwrap.dedent(inspect.getsource(fn))
+        except OSError:  # a function loaded from the store: the source stored with it
+            stored = codestore.source_of(fn.__code__) if hasattr(fn, "__code__") else None
+            if stored is None:
+                raise
+            source = textwrap.dedent(stored)
         tree = ast.parse(source)
         node = next(
             (

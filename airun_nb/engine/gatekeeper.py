@@ -126,7 +126,7 @@ def await_gate(
             _notify(run, st, gate_id, target, row)
     mode = gate.resolve_mode(conf)
     while row["status"] == "open":
-        if gate.deadline_passed(row):
+        if gate.deadline_passed(row, run.store.clock()):  # the store's clock decides
             if conf.on_timeout == "fail":
                 row = gate.expire(run.store, run.run_id, gate_id)
                 break

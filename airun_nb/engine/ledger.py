@@ -31,6 +31,7 @@ from airun_nb.engine.state import (
     check_run,
     check_step,
 )
+from airun_nb.settings import clock
 from airun_nb.spec.parser import WorkflowSpec
 from airun_nb.store import owner, transitions
 from airun_nb.store.database import Store
@@ -151,7 +152,7 @@ class Ledger:
     def event(self, kind: str, step_id: str | None = None, **detail: Any) -> dict[str, Any]:
         return {
             "t": "ev",
-            "ts": time.time(),
+            "ts": clock.now(),
             "run_id": self.run_id,
             "step_id": step_id,
             "kind": kind,

@@ -75,6 +75,8 @@ class Plan:
     created_at: float | None = None
     prior: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    # A resume: finished steps whose definition or code changed since they ran (they replay).
+    code_changed: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def replayed(self) -> list[str]:
@@ -102,6 +104,16 @@ class Plan:
         for e in self.to_run:
             lines.append(f"  runs: {e.step_id} ({e.reason})")
         return "\n".join(lines)
+
+    def code_changed_line(self) -> str:
+        """One line when a resumed run's finished steps changed since they ran; '' if not."""
+        if not self.code_changed:
+            return ""
+        what = "; ".join(f"{sid} ({', '.join(c)})" for sid, c in self.code_changed.items())
+        return (
+            f"run {self.run_id} resumes with the stored outputs of steps that changed since they "
+            f"finished: {what}; a new run or a fork runs them with the new code"
+        )
 
 
 class Planner:
@@ -361,6 +373,19 @@ class Planner:
             reason, changed, replay_why = reasons.overridden(
                 st, row, mode, forced, fork_step, plan.source_run, (reason, changed)
             )
+            if reason is not None and mode == "resume" and reasons.finished_here(row):
+                # Resume is replay: a step that finished in this run is loaded, never executed
+                # again, whatever changed since; it keeps the hashes it finished with.
+                reason, replay_why = None, "finished in this run"
+                what = [c for c in changed if not c.startswith("upstream ")]
+                if what:
+                    plan.code_changed[s.id] = what
+                assert row is not None
+                st.code_hash = row.get("code_hash") or ""
+                st.fingerprint = reasons.json_of(row.get("fingerprint"))
+                if row.get("eff_hash") and row["eff_hash"] != st.eff_hash:
+                    st.eff_hash = row["eff_hash"]
+                    moved.add(s.id)
             if reason is None and row is not None:
                 self.apply_row(st, row)
                 st.replayed = True

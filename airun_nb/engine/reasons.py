@@ -87,6 +87,11 @@ def _unfinished(row: Mapping[str, Any]) -> str:
     return "not run yet"
 
 
+def finished_here(row: Mapping[str, Any] | None) -> bool:
+    """The stored step finished (completed or skipped) and its output can be loaded."""
+    return row is not None and row["status"] in DONE_STEP and outputs.storable(row)
+
+
 def not_reusable(row: Mapping[str, Any], source: str | None) -> str:
     if row.get("comp_status") == "done":
         return f"undone by the rollback of {source}"

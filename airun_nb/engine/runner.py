@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -36,7 +38,7 @@ from airun_nb.engine.state import (
     WAITING,
     StepState,
 )
-from airun_nb.errors import RunBusy, RunInterrupted, RunNotFound, WorkflowFailed
+from airun_nb.errors import ResumeWarning, RunBusy, RunInterrupted, RunNotFound, WorkflowFailed
 from airun_nb.governance import identity
 from airun_nb.governance import policy as policy_mod
 from airun_nb.spec.parser import WorkflowSpec, expand
@@ -278,13 +280,15 @@ class Runner:
                 self.plan is not None and self.plan.mode == "rollback"
             )
             # recorded failed (or why it could not be)
-            raise self.ledger.end_failed(
-                self.states.values(), exc, rolling_back=rolling_back
-            ) from None
+            error = self.ledger.end_failed(self.states.values(), exc, rolling_back=rolling_back)
+            with contextlib.suppress(Exception):
+                self.store.sync()
+            raise error from None
         finally:
             owner.release_in_process(self.run_id)
             gc_release()
         self._bind_outputs()  # no fold here: the journal holds the run, folded in batches
+        self.store.sync()  # but on disk: a run reported finished survives a power loss
         self.listener.finished(self)
         self._raise_for_status()
 
@@ -314,6 +318,10 @@ class Runner:
         self.ledger.begin(
             mode=plan.mode, source_run=plan.source_run, spec_record=spec_record, steps=steps
         )
+        changed = plan.code_changed_line()
+        if changed:  # one line, and an event: the run goes on with what finished
+            self.ledger.note(self.ledger.event("resume_code_changed", message=changed))
+            warnings.warn_explicit(changed, ResumeWarning, "airun_nb", 0)
 
     def _schedule(self) -> None:
         def on_failed(st: StepState) -> None:

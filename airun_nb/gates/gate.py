@@ -21,6 +21,7 @@ from typing import Any
 
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance import identity
+from airun_nb.settings import clock as processclock
 from airun_nb.settings import file as settings
 from airun_nb.settings.environment import current as settings_now
 from airun_nb.spec import limits
@@ -215,7 +216,7 @@ def open_gate(
             )
             transitions.commit(store, [_record(row), _event(run_id, gate_id, "gate_reopened")])
             return row, False
-        now = time.time()
+        now = store.clock()  # the deadline is on the store's clock, not this process's
         row = {
             "run_id": run_id,
             "gate_id": gate_id,
@@ -276,7 +277,7 @@ def decide(
                 and identity.mode() != "env"
             ):
                 check_actor(row, recorder)  # four-eyes on the resolved identity too
-            if deadline_passed(row):
+            if deadline_passed(row, store.clock()):
                 closed = _time_out(store, row)
                 raise AlreadyDecided(
                     f"too late: the deadline passed at {iso_utc(row.get('deadline'))}; "
@@ -440,12 +441,14 @@ def output_of(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def deadline_passed(row: Mapping[str, Any]) -> bool:
+def deadline_passed(row: Mapping[str, Any], now: float | None = None) -> bool:
+    """Has the gate's deadline passed at ``now``: the store's clock (:meth:`Store.clock`)
+    wherever the answer decides something; this machine's clock only for what is shown."""
     deadline = row.get("deadline")
     if deadline is None:
         return False
     value = _epoch(deadline) if isinstance(deadline, datetime) else float(deadline)
-    return time.time() >= value
+    return (processclock.now() if now is None else now) >= value
 
 
 def commands(run_id: str, gate_id: str) -> dict[str, str]:

@@ -159,6 +159,9 @@ async def stream_events(
     request: Request,
     run: str | None = Query(None, description="Only this run's transitions"),
     since: str | None = Query(None, description="Start at this ISO 8601 time (default: now)"),
+    after: int | None = Query(
+        None, description="Start after this event number (as Last-Event-ID does)", ge=0
+    ),
     who: Identity = Depends(api_identity),
 ) -> Any:
-    return events.response(request, store_of(request), run=run, since=since)
+    return events.response(request, store_of(request), run=run, since=since, after=after)

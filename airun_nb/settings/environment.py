@@ -80,12 +80,17 @@ class Settings:
 
     @property
     def sync_mode(self) -> str:
-        """How the journal reaches the disk: ``off`` (survives a killed process), ``group``
-        (an fsync at most every 50 ms and when the holder pauses) or ``always`` (per write)."""
+        """How the journal reaches the disk: ``group`` (the default, ``AIRUN_SYNC=group``: an
+        fsync at most every 50 ms while records arrive and when the writer pauses), ``off``
+        (``AIRUN_SYNC=0``: survives a killed process; on power loss it keeps what the OS wrote)
+        or ``always`` (``AIRUN_SYNC=1``: an fsync per write). In every mode a run's end is
+        fsynced. See docs/durability.md for what each may lose, measured."""
         value = (self.sync or "").strip().lower()
-        if value in ("", "0", "false", "no", "off"):
+        if value in ("", "group"):
+            return "group"
+        if value in ("0", "false", "no", "off"):
             return "off"
-        return "group" if value == "group" else "always"
+        return "always"
 
 
 _cache: tuple[tuple[Any, ...], Settings] | None = None

@@ -3,23 +3,29 @@
 With ``%config Workflow.store_code = True`` the notebook saves, for every run it starts or
 resumes, the functions its ``call:`` steps take from the notebook, pickled by value with
 cloudpickle (the function's code and the globals it uses), in one table of the store
-(``outputs."code/<run>"``). ``airun resume RUN`` loads them when the run's remaining steps need
-them. Unpickling runs code: only a store you trust should be resumed this way, which is why the
+(``outputs."code/<run>"``), with their source (``outputs."code/<run>/sources"``) so that their
+fingerprints where they are loaded are the ones they had where they were stored. ``airun resume
+RUN`` loads them when the run's remaining steps need them. Unpickling runs code: only a store you trust should be resumed this way, which is why the
 notebook has to opt in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-
-import pyarrow as pa
 
 from airun_nb.store.database import Store
 
 
 def _table(run_id: str) -> str:
     return f"code/{run_id}"
+
+
+def _sources_table(run_id: str) -> str:
+    return f"code/{run_id}/sources"
 
 
 def save(store: Store, run_id: str, functions: Mapping[str, Callable[..., Any]]) -> list[str]:
@@ -30,6 +36,8 @@ def save(store: Store, run_id: str, functions: Mapping[str, Callable[..., Any]])
         raise ImportError(
             "storing code needs cloudpickle (pip install 'airun_nb[jupyter]')"
         ) from exc
+    import pyarrow as pa  # here: the planner reads stored sources without it
+
     names, blobs = [], []
     for name, fn in sorted(functions.items()):
         names.append(name)
@@ -38,7 +46,65 @@ def save(store: Store, run_id: str, functions: Mapping[str, Callable[..., Any]])
         _table(run_id),
         pa.table({"name": pa.array(names, pa.string()), "code": pa.array(blobs, pa.binary())}),
     )
+    # The source of every function stored (and the notebook helpers it calls), so that their
+    # fingerprints (which hash the source) are the same where they are loaded as where they
+    # were stored: the pickles do not keep the cell they came from.
+    texts = {_key(fn): text for fn in _functions(functions.values()) if (text := _source(fn))}
+    store.put_table(
+        _sources_table(run_id),
+        pa.table(
+            {
+                "function": pa.array(list(texts), pa.string()),
+                "text": pa.array(list(texts.values()), pa.string()),
+            }
+        ),
+    )
     return names
+
+
+# The source of functions loaded from the store, by code object (see :func:`source_of`).
+_loaded: dict[int, tuple[types.CodeType, str]] = {}
+
+
+def source_of(code: types.CodeType) -> str | None:
+    """The stored source of a function loaded by :func:`load`, by its code object."""
+    hit = _loaded.get(id(code))
+    return hit[1] if hit is not None and hit[0] is code else None
+
+
+def _key(fn: types.FunctionType) -> str:
+    return f"{fn.__qualname__}:{fn.__code__.co_firstlineno}"
+
+
+def _source(fn: types.FunctionType) -> str | None:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return source_of(fn.__code__)
+
+
+def _functions(functions: Iterable[Callable[..., Any]]) -> list[types.FunctionType]:
+    """The functions and the notebook functions they call or close over, transitively."""
+    todo = [fn for fn in functions if isinstance(fn, types.FunctionType)]
+    found: dict[int, types.FunctionType] = {}
+    while todo:
+        fn = todo.pop()
+        if id(fn) in found:
+            continue
+        found[id(fn)] = fn
+        codes = [fn.__code__]
+        while codes:
+            code = codes.pop()
+            codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+            for name in code.co_names:
+                value = fn.__globals__.get(name)
+                if isinstance(value, types.FunctionType) and value.__module__ == fn.__module__:
+                    todo.append(value)
+        for cell in fn.__closure__ or ():
+            with contextlib.suppress(ValueError):
+                if isinstance(cell.cell_contents, types.FunctionType):
+                    todo.append(cell.cell_contents)
+    return list(found.values())
 
 
 def load(store: Store, run_id: str) -> dict[str, Callable[..., Any]]:
@@ -52,6 +118,15 @@ def load(store: Store, run_id: str) -> dict[str, Callable[..., Any]]:
     out = {}
     for name, blob in zip(table["name"].to_pylist(), table["code"].to_pylist(), strict=True):
         out[str(name)] = pickle.loads(blob)  # the notebook opted in
+    try:
+        sources = store.get_table(_sources_table(run_id))
+    except Exception:  # stored before sources were kept
+        return out
+    texts = dict(zip(sources["function"].to_pylist(), sources["text"].to_pylist(), strict=True))
+    for fn in _functions(out.values()):
+        text = texts.get(_key(fn))
+        if text is not None:
+            _loaded[id(fn.__code__)] = (fn.__code__, str(text))
     return out
 
 

@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import re
+import socket
 import threading
 import time
 import warnings
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from airun_nb.errors import AirunError, StoreBusy, StoreError, StoreWarning
+from airun_nb.errors import AirunError, ClockWarning, StoreBusy, StoreError, StoreWarning
+from airun_nb.settings import clock as processclock
 from airun_nb.settings import environment as config
 from airun_nb.store import idle as keeper
 from airun_nb.store import schema
@@ -50,6 +52,8 @@ __all__ += ["quote_ident"]
 
 FOLD_EVERY = 4096  # journal records between folds while a burst of steps runs
 FOLD_AT_LATEST = 8 * FOLD_EVERY  # pending records past which appending waits for the lease
+CLOCK_SKEW = 5.0  # seconds a process's clock may differ from the store's before it is said
+_clock_said: dict[str, float] = {}  # store path -> the skew said (once per process)
 YIELD_WINDOW = 0.5  # after handing the lease to a waiter, give it this long to finish
 
 _OPEN_J = "open the journal"
@@ -159,6 +163,13 @@ class Store(Queries):
                 self._fold_soon(len(journal.pending) >= FOLD_AT_LATEST)
             self.keeper.start()
 
+    def sync(self) -> None:
+        """Make what this process journaled survive a power loss (``fsync``): a run's end does
+        this in every ``AIRUN_SYNC`` mode, so a run reported finished is never lost."""
+        with self._mutex:
+            if self.journal.is_open:
+                self.journal.sync_now()
+
     def flush(self) -> None:
         """Fold everything this process journaled into DuckDB now."""
         with self._mutex:
@@ -226,6 +237,28 @@ class Store(Queries):
             fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
             table: pa.Table = fetch()
             return table
+
+    def clock(self) -> float:
+        """The store's clock (epoch seconds): what gates' deadlines are set and checked by, so
+        that no process's own clock decides. The first time a process reads it, a process
+        clock more than :data:`CLOCK_SKEW` seconds off is said in one line and recorded."""
+        with self.session("reading the store's clock", fold=False, peers=False):
+            now = self.lease.clock()
+        skew = processclock.now() - now
+        if abs(skew) > CLOCK_SKEW and str(self.path) not in _clock_said:
+            _clock_said[str(self.path)] = skew
+            side = "ahead of" if skew > 0 else "behind"
+            message = (
+                f"this process's clock is {abs(skew):.0f} s {side} the store's (pid "
+                f"{os.getpid()} on {socket.gethostname()}); gate deadlines use the store's clock"
+            )
+            warnings.warn_explicit(message, ClockWarning, APP, 0)
+            detail = {"pid": os.getpid(), "host": socket.gethostname(), "skew_seconds": skew}
+            self.record(
+                {"t": "ev", "ts": now, "run_id": None, "step_id": None, "kind": "clock_skew"}
+                | {"detail": json.dumps(detail)}
+            )
+        return now
 
     # -- internals -------------------------------------------------------------------------
     def _ensure_lease(self, purpose: str) -> None:

@@ -16,18 +16,17 @@ from airun_nb.errors import StoreError
 
 MAX_PATH = 100  # longer paths are shortened in messages (head ... tail)
 
+# Said only where the fault stopped a run: the journal keeps what the run recorded.
 _RESUME = "the run resumes where it stopped"
+_RUN_WORK = ("write the journal", "writing a step output", "planning a run")
 _WHY: dict[int, tuple[str, str]] = {
     errno.EROFS: (
         "the file system is read-only",
         "put the store on a writable disk (--db or AIRUN_DB)",
     ),
-    errno.ENOSPC: ("the disk is full", f"free some space and run again: {_RESUME}"),
-    errno.EDQUOT: ("the disk quota is used up", f"free some space and run again: {_RESUME}"),
-    errno.EFBIG: (
-        "the file size limit was reached (ulimit -f)",
-        f"raise the limit and run again: {_RESUME}",
-    ),
+    errno.ENOSPC: ("the disk is full", "free some space and run again"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space and run again"),
+    errno.EFBIG: ("the file size limit was reached (ulimit -f)", "raise the limit and run again"),
     errno.EISDIR: ("it is a folder", "move that folder away: airun_nb keeps a file there"),
     errno.EACCES: ("permission denied", "make it writable or choose another store path"),
     errno.EPERM: ("operation not permitted", "choose another store path"),
@@ -55,6 +54,10 @@ def os_fault(exc: OSError, path: str | os.PathLike[str], doing: str) -> StoreErr
     why, hint = _WHY.get(code, (exc.strerror or str(exc), "see `airun doctor`"))
     if code == errno.EISDIR:
         why = f"{short(path)} is a folder"
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        # Nothing recorded is lost either way; only a run's own writes have a run to resume.
+        run = doing.startswith(_RUN_WORK)
+        hint += f": {_RESUME}" if run else ": nothing recorded is lost"
     return StoreError(f"cannot {doing} {short(path)}: {why}; {hint}")
 
 

@@ -80,6 +80,8 @@ def fold(
             grouped.setdefault("attempts", {})[key] = att
     con.execute("BEGIN")
     try:
+        if appended.get("events"):
+            appended["events"] = _numbered(con, appended["events"])
         for table, rows in grouped.items():
             _insert(con, table, list(rows.values()), replace=True)
         for table, rows_ in appended.items():
@@ -97,6 +99,19 @@ def fold(
             con.execute("ROLLBACK")
         raise
     crashpoint("fold:after_commit")
+
+
+def _numbered(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events with the next numbers of the store's one order (``events.seq``). Folds are
+    serial (under the lease, one transaction each), so the numbers never repeat, and a stream
+    that read up to N has seen every event numbered N or less, whatever the writers' clocks."""
+    row = con.execute("SELECT value FROM airun_meta WHERE key = 'event_seq'").fetchone()
+    if row is None:
+        row = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    last = int(row[0]) if row else 0
+    out = [dict(ev, seq=last + i) for i, ev in enumerate(events, 1)]
+    con.execute("INSERT OR REPLACE INTO airun_meta VALUES ('event_seq', ?)", [str(last + len(out))])
+    return out
 
 
 # Up to this many rows are inserted as parameters, without Arrow: a reader folding another

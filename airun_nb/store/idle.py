@@ -76,7 +76,7 @@ def tick(store: Kept) -> bool:
     try:
         journal, lease = store.journal, store.lease
         idle = time.monotonic() - store._last_activity
-        if journal.unsynced and idle >= journal.group_sync_s:
+        if journal.unsynced and journal.sync == "group" and idle >= journal.group_sync_s:
             journal.sync_now()  # group commit: the last records of a burst
         if lease.held:
             if lease.waiters():

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airun_nb.store.crashpoints import synced
 from airun_nb.store.faults import os_fault
 from airun_nb.store.lease import try_lock
 
@@ -273,19 +274,18 @@ class Journal:
         self.size += len(data)
         self.pending.extend(records)
         self.ends.extend(ends)
-        if self.sync == "always":
-            os.fsync(self._fd)
-        elif self.sync == "group":
-            self.unsynced = True
-            if time.monotonic() - self._synced_at >= self.group_sync_s:
-                self.sync_now()
+        self.unsynced = True  # in every mode: a run's end syncs (see Store.sync)
+        due = time.monotonic() - self._synced_at >= self.group_sync_s
+        if self.sync == "always" or (self.sync == "group" and due):
+            self.sync_now()
 
     def sync_now(self) -> None:
-        """``fsync`` what was written since the last one (group commit)."""
+        """``fsync`` what was written since the last one (group commit, a run's end)."""
         if self._fd is not None and self.unsynced:
             os.fsync(self._fd)
             self.unsynced = False
             self._synced_at = time.monotonic()
+            synced(self.path, self.gen, self.size)
 
     def scan(self, offset: int) -> Scan:
         """Every record after byte ``offset`` (0 = after the header) that checks out.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from airun_nb.errors import StoreBusy
+from airun_nb.store import owner
 from airun_nb.store.faults import os_fault
 
 
@@ -120,6 +121,17 @@ class Lease:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
+    def clock(self) -> float:
+        """The store's clock, read while the lease is held: the time the file system holding
+        the store stamps the lock file with (a network file system's server sets it), the same
+        for every process whatever its own clock says."""
+        fd = self._fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
+                return os.fstat(fd).st_mtime
+        return time.time()
+
     def busy(self) -> bool:
         """Does another process hold the lease right now?"""
         if self._fd is not None:
@@ -145,15 +157,36 @@ class Lease:
             return None
 
     def waiters(self) -> bool:
-        """True when another process is waiting for the lease."""
+        """True when another process is waiting for the lease (a dead one's marker is removed
+        on sight: it would make every holder hand the lease over for nobody)."""
         try:
             with os.scandir(self.waiters_dir) as it:
                 for entry in it:
-                    if not entry.name.startswith(f"{os.getpid()}-"):
+                    if entry.name.startswith(f"{os.getpid()}-"):
+                        continue
+                    if _marker_alive(entry.path, entry.name):
                         return True
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
         except FileNotFoundError:
             return False
         return False
+
+    def dead_waiters(self, *, remove: bool) -> list[str]:
+        """The markers of waiters whose process is gone (removed when ``remove``)."""
+        removed = []
+        try:
+            with os.scandir(self.waiters_dir) as it:
+                entries = list(it)
+        except OSError:
+            return []
+        for entry in entries:
+            if not _marker_alive(entry.path, entry.name):
+                removed.append(entry.name)
+                if remove:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+        return removed
 
     def holder(self) -> dict[str, Any]:
         try:
@@ -181,7 +214,8 @@ class Lease:
         marker = self.waiters_dir / f"{os.getpid()}-{threading.get_ident()}"
         with contextlib.suppress(OSError):
             self.waiters_dir.mkdir(exist_ok=True)
-            marker.touch()
+            # who waits: a marker left by a dead process is recognised and removed
+            marker.write_text(json.dumps({"host": owner.HOST, "token": owner.MY_TOKEN}))
         deadline = time.monotonic() + timeout
         delay = 0.002
         try:
@@ -199,6 +233,30 @@ class Lease:
         finally:
             with contextlib.suppress(OSError):
                 marker.unlink()
+
+
+def _marker_alive(path: str, name: str) -> bool:
+    """Is the process that left this waiter marker (``<pid>-<thread>``) still alive?"""
+    try:
+        pid = int(name.split("-", 1)[0])
+    except ValueError:
+        return False  # not a marker of ours
+    try:
+        info = json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict):
+        info = {}
+    if info.get("host") not in (None, owner.HOST):
+        return True  # another machine's process: cannot tell, assume it waits
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    token = info.get("token") or ""
+    return not token or owner.process_token(pid) in ("", token)
 
 
 def _user() -> str:

@@ -74,6 +74,15 @@ class Queries:
             [since, since, since],
         )
 
+    def waiting_runs_with_every_gate_decided(self) -> list[str]:
+        """Waiting runs none of whose gates is still open: decided, but nobody continued them."""
+        rows = self.query(
+            "SELECT r.run_id FROM runs r JOIN approvals a USING (run_id) "
+            "WHERE r.status = 'waiting' GROUP BY r.run_id, r.created_at "
+            "HAVING bool_and(a.status <> 'open') ORDER BY r.created_at"
+        )
+        return [str(r[0]) for r in rows]
+
     def latest_run_of_source(self, source: str | None) -> str | None:
         """The newest run started from this notebook (``source``)."""
         rows = self.query(
@@ -173,14 +182,28 @@ class Queries:
         )
 
     # -- events ---------------------------------------------------------------------------------
-    def events_since(self, after: Any, run_id: str | None, limit: int) -> list[dict[str, Any]]:
-        """Events at or after ``after`` (of one run, when given), oldest first."""
+    def events_after(self, seq: int, run_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Events after the store-assigned sequence number ``seq`` (of one run, when given), in
+        store order: the event stream's cursor."""
         clause, params = ("AND run_id = ?", [run_id]) if run_id else ("", [])
         return self.query_dicts(
-            f"""SELECT ts, run_id, step_id, kind, detail FROM events
-                WHERE ts >= ? {clause} ORDER BY ts, kind LIMIT {int(limit)}""",
-            [after, *params],
+            f"""SELECT seq, ts, run_id, step_id, kind, detail FROM events
+                WHERE seq > ? {clause} ORDER BY seq LIMIT {int(limit)}""",
+            [seq, *params],
         )
+
+    def event_cursor(self, since: Any = None) -> int:
+        """The sequence number a new event stream starts after: the last event now, or the one
+        before the first event stamped ``since`` or later."""
+        if since is None:
+            rows = self.query("SELECT coalesce(max(seq), 0) FROM events")
+        else:
+            rows = self.query(
+                "SELECT coalesce((SELECT min(seq) FROM events WHERE ts >= ?), "
+                "(SELECT coalesce(max(seq), 0) FROM events) + 1) - 1",
+                [since],
+            )
+        return int(rows[0][0]) if rows else 0
 
     # -- tokens of the approval service ---------------------------------------------------------
     def live_tokens_of(self, who: str) -> list[dict[str, Any]]:

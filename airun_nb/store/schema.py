@@ -14,13 +14,14 @@ import duckdb
 
 from airun_nb.errors import StoreIncompatible
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
 # (hashed API tokens of the approval service); 4 adds attempts.traceback (the full traceback of
 # a failed attempt); 5 adds runs.forked_from / forked_step (a fork's run and step) and
 # steps.fingerprint (a step's code fingerprint components and what changed); 6 adds
 # approvals.four_eyes (the launcher may not decide the gate); 7 adds spec_cache (parsed workflows
-# by the hash of their text and of the parser, see speccache). Each version only
+# by the hash of their text and of the parser, see speccache); 8 adds events.seq (the event's
+# place in the store's one order, assigned when it is folded). Each version only
 # adds tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
@@ -156,6 +157,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
             ("step_id", "VARCHAR"),
             ("kind", "VARCHAR"),
             ("detail", "VARCHAR"),
+            ("seq", "BIGINT"),  # assigned by the fold: the events' one total order
         ],
         (),
     ),
@@ -245,6 +247,11 @@ def check(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         for stmt in ddl():
             con.execute(stmt)
         _add_columns(con)
+        if version < 8:  # events recorded before the store numbered them, in time order
+            con.execute(
+                "UPDATE events SET seq = n.seq FROM (SELECT rowid AS r, row_number() OVER "
+                "(ORDER BY ts, rowid) AS seq FROM events) n WHERE events.rowid = n.r"
+            )
         con.execute(
             "INSERT OR REPLACE INTO airun_meta VALUES ('schema_version', ?)",
             [str(SCHEMA_VERSION)],

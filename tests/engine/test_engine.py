@@ -13,6 +13,7 @@ import pytest
 
 import airun_nb
 from airun_nb import RunInterrupted, Workflow, WorkflowFailed
+from airun_nb.errors import ResumeWarning
 
 
 class Point:
@@ -429,7 +430,9 @@ steps:
     assert rows["double"]["replayed_from"] is None or pd.isna(rows["double"]["replayed_from"])
 
 
-def test_edited_upstream_function_reruns_when_a_failed_run_resumes(db: Path) -> None:
+def test_an_edited_finished_step_replays_when_its_failed_run_resumes(db: Path) -> None:
+    """Resume is replay: the finished `extract` is loaded, not run again, although its function
+    changed; the resume says so in one line, and the failed step runs with the stored output."""
     calls = Counter()
     state = {"broken": True}
     ns = _failing_ns(calls, state)
@@ -442,13 +445,17 @@ def test_edited_upstream_function_reruns_when_a_failed_run_resumes(db: Path) -> 
 
     ns["extract"] = extract
     state["broken"] = False
-    res = wf(FAILING).run(db=db, namespace=ns)
+    with pytest.warns(ResumeWarning) as said:
+        res = wf(FAILING).run(db=db, namespace=ns)
     assert res.run_id == info.value.run_id
-    assert res.replayed == []
-    assert calls == Counter({"extract": 2, "transform": 2, "load": 1})
-    assert res.outputs["load"] == {"loaded": 200}
-    reasons = {e.step_id: e.reason for e in res.plan.to_run}
-    assert "changed" in reasons["extract"]
+    assert res.replayed == ["extract"]
+    assert calls == Counter({"extract": 1, "transform": 2, "load": 1})
+    assert res.outputs["load"] == {"loaded": 20}
+    assert [str(w.message).count("\n") for w in said] == [0]
+    assert "extract (function extract)" in str(said[0].message)
+    # a new run takes the new code
+    again = wf(FAILING).run(db=db, namespace=ns, new=True)
+    assert again.outputs["load"] == {"loaded": 200}
 
 
 def test_changed_params_start_a_new_run_instead_of_resuming(db: Path) -> None:

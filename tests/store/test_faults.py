@@ -25,6 +25,7 @@ from airun_nb import Workflow
 from airun_nb.cli.main import main
 from airun_nb.errors import AirunError
 from airun_nb.store.database import Store
+from support import AIRUN
 from support import faults as fs
 
 
@@ -438,3 +439,26 @@ def test_two_keys_for_one_thing(tmp_path: Path, keys: tuple[str, str]) -> None:
     msg = _one_line(info.value.message)
     assert f"'{keys[0]}' and '{keys[1]}' both give the step's" in msg and "line 3" in msg
     assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_airun_runs_does_not_promise_a_resume(tmpfs: Path, tmp_path: Path) -> None:
+    """`airun runs` on a full disk, with a killed run's records still to fold: one line that
+    says the disk is full and that nothing recorded is lost; it resumes no run, so it does not
+    say that the run resumes where it stopped. After space is freed the run is listed."""
+    db, ledger = tmpfs / "s.duckdb", tmp_path / "ledger.txt"
+    crashed = fs.run(db, ledger, AIRUN_TEST_KILL="c")
+    assert crashed.returncode == -9
+    filler = _fill(tmpfs)
+    env = {k: v for k, v in fs.env(ledger).items() if not k.startswith("COVERAGE_")}
+    proc = subprocess.run(
+        [*AIRUN, "runs", "--db", str(db)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = _one_line(proc.stderr)
+    assert "the disk is full" in line and "nothing recorded is lost" in line
+    assert "resumes where it stopped" not in line
+    filler.unlink()
+    listed = subprocess.run(
+        [*AIRUN, "runs", "--db", str(db)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0 and "faulty" in listed.stdout, listed.stderr

@@ -56,6 +56,17 @@ def step(name: str) -> str:
     return f"{name}-done"
 
 
+def undo(name: str) -> None:
+    """A compensation: appends ``undo-<name> <pid>`` to the ledger."""
+    with open(os.environ["AIRUN_TEST_LEDGER"], "a") as f:
+        f.write(f"undo-{name} {os.getpid()}\n")
+
+
+def boom() -> None:
+    """A step that always fails (its run rolls back)."""
+    raise RuntimeError("boom")
+
+
 def ledger(path: Path) -> Counter[str]:
     """How many times each step body ran."""
     if not path.exists():
