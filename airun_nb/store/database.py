@@ -36,6 +36,7 @@ from airun_nb.store import schema
 from airun_nb.store.crashpoints import crashpoint
 from airun_nb.store.faults import check_store_path, duckdb_fault, os_fault
 from airun_nb.store.fold import fold
+from airun_nb.store.heads import Heads
 from airun_nb.store.journal import Journal, meta_keys, slot_paths
 from airun_nb.store.lease import Lease
 from airun_nb.store.schema import APP, SCHEMA_VERSION, TABLES, quote_ident
@@ -64,6 +65,7 @@ class Store:
         self.path = path
         self.lease = Lease(path)
         self.journal = Journal(path, sync=config.sync_mode())
+        self.heads = Heads(path, sync=self.journal.sync == "always")
         self._mutex = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._last_activity = 0.0
@@ -74,6 +76,7 @@ class Store:
         self._checked = False  # the file passed the schema check in this process
         self._trimmed = -1  # the lease grant at which this slot's folded part was forgotten
         self.folds = 0
+        self.as_found = False  # the open file was as airun_nb left it, or has been read since
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -153,7 +156,10 @@ class Store:
     def record_many(self, recs: Sequence[dict[str, Any]]) -> None:
         with self._mutex:
             journal = self._journal()
-            journal.append_many([scrub(r) for r in recs])  # no secret is ever written
+            clean = [scrub(r) for r in recs]  # no secret is ever written
+            self.heads.before(clean)  # the latest run of a workflow, readable without the lease
+            journal.append_many(clean)
+            self.heads.after(clean)
             self._last_activity = time.monotonic()
             if len(journal.pending) >= FOLD_EVERY:
                 self._fold_soon(len(journal.pending) >= FOLD_AT_LATEST)
@@ -242,6 +248,19 @@ class Store:
         self._last_activity = time.monotonic()
         self.keeper.start()
 
+    def as_left(self) -> bool:
+        """Is the DuckDB file as an airun_nb process left it, or in use by one now? (False: it
+        changed behind the store's back, copied over or cut short, or its last holder died:
+        read it before trusting anything kept beside it, such as the heads folder.)"""
+        if self._con is not None:
+            return self.as_found
+        if not self.lease.lock_path.is_file():  # a lease that cannot be taken: say so first
+            return False
+        sig = _file_signature(self.path)
+        if sig is not None and sig in (self._known, self._closed_as()):
+            return True
+        return not self.lease.held and self.lease.busy()
+
     def _closed_as(self) -> tuple[int, int, int] | None:  # as the last holder left the file
         sig = self.lease.closed_as()
         return (sig[0], sig[1], sig[2]) if isinstance(sig, list) and len(sig) == 3 else None
@@ -274,6 +293,7 @@ class Store:
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
+            self.as_found = self.as_left()  # before opening it: as an airun_nb process left it?
             self._con = _connect(self.path)
             self._checked = True
         return self._con
