@@ -433,10 +433,11 @@ class Planner:
 
 
 def _elsewhere(row: Mapping[str, Any]) -> bool:
-    """Is the run executing in another live process? (When that process started it, it is its
-    own: re-running the cell here starts anew. A run it resumed is busy, see check_not_busy.)"""
+    """Is the run executing its steps in another live process? (When that process started it,
+    it is its own: re-running the cell here starts anew. A run it resumed is busy, see
+    check_not_busy.)"""
     return (
-        row["status"] in (RUNNING, ROLLING_BACK)
+        row["status"] == RUNNING  # one rolling back elsewhere stays busy (check_not_busy)
         and row.get("owner_pid") is not None
         and (int(row["owner_pid"]) != os.getpid() or row.get("owner_host") != HOST)
         and owner_alive(row)

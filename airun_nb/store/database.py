@@ -76,6 +76,7 @@ class Store:
         self._checked = False  # the file passed the schema check in this process
         self._trimmed = -1  # the lease grant at which this slot's folded part was forgotten
         self.folds = 0
+        self._depth = 0  # sessions open in this process (nested ones included)
         self.as_found = False  # the open file was as airun_nb left it, or has been read since
 
     # -- opening ---------------------------------------------------------------------------
@@ -140,6 +141,7 @@ class Store:
         reads, see ``recent``)."""
         with self._mutex:
             self._ensure_lease(purpose)
+            self._depth += 1
             try:
                 with _faults(self, "read"):
                     con = self._connection()
@@ -147,7 +149,14 @@ class Store:
                         self._fold(own=fold)
                     yield con
             finally:
+                self._depth -= 1
                 self._last_activity = time.monotonic()
+                if not self._depth and self.lease.held and self.lease.waiters():
+                    # Someone waits: hand the store over now, not at the keeper's next look.
+                    # It folds this process's slot as it reads; appending goes on meanwhile.
+                    with contextlib.suppress(AirunError, OSError, duckdb.Error):
+                        self._release_locked(fold=False)
+                    self._yielded_at = time.monotonic()
 
     def record(self, rec: dict[str, Any]) -> None:
         """Append one state change to this process's journal: durable when this returns."""
@@ -240,10 +249,12 @@ class Store:
                 self.lease.retitle(purpose)
             return
         if self._yielded_at and time.monotonic() - self._yielded_at < YIELD_WINDOW:
-            # We just handed the lease over: let the waiter have its turn.
+            # We just handed the lease over: let the waiter, woken by the kernel as we let go,
+            # take it before we queue behind it (waiting on the lock wakes us when it is free).
             deadline = self._yielded_at + YIELD_WINDOW
-            while self.lease.waiters() and time.monotonic() < deadline:
-                time.sleep(0.005)
+            while time.monotonic() < deadline and self.lease.waiters() and not self.lease.busy():
+                time.sleep(0.0005)
+            self._yielded_at = 0.0
         self.lease.acquire(config.lock_timeout(), purpose)
         self._last_activity = time.monotonic()
         self.keeper.start()
