@@ -409,6 +409,68 @@ def _has_langgraph() -> bool:
     return True
 
 
+WRITER_CHILD = """
+import sys, time
+sys.path.insert(0, {here!r})
+from pathlib import Path
+from speed import SMALL_TEXT, _one
+from airun_nb import Workflow
+stop = Path({stop!r})
+ns = {{"f": _one}}
+Path({ready!r}).touch()
+for _ in range({runs}):  # or until told to stop
+    if stop.exists():
+        break
+    Workflow.from_yaml(SMALL_TEXT).run(db={db!r}, namespace=ns)
+"""
+
+
+def bench_readers(stored: int, writers: int, reads: int) -> None:
+    """``runs()`` + ``steps()`` from a long-lived reader (a second kernel, the service) on a
+    store of ``stored`` runs while ``writers`` processes re-run a cell without pause."""
+    import airun_nb
+
+    log(f"reads beside writers: {stored} runs stored, {writers} writers, {reads} reads")
+    with fresh_dir("readers") as d:
+        db = d / "airun.duckdb"
+        airun_small(stored, db)
+        release(db)
+        stop = d / "stop"
+        children = []
+        for i in range(writers):
+            code = WRITER_CHILD.format(
+                here=str(HERE), stop=str(stop), ready=str(d / f"w{i}.ready"), db=str(db), runs=300
+            )
+            children.append(subprocess.Popen([sys.executable, "-c", code]))
+        lat: list[float] = []
+        try:
+            deadline = time.time() + 600
+            while len(list(d.glob("w*.ready"))) < writers and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(1.0)  # the writers are under way
+            for _ in range(reads):
+                if all(c.poll() is not None for c in children):
+                    break  # the writers are done: what follows is not "beside writers"
+                t = time.perf_counter()
+                airun_nb.runs(db=db)
+                airun_nb.steps(db=db)
+                lat.append(time.perf_counter() - t)
+        finally:
+            stop.touch()
+            for c in children:
+                c.wait(timeout=600)
+        total = len(airun_nb.runs(db=db))
+    med, p99 = statistics.median(lat) * 1000, pct(lat, 0.99) * 1000
+    row(
+        f"runs() + steps() beside {writers} writers re-running a cell ({stored} runs stored)",
+        f"median {med:.0f} ms, p99 {p99:.0f} ms, max {max(lat) * 1000:.0f} ms over {len(lat)} "
+        "reads; "
+        f"{total} runs stored at the end",
+        "-",
+        "goal: median < 100 ms, p99 < 500 ms",
+    )
+
+
 # ---------------------------------------------------------------------- big cells, parsing
 def chain_text(n: int, fail_last: bool = False) -> str:
     lines = ["name: big", "on_failure: stop", "steps:"]
@@ -770,7 +832,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument(
-        "--only", default="", help="comma list: small,procs,resume,parse,history,cli,frame,parallel"
+        "--only",
+        default="",
+        help="comma list: small,procs,resume,parse,history,cli,frame,parallel,readers",
     )
     args = ap.parse_args()
     q = args.quick
@@ -783,6 +847,7 @@ def main() -> None:
         "cli": bench_cli,
         "frame": lambda: bench_frame(10 if q else 100),
         "parallel": lambda: bench_parallel(16 if q else 64, 8),
+        "readers": lambda: bench_readers(250, 4, 30 if q else 100),
     }
     chosen = [s for s in args.only.split(",") if s] or list(plan)
     load = os.getloadavg()
