@@ -65,7 +65,9 @@ def _lazy_help(module: str, name: str, limit: int) -> str:
     import ast
     from pathlib import Path
 
-    from click.utils import make_default_short_help
+    from click import utils
+
+    short_help = getattr(utils, "make_default_short_help")  # noqa: B009 - untyped in click
 
     try:
         tree = ast.parse(Path(__file__).with_name(f"{module}.py").read_text())
@@ -82,5 +84,5 @@ def _lazy_help(module: str, name: str, limit: int) -> str:
                 and deco.args[0].value == name
                 and getattr(deco.func, "attr", getattr(deco.func, "id", "")) == "command"
             ):
-                return make_default_short_help(ast.get_docstring(node) or "", limit)
+                return str(short_help(ast.get_docstring(node) or "", limit))
     return ""

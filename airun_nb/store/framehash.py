@@ -65,7 +65,7 @@ def _arrow(h: Any, part: Any) -> bool:
     that is a slice of a bigger array is hashed with all of its parent's bytes (its offset and
     length in the header): the same values laid out otherwise read as changed, never the other
     way round. False: not Arrow-backed (the caller hashes it another way)."""
-    chunked = getattr(getattr(part, "array", None), "_pa_array", None)
+    chunked: Any = getattr(getattr(part, "array", None), "_pa_array", None)
     chunks = getattr(chunked, "chunks", None)
     if chunks is None:
         return False
