@@ -13,13 +13,13 @@ import click
 
 from airun_nb.cli.group import Group
 from airun_nb.errors import AirunError, StoreError
-from airun_nb.history import runlist
 from airun_nb.settings.environment import resolve_db
-from airun_nb.store.database import Store
 from airun_nb.store.faults import os_fault, short
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from airun_nb.store.database import Store
 
 _TABLES = ("runs", "steps", "attempts", "events", "approvals", "audit")
 
@@ -57,6 +57,13 @@ store_option = click.option(
 )
 
 
+def _open_store(db: Path | None, *, create: bool = True) -> Store:
+    """The store (its modules, and DuckDB, imported by the commands that use it)."""
+    from airun_nb.store.database import Store
+
+    return Store.open(db, create=create)
+
+
 @click.group(cls=Group)
 @click.version_option(package_name="airun_nb")
 def main() -> None:
@@ -91,6 +98,8 @@ def _print_frame(df: pd.DataFrame, columns: list[str]) -> None:
 @click.option("--limit", "-n", default=20, show_default=True, help="Newest N runs.")
 def runs(db: Path | None, workflow: str | None, limit: int) -> None:
     """List runs, newest last."""
+    from airun_nb.history import runlist
+
     click.echo(runlist.text(db, workflow, limit))
 
 
@@ -116,11 +125,10 @@ def resume(run_id: str, db: Path | None) -> None:
     """
     from airun_nb.engine.stepkinds import ResolveError
     from airun_nb.store import code as codestore
-    from airun_nb.store.database import Store
     from airun_nb.workflow import Workflow
 
     wf = Workflow.from_run(run_id, db=db)
-    store = Store.open(db)
+    store = _open_store(db)
     try:
         result = wf.run(
             db=db, resume=run_id, namespace=codestore.load(store, run_id), raise_on_failure=False
@@ -204,7 +212,7 @@ def _decide(
     from airun_nb.governance import identity
 
     out = gate.decide(
-        Store.open(db),
+        _open_store(db),
         run_id,
         gate_id,
         decision,
@@ -295,7 +303,7 @@ def history_cmd(
     """Export run history as CSV, Parquet or JSON lines."""
     from airun_nb.history import frames as history
 
-    if run_id and not Store.open(db, create=False).has_run(run_id):
+    if run_id and not _open_store(db, create=False).has_run(run_id):
         click.echo(f"error: no run {run_id} in {short(resolve_db(db))}", err=True)
         sys.exit(2)
     if table == "runs":
@@ -428,7 +436,7 @@ def run_cmd(
     store_path = db or _notebook_store(notebook)
     statuses: list[str] = []
     if store_path is not None and store_path.exists():
-        store = Store.open(store_path)
+        store = _open_store(store_path)
         # Every run the notebook touched: the ones it created and the ones it resumed.
         for row in store.runs_touched_since(started):
             run_id, resumed = row["run_id"], row["resumed"]
@@ -503,7 +511,7 @@ def token_create(user: str, role: str, db: Path | None) -> None:
     from airun_nb.governance import identity
     from airun_nb.service import tokens
 
-    click.echo(tokens.create(Store.open(db), user, role=role, created_by=identity.current()))
+    click.echo(tokens.create(_open_store(db), user, role=role, created_by=identity.current()))
 
 
 @token_group.command("revoke")
@@ -513,7 +521,7 @@ def token_revoke(token_id_or_user: str, db: Path | None) -> None:
     """Revoke a token by its id, or every token of a user."""
     from airun_nb.service import tokens
 
-    ids = tokens.revoke(Store.open(db), token_id_or_user)
+    ids = tokens.revoke(_open_store(db), token_id_or_user)
     click.echo(f"revoked {', '.join(ids)}")
 
 
@@ -523,7 +531,7 @@ def token_list(db: Path | None) -> None:
     """List tokens (id, user, role, created, revoked); never their secrets."""
     from airun_nb.service import tokens
 
-    rows = tokens.listing(Store.open(db))
+    rows = tokens.listing(_open_store(db))
     if not rows:
         click.echo("(no tokens)")
     for r in rows:
@@ -569,7 +577,7 @@ def dashboard_cmd(db: Path | None) -> None:
     _need_extra("dashboard", "airun dashboard", ("textual",))
     from airun_nb.dashboard.app import Dashboard
 
-    Dashboard(Store.open(db)).run()
+    Dashboard(_open_store(db)).run()
 
 
 def _finish(run_id: str, db: Path | None) -> str:

@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-from airun_nb.history.diff import diff
-from airun_nb.history.why import why
-from airun_nb.workflow import fork
+# The history and the engine are imported by the command that runs, not by `airun --help`
+# (which lists these commands), so that help and the light commands start fast.
 
 db_option = click.option(
     "--db",
@@ -38,6 +37,8 @@ def fork_cmd(run_id: str, from_step: str, param: tuple[str, ...], db: Path | Non
         if not sep or not key.strip():
             raise click.BadParameter(f"takes KEY=VALUE, got {item!r}", param_hint="--param")
         params[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    from airun_nb.workflow import fork
+
     result = fork(run_id, from_step, params=params, db=db, raise_on_failure=False)
     click.echo(repr(result))
     if result.status != "completed":
@@ -51,6 +52,8 @@ def fork_cmd(run_id: str, from_step: str, param: tuple[str, ...], db: Path | Non
 @db_option
 def diff_cmd(run_a: str, run_b: str, step: str | None, db: Path | None) -> None:
     """Compare two runs step by step (or the rows of one step's output)."""
+    from airun_nb.history.diff import diff
+
     df = diff(run_a, run_b, step=step, db=db)
     click.echo("(no differing rows)" if df.empty else df.fillna("").to_string(index=False))
 
@@ -60,6 +63,8 @@ def diff_cmd(run_a: str, run_b: str, step: str | None, db: Path | None) -> None:
 @db_option
 def why_cmd(run_id: str, db: Path | None) -> None:
     """Why each step of a run replayed or ran, and what changed."""
+    from airun_nb.history.why import why
+
     df = why(run_id, db)
     df["changed"] = df["changed"].map("; ".join)
     click.echo(df.fillna("").to_string(index=False))

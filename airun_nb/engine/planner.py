@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -40,7 +41,7 @@ from airun_nb.spec import dialect
 from airun_nb.spec.parser import StepSpec, WorkflowSpec, _hash
 from airun_nb.store import pending as recent
 from airun_nb.store.database import Store
-from airun_nb.store.owner import owner_alive
+from airun_nb.store.owner import HOST, owner_alive
 
 _STEP_COLUMNS = """run_id, step_id, status, attempts, def_hash, code_hash, eff_hash,
       epoch(started_at) AS started_at, epoch(finished_at) AS finished_at,
@@ -240,6 +241,8 @@ class Planner:
             return row, self.load_rows(resume), mode
         if not new:
             row = recent.latest_run(store, self.spec.name)
+            if row is not None and _elsewhere(row) and recent.started_by_owner(store, row):
+                return None, {}, "new"  # a live process's run belongs to it
             if row is not None and row["status"] == ROLLBACK_FAILED:
                 raise RunBusy(
                     f"run {row['run_id']} of {self.spec.name} is rollback_failed: finish undoing "
@@ -258,17 +261,37 @@ class Planner:
                 return row, self.load_rows(row["run_id"]), "resume"
             if row is not None and row["status"] == COMPLETED:
                 rows = self.load_rows(row["run_id"])
-                changed = (
-                    any(
-                        rows.get(s.id, {}).get("eff_hash") != self.states[s.id].eff_hash
-                        for s in self.spec.steps
-                    )
-                    or set(rows) != set(self.states)
-                    or any(stepprint.values_changed(self.states, r) for r in rows.values())
-                )
-                if changed:
+                if self._changed(rows):
                     return row, rows, "seeded"
         return None, {}, "new"
+
+    def _changed(self, rows: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Do these stored steps of a completed run differ from the workflow as it is now?"""
+        return (
+            any(
+                rows.get(s.id, {}).get("eff_hash") != self.states[s.id].eff_hash
+                for s in self.spec.steps
+            )
+            or set(rows) != set(self.states)
+            or any(stepprint.values_changed(self.states, r) for r in rows.values())
+        )
+
+    def starts_new(self) -> bool:
+        """Without the lease: does the store's index of latest runs already tell that running
+        this workflow (not ``new``, no ``resume``) starts a new run? Its latest run finished
+        with these very steps, or is executing in another live process. False: ask the store."""
+        head = recent.latest_head(self.store, self.spec.name)
+        if head is None:
+            return False
+        if head["run_id"] is None:
+            return True  # no run of this workflow yet
+        if head["status"] == COMPLETED and head.get("steps") is not None:
+            rows = {
+                sid: {"step_id": sid, "eff_hash": eff, "fingerprint": fp}
+                for sid, (eff, fp) in head["steps"].items()
+            }
+            return not self._changed(rows)
+        return bool(head.get("fresh")) and _elsewhere(head)
 
     def select_rollback(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """The stored run to roll back (on demand, or to finish a rollback)."""
@@ -447,6 +470,18 @@ class Planner:
     ) -> tuple[str | None, list[str]]:
         """Why this step must run (None: it can replay), and what differs from ``row``."""
         return reasons.explain(st, row, self.states, self.params, prior_params, mode)
+
+
+def _elsewhere(row: Mapping[str, Any]) -> bool:
+    """Is the run executing its steps in another live process? (When that process started it,
+    it is its own: re-running the cell here starts anew. A run it resumed is busy, see
+    check_not_busy.)"""
+    return (
+        row["status"] == RUNNING  # one rolling back elsewhere stays busy (check_not_busy)
+        and row.get("owner_pid") is not None
+        and (int(row["owner_pid"]) != os.getpid() or row.get("owner_host") != HOST)
+        and owner_alive(row)
+    )
 
 
 def check_not_busy(row: Mapping[str, Any]) -> None:

@@ -155,7 +155,10 @@ class Runner:
                 self.planner.resolve()
                 self.planner.hash_steps()
                 self.planner.check_templates()
-                reads = fork is not None or bool(resume) or not new  # a new run reads nothing
+                # A new run reads nothing; nor does one the store's index of latest runs
+                # already tells is new (a cell re-run after its run finished).
+                new = new or (fork is None and not resume and self.planner.starts_new())
+                reads = fork is not None or bool(resume) or not new
                 with self.store.session("planning a run", fold=False) if reads else nullcontext():
                     prior_run: dict[str, Any] | None
                     if fork is not None:

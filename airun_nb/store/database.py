@@ -36,6 +36,7 @@ from airun_nb.store import schema
 from airun_nb.store.crashpoints import crashpoint
 from airun_nb.store.faults import check_store_path, duckdb_fault, os_fault
 from airun_nb.store.fold import fold
+from airun_nb.store.heads import Heads
 from airun_nb.store.journal import Journal, meta_keys, slot_paths
 from airun_nb.store.lease import Lease
 from airun_nb.store.queries import Queries
@@ -68,6 +69,7 @@ class Store(Queries):
         self.path = path
         self.lease = Lease(path)
         self.journal = Journal(path, sync=config.sync_mode())
+        self.heads = Heads(path, sync=self.journal.sync == "always")
         self._mutex = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._last_activity = 0.0
@@ -78,6 +80,8 @@ class Store(Queries):
         self._checked = False  # the file passed the schema check in this process
         self._trimmed = -1  # the lease grant at which this slot's folded part was forgotten
         self.folds = 0
+        self._depth = 0  # sessions open in this process (nested ones included)
+        self.as_found = False  # the open file was as airun_nb left it, or has been read since
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -141,6 +145,7 @@ class Store(Queries):
         reads, see ``recent``)."""
         with self._mutex:
             self._ensure_lease(purpose)
+            self._depth += 1
             try:
                 with _faults(self, "read"):
                     con = self._connection()
@@ -148,7 +153,14 @@ class Store(Queries):
                         self._fold(own=fold)
                     yield con
             finally:
+                self._depth -= 1
                 self._last_activity = time.monotonic()
+                if not self._depth and self.lease.held and self.lease.waiters():
+                    # Someone waits: hand the store over now, not at the keeper's next look.
+                    # It folds this process's slot as it reads; appending goes on meanwhile.
+                    with contextlib.suppress(AirunError, OSError, duckdb.Error):
+                        self._release_locked(fold=False)
+                    self._yielded_at = time.monotonic()
 
     def record(self, rec: dict[str, Any]) -> None:
         """Append one state change to this process's journal: durable when this returns."""
@@ -157,7 +169,10 @@ class Store(Queries):
     def record_many(self, recs: Sequence[dict[str, Any]]) -> None:
         with self._mutex:
             journal = self._journal()
-            journal.append_many([scrub(r) for r in recs])  # no secret is ever written
+            clean = [scrub(r) for r in recs]  # no secret is ever written
+            self.heads.before(clean)  # the latest run of a workflow, readable without the lease
+            journal.append_many(clean)
+            self.heads.after(clean)
             self._last_activity = time.monotonic()
             if len(journal.pending) >= FOLD_EVERY:
                 self._fold_soon(len(journal.pending) >= FOLD_AT_LATEST)
@@ -267,13 +282,28 @@ class Store(Queries):
                 self.lease.retitle(purpose)
             return
         if self._yielded_at and time.monotonic() - self._yielded_at < YIELD_WINDOW:
-            # We just handed the lease over: let the waiter have its turn.
+            # We just handed the lease over: let the waiter, woken by the kernel as we let go,
+            # take it before we queue behind it (waiting on the lock wakes us when it is free).
             deadline = self._yielded_at + YIELD_WINDOW
-            while self.lease.waiters() and time.monotonic() < deadline:
-                time.sleep(0.005)
+            while time.monotonic() < deadline and self.lease.waiters() and not self.lease.busy():
+                time.sleep(0.0005)
+            self._yielded_at = 0.0
         self.lease.acquire(config.lock_timeout(), purpose)
         self._last_activity = time.monotonic()
         self.keeper.start()
+
+    def as_left(self) -> bool:
+        """Is the DuckDB file as an airun_nb process left it, or in use by one now? (False: it
+        changed behind the store's back, copied over or cut short, or its last holder died:
+        read it before trusting anything kept beside it, such as the heads folder.)"""
+        if self._con is not None:
+            return self.as_found
+        if not self.lease.lock_path.is_file():  # a lease that cannot be taken: say so first
+            return False
+        sig = _file_signature(self.path)
+        if sig is not None and sig in (self._known, self._closed_as()):
+            return True
+        return not self.lease.held and self.lease.busy()
 
     def _closed_as(self) -> tuple[int, int, int] | None:  # as the last holder left the file
         sig = self.lease.closed_as()
@@ -307,6 +337,7 @@ class Store(Queries):
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
+            self.as_found = self.as_left()  # before opening it: as an airun_nb process left it?
             self._con = _connect(self.path)
             self._checked = True
         return self._con

@@ -26,7 +26,8 @@ def shallow_bytes(value: Any) -> int:
 
 def digest(value: Any, meta: str) -> str:
     """SHA-256 over every byte of a big frame's columns and index (numpy dtypes by their raw
-    bytes, others by hash_pandas_object), so any change to any cell changes it. It tells apart
+    bytes, Arrow-backed ones such as pandas' ``str`` by their Arrow buffers, others by
+    hash_pandas_object), so any change to any cell changes it. It tells apart
     what compares equal but is stored otherwise (-0.0 and 0.0, NaNs of other bits): such a
     value reads as changed, never the other way round."""
     import numpy as np
@@ -43,7 +44,7 @@ def digest(value: Any, meta: str) -> str:
             data = np.ascontiguousarray(part.to_numpy() if hasattr(part, "to_numpy") else part)
             h.update(repr((len(data), dtype.str)).encode())
             h.update(data.view(np.uint8).data)
-        else:
+        elif not _arrow(h, part):
             h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
 
     if isinstance(value, pd.DataFrame):
@@ -56,3 +57,24 @@ def digest(value: Any, meta: str) -> str:
     else:
         add(value)
     return h.hexdigest()[:16]
+
+
+def _arrow(h: Any, part: Any) -> bool:
+    """Hash an Arrow-backed column (pandas' ``str`` and ``[pyarrow]`` dtypes) by its buffers,
+    in place: validity bits, offsets and character data, every byte of every chunk. A chunk
+    that is a slice of a bigger array is hashed with all of its parent's bytes (its offset and
+    length in the header): the same values laid out otherwise read as changed, never the other
+    way round. False: not Arrow-backed (the caller hashes it another way)."""
+    chunked: Any = getattr(getattr(part, "array", None), "_pa_array", None)
+    chunks = getattr(chunked, "chunks", None)
+    if chunks is None:
+        return False
+    h.update(repr(("arrow", len(chunked), str(chunked.type), len(chunks))).encode())
+    for chunk in chunks:
+        buffers = chunk.buffers()
+        h.update(repr((chunk.offset, len(chunk), [b is None for b in buffers])).encode())
+        for buf in buffers:
+            if buf is not None:
+                h.update(repr(buf.size).encode())
+                h.update(memoryview(buf))
+    return True

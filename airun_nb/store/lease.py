@@ -216,20 +216,13 @@ class Lease:
             self.waiters_dir.mkdir(exist_ok=True)
             # who waits: a marker left by a dead process is recognised and removed
             marker.write_text(json.dumps({"host": owner.HOST, "token": owner.MY_TOKEN}))
-        deadline = time.monotonic() + timeout
-        delay = 0.002
         try:
-            while True:
-                if self._try(fd):
-                    return
-                if time.monotonic() >= deadline:
-                    raise StoreBusy(
-                        f"the store {self.lock_path.name[:-5]} is busy: held by "
-                        f"{self.describe_holder()}; gave up after {timeout:g} s "
-                        "(set AIRUN_LOCK_TIMEOUT to wait longer)"
-                    )
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.02)
+            if not _blocking_lock(fd, timeout):
+                raise StoreBusy(
+                    f"the store {self.lock_path.name[:-5]} is busy: held by "
+                    f"{self.describe_holder()}; gave up after {timeout:g} s "
+                    "(set AIRUN_LOCK_TIMEOUT to wait longer)"
+                )
         finally:
             with contextlib.suppress(OSError):
                 marker.unlink()
@@ -257,6 +250,41 @@ def _marker_alive(path: str, name: str) -> bool:
         pass
     token = info.get("token") or ""
     return not token or owner.process_token(pid) in ("", token)
+
+
+def _blocking_lock(fd: int, timeout: float) -> bool:
+    """Wait for the ``flock`` on ``fd`` itself: the kernel wakes the waiter the moment the
+    holder lets go (no polling). The wait runs in a helper thread on a duplicate of ``fd`` (the
+    same open file, so the same lock) so that it can be given up after ``timeout``: a lock the
+    helper gets after that is let go again at once."""
+    if try_lock(fd):
+        return True
+    dup = os.dup(fd)
+    got = threading.Event()
+    gate = threading.Lock()
+    gave_up = False
+
+    def wait() -> None:
+        try:
+            fcntl.flock(dup, fcntl.LOCK_EX)
+            with gate:
+                if gave_up:  # too late: the waiter has gone, pass the lock on
+                    fcntl.flock(dup, fcntl.LOCK_UN)
+                else:
+                    got.set()
+        except OSError:
+            pass
+        finally:
+            os.close(dup)
+
+    threading.Thread(target=wait, name="airun-lease-wait", daemon=True).start()
+    if got.wait(timeout):
+        return True
+    with gate:
+        if got.is_set():
+            return True
+        gave_up = True
+    return False
 
 
 def _user() -> str:

@@ -77,7 +77,28 @@ def latest_run(store: Store, workflow: str) -> dict[str, Any] | None:
             if best is None or best["run_id"] == row["run_id"] or _after(row, best):
                 best = row
         cache.rows[workflow] = best
+        store.as_found = True  # its runs were read: what is kept beside it can be trusted
+        if store.heads.read(workflow) is None:  # the whole truth, under the lease
+            store.heads.settle(workflow, best)
         return dict(best) if best is not None else None
+
+
+def started_by_owner(store: Store, row: dict[str, Any]) -> bool:
+    """Was the run ``row`` started (not resumed) by the process that owns it now?"""
+    head = store.heads.raw(str(row["workflow"]))
+    return (
+        head is not None
+        and bool(head.get("fresh"))
+        and head.get("run_id") == row["run_id"]
+        and all(head.get(k) == row.get(k) for k in ("owner_pid", "owner_host", "owner_token"))
+    )
+
+
+def latest_head(store: Store, workflow: str) -> dict[str, Any] | None:
+    """The latest run of ``workflow`` as the heads folder tells it, without the lease (None:
+    not known there; read it with :func:`latest_run`). Its ``steps`` (step id -> eff_hash,
+    fingerprint) are there for a completed run started in a process that kept them."""
+    return store.heads.read(workflow) if store.as_left() else None
 
 
 def _after(a: dict[str, Any], b: dict[str, Any]) -> bool:

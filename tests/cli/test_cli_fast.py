@@ -127,3 +127,37 @@ def test_every_command_of_the_other_modules_is_listed_and_runs(db: Path) -> None
         timeout=120,
     )
     assert done.returncode == 0 and "RUN_ID" in done.stdout
+
+
+HELP_PROBE = """
+import json, sys
+from airun_nb.cli.main import main
+sys.argv = ["airun", "--help"]
+try:
+    main()
+except SystemExit:
+    pass
+print("PROBE " + json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_help_imports_neither_the_store_nor_any_lazy_command() -> None:
+    """`airun --help` lists every command (the lazily loaded ones with their help) without
+    importing DuckDB, pandas, pyarrow, numpy, YAML, the store, the engine or the modules of the
+    lazy commands: it starts as fast as click allows."""
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, timeout=120
+    )
+    out, _, report = done.stdout.rpartition("PROBE ")
+    modules = set(json.loads(report))
+    heavy = {"duckdb", "pandas", "pyarrow", "numpy", "yaml", "jinja2", "IPython"}
+    assert {m.split(".")[0] for m in modules} & heavy == set()
+    ours = {m for m in modules if m.startswith("airun_nb.")}
+    assert not {m for m in ours if m.split(".")[1] in ("store", "engine", "history")} - {
+        "airun_nb.store",
+        "airun_nb.store.faults",
+    }
+    assert not {"airun_nb.cli.travel", "airun_nb.cli.migrate"} & ours
+    for name, words in [("why", "Why each step"), ("diff", "Compare two runs"), ("runs", "List")]:
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(name + " "))
+        assert words in line, out

@@ -72,3 +72,32 @@ def test_a_small_frame_keeps_its_row_hash() -> None:
     rows = pd.util.hash_pandas_object(frame, index=True).to_numpy()
     meta = repr(("DataFrame", ["a", "c"])) + repr(frame.dtypes)
     assert _hash(frame) == hashlib.sha256(meta.encode() + rows.tobytes()).hexdigest()[:16]
+
+
+def _strings() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"a": np.arange(ROWS, dtype="float64"), "s": [f"row-{i}" for i in range(ROWS)]},
+        index=pd.Index([f"k{i}" for i in range(ROWS)]),
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda f: f.loc.__setitem__(("k5", "s"), "row-6"),  # same length, other characters
+        lambda f: f.loc.__setitem__(("k5", "s"), "row-55"),  # a longer value shifts the rest
+        lambda f: f.loc.__setitem__(("k7", "s"), None),  # a missing value
+        lambda f: f.rename(index={"k9": "k10"}),  # a label of the string index
+    ],
+)
+def test_string_columns_of_a_big_frame_are_hashed_by_their_arrow_buffers(change) -> None:  # type: ignore[no-untyped-def]
+    """A big frame with pandas' Arrow-backed strings (column and index) is hashed by its
+    buffers, not row by row; an equal copy hashes alike, and any change to a string, a
+    missing value or a label changes the hash."""
+    frame = _strings()
+    assert str(frame["s"].dtype) == "str" and hasattr(frame["s"].array, "_pa_array")
+    before = _hash(frame)
+    assert _hash(frame.copy()) == before
+    result = change(frame)
+    after = _hash(result if isinstance(result, pd.DataFrame) else frame)
+    assert after != before

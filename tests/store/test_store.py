@@ -236,7 +236,10 @@ steps:
 """
 
 
-def test_run_executing_in_another_process_is_not_resumed_twice(db: Path, tmp_path: Path) -> None:
+def test_run_executing_in_another_process_belongs_to_it(db: Path, tmp_path: Path) -> None:
+    """A run executing in another live process is never continued here: re-running the cell
+    starts a run of this process's own (every step executed here), resuming that run by id is
+    refused with a one-line message naming the process, and the other run ends on its own."""
     started, go = tmp_path / "started", tmp_path / "go"
     spec_file = tmp_path / "busy.yaml"
     spec_file.write_text(BUSY.replace("STARTED", str(started)).replace("GO", str(go)))
@@ -252,17 +255,25 @@ def test_run_executing_in_another_process_is_not_resumed_twice(db: Path, tmp_pat
                 break
             time.sleep(0.01)
         assert started.exists(), proc.stderr.read() if proc.stderr else ""
+        (theirs,) = [r for r in airun_nb.runs(db=db).itertuples() if r.status == "running"]
+        mine_go = tmp_path / "mine-go"
+        mine_go.touch()
+        params = {"started": str(tmp_path / "mine-started"), "go": str(mine_go)}
+        res = Workflow.from_file(spec_file).run(db=db, params=params)
+        assert res.run_id != theirs.run_id
+        assert res.executed == ["wait"] and res.replayed == []
         with pytest.raises(airun_nb.RunBusy) as info:
-            Workflow.from_file(spec_file).run(db=db)
+            Workflow.from_file(spec_file).run(db=db, resume=theirs.run_id)
         assert f"pid {proc.pid}" in str(info.value)
         assert "\n" not in str(info.value)
     finally:
         go.write_text("1")
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    runs = airun_nb.runs(db=db)
-    assert runs["status"].tolist() == ["completed"]
-    assert runs["owner_pid"].tolist() == [proc.pid]
+    by_id = {r.run_id: r.status for r in airun_nb.runs(db=db).itertuples()}
+    assert by_id == {theirs.run_id: "completed", res.run_id: "completed"}
+    owners = {r.run_id: r.owner_pid for r in airun_nb.runs(db=db).itertuples()}
+    assert owners == {theirs.run_id: proc.pid, res.run_id: os.getpid()}
 
 
 HOLD_RAW = textwrap.dedent(
