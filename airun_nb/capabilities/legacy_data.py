@@ -173,4 +173,6 @@ for _name, _fn, _what in (
     ("math.pandas.calculate", _pandas_calculate, "sums, means and formulas over rows"),
     ("io.pdf.extract_table", _pdf_extract, "tables of a PDF (needs the pdf extra)"),
 ):
-    register(_name, _fn, risk="low", description=_what, plain=False)
+    # a formula is evaluated by DataFrame.eval, which reaches Python objects: code execution
+    _code = "python.exec" if _name == "math.pandas.calculate" else ()
+    register(_name, _fn, risk="low", description=_what, plain=False, acts_as=_code)

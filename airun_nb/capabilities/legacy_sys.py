@@ -173,6 +173,7 @@ register(
     risk="high",
     description="an allowlisted program, no shell; no undo (give 'compensate')",
     plain=False,
+    acts_as="shell.run",  # it runs programs (python3, find -delete...): what shell.run does
 )
 register(
     "sys.archive.zip",

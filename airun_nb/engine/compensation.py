@@ -31,6 +31,7 @@ from airun_nb.engine.timeouts import describe, with_timeout
 from airun_nb.errors import AirunError
 from airun_nb.gates import gate
 from airun_nb.governance import audit as auditlog
+from airun_nb.governance import verdict as governance
 from airun_nb.spec.parser import RetryPolicy
 from airun_nb.store.database import crashpoint
 
@@ -97,6 +98,9 @@ def roll_back(run: RunContext) -> None:
 def _compensate(run: RunContext, st: StepState) -> bool:
     ledger = run.ledger
     comp = st.compensation or {}
+    refused = governance.check_compensation(run, st, comp) if "error" not in comp else None
+    if refused is not None:  # checked again when it runs: nothing of it runs
+        comp = {"error": refused}
     if "error" in comp:
         st.comp_error = str(comp["error"])
         ledger.compensation(

@@ -37,7 +37,9 @@ from airun_nb.engine.state import (
     StepState,
 )
 from airun_nb.errors import RunBusy, RunInterrupted, WorkflowFailed
+from airun_nb.governance import mediator
 from airun_nb.governance import policy as policy_mod
+from airun_nb.governance import verdict as governance
 from airun_nb.governance.workspace import Workspace
 from airun_nb.settings import environment as config
 from airun_nb.spec.parser import WorkflowSpec, expand
@@ -125,8 +127,8 @@ class Runner:
             self.workspace,
             undo_dir,
             self.store,
-            principal=self.user,
-            hosts=self.policy.hosts_for(self.user),
+            principal=self.ledger.launched_by or self.user,
+            hosts=mediator.hosts(self.policy, governance.principals(self)),
         )
 
     # ------------------------------------------------------------------ plan

@@ -20,6 +20,7 @@ import pyarrow as pa
 from airun_nb.errors import AirunError
 from airun_nb.governance import confine
 from airun_nb.governance.workspace import Workspace
+from airun_nb.settings import caps
 from airun_nb.settings import environment as config
 from airun_nb.store.database import quote_ident
 
@@ -29,8 +30,14 @@ class ResolveError(AirunError):
 
 
 def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) -> Callable[..., Any]:
-    """Find a ``call:`` target: a notebook name, ``package.module:function`` or a dotted path."""
+    """Find a ``call:`` target: a function of the notebook, or ``package.module:function`` (or a
+    dotted path) of a module the owner allows in the settings (``call_modules``).
+
+    Nothing else is reached: a module that is not allowed is never imported, and a notebook
+    name is followed through attributes only while they are not modules."""
     target = target.strip()
+    if any(p.startswith("_") for p in target.replace(":", ".").split(".")[1:]):
+        raise ResolveError(f"step '{step}': call '{target}': a name starting with '_'; refused")
     if ":" in target:
         module_name, _, attr = target.partition(":")
         return _import_attr(module_name, attr, target, step)
@@ -38,10 +45,12 @@ def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) ->
     if head in namespace:
         obj: Any = namespace[head]
         for part in rest.split(".") if rest else []:
+            if inspect.ismodule(obj):
+                _check_module(obj.__name__, target, step)
             obj = getattr(obj, part, None)
             if obj is None:
                 raise ResolveError(f"step '{step}': call '{target}': no attribute '{part}'")
-        if not callable(obj):
+        if not callable(obj) or inspect.ismodule(obj):
             raise ResolveError(f"step '{step}': call '{target}' is not a function")
         return obj
     if "." in target:
@@ -53,7 +62,16 @@ def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) ->
     )
 
 
+def _check_module(module_name: str, target: str, step: str) -> None:
+    if not caps.module_allowed(module_name):
+        raise ResolveError(
+            f"step '{step}': call '{target}': module {module_name} is not among the modules "
+            "the settings allow (call_modules); refused"
+        )
+
+
 def _import_attr(module_name: str, attr: str, target: str, step: str) -> Callable[..., Any]:
+    _check_module(module_name, target, step)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -65,7 +83,7 @@ def _import_attr(module_name: str, attr: str, target: str, step: str) -> Callabl
         obj = getattr(obj, part, None)
         if obj is None:
             raise ResolveError(f"step '{step}': call '{target}': {module_name} has no '{attr}'")
-    if not callable(obj):
+    if not callable(obj) or inspect.ismodule(obj):
         raise ResolveError(f"step '{step}': call '{target}' is not a function")
     return obj
 
