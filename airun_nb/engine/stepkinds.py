@@ -150,11 +150,21 @@ class SqlEngine:
         store = self._store if self._store is not None else config.default_db()
         return confine.duckdb_connect(":memory:", root, store)
 
-    def run(self, sql: str, relations: Mapping[str, Any], namespace: Mapping[str, Any]) -> Any:
+    def run(
+        self,
+        sql: str,
+        relations: Mapping[str, Any],
+        namespace: Mapping[str, Any],
+        on_cursor: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> Any:
+        """Run ``sql``; ``on_cursor`` gets the cursor first, so that a caller whose time limit
+        passes can ``interrupt()`` the query (DuckDB stops it, and its CPU with it)."""
         with self._lock:
             if self._con is None:
                 self._con = self._connect()
             cur = self._con.cursor()
+        if on_cursor is not None:
+            on_cursor(cur)
         try:
             for name, value in relations.items():
                 cur.register(name, value)

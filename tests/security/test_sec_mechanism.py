@@ -3,7 +3,7 @@ compensation, notify target and foreach, run under the agent policy of docs/secu
 a child process with a Python audit hook (tests/security/audit_child.py). The policy denies
 ``python.exec`` and ``shell.run`` to the agent and gates everything of high risk and all egress
 behind an approval nobody gives, so the only effects it allows are files written inside the
-workspace by medium-risk capabilities. Any process started, step code compiled or executed,
+workspace by medium-risk capabilities. Any process started, step code executed,
 socket connected or file written outside the workspace is an event the policy did not allow,
 and fails the test."""
 
@@ -183,10 +183,13 @@ def run_under_agent_policy(text: str, policy_text: str = AGENT_POLICY) -> tuple[
 
 
 def violations(root: Path, report: dict[str, Any]) -> list[list[str]]:
-    """The events the agent policy did not allow: anything but a file written in the workspace."""
+    """The events the agent policy did not allow: anything but a file written in the workspace
+    (or a python step's code compiled, which only checks its syntax when the run is planned)."""
     bad = []
     for event, detail in report["events"]:
         if event == "open" and (detail == str(root) or detail.startswith(str(root) + os.sep)):
+            continue
+        if event == "compile":
             continue
         bad.append([event, detail])
     return bad
@@ -225,4 +228,5 @@ def test_the_oracle_sees_what_it_must() -> None:
         policy_text="default: allow\n",
     )
     assert report["status"] == "completed", report
-    assert [e for e, _ in violations(root, report)] == ["compile", "exec", "os.system"]
+    assert [e for e, _ in report["events"] if e != "open"] == ["compile", "exec", "os.system"]
+    assert [e for e, _ in violations(root, report)] == ["exec", "os.system"]
