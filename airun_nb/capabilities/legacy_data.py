@@ -80,8 +80,7 @@ def _regex_match(args: dict[str, Any], ctx: Context) -> Any:
             found = [m for m in [compiled.search(text, timeout=limit)] if m is not None]
     except TimeoutError:
         raise CapabilityError(
-            f"text.regex.match: the pattern took longer than {limit:g} s (regex_timeout); "
-            "stopped"
+            f"text.regex.match: the pattern took longer than {limit:g} s (regex_timeout); stopped"
         ) from None
     matches = [
         {"match": m.group(0), "groups": list(m.groups()), "start": m.start(), "end": m.end()}

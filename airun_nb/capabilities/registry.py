@@ -44,6 +44,12 @@ class CapabilityError(AirunError):
     """A capability was misused (unknown name, bad arguments, failed undo...)."""
 
 
+class CapabilityRefused(CapabilityError):
+    """A capability refused what it was asked to do (a program or name not allowed)."""
+
+    exit_kind = "security"
+
+
 @dataclass
 class Context:
     """What a capability may use: the workspace, where to keep undo data, who runs it."""
@@ -207,8 +213,13 @@ def declared_risk(kind: str, body: Any) -> str:
             cap = get(str(body))
         except CapabilityError:
             return "high"
-        levels = [cap.risk, *(declared_risk("capability", a) if a in _REGISTRY else
-                              KIND_RISK.get(a, "high") for a in acts_as(cap.name))]
+        levels = [
+            cap.risk,
+            *(
+                declared_risk("capability", a) if a in _REGISTRY else KIND_RISK.get(a, "high")
+                for a in acts_as(cap.name)
+            ),
+        ]
         return max(levels, key=RISKS.index)
     return KIND_RISK.get(policy_name(kind, body), "medium")
 

@@ -142,10 +142,11 @@ def _attempts(
             st.finish_seq = ledger.next_seq()
             if s.compensate_on_failure:
                 st.compensation = render_compensation(run, st) or st.compensation
+            kind = {"kind": _kind(exc)} if _kind(exc) else {}
             ledger.step(
                 st,
                 S_FAILED,
-                ledger.event("step_failed", st.id, attempt=attempt, error=err),
+                ledger.event("step_failed", st.id, attempt=attempt, error=err, **kind),
                 governance.execution_audit(run, st, "failed", err),
                 att=failed,
             )
@@ -169,6 +170,13 @@ def _attempts(
             run.namespace[s.output] = value  # type: ignore[index]
         ledger.listener.changed(ledger.subject, st)
         return
+
+
+def _kind(exc: BaseException) -> str | None:
+    """What kind of failure ended the step, from its type (for ``airun exec``'s exit code)."""
+    if isinstance(exc, StepTimeout):
+        return "timeout"
+    return getattr(exc, "exit_kind", None)
 
 
 def _skip_reason(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> str | None:

@@ -153,7 +153,9 @@ class Planner:
                 try:
                     capabilities.get(str(st.spec.body))
                 except capabilities.CapabilityError as exc:
-                    raise SpecError(f"step '{st.id}': {legacy.hint(exc)}") from None
+                    err = SpecError(f"step '{st.id}': {legacy.hint(exc)}")
+                    err.exit_kind = "not_found"
+                    raise err from None
             fp = stepprint.of_step(st, prints)
             if fp is not None and fp.components:
                 st.code_hash = fp.digest

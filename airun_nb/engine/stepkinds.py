@@ -26,7 +26,9 @@ from airun_nb.store.database import quote_ident
 
 
 class ResolveError(AirunError):
-    """A ``call:`` target could not be found."""
+    """A ``call:`` target could not be found (or may not be reached)."""
+
+    exit_kind = "not_found"
 
 
 def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) -> Callable[..., Any]:
@@ -37,7 +39,9 @@ def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) ->
     name is followed through attributes only while they are not modules."""
     target = target.strip()
     if any(p.startswith("_") for p in target.replace(":", ".").split(".")[1:]):
-        raise ResolveError(f"step '{step}': call '{target}': a name starting with '_'; refused")
+        err = ResolveError(f"step '{step}': call '{target}': a name starting with '_'; refused")
+        err.exit_kind = "security"
+        raise err
     if ":" in target:
         module_name, _, attr = target.partition(":")
         return _import_attr(module_name, attr, target, step)
@@ -64,10 +68,12 @@ def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) ->
 
 def _check_module(module_name: str, target: str, step: str) -> None:
     if not caps.module_allowed(module_name):
-        raise ResolveError(
+        err = ResolveError(
             f"step '{step}': call '{target}': module {module_name} is not among the modules "
             "the settings allow (call_modules); refused"
         )
+        err.exit_kind = "security"
+        raise err
 
 
 def _import_attr(module_name: str, attr: str, target: str, step: str) -> Callable[..., Any]:

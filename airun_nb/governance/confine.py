@@ -38,6 +38,8 @@ NO_EXTENSIONS: dict[str, Any] = {
 class ProtectedPathError(AirunError):
     """A path the runtime keeps for itself (the store and its files, the workspace root)."""
 
+    exit_kind = "security"
+
 
 def _real(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))

@@ -66,12 +66,15 @@ def of_notify(target: Any) -> Action | None:
     if callable(target):
         return None
     if isinstance(target, str) and target.startswith(("http://", "https://")):
-        return Action("http.request", capabilities.risk_of("capability", "http.request", None),
-                      what="notify")
+        return Action(
+            "http.request", capabilities.risk_of("capability", "http.request", None), what="notify"
+        )
     return Action("python.call", capabilities.risk_of("call", target, None), what="notify")
 
 
-def decide(policy: policy_mod.Policy, principals: Sequence[str], action: Action) -> policy_mod.Verdict:
+def decide(
+    policy: policy_mod.Policy, principals: Sequence[str], action: Action
+) -> policy_mod.Verdict:
     """The verdict for ``action`` run for ``principals``: the strictest over every principal
     and every name the action is known by."""
     who = _unique(principals)

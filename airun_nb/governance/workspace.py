@@ -18,6 +18,8 @@ from airun_nb.settings import file as settings
 class SandboxError(AirunError):
     """A path outside the workspace."""
 
+    exit_kind = "security"
+
 
 class Workspace:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
-from airun_nb.settings import caps
 from airun_nb.errors import SpecError
+from airun_nb.settings import caps
 from airun_nb.spec.digest import canonical, of_canonical
 from airun_nb.spec.graph import suggest
 from airun_nb.spec.model import RetryPolicy, StepSpec

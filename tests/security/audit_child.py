@@ -50,7 +50,8 @@ def ok(**kwargs: Any) -> str:
 
 
 def main() -> None:
-    text = open(sys.argv[1]).read()
+    with open(sys.argv[1]) as f:
+        text = f.read()
     sys.addaudithook(_hook)
     _ON[0] = True
     status = "refused"

@@ -80,7 +80,10 @@ def _actions(url: str) -> list[dict[str, Any]]:
             "with": {"data": [{"a": 1}], "operations": [{"type": "calculate", "formula": FORMULA}]},
         },
         {"capability": "text.regex.match", "with": {"pattern": "a+", "text": "aaa"}},
-        {"capability": "text.template.render", "with": {"template": "{{x}}", "variables": {"x": 1}}},
+        {
+            "capability": "text.template.render",
+            "with": {"template": "{{x}}", "variables": {"x": 1}},
+        },
         {"capability": "data.json.parse", "with": {"json_string": "[1]"}},
     ]
 
@@ -151,7 +154,9 @@ def server() -> Iterator[_Server]:
     s.srv.shutdown()
 
 
-def run_under_agent_policy(text: str, policy_text: str = AGENT_POLICY) -> tuple[Path, dict[str, Any]]:
+def run_under_agent_policy(
+    text: str, policy_text: str = AGENT_POLICY
+) -> tuple[Path, dict[str, Any]]:
     """Run a workflow in a child process under the agent policy; (workspace, its report)."""
     base = Path(tempfile.mkdtemp(prefix="airun-mech-"))
     root = base / "ws"
