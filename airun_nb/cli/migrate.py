@@ -44,7 +44,7 @@ def failure_kind(run_id: str, db: Path | None) -> str:
     if (rows["kind"] == "step_denied").any():
         return "permission"
     for detail in rows.loc[rows["kind"] == "step_failed", "detail"]:
-        kind = json.loads(detail or "{}").get("kind")
+        kind = json.loads(detail or "{}").get("error_kind")
         if kind in EXIT:
             return str(kind)
     return "internal"

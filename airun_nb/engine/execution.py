@@ -142,7 +142,7 @@ def _attempts(
             st.finish_seq = ledger.next_seq()
             if s.compensate_on_failure:
                 st.compensation = render_compensation(run, st) or st.compensation
-            kind = {"kind": _kind(exc)} if _kind(exc) else {}
+            kind = {"error_kind": _kind(exc)} if _kind(exc) else {}
             ledger.step(
                 st,
                 S_FAILED,

@@ -183,6 +183,8 @@ class Runner:
         with self.store.session("planning a rollback"):
             row, rows = self.planner.select_rollback(run_id)
             self.claim.take(row, "rollback")
+        # compensations are decided again when they run, under the policy in force now
+        self.policy = policy_mod.current().tightened(self.spec.policy)
         self.workspace = Workspace()
         self.ledger.failed_step = row.get("failed_step")
         self.ledger.error = row.get("error")
