@@ -313,7 +313,12 @@ def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, d
 def exec_cmd(file: Path, inputs: tuple[str, ...], as_json: bool, db: Path | None) -> None:
     """Run a workflow file; exit 0 done or rolled back, 30 waiting at a gate, 10 invalid,
     11 denied, 12 refused by the sandbox, 13 not found, 15 timed out, 20 anything else."""
-    code, record = execute(file, _inputs(inputs), db)
+    try:
+        given = _inputs(inputs)
+    except SpecError as exc:  # a bad --input is invalid input: 10, like a bad file
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(EXIT["validation"])
+    code, record = execute(file, given, db)
     record["exit_code"] = code
     if as_json:
         click.echo(json.dumps(record, default=str))
