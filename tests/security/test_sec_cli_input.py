@@ -67,7 +67,9 @@ def test_yaml_tags_in_an_input_are_one_line(world: World) -> None:
     flow = world.root.parent / "flow.yaml"
     flow.write_text("name: f\nsteps:\n  - {id: a, sql: SELECT 1}\n")
     pwned = world.outside / "pwned"
-    out = airun("exec", str(flow), "--input", f"x=!!python/object/apply:os.system ['touch {pwned}']")
+    out = airun(
+        "exec", str(flow), "--input", f"x=!!python/object/apply:os.system ['touch {pwned}']"
+    )
     assert out.returncode == 10, out
     line = one_line(out.stderr)
     assert "--input x" in line and "python/object" in line

@@ -200,6 +200,7 @@ def violations(root: Path, report: dict[str, Any]) -> list[list[str]]:
     return bad
 
 
+@pytest.mark.timeout(900)  # a safety net: each example is a child process on a busy machine
 @settings(
     max_examples=int(os.environ.get("AIRUN_MECHANISM_EXAMPLES", "14")),
     deadline=None,
