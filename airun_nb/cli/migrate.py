@@ -166,7 +166,9 @@ def validate_cmd(files: tuple[Path, ...], strict: bool) -> None:
         try:
             kind, found = problems(path)
         except AirunError as exc:  # the file cannot be read or is not YAML: one line, exit 10
-            kind, found = "file", [exc.message]
+            bad += 1
+            click.echo(exc.message if str(path) in exc.message else f"{path}: {exc.message}")
+            continue
         soft = ("note:",) if strict else ("note:", "warning:")
         errors = [p for p in found if not p.startswith(soft)]
         bad += bool(errors)
