@@ -1,10 +1,10 @@
 """Runs one workflow under the agent policy with a Python audit hook, and prints what it saw.
 
-Usage: ``python audit_child.py WORKFLOW.yaml`` from the workspace folder, with ``AIRUN_*`` set by
-the caller. The hook records every ``subprocess.Popen``, ``os.system``, ``os.exec*`` and
+Usage: ``python audit_child.py WORKFLOW.yaml...`` from the workspace folder, with ``AIRUN_*`` set
+by the caller; the workflows run one after the other, each as a new run. The hook records every ``subprocess.Popen``, ``os.system``, ``os.exec*`` and
 ``os.posix_spawn``, every ``exec`` / ``compile`` of a step's code, every ``open`` for writing
-and every ``socket.connect``, from the moment the workflow is parsed; the list is printed as
-JSON on the last line of standard output.
+and every ``socket.connect``, from the moment each workflow is parsed; one report per workflow
+(its status and its events) is printed as JSON on the last line of standard output.
 """
 
 from __future__ import annotations
@@ -50,19 +50,25 @@ def ok(**kwargs: Any) -> str:
 
 
 def main() -> None:
-    with open(sys.argv[1]) as f:
-        text = f.read()
+    texts = []
+    for path in sys.argv[1:]:
+        with open(path) as f:
+            texts.append(f.read())
     sys.addaudithook(_hook)
-    _ON[0] = True
-    status = "refused"
-    try:
-        result = Workflow.from_yaml(text).run(raise_on_failure=False, namespace={"ok": ok})
-        status = result.status
-    except AirunError as exc:
-        status = f"refused: {exc.message}"
-    finally:
-        _ON[0] = False
-    sys.stdout.write(json.dumps({"status": status, "events": SEEN}) + "\n")
+    reports = []
+    for text in texts:
+        SEEN.clear()
+        _ON[0] = True
+        status = "refused"
+        try:
+            wf = Workflow.from_yaml(text)
+            status = wf.run(raise_on_failure=False, namespace={"ok": ok}, new=True).status
+        except AirunError as exc:
+            status = f"refused: {exc.message}"
+        finally:
+            _ON[0] = False
+        reports.append({"status": status, "events": list(SEEN)})
+    sys.stdout.write(json.dumps(reports) + "\n")
     sys.stdout.flush()
 
 

@@ -106,7 +106,7 @@ def _notify_targets(url: str) -> list[Any]:
 
 
 @st.composite
-def workflows(draw: st.DrawFn, url: str) -> str:
+def workflows(draw: st.DrawFn, url: str, name: str = "attack") -> str:
     actions = _actions(url)
     steps: list[dict[str, Any]] = []
     for i in range(draw(st.integers(1, 4))):
@@ -122,7 +122,7 @@ def workflows(draw: st.DrawFn, url: str) -> str:
         steps.append({"id": "gate", "approval": {"message": "go?", "notify": target}})
     elif draw(st.booleans()):  # a failure at the end: the run rolls back its compensations
         steps.append({"id": "boom", "capability": "fs.read", "with": {"path": "missing.txt"}})
-    return yaml.safe_dump({"name": "attack", "steps": steps}, sort_keys=False)
+    return yaml.safe_dump({"name": name, "steps": steps}, sort_keys=False)
 
 
 class _Server:
@@ -155,17 +155,20 @@ def server() -> Iterator[_Server]:
 
 
 def run_under_agent_policy(
-    text: str, policy_text: str = AGENT_POLICY
-) -> tuple[Path, dict[str, Any]]:
-    """Run a workflow in a child process under the agent policy; (workspace, its report)."""
+    *texts: str, policy_text: str = AGENT_POLICY
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Run workflows in one child process under the agent policy, one after the other in a
+    fresh workspace; (the workspace, one report per workflow)."""
     base = Path(tempfile.mkdtemp(prefix="airun-mech-"))
     root = base / "ws"
     root.mkdir()
     (root / "data.txt").write_text("precious data\n")
     policy = base / "policy.yaml"  # outside the workspace
     policy.write_text(policy_text)
-    wf = base / "attack.yaml"
-    wf.write_text(text)
+    files = []
+    for i, text in enumerate(texts):
+        files.append(base / f"attack{i}.yaml")
+        files[-1].write_text(text)
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS and not k.startswith("AIRUN")}
     env.update(
         AIRUN_IDENTITY="env",
@@ -176,12 +179,12 @@ def run_under_agent_policy(
         PYTHONDONTWRITEBYTECODE="1",
     )
     proc = subprocess.run(
-        [sys.executable, str(CHILD), str(wf)],
+        [sys.executable, str(CHILD), *map(str, files)],
         cwd=root,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return root.resolve(), json.loads(proc.stdout.strip().splitlines()[-1])
@@ -202,34 +205,40 @@ def violations(root: Path, report: dict[str, Any]) -> list[list[str]]:
 
 @pytest.mark.timeout(900)  # a safety net: each example is a child process on a busy machine
 @settings(
-    max_examples=int(os.environ.get("AIRUN_MECHANISM_EXAMPLES", "14")),
+    max_examples=int(os.environ.get("AIRUN_MECHANISM_EXAMPLES", "8")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
 )
 @given(data=st.data())
 def test_no_workflow_acts_beyond_the_agent_policy(server: _Server, data: st.DataObject) -> None:
-    """Whatever a random workflow does, under the agent policy nothing runs a process, executes
+    """Whatever random workflows do, under the agent policy nothing runs a process, executes
     step code, opens a socket or writes outside the workspace."""
-    text = data.draw(workflows(server.url), label="workflow")
+    count = data.draw(st.integers(1, 4), label="workflows")
+    texts = [
+        data.draw(workflows(server.url, f"attack{i}"), label=f"workflow {i}") for i in range(count)
+    ]
     hits = len(server.hits)
-    root, report = run_under_agent_policy(text)
-    bad = violations(root, report)
-    assert not bad, f"events the policy did not allow: {bad}\nstatus: {report['status']}\n{text}"
-    assert len(server.hits) == hits, f"the workflow reached the network\n{text}"
+    root, reports = run_under_agent_policy(*texts)
+    for text, report in zip(texts, reports, strict=True):
+        bad = violations(root, report)
+        assert not bad, (
+            f"events the policy did not allow: {bad}\nstatus: {report['status']}\n{text}"
+        )
+    assert len(server.hits) == hits, f"the workflows reached the network\n{texts}"
 
 
 def test_the_oracle_sees_what_it_must() -> None:
     """The hook and the oracle are not blind: under the agent policy a workflow of allowed
     actions is clean; under a policy that allows code, a python step's process is seen."""
-    root, report = run_under_agent_policy(
+    root, (report,) = run_under_agent_policy(
         "name: clean\nsteps:\n  - {id: a, call: ok}\n  - {id: b, sql: SELECT 1}\n"
         "  - id: c\n    capability: fs.write\n    with: {path: out.txt, content: x}\n"
     )
     assert report["status"] == "completed", report
     assert violations(root, report) == []
     assert (root / "out.txt").read_text() == "x"
-    root, report = run_under_agent_policy(
+    root, (report,) = run_under_agent_policy(
         "name: code\nsteps:\n  - {id: a, python: \"import os\\nos.system('true')\"}\n",
         policy_text="default: allow\n",
     )
