@@ -410,3 +410,21 @@ def test_a_python_step_is_denied_to_the_agent(agent: World) -> None:
     assert "denied by the policy (rule 'agents-no-code'" in error
     assert _attempts(result, "s") == 0
     agent.assert_unchanged(snap)
+
+
+def test_replaying_the_agents_run_checks_the_agent(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`testing.replay` of the agent's run by alice runs its steps as the agent would: a step
+    the policy now denies the agent is not run again for alice."""
+    from airun_nb import testing
+
+    monkeypatch.setenv("AIRUN_USER", "llm-bot")
+    flow = "name: replayme\nsteps:\n  - id: act\n    python: \"open('acted', 'a').write('x')\"\n"
+    first = Workflow.from_yaml(flow).run()  # no policy yet: it runs once
+    assert (world.root / "acted").read_text() == "x"
+    _denying_policy(world, monkeypatch)
+    monkeypatch.setenv("AIRUN_USER", "alice")
+    report = testing.replay(first.run_id).set_index("step")
+    assert "denied by the policy (rule 'bot-no-code'" in str(report.loc["act", "error"])
+    assert (world.root / "acted").read_text() == "x"
