@@ -14,6 +14,9 @@ class AirunError(Exception):
     #: The line a notebook cell shows instead of the message, when the cell already shows part
     #: of it (a failed run's reason is in its step's row): set by the notebook front end.
     shown: str | None = None
+    #: What kind of failure this is for ``airun exec``'s exit code (``security``, ``timeout``,
+    #: ``not_found``...), set by the code that raises it, never read from the message.
+    exit_kind: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -33,6 +33,8 @@ from airun_nb.store.schema import NO_EXTENSIONS
 class ProtectedPathError(AirunError):
     """A path the runtime keeps for itself (the store and its files, the workspace root)."""
 
+    exit_kind = "security"
+
 
 def _real(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))

@@ -9,10 +9,12 @@ with the old inputs and output keys (``data``, ``json_string``, ``value``, ``mat
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
+import regex
+
 from airun_nb.capabilities.registry import CapabilityError, Context, register
+from airun_nb.settings import caps
 
 
 def _loads(value: Any, cap: str, field: str) -> Any:
@@ -55,20 +57,31 @@ def _json_get(args: dict[str, Any], ctx: Context) -> Any:
     return {"value": value, "success": True}
 
 
-_FLAGS = {"ignorecase": re.IGNORECASE, "multiline": re.MULTILINE, "dotall": re.DOTALL}
+_FLAGS = {"ignorecase": regex.IGNORECASE, "multiline": regex.MULTILINE, "dotall": regex.DOTALL}
 
 
 def _regex_match(args: dict[str, Any], ctx: Context) -> Any:
+    """Matches of an untrusted pattern, run by the ``regex`` module with a time limit (the
+    settings' ``regex_timeout``): a catastrophic pattern (``(a+)+$``) stops there."""
     flags_list = [str(f).lower() for f in args.get("flags") or []]
-    flags = 0
+    flags = regex.VERSION0
     for name in flags_list:
         flags |= _FLAGS.get(name, 0)
     try:
-        regex = re.compile(str(args.get("pattern", "")), flags)
-    except re.error as exc:
+        compiled = regex.compile(str(args.get("pattern", "")), flags)
+    except (regex.error, ValueError, OverflowError) as exc:
         raise CapabilityError(f"text.regex.match: invalid pattern ({exc})") from None
     text = str(args.get("text", ""))
-    found = regex.finditer(text) if "global" in flags_list else filter(None, [regex.search(text)])
+    limit = caps.regex_timeout()
+    try:
+        if "global" in flags_list:
+            found = list(compiled.finditer(text, timeout=limit))
+        else:
+            found = [m for m in [compiled.search(text, timeout=limit)] if m is not None]
+    except TimeoutError:
+        raise CapabilityError(
+            f"text.regex.match: the pattern took longer than {limit:g} s (regex_timeout); stopped"
+        ) from None
     matches = [
         {"match": m.group(0), "groups": list(m.groups()), "start": m.start(), "end": m.end()}
         for m in found
@@ -173,4 +186,6 @@ for _name, _fn, _what in (
     ("math.pandas.calculate", _pandas_calculate, "sums, means and formulas over rows"),
     ("io.pdf.extract_table", _pdf_extract, "tables of a PDF (needs the pdf extra)"),
 ):
-    register(_name, _fn, risk="low", description=_what, plain=False)
+    # a formula is evaluated by DataFrame.eval, which reaches Python objects: code execution
+    _code = "python.exec" if _name == "math.pandas.calculate" else ()
+    register(_name, _fn, risk="low", description=_what, plain=False, acts_as=_code)

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from airun_nb.capabilities.files import _backup, _restore
-from airun_nb.capabilities.registry import CapabilityError, Context, register
+from airun_nb.capabilities.registry import (
+    CapabilityError,
+    CapabilityRefused,
+    Context,
+    register,
+)
 
 ENV_ALLOWLIST = {
     *("PATH", "HOME", "USER", "LANG", "LC_ALL", "SHELL", "TERM", "PWD", "EDITOR"),
@@ -65,7 +70,7 @@ def _get_os(args: dict[str, Any], ctx: Context) -> Any:
 def _get_env_var(args: dict[str, Any], ctx: Context) -> Any:
     name = str(args.get("var_name", ""))
     if name not in ENV_ALLOWLIST:
-        raise CapabilityError(
+        raise CapabilityRefused(
             f"sys.info.get_env_var: '{name}' is not in the allowlist "
             "(airun_nb.capabilities.legacy_sys.ENV_ALLOWLIST)"
         )
@@ -81,7 +86,7 @@ def _get_env_var(args: dict[str, Any], ctx: Context) -> Any:
 def _exec_run(args: dict[str, Any], ctx: Context) -> Any:
     command = str(args.get("command", ""))
     if Path(command).name != command or command not in EXEC_ALLOWLIST:
-        raise CapabilityError(
+        raise CapabilityRefused(
             f"sys.exec.run: '{command}' is not in the allowlist "
             "(airun_nb.capabilities.legacy_sys.EXEC_ALLOWLIST)"
         )
@@ -98,7 +103,9 @@ def _exec_run(args: dict[str, Any], ctx: Context) -> Any:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        raise CapabilityError(f"sys.exec.run: {command} timed out after {timeout:g} s") from None
+        err = CapabilityError(f"sys.exec.run: {command} timed out after {timeout:g} s")
+        err.exit_kind = "timeout"
+        raise err from None
     except OSError as exc:
         raise CapabilityError(f"sys.exec.run: cannot run {command}: {exc.strerror}") from None
     out = {
@@ -173,6 +180,7 @@ register(
     risk="high",
     description="an allowlisted program, no shell; no undo (give 'compensate')",
     plain=False,
+    acts_as="shell.run",  # it runs programs (python3, find -delete...): what shell.run does
 )
 register(
     "sys.archive.zip",

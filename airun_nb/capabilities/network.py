@@ -25,6 +25,12 @@ _METADATA = {ipaddress.ip_address("fd00:ec2::254")}
 _METADATA_NAMES = {"metadata.google.internal", "metadata", "instance-data"}
 
 
+class EgressRefused(CapabilityError):
+    """A destination the egress checks refuse."""
+
+    exit_kind = "security"
+
+
 def _blocked(addr: str) -> bool:
     ip = ipaddress.ip_address(addr.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -39,19 +45,19 @@ def check_destination(url: str, ctx: Context) -> None:
     if not host:
         raise CapabilityError(f"http.request: no host in {redact(url)}")
     if ctx.hosts is not None and not any(fnmatch.fnmatchcase(host, h) for h in ctx.hosts):
-        raise CapabilityError(
+        raise EgressRefused(
             f"http.request: host {host} is not among the hosts the policy allows "
             f"{ctx.principal or 'this principal'} ({', '.join(ctx.hosts) or 'none'}); refused"
         )
     if host in _METADATA_NAMES:
-        raise CapabilityError(f"http.request: {host} is a cloud metadata service; refused")
+        raise EgressRefused(f"http.request: {host} is a cloud metadata service; refused")
     try:
         infos = socket.getaddrinfo(host, parts.port or 80, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         return  # urllib reports the name that does not resolve
     for info in infos:
         if _blocked(str(info[4][0])):
-            raise CapabilityError(
+            raise EgressRefused(
                 f"http.request: {host} is a link-local or cloud metadata address "
                 f"({info[4][0]}); refused"
             )

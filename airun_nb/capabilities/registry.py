@@ -44,6 +44,12 @@ class CapabilityError(AirunError):
     """A capability was misused (unknown name, bad arguments, failed undo...)."""
 
 
+class CapabilityRefused(CapabilityError):
+    """A capability refused what it was asked to do (a program or name not allowed)."""
+
+    exit_kind = "security"
+
+
 @dataclass
 class Context:
     """What a capability may use: the workspace, where to keep undo data, who runs it."""
@@ -91,6 +97,7 @@ class Capability:
     prepare: Prepare | None = None
     undo: Undo | None = None
     description: str = ""
+    acts_as: tuple[str, ...] = ()  # what it can do, as the policy sees it (python.exec...)
 
     @property
     def reversible(self) -> bool:
@@ -130,9 +137,14 @@ def register(
     prepare: Callable[..., Any] | None = None,
     description: str = "",
     plain: bool = True,
+    acts_as: str | tuple[str, ...] = (),
 ) -> Capability:
     """Register a capability. With ``plain`` (the default) ``fn(**with)`` is called, ``undo``
-    is called as ``undo(**with, result=...)`` with the step's arguments and result."""
+    is called as ``undo(**with, result=...)`` with the step's arguments and result.
+
+    ``acts_as`` names what it can do in the policy's terms: a capability that evaluates
+    expressions or runs programs acts as ``python.exec`` or ``shell.run``, one that talks to
+    the network as ``http.request``; every rule and check of those applies to it too."""
     if risk not in RISKS:
         raise CapabilityError(f"risk must be one of {', '.join(RISKS)}")
     if not re.match(r"^[A-Za-z_][\w.\-]*$", name):
@@ -160,6 +172,7 @@ def register(
         cap = Capability(name, apply_, risk, prepare_, undo_ if undo else None, description)
     else:
         cap = Capability(name, fn, risk, prepare, undo, description)
+    cap.acts_as = (acts_as,) if isinstance(acts_as, str) else tuple(acts_as)
     _REGISTRY[name] = cap
     return cap
 
@@ -177,6 +190,15 @@ def canonical(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+def acts_as(name: str) -> tuple[str, ...]:
+    """What a capability can do besides its own name, as the policy sees it (empty when it is
+    not registered: the policy then sees its name at high risk)."""
+    cap = _REGISTRY.get(canonical(name))
+    if cap is None:
+        return ()
+    return tuple(c for c in cap.acts_as if c != cap.name)
+
+
 def policy_name(kind: str, body: Any) -> str:
     """The capability name the policy sees for a step."""
     if kind == "capability":
@@ -188,9 +210,17 @@ def declared_risk(kind: str, body: Any) -> str:
     """The risk a capability (or step kind) declares for itself."""
     if kind == "capability":
         try:
-            return get(str(body)).risk
+            cap = get(str(body))
         except CapabilityError:
             return "high"
+        levels = [
+            cap.risk,
+            *(
+                declared_risk("capability", a) if a in _REGISTRY else KIND_RISK.get(a, "high")
+                for a in acts_as(cap.name)
+            ),
+        ]
+        return max(levels, key=RISKS.index)
     return KIND_RISK.get(policy_name(kind, body), "medium")
 
 

@@ -19,6 +19,8 @@ from airun_nb.settings.environment import current as settings_now
 class SandboxError(AirunError):
     """A path outside the workspace."""
 
+    exit_kind = "security"
+
 
 class Workspace:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:

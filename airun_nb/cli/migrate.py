@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -34,25 +35,55 @@ EXIT = {
     "timeout": 15,
     "internal": 20,
 }
-_KINDS = (
-    ("permission", re.compile(r"denied by the policy|not allowed to decide|may not")),
-    ("security", re.compile(r"outside the workspace|refused|allowlist|protected")),
-    ("timeout", re.compile(r"timed out|deadline")),
-    ("not_found", re.compile(r"not built in|unknown capability|no file|no folder|not found")),
-)
 
 
-def classify(message: str) -> str:
-    """The exit-code kind of a failure message."""
-    for kind, pattern in _KINDS:
-        if pattern.search(message):
-            return kind
+def failure_kind(run_id: str, db: Path | None) -> str:
+    """The exit-code kind of a failed run, from what the store recorded (a denial, the type of
+    the error that ended a step), never from the words of an error message."""
+    from airun_nb.history.frames import events
+
+    rows = events(run_id, db=db)
+    if (rows["kind"] == "step_denied").any():
+        return "permission"
+    for detail in rows.loc[rows["kind"] == "step_failed", "detail"]:
+        kind = json.loads(detail or "{}").get("error_kind")
+        if kind in EXIT:
+            return str(kind)
     return "internal"
+
+
+def read_input(path: Path) -> str:
+    """A workflow or policy file's text: a regular file (never a device or a FIFO), at most the
+    settings' ``input_max_bytes``, UTF-8. Anything else is one line (a SpecError)."""
+    from airun_nb.settings import caps
+
+    try:
+        info = path.stat()
+    except OSError as exc:
+        err = SpecError(f"cannot read {path}: {exc.strerror}")
+        err.exit_kind = "not_found" if isinstance(exc, FileNotFoundError) else None
+        raise err from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecError(f"{path} is not a regular file; refused")
+    cap = caps.input_max_bytes()
+    try:
+        with open(path, "rb") as f:
+            data = f.read(cap + 1)
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > cap:
+        raise SpecError(
+            f"{path} is larger than the {cap} bytes the settings allow (input_max_bytes); refused"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _load(path: Path) -> Any:
     try:
-        return yamlsafe.load(path.read_text(), where=str(path))  # node and alias limits
+        return yamlsafe.load(read_input(path), where=str(path))  # node and alias limits
     except yamlsafe.YamlLimitError as exc:
         raise SpecError(exc.message) from None
     except OSError as exc:
@@ -140,7 +171,7 @@ def problems(path: Path) -> tuple[str, list[str]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            spec = parse(path.read_text(), file_stem=path.stem)
+            spec = parse(read_input(path), file_stem=path.stem)
         except AirunError as exc:
             return "workflow", [exc.message, *_each_step(doc, exc.message)]
     for s in spec.steps:
@@ -189,11 +220,16 @@ def validate_cmd(files: tuple[Path, ...], strict: bool) -> None:
     undefined template name) only with --strict."""
     bad = 0
     for path in files:
-        if not path.is_file():  # a missing file is a validation error (exit 10), said in a line
+        if not path.is_file() and not path.exists():  # a missing file: exit 10, in a line
             click.echo(f"{path}: no such file")
             bad += 1
             continue
-        kind, found = problems(path)
+        try:
+            kind, found = problems(path)
+        except AirunError as exc:  # the file cannot be read or is not YAML: one line, exit 10
+            bad += 1
+            click.echo(exc.message if str(path) in exc.message else f"{path}: {exc.message}")
+            continue
         soft = ("note:",) if strict else ("note:", "warning:")
         errors = [p for p in found if not p.startswith(soft)]
         bad += bool(errors)
@@ -443,30 +479,42 @@ def _typed(key: str, value: str, default: Any) -> Any:
     return typed
 
 
+def param_value(key: str, value: str, option: str) -> Any:
+    """A ``KEY=VALUE`` option's value as plain YAML (a tag or a bad document is one line)."""
+    if not value.strip():
+        return ""
+    try:
+        return yamlsafe.load(value, where=f"{option} {key}")
+    except yamlsafe.YamlLimitError as exc:
+        raise SpecError(exc.message) from None
+    except yaml.YAMLError as exc:
+        first = str(getattr(exc, "problem", None) or exc).strip().splitlines()[0]
+        raise SpecError(f"{option} {key}: {first}") from None
+
+
 def execute(file: Path, inputs: dict[str, Any], db: Path | None) -> tuple[int, dict[str, Any]]:
     """Run a workflow file; (exit code, result record)."""
     from airun_nb.workflow import Workflow
 
     record: dict[str, Any] = {"file": str(file)}
     try:
-        if not file.exists():
-            raise SpecError(f"no file {file}")
+        read_input(file)  # a regular file of bounded size, or one line
         wf = Workflow.from_file(file)
         record["workflow"] = wf.name
         result = wf.run(db=db, params=inputs or None)
     except WorkflowFailed as exc:
         record.update(run_id=exc.run_id, status=exc.status, error=exc.message)
-        kind = classify(exc.message)  # rolled back after a failure is not ok (the old 20)
+        kind = failure_kind(exc.run_id, db)  # from what the store recorded, not the words
         if kind == "not_found" and "capability" not in exc.message:
             kind = "internal"  # a missing file while running: the old RESOURCE_NOT_FOUND, 20
         return EXIT[kind], record
     except (SpecError, TemplateError, policy_mod.PolicyError) as exc:
         record.update(status="invalid", error=exc.message)
-        kind = classify(exc.message)
-        return EXIT[kind if kind in ("not_found", "security") else "validation"], record
+        kind = exc.exit_kind or "validation"
+        return EXIT[kind if kind in EXIT else "validation"], record
     except AirunError as exc:
         record.update(status="error", error=exc.message)
-        return EXIT[classify(exc.message)], record
+        return EXIT[exc.exit_kind if exc.exit_kind in EXIT else "internal"], record
     record.update(run_id=result.run_id, status=result.status)
     return EXIT["paused" if result.status == "waiting" else "ok"], record
 

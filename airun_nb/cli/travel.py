@@ -29,14 +29,14 @@ def fork_cmd(run_id: str, from_step: str, param: tuple[str, ...], db: Path | Non
 
     Steps that call notebook functions need the notebook (`%%workflow --fork RUN --from STEP`).
     """
-    import yaml
+    from airun_nb.cli.migrate import param_value
 
     params: dict[str, Any] = {}
     for item in param:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"takes KEY=VALUE, got {item!r}", param_hint="--param")
-        params[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        params[key.strip()] = param_value(key.strip(), value, "--param")
     from airun_nb.workflow import fork
 
     result = fork(run_id, from_step, params=params, db=db, raise_on_failure=False)

@@ -17,6 +17,7 @@ from typing import Any
 
 from airun_nb import capabilities
 from airun_nb.engine import stepkinds as kinds
+from airun_nb.engine import verdict as governance
 from airun_nb.engine.context import RunContext
 from airun_nb.engine.retries import Exhausted, retrying
 from airun_nb.engine.scope import Steps
@@ -128,6 +129,9 @@ def roll_back_last(run: RunContext, count: int) -> list[str]:
 def _compensate(run: RunContext, st: StepState) -> bool:
     ledger = run.ledger
     comp = st.compensation or {}
+    refused = governance.check_compensation(run, st, comp) if "error" not in comp else None
+    if refused is not None:  # checked again when it runs: nothing of it runs
+        comp = {"error": refused}
     if "error" in comp:
         st.comp_error = str(comp["error"])
         ledger.compensation(

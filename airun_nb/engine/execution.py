@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from airun_nb import capabilities
@@ -24,7 +24,13 @@ from airun_nb.engine.state import (
     S_SKIPPED,
     StepState,
 )
-from airun_nb.engine.timeouts import CheckFailed, describe, full_traceback, with_timeout
+from airun_nb.engine.timeouts import (
+    CheckFailed,
+    StepTimeout,
+    describe,
+    full_traceback,
+    with_timeout,
+)
 from airun_nb.errors import AirunError
 from airun_nb.governance import audit as auditlog
 from airun_nb.spec import dialect, templates
@@ -39,6 +45,9 @@ def run_step(run: RunContext, st: StepState) -> None:
         ctx.update(s.bindings)
     skip_reason = _skip_reason(run, st, ctx)
     if s.kind == "approval" and skip_reason is None:
+        # the mediator allows opening a gate (it acts on nothing); its notify targets are
+        # decided one by one when the gate opens
+        governance.check(run, st)
         gatekeeper.run_gate(run, st, ctx)
         return
     ledger = run.ledger
@@ -114,10 +123,11 @@ def _attempts(
         st.finish_seq = ledger.next_seq()
         if s.compensate_on_failure:
             st.compensation = render_compensation(run, st) or st.compensation
+        kind = {"error_kind": _kind(exc)} if _kind(exc) else {}
         ledger.step(
             st,
             S_FAILED,
-            ledger.event("step_failed", st.id, attempt=n, error=err),
+            ledger.event("step_failed", st.id, attempt=n, error=err, **kind),
             governance.execution_audit(run, st, "failed", err),
             att=ended,
         )
@@ -152,6 +162,13 @@ def _attempts(
     ledger.listener.changed(ledger.subject, st)
 
 
+def _kind(exc: BaseException) -> str | None:
+    """What kind of failure ended the step, from its type (for ``airun exec``'s exit code)."""
+    if isinstance(exc, StepTimeout):
+        return "timeout"
+    return getattr(exc, "exit_kind", None)
+
+
 def _skip_reason(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> str | None:
     for n in st.spec.needs:
         if run.states[n].status == S_SKIPPED:
@@ -165,10 +182,16 @@ def _skip_reason(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> str 
 def _attempt(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> Any:
     s = st.spec
     limit = deadline.step_limit(run.run_id, s.timeout, run.spec.deadline)
+    cursors: list[Any] = []
     if limit is None:
         value = _invoke(run, st, ctx)
     else:
-        value = with_timeout(lambda: _invoke(run, st, ctx), limit)
+        try:
+            value = with_timeout(lambda: _invoke(run, st, ctx, cursors.append), limit)
+        except StepTimeout:
+            for cur in cursors:  # a query past its time stops now, not when it would end
+                cur.interrupt()
+            raise
     if isinstance(value, Exception):
         raise value  # a step that returns an error value fails
     if s.check:
@@ -178,7 +201,12 @@ def _attempt(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> Any:
     return value
 
 
-def _invoke(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> Any:
+def _invoke(
+    run: RunContext,
+    st: StepState,
+    ctx: Mapping[str, Any],
+    on_cursor: Callable[[Any], None] | None = None,
+) -> Any:
     s = st.spec
     if s.kind == "call":
         kwargs = templates.render(s.with_, ctx, step=s.id, field="with")
@@ -196,7 +224,7 @@ def _invoke(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> Any:
         refs = StepRefs(run.scope)
         sql = templates.render(str(s.body), {**ctx, "steps": refs}, step=s.id, field="sql")
         relations = {sid: run.scope.output_of(sid) for sid in refs.used}
-        return run.sql.run(str(sql), relations, run.namespace)
+        return run.sql.run(str(sql), relations, run.namespace, on_cursor)
     if s.kind == "parallel":
         return None
     if s.kind == "foreach":

@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from airun_nb.engine import stepkinds as kinds
+from airun_nb.engine import verdict as governance
 from airun_nb.engine.context import RunContext
 from airun_nb.engine.state import S_COMPLETED, S_FAILED, S_WAITING, StepState
 from airun_nb.gates import gate, notify
 from airun_nb.gates import links as gatelinks
 from airun_nb.governance import audit as auditlog
+from airun_nb.governance import mediator
 from airun_nb.governance.policy import Verdict
 from airun_nb.settings import environment as config
 from airun_nb.spec import templates
@@ -186,8 +188,23 @@ def _notify(
             run.run_id, gate_id, row.get("deadline"), db=run.store.path
         ),
     }
+    who = governance.principals(run, st.spec.agent)
+
+    def check(t: Any) -> str | None:
+        action = mediator.of_notify(t)
+        if action is None:
+            return None  # a callable the notebook's own code gave
+        verdict = mediator.decide(run.policy, who, action)
+        if verdict.decision != "allow":  # nobody can approve a notification: refused
+            return f"refused by the policy ({verdict.reason})"
+        return None
+
     error = notify.notify(
-        target, payload, lambda name: kinds.resolve_callable(name, run.namespace, step=st.id)
+        target,
+        payload,
+        lambda name: kinds.resolve_callable(name, run.namespace, step=st.id),
+        check=check,
+        egress=run.capability_context(st.id),
     )
     run.ledger.note(run.ledger.event("notify_failed" if error else "notified", st.id, error=error))
 

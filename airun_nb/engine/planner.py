@@ -72,6 +72,7 @@ class Plan:
     forked_step: str | None = None  # a fork: the step it runs again from (source_run: the run)
     # What the run takes over from the stored run it continues.
     launched_by: str | None = None
+    source_launcher: str | None = None  # who launched the run a fork copies
     prior_spec_hash: str | None = None
     created_at: float | None = None
     prior: dict[str, Any] = field(default_factory=dict)
@@ -159,7 +160,9 @@ class Planner:
                 try:
                     capabilities.get(str(st.spec.body))
                 except capabilities.CapabilityError as exc:
-                    raise SpecError(f"step '{st.id}': {legacy.hint(exc)}") from None
+                    err = SpecError(f"step '{st.id}': {legacy.hint(exc)}")
+                    err.exit_kind = "not_found"
+                    raise err from None
             fp = stepprint.of_step(st, prints)
             if fp is not None and fp.components:
                 st.code_hash = fp.digest
@@ -362,6 +365,8 @@ class Planner:
             plan.source_run = prior_run.get("forked_from") or None
         if mode in ("seeded", "fork") and prior_run is not None:
             plan.source_run = prior_run["run_id"]
+            if mode == "fork":  # a fork acts for the launcher of the run it copies too
+                plan.source_launcher = prior_run.get("launched_by")
         plan.forked_step = fork_step
         forced = _downstream(self.spec, fork_step) if fork_step in self.states else set()
         if fork_only and fork_step:

@@ -22,6 +22,7 @@ from airun_nb import capabilities
 from airun_nb.capabilities.workspace import Workspace
 from airun_nb.engine import compensation, execution, stepprint
 from airun_nb.engine import stepkinds as kinds
+from airun_nb.engine import verdict as governance
 from airun_nb.engine.claim import RunClaim
 from airun_nb.engine.ledger import Ledger, Listener, timestamp
 from airun_nb.engine.memory import gc_paused, gc_release
@@ -39,7 +40,7 @@ from airun_nb.engine.state import (
     StepState,
 )
 from airun_nb.errors import ResumeWarning, RunBusy, RunInterrupted, RunNotFound, WorkflowFailed
-from airun_nb.governance import identity
+from airun_nb.governance import identity, mediator
 from airun_nb.governance import policy as policy_mod
 from airun_nb.spec.parser import WorkflowSpec, expand
 from airun_nb.store import owner
@@ -131,8 +132,8 @@ class Runner:
             self.workspace,
             undo_dir,
             self.store,
-            principal=self.user,
-            hosts=self.policy.hosts_for(self.user),
+            principal=self.ledger.launched_by or self.user,
+            hosts=mediator.hosts(self.policy, governance.principals(self)),
         )
 
     # ------------------------------------------------------------------ plan
@@ -200,6 +201,8 @@ class Runner:
                 )
             self.claim.take(row, "rollback")
         self.partial = steps
+        # compensations are decided again when they run, under the policy in force now
+        self.policy = policy_mod.current().tightened(self.spec.policy)
         self.workspace = Workspace()
         self.ledger.failed_step = row.get("failed_step")
         self.ledger.error = row.get("error")

@@ -20,17 +20,28 @@ import pyarrow as pa
 from airun_nb.capabilities import confine
 from airun_nb.capabilities.workspace import Workspace
 from airun_nb.errors import AirunError
+from airun_nb.settings import caps
 from airun_nb.settings import environment as config
 from airun_nb.store.database import quote_ident
 
 
 class ResolveError(AirunError):
-    """A ``call:`` target could not be found."""
+    """A ``call:`` target could not be found (or may not be reached)."""
+
+    exit_kind = "not_found"
 
 
 def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) -> Callable[..., Any]:
-    """Find a ``call:`` target: a notebook name, ``package.module:function`` or a dotted path."""
+    """Find a ``call:`` target: a function of the notebook, or ``package.module:function`` (or a
+    dotted path) of a module the owner allows in the settings (``call_modules``).
+
+    Nothing else is reached: a module that is not allowed is never imported, and a notebook
+    name is followed through attributes only while they are not modules."""
     target = target.strip()
+    if any(p.startswith("_") for p in target.replace(":", ".").split(".")[1:]):
+        err = ResolveError(f"step '{step}': call '{target}': a name starting with '_'; refused")
+        err.exit_kind = "security"
+        raise err
     if ":" in target:
         module_name, _, attr = target.partition(":")
         return _import_attr(module_name, attr, target, step)
@@ -38,10 +49,12 @@ def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) ->
     if head in namespace:
         obj: Any = namespace[head]
         for part in rest.split(".") if rest else []:
+            if inspect.ismodule(obj):
+                _check_module(obj.__name__, target, step)
             obj = getattr(obj, part, None)
             if obj is None:
                 raise ResolveError(f"step '{step}': call '{target}': no attribute '{part}'")
-        if not callable(obj):
+        if not callable(obj) or inspect.ismodule(obj):
             raise ResolveError(f"step '{step}': call '{target}' is not a function")
         return obj
     if "." in target:
@@ -53,7 +66,18 @@ def resolve_callable(target: str, namespace: Mapping[str, Any], *, step: str) ->
     )
 
 
+def _check_module(module_name: str, target: str, step: str) -> None:
+    if not caps.module_allowed(module_name):
+        err = ResolveError(
+            f"step '{step}': call '{target}': module {module_name} is not among the modules "
+            "the settings allow (call_modules); refused"
+        )
+        err.exit_kind = "security"
+        raise err
+
+
 def _import_attr(module_name: str, attr: str, target: str, step: str) -> Callable[..., Any]:
+    _check_module(module_name, target, step)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -65,7 +89,7 @@ def _import_attr(module_name: str, attr: str, target: str, step: str) -> Callabl
         obj = getattr(obj, part, None)
         if obj is None:
             raise ResolveError(f"step '{step}': call '{target}': {module_name} has no '{attr}'")
-    if not callable(obj):
+    if not callable(obj) or inspect.ismodule(obj):
         raise ResolveError(f"step '{step}': call '{target}' is not a function")
     return obj
 
@@ -132,11 +156,21 @@ class SqlEngine:
         store = self._store if self._store is not None else config.default_db()
         return confine.duckdb_connect(":memory:", root, store)
 
-    def run(self, sql: str, relations: Mapping[str, Any], namespace: Mapping[str, Any]) -> Any:
+    def run(
+        self,
+        sql: str,
+        relations: Mapping[str, Any],
+        namespace: Mapping[str, Any],
+        on_cursor: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> Any:
+        """Run ``sql``; ``on_cursor`` gets the cursor first, so that a caller whose time limit
+        passes can ``interrupt()`` the query (DuckDB stops it, and its CPU with it)."""
         with self._lock:
             if self._con is None:
                 self._con = self._connect()
             cur = self._con.cursor()
+        if on_cursor is not None:
+            on_cursor(cur)
         try:
             for name, value in relations.items():
                 cur.register(name, value)

@@ -1,4 +1,9 @@
-"""Telling someone that a gate opened: a webhook POST of JSON, or a Python callable."""
+"""Telling someone that a gate opened: a webhook POST of JSON, or a Python callable.
+
+A notify target is an action like any other: the caller's ``check`` (the policy, through
+:mod:`airun_nb.governance.mediator`) decides each one first, a webhook goes through the egress
+checks of ``http.request`` (``egress``: metadata addresses, the policy's ``hosts:``, every
+redirect), and a ``module:function`` is resolved like a ``call:`` step's target."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from airun_nb.capabilities import network
 from airun_nb.spec.approval import ApprovalError
 
 log = logging.getLogger("airun_nb.gates.gate")
@@ -17,6 +23,9 @@ def notify(
     target: Any,
     payload: dict[str, Any],
     resolve: Callable[[str], Callable[..., Any]],
+    *,
+    check: Callable[[Any], str | None] | None = None,
+    egress: Any = None,
 ) -> str | None:
     """Tell someone a gate opened: POST JSON to a URL, or call a function. Never raises.
 
@@ -26,6 +35,9 @@ def notify(
     errors = []
     for t in targets:
         try:
+            refused = check(t) if check is not None else None
+            if refused is not None:
+                raise ApprovalError(refused)
             if callable(t):
                 t(payload)
             elif isinstance(t, str) and t.startswith(("http://", "https://")):
@@ -35,13 +47,17 @@ def notify(
                     headers={"Content-Type": "application/json"},
                     method="POST",
                 )
-                with urllib.request.urlopen(req, timeout=5) as resp:
+                opener = urllib.request.build_opener()
+                if egress is not None:
+                    network.check_destination(t, egress)
+                    opener = urllib.request.build_opener(network._CheckedRedirects(egress))
+                with opener.open(req, timeout=5) as resp:
                     resp.read()
             elif isinstance(t, str):
                 resolve(t)(payload)
             else:
                 raise ApprovalError(f"cannot notify {t!r}: give a URL or a function")
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a target that exits does not end the run
             message = f"{type(exc).__name__}: {exc}"
             log.warning("airun_nb: notifying %s failed: %s", t, message)
             errors.append(f"{t}: {message}")

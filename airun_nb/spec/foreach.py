@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from airun_nb.errors import SpecError
+from airun_nb.settings import caps
 from airun_nb.spec import templates
 from airun_nb.spec.digest import digest as _hash
 from airun_nb.spec.model import RetryPolicy, StepSpec, WorkflowSpec
@@ -28,6 +29,12 @@ def expand(spec: WorkflowSpec, params: Mapping[str, Any]) -> WorkflowSpec:
             items = templates.render(items, {"params": params}, step=s.id, field="foreach")
         if not isinstance(items, (list, tuple)):
             raise SpecError(f"step '{s.id}': 'foreach' gave {type(items).__name__}, not a list")
+        cap = caps.foreach_max_items()
+        if len(items) > cap:
+            raise SpecError(
+                f"step '{s.id}': 'foreach' gave {len(items)} items, more than the {cap} the "
+                "settings allow (foreach_max_items); refused"
+            )
         children = []
         for i, item in enumerate(items):
             child = replace(

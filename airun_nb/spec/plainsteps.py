@@ -15,6 +15,7 @@ from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from airun_nb.errors import SpecError
+from airun_nb.settings import caps
 from airun_nb.spec.digest import canonical, of_canonical
 from airun_nb.spec.graph import suggest
 from airun_nb.spec.model import RetryPolicy, StepSpec
@@ -46,6 +47,13 @@ def retry(value: Any, path: list[Any], error: ErrorAt, duration: Duration) -> Re
     attempts = value.get("attempts", value.get("max_attempts", 1))
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
         raise error("'attempts' must be a positive integer", [*path, "attempts"])
+    cap = caps.retry_max_attempts()
+    if attempts > cap:
+        raise error(
+            f"'attempts' is {attempts}, more than the {cap} the settings allow "
+            "(retry_max_attempts)",
+            [*path, "attempts"],
+        )
     backoff = value.get("backoff", "exponential")
     if backoff not in BACKOFFS:
         raise error(f"'backoff' must be one of {', '.join(BACKOFFS)}", [*path, "backoff"])

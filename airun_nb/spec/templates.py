@@ -29,9 +29,11 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from airun_nb.errors import TemplateError
+from airun_nb.settings import caps
 
 _PLAIN = (
     str,
@@ -53,8 +55,20 @@ _PLAIN = (
 )
 
 
+_MAX_REPEAT = 10_000_000  # items or characters of a `'x' * n` or `[0] * n`
+
+
 class Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, without modules and with calls limited to plain values."""
+    """Jinja's immutable sandbox, without modules and with calls limited to plain values, and
+    with ``*`` and ``**`` bounded: an integer result may not exceed the settings'
+    ``template_max_int_bits`` (``9**(9**9)`` is refused before Python computes it), a repeated
+    string or list 10 million items."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _check_size(operator, left, right)
+        return super().call_binop(context, operator, left, right)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, ModuleType) or isinstance(value, ModuleType):
@@ -70,6 +84,34 @@ class Sandbox(ImmutableSandboxedEnvironment):
         if getattr(obj, "__code__", None) is _FORMAT_WRAPPER:
             return True  # the sandbox's own safe str.format / str.format_map
         return any(obj is g for g in self.globals.values())
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _num(value: int) -> str:
+    return str(value) if value.bit_length() <= 64 else f"<a {value.bit_length()}-bit integer>"
+
+
+def _check_size(operator: str, left: Any, right: Any) -> None:
+    bits = caps.template_max_int_bits()
+    if _int(left) and _int(right):
+        if operator == "**":
+            size = right * max(abs(left).bit_length() - 1, 0) if right > 0 else 0
+        else:
+            size = abs(left).bit_length() + abs(right).bit_length()
+        if size > bits:
+            raise SecurityError(
+                f"{_num(left)} {operator} {_num(right)} is an integer of more than {bits} bits "
+                "(template_max_int_bits); refused"
+            )
+    elif operator == "*":
+        seq, n = (left, right) if _int(right) else (right, left)
+        if _int(n) and isinstance(seq, (str, bytes, list, tuple)) and len(seq) * n > _MAX_REPEAT:
+            raise SecurityError(
+                f"repeating {len(seq)} items {n} times is more than {_MAX_REPEAT}; refused"
+            )
 
 
 def as_text(value: Any) -> Any:

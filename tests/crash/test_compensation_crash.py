@@ -461,6 +461,7 @@ def py(
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     env["AIRUN_DB"] = str(db)
+    env["AIRUN_CALL_MODULES"] = "crashmod"  # the owner lets `call:` reach the saga's module
     if crash_at:
         env["AIRUN_CRASH_AT"] = crash_at
     return subprocess.run(

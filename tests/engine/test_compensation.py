@@ -388,6 +388,7 @@ def undo(path):
 
 def cli(*args: str, cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
+    env["AIRUN_CALL_MODULES"] = "mymod"  # the owner lets compensations call it
     env["PYTHONPATH"] = os.pathsep.join(
         [str(pythonpath), *filter(None, [os.environ.get("PYTHONPATH")])]
     )

@@ -127,7 +127,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     (root / "data.txt").write_text("precious data\n")
     (root / "keep").mkdir()
     (root / "keep" / "notes.md").write_text("# notes\n")
-    for var in (*ENV_VARS, "AIRUN_DB", "AIRUN_DOTENV", "JUPYTERHUB_USER"):
+    for var in (*ENV_VARS, "AIRUN_DB", "AIRUN_DOTENV", "JUPYTERHUB_USER", "AIRUN_CALL_MODULES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AIRUN_IDENTITY", "env")
     store = root / "airun.duckdb"

@@ -79,6 +79,7 @@ def env(ledger_path: Path, **extra: str) -> dict[str, str]:
     out["PYTHONPATH"] = os.pathsep.join([str(HERE), out.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out["AIRUN_TEST_LEDGER"] = str(ledger_path)
     out["AIRUN_USER"] = "tester"
+    out["AIRUN_CALL_MODULES"] = "support.faults"  # the owner lets `call:` reach the step body
     out.update(extra)
     return out
 
