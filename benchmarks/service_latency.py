@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import httpx  # noqa: E402
 
 from airun_nb import Workflow  # noqa: E402
-from service_support import NAMESPACE, gated_spec, make_token, running_server  # noqa: E402
+from support.service import NAMESPACE, gated_spec, make_token, running_server  # noqa: E402
 
 
 def main() -> None:
