@@ -52,7 +52,11 @@ class Continuer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop looking; a look under way finishes first (so the process never exits in the
+        middle of a read of the store)."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
 
     def watch(self, run_id: str) -> None:
         with self._lock:

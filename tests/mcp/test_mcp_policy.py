@@ -192,11 +192,12 @@ def test_a_step_needing_approval_waits_and_says_who_may_decide(workspace: Path, 
             return started, listed
 
     started, listed = anyio.run(scenario)
-    assert started["status"] == "waiting"
+    assert started["status"] == "waiting", started
+    assert len(started["open_gates"]) == 1, started
     gate = started["open_gates"][0]
     assert gate["gate_id"] == "call_home.approval"
     assert "agent-egress" in gate["message"] or "agents-ask-for-risky" in gate["message"]
-    assert gate["who_may_decide"] == ["alice", "(not llm-bot, who launched the run)"]
+    assert gate["who_may_decide"] == ["alice", "(not llm-bot, who launched the run)"], gate
     assert gate["a_person_decides_with"]["approve"].startswith(
         f"airun approve {started['run_id']} call_home.approval"
     )
