@@ -55,3 +55,27 @@ def sync_mode() -> str:
     if value in ("", "0", "false", "no", "off"):
         return "off"
     return "group" if value == "group" else "always"
+
+
+def config_dir() -> Path:
+    """The user's own folder for what must live outside every workspace and store (the signing
+    key, the service's secret): ``AIRUN_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/airun_nb``, else
+    ``~/.config/airun_nb``. Made on first use, readable by its owner only."""
+    env = os.environ.get("AIRUN_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or "~/.config"
+    return Path(base).expanduser() / "airun_nb"
+
+
+def key_file() -> Path:
+    """The file holding the key that signs stored code and pickled outputs: ``AIRUN_KEY_FILE``,
+    else ``key`` in :func:`config_dir`."""
+    env = os.environ.get("AIRUN_KEY_FILE")
+    return Path(env).expanduser() if env else config_dir() / "key"
+
+
+def trust_stored_code() -> bool:
+    """``AIRUN_TRUST_STORED_CODE=1``: a resume in this process may load code a notebook stored
+    (``airun resume --trust-stored-code`` sets it for one command)."""
+    return os.environ.get("AIRUN_TRUST_STORED_CODE", "").strip().lower() in ("1", "true", "yes")

@@ -105,3 +105,42 @@ def roles() -> dict[str, list[str]]:
     if not isinstance(raw, dict):
         raise SettingsError("'roles' in the settings must map role names to lists of users")
     return {str(k): [str(u) for u in (v or [])] for k, v in raw.items()}
+
+
+def declared_secrets() -> list[str]:
+    """``secrets: [API_TOKEN, ...]``: the only names ``{{ secrets.NAME }}`` may read."""
+    raw = load().get("secrets") or []
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise SettingsError("'secrets' in the settings must be a list of names")
+    return [str(name) for name in raw]
+
+
+def key_file() -> Path:
+    """The signing key's file: ``key_file:`` in the settings, else ``AIRUN_KEY_FILE``, else
+    ``key`` in the user's config folder (:func:`airun_nb.settings.environment.config_dir`)."""
+    from airun_nb.settings import environment
+
+    conf = load().get("key_file")
+    if isinstance(conf, str) and conf:
+        return Path(conf).expanduser()
+    return environment.key_file()
+
+
+def trust_stored_code() -> bool:
+    """``trust_stored_code: true`` in the settings, or ``AIRUN_TRUST_STORED_CODE=1``."""
+    from airun_nb.settings import environment
+
+    return load().get("trust_stored_code") is True or environment.trust_stored_code()
+
+
+def candidate_paths() -> list[Path]:
+    """Every file that is, or would become, the settings file when written: ``AIRUN_CONFIG``,
+    ``airun.yaml`` in the working directory and ``pyproject.toml`` there and in each parent."""
+    cwd = Path.cwd()
+    out = [cwd / "airun.yaml", *(folder / "pyproject.toml" for folder in (cwd, *cwd.parents))]
+    env = os.environ.get("AIRUN_CONFIG")
+    if env:
+        out.insert(0, Path(env).expanduser())
+    return out
