@@ -108,13 +108,15 @@ def roles() -> dict[str, list[str]]:
 
 
 def declared_secrets() -> list[str]:
-    """``secrets: [API_TOKEN, ...]``: the only names ``{{ secrets.NAME }}`` may read."""
+    """The only names ``{{ secrets.NAME }}`` may read: ``secrets: [API_TOKEN, ...]`` in the
+    settings, and ``AIRUN_SECRETS`` (names separated by commas)."""
     raw = load().get("secrets") or []
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list):
         raise SettingsError("'secrets' in the settings must be a list of names")
-    return [str(name) for name in raw]
+    env = [n.strip() for n in os.environ.get("AIRUN_SECRETS", "").split(",") if n.strip()]
+    return [str(name) for name in raw] + env
 
 
 def key_file() -> Path:
