@@ -146,3 +146,14 @@ def candidate_paths() -> list[Path]:
     if env:
         out.insert(0, Path(env).expanduser())
     return out
+
+
+def service_hosts() -> list[str]:
+    """``service_hosts: [approvals.example.com]``: further names the service answers to (its
+    ``--public-url``'s host and the loopback names always)."""
+    raw = load().get("service_hosts") or []
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise SettingsError("'service_hosts' in the settings must be a list of host names")
+    return [str(h) for h in raw]
