@@ -214,11 +214,15 @@ def allowed(
     the store or the settings), and links are left out."""
     root = _real(workspace_root)
     paths = guarded(store_path, root)
-    blocked = [p for p, _ in paths if _within(p, root)]
+    blocked = {str(p) for p, _ in paths if _within(p, root)}
+    on_the_way = {str(parent) for b in blocked for parent in Path(b).parents}
     ids = identities(paths)
+    inodes = {ino for _, ino in ids}
 
-    def visit(folder: Path) -> tuple[bool, list[str], list[str]]:
-        clean = not any(b != folder and folder in b.parents for b in blocked)
+    # Plain strings and scandir's own entry data: one pass over the workspace, no stat() but
+    # for a file whose inode is a protected file's.
+    def visit(folder: str) -> tuple[bool, list[str], list[str]]:
+        clean = folder not in on_the_way
         dirs: list[str] = []
         files: list[str] = []
         try:
@@ -226,27 +230,28 @@ def allowed(
         except OSError:
             return False, dirs, files
         for entry in entries:
-            path = folder / entry.name
-            if entry.is_symlink() or any(_within(path, b) for b in blocked):
+            path = entry.path
+            if path in blocked or entry.is_symlink():
                 clean = False
                 continue
             if entry.is_dir(follow_symlinks=False):
                 sub_clean, sub_dirs, sub_files = visit(path)
                 if sub_clean:
-                    dirs.append(str(path) + os.sep)
+                    dirs.append(path + os.sep)
                 else:
                     clean = False
                     dirs += sub_dirs
                     files += sub_files
                 continue
-            st = entry.stat(follow_symlinks=False)
-            if (st.st_dev, st.st_ino) in ids:
-                clean = False
-                continue
-            files.append(str(path))
+            if entry.inode() in inodes:
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_dev, st.st_ino) in ids:
+                    clean = False
+                    continue
+            files.append(path)
         return clean, dirs, files
 
-    whole, dirs, files = visit(root)
+    whole, dirs, files = visit(str(root))
     if whole:
         return [str(root) + os.sep], []
     return dirs, files
