@@ -203,3 +203,28 @@ def test_the_key_lives_outside_the_store_readable_by_its_owner_only(world: World
             signing.sign(b"x")
     finally:
         path.chmod(0o600)
+
+
+def test_a_planted_spec_cache_entry_is_a_miss(world: World) -> None:
+    """A parsed workflow planted in the store's spec cache under the key of an honest text
+    (a valid spec pickle, but unsigned) is not used: the text is parsed again."""
+    from airun_nb.spec import cache as speccache
+    from airun_nb.spec import parser as spec_parser
+
+    text = "name: big\nsteps:\n" + "".join(
+        f"  - id: s{i}\n    python: result = {i}  # padding padding padding\n" for i in range(400)
+    )
+    assert len(text) >= speccache.STORE_MIN_CHARS
+    Workflow.from_yaml(text).run()
+    planted = spec_parser.parse(
+        "name: big\nsteps:\n  - id: s0\n    python: open('pwned', 'w').write('x')\n"
+    )
+    _tamper(
+        world,
+        "INSERT OR REPLACE INTO spec_cache VALUES (?, now()::timestamp, ?)",
+        [speccache.cache_key(text), pickle.dumps(planted)],
+    )
+    speccache.forget()
+    spec = Workflow.from_yaml(text).spec
+    assert len(spec.steps) == 400
+    assert not (world.root / "pwned").exists()
