@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ import pytest
 # default, `os`, is the login). Subprocesses and kernels inherit it. tests/security sets the mode
 # explicitly where it tests the modes themselves.
 os.environ["AIRUN_IDENTITY"] = "env"
+# The user's config folder (signing key, the service's secret) is the suite's own, not the
+# home folder of whoever runs it. Subprocesses, kernels and servers inherit it.
+os.environ.setdefault("AIRUN_CONFIG_DIR", tempfile.mkdtemp(prefix="airun-config-"))
 
 
 @pytest.fixture

@@ -115,31 +115,44 @@ def show(run_id: str, db: Path | None) -> None:
 
 @main.command()
 @click.argument("run_id")
+@click.option(
+    "--trust-stored-code",
+    is_flag=True,
+    help="Load the notebook functions the notebook stored for this run (unpickling runs them).",
+)
 @store_option
-def resume(run_id: str, db: Path | None) -> None:
+def resume(run_id: str, db: Path | None, trust_stored_code: bool = False) -> None:
     """Resume an unfinished run outside its notebook.
 
     Only the steps that still have to run need their code: python, sql, call: 'module:function',
-    and notebook functions the notebook stored (`%config Workflow.store_code = True`); otherwise
-    re-open the notebook and resume there.
+    and notebook functions the notebook stored (`%config Workflow.store_code = True`), loaded
+    only with --trust-stored-code (or `trust_stored_code: true` in the settings) and only when
+    signed with your key; otherwise re-open the notebook and resume there.
     """
     from airun_nb.engine.stepkinds import ResolveError
+    from airun_nb.settings import file as settings
     from airun_nb.store import code as codestore
     from airun_nb.workflow import Workflow
 
     wf = Workflow.from_run(run_id, db=db)
     store = _open_store(db)
+    trusted = trust_stored_code or settings.trust_stored_code()
+    namespace = codestore.load(store, run_id) if trusted else {}
     try:
-        result = wf.run(
-            db=db, resume=run_id, namespace=codestore.load(store, run_id), raise_on_failure=False
-        )
+        result = wf.run(db=db, resume=run_id, namespace=namespace, raise_on_failure=False)
     except ResolveError as exc:
+        if not trusted and codestore.stored_names(store, run_id):
+            raise ResolveError(
+                f"{exc.message}. The notebook stored its code for this run: resume with "
+                f"`airun resume {run_id} --trust-stored-code` to load it (loading runs it), "
+                "or re-open the notebook and resume there"
+            ) from None
         row = store.run_row(run_id)
         where = row["source"] if row and row["source"] else "the notebook that started it"
         raise ResolveError(
             f"{exc.message}. Re-open {where}, run its cells, then `%workflow resume {run_id}`; "
             "or let the notebook store its code (`%config Workflow.store_code = True`, then "
-            "run the cell again) and resume here"
+            "run the cell again) and resume here with --trust-stored-code"
         ) from None
     click.echo(repr(result))
     if result.status != "completed":

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -119,8 +121,9 @@ class Dashboard(App[None]):
             self.say(exc.message)
             return
         self.query_one("#filter", Label).update(
-            f"status: [b]{FILTERS[self.filter_index]}[/b]  (f / F to change)   "
-            f"you are [b]{self.user}[/b]   {len(self.runs)} runs, {len(self.gates)} open gates"
+            f"status: [b]{escape(FILTERS[self.filter_index])}[/b]  (f / F to change)   "
+            f"you are [b]{escape(self.user)}[/b]   {len(self.runs)} runs, "
+            f"{len(self.gates)} open gates"
         )
         _fill(
             self.query_one("#runs", DataTable),
@@ -169,8 +172,9 @@ class Dashboard(App[None]):
             return
         self.selected = run_id
         self.query_one("#detail-title", Label).update(
-            f"run [b]{run_id}[/b] · {detail['workflow']} · {detail['status']}"
-            + (f" · {_clip(detail['error'], 80)}" if detail.get("error") else "")
+            f"run [b]{escape(run_id)}[/b] · {escape(str(detail['workflow']))} · "
+            f"{escape(str(detail['status']))}"
+            + (f" · {escape(_clip(detail['error'], 80))}" if detail.get("error") else "")
         )
         _fill(
             self.query_one("#steps", DataTable),
@@ -211,7 +215,7 @@ class Dashboard(App[None]):
         )
 
     def say(self, text: str) -> None:
-        self.query_one("#message", Label).update(text)
+        self.query_one("#message", Label).update(Text(text))  # never markup
 
     # -- what is under the cursor -------------------------------------------------------------
     def _cursor_key(self, table_id: str) -> str | None:
@@ -335,7 +339,9 @@ def _fill(table: DataTable[Any], rows: list[tuple[str, list[str]]]) -> None:
         current = row_key.value
     table.clear()
     for key, cells in rows:
-        table.add_row(*cells, key=key)
+        # Text cells: a workflow's names and a gate's message are shown as written, never read
+        # as Rich markup ("[/x]" in a message would otherwise stop the dashboard).
+        table.add_row(*(Text(str(c)) for c in cells), key=key)
     keys = [k for k, _ in rows]
     if current in keys:
         table.move_cursor(row=keys.index(str(current)), animate=False)

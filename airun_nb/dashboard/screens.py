@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -31,7 +32,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question, id="question")
+            yield Label(Text(self.question), id="question")
             yield Label("[b]y[/b] yes    [b]n[/b] no")
 
     def action_answer(self, yes: bool) -> None:
@@ -51,7 +52,7 @@ class CommentScreen(ModalScreen["str | None"]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question, id="question")
+            yield Label(Text(self.question), id="question")
             yield Input(
                 placeholder="comment (optional), Enter to send, Escape to go back",
                 max_length=self.max_length,

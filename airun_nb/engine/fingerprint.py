@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from airun_nb.governance import audit as auditlog
 from airun_nb.store import code as codestore
 from airun_nb.store import framehash
 
@@ -185,7 +186,12 @@ class Fingerprinter:
         if hashed is None:
             out[f"{role} {name}"] = [UNTRACKED, type(value).__name__]
         else:
-            out[f"{role} {name}"] = list(hashed)
+            digest, shown = hashed
+            # A secret-named global, or a value that looks like a credential, is never shown
+            # (why() and the stored fingerprint say "changed" instead).
+            if auditlog.is_secret_key(name) or auditlog.redact_text(shown) != shown:
+                shown = auditlog.REDACTED
+            out[f"{role} {name}"] = [digest, shown]
 
     def _helper(self, out: Components, fn: Any) -> None:
         out[f"helper {_display_name(fn)}"] = [_code_hash(fn), "changed"]

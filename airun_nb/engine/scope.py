@@ -69,6 +69,7 @@ class Scope:
             if st.status not in DONE_STEP:
                 raise TemplateError(f"step '{step_id}' has not finished; add it to 'needs'")
             row = dict(st.out)
+            row.setdefault("step_id", step_id)  # named when its signature is refused
             if row.get("output_kind") == "pickle":
                 run = self.blob_source.get(step_id, self._run_id())
                 row["output_blob"] = self.store.output_blob(run, step_id)

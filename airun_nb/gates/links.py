@@ -1,7 +1,10 @@
 """Signed links to a gate's page, for notifications.
 
-The service keeps a settings file beside the store (``<store>.service.json``, readable by its
-owner only) with a random secret and the address it serves on. A gate's notification carries a
+The service keeps a settings file per store in the user's config folder
+(``~/.config/airun_nb/service/<hash of the store's real path>.json``, readable by its owner
+only), never beside the store: a workflow can write files in its workspace, so a file there
+could be planted (an attacker's address for the links, a secret the attacker knows). It holds
+a random secret and the address the service serves on. A gate's notification carries a
 link to the gate's page signed with that secret; the link expires at the gate's deadline (or a
 week after it was made, for a gate without one). The link only finds the gate: the person who
 opens it still logs in with a token.
@@ -9,6 +12,7 @@ opens it still logs in with a token.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -30,8 +34,10 @@ class LinkError(AirunError):
 
 
 def settings_file(db: str | os.PathLike[str] | None = None) -> Path:
-    path = config.resolve_db(db)
-    return path.with_name(path.name + ".service.json")
+    """Where the service's secret and address for the store ``db`` are kept."""
+    real = os.path.realpath(config.resolve_db(db))
+    digest = hashlib.sha256(real.encode()).hexdigest()[:24]
+    return config.config_dir() / "service" / f"{digest}.json"
 
 
 def load_settings(db: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -49,7 +55,8 @@ def ensure_settings(db: str | os.PathLike[str] | None, url: str) -> dict[str, An
     data.setdefault("secret", secrets.token_urlsafe(32))
     data["url"] = url.rstrip("/")
     path = settings_file(db)
-    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)

@@ -468,6 +468,22 @@ def current() -> Policy:
     return Policy()
 
 
+def files() -> list[Path]:
+    """The policy files in force or configured (trusted files: no workflow may reach them)."""
+    out = [
+        Path(p).expanduser() for p in (_configured.get("path"), os.environ.get("AIRUN_POLICY")) if p
+    ]
+    try:
+        conf = settings.load().get("policy")
+    except settings.SettingsError:
+        conf = None
+    if isinstance(conf, str):
+        base = settings.settings_path()
+        p = Path(conf).expanduser()
+        out.append(base.parent / p if base is not None and not p.is_absolute() else p)
+    return out
+
+
 def all_roles() -> dict[str, list[str]]:
     """Roles from the policy and the settings (for gate approvers)."""
     try:

@@ -1,11 +1,15 @@
 """The ``secrets`` namespace of templates: ``{{ secrets.API_TOKEN }}``.
 
-A secret is looked up when a step renders, never when the workflow is parsed: first in the
-process environment, then in a ``.env`` file (python-dotenv's format; ``AIRUN_DOTENV`` names
+Only names the owner declares may be read (``secrets: [API_TOKEN]`` in the settings, or
+``AIRUN_SECRETS``): any other name is refused, so a workflow cannot read an arbitrary
+environment variable. A secret is looked up when a step renders, never when the workflow is
+parsed: first in the process environment, then in a ``.env`` file (python-dotenv's format; ``AIRUN_DOTENV`` names
 another file; the default is ``.env`` in the working directory). The workflow text holds only
 the name. Every value looked up is registered with :func:`airun_nb.governance.audit.register_secret`,
 so it is replaced by ``***`` wherever the runtime would write or show it: step rows, outputs,
-attempts, events, audit rows, gate previews, error lines and the journal.
+attempts, events, audit rows, gate previews, error lines and the journal. A template that read
+a secret renders to a string that is registered whole (:mod:`airun_nb.spec.templates`' taint),
+so a transformed secret (``| reverse``, ``.encode().hex()``, a slice) is redacted too.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from airun_nb.errors import TemplateError
 from airun_nb.governance import audit as auditlog
+from airun_nb.settings import file as settings
 from airun_nb.settings.environment import current as settings_now
+from airun_nb.spec import templates
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -41,16 +48,35 @@ def _dotenv() -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+class SecretNotDeclared(TemplateError):
+    """A template asked for a secret the owner did not declare."""
+
+
+def declared() -> list[str]:
+    """The names the owner declared (the settings' ``secrets:`` and ``AIRUN_SECRETS``)."""
+    return settings.declared_secrets()
+
+
 def lookup(name: str) -> str | None:
-    """The value of secret ``name``, registered for redaction; None when it is not set."""
+    """The value of secret ``name``, registered for redaction; None when it is not set;
+    :class:`SecretNotDeclared` when the owner did not declare it."""
     if not _NAME.match(name):
         return None
+    if name not in declared():
+        raise SecretNotDeclared(
+            f"secret '{name}' is not declared: the owner lists the secrets workflows may read "
+            f"in the settings (secrets: [{name}] in airun.yaml, or AIRUN_SECRETS)"
+        )
+    templates.note_secret_read()
     value = os.environ.get(name)
     if value is None:
         value = _dotenv().get(name)
     if value is not None:
         auditlog.register_secret(value)
     return value
+
+
+templates.TAINT_HOOKS.append(auditlog.register_secret)  # a rendered value that read a secret
 
 
 class Secrets(Mapping[str, str]):
@@ -72,8 +98,25 @@ class Secrets(Mapping[str, str]):
         return "secrets"
 
 
+def register_declared() -> None:
+    """Register the value of every declared secret that is set, so that a step which echoes
+    one without rendering it (an endpoint echoing a header, a program printing its
+    environment) has it redacted too."""
+    names = declared()
+    if not names:
+        return
+    file_values = _dotenv()
+    for name in names:
+        value = os.environ.get(name)
+        if value is None:
+            value = file_values.get(name)
+        if value is not None:
+            auditlog.register_secret(value)
+
+
 def namespace() -> dict[str, Any]:
     """The names the template context adds: ``{"secrets": Secrets()}``."""
+    register_declared()
     return {"secrets": Secrets()}
 
 

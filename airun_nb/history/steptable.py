@@ -277,9 +277,10 @@ def render_html(view: RunView, *, limit: int = 200) -> str:
     for r in shown:
         c = _STATUS_COLORS.get(r["status"], "#57606a")
         out.append(
-            f"<tr><td><code>{html.escape(r['step'])}</code></td><td>{r['kind']}</td>"
-            f'<td style="color:{c};font-weight:bold">{r["status"]}</td>'
-            f'<td class="num">{r["attempts"]}</td><td class="num">{_dur(r["duration"])}</td>'
+            f"<tr><td><code>{html.escape(r['step'])}</code></td><td>{html.escape(str(r['kind']))}</td>"
+            f'<td style="color:{c};font-weight:bold">{html.escape(str(r["status"]))}</td>'
+            f'<td class="num">{html.escape(str(r["attempts"]))}</td>'
+            f'<td class="num">{html.escape(_dur(r["duration"]))}</td>'
             f'<td class="note">{html.escape(r["note"])}{_tb_html(r.get("traceback"))}</td></tr>'
         )
     if len(rows) > limit:

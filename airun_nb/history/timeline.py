@@ -9,6 +9,7 @@ for headless tools and nbconvert, HTML with the picture inline for notebooks) wi
 from __future__ import annotations
 
 import base64
+import html
 import io
 from typing import Any
 
@@ -54,7 +55,7 @@ class Timeline:
     def _repr_html_(self) -> str:
         data = base64.b64encode(self._repr_png_()).decode()
         return (
-            f'<div class="airun-timeline"><img alt="timeline of {self.title}" '
+            f'<div class="airun-timeline"><img alt="timeline of {html.escape(self.title)}" '
             f'src="data:image/png;base64,{data}" style="max-width:100%"></div>'
         )
 
@@ -70,6 +71,11 @@ class Timeline:
 
     def __repr__(self) -> str:
         return f"<timeline of {self.title}>"
+
+
+def _plain(text: str) -> str:
+    """``text`` as matplotlib should print it: no mathtext (a ``$`` in a name is a dollar)."""
+    return str(text).replace("$", r"\$")
 
 
 def draw(df: Any, *, gates: Any = None, title: str | None = None) -> Timeline:
@@ -132,12 +138,14 @@ def draw(df: Any, *, gates: Any = None, title: str | None = None) -> Timeline:
         y = order.index(str(g["gate_id"]))
         end = g.get("decided_at")
         bar(y, g["opened_at"], end, _GATE, "gate wait", "..")
-    ax.set_yticks(range(len(order)), labels=order, fontsize=9 if n <= 40 else 6)
+    ax.set_yticks(
+        range(len(order)), labels=[_plain(o) for o in order], fontsize=9 if n <= 40 else 6
+    )
     ax.set_ylim(n - 0.5, -0.5)
     ax.set_xlabel("seconds since the run's first attempt")
     ax.grid(axis="x", color="#d0d7de", linewidth=0.5)
     ax.set_axisbelow(True)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(_plain(title), fontsize=11)
     colors = {**_COLORS, "failed, retried": _RETRIED}
     handles = [
         Patch(

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from airun_nb import __version__
 from airun_nb.gates import gate
 from airun_nb.history import readmodels as overview
-from airun_nb.service import actions, events
+from airun_nb.service import actions, events, guard
 from airun_nb.service.auth import BadInput, TooLarge, api_identity, api_writer, store_of
 from airun_nb.service.tokens import Identity
 
@@ -52,9 +52,11 @@ async def _json_body(request: Request) -> dict[str, Any]:
     raw = b"".join(chunks)
     if not raw.strip():
         return {}
+    if guard.json_depth(raw) > guard.MAX_JSON_DEPTH:
+        raise BadInput(f"the JSON body nests deeper than {guard.MAX_JSON_DEPTH} levels")
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadInput(f"malformed JSON body: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise BadInput('the JSON body must be an object, e.g. {"comment": "..."}')

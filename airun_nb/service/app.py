@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +18,8 @@ from airun_nb import __version__
 from airun_nb.errors import AirunError
 from airun_nb.gates import links
 from airun_nb.service import api, pages
-from airun_nb.service.auth import SESSION_COOKIE, status_of
+from airun_nb.service.auth import SESSION_COOKIE, LoginLimiter, Sessions, status_of
+from airun_nb.service.guard import LOOPBACK_HOSTS, Guard
 from airun_nb.store.database import Store
 
 log = logging.getLogger("airun_nb.service")
@@ -32,8 +35,10 @@ def create_app(
     *,
     url: str = "http://127.0.0.1:8765",
     secure_cookies: bool = False,
+    allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
-    """The application over the store ``db``; ``url`` is the address links point at."""
+    """The application over the store ``db``; ``url`` is the address links point at. Requests
+    must name ``url``'s host, a loopback name or one of ``allowed_hosts`` in their ``Host``."""
     store = Store.open(db)
     settings = links.ensure_settings(store.path, url)
     app = FastAPI(
@@ -46,6 +51,8 @@ def create_app(
     )
     app.state.store = store
     app.state.secret = links._secret(settings)
+    app.state.sessions = Sessions()
+    app.state.logins = LoginLimiter()
     app.add_middleware(
         SessionMiddleware,
         secret_key=str(app.state.secret),
@@ -54,6 +61,8 @@ def create_app(
         https_only=secure_cookies,
         max_age=12 * 3600,
     )
+    hosts = [*LOOPBACK_HOSTS, urlsplit(url).hostname or "", *allowed_hosts]
+    app.add_middleware(Guard, allowed_hosts=hosts)  # outermost: before sessions and routes
     app.include_router(api.router)
     app.include_router(pages.router)
 

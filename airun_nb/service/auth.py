@@ -3,12 +3,21 @@
 The API takes ``Authorization: Bearer <token>``; its read-only endpoints also accept the page's
 session, so the page's live list can use them. Changes through the API need the bearer token
 (no cookie), and page forms carry a per-session CSRF token.
+
+A session lives on the server too: the cookie names a session id that the service keeps in
+memory (:class:`Sessions`). Logging out ends it there, so a copy of the cookie taken before
+is worth nothing afterwards; restarting the service ends every session. Failed logins and
+failed bearer tokens are limited per client address (:class:`LoginLimiter`): past the limit
+the client gets ``429`` until its oldest failure is old enough.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
+import threading
+import time
+from collections import deque
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -41,6 +50,93 @@ class BadInput(AirunError):
     """The request is malformed."""
 
 
+class TooManyAttempts(AirunError):
+    """Too many failed logins from one client address."""
+
+
+LOGIN_FAILURES = 10  # failed logins or tokens per client address ...
+LOGIN_WINDOW = 300.0  # ... within this many seconds
+
+
+class LoginLimiter:
+    """Failed authentications per client address, within a sliding window."""
+
+    def __init__(self, limit: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW) -> None:
+        self.limit, self.window = limit, window
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        times = self._failures.setdefault(client, deque())
+        while times and now - times[0] > self.window:
+            times.popleft()
+        return times
+
+    def check(self, client: str) -> None:
+        """:class:`TooManyAttempts` when ``client`` failed too often lately."""
+        with self._lock:
+            times = self._recent(client, time.monotonic())
+            if len(times) >= self.limit:
+                wait = int(self.window - (time.monotonic() - times[0])) + 1
+                raise TooManyAttempts(
+                    f"too many failed logins from {client}; try again in {wait} s"
+                )
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._recent(client, time.monotonic()).append(time.monotonic())
+
+
+class Sessions:
+    """The page sessions alive on this server: session id -> token id."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self, token_id: str) -> str:
+        sid = secrets.token_urlsafe(24)
+        with self._lock:
+            self._live[sid] = token_id
+        return sid
+
+    def token_of(self, sid: object) -> str | None:
+        with self._lock:
+            return self._live.get(sid) if isinstance(sid, str) else None
+
+    def end(self, sid: object) -> None:
+        with self._lock:
+            if isinstance(sid, str):
+                self._live.pop(sid, None)
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def limiter_of(request: Request) -> LoginLimiter:
+    limiter: LoginLimiter = request.app.state.logins
+    return limiter
+
+
+def sessions_of(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
+def start_session(request: Request, token_id: str) -> None:
+    """A fresh session for ``token_id`` (after a login)."""
+    end_session(request)
+    request.session.clear()
+    request.session["sid"] = sessions_of(request).start(token_id)
+
+
+def end_session(request: Request) -> None:
+    """End the session on the server, then forget the cookie."""
+    sessions_of(request).end(request.session.get("sid"))
+    request.session.clear()
+
+
 def status_of(exc: AirunError) -> int:
     """The HTTP status for an error the runtime raised."""
     if isinstance(exc, (NotFound, RunNotFound)):
@@ -51,6 +147,8 @@ def status_of(exc: AirunError) -> int:
         return 403
     if isinstance(exc, TooLarge):
         return 413
+    if isinstance(exc, TooManyAttempts):
+        return 429
     if isinstance(exc, StoreBusy):
         return 503
     if isinstance(exc, (BadInput, FilterError)):
@@ -73,8 +171,11 @@ def api_identity(
     """The caller of an API endpoint (401 for a missing, wrong or revoked token)."""
     store = store_of(request)
     if creds is not None:
+        limiter = limiter_of(request)
+        limiter.check(client_of(request))
         found = tokens.authenticate(store, creds.credentials)
         if found is None:
+            limiter.failed(client_of(request))
             raise unauthorized("the token is not valid (unknown, malformed or revoked)")
         return found
     if request.method == "GET":
@@ -91,12 +192,14 @@ def api_writer(identity: Identity = Depends(api_identity)) -> Identity:
 
 
 def session_identity(request: Request) -> Identity | None:
-    token_id = request.session.get("tid")
+    token_id = sessions_of(request).token_of(request.session.get("sid"))
     if not token_id:
+        if request.session.get("sid"):
+            request.session.clear()  # ended (logged out, or the service restarted)
         return None
     found = tokens.identity_of(store_of(request), str(token_id))
     if found is None:
-        request.session.clear()  # the token was revoked: the session ends with it
+        end_session(request)  # the token was revoked: the session ends with it
     return found
 
 

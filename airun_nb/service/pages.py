@@ -16,7 +16,17 @@ from airun_nb.errors import AirunError
 from airun_nb.gates import gate, links
 from airun_nb.history import readmodels as overview
 from airun_nb.service import actions, tokens
-from airun_nb.service.auth import check_csrf, csrf_token, session_identity, status_of, store_of
+from airun_nb.service.auth import (
+    check_csrf,
+    client_of,
+    csrf_token,
+    end_session,
+    limiter_of,
+    session_identity,
+    start_session,
+    status_of,
+    store_of,
+)
 from airun_nb.service.tokens import Identity
 
 router = APIRouter(include_in_schema=False)
@@ -87,9 +97,11 @@ def login_form(request: Request, next: str = "/") -> Response:
 async def login(request: Request) -> Response:
     data = await _form(request)
     store = store_of(request)
+    limiter_of(request).check(client_of(request))
     found = await anyio.to_thread.run_sync(tokens.authenticate, store, data.get("token"))
     target = _safe_next(data.get("next"))
     if found is None:
+        limiter_of(request).failed(client_of(request))
         return _render(
             request,
             "login.html",
@@ -98,8 +110,7 @@ async def login(request: Request) -> Response:
             next=target,
             error="that token is not valid (unknown, mistyped or revoked)",
         )
-    request.session.clear()
-    request.session["tid"] = found.token_id
+    start_session(request, found.token_id)
     csrf_token(request)  # a fresh CSRF token for the new session
     return RedirectResponse(target, status_code=303)
 
@@ -107,7 +118,7 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     await _form(request)
-    request.session.clear()
+    end_session(request)  # on the server: a copy of the cookie no longer works
     return RedirectResponse("/login", status_code=303)
 
 

@@ -44,7 +44,9 @@ def serve(
 
     url = public_url or f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     secure = url.startswith("https://")
-    app = create_app(db, url=url, secure_cookies=secure)
+    from airun_nb.settings import file as settings
+
+    app = create_app(db, url=url, secure_cookies=secure, allowed_hosts=settings.service_hosts())
     if not is_loopback(host):
         click.echo(
             f"warning: listening on {host}: this service speaks plain HTTP; TLS is expected in "

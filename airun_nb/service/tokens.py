@@ -50,7 +50,7 @@ def _digest(token: str) -> str:
 
 def create(store: Store, user: str, *, role: str = DEFAULT_ROLE, created_by: str) -> str:
     """Make a token for ``user``; return it (the only time it is shown)."""
-    if not _USER.match(user):
+    if not isinstance(user, str) or not _USER.fullmatch(user):
         raise TokenError(
             f"user name {user!r} is not valid (letters, digits and . _ @ : + -, up to 64)"
         )
@@ -108,7 +108,7 @@ def authenticate(store: Store, token: str | None) -> Identity | None:
     """The identity a token stands for, or None (missing, malformed, unknown or revoked)."""
     if not token:
         return None
-    m = _SHAPE.match(token.strip())
+    m = _SHAPE.fullmatch(token.strip())
     if m is None:
         return None
     row = store.token_row(m.group(1))

@@ -37,6 +37,7 @@ VARIABLES = {
     "service_url": "AIRUN_SERVICE_URL",
     "dask_scheduler": "AIRUN_DASK_SCHEDULER",
     "snapshot_max_rows": "AIRUN_SNAPSHOT_MAX_ROWS",
+    "secrets": "AIRUN_SECRETS",
 }
 _OVERRIDES: dict[str, str | None] = {}  # %config: name -> value (None: not overridden)
 
@@ -61,6 +62,7 @@ class Settings:
     service_url: str | None = None
     dask_scheduler: str | None = None
     snapshot_max_rows: str | None = None
+    secrets: str | None = None
 
     @property
     def db(self) -> Path:
@@ -118,6 +120,7 @@ def current() -> Settings:
         service_url=key[12],
         dask_scheduler=key[13],
         snapshot_max_rows=key[14],
+        secrets=key[15],
     )
     _cache = (key, made)
     return made
@@ -167,3 +170,27 @@ def sync_journal() -> bool:
 
 def sync_mode() -> str:
     return current().sync_mode
+
+
+def config_dir() -> Path:
+    """The user's own folder for what must live outside every workspace and store (the signing
+    key, the service's secret): ``AIRUN_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/airun_nb``, else
+    ``~/.config/airun_nb``. Made on first use, readable by its owner only."""
+    env = os.environ.get("AIRUN_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or "~/.config"
+    return Path(base).expanduser() / "airun_nb"
+
+
+def key_file() -> Path:
+    """The file holding the key that signs stored code and pickled outputs: ``AIRUN_KEY_FILE``,
+    else ``key`` in :func:`config_dir`."""
+    env = os.environ.get("AIRUN_KEY_FILE")
+    return Path(env).expanduser() if env else config_dir() / "key"
+
+
+def trust_stored_code() -> bool:
+    """``AIRUN_TRUST_STORED_CODE=1``: a resume in this process may load code a notebook stored
+    (``airun resume --trust-stored-code`` sets it for one command)."""
+    return os.environ.get("AIRUN_TRUST_STORED_CODE", "").strip().lower() in ("1", "true", "yes")

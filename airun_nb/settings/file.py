@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from airun_nb.errors import AirunError
+from airun_nb.settings.environment import current
 
 # yaml, yamlsafe and tomllib are imported when a settings file is read: a terminal command that
 # finds none (most do) does not pay for them.
@@ -136,3 +137,55 @@ def agent_server() -> dict[str, Any]:
     if raw.get("principal") is not None and not str(raw["principal"]).strip():
         raise SettingsError("mcp.principal in the settings is empty")
     return dict(raw)
+
+
+def declared_secrets() -> list[str]:
+    """The only names ``{{ secrets.NAME }}`` may read: ``secrets: [API_TOKEN, ...]`` in the
+    settings, and ``AIRUN_SECRETS`` (names separated by commas)."""
+    raw = load().get("secrets") or []
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise SettingsError("'secrets' in the settings must be a list of names")
+    env = [n.strip() for n in (current().secrets or "").split(",") if n.strip()]
+    return [str(name) for name in raw] + env
+
+
+def key_file() -> Path:
+    """The signing key's file: ``key_file:`` in the settings, else ``AIRUN_KEY_FILE``, else
+    ``key`` in the user's config folder (:func:`airun_nb.settings.environment.config_dir`)."""
+    from airun_nb.settings import environment
+
+    conf = load().get("key_file")
+    if isinstance(conf, str) and conf:
+        return Path(conf).expanduser()
+    return environment.key_file()
+
+
+def trust_stored_code() -> bool:
+    """``trust_stored_code: true`` in the settings, or ``AIRUN_TRUST_STORED_CODE=1``."""
+    from airun_nb.settings import environment
+
+    return load().get("trust_stored_code") is True or environment.trust_stored_code()
+
+
+def candidate_paths() -> list[Path]:
+    """Every file that is, or would become, the settings file when written: ``AIRUN_CONFIG``,
+    ``airun.yaml`` in the working directory and ``pyproject.toml`` there and in each parent."""
+    cwd = Path.cwd()
+    out = [cwd / "airun.yaml", *(folder / "pyproject.toml" for folder in (cwd, *cwd.parents))]
+    env = current().config
+    if env:
+        out.insert(0, Path(env).expanduser())
+    return out
+
+
+def service_hosts() -> list[str]:
+    """``service_hosts: [approvals.example.com]``: further names the service answers to (its
+    ``--public-url``'s host and the loopback names always)."""
+    raw = load().get("service_hosts") or []
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise SettingsError("'service_hosts' in the settings must be a list of host names")
+    return [str(h) for h in raw]

@@ -5,8 +5,10 @@ SHA-256 over the parser's own source files, the name, the line offset and the te
 the cell, renaming it or upgrading airun_nb all miss. Hits come from this process (the last
 :data:`MEMORY_ENTRIES` specs) or, for texts of at least :data:`STORE_MIN_CHARS` characters,
 from the store's ``spec_cache`` table, so a fresh process resuming a big run does not
-re-validate it either. Stored entries are pickles read back by an unpickler that only builds
-the spec model's classes and plain values; anything else is a miss and the text is parsed.
+re-validate it either. Stored entries are pickles signed with the key outside the store
+(:mod:`airun_nb.store.signing`) and read back by an unpickler that only builds the spec
+model's classes and plain values; an unsigned entry, or anything else, is a miss and the text
+is parsed.
 Parsing runs with the cyclic garbage collector paused.
 """
 
@@ -26,9 +28,10 @@ from typing import Any
 
 import duckdb
 
-from airun_nb.errors import StoreError
+from airun_nb.errors import AirunError, StoreError
 from airun_nb.spec import parser as spec_mod
 from airun_nb.spec.model import WorkflowSpec
+from airun_nb.store import signing
 from airun_nb.store.database import Store
 
 MEMORY_ENTRIES = 32
@@ -166,8 +169,9 @@ def _load(db: Any, key: str) -> WorkflowSpec | None:
     if row is None:
         return None
     try:
+        payload = signing.verify(row[0], "a cached workflow")  # a planted entry is a miss
         with _gc_paused():
-            spec = _SpecUnpickler(io.BytesIO(row[0])).load()
+            spec = _SpecUnpickler(io.BytesIO(payload)).load()
     except Exception:  # a damaged or foreign entry is a miss, never a failure
         return None
     return spec if isinstance(spec, WorkflowSpec) else None
@@ -177,7 +181,10 @@ def _save(db: Any, key: str, spec: WorkflowSpec) -> None:
     store = _store(db)
     if store is None:
         return
-    data = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        data = signing.sign(pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
+    except (AirunError, OSError):
+        return  # no signing key to be had: the cache goes without
     # A cache entry is not history: it is written straight to DuckDB, not journaled, and a
     # store that cannot take it (busy, read-only) simply goes without.
     with (

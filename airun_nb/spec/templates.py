@@ -17,6 +17,7 @@ in a ``python:`` or ``call:`` step, where the policy sees it.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import decimal
 import json
@@ -56,6 +57,47 @@ _PLAIN = (
 
 
 _MAX_REPEAT = 10_000_000  # items or characters of a `'x' * n` or `[0] * n`
+
+
+# Secret taint: the ``secrets`` namespace calls :func:`note_secret_read` for every value it
+# gives a template. A template that read one renders to a string that is registered, whole,
+# with every hook of TAINT_HOOKS (the redactor), so no filter (``| reverse``, ``| b64encode``,
+# ``.encode().hex()``, a slice) carries the secret past redaction; its error messages are
+# withheld.
+_SECRET_READS: contextvars.ContextVar[int] = contextvars.ContextVar("secret_reads", default=0)
+TAINT_HOOKS: list[Callable[[str], None]] = []
+
+
+def note_secret_read() -> None:
+    _SECRET_READS.set(_SECRET_READS.get() + 1)
+
+
+def _tainted(value: Any, before: int) -> Any:
+    """``value`` as rendered; when the render read a secret, as a string registered whole."""
+    if _SECRET_READS.get() == before or isinstance(value, bool) or value is None:
+        return value
+    text = value if isinstance(value, str) else str(value)
+    for hook in TAINT_HOOKS:
+        hook(text)
+    return text
+
+
+def _failure(exc: Exception, source: str, *, step: str, field: str, tainted: bool) -> TemplateError:
+    """The one-line error for a failed render of ``source``."""
+    where = f"step '{step}', field '{field}'"
+    if isinstance(exc, TemplateError):
+        msg = exc.message
+        return exc if msg.startswith("step '") else TemplateError(f"{where}: {msg}")
+    if tainted:
+        return TemplateError(
+            f"{where}: {type(exc).__name__} in a template that reads a secret (its message is "
+            f"withheld) in {source.strip()!r}"
+        )
+    if isinstance(exc, jinja2.UndefinedError):
+        return TemplateError(f"{where}: {_undefined_message(exc)} in {source.strip()!r}")
+    if isinstance(exc, jinja2.TemplateError):
+        return TemplateError(f"{where}: {exc} in {source.strip()!r}")
+    return TemplateError(f"{where}: {type(exc).__name__}: {exc} in {source.strip()!r}")
 
 
 class Sandbox(ImmutableSandboxedEnvironment):
@@ -165,16 +207,13 @@ def render_shell(command: str, context: Mapping[str, Any], *, step: str, field: 
     never add words, pipes or commands (``{{ name }}`` with ``x; rm -rf ~`` stays one word)."""
     if not has_template(command):
         return command
+    before = _SECRET_READS.get()
     try:
-        return str(SHELL_ENV.from_string(command).render(**safe_context(context)))
-    except jinja2.UndefinedError as exc:
-        raise TemplateError(
-            f"step '{step}', field '{field}': {_undefined_message(exc)} in {command.strip()!r}"
-        ) from None
+        rendered = SHELL_ENV.from_string(command).render(**safe_context(context))
     except Exception as exc:
-        raise TemplateError(
-            f"step '{step}', field '{field}': {exc} in {command.strip()!r}"
-        ) from None
+        tainted = _SECRET_READS.get() != before
+        raise _failure(exc, command, step=step, field=field, tainted=tainted) from None
+    return str(_tainted(rendered, before))
 
 
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
@@ -284,22 +323,13 @@ def _render(value: Any, context: Mapping[str, Any], *, step: str, field: str) ->
     if isinstance(value, str):
         if not has_template(value):
             return value
+        before = _SECRET_READS.get()
         try:
-            return _compiled(value)(context)
-        except jinja2.UndefinedError as exc:
-            raise TemplateError(
-                f"step '{step}', field '{field}': {_undefined_message(exc)} in {value.strip()!r}"
-            ) from None
-        except jinja2.TemplateError as exc:
-            raise TemplateError(
-                f"step '{step}', field '{field}': {exc} in {value.strip()!r}"
-            ) from None
-        except TemplateError:
-            raise
+            rendered = _compiled(value)(context)
         except Exception as exc:
-            raise TemplateError(
-                f"step '{step}', field '{field}': {type(exc).__name__}: {exc} in {value.strip()!r}"
-            ) from None
+            tainted = _SECRET_READS.get() != before
+            raise _failure(exc, value, step=step, field=field, tainted=tainted) from None
+        return _tainted(rendered, before)
     if isinstance(value, Mapping):
         return {k: _render(v, context, step=step, field=f"{field}.{k}") for k, v in value.items()}
     if isinstance(value, list):

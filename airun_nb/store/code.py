@@ -5,8 +5,11 @@ resumes, the functions its ``call:`` steps take from the notebook, pickled by va
 cloudpickle (the function's code and the globals it uses), in one table of the store
 (``outputs."code/<run>"``), with their source (``outputs."code/<run>/sources"``) so that their
 fingerprints where they are loaded are the ones they had where they were stored. ``airun resume
-RUN`` loads them when the run's remaining steps need them. Unpickling runs code: only a store you trust should be resumed this way, which is why the
-notebook has to opt in.
+RUN`` loads them when the run's remaining steps need them. Unpickling runs code, so both sides
+opt in: the notebook that stores it, and the resuming side (``airun resume RUN
+--trust-stored-code``, ``trust_stored_code: true`` in the settings or
+``AIRUN_TRUST_STORED_CODE=1``). Each function is signed with the key outside the store
+(:mod:`airun_nb.store.signing`); one without a valid signature is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from airun_nb.store import signing
 from airun_nb.store.database import Store
 
 
@@ -41,7 +45,7 @@ def save(store: Store, run_id: str, functions: Mapping[str, Callable[..., Any]])
     names, blobs = [], []
     for name, fn in sorted(functions.items()):
         names.append(name)
-        blobs.append(cloudpickle.dumps(fn))
+        blobs.append(signing.sign(cloudpickle.dumps(fn)))
     store.put_table(
         _table(run_id),
         pa.table({"name": pa.array(names, pa.string()), "code": pa.array(blobs, pa.binary())}),
@@ -107,17 +111,31 @@ def _functions(functions: Iterable[Callable[..., Any]]) -> list[types.FunctionTy
     return list(found.values())
 
 
+def stored_names(store: Store, run_id: str) -> list[str]:
+    """The names of the functions stored for ``run_id``, without loading them."""
+    try:
+        table = store.get_table(_table(run_id))
+    except Exception:
+        return []
+    return [str(n) for n in table["name"].to_pylist()]
+
+
 def load(store: Store, run_id: str) -> dict[str, Callable[..., Any]]:
-    """The functions stored for ``run_id`` (empty when the notebook did not store any)."""
+    """The functions stored for ``run_id`` (empty when the notebook did not store any); the
+    caller has opted in. :class:`~airun_nb.store.signing.SignatureError` when one of them is
+    not signed with this user's key, before any of them is unpickled."""
     import pickle
 
     try:
         table = store.get_table(_table(run_id))
     except Exception:
         return {}
-    out = {}
-    for name, blob in zip(table["name"].to_pylist(), table["code"].to_pylist(), strict=True):
-        out[str(name)] = pickle.loads(blob)  # the notebook opted in
+    names = [str(n) for n in table["name"].to_pylist()]
+    payloads = [
+        signing.verify(blob, f"the stored code of '{name}' (run {run_id})")
+        for name, blob in zip(names, table["code"].to_pylist(), strict=True)
+    ]
+    out = {name: pickle.loads(payload) for name, payload in zip(names, payloads, strict=True)}
     try:
         sources = store.get_table(_sources_table(run_id))
     except Exception:  # stored before sources were kept

@@ -4,7 +4,9 @@
   through Arrow (no pickling). A DataFrame's index and dtypes come back through the pandas
   metadata Arrow keeps, stored beside the table.
 - JSON-able values (None, numbers, strings, lists, dicts of those) are stored as JSON.
-- Anything else goes through the one declared fallback, :mod:`pickle`, as a BLOB.
+- Anything else goes through the one declared fallback, :mod:`pickle`, as a BLOB signed with
+  the key outside the store (:mod:`airun_nb.store.signing`): a pickle without a valid signature
+  is refused, never unpickled.
 - A value that cannot be pickled either is recorded as ``unstorable``: the run goes on, but on
   resume that step has to run again (and the user is told why).
 """
@@ -19,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
+
+from airun_nb.store import signing
 
 if TYPE_CHECKING:
     from airun_nb.store.database import Store
@@ -59,7 +63,7 @@ def encode(value: Any, store: Store, table_name: str) -> dict[str, Any]:
             "output_kind": "unstorable",
             "output_json": json.dumps(f"{type(value).__name__}: {exc}"),
         }
-    return {"output_kind": "pickle", "output_blob": base64.b64encode(blob).decode()}
+    return {"output_kind": "pickle", "output_blob": base64.b64encode(signing.sign(blob)).decode()}
 
 
 def decode_inline(row: Mapping[str, Any]) -> tuple[bool, Any]:
@@ -75,7 +79,9 @@ def decode_inline(row: Mapping[str, Any]) -> tuple[bool, Any]:
             blob = base64.b64decode(blob)
         if not isinstance(blob, (bytes, bytearray)):
             raise ValueError("the pickled output is missing from the store")
-        return True, pickle.loads(blob)
+        step = row.get("step_id")
+        what = f"the stored output of step '{step}'" if step else "a stored output"
+        return True, pickle.loads(signing.verify(blob, what))
     return False, None
 
 

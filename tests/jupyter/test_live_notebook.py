@@ -316,6 +316,9 @@ def test_a_terminal_resume_names_the_missing_function_unless_the_code_was_stored
     stored.mkdir()
     run_id = _waiting_run(stored, GATE, store_code=True)
     assert _cli(stored, "approve", run_id, "review").returncode == 0
-    done = _cli(stored, "resume", run_id)
+    done = _cli(stored, "resume", run_id)  # the resuming side opts in too
+    assert done.returncode != 0 and "--trust-stored-code" in done.stderr
+    assert not (stored / "shipped").exists()
+    done = _cli(stored, "resume", run_id, "--trust-stored-code")
     assert done.returncode == 0, done.stdout + done.stderr
     assert (stored / "shipped").read_text() == "yes"

@@ -23,6 +23,7 @@ def test_a_secret_from_the_environment_is_used_and_written_nowhere(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("API_TOKEN", TOKEN)
+    monkeypatch.setenv("AIRUN_SECRETS", "API_TOKEN")
     wf = Workflow.from_yaml(
         """
 name: uses_secret
@@ -44,10 +45,11 @@ steps:
     store = Store.open(world.store)
     (out,) = store.query("SELECT output_json FROM steps WHERE step_id = 'echo'")[0]
     store.release()
-    assert "token=***" in out
+    assert "***" in out and TOKEN not in out  # the rendered "token=..." is redacted whole
 
 
-def test_a_secret_from_a_dotenv_file(world: World) -> None:
+def test_a_secret_from_a_dotenv_file(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRUN_SECRETS", "DB_PASSWORD")
     (world.root / ".env").write_text(f"DB_PASSWORD={TOKEN}\n")
     Workflow.from_yaml(
         "name: dotenv\nsteps:\n  - id: w\n    capability: fs.write\n"
@@ -57,7 +59,10 @@ def test_a_secret_from_a_dotenv_file(world: World) -> None:
     world.assert_absent(TOKEN)
 
 
-def test_a_missing_secret_is_an_error_naming_the_step(world: World) -> None:
+def test_a_missing_secret_is_an_error_naming_the_step(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRUN_SECRETS", "NOT_SET_ANYWHERE")
     r = Workflow.from_yaml(
         "name: nosecret\nsteps:\n  - id: w\n    capability: fs.write\n"
         "    with: {path: x.txt, content: '{{ secrets.NOT_SET_ANYWHERE }}'}\n"
@@ -131,6 +136,7 @@ def test_a_policy_gate_preview_hides_authorization_and_passwords(
     )
     monkeypatch.setenv("AIRUN_POLICY", str(policy))
     monkeypatch.setenv("BEARER", "abcdefgh12345678zz")
+    monkeypatch.setenv("AIRUN_SECRETS", "BEARER")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SecretWarning)
         wf = Workflow.from_yaml(
