@@ -215,7 +215,7 @@ def hook() -> Any:
 
 def test_old_gate_inputs_and_the_approval_webhook(tmp_path: Path, hook: str) -> None:
     """The old guide's gate inputs load (`webhook_url` is POSTed to, `context` is shown to the
-    approver, `webhook_payload` is kept), and `AI_FIRST_APPROVAL_WEBHOOK` gets a POST for a
+    approver, `webhook_payload`'s fields join the body), and `AI_FIRST_APPROVAL_WEBHOOK` gets a POST for a
     gate without a webhook of its own."""
     flow = _write(
         tmp_path / "g.yaml",
@@ -231,6 +231,7 @@ def test_old_gate_inputs_and_the_approval_webhook(tmp_path: Path, hook: str) -> 
     assert out.returncode == 30, out.stderr
     assert [b["message"] for b in _Hook.bodies] == ["Delete production database?"]
     assert "1.2" in str(_Hook.bodies[0]["preview"])
+    assert _Hook.bodies[0]["channel"] == "#ops"  # webhook_payload's fields are in the body
     plain = _write(
         tmp_path / "p.yaml",
         "workflow_id: p\nname: p\nsteps:\n  - name: gate\n    step_type: HUMAN_APPROVAL\n"
