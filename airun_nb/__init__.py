@@ -28,6 +28,7 @@ from airun_nb.errors import (
 
 if TYPE_CHECKING:
     from airun_nb.capabilities import register as register_capability
+    from airun_nb.capabilities.legacy_specs import register_spec as register_capability_spec
     from airun_nb.engine.cancel import cancel
     from airun_nb.gates.gate import AlreadyDecided, ApprovalError, approve, reject
     from airun_nb.history.diff import diff
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, tuple[str, str]] = {
     "cancel": ("engine.cancel", "cancel"),
     "register_capability": ("capabilities", "register"),
+    "register_capability_spec": ("capabilities.legacy_specs", "register_spec"),
     "why": ("history.why", "why"),
     "AlreadyDecided": ("gates.gate", "AlreadyDecided"),
     "ApprovalError": ("gates.gate", "ApprovalError"),
@@ -122,6 +124,7 @@ __all__ = [
     "load_run",
     "query",
     "register_capability",
+    "register_capability_spec",
     "reject",
     "rollback",
     "runs",

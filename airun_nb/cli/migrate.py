@@ -131,9 +131,10 @@ def old_kind(doc: Any) -> tuple[str, list[str]] | None:
         if adapter.get("type") == "http_api":
             how += f", {conf.get('method', 'GET')} {conf.get('endpoint_url', '?')}"
             instead = (
+                "register it with `airun_nb.register_capability_spec(PATH)` before the run, or "
                 "call it as a step `capability: http.request` with `{method: "
                 f"{conf.get('method', 'GET')}, url: {conf.get('endpoint_url', '?')}}}` (the "
-                "policy's hosts: and the egress checks apply)"
+                "policy's hosts: and the egress checks apply either way)"
             )
         else:
             instead = f"register a function: `airun_nb.register_capability('{meta.get('id')}', fn)`"

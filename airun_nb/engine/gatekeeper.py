@@ -188,6 +188,10 @@ def _notify(
             run.run_id, gate_id, row.get("deadline"), db=run.store.path
         ),
     }
+    inputs = (run.spec.dialect.get("approval_inputs") or {}).get(st.id) or {}
+    extra = inputs.get("webhook_payload")  # a seed gate's fields for the receiver (channel...)
+    if isinstance(extra, Mapping):
+        payload = {**{str(k): v for k, v in extra.items()}, **payload}
     who = governance.principals(run, st.spec.agent)
 
     def check(t: Any) -> str | None:

@@ -225,6 +225,7 @@ class Runner:
                     f"with {key}={value!r} start a new run instead of resuming"
                 )
         spec, namespace, listener, source, user = self._made
+        dry = self.claim.dry  # a dry run stays one
         self.__init__(  # type: ignore[misc]
             spec,
             self.store,
@@ -234,6 +235,7 @@ class Runner:
             source=source,
             user=user,
         )
+        self.claim.dry = dry
 
     def _adopt(self, plan: Plan) -> None:
         """Take over what the plan continues: the run id, its launcher, its history."""

@@ -215,7 +215,7 @@ def hook() -> Any:
 
 def test_old_gate_inputs_and_the_approval_webhook(tmp_path: Path, hook: str) -> None:
     """The old guide's gate inputs load (`webhook_url` is POSTed to, `context` is shown to the
-    approver, `webhook_payload` is kept), and `AI_FIRST_APPROVAL_WEBHOOK` gets a POST for a
+    approver, `webhook_payload`'s fields join the body), and `AI_FIRST_APPROVAL_WEBHOOK` gets a POST for a
     gate without a webhook of its own."""
     flow = _write(
         tmp_path / "g.yaml",
@@ -231,6 +231,7 @@ def test_old_gate_inputs_and_the_approval_webhook(tmp_path: Path, hook: str) -> 
     assert out.returncode == 30, out.stderr
     assert [b["message"] for b in _Hook.bodies] == ["Delete production database?"]
     assert "1.2" in str(_Hook.bodies[0]["preview"])
+    assert _Hook.bodies[0]["channel"] == "#ops"  # webhook_payload's fields are in the body
     plain = _write(
         tmp_path / "p.yaml",
         "workflow_id: p\nname: p\nsteps:\n  - name: gate\n    step_type: HUMAN_APPROVAL\n"
@@ -374,3 +375,58 @@ def test_sys_undo_points_at_rollback_steps(tmp_path: Path) -> None:
     )
     out = airun("exec", str(flow), cwd=tmp_path)
     assert out.returncode != 0 and "airun rollback RUN --steps N" in out.stderr
+
+
+class _Quote(http.server.BaseHTTPRequestHandler):
+    paths: list[str] = []
+
+    def do_GET(self) -> None:
+        _Quote.paths.append(self.path)
+        body = json.dumps({"symbol": "AAPL", "price": 123.5}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_http_capability_spec_registers_and_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old net_finance_yahoo.yaml spec (its endpoint moved to a loopback server) becomes a
+    capability: a seed step calls it with its inputs as the query string and reads its JSON."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quote)
+    _Quote.paths = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = yaml.safe_load(
+            (OLD / "capabilities_validated_external_net_finance_yahoo.yaml").read_text()
+        )
+        spec["adapter"]["config"]["endpoint_url"] = (
+            f"http://127.0.0.1:{server.server_address[1]}/finance/yahoo"
+        )
+        spec_file = _write(tmp_path / "yahoo.yaml", yaml.safe_dump(spec))
+        assert airun_nb.register_capability_spec(spec_file) == "net.finance.yahoo"
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("AIRUN_WORKSPACE", raising=False)
+        monkeypatch.delenv("AIRUN_POLICY", raising=False)
+        flow = (
+            "workflow_id: q\nname: q\nsteps:\n"
+            "  - name: quote\n    capability_name: net.finance.yahoo\n    inputs: {symbol: AAPL}\n"
+            "  - name: save\n    capability_name: io.fs.write_file\n    depends_on: [quote]\n"
+            "    inputs: {path: q.txt, content: '{{symbol}} {{price}}'}\n"
+        )
+        result = airun_nb.Workflow.from_yaml(flow).run(db=tmp_path / "q.duckdb")
+        assert result.status == "completed", result.error
+        assert _Quote.paths == ["/finance/yahoo?symbol=AAPL"]
+        assert (tmp_path / "q.txt").read_text() == "AAPL 123.5"
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(airun_nb.AirunError, match="register a function"):
+        airun_nb.register_capability_spec(
+            OLD / "capabilities_validated_generated_net.github.get_repo.yaml"
+        )

@@ -65,3 +65,21 @@ def test_resume_with_other_params_is_refused_in_one_line(
     with pytest.raises(RunBusy, match="continues with its own params"):
         airun_nb.Workflow.from_yaml(text).run(db=db, resume=first.run_id, params={"f": "b.txt"})
     assert not (tmp_path / "b.txt").exists()
+
+
+def test_a_dry_run_of_a_resume_plans_with_the_runs_params_and_claims_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--dry-run` of a resume plans the run's own params (its first step replays, nothing
+    "params changed") and leaves the stored run as it was."""
+    import airun_nb
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AIRUN_WORKSPACE", raising=False)
+    text = (FILES / "param_gate_native.yaml").read_text()
+    db = tmp_path / "s.duckdb"
+    first = airun_nb.Workflow.from_yaml(text).run(db=db, params={"f": "a.txt"})
+    assert first.status == "waiting"
+    plan = airun_nb.Workflow.from_yaml(text).runner(db=db).dry_run(resume=first.run_id)
+    assert plan.mode == "resume" and plan.replayed == ["w"]
+    assert airun_nb.runs(db=db)["status"].tolist() == ["waiting"]
