@@ -61,6 +61,31 @@ def duration_text(seconds: float) -> str:
     return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
 
 
+def _readable(col: pd.Series) -> pd.Series:
+    return col.map(lambda v: "" if pd.isna(v) else duration_text(v.total_seconds()))
+
+
+class HistorySeries(pd.Series):
+    """A column of a :class:`HistoryFrame` (durations shown as ``0.19s``); what it builds
+    (a groupby aggregation, say) stays readable too."""
+
+    @property
+    def _constructor(self) -> type[HistorySeries]:
+        return HistorySeries
+
+    @property
+    def _constructor_expanddim(self) -> type[HistoryFrame]:
+        return HistoryFrame
+
+    def __repr__(self) -> str:
+        plain = pd.Series(self)
+        if not pd.api.types.is_timedelta64_dtype(plain.dtype):
+            return repr(plain)
+        text = repr(_readable(plain))  # the footer names the real dtype, not the text's
+        head, sep, _ = text.rpartition("dtype: ")
+        return f"{head}{sep}{plain.dtype}" if sep else text
+
+
 class HistoryFrame(pd.DataFrame):
     """A history DataFrame: the same data and dtypes (durations stay ``timedelta64``), shown
     with durations written as ``0.19s`` / ``2m03.5s`` instead of ``0 days 00:00:00.194005``."""
@@ -69,15 +94,17 @@ class HistoryFrame(pd.DataFrame):
     def _constructor(self) -> type[HistoryFrame]:
         return HistoryFrame
 
+    @property
+    def _constructor_sliced(self) -> type[HistorySeries]:
+        return HistorySeries
+
     def shown(self) -> pd.DataFrame:
         """A plain copy for display, durations as text."""
         df = pd.DataFrame(self).copy()
         for i in range(df.shape[1]):
             col = df.iloc[:, i]
             if pd.api.types.is_timedelta64_dtype(col.dtype):
-                df.isetitem(
-                    i, col.map(lambda v: "" if pd.isna(v) else duration_text(v.total_seconds()))
-                )
+                df.isetitem(i, _readable(col))
         return df
 
     def __repr__(self) -> str:

@@ -177,7 +177,8 @@ class WorkflowMagics(Magics):
 
             %workflow run FILE [--name NAME] [--param KEY=VALUE ...] [--resume RUN | --new]
                                [--dry-run]
-            %workflow runs | show RUN | resume [RUN] | rollback RUN | cancel RUN [--rollback]
+            %workflow runs [--workflow W] [--status S ...] [--since TIME] [--limit N]
+            %workflow show RUN | resume [RUN] | rollback RUN | cancel RUN [--rollback]
                       | approvals | timeline RUN | traceback [RUN] [STEP] | why RUN
                       | diff RUN_A RUN_B [--step STEP] | history [TABLE] [RUN]
 
@@ -201,7 +202,15 @@ class WorkflowMagics(Magics):
         if cmd == "run":
             return self._run_file(rest, db)
         if cmd == "runs":
-            return history.runs(db)
+            p = _Parser(prog="workflow runs", add_help=False)
+            p.add_argument("--workflow", "-w")
+            p.add_argument("--status", "-s", action="append")
+            p.add_argument("--since")
+            p.add_argument("--limit", "-n", type=int)
+            f = p.parse_args(rest)
+            return history.runs(
+                db, workflow=f.workflow, status=f.status, since=f.since, limit=f.limit
+            )
         if cmd == "show":
             if len(rest) != 1:
                 raise UsageError("%workflow show: give one run id")

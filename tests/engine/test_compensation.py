@@ -23,6 +23,7 @@ import pytest
 
 import airun_nb
 from airun_nb import AirunError, RunBusy, RunEnded, Workflow, WorkflowFailed
+from airun_nb.engine.ledger import Listener
 
 # -- fixtures and helpers (local on purpose: no shared conftest is relied on) -------------------
 
@@ -150,6 +151,18 @@ def run_failing(wf: Workflow, **kwargs: Any) -> WorkflowFailed:
     with pytest.raises(WorkflowFailed) as info:
         wf.run(**kwargs)
     return info.value
+
+
+class _Recorded(Listener):
+    """An event per step, set once the engine has recorded that step in ``status``."""
+
+    def __init__(self, status: str, *steps: str) -> None:
+        self.status = status
+        self.seen = {step: threading.Event() for step in steps}
+
+    def changed(self, run: Any, state: Any) -> None:
+        if state is not None and state.status == self.status and state.id in self.seen:
+            self.seen[state.id].set()
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -456,16 +469,14 @@ def test_cli_rollback_finishes_a_rollback_failed_run(
 def test_parallel_branches_are_undone_in_reverse_finish_order(store: Path, saga: Saga) -> None:
     """Three independent branches finish fast, mid, slow (each waits for the previous one);
     they are declared slow, mid, fast, so reverse finish order differs from reverse file order."""
-    finished = {name: threading.Event() for name in ("fast", "mid", "slow")}
+    recorded = _Recorded("completed", "fast", "mid", "slow")
     returned: list[str] = []
 
     def branch(name: str, after: str | None) -> dict[str, str]:
-        if after is not None:
-            assert finished[after].wait(30), f"{after} never finished"
-            time.sleep(0.25)  # let the engine record the previous branch as finished first
+        if after is not None:  # the engine has recorded the previous branch as finished
+            assert recorded.seen[after].wait(60), f"{after} never recorded as finished"
         out = saga.create(f"{name}.txt")
         returned.append(name)
-        finished[name].set()
         return out
 
     undo = '    compensate: {call: delete, with: {path: "{{ steps.%s.output.path }}"}}'
@@ -476,7 +487,7 @@ def test_parallel_branches_are_undone_in_reverse_finish_order(store: Path, saga:
         "  - id: fast\n    call: branch\n    with: {name: fast, after: null}\n" + undo % "fast",
         "  - id: merge\n    needs: [slow, mid, fast]\n    call: boom",
     )
-    exc = run_failing(wf, namespace=saga.ns(boom=boom, branch=branch))
+    exc = run_failing(wf, namespace=saga.ns(boom=boom, branch=branch), listener=recorded)
 
     rows = step_rows(exc.run_id, store)
     by_seq = sorted(("slow", "mid", "fast"), key=lambda s: int(rows[s]["finish_seq"]))
@@ -489,15 +500,13 @@ def test_parallel_branches_are_undone_in_reverse_finish_order(store: Path, saga:
 
 def test_branch_finishing_after_a_sibling_failed_is_still_undone(store: Path, saga: Saga) -> None:
     """A step still in flight when a sibling fails completes, and so must be compensated."""
-    sibling_failed = threading.Event()
+    recorded = _Recorded("failed", "quick")
 
     def slow_writer() -> dict[str, str]:
-        assert sibling_failed.wait(30)
-        time.sleep(0.3)
+        assert recorded.seen["quick"].wait(60), "the sibling's failure was never recorded"
         return saga.create("late.txt")
 
     def fail_fast() -> None:
-        sibling_failed.set()
         raise RuntimeError("quota exceeded")
 
     wf = workflow(
@@ -507,7 +516,9 @@ def test_branch_finishing_after_a_sibling_failed_is_still_undone(store: Path, sa
         "  - id: quick\n    call: fail_fast",
         file_step("after", "after.txt", needs=["slow", "quick"]),
     )
-    exc = run_failing(wf, namespace=saga.ns(slow_writer=slow_writer, fail_fast=fail_fast))
+    exc = run_failing(
+        wf, namespace=saga.ns(slow_writer=slow_writer, fail_fast=fail_fast), listener=recorded
+    )
     assert exc.status == "rolled_back"
     assert saga.undone == ["late.txt"]
     assert saga.files() == []

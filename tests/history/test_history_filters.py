@@ -91,6 +91,11 @@ def test_durations_read_as_seconds_but_stay_timedeltas(db: Path, mixed) -> None:
         assert "s" in shown
     steps = airun_nb.steps(db=db)
     assert "0 days" not in repr(steps[steps["status"] == "completed"])  # a slice reads the same
+    column = repr(steps["duration"])
+    assert "0 days" not in column and "timedelta64" in column  # the footer keeps the dtype
+    per_kind = steps.groupby("kind")["duration"].agg(["count", "sum"])
+    assert pd.api.types.is_timedelta64_dtype(per_kind["sum"])
+    assert "0 days" not in repr(per_kind) and "0 days" not in per_kind._repr_html_()
     from airun_nb.history.relation import duration_text
 
     assert [duration_text(s) for s in (0.194005, 123.5, 3 * 3600 + 300, 2 * 86400 + 7200)] == [

@@ -96,6 +96,23 @@ def test_workflow_run_in_a_cell_draws_the_table_and_finds_the_notebooks_function
     assert airun_nb.last_run() is result or airun_nb.last_run().run_id == result.run_id
 
 
+def test_the_runs_magic_takes_the_history_filters(ipython, tmp_path: Path) -> None:
+    path = tmp_path / "doubling.yaml"
+    path.write_text(FILE)
+    assert ipython.run_cell(FUNCTIONS).success
+    for n in (1, 2, 3):
+        assert ipython.run_cell(f"%workflow run {path} --new --param n={n}").success
+    assert ipython.run_cell("%workflow run " + str(path) + " --name other --new").success
+    everything = ipython.run_line_magic("workflow", "runs")
+    assert len(everything) == 4
+    newest = ipython.run_line_magic("workflow", "runs --workflow doubling --limit 2")
+    assert newest["run_id"].tolist() == everything["run_id"].tolist()[1:3]
+    done = ipython.run_line_magic("workflow", "runs -s completed -s failed -w other")
+    assert done["workflow"].tolist() == ["other"]
+    with pytest.raises(UsageError, match="--limit"):
+        ipython.run_line_magic("workflow", "runs --limit many")
+
+
 def test_runs_and_the_runs_magic_refuse_a_store_that_does_not_exist(
     ipython, tmp_path: Path
 ) -> None:
