@@ -8,8 +8,6 @@ from typing import Any
 from traitlets import Bool, Unicode, observe
 from traitlets.config import Configurable
 
-from airun_nb.governance import policy as policy_mod
-
 
 class Workflow(Configurable):
     """``%config Workflow.policy = "policy.yaml"``: the policy file for this kernel."""
@@ -24,6 +22,8 @@ class Workflow(Configurable):
 
     @observe("policy")
     def _policy_changed(self, change: Any) -> None:
+        from airun_nb.governance import policy as policy_mod  # on use, not at %load_ext
+
         policy_mod.configure(change["new"] or None)
 
     @observe("db")

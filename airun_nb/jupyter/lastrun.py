@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airun_nb.result import RunResult
+if TYPE_CHECKING:
+    from airun_nb.result import RunResult
 
 _last: dict[str, RunResult] = {}
 
 
 def remember(runner: Any) -> RunResult:
+    from airun_nb.result import RunResult  # pandas: imported by a run, not by %load_ext
+
     result = RunResult(runner)
     _last["result"] = result
     return result
