@@ -7,7 +7,6 @@ from typing import Any
 from traitlets import Bool, Unicode, observe
 from traitlets.config import Configurable
 
-from airun_nb.governance import policy as policy_mod
 from airun_nb.settings import environment
 
 
@@ -24,6 +23,8 @@ class Workflow(Configurable):
 
     @observe("policy")
     def _policy_changed(self, change: Any) -> None:
+        from airun_nb.governance import policy as policy_mod  # on use, not at %load_ext
+
         policy_mod.configure(change["new"] or None)
 
     @observe("db")

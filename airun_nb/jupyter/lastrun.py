@@ -7,14 +7,17 @@ then read back from the store (:func:`airun_nb.load_run`).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airun_nb.result import RunResult
+if TYPE_CHECKING:
+    from airun_nb.result import RunResult
 
 _last: dict[str, RunResult] = {}
 
 
 def remember(runner: Any) -> RunResult:
+    from airun_nb.result import RunResult  # pandas: imported by a run, not by %load_ext
+
     result = RunResult(runner)
     _last["result"] = result
     return result

@@ -9,26 +9,52 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
 from airun_nb.engine.timeouts import name_files_with
 from airun_nb.errors import WorkflowFailed
-from airun_nb.history import diff as rundiff
-from airun_nb.history import frames as history
-from airun_nb.history import why as explanation
 from airun_nb.jupyter.config import Workflow as WorkflowSettings
-from airun_nb.jupyter.display import LiveTable, said_once
 from airun_nb.jupyter.lastrun import last_result, notebook_path
-from airun_nb.jupyter.pyrun import after_run
-from airun_nb.jupyter.widgets import draw_gates, waiting_line
-from airun_nb.store import code as codestore
-from airun_nb.store.database import Store
-from airun_nb.workflow import Workflow, rollback, stored_params
+
+if TYPE_CHECKING:
+    import yaml
+
+    from airun_nb.history import diff as rundiff
+    from airun_nb.history import frames as history
+    from airun_nb.history import why as explanation
+    from airun_nb.jupyter.display import LiveTable, said_once
+    from airun_nb.jupyter.pyrun import after_run
+    from airun_nb.jupyter.widgets import draw_gates, waiting_line
+    from airun_nb.store import code as codestore
+    from airun_nb.store.database import Store
+    from airun_nb.workflow import Workflow, rollback, stored_params
+
+
+def _imports() -> None:
+    """What the magics use (pandas, the engine, the widgets, DuckDB), imported on their first
+    use rather than by ``%load_ext airun_nb``."""
+    if "Workflow" in globals():
+        return
+    import yaml
+
+    from airun_nb.history import diff as rundiff
+    from airun_nb.history import frames as history
+    from airun_nb.history import why as explanation
+    from airun_nb.jupyter.display import LiveTable, said_once
+    from airun_nb.jupyter.pyrun import after_run
+    from airun_nb.jupyter.widgets import draw_gates, run_table_widget, waiting_line
+    from airun_nb.store import code as codestore
+    from airun_nb.store.database import Store
+    from airun_nb.workflow import Workflow, rollback, stored_params
+
+    names = (yaml, rundiff, history, explanation, LiveTable, said_once, draw_gates, after_run)
+    names += (run_table_widget, waiting_line, codestore, Store, rollback, stored_params)
+    globals().update({n: v for n, v in locals().items() if n != "names"})
+    globals()["Workflow"] = Workflow  # last: it marks the imports done
 
 
 def _split(magic: str, line: str) -> list[str]:
@@ -97,6 +123,7 @@ class WorkflowMagics(Magics):
         is the run's :class:`~airun_nb.result.RunResult`. A workflow kept in a file runs with
         ``%workflow run FILE``.
         """
+        _imports()
         args = _cell_parser().parse_args(_split("%%workflow", line))
         if args.resume and args.new:
             raise UsageError("%%workflow: give --resume RUN or --new, not both")
@@ -185,6 +212,7 @@ class WorkflowMagics(Magics):
         Every command takes ``--db PATH`` (default: $AIRUN_DB or ./airun.duckdb); a store that
         does not exist is refused, not created (``run`` creates it).
         """
+        _imports()
         words = _split("%workflow", line)
         db = None
         if "--db" in words:
