@@ -209,6 +209,7 @@ def violations(root: Path, report: dict[str, Any]) -> list[list[str]]:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
+    database=None,  # nothing written beside the tests
 )
 @given(data=st.data())
 def test_no_workflow_acts_beyond_the_agent_policy(server: _Server, data: st.DataObject) -> None:
