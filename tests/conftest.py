@@ -36,8 +36,16 @@ def ipython(db: Path):
     shell = get_ipython()  # starts the shell on first use, then returns the same one
     shell.reset(new_session=False)
     shell.run_line_magic("load_ext", "airun_nb")
+    _default_config(shell)
     yield shell
+    _default_config(shell)
     shell.reset(new_session=False)
+
+
+def _default_config(shell) -> None:  # type: ignore[no-untyped-def]
+    """Every test starts with the kernel's %config defaults (the shell is shared)."""
+    for line in ("Workflow.store_code = False", "Workflow.db = None", "Workflow.policy = None"):
+        shell.run_line_magic("config", line)
 
 
 @pytest.fixture

@@ -235,7 +235,7 @@ def _decide(
     )
     verb = "approved" if decision == gate.APPROVE else "rejected"
     said = f"{verb} gate {gate_id} of run {run_id} as {out['actor']}"
-    found = Store.open(db).run_row(run_id)
+    found = _open_store(db).run_row(run_id)
     status = str(found["status"]) if found else "waiting"
     if status != "waiting":  # a kernel showing the gate took the decision and went on
         click.echo(f"{said}; the run has already continued (now {status})")
@@ -606,7 +606,7 @@ def _finish(run_id: str, db: Path | None) -> str:
         result = wf.run(
             db=db,
             resume=run_id,
-            namespace=codestore.load(Store.open(db), run_id),
+            namespace=codestore.load(_open_store(db), run_id),
             raise_on_failure=False,
         )
     except ResolveError as exc:
