@@ -597,21 +597,26 @@ def _finish(run_id: str, db: Path | None) -> str:
     """Resume an unfinished run here (a rollback is finished), with the code the notebook
     stored for it; how it ended, or an AirunError that says what it needs."""
     from airun_nb.engine.stepkinds import ResolveError
+    from airun_nb.settings import file as settings
     from airun_nb.store import code as codestore
-    from airun_nb.store.database import Store
     from airun_nb.workflow import Workflow
 
     wf = Workflow.from_run(run_id, db=db)
+    store = _open_store(db)
+    # Stored code runs when it is loaded: only where the resuming side opted in too.
+    trusted = settings.trust_stored_code()
     try:
         result = wf.run(
             db=db,
             resume=run_id,
-            namespace=codestore.load(_open_store(db), run_id),
+            namespace=codestore.load(store, run_id) if trusted else {},
             raise_on_failure=False,
         )
     except ResolveError as exc:
+        stored = not trusted and codestore.stored_names(store, run_id)
+        hint = " (its notebook stored its code: set trust_stored_code to load it)" if stored else ""
         raise ResolveError(
-            f"{exc.message}; re-open its notebook and `%workflow resume {run_id}`"
+            f"{exc.message}{hint}; re-open its notebook and `%workflow resume {run_id}`"
         ) from None
     return result.status
 
