@@ -136,6 +136,19 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext airun_nb``: register the ``%%workflow`` / ``%workflow`` magics."""
+    import importlib.util
+
+    # The magics import the widgets on first use: say now, in one line, what is missing.
+    for name in ("ipywidgets",):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules
+            found = False
+        if not found:
+            raise AirunError(
+                f"%load_ext airun_nb needs the 'jupyter' extra ({name} is missing): "
+                "pip install 'airun_nb[jupyter]' (from a clone: pip install -e '.[jupyter]')"
+            )
     try:
         from airun_nb.jupyter.magics import load
     except ImportError as exc:

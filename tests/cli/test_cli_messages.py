@@ -22,7 +22,9 @@ steps:
 
 def _env(db: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
+    # The owner allows `call:` to reach the working folder's payments module (call_modules).
     env.update(AIRUN_DB=str(db), AIRUN_IDENTITY="env", AIRUN_USER="alice")
+    env.update(AIRUN_CALL_MODULES="payments")
     return env
 
 
