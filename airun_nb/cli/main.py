@@ -185,24 +185,47 @@ def approvals(db: Path | None, show_all: bool, run_id: str | None) -> None:
 
 
 def _decide(
-    decision: str, run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None
+    decision: str,
+    run_id: str,
+    gate_id: str,
+    by: str | None,
+    comment: str | None,
+    db: Path | None,
+    sets: tuple[str, ...] = (),
+    option: str | None = None,
+    request_id: str | None = None,
 ) -> None:
+    from airun_nb.gates import form as forms
     from airun_nb.gates import gate
     from airun_nb.governance import identity
 
+    store = Store.open(db)
     out = gate.decide(
-        Store.open(db),
+        store,
         run_id,
         gate_id,
         decision,
         actor=identity.acting_as(by),
         channel="cli",
         comment=comment,
+        form=forms.parse_sets(sets) if sets else None,
+        option=option,
+        request_id=request_id,
     )
     verb = "approved" if decision == gate.APPROVE else "rejected"
+    who = identity.acting_as(by)
+    if out["status"] == "open":
+        click.echo(
+            f"{verb} gate {gate_id} of run {run_id} as {who}; the gate stays open: "
+            f"{out['progress']}"
+        )
+        return
+    chosen = f" with option {out['option']}" if decision == gate.APPROVE and out["option"] else ""
+    then = "continues" if out["status"] == "approved" else "rolls back"
+    resume = gate.resume_command(run_id, store.path)
     click.echo(
-        f"{verb} gate {gate_id} of run {run_id} as {out['actor']}; the run continues "
-        f"when it resumes (re-run its cell, or `airun resume {run_id}`)"
+        f"{verb} gate {gate_id} of run {run_id} as {who}{chosen}; the run {then} "
+        f"when it resumes (re-run its cell, or `{resume}`)"
     )
 
 
@@ -210,6 +233,17 @@ _by = click.option(
     "--by", help="Decide as this user (needs a 'gate.decide_as' right; default: you)."
 )
 _comment = click.option("--comment", "-m", help="A comment kept with the decision.")
+_set = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A value for one of the gate's form fields (repeat for each field).",
+)
+_request = click.option(
+    "--request-id",
+    help="Names this request: running the same command again with it returns the first answer.",
+)
 
 
 @main.command()
@@ -217,12 +251,22 @@ _comment = click.option("--comment", "-m", help="A comment kept with the decisio
 @click.argument("gate_id")
 @_by
 @_comment
+@_set
+@click.option("--option", help="The option chosen, one of the gate's options.")
+@_request
 @store_option
 def approve(
-    run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None
+    run_id: str,
+    gate_id: str,
+    by: str | None,
+    comment: str | None,
+    sets: tuple[str, ...],
+    option: str | None,
+    request_id: str | None,
+    db: Path | None,
 ) -> None:
-    """Approve gate GATE_ID of run RUN_ID."""
-    _decide("approve", run_id, gate_id, by, comment, db)
+    """Approve gate GATE_ID of run RUN_ID (with its form values and option, if it has them)."""
+    _decide("approve", run_id, gate_id, by, comment, db, sets, option, request_id)
 
 
 @main.command()
@@ -230,10 +274,20 @@ def approve(
 @click.argument("gate_id")
 @_by
 @_comment
+@_set
+@_request
 @store_option
-def reject(run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None) -> None:
+def reject(
+    run_id: str,
+    gate_id: str,
+    by: str | None,
+    comment: str | None,
+    sets: tuple[str, ...],
+    request_id: str | None,
+    db: Path | None,
+) -> None:
     """Reject gate GATE_ID of run RUN_ID (the run rolls back when it resumes)."""
-    _decide("reject", run_id, gate_id, by, comment, db)
+    _decide("reject", run_id, gate_id, by, comment, db, sets, None, request_id)
 
 
 @main.command("audit")

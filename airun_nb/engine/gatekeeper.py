@@ -16,6 +16,7 @@ from typing import Any
 from airun_nb.engine import stepkinds as kinds
 from airun_nb.engine.context import RunContext
 from airun_nb.engine.state import S_COMPLETED, S_FAILED, S_WAITING, StepState
+from airun_nb.gates import form as forms
 from airun_nb.gates import gate, notify
 from airun_nb.gates import links as gatelinks
 from airun_nb.gates.config import GateConfig, parse_config
@@ -178,7 +179,10 @@ def _notify(
         "approvers": json.loads(row["approvers"]) if row.get("approvers") else None,
         "deadline": gate.iso_utc(row.get("deadline")),
         "preview": row.get("preview_text"),
-        "commands": gate.commands(run.run_id, gate_id),
+        "who_may_decide": gate.who_may_decide(row),
+        "fields": {n: f.as_dict() for n, f in forms.fields_of(gate.form_spec(row)).items()},
+        "options": gate.form_spec(row).get("options") or [],
+        "commands": gate.commands(run.run_id, gate_id, db=run.store.path, row=row),
         "link": gatelinks.approval_link(
             run.run_id, gate_id, row.get("deadline"), db=run.store.path
         ),

@@ -169,7 +169,9 @@ def tracebacks(run_id: str, db: _Db = None) -> dict[str, str]:
 
 
 def approvals(run: str | None = None, db: _Db = None, *, pending: bool = False) -> pd.DataFrame:
-    """One row a gate: its message, approvers, deadline and the decision (who, how, when)."""
+    """One row a gate: its message, approvers, deadline and the decision (who, how, when), the
+    option and form values decided (secret fields redacted) and the votes (JSON, one per
+    person, with channel and identity)."""
     clauses, params = [], []
     if run:
         clauses.append("run_id = ?")
@@ -181,7 +183,7 @@ def approvals(run: str | None = None, db: _Db = None, *, pending: bool = False) 
         Store.open(db),
         f"""SELECT run_id, gate_id, workflow, status, decision, actor, channel, comment,
                    message, approvers, launched_by, opened_at, deadline, decided_at, on_timeout,
-                   preview_text
+                   preview_text, option, form, votes
             FROM approvals {where} ORDER BY opened_at""",
         params,
     )

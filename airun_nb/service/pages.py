@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +30,8 @@ def _when(value: str | None) -> str:
 
 
 templates.env.filters["when"] = _when
+templates.env.globals["request_id"] = lambda: uuid.uuid4().hex  # one per drawn form
+FIELD_PREFIX = "field."
 MAX_FORM = 64 * 1024
 
 
@@ -150,6 +153,8 @@ def run_page(request: Request, run_id: str) -> Response:
         who,
         run=detail,
         cancellable=detail["status"] in cancellation.CANCELLABLE,
+        may_cancel=who.may_decide and (who.role == "admin" or who.user == detail["launched_by"]),
+        rejected=overview.rejected_steps(detail),
     )
 
 
@@ -184,22 +189,49 @@ async def decide(request: Request, run_id: str, gate_id: str) -> Response:
     if decision not in (gate.APPROVE, gate.REJECT):
         raise actions.BadInput("the form must say approve or reject")
     store = store_of(request)
+    values = {k[len(FIELD_PREFIX) :]: v for k, v in data.items() if k.startswith(FIELD_PREFIX)}
+    option = data.get("option") if decision == gate.APPROVE else None
     try:
         out = await anyio.to_thread.run_sync(
             lambda: actions.decide_gate(
-                store, who, run_id, gate_id, str(decision), data.get("comment"), channel="web"
+                store,
+                who,
+                run_id,
+                gate_id,
+                str(decision),
+                data.get("comment"),
+                channel="web",
+                form=values or None,
+                option=option or None,
+                request_id=data.get("request_id") or None,
             )
         )
     except AirunError as exc:
         request.session["flash"] = {"kind": "error", "text": exc.message, "code": status_of(exc)}
     else:
-        verb = "Approved" if out["decision"] == gate.APPROVE else "Rejected"
-        request.session["flash"] = {
-            "kind": "ok",
-            "text": f"{verb} gate {gate_id} of run {run_id} as {who.user}. The run continues in "
-            f"its notebook, or with `airun resume {run_id}`.",
-        }
+        request.session["flash"] = {"kind": "ok", "text": decided_flash(out, who.user, store)}
     return RedirectResponse(f"/runs/{quote(run_id)}/gates/{quote(gate_id)}", status_code=303)
+
+
+def decided_flash(out: dict[str, Any], user: str, store: Any) -> str:
+    """What the page says after a person's decision: still open (with the count), or the
+    gate's decision and how the run continues."""
+    run_id, gate_id = out["run_id"], out["gate_id"]
+    if out.get("status") == "open":
+        return (
+            f"Your vote on gate {gate_id} of run {run_id} is recorded as {user}: {out['progress']}."
+        )
+    resume = gate.resume_command(run_id, store.path)
+    if out.get("decision") == "approved":
+        chosen = f" with option {out['option']}" if out.get("option") else ""
+        return (
+            f"Approved gate {gate_id} of run {run_id} as {user}{chosen}. The run continues in its "
+            f"notebook, or with `{resume}`."
+        )
+    return (
+        f"Rejected gate {gate_id} of run {run_id} as {user}. The run rolls back when it "
+        f"continues (in its notebook, or with `{resume}`)."
+    )
 
 
 @router.post("/runs/{run_id}/cancel")

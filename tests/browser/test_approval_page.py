@@ -154,7 +154,7 @@ def test_a_reviewer_with_a_browser_and_a_token_approves_a_kernels_gate(
             listing.click("button[type=submit]")
             listing.wait_for_url(server.url + "/runs")
             row = listing.locator(f"#run-{run_id}")
-            assert row.locator("td.status").inner_text() == "waiting"
+            assert row.locator("td.status").inner_text() == "waiting for approval"
             assert row.locator("td.gates").inner_text() == "1"
             listing.evaluate("window.__not_reloaded = true")
 
@@ -163,14 +163,15 @@ def test_a_reviewer_with_a_browser_and_a_token_approves_a_kernels_gate(
             card = page.locator(f"#gate-{run_id}-review")
             assert "Release 3 regions?" in card.inner_text()
             assert card.locator(".preview table td", has_text="north").count() == 1
-            assert "approvers: bob" in card.inner_text()
+            assert "Approval needed" in card.inner_text()
+            assert "may decide: bob (not alice, who started the run)" in card.inner_text()
             card.locator("textarea[name=comment]").fill("numbers checked")
             card.locator("button.approve").click()
             page.wait_for_selector(".flash.ok")
             assert "Approved gate review of run " + run_id in page.inner_text(".flash.ok")
             decided = page.locator(f"#gate-{run_id}-review")
             assert decided.get_attribute("data-status") == "approved"
-            assert "approve by bob via web" in decided.inner_text()
+            assert "Approved by bob" in decided.inner_text() and "via web" in decided.inner_text()
             shot = decided.screenshot(path=str(tmp_path / "decided.png"))
 
             gate = airun_nb.approvals(run_id, db=db).iloc[0]

@@ -187,7 +187,12 @@ def test_named_approver_decides_and_the_run_continues_on_resume(db: Path) -> Non
     assert json.loads(row["approvers"]) == ["bob"]
 
     out = airun_nb.approve(first.run_id, "review", by="bob", comment="looks right", db=db)
-    assert out["decision"] == "approve" and out["actor"] == "bob" and out["channel"] == "api"
+    assert (
+        out["decision"] == "approved"
+        and out["by"] == ["bob"]
+        and out["actor"] == "bob"
+        and out["channel"] == "api"
+    )
 
     second = run(text, db)
     assert second.run_id == first.run_id

@@ -79,7 +79,7 @@ def test_a_token_login_then_a_form_decision_is_recorded_as_web(server: Server, e
         assert done.status_code == 303
         after = c.get(done.headers["location"])
         assert "Approved gate review" in after.text and "airun resume" in after.text
-        assert "approve by <b>bob</b> via web" in after.text
+        assert "Approved by <b>bob</b>" in after.text and "via web" in after.text
     row = airun_nb.approvals(run_id, db=env).iloc[0]
     assert (row["actor"], row["channel"], row["comment"]) == ("bob", "web", "fine by me")
 
