@@ -155,33 +155,47 @@ def approvals(db: Path | None, show_all: bool, run_id: str | None) -> None:
     """List approval gates waiting for a decision (with --all, decided ones too)."""
     import pandas as pd
 
+    from airun_nb.gates import form as forms
+    from airun_nb.gates import gate
     from airun_nb.history import frames as history
+    from airun_nb.history.readmodels import rejected_line
 
     df = history.approvals(run_id, db, pending=not show_all)
     if df.empty:
         click.echo("(no open gates)" if not show_all else "(no gates)")
         return
+    store = Store.open(db)
     for _, row in df.iterrows():
         click.echo(
             f"{row['run_id']} {row['gate_id']} [{row['status']}] {row['workflow']}: "
             f"{row['message']}"
         )
+        full = gate.gate_row(store, str(row["run_id"]), str(row["gate_id"])) or {}
         if row["status"] == "open":
-            approvers = row["approvers"] if isinstance(row["approvers"], str) else "anyone"
             deadline = (
                 row["deadline"].strftime("%Y-%m-%d %H:%M:%S UTC")
                 if not pd.isna(row["deadline"])
                 else "none"
             )
-            click.echo(f"    approvers: {approvers}; deadline: {deadline}")
-            click.echo(
-                f"    airun approve {row['run_id']} {row['gate_id']}   |   "
-                f"airun reject {row['run_id']} {row['gate_id']}"
-            )
+            click.echo(f"    may decide: {gate.who_may_decide(full)}; deadline: {deadline}")
+            count = gate.progress(full)
+            if count:
+                click.echo(f"    {count}")
+            spec = gate.form_spec(full)
+            for f in forms.fields_of(spec).values():
+                click.echo(f"    field {forms.describe_field(f)}")
+            if spec.get("options"):
+                click.echo(f"    options: {', '.join(spec['options'])}")
+            cmds = gate.commands(str(row["run_id"]), str(row["gate_id"]), db=store.path, row=full)
+            click.echo(f"    {cmds['approve']}   |   {cmds['reject']}")
+        elif row["status"] == "rejected":
+            click.echo(f"    {rejected_line(full)} (via {row['channel']})")
+        elif row["status"] == "approved":
+            out = gate.output_of(full)
+            chosen = f", option {out['option']}" if out["option"] else ""
+            click.echo(f"    Approved by {', '.join(out['by'])}{chosen} (via {row['channel']})")
         else:
-            click.echo(
-                f"    {row['decision'] or row['status']} by {row['actor']} via {row['channel']}"
-            )
+            click.echo(f"    {row['status']} by {row['actor']} via {row['channel']}")
 
 
 def _decide(

@@ -153,7 +153,12 @@ def redacted(spec: Mapping[str, Any] | None, form: Mapping[str, Any] | None) -> 
 def _describe(f: Field) -> str:
     if f.type == "choice":
         return "one of " + ", ".join(str(c) for c in f.choices or [])
-    return {"date": "a date YYYY-MM-DD", "boolean": "true or false"}.get(f.type, f"a {f.type}")
+    return {
+        "date": "a date YYYY-MM-DD",
+        "boolean": "true or false",
+        "integer": "a whole number",
+        "number": "a number",
+    }.get(f.type, "text")
 
 
 def describe_field(f: Field) -> str:

@@ -22,7 +22,7 @@ import os
 import shlex
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +269,7 @@ def _settings(config: GateConfig) -> dict[str, Any]:
         or bool(config.require)
         or config.needed > 1,
         "on_timeout": config.on_timeout,
-        "form_spec": json.dumps(spec, sort_keys=True) if spec else None,
+        "form_spec": json.dumps(spec) if spec else None,  # fields in their written order
     }
 
 
@@ -511,9 +511,15 @@ def decide(
                     "channel": channel,
                     "comment": comment,
                     "recorded_by": recorder,
-                    "option": chosen,
-                    "form": vote["form"],
-                    "request_id": request_id,
+                    **{
+                        k: v
+                        for k, v in (
+                            ("option", chosen),
+                            ("form", vote["form"]),
+                            ("request_id", request_id),
+                        )
+                        if v is not None
+                    },
                 },
             )
         )
@@ -653,9 +659,6 @@ def output_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """The gate step's output: the decision as a JSON-able mapping (``decision`` is
     ``approved`` or ``rejected``; ``by`` lists the deciders in order; secret form values are
     redacted)."""
-    when = row.get("decided_at")
-    if isinstance(when, datetime):
-        when = _epoch(when)
     decision = row.get("decision")
     closed = row.get("status") in ("approved", "rejected")
     side = [v for v in votes_of(row) if v.get("decision") == decision] if closed else []
@@ -673,10 +676,19 @@ def output_of(row: Mapping[str, Any]) -> dict[str, Any]:
         "comment": row.get("comment"),
         "actor": row.get("actor"),
         "channel": row.get("channel"),
-        "decided_at": datetime.fromtimestamp(float(when), tz=timezone.utc).isoformat()
-        if when is not None
-        else None,
+        "decided_at": _iso_stored(row.get("decided_at")),
     }
+
+
+def _iso_stored(when: Any) -> str | None:
+    """A time as the store keeps it (whole microseconds), in ISO 8601 UTC: the same text
+    whether ``when`` is the epoch seconds just recorded or the timestamp read back."""
+    if when is None:
+        return None
+    if isinstance(when, datetime):
+        return when.replace(tzinfo=timezone.utc).isoformat()
+    micros = int(float(when) * 1_000_000)  # as the fold converts it
+    return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=micros)).isoformat()
 
 
 def deadline_passed(row: Mapping[str, Any]) -> bool:

@@ -893,11 +893,12 @@ def test_cli_lists_open_gates_with_their_commands(db: Path) -> None:
     listed = cli("approvals", "--db", str(db))
     assert listed.returncode == 0, listed.stderr
     assert f"{first.run_id} review [open] deploy: Ship 3 rows of orders?" in listed.stdout
+    assert "may decide: bob (not alice, who started the run)" in listed.stdout
     assert f"airun approve {first.run_id} review" in listed.stdout
     airun_nb.approve(first.run_id, "review", by="bob", db=db)
     assert "(no open gates)" in cli("approvals", "--db", str(db)).stdout
     everything = cli("approvals", "--all", "--db", str(db)).stdout
-    assert "[approved]" in everything and "approve by bob via api" in everything
+    assert "[approved]" in everything and "Approved by bob (via api)" in everything
 
 
 # == the gate widget through a real IPython shell ==============================================
