@@ -61,10 +61,9 @@ def run_gate(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> None:
 def refused(run: RunContext, st: StepState, row: Mapping[str, Any]) -> None:
     """Carry a rejection (or an expiry) into the step; the caller records it."""
     st.finished_at = time.time()
-    st.error = (
-        gate.describe_decision(row) if row["status"] == "rejected" else str(row.get("comment"))
-    )
+    st.error = gate.rejected_line(row) if row["status"] == "rejected" else str(row.get("comment"))
     run.rejected = row["status"] == "rejected"
+    run.rejected_by_person = run.rejected and row.get("channel") not in ("policy", "timeout")
 
 
 def policy_gate(run: RunContext, st: StepState, verdict: Verdict) -> bool | None:

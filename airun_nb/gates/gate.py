@@ -680,6 +680,13 @@ def output_of(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def rejected_line(row: Mapping[str, Any]) -> str:
+    """``Rejected by bob: <comment>`` (the deciders in order): how a rejection is worded on
+    every surface, and the error of the step it refused."""
+    by = ", ".join(output_of(row)["by"]) or str(row.get("actor"))
+    return f"Rejected by {by}" + (f": {row['comment']}" if row.get("comment") else "")
+
+
 def _iso_stored(when: Any) -> str | None:
     """A time as the store keeps it (whole microseconds), in ISO 8601 UTC: the same text
     whether ``when`` is the epoch seconds just recorded or the timestamp read back."""

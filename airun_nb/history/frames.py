@@ -79,7 +79,7 @@ def steps(
     """
     clauses, params = _step_filters(run, workflow, status, since, until)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    view = shown_status_sql("s.status", "s.replayed_from", "s.comp_status", "r.status")
+    view = shown_status_sql("s.status", "s.replayed_from", "s.comp_status", "r.status", "s.error")
     return _frame(
         Store.open(db),
         f"""

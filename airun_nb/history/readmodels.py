@@ -114,10 +114,7 @@ def _run(r: Mapping[str, Any], db: Any = None) -> dict[str, Any]:
 APPROVED_WAITING = "approved, waiting to resume"
 
 
-def rejected_line(g: Mapping[str, Any]) -> str:
-    """``Rejected by bob: <comment>`` (the deciders, in order)."""
-    by = ", ".join(gate.output_of(g)["by"]) or str(g.get("actor"))
-    return f"Rejected by {by}" + (f": {g['comment']}" if g.get("comment") else "")
+rejected_line = gate.rejected_line
 
 
 def rejected_steps(detail: Mapping[str, Any]) -> dict[str, str]:
@@ -128,7 +125,7 @@ def rejected_steps(detail: Mapping[str, Any]) -> dict[str, str]:
         if g.get("status") == "rejected" and g.get("channel") not in ("timeout", "policy"):
             by = ", ".join(g.get("by") or []) or str(g.get("actor"))
             line = f"Rejected by {by}" + (f": {g['comment']}" if g.get("comment") else "")
-            out[str(g["gate_id"]).removesuffix(".approval")] = line
+            out[str(g["gate_id"]).removesuffix(".approval")] = line  # as rejected_line says
     return out
 
 

@@ -489,20 +489,23 @@ def test_rejection_rolls_the_run_back(db: Path) -> None:
     assert effects() == ["prepare", "unprepare"]  # undone once, ship never ran
     steps = airun_nb.steps(first.run_id, db=db).set_index("step_id")
     assert steps.loc["prepare", "comp_status"] == "done"
-    assert steps.loc["review", "status"] == "failed"
-    assert "rejected by bob via api" in steps.loc["review", "error"]
+    assert steps.loc["review", "view"] == "rejected"  # a decision, not a failure
+    assert steps.loc["review", "error"] == "Rejected by bob: numbers look off"
     assert steps.loc["ship", "status"] != "completed"
-    assert "rejected by bob" in (second.error or "")
+    assert second.error == "Rejected by bob: numbers look off"
 
 
-def test_rejection_raises_with_the_decision_when_asked_to(db: Path) -> None:
+def test_a_rejection_is_a_decision_not_a_workflow_failure(db: Path) -> None:
+    """Resuming a rejected run rolls it back without raising WorkflowFailed (even with
+    raise_on_failure); the step table shows the gate as rejected, not failed."""
     text = spec({"approvers": ["bob"]})
     first = run(text, db)
     airun_nb.reject(first.run_id, "review", by="bob", db=db)
-    with pytest.raises(WorkflowFailed) as failed:
-        Workflow.from_yaml(text).run(db=db, namespace=namespace())
-    assert "rejected by bob via api" in str(failed.value)
-    assert "rolled back (undid prepare)" in str(failed.value)
+    result = Workflow.from_yaml(text).run(db=db, namespace=namespace())
+    assert result.status == "rolled_back"
+    table = repr(result)
+    assert "rejected" in table and " failed " not in table, table
+    assert "Rejected by bob" in table
 
 
 # -- timeouts ----------------------------------------------------------------------------------
@@ -1065,7 +1068,9 @@ def test_a_stale_widget_shows_the_decision_taken_elsewhere_and_records_nothing(
     _wait(lambda: widget.decided and run_status(db, run_id) == "rolled_back", "the watcher")
     # once the rollback is over the status line says so (not "rolling the run back" any more)
     _wait(lambda: "the run was rolled back" in widget.status.value, "the status line")
-    assert "<b>Rejected</b> by bob via cli; the run was rolled back." in widget.status.value
+    assert (
+        "<b>Rejected</b> by bob via cli: not today; the run was rolled back." in widget.status.value
+    )
     assert widget.approve_button.disabled and widget.reject_button.disabled
     before = events(db, run_id)
     monkeypatch.setenv("AIRUN_USER", "bob")
