@@ -50,7 +50,7 @@ def run_gate(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> None:
     if row["status"] == "approved":
         st.value = gate.output_of(row)
         st.out = outputs.encode(st.value, run.store, f"{run.run_id}/{s.id}/{st.attempts}")
-        st.reason = gate.describe_decision(row)
+        st.reason = gate.approved_line(row)
         run.executed.append(s.id)
         run.ledger.step(st, S_COMPLETED)
     else:

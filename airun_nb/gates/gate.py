@@ -680,6 +680,14 @@ def output_of(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def approved_line(row: Mapping[str, Any]) -> str:
+    """``Approved by bob, carol (option ship): <comment>``: an approval on every surface."""
+    out = output_of(row)
+    by = ", ".join(out["by"]) or str(row.get("actor"))
+    chosen = f" (option {out['option']})" if out["option"] else ""
+    return f"Approved by {by}{chosen}" + (f": {row['comment']}" if row.get("comment") else "")
+
+
 def rejected_line(row: Mapping[str, Any]) -> str:
     """``Rejected by bob: <comment>`` (the deciders in order): how a rejection is worded on
     every surface, and the error of the step it refused."""
