@@ -334,7 +334,7 @@ class GateWidget(widgets.VBox):
                 raise
             row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
             if answer.get("status") == "open":  # a vote towards a quorum: the gate waits on
-                gc_release()
+                self._back_to_waiting(runner)
                 self.row = dict(row)
                 self.header.value = self._header("Approval needed")
                 said = "approved" if decision == gate.APPROVE else "rejected"
@@ -350,6 +350,17 @@ class GateWidget(widgets.VBox):
             self._execute(runner)
         finally:
             self._deciding.release()
+
+    def _back_to_waiting(self, runner: Runner) -> None:
+        """After a vote that leaves the gate open: the prepared run goes back to waiting at
+        this gate (no new widget: this one stays)."""
+        remember(runner)
+        try:
+            runner.execute()
+        except AirunError as exc:
+            self.out.append_stdout(said_once(exc, runner) + "\n")
+        finally:
+            remember(runner)
 
     def _prepared(self) -> Runner | None:
         """The run planned to continue here, or None (and what is missing, on the widget)."""

@@ -1155,3 +1155,73 @@ def test_workflow_approvals_redraws_open_gates_after_a_restart(
     # with nothing open, the line magic says so
     ipython.run_line_magic("workflow", "approvals")
     assert shown.gates(run_id) == [old_widget]
+
+
+FORM_CELL = """%%workflow promo
+steps:
+  - id: prepare
+    call: prepare
+    compensate: {call: unprepare}
+  - id: review
+    needs: [prepare]
+    approval:
+      message: "Discount {{ steps.prepare.output.rows }} rows?"
+      quorum: 2
+      fields:
+        percent: {type: integer, required: true}
+        region: {type: choice, choices: [eu, us]}
+      options: [apply, hold]
+  - id: apply
+    needs: [review]
+    when: "{{ steps.review.output.option == 'apply' }}"
+    call: ship
+    with: {decision: "{{ steps.review.output }}"}
+    output: shipped
+"""
+
+
+def test_the_widget_shows_the_form_and_options_and_counts_a_quorum(
+    ipython: Any, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate widget draws one input a field and the options; a wrong type is refused on the
+    widget and records nothing; bob's click is the first of two votes (the run stays waiting,
+    the widget says "1 of 2 approvals"); carol's click on a second widget closes the gate, the
+    header becomes the decision and the run continues down the chosen option's branch."""
+    shown = Displayed(ipython, monkeypatch)
+    assert ipython.run_cell(SETUP).success
+    assert ipython.run_cell(FORM_CELL).success
+    run_id = airun_nb.last_run().run_id
+    (widget,) = shown.gates(run_id)
+    assert set(widget.fields) == {"percent", "region"}
+    assert widget.option is not None and list(widget.option.options) == ["apply", "hold"]
+    text = repr(widget)
+    assert "field percent (integer, required)" in text and "options: apply, hold" in text
+    assert "0 of 2 approvals" in text
+
+    monkeypatch.setenv("AIRUN_USER", "bob")
+    widget.fields["percent"].value = "ten"
+    widget.option.value = "apply"
+    widget.approve_button.click()
+    assert "field &#x27;percent&#x27; must be a whole number" in widget.status.value
+    assert pd.isna(gate_row(db, run_id)["votes"])
+    assert not widget.approve_button.disabled  # refused: the person may correct it
+
+    widget.fields["percent"].value = "10"
+    widget.fields["region"].value = "eu"
+    widget.approve_button.click()
+    assert "1 of 2 approvals" in widget.status.value and "1 of 2 approvals" in widget.header.value
+    assert run_status(db, run_id) == "waiting" and "shipped" not in ipython.user_ns
+
+    monkeypatch.setenv("AIRUN_USER", "carol")
+    assert ipython.run_cell("%workflow approvals").success
+    second = shown.gates(run_id)[-1]
+    assert second is not widget
+    second.approve_button.click()
+    assert run_status(db, run_id) == "completed"
+    assert "Approved" in second.header.value and "Approval needed" not in second.header.value
+    assert "option <b>apply</b>" in second.status.value
+    row = gate_row(db, run_id)
+    assert (row["status"], row["option"]) == ("approved", "apply")
+    assert json.loads(row["form"]) == {"percent": 10, "region": "eu"}
+    out = airun_nb.steps(run_id, db=db).set_index("step_id")
+    assert out.loc["apply", "status"] == "completed"
