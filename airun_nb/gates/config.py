@@ -101,6 +101,7 @@ def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
     if mode is not None and mode not in MODES:
         raise ApprovalError(f"step '{step}': 'mode' must be one of {', '.join(MODES)}")
     timeout = body.get("timeout")
+    _check_notify(body.get("notify"), step)
     fields = parse_fields(body.get("fields"), step=step)
     options = _options(body.get("options"), step=step)
     require = _require(body.get("require"), step=step)
@@ -240,6 +241,23 @@ def parse_fields(raw: Any, *, step: str) -> dict[str, Field]:
                 raise ApprovalError(f"{at}: default {exc.message}") from None
         out[name] = f
     return out
+
+
+def _check_notify(raw: Any, step: str) -> None:
+    """A chat target ``{url: https://..., format: slack | teams | json}`` is checked now."""
+    for t in raw if isinstance(raw, list) else [raw]:
+        if isinstance(t, Mapping):
+            url, fmt = t.get("url"), t.get("format", "json")
+            if set(t) - {"url", "format"} or not (
+                isinstance(url, str) and url.startswith(("http://", "https://"))
+            ):
+                raise ApprovalError(
+                    f"step '{step}': a notify mapping is {{url: https://..., format: slack}}"
+                )
+            if fmt not in ("json", "slack", "teams"):
+                raise ApprovalError(
+                    f"step '{step}': notify format must be json, slack or teams, not {fmt!r}"
+                )
 
 
 def _options(raw: Any, *, step: str) -> list[str]:

@@ -1225,3 +1225,39 @@ def test_the_widget_shows_the_form_and_options_and_counts_a_quorum(
     assert json.loads(row["form"]) == {"percent": 10, "region": "eu"}
     out = airun_nb.steps(run_id, db=db).set_index("step_id")
     assert out.loc["apply", "status"] == "completed"
+
+
+def test_slack_and_teams_webhooks_get_the_gate_in_their_formats(
+    db: Path, webhook: ThreadingHTTPServer
+) -> None:
+    """``notify: {url, format: slack}`` posts a Slack Block Kit message and ``format: teams`` an
+    Adaptive Card, each with the message, who may decide, the form, the options and the
+    commands; a wrong format is refused when the workflow is read."""
+    base = f"http://127.0.0.1:{webhook.server_address[1]}"
+    gate = {
+        "approvers": ["bob"],
+        "fields": {"amount": {"type": "number", "required": True}},
+        "options": ["ship", "hold"],
+        "notify": [
+            {"url": base + "/slack", "format": "slack"},
+            {"url": base + "/teams", "format": "teams"},
+        ],
+    }
+    first = run(spec(gate), db)
+    assert first.status == "waiting"
+    got = {hit["path"]: hit["body"] for hit in webhook.received}  # type: ignore[attr-defined]
+    slack = got["/slack"]
+    assert slack["text"] == "Approval needed: Ship 3 rows of orders?"
+    facts = json.dumps(slack["blocks"])
+    assert "bob (not alice, who started the run)" in facts
+    assert "amount (number, required)" in facts and "ship / hold" in facts
+    assert f"airun approve {first.run_id} review --set amount=..." in facts
+    card = got["/teams"]["attachments"][0]
+    assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
+    titles = {f["title"]: f["value"] for f in card["content"]["body"][1]["facts"]}
+    assert titles["Options"] == "ship / hold" and titles["May decide"].startswith("bob")
+    assert len(events(db, first.run_id, "notified")) == 1
+
+    with pytest.raises(airun_nb.SpecError) as bad:
+        Workflow.from_yaml(spec({"notify": {"url": base, "format": "discord"}}))
+    assert "notify format must be json, slack or teams" in str(bad.value)
