@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from datetime import date
 from typing import Any
 
 from airun_nb.errors import AirunError
@@ -233,8 +235,6 @@ def parse_fields(raw: Any, *, step: str) -> dict[str, Field]:
             label=spec.get("label"),
         )
         if spec.get("default") is not None:
-            from airun_nb.gates.form import coerce
-
             try:
                 f.default = coerce(f, spec["default"])
             except FormError as exc:
@@ -291,3 +291,69 @@ def _require(raw: Any, *, step: str) -> dict[str, int]:
             raise ApprovalError(f"step '{step}': 'require' keys are role:NAME or user names")
         out[group] = _count(count, f"require.{group}", step)
     return out
+
+
+# -- the type check of one value (the form's one check, gates/form.py, calls it per field) ----
+MAX_TEXT = 2000
+_TRUE = ("true", "yes", "y", "on", "1")
+_FALSE = ("false", "no", "n", "off", "0")
+_INT = re.compile(r"[+-]?\d{1,18}")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def coerce(f: Field, value: Any) -> Any:
+    """``value`` as field ``f``'s type; :class:`FormError` (without the field's name) if not."""
+    kind = f.type
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise FormError(f"must be true or false, not {_shown(value)}")
+    if kind == "integer":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and _INT.fullmatch(value.strip()):
+            return int(value.strip())
+        raise FormError(f"must be a whole number, not {_shown(value)}")
+    if kind == "number":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FormError("must be a finite number")
+            return value
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            text = value.strip()
+            number = int(text) if _INT.fullmatch(text) else float(text)
+            if isinstance(number, float) and not math.isfinite(number):
+                raise FormError("must be a finite number")
+            return number
+        raise FormError(f"must be a number, not {_shown(value)}")
+    if kind == "date":
+        if isinstance(value, date):
+            return value.isoformat()[:10]
+        if isinstance(value, str):
+            try:
+                return date.fromisoformat(value.strip()).isoformat()
+            except ValueError:
+                pass
+        raise FormError(f"must be a date YYYY-MM-DD, not {_shown(value)}")
+    if kind == "choice":
+        for choice in f.choices or []:
+            if value == choice or (isinstance(value, str) and value.strip() == str(choice)):
+                return choice
+        listed = ", ".join(str(c) for c in f.choices or [])
+        raise FormError(f"must be one of {listed}, not {_shown(value)}")
+    # string
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise FormError(f"must be text, not {_shown(value)}")
+    text = str(value)
+    if len(text) > MAX_TEXT:
+        raise FormError(f"is {len(text)} characters; at most {MAX_TEXT}")
+    return text

@@ -8,78 +8,14 @@ as :data:`REDACTED`: their values never reach the store, the events, the audit t
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
-from datetime import date
 from typing import Any
 
-from airun_nb.gates.config import Field, FormError, field_from
+from airun_nb.gates.config import Field, FormError, coerce, field_from
+
+__all__ = ["REDACTED", "check", "coerce", "describe_field", "fields_of", "parse_sets", "redacted"]
 
 REDACTED = "***"
-MAX_TEXT = 2000
-_TRUE = ("true", "yes", "y", "on", "1")
-_FALSE = ("false", "no", "n", "off", "0")
-_INT = re.compile(r"[+-]?\d{1,18}")
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def coerce(f: Field, value: Any) -> Any:
-    """``value`` as field ``f``'s type; :class:`FormError` (without the field's name) if not."""
-    kind = f.type
-    if kind == "boolean":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise FormError(f"must be true or false, not {_shown(value)}")
-    if kind == "integer":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and _INT.fullmatch(value.strip()):
-            return int(value.strip())
-        raise FormError(f"must be a whole number, not {_shown(value)}")
-    if kind == "number":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise FormError("must be a finite number")
-            return value
-        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-            text = value.strip()
-            number = int(text) if _INT.fullmatch(text) else float(text)
-            if isinstance(number, float) and not math.isfinite(number):
-                raise FormError("must be a finite number")
-            return number
-        raise FormError(f"must be a number, not {_shown(value)}")
-    if kind == "date":
-        if isinstance(value, date):
-            return value.isoformat()[:10]
-        if isinstance(value, str):
-            try:
-                return date.fromisoformat(value.strip()).isoformat()
-            except ValueError:
-                pass
-        raise FormError(f"must be a date YYYY-MM-DD, not {_shown(value)}")
-    if kind == "choice":
-        for choice in f.choices or []:
-            if value == choice or (isinstance(value, str) and value.strip() == str(choice)):
-                return choice
-        listed = ", ".join(str(c) for c in f.choices or [])
-        raise FormError(f"must be one of {listed}, not {_shown(value)}")
-    # string
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise FormError(f"must be text, not {_shown(value)}")
-    text = str(value)
-    if len(text) > MAX_TEXT:
-        raise FormError(f"is {len(text)} characters; at most {MAX_TEXT}")
-    return text
 
 
 def fields_of(spec: Mapping[str, Any] | None) -> dict[str, Field]:
