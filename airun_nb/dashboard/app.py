@@ -9,6 +9,7 @@ recorded as the dashboard's user (this process's identity) through the ``dashboa
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from rich.markup import escape
@@ -306,6 +307,7 @@ class Dashboard(App[None]):
         run_id, gate_id = key.split("/", 1)
         verb = "Approve" if decision == gate.APPROVE else "Reject"
         view = next((g for g in self.gates if f"{g['run_id']}/{g['gate_id']}" == key), {})
+        request_id = uuid.uuid4().hex  # one per dialog: sending it again is the same decision
 
         def done(answer: dict[str, Any] | None) -> None:
             if answer is None:
@@ -322,6 +324,7 @@ class Dashboard(App[None]):
                     comment=(answer.get("comment") or "").strip() or None,
                     form=answer.get("form") or None,
                     option=answer.get("option") if decision == gate.APPROVE else None,
+                    request_id=request_id,
                 )
             except AirunError as exc:
                 self.say(exc.message)
