@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +32,23 @@ def _when(value: str | None) -> str:
 
 
 templates.env.filters["when"] = _when
+
+
+def _due(value: str | None) -> str:
+    """How long until an ISO 8601 UTC deadline: ``due in 1h 58m`` (or ``overdue``)."""
+    if not value:
+        return ""
+    left = int(datetime.fromisoformat(value).timestamp() - time.time())
+    if left <= 0:
+        return "overdue"
+    days, rest = divmod(left, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = max(rest // 60, 1) if not (days or hours) else rest // 60
+    parts = [f"{days}d"] * bool(days) + [f"{hours}h"] * bool(hours) + [f"{minutes}m"]
+    return "due in " + " ".join(parts[:2])
+
+
+templates.env.filters["due"] = _due
 templates.env.globals["request_id"] = lambda: uuid.uuid4().hex  # one per drawn form
 FIELD_PREFIX = "field."
 MAX_FORM = 64 * 1024
@@ -120,7 +139,8 @@ def approvals_page(request: Request) -> Response:
     if who is None:
         return _login_redirect(request)
     gates = overview.open_gates(store_of(request), who.user)
-    gates.sort(key=lambda g: not g["may_decide"])
+    # yours first, then the most urgent (no deadline last)
+    gates.sort(key=lambda g: (not g["may_decide"], g["deadline"] is None, g["deadline"] or ""))
     return _render(request, "approvals.html", who, gates=gates)
 
 

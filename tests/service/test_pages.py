@@ -255,3 +255,17 @@ def test_a_rejected_run_reads_rejected_by_with_the_comment_not_failed(
     assert re.search(r'class="status s-rejected">rejected', page)
     assert 's-failed">failed' not in page
     assert "Rejected by bob: not this week" in page
+
+
+def test_the_approvals_page_counts_gates_and_sorts_them_by_deadline(
+    server: Server, env: Path
+) -> None:
+    """The heading counts the open gates; the gate due first comes first, with "due in ..."."""
+    later = start(env, name="later", timeout="5h")
+    sooner = start(env, name="sooner", timeout="2h")
+    with server.client() as c:
+        login(c, make_token(env, "bob"))
+        text = c.get("/approvals").text
+    assert re.search(r"id=.gate-count.>2<", text)
+    assert text.index(f"gate-{sooner}-review") < text.index(f"gate-{later}-review")
+    assert re.search(r"due in 1h 5\dm", text) and re.search(r"due in 4h 5\dm", text)
