@@ -160,6 +160,73 @@ CELLS = [
     code(
         'airun_nb.approvals()[["workflow", "gate_id", "decision", "actor", "channel", "comment"]]'
     ),
+    md(
+        "## A form, options and a quorum\n"
+        "\n"
+        "A gate can ask for typed values (`fields:`), offer choices (`options:`) and need more "
+        "than one person (`quorum: 2`). The values are checked once, by the store, whatever the "
+        "channel: a wrong type or a missing required field is refused in one line and nothing is "
+        "recorded. The gate's output is `{decision, option, form, by, comment}`, so later steps "
+        "read `steps.review.output.form.discount` and branch on `steps.review.output.option`."
+    ),
+    code(
+        "def apply_discount(orders, discount, by):\n"
+        "    return f\"{len(orders)} orders at {discount}% off, approved by {' and '.join(by)}\"\n"
+        "\n"
+        "def hold_orders(orders):\n"
+        '    return f"{len(orders)} orders held"'
+    ),
+    code(
+        "%%workflow promotion\n"
+        "steps:\n"
+        "  - id: orders\n"
+        "    call: load_orders\n"
+        "  - id: review\n"
+        "    needs: [orders]\n"
+        "    approval:\n"
+        '      message: "Discount {{ steps.orders.output | length }} orders?"\n'
+        "      mode: suspend\n"
+        "      quorum: 2\n"
+        "      fields:\n"
+        "        discount: {type: integer, required: true, help: percent}\n"
+        "        reason: {type: string}\n"
+        "      options: [apply, hold]\n"
+        "  - id: apply\n"
+        "    needs: [review]\n"
+        "    when: \"{{ steps.review.output.option == 'apply' }}\"\n"
+        "    call: apply_discount\n"
+        '    with: {orders: "{{ steps.orders.output }}", '
+        'discount: "{{ steps.review.output.form.discount }}", by: "{{ steps.review.output.by }}"}\n'
+        "    output: applied\n"
+        "  - id: hold\n"
+        "    needs: [review]\n"
+        "    when: \"{{ steps.review.output.option == 'hold' }}\"\n"
+        "    call: hold_orders\n"
+        '    with: {orders: "{{ steps.orders.output }}"}',
+        ignore_output=True,
+    ),
+    md("A value of the wrong type is refused, and nothing is recorded:"),
+    code(
+        'run_id = airun_nb.approvals(pending=True)["run_id"].iloc[0]\n'
+        "try:\n"
+        '    airun_nb.approve(run_id, "review", by="bob", form={"discount": "ten"}, '
+        'option="apply")\n'
+        "except airun_nb.ApprovalError as refused:\n"
+        "    print(refused)"
+    ),
+    md("Bob's approval is the first of two; the gate stays open until Carol's:"),
+    code(
+        'first = airun_nb.approve(run_id, "review", by="bob", form={"discount": 10}, '
+        'option="apply")\n'
+        'first["status"], first["progress"]'
+    ),
+    code(
+        'second = airun_nb.approve(run_id, "review", by="carol", comment="fine by me")\n'
+        '{k: second[k] for k in ("decision", "option", "form", "by")}'
+    ),
+    code("%workflow resume", ignore_output=True),
+    code("applied"),
+    code('airun_nb.steps(run_id)[["step_id", "view"]]'),
 ]
 
 

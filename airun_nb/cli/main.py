@@ -189,60 +189,97 @@ def approvals(db: Path | None, show_all: bool, run_id: str | None) -> None:
     """List approval gates waiting for a decision (with --all, decided ones too)."""
     import pandas as pd
 
+    from airun_nb.gates import form as forms
+    from airun_nb.gates import gate
     from airun_nb.history import frames as history
+    from airun_nb.history.readmodels import rejected_line
 
     df = history.approvals(run_id, db, pending=not show_all)
     if df.empty:
         click.echo("(no open gates)" if not show_all else "(no gates)")
         return
+    store = _open_store(db)
     for _, row in df.iterrows():
         click.echo(
             f"{row['run_id']} {row['gate_id']} [{row['status']}] {row['workflow']}: "
             f"{row['message']}"
         )
+        full = gate.gate_row(store, str(row["run_id"]), str(row["gate_id"])) or {}
         if row["status"] == "open":
-            approvers = row["approvers"] if isinstance(row["approvers"], str) else "anyone"
             deadline = (
                 row["deadline"].strftime("%Y-%m-%d %H:%M:%S UTC")
                 if not pd.isna(row["deadline"])
                 else "none"
             )
-            click.echo(f"    approvers: {approvers}; deadline: {deadline}")
-            click.echo(
-                f"    airun approve {row['run_id']} {row['gate_id']}   |   "
-                f"airun reject {row['run_id']} {row['gate_id']}"
-            )
+            click.echo(f"    may decide: {gate.who_may_decide(full)}; deadline: {deadline}")
+            count = gate.progress(full)
+            if count:
+                click.echo(f"    {count}")
+            spec = gate.form_spec(full)
+            for f in forms.fields_of(spec).values():
+                click.echo(f"    field {forms.describe_field(f)}")
+            if spec.get("options"):
+                click.echo(f"    options: {', '.join(spec['options'])}")
+            cmds = gate.commands(str(row["run_id"]), str(row["gate_id"]), db=store.path, row=full)
+            click.echo(f"    {cmds['approve']}   |   {cmds['reject']}")
+        elif row["status"] == "rejected":
+            click.echo(f"    {rejected_line(full)} (via {row['channel']})")
+        elif row["status"] == "approved":
+            out = gate.output_of(full)
+            chosen = f", option {out['option']}" if out["option"] else ""
+            click.echo(f"    Approved by {', '.join(out['by'])}{chosen} (via {row['channel']})")
         else:
-            click.echo(
-                f"    {row['decision'] or row['status']} by {row['actor']} via {row['channel']}"
-            )
+            click.echo(f"    {row['status']} by {row['actor']} via {row['channel']}")
 
 
 def _decide(
-    decision: str, run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None
+    decision: str,
+    run_id: str,
+    gate_id: str,
+    by: str | None,
+    comment: str | None,
+    db: Path | None,
+    sets: tuple[str, ...] = (),
+    option: str | None = None,
+    request_id: str | None = None,
 ) -> None:
+    from airun_nb.gates import form as forms
     from airun_nb.gates import gate
     from airun_nb.governance import identity
 
+    store = _open_store(db)
     out = gate.decide(
-        _open_store(db),
+        store,
         run_id,
         gate_id,
         decision,
         actor=identity.acting_as(by),
         channel="cli",
         comment=comment,
+        form=forms.parse_sets(sets) if sets else None,
+        option=option,
+        request_id=request_id,
     )
     verb = "approved" if decision == gate.APPROVE else "rejected"
-    said = f"{verb} gate {gate_id} of run {run_id} as {out['actor']}"
-    found = _open_store(db).run_row(run_id)
+    who = out.get("actor") or identity.acting_as(by)
+    if out["status"] == "open":
+        click.echo(
+            f"{verb} gate {gate_id} of run {run_id} as {who}; the gate stays open: "
+            f"{out['progress']}"
+        )
+        return
+    chosen = f" with option {out['option']}" if decision == gate.APPROVE and out["option"] else ""
+    said = f"{verb} gate {gate_id} of run {run_id} as {who}{chosen}"
+    found = store.run_row(run_id)
     status = str(found["status"]) if found else "waiting"
     if status != "waiting":  # a kernel showing the gate took the decision and went on
         click.echo(f"{said}; the run has already continued (now {status})")
         return
+    then = "continues" if out["status"] == "approved" else "rolls back"
+    resume = gate.resume_command(run_id, store.path)
     click.echo(
-        f"{said}; a notebook showing this gate continues the run now, otherwise it continues "
-        f"when it resumes (re-run its cell, or `airun resume {run_id}`)"
+        f"{said}; a notebook showing this gate {then.replace('continues', 'continues the run')}"
+        f" now, otherwise the run {then} when it resumes (re-run its cell, or `{resume}`)"
     )
 
 
@@ -250,6 +287,17 @@ _by = click.option(
     "--by", help="Decide as this user (needs a 'gate.decide_as' right; default: you)."
 )
 _comment = click.option("--comment", "-m", help="A comment kept with the decision.")
+_set = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A value for one of the gate's form fields (repeat for each field).",
+)
+_request = click.option(
+    "--request-id",
+    help="Names this request: running the same command again with it returns the first answer.",
+)
 
 
 @main.command()
@@ -257,12 +305,22 @@ _comment = click.option("--comment", "-m", help="A comment kept with the decisio
 @click.argument("gate_id")
 @_by
 @_comment
+@_set
+@click.option("--option", help="The option chosen, one of the gate's options.")
+@_request
 @store_option
 def approve(
-    run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None
+    run_id: str,
+    gate_id: str,
+    by: str | None,
+    comment: str | None,
+    sets: tuple[str, ...],
+    option: str | None,
+    request_id: str | None,
+    db: Path | None,
 ) -> None:
-    """Approve gate GATE_ID of run RUN_ID."""
-    _decide("approve", run_id, gate_id, by, comment, db)
+    """Approve gate GATE_ID of run RUN_ID (with its form values and option, if it has them)."""
+    _decide("approve", run_id, gate_id, by, comment, db, sets, option, request_id)
 
 
 @main.command()
@@ -270,10 +328,20 @@ def approve(
 @click.argument("gate_id")
 @_by
 @_comment
+@_set
+@_request
 @store_option
-def reject(run_id: str, gate_id: str, by: str | None, comment: str | None, db: Path | None) -> None:
+def reject(
+    run_id: str,
+    gate_id: str,
+    by: str | None,
+    comment: str | None,
+    sets: tuple[str, ...],
+    request_id: str | None,
+    db: Path | None,
+) -> None:
     """Reject gate GATE_ID of run RUN_ID (the run rolls back when it resumes)."""
-    _decide("reject", run_id, gate_id, by, comment, db)
+    _decide("reject", run_id, gate_id, by, comment, db, sets, None, request_id)
 
 
 @main.command("audit")

@@ -9,6 +9,7 @@ recorded as the dashboard's user (this process's identity) through the ``dashboa
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from rich.markup import escape
@@ -19,7 +20,7 @@ from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Label
 
-from airun_nb.dashboard.screens import CommentScreen, ConfirmScreen
+from airun_nb.dashboard.screens import ConfirmScreen, DecisionScreen
 from airun_nb.engine import cancel as cancellation
 from airun_nb.errors import AirunError
 from airun_nb.gates import gate
@@ -33,10 +34,28 @@ MAX_COMMENT = 4000
 CSS = """
 #filter, #detail-title, #gates-title, #message { height: 1; padding: 0 1; }
 #message { color: $warning; }
-#runs { height: 1fr; }
-#steps, #attempts { height: 1fr; }
-#gates { height: 8; }
+#runs { height: 1fr; min-height: 3; }
+#steps, #attempts { height: 1fr; min-height: 3; }
+#gates { height: auto; max-height: 6; }
+#gate-detail { height: auto; max-height: 5; padding: 0 1; color: $text-muted; }
 """
+# Status colours (Rich styles), the same meaning as on the page and in the notebook.
+COLOURS = {
+    "completed": "green",
+    "approved": "green",
+    "approved, waiting to resume": "green",
+    "failed": "red",
+    "rollback failed": "red",
+    "rejected": "magenta",
+    "waiting": "yellow",
+    "waiting for approval": "yellow",
+    "open": "yellow",
+    "running": "cyan",
+    "rolling back": "cyan",
+    "rolled back": "dim",
+    "cancelled": "dim",
+    "skipped": "dim",
+}
 
 
 class Dashboard(App[None]):
@@ -76,6 +95,7 @@ class Dashboard(App[None]):
         with Vertical():
             yield Label("Open gates (a approve, r reject)", id="gates-title")
             yield DataTable(id="gates", cursor_type="row")
+            yield Label("", id="gate-detail")
             yield Label("No run open: Enter on a run shows its steps", id="detail-title")
             yield DataTable(id="steps", cursor_type="row")
             yield DataTable(id="attempts", cursor_type="row")
@@ -86,7 +106,7 @@ class Dashboard(App[None]):
             "run", "workflow", "status", "launched by", "created", "steps", "gates"
         )
         self.query_one("#gates", DataTable).add_columns(
-            "run", "gate", "workflow", "message", "approvers", "deadline", "you"
+            "run", "gate", "message", "votes", "may decide", "deadline", "you"
         )
         self.query_one("#steps", DataTable).add_columns(
             "step", "kind", "status", "attempts", "started", "finished", "note"
@@ -133,7 +153,7 @@ class Dashboard(App[None]):
                     [
                         r["run_id"],
                         r["workflow"],
-                        r["status"],
+                        _cell(r["state"]),
                         r["launched_by"] or "",
                         _short(r["created_at"]),
                         f"{r['completed_steps']}/{r['steps']}",
@@ -151,9 +171,9 @@ class Dashboard(App[None]):
                     [
                         g["run_id"],
                         g["gate_id"],
-                        g["workflow"] or "",
-                        _clip(g["message"], 50),
-                        "; ".join(g["approvers_shown"]) or "anyone",
+                        _clip(g["message"], 40),
+                        g["progress"] or "",
+                        _clip(g["who_may_decide"], 40),
                         _short(g["deadline"]),
                         "may decide" if g["may_decide"] else _clip(g["refusal"], 40),
                     ],
@@ -161,8 +181,40 @@ class Dashboard(App[None]):
                 for g in self.gates
             ],
         )
+        self.show_gate()
         if self.selected is not None:
             self.show_run(self.selected)
+
+    def show_gate(self) -> None:
+        """The gate under the cursor: its message, preview, votes, form and options."""
+        key = self._cursor_key("#gates")
+        found = [g for g in self.gates if f"{g['run_id']}/{g['gate_id']}" == key]
+        label = self.query_one("#gate-detail", Label)
+        if not found:
+            label.update("")
+            return
+        g = found[0]
+        lines = [f"{g['gate_id']} of {g['run_id']}: {g['message']}"]
+        if g.get("progress"):
+            lines[0] += f"  [{g['progress']}]"
+        lines.append(f"may decide: {g['who_may_decide']}")
+        if g.get("fields"):
+            lines.append(
+                "form: "
+                + ", ".join(
+                    f"{f['name']} ({f['type']}{', required' if f.get('required') else ''})"
+                    for f in g["fields"]
+                )
+            )
+        if g.get("options"):
+            lines.append("options: " + " / ".join(g["options"]))
+        if g.get("preview_text"):
+            lines.append("preview: " + _clip(g["preview_text"], 150))
+        label.update(escape("\n".join(lines)))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "gates":
+            self.show_gate()
 
     def show_run(self, run_id: str) -> None:
         try:
@@ -171,10 +223,12 @@ class Dashboard(App[None]):
             self.say(exc.message)
             return
         self.selected = run_id
+        rejected = overview.rejected_steps(detail)
         self.query_one("#detail-title", Label).update(
             f"run [b]{escape(run_id)}[/b] · {escape(str(detail['workflow']))} · "
-            f"{escape(str(detail['status']))}"
+            f"{_coloured(detail['state'])}"
             + (f" · {escape(_clip(detail['error'], 80))}" if detail.get("error") else "")
+            + (f" · {escape(_clip(detail['resumed_by'], 80))}" if detail.get("resumed_by") else "")
         )
         _fill(
             self.query_one("#steps", DataTable),
@@ -184,8 +238,10 @@ class Dashboard(App[None]):
                     [
                         s["step_id"],
                         s["kind"],
-                        s["status"]
-                        + (f" (undo {s['comp_status']})" if s.get("comp_status") else ""),
+                        _cell(
+                            "rejected" if s["step_id"] in rejected else s["status"],
+                            f" (undo {s['comp_status']})" if s.get("comp_status") else "",
+                        ),
                         str(s["attempts"] or 0),
                         _short(s["started_at"]),
                         _short(s["finished_at"]),
@@ -259,32 +315,56 @@ class Dashboard(App[None]):
             return
         run_id, gate_id = key.split("/", 1)
         verb = "Approve" if decision == gate.APPROVE else "Reject"
+        view = next((g for g in self.gates if f"{g['run_id']}/{g['gate_id']}" == key), {})
+        request_id = uuid.uuid4().hex  # one per dialog: sending it again is the same decision
 
-        def done(comment: str | None) -> None:
-            if comment is None:
+        def done(answer: dict[str, Any] | None) -> None:
+            if answer is None:
                 self.say("nothing decided")
                 return
             try:
-                gate.decide(
+                out = gate.decide(
                     self.store,
                     run_id,
                     gate_id,
                     decision,
                     actor=self.user,
                     channel="dashboard",
-                    comment=comment.strip() or None,
+                    comment=(answer.get("comment") or "").strip() or None,
+                    form=answer.get("form") or None,
+                    option=answer.get("option") if decision == gate.APPROVE else None,
+                    request_id=request_id,
                 )
             except AirunError as exc:
                 self.say(exc.message)
             else:
-                self.say(
-                    f"{verb.lower()}d gate {gate_id} of run {run_id} as {self.user}; the "
-                    f"run continues in its notebook, or with `airun resume {run_id}`"
-                )
+                self.say(self._decided(out, run_id, gate_id))
             self.refresh_data()
 
         self.push_screen(
-            CommentScreen(f"{verb} gate {gate_id} of run {run_id}? Comment:", MAX_COMMENT), done
+            DecisionScreen(
+                f"{verb} gate {gate_id} of run {run_id}?",
+                view.get("fields") or [],
+                (view.get("options") or []) if decision == gate.APPROVE else [],
+                MAX_COMMENT,
+            ),
+            done,
+        )
+
+    def _decided(self, out: dict[str, Any], run_id: str, gate_id: str) -> str:
+        if out["status"] == "open":
+            return f"your vote on gate {gate_id} of run {run_id} is in: {out['progress']}"
+        resume = gate.resume_command(run_id, self.store.path)
+        if out["status"] == "approved":
+            chosen = f" with option {out['option']}" if out.get("option") else ""
+            return (
+                f"approved gate {gate_id} of run {run_id} as {self.user}{chosen}; the run "
+                f"continues in its notebook, or with `{resume}`"
+            )
+        said = f": {out['comment']}" if out.get("comment") else ""
+        return (
+            f"Rejected by {', '.join(out['by'])}{said} (gate {gate_id} of run {run_id}); the run "
+            f"rolls back when it continues (its notebook, or `{resume}`)"
         )
 
     def action_cancel_run(self) -> None:
@@ -331,7 +411,7 @@ class Dashboard(App[None]):
         return f"rolled back run {run_id}: {result.status}"
 
 
-def _fill(table: DataTable[Any], rows: list[tuple[str, list[str]]]) -> None:
+def _fill(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
     """Replace a table's rows, keeping the cursor on the same key when it is still there."""
     current = None
     if table.row_count:
@@ -345,6 +425,17 @@ def _fill(table: DataTable[Any], rows: list[tuple[str, list[str]]]) -> None:
     keys = [k for k, _ in rows]
     if current in keys:
         table.move_cursor(row=keys.index(str(current)), animate=False)
+
+
+def _coloured(status: str) -> str:
+    """A status in its colour, as Rich markup (the text itself escaped), for labels."""
+    colour = COLOURS.get(status)
+    return f"[{colour}]{escape(status)}[/]" if colour else escape(status)
+
+
+def _cell(status: str, extra: str = "") -> Text:
+    """A status cell in its colour (plain text when read back)."""
+    return Text(status + extra, style=COLOURS.get(status, ""))
 
 
 def _short(value: str | None) -> str:

@@ -37,6 +37,7 @@ class RunContext(Protocol):
     executed: list[str]
     open_gates: list[dict[str, Any]]
     rejected: bool
+    rejected_by_person: bool  # a person's rejection: the run rolls back without a failure
     bind_output: bool
 
     @property

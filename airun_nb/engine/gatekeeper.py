@@ -17,6 +17,7 @@ from airun_nb.engine import stepkinds as kinds
 from airun_nb.engine import verdict as governance
 from airun_nb.engine.context import RunContext
 from airun_nb.engine.state import S_COMPLETED, S_FAILED, S_WAITING, StepState
+from airun_nb.gates import form as forms
 from airun_nb.gates import gate, notify
 from airun_nb.gates import links as gatelinks
 from airun_nb.governance import audit as auditlog
@@ -52,7 +53,7 @@ def run_gate(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> None:
     if row["status"] == "approved":
         st.value = gate.output_of(row)
         st.out = outputs.encode(st.value, run.store, f"{run.run_id}/{s.id}/{st.attempts}")
-        st.reason = gate.describe_decision(row)
+        st.reason = gate.approved_line(row)
         run.executed.append(s.id)
         run.ledger.step(st, S_COMPLETED)
     else:
@@ -63,10 +64,9 @@ def run_gate(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> None:
 def refused(run: RunContext, st: StepState, row: Mapping[str, Any]) -> None:
     """Carry a rejection (or an expiry) into the step; the caller records it."""
     st.finished_at = time.time()
-    st.error = (
-        gate.describe_decision(row) if row["status"] == "rejected" else str(row.get("comment"))
-    )
+    st.error = gate.rejected_line(row) if row["status"] == "rejected" else str(row.get("comment"))
     run.rejected = row["status"] == "rejected"
+    run.rejected_by_person = run.rejected and row.get("channel") not in ("policy", "timeout")
 
 
 def policy_gate(run: RunContext, st: StepState, verdict: Verdict) -> bool | None:
@@ -183,7 +183,10 @@ def _notify(
         "approvers": json.loads(row["approvers"]) if row.get("approvers") else None,
         "deadline": gate.iso_utc(row.get("deadline")),
         "preview": row.get("preview_text"),
-        "commands": gate.commands(run.run_id, gate_id),
+        "who_may_decide": gate.who_may_decide(row),
+        "fields": {n: f.as_dict() for n, f in forms.fields_of(gate.form_spec(row)).items()},
+        "options": gate.form_spec(row).get("options") or [],
+        "commands": gate.commands(run.run_id, gate_id, db=run.store.path, row=row),
         "link": gatelinks.approval_link(
             run.run_id, gate_id, row.get("deadline"), db=run.store.path
         ),

@@ -96,6 +96,7 @@ class Runner:
         self.partial: int | None = None  # roll back only this many newest steps
         self.undone: list[str] = []
         self.rejected = False
+        self.rejected_by_person = False
         self.open_gates: list[dict[str, Any]] = []
         self.policy = policy_mod.Policy()
         self.workspace = Workspace()
@@ -381,9 +382,10 @@ class Runner:
 
     def _raise_for_status(self) -> None:
         if self.status in (COMPLETED, WAITING) or (
-            self.status == ROLLED_BACK and (self.failed_step is None or self.requested_rollback)
+            self.status == ROLLED_BACK
+            and (self.failed_step is None or self.requested_rollback or self.rejected_by_person)
         ):
-            return
+            return  # a rejection is a decision, not a failure: the run rolled back as asked
         failure = (
             f"run {self.run_id} failed at step '{self.failed_step}': {self.error}"
             if self.failed_step

@@ -1,24 +1,32 @@
 """Approval gates: durable human decisions, from any channel, first decision wins.
 
-A gate is a step whose output is the decision (``decision``, ``actor``, ``channel``,
-``comment``, ``decided_at``). Its row in the ``approvals`` table is written when the gate opens,
-with the deadline fixed then (a restart does not extend it), and takes exactly one decision:
-the check and the write happen while holding the store's exclusive lease, so a double click, the
-CLI racing a button, or a replay can never record two. Who may decide is checked against the
-gate's ``approvers`` (user names and ``role:NAME``) and four-eyes (:func:`four_eyes`); changed
-settings of an open gate apply when its cell runs again. Decisions by policy or timeout are the
-runtime's own and skip those checks.
+A gate is a step whose output is the decision (``decision`` approved/rejected, ``option``,
+``form``, ``by``, ``comment``, ``actor``, ``channel``, ``decided_at``). Its row in the
+``approvals`` table is written when the gate opens, with the deadline fixed then (a restart does
+not extend it). Each person's vote (with its channel, identity, form values and option) is kept
+in the row; the gate closes when its quorum is met, or at the first rejection (``reject_quorum``
+rejections if set), and takes exactly one decision: the check and the write happen while holding
+the store's exclusive lease, so a double click, the CLI racing a button, concurrent votes or a
+replay can never count twice. A vote carrying a request id that is already on the record returns
+the first answer (a client's retry). Who may decide is checked against the gate's ``approvers``
+(user names and ``role:NAME``) and four-eyes (:func:`four_eyes`); form values and the option go
+through :func:`airun_nb.gates.form.check`. Changed settings of an open gate apply when its cell
+runs again. Decisions by policy or timeout are the runtime's own and skip those checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
+from airun_nb.gates import form as forms
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance import identity
 from airun_nb.settings import clock as processclock
@@ -30,6 +38,7 @@ from airun_nb.spec.approval import (
     ON_TIMEOUT,
     AlreadyDecided,
     ApprovalError,
+    FormError,
     GateConfig,
     parse_config,
 )
@@ -40,6 +49,7 @@ __all__ = [
     "ON_TIMEOUT",
     "AlreadyDecided",
     "ApprovalError",
+    "FormError",
     "GateConfig",
     "parse_config",
 ]
@@ -121,13 +131,122 @@ def expand_approvers(approvers: list[str] | None) -> tuple[set[str], list[str]]:
 
 def four_eyes(row: Mapping[str, Any]) -> bool:
     """Does the gate refuse its launcher? Yes when it names approvers, says ``four_eyes:
-    true``, or a policy rule inserted it; a gate with neither may be decided by anyone."""
+    true``, needs more than one approval, or a policy rule inserted it; a gate with none of
+    these may be decided by anyone."""
     return bool(row.get("four_eyes")) or bool(row.get("approvers"))
+
+
+def form_spec(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The gate's form fields, options and quorum as stored ({} for a plain gate)."""
+    raw = row.get("form_spec")
+    if not raw:
+        return {}
+    spec = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    return spec if isinstance(spec, dict) else {}
+
+
+def votes_of(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every vote on the gate, oldest first."""
+    raw = row.get("votes")
+    if not raw:
+        return []
+    found = json.loads(raw) if isinstance(raw, str) else list(raw)
+    return [v for v in found if isinstance(v, dict)]
+
+
+def approver_list(row: Mapping[str, Any]) -> list[str] | None:
+    """Who may decide: the gate's ``approvers``, else the groups of its ``require`` (None:
+    anyone, within four-eyes)."""
+    if row.get("approvers"):
+        found = json.loads(row["approvers"])
+        return [str(a) for a in found] if isinstance(found, list) else None
+    require = form_spec(row).get("require") or {}
+    return list(require) or None
+
+
+def who_may_decide(row: Mapping[str, Any]) -> str:
+    """One line for a page, the dashboard or a terminal: who may decide this gate."""
+    listed = approver_list(row)
+    who = "; ".join(expand_approvers(listed)[1]) if listed else "anyone"
+    launcher = row.get("launched_by")
+    if four_eyes(row) and not row.get("allow_self_approval") and launcher:
+        if listed:
+            who += f" (not {launcher}, who started the run)"
+        else:
+            who += f" but {launcher}, who started the run"
+    spec = form_spec(row)
+    if int(spec.get("quorum") or 1) > 1:
+        who += f"; {spec['quorum']} distinct approvals needed"
+    require = spec.get("require") or {}
+    if require:
+        who += " (" + ", ".join(f"{n} of {g}" for g, n in require.items()) + ")"
+    return who
+
+
+def _members(group: str, table: Mapping[str, list[str]]) -> set[str]:
+    if group.startswith("role:"):
+        return set(table.get(group[5:]) or [])
+    return {group}
+
+
+def _unmet(actors: list[str], require: Mapping[str, int]) -> list[str]:
+    """Groups of ``require`` still short of approvals, each person counting for one group
+    only (a maximum matching of people to the required places)."""
+    if not require:
+        return []
+    from airun_nb.governance.policy import all_roles
+
+    table = all_roles()
+    places = [g for g, n in require.items() for _ in range(int(n))]
+    members = [_members(g, table) for g in places]
+    taken: dict[int, str] = {}
+
+    def place(person: str, seen: set[int]) -> bool:
+        for i, group in enumerate(members):
+            if person in group and i not in seen:
+                seen.add(i)
+                if i not in taken or place(taken[i], seen):
+                    taken[i] = person
+                    return True
+        return False
+
+    for person in dict.fromkeys(actors):
+        place(person, set())
+    return [places[i] for i in range(len(places)) if i not in taken]
+
+
+def tally(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Votes so far: approvals, rejections, how many are needed, and unmet requirements."""
+    spec = form_spec(row)
+    votes = votes_of(row)
+    yes = [str(v["actor"]) for v in votes if v.get("decision") == APPROVE]
+    no = [str(v["actor"]) for v in votes if v.get("decision") == REJECT]
+    return {
+        "approvals": len(yes),
+        "needed": int(spec.get("quorum") or 1),
+        "rejections": len(no),
+        "reject_needed": int(spec.get("reject_quorum") or 1),
+        "missing": _unmet(yes, spec.get("require") or {}),
+    }
+
+
+def progress(row: Mapping[str, Any]) -> str | None:
+    """``"1 of 2 approvals"`` (and what is still required) for a gate that needs more than one
+    vote; None for a plain one."""
+    t = tally(row)
+    if t["needed"] <= 1 and t["reject_needed"] <= 1 and not t["missing"]:
+        return None
+    text = f"{t['approvals']} of {t['needed']} approvals"
+    if t["missing"]:
+        text += " (still needs " + ", ".join(sorted(set(t["missing"]))) + ")"
+    if t["reject_needed"] > 1:
+        text += f"; {t['rejections']} of {t['reject_needed']} rejections"
+    return text
 
 
 def check_actor(row: Mapping[str, Any], actor: str) -> None:
     """Refuse (raise :class:`ApprovalError`) a user who may not decide this gate."""
-    approvers = json.loads(row["approvers"]) if row.get("approvers") else None
+    approvers = approver_list(row)
     where = f"gate '{row['gate_id']}' of run {row['run_id']}"
     if approvers:
         users, shown = expand_approvers(approvers)
@@ -140,15 +259,20 @@ def check_actor(row: Mapping[str, Any], actor: str) -> None:
         )
 
 
-_SETTINGS = ("approvers", "allow_self_approval", "four_eyes", "on_timeout")
+_SETTINGS = ("approvers", "allow_self_approval", "four_eyes", "on_timeout", "form_spec")
 
 
 def _settings(config: GateConfig) -> dict[str, Any]:
+    spec = config.form_spec()
     return {
         "approvers": json.dumps(config.approvers) if config.approvers else None,
         "allow_self_approval": config.allow_self_approval,
-        "four_eyes": config.four_eyes or bool(config.approvers),
+        "four_eyes": config.four_eyes
+        or bool(config.approvers)
+        or bool(config.require)
+        or config.needed > 1,
         "on_timeout": config.on_timeout,
+        "form_spec": json.dumps(spec) if spec else None,  # fields in their written order
     }
 
 
@@ -213,6 +337,9 @@ def open_gate(
                 channel=None,
                 comment=None,
                 decided_at=None,
+                votes=None,
+                option=None,
+                form=None,
             )
             transitions.commit(store, [_record(row), _event(run_id, gate_id, "gate_reopened")])
             return row, False
@@ -238,6 +365,9 @@ def open_gate(
     return found, True
 
 
+MAX_REQUEST_ID = 200
+
+
 def decide(
     store: Store,
     run_id: str,
@@ -248,27 +378,50 @@ def decide(
     channel: str,
     comment: str | None = None,
     recorded_by: str | None = None,
+    form: Mapping[str, Any] | None = None,
+    option: str | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Record the one decision of a gate; refuse a second one or a user who may not decide.
+    """Record one person's vote on a gate, and the gate's decision when the vote closes it.
 
-    ``actor`` is who the decision is recorded for (the claimed actor), ``recorded_by`` the
-    resolved identity that recorded it (default: this process's identity); both are kept in the
-    decision's event and audit row."""
+    ``actor`` is who the vote is recorded for (the claimed actor), ``recorded_by`` the resolved
+    identity that recorded it (default: this process's identity); both are kept in the vote, its
+    event and its audit row. ``form`` and ``option`` are checked by
+    :func:`airun_nb.gates.form.check` before anything is written. ``request_id`` names the
+    client's request: the same id again returns the first answer instead of a refusal.
+    Returns :func:`answer` (the gate's output, its status and progress)."""
     recorder = recorded_by or identity.current()
     if decision not in (APPROVE, REJECT):
         raise ApprovalError(f"a decision is '{APPROVE}' or '{REJECT}', not {decision!r}")
     if channel not in CHANNELS:
         raise ApprovalError(f"unknown channel {channel!r}")
+    if request_id is not None and (
+        not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 200
+    ):
+        raise FormError(f"a request id is 1 to {MAX_REQUEST_ID} characters of text")
+    if form is not None and not isinstance(form, Mapping):
+        raise FormError("the form is a mapping of field names to values")
     limits.check_size(comment, limits.MAX_COMMENT, "the comment")  # before the store is held
+    human = channel not in ("policy", "timeout")
     with store.session("recording an approval decision"):
         row = gate_row(store, run_id, gate_id)
         if row is None:
             if not store.has_run(run_id):
                 raise ApprovalError(f"no run '{run_id}' in {store.path}")
             raise ApprovalError(f"run {run_id} has no open gate '{gate_id}' (not reached yet?)")
+        votes = votes_of(row)
+        if request_id is not None:
+            for earlier in votes:
+                if earlier.get("request_id") == request_id:
+                    if earlier.get("actor") != actor:
+                        raise ApprovalError(
+                            f"request id {request_id!r} was already used by {earlier.get('actor')}"
+                        )
+                    return {**answer(row), "repeated": True}
         if row["status"] != "open":
             raise AlreadyDecided(describe_decision(row, prefix="already "))
-        if channel not in ("policy", "timeout"):
+        where = f"gate '{gate_id}' of run {run_id}"
+        if human:
             check_actor(row, actor)
             if (
                 recorder != actor
@@ -283,42 +436,134 @@ def decide(
                     f"too late: the deadline passed at {iso_utc(row.get('deadline'))}; "
                     + describe_decision(closed)
                 )
+            for earlier in votes:
+                if earlier.get("actor") == actor:
+                    said = "approved" if earlier.get("decision") == APPROVE else "rejected"
+                    count = progress(row)
+                    raise AlreadyDecided(
+                        f"{actor} already {said} {where}"
+                        + (f" ({count}); each person counts once" if count else "")
+                    )
+        spec = form_spec(row)
+        prior = next((v for v in votes if v.get("decision") == APPROVE), None)
+        approving = decision == APPROVE and human
+        values, chosen = forms.check(
+            spec, form, option, approving=approving and prior is None, where=where
+        )
+        if decision == APPROVE and prior is not None:
+            values, chosen = _concur(prior, values, chosen, form, where)
+        vote = {
+            "actor": actor,
+            "decision": decision,
+            "option": chosen,
+            "form": forms.redacted(spec, values) if spec.get("fields") else None,
+            "comment": comment or None,
+            "channel": channel,
+            "recorded_by": recorder,
+            "request_id": request_id,
+            "at": time.time(),
+        }
+        votes.append(vote)
         row = dict(row)
-        row.update(
-            status="approved" if decision == APPROVE else "rejected",
-            decision=decision,
-            actor=actor,
-            channel=channel,
-            comment=comment or None,
-            decided_at=time.time(),
+        row["votes"] = json.dumps(votes, default=str)
+        closes = not human or _closes(row, decision)
+        recs: list[dict[str, Any]] = []
+        if closes:
+            side = [v for v in votes if v.get("decision") == decision] if human else [vote]
+            first = side[0]
+            row.update(
+                status="approved" if decision == APPROVE else "rejected",
+                decision=decision,
+                actor=actor,
+                channel=channel,
+                comment=comment
+                or next((v["comment"] for v in reversed(side) if v.get("comment")), None),
+                decided_at=time.time(),
+                option=first.get("option") if decision == APPROVE else None,
+                form=json.dumps(first.get("form") if decision == APPROVE else vote.get("form")),
+            )
+        recs.append(_record(row))
+        recs.append(
+            _event(
+                run_id,
+                gate_id,
+                "gate_decided" if closes else "gate_voted",
+                decision=decision,
+                actor=actor,
+                recorded_by=recorder,
+                channel=channel,
+                comment=comment,
+                option=chosen,
+                form=vote["form"],
+                request_id=request_id,
+                progress=progress(row),
+            )
         )
-        transitions.commit(
-            store,
-            [
-                _record(row),
-                _event(
-                    run_id,
-                    gate_id,
-                    "gate_decided",
-                    decision=decision,
-                    actor=actor,
-                    recorded_by=recorder,
-                    channel=channel,
-                    comment=comment,
-                ),
-                auditlog.row(
-                    kind="human" if channel not in ("policy", "timeout") else channel,
-                    principal=actor,
-                    run_id=run_id,
-                    step_id=gate_id,
-                    capability="approval",
-                    decision=decision,
-                    arguments={"channel": channel, "comment": comment, "recorded_by": recorder},
-                ),
-            ],
+        recs.append(
+            auditlog.row(
+                kind="human" if human else channel,
+                principal=actor,
+                run_id=run_id,
+                step_id=gate_id,
+                capability="approval",
+                decision=decision,
+                arguments={
+                    "channel": channel,
+                    "comment": comment,
+                    "recorded_by": recorder,
+                    **{
+                        k: v
+                        for k, v in (
+                            ("option", chosen),
+                            ("form", vote["form"]),
+                            ("request_id", request_id),
+                        )
+                        if v is not None
+                    },
+                },
+            )
         )
+        transitions.commit(store, recs)
     _DECIDED_HERE.add((run_id, gate_id))
-    return output_of(row)
+    return answer(row)
+
+
+def _concur(
+    prior: Mapping[str, Any],
+    values: dict[str, Any],
+    chosen: str | None,
+    sent: Mapping[str, Any] | None,
+    where: str,
+) -> tuple[dict[str, Any], str | None]:
+    """A later approval agrees with the first one's form and option; it may leave them out,
+    and is refused (one line) if it sends something else."""
+    first_form = prior.get("form") or {}
+    if chosen is not None and chosen != prior.get("option"):
+        raise FormError(
+            f"{where}: {prior.get('actor')} approved with option {prior.get('option')!r}; "
+            "approve that option or reject"
+        )
+    for name, value in (sent or {}).items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if first_form.get(name) == forms.REDACTED or values.get(name) != first_form.get(name):
+            raise FormError(
+                f"{where}: {prior.get('actor')} approved with {name} = "
+                f"{first_form.get(name)!r}; approve those values or reject"
+            )
+    return dict(first_form), prior.get("option")
+
+
+def _closes(row: Mapping[str, Any], decision: str) -> bool:
+    t = tally(row)
+    if decision == REJECT:
+        return bool(t["rejections"] >= t["reject_needed"])
+    return bool(t["approvals"] >= t["needed"] and not t["missing"])
+
+
+def answer(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What a decision returns: the gate's output, its status and its progress."""
+    return {**output_of(row), "status": row.get("status"), "progress": progress(row)}
 
 
 # Gates decided by code of this process (``airun_nb.approve`` in a notebook cell): the run goes
@@ -425,20 +670,54 @@ def describe_decision(row: Mapping[str, Any], prefix: str = "") -> str:
 
 
 def output_of(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The gate step's output: the decision as a JSON-able mapping."""
-    when = row.get("decided_at")
-    if isinstance(when, datetime):
-        when = _epoch(when)
+    """The gate step's output: the decision as a JSON-able mapping (``decision`` is
+    ``approved`` or ``rejected``; ``by`` lists the deciders in order; secret form values are
+    redacted)."""
+    decision = row.get("decision")
+    closed = row.get("status") in ("approved", "rejected")
+    side = [v for v in votes_of(row) if v.get("decision") == decision] if closed else []
+    by = [str(v["actor"]) for v in side] or ([str(row["actor"])] if closed else [])
+    raw_form = row.get("form")
+    form = json.loads(raw_form) if isinstance(raw_form, str) and raw_form else None
     return {
-        "decision": row.get("decision"),
-        "approved": row.get("decision") == APPROVE,
+        "decision": {APPROVE: "approved", REJECT: "rejected"}.get(str(decision))
+        if closed
+        else None,
+        "approved": row.get("status") == "approved",
+        "option": row.get("option"),
+        "form": form if isinstance(form, dict) else {},
+        "by": by,
+        "comment": row.get("comment"),
         "actor": row.get("actor"),
         "channel": row.get("channel"),
-        "comment": row.get("comment"),
-        "decided_at": datetime.fromtimestamp(float(when), tz=timezone.utc).isoformat()
-        if when is not None
-        else None,
+        "decided_at": _iso_stored(row.get("decided_at")),
     }
+
+
+def approved_line(row: Mapping[str, Any]) -> str:
+    """``Approved by bob, carol (option ship): <comment>``: an approval on every surface."""
+    out = output_of(row)
+    by = ", ".join(out["by"]) or str(row.get("actor"))
+    chosen = f" (option {out['option']})" if out["option"] else ""
+    return f"Approved by {by}{chosen}" + (f": {row['comment']}" if row.get("comment") else "")
+
+
+def rejected_line(row: Mapping[str, Any]) -> str:
+    """``Rejected by bob: <comment>`` (the deciders in order): how a rejection is worded on
+    every surface, and the error of the step it refused."""
+    by = ", ".join(output_of(row)["by"]) or str(row.get("actor"))
+    return f"Rejected by {by}" + (f": {row['comment']}" if row.get("comment") else "")
+
+
+def _iso_stored(when: Any) -> str | None:
+    """A time as the store keeps it (whole microseconds), in ISO 8601 UTC: the same text
+    whether ``when`` is the epoch seconds just recorded or the timestamp read back."""
+    if when is None:
+        return None
+    if isinstance(when, datetime):
+        return when.replace(tzinfo=timezone.utc).isoformat()
+    micros = int(float(when) * 1_000_000)  # as the fold converts it
+    return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=micros)).isoformat()
 
 
 def deadline_passed(row: Mapping[str, Any], now: float | None = None) -> bool:
@@ -451,10 +730,45 @@ def deadline_passed(row: Mapping[str, Any], now: float | None = None) -> bool:
     return (processclock.now() if now is None else now) >= value
 
 
-def commands(run_id: str, gate_id: str) -> dict[str, str]:
+def db_flag(db: str | os.PathLike[str] | None) -> str:
+    """`` --db PATH`` when ``db`` is not the store a terminal uses by default ($AIRUN_DB, else
+    ./airun.duckdb), so a copied command reaches the same store; else ``""``."""
+    if db is None:
+        return ""
+    from airun_nb.settings.environment import default_db
+
+    path = Path(db).expanduser().absolute()
+    with contextlib.suppress(OSError):
+        if path.resolve() == default_db().expanduser().absolute().resolve():
+            return ""
+    return f" --db {shlex.quote(str(path))}"
+
+
+def resume_command(run_id: str, db: str | os.PathLike[str] | None = None) -> str:
+    return f"airun resume {run_id}{db_flag(db)}"
+
+
+def commands(
+    run_id: str,
+    gate_id: str,
+    *,
+    db: str | os.PathLike[str] | None = None,
+    row: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The terminal commands that decide a gate, ready to copy: with ``--db`` when the store is
+    not the default one, and placeholders for the gate's form fields and options."""
+    flag = db_flag(db)
+    extra = ""
+    if row is not None:
+        spec = form_spec(row)
+        for name, f in forms.fields_of(spec).items():
+            if f.required and f.default is None:
+                extra += f" --set {name}=..."
+        if spec.get("options"):
+            extra += f" --option {'|'.join(spec['options'])}"
     return {
-        "approve": f"airun approve {run_id} {gate_id}",
-        "reject": f"airun reject {run_id} {gate_id}",
+        "approve": f"airun approve {run_id} {gate_id}{extra}{flag}",
+        "reject": f"airun reject {run_id} {gate_id}{flag}",
     }
 
 
@@ -488,6 +802,9 @@ def _decide_now(
     comment: str | None,
     db: str | os.PathLike[str] | None,
     channel: str,
+    form: Mapping[str, Any] | None = None,
+    option: str | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     return decide(
         Store.open(db),
@@ -497,6 +814,9 @@ def _decide_now(
         actor=identity.acting_as(by),
         channel=channel,
         comment=comment,
+        form=form,
+        option=option,
+        request_id=request_id,
     )
 
 
@@ -507,9 +827,13 @@ def approve(
     by: str | None = None,
     comment: str | None = None,
     db: str | os.PathLike[str] | None = None,
+    form: Mapping[str, Any] | None = None,
+    option: str | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Approve a gate (for scripts and agents). The run continues when it next resumes."""
-    return _decide_now(APPROVE, run_id, gate_id, by, comment, db, "api")
+    """Approve a gate (for scripts and agents) with the gate's ``form`` values and ``option``.
+    The run continues when it next resumes."""
+    return _decide_now(APPROVE, run_id, gate_id, by, comment, db, "api", form, option, request_id)
 
 
 def reject(
@@ -519,6 +843,8 @@ def reject(
     by: str | None = None,
     comment: str | None = None,
     db: str | os.PathLike[str] | None = None,
+    form: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Reject a gate; the run rolls back when it next resumes."""
-    return _decide_now(REJECT, run_id, gate_id, by, comment, db, "api")
+    return _decide_now(REJECT, run_id, gate_id, by, comment, db, "api", form, None, request_id)

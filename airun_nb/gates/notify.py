@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from airun_nb.capabilities import network
+from airun_nb.gates import chat
 from airun_nb.spec.approval import ApprovalError
 
 log = logging.getLogger("airun_nb.gates.gate")
@@ -40,10 +41,11 @@ def notify(
                 raise ApprovalError(refused)
             if callable(t):
                 t(payload)
-            elif isinstance(t, str) and t.startswith(("http://", "https://")):
+            elif (isinstance(t, str) and t.startswith(("http://", "https://"))) or _chat(t):
+                url, fmt = (t["url"], t.get("format", "json")) if _chat(t) else (t, "json")
                 req = urllib.request.Request(
-                    t,
-                    data=json.dumps(payload, default=str).encode(),
+                    url,
+                    data=json.dumps(chat.render(fmt, payload), default=str).encode(),
                     headers={"Content-Type": "application/json"},
                     method="POST",
                 )
@@ -56,9 +58,22 @@ def notify(
             elif isinstance(t, str):
                 resolve(t)(payload)
             else:
-                raise ApprovalError(f"cannot notify {t!r}: give a URL or a function")
+                raise ApprovalError(
+                    f"cannot notify {t!r}: give a URL, a function, or {{url: URL, format: "
+                    f"{' | '.join(chat.FORMATS)}}}"
+                )
         except (Exception, SystemExit) as exc:  # a target that exits does not end the run
             message = f"{type(exc).__name__}: {exc}"
             log.warning("airun_nb: notifying %s failed: %s", t, message)
             errors.append(f"{t}: {message}")
     return "; ".join(errors) or None
+
+
+def _chat(t: Any) -> bool:
+    """``{url: https://..., format: slack | teams | json}``: a chat incoming webhook."""
+    return (
+        isinstance(t, dict)
+        and isinstance(t.get("url"), str)
+        and t["url"].startswith(("http://", "https://"))
+        and t.get("format", "json") in chat.FORMATS
+    )

@@ -168,7 +168,7 @@ def steps(
         status_col="s.status",
         time_col="s.started_at",
     )
-    view = shown_status_sql("s.status", "s.replayed_from", "s.comp_status", "r.status")
+    view = shown_status_sql("s.status", "s.replayed_from", "s.comp_status", "r.status", "s.error")
     sql, params = f.newest(
         f"""
         SELECT s.run_id, s.step_id, s.kind, s.status, {view} AS view, s.attempts, s.started_at,
@@ -284,7 +284,7 @@ def approvals(
     sql, params = f.newest(
         f"""SELECT run_id, gate_id, workflow, status, decision, actor, channel, comment,
                    message, approvers, launched_by, opened_at, deadline, decided_at, on_timeout,
-                   preview_text
+                   preview_text, option, form, votes
             FROM approvals {where}""",
         params,
         "opened_at",

@@ -6,7 +6,6 @@ plain JSON-able dicts with ISO 8601 UTC timestamps.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -75,7 +74,8 @@ def runs(
     limit = max(1, min(int(limit), MAX_RUNS))
     rows = store.query_dicts(
         f"""SELECT r.run_id, r.workflow, r.status, r.launched_by, r.created_at, r.started_at,
-                   r.finished_at, r.failed_step, r.error,
+                   r.finished_at, r.failed_step, r.error, r.owner_pid, r.owner_host,
+                   r.owner_token,
                    (SELECT count(*) FROM steps s WHERE s.run_id = r.run_id) AS steps,
                    (SELECT count(*) FROM steps s WHERE s.run_id = r.run_id
                        AND s.status = 'completed') AS completed_steps,
@@ -84,17 +84,59 @@ def runs(
             FROM runs r {where} ORDER BY r.created_at DESC, r.run_id LIMIT {limit}""",
         params,
     )
-    return [_run(r) for r in rows]
+    return [_run(r, store.path) for r in rows]
 
 
-def _run(r: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(r)
+def _run(r: Mapping[str, Any], db: Any = None) -> dict[str, Any]:
+    out = {k: v for k, v in r.items() if k not in ("owner_pid", "owner_host", "owner_token")}
     for key in ("created_at", "started_at", "finished_at"):
         out[key] = iso(r.get(key))
     for key in ("steps", "completed_steps", "open_gates"):
         if key in out:
             out[key] = int(out[key] or 0)
+    if "open_gates" in out:
+        out["state"], out["resumed_by"] = run_state(r, int(out["open_gates"]), db)
     return out
+
+
+APPROVED_WAITING = "approved, waiting to resume"
+
+
+rejected_line = gate.rejected_line
+
+
+def rejected_steps(detail: Mapping[str, Any]) -> dict[str, str]:
+    """Steps of a run that ended on a human rejection (a gate, or the policy gate before a
+    step), with the line to show instead of a failure."""
+    out: dict[str, str] = {}
+    for g in detail.get("gates") or []:
+        if g.get("status") == "rejected" and g.get("channel") not in ("timeout", "policy"):
+            by = ", ".join(g.get("by") or []) or str(g.get("actor"))
+            line = f"Rejected by {by}" + (f": {g['comment']}" if g.get("comment") else "")
+            out[str(g["gate_id"]).removesuffix(".approval")] = line  # as rejected_line says
+    return out
+
+
+def run_state(r: Mapping[str, Any], open_gates: int, db: Any = None) -> tuple[str, str | None]:
+    """The run's state as people read it, and who continues it when it waits.
+
+    A run waits while one of its gates is open ("waiting for approval"); once every gate it
+    stopped at is decided it still waits until something resumes it: "approved, waiting to
+    resume" (a rejection too: resuming rolls it back). Who resumes it: the live process that
+    launched it (a notebook kernel continues it by itself), else ``airun resume``."""
+    status = str(r.get("status"))
+    if status != "waiting":
+        return status.replace("_", " "), None
+    from airun_nb.store.owner import owner_alive
+
+    command = gate.resume_command(str(r["run_id"]), db)
+    if owner_alive(r):
+        who = f"the process that launched it (pid {r.get('owner_pid')}) continues it; if not, `{command}`"
+    else:
+        who = f"nothing runs it now: `{command}` (or re-run its notebook cell) continues it"
+    if open_gates:
+        return "waiting for approval", who
+    return APPROVED_WAITING, who
 
 
 def run_detail(store: Store, run_id: str, *, user: str | None = None) -> dict[str, Any]:
@@ -117,20 +159,22 @@ def run_detail(store: Store, run_id: str, *, user: str | None = None) -> dict[st
     out = found
     out["steps"] = [_times(s, ("started_at", "finished_at")) for s in steps]
     out["attempts"] = [_times(a, ("started_at", "finished_at")) for a in attempts]
-    out["gates"] = [gate_view(g, user) for g in gates]
+    out["gates"] = [gate_view(g, user, db=store.path) for g in gates]
     return out
 
 
 def runs_by_id(store: Store, run_id: str) -> dict[str, Any]:
     rows = store.query_dicts(
         """SELECT run_id, workflow, status, launched_by, created_at, started_at, finished_at,
-                  failed_step, error, params
-           FROM runs WHERE run_id = ?""",
+                  failed_step, error, params, owner_pid, owner_host, owner_token,
+                  (SELECT count(*) FROM approvals a WHERE a.run_id = r.run_id
+                       AND a.status = 'open') AS open_gates
+           FROM runs r WHERE run_id = ?""",
         [run_id],
     )
     if not rows:
         raise RunNotFound(f"no run '{run_id}' in {store.path}")
-    return _run(rows[0])
+    return _run(rows[0], store.path)
 
 
 def _times(row: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -144,9 +188,15 @@ def _times(row: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def gate_view(g: Mapping[str, Any], user: str | None = None) -> dict[str, Any]:
-    """A gate as shown to a person; with ``user``, whether they may decide it and why not."""
-    approvers = json.loads(g["approvers"]) if g.get("approvers") else None
+def gate_view(g: Mapping[str, Any], user: str | None = None, *, db: Any = None) -> dict[str, Any]:
+    """A gate as shown to a person; with ``user``, whether they may decide it and why not.
+
+    Besides the row: who may decide (``who_may_decide``), the form's fields and options, the
+    votes so far and ``progress`` ("1 of 2 approvals"), the decided option, form and deciders,
+    and the terminal commands (with ``--db`` when ``db`` is not the default store)."""
+    approvers = gate.approver_list(g)
+    spec = gate.form_spec(g)
+    decided = gate.output_of(g)
     out: dict[str, Any] = {
         "run_id": g["run_id"],
         "gate_id": g["gate_id"],
@@ -166,7 +216,26 @@ def gate_view(g: Mapping[str, Any], user: str | None = None) -> dict[str, Any]:
         "channel": g.get("channel"),
         "comment": g.get("comment"),
         "decided_at": iso(g.get("decided_at")),
-        "commands": gate.commands(str(g["run_id"]), str(g["gate_id"])),
+        "who_may_decide": gate.who_may_decide(g),
+        "fields": [{"name": name, **f.as_dict()} for name, f in gate.forms.fields_of(spec).items()],
+        "options": list(spec.get("options") or []),
+        "quorum": int(spec.get("quorum") or 1),
+        "progress": gate.progress(g),
+        "votes": [
+            {
+                "actor": v.get("actor"),
+                "decision": v.get("decision"),
+                "channel": v.get("channel"),
+                "option": v.get("option"),
+                "comment": v.get("comment"),
+                "at": iso(v.get("at")),
+            }
+            for v in gate.votes_of(g)
+        ],
+        "option": decided["option"],
+        "form": decided["form"],
+        "by": decided["by"],
+        "commands": gate.commands(str(g["run_id"]), str(g["gate_id"]), db=db, row=g),
     }
     if user is not None:
         out["refusal"] = refusal(g, user)
@@ -184,6 +253,10 @@ def refusal(g: Mapping[str, Any], user: str) -> str | None:
         gate.check_actor(g, user)
     except gate.ApprovalError as exc:
         return exc.message
+    for vote in gate.votes_of(g):
+        if vote.get("actor") == user:
+            said = "approved" if vote.get("decision") == gate.APPROVE else "rejected"
+            return f"{user} already {said} this gate ({gate.progress(g)})"
     return None
 
 
@@ -192,7 +265,7 @@ def open_gates(
 ) -> list[dict[str, Any]]:
     """Open gates, oldest first; with ``user`` each says whether they may decide it."""
     rows = store.query_dicts("SELECT * FROM approvals WHERE status = 'open' ORDER BY opened_at")
-    views = [gate_view(r, user) for r in rows]
+    views = [gate_view(r, user, db=store.path) for r in rows]
     if decidable_only:
         views = [v for v in views if v.get("may_decide")]
     return views

@@ -22,6 +22,7 @@ _STATUS_COLORS = {
     "interrupted": "#9a6700",
     "skipped": "#8c959f",
     "waiting": "#8250df",
+    "rejected": "#8250df",
     "undone": "#9a6700",
     "undoing": "#0969da",
     "undo failed": "#cf222e",
@@ -58,12 +59,22 @@ class RunView:
 _ROLLBACK = ("rolling_back", "rolled_back", "rollback_failed")
 
 
+REJECTED = "Rejected by "  # how a step refused by a person's decision states its error
+
+
 def shown_status(
-    status: str, replayed: bool, comp_status: str | None, run_status: str | None = None
+    status: str,
+    replayed: bool,
+    comp_status: str | None,
+    run_status: str | None = None,
+    error: str | None = None,
 ) -> str:
     """The status a step is shown with (the same in every view and in ``steps()``):
     ``replayed`` for a completed step reused from earlier, ``undone`` / ``undoing`` /
-    ``undo failed`` once its compensation ran."""
+    ``undo failed`` once its compensation ran, ``rejected`` (not ``failed``) for a gate a
+    person rejected."""
+    if status == "failed" and (error or "").startswith(REJECTED):
+        return "rejected"
     if comp_status in _UNDO_STATUS:
         return _UNDO_STATUS[comp_status]
     if replayed and status == "completed" and run_status not in _ROLLBACK:
@@ -71,12 +82,20 @@ def shown_status(
     return status
 
 
-def shown_status_sql(status: str, replayed_from: str, comp_status: str, run_status: str) -> str:
+def shown_status_sql(
+    status: str, replayed_from: str, comp_status: str, run_status: str, error: str | None = None
+) -> str:
     """:func:`shown_status` as a SQL expression over the named columns."""
     undo = " ".join(f"WHEN {comp_status} = '{k}' THEN '{v}'" for k, v in _UNDO_STATUS.items())
     rollback = ", ".join(f"'{s}'" for s in _ROLLBACK)
+    rejected = (
+        f"WHEN {status} = 'failed' AND starts_with(coalesce({error}, ''), '{REJECTED}') "
+        "THEN 'rejected' "
+        if error
+        else ""
+    )
     return (
-        f"CASE {undo} WHEN coalesce({replayed_from}, '') <> '' AND {status} = 'completed' "
+        f"CASE {rejected}{undo} WHEN coalesce({replayed_from}, '') <> '' AND {status} = 'completed' "
         f"AND ({run_status} IS NULL OR {run_status} NOT IN ({rollback})) THEN 'replayed' "
         f"ELSE {status} END"
     )
@@ -112,7 +131,7 @@ def view_of_run(run: Any) -> RunView:
     rows = []
     for s in run.spec.steps:
         st = run.states[s.id]
-        shown = shown_status(st.status, st.replayed, st.comp_status, run.status)
+        shown = shown_status(st.status, st.replayed, st.comp_status, run.status, st.error)
         dur = None
         if st.started_at is not None and not st.replayed:
             dur = (st.finished_at or now) - st.started_at
@@ -142,7 +161,7 @@ def view_of_rows(
     for r in steps:
         raw = str(r["status"])
         status = shown_status(
-            raw, bool(r.get("replayed_from")), r.get("comp_status"), run["status"]
+            raw, bool(r.get("replayed_from")), r.get("comp_status"), run["status"], r.get("error")
         )
         dur = None
         if r.get("started_at") is not None:

@@ -12,7 +12,6 @@ headless outputs stay readable.
 from __future__ import annotations
 
 import html
-import json
 import threading
 from collections.abc import Mapping, MutableMapping
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from IPython.display import display
 from airun_nb.engine.memory import gc_release
 from airun_nb.engine.runner import Runner
 from airun_nb.errors import AirunError
+from airun_nb.gates import form as forms
 from airun_nb.gates import gate
 from airun_nb.governance.identity import current as current_user
 from airun_nb.history import frames as history
@@ -46,10 +46,9 @@ def _deadline(row: Mapping[str, Any]) -> str:
 
 
 def _approvers(row: Mapping[str, Any]) -> str:
-    raw = json.loads(row["approvers"]) if row.get("approvers") else None
-    if not raw:
-        return "anyone but the launcher" if gate.four_eyes(row) else "anyone, the launcher too"
-    return "; ".join(gate.expand_approvers(raw)[1])
+    if not gate.approver_list(row) and not gate.four_eyes(row):
+        return "anyone, the launcher too"
+    return gate.who_may_decide(row)
 
 
 def _age(value: Any) -> str:
@@ -106,10 +105,15 @@ def _decided_line(row: Mapping[str, Any], outcome: str | None = None) -> str:
     who = html.escape(str(row.get("actor") or "?"))
     via = html.escape(str(row.get("channel") or "?"))
     status = str(row.get("status"))
+    if status in ("approved", "rejected"):
+        out = gate.output_of(row)
+        who = html.escape(", ".join(out["by"]) or str(row.get("actor") or "?"))
     if status == "approved":
-        return f"<b>Approved</b> by {who} via {via}; {outcome or 'continuing the run.'}"
+        chosen = f", option <b>{html.escape(str(out['option']))}</b>" if out["option"] else ""
+        return f"<b>Approved</b> by {who} via {via}{chosen}; {outcome or 'continuing the run.'}"
     if status == "rejected":
-        return f"<b>Rejected</b> by {who} via {via}; {outcome or 'rolling the run back.'}"
+        said = f": {html.escape(str(row['comment']))}" if row.get("comment") else ""
+        return f"<b>Rejected</b> by {who} via {via}{said}; {outcome or 'rolling the run back.'}"
     if status == "cancelled":
         return f"<b>Cancelled</b> by {who} via {via}; the run will not continue."
     said = html.escape(str(row.get("comment") or ""))
@@ -154,22 +158,25 @@ class GateWidget(widgets.VBox):
         self._deciding = threading.Lock()
         self.decided = False
         self._decision: dict[str, Any] = {}
-        cmds = gate.commands(self.run_id, self.gate_id)
-        header = widgets.HTML(
-            f"{_STYLE}<div class='airun-gate' style='border-left:4px solid #8250df;"
-            "padding-left:8px'>"
-            f"<b>Approval needed</b> · gate <code>{html.escape(self.gate_id)}</code> · run "
-            f"<code>{html.escape(self.run_id)}</code> · {html.escape(str(row.get('workflow')))}"
-            f"<div style='font-size:1.1em;margin:4px 0'>{html.escape(str(row.get('message')))}</div>"
-            f"<small>approvers: {html.escape(_approvers(row))} · deadline: {_deadline(row)}<br>"
-            f"or from a terminal: <code>{cmds['approve']}</code> / <code>{cmds['reject']}</code>"
-            " — a decision taken there continues the run here.</small></div>"
-        )
-        parts: list[widgets.Widget] = [header]
+        self.header = widgets.HTML(self._header("Approval needed"))
+        parts: list[widgets.Widget] = [self.header]
         if row.get("preview_html"):
             parts.append(
                 widgets.HTML(f"{CSS}<div class='airun-gate airun-run'>{row['preview_html']}</div>")
             )
+        self.fields = _field_widgets(row)
+        if self.fields:
+            parts.append(widgets.VBox(list(self.fields.values())))
+        options = gate.form_spec(row).get("options") or []
+        self.option = (
+            widgets.ToggleButtons(
+                options=list(options), value=None, description="option", tooltips=list(options)
+            )
+            if options
+            else None
+        )
+        if self.option is not None:
+            parts.append(self.option)
         self.comment = widgets.Textarea(placeholder="comment (optional)", layout={"width": "60%"})
         self.approve_button = widgets.Button(
             description="Approve", button_style="success", icon="check"
@@ -202,6 +209,28 @@ class GateWidget(widgets.VBox):
         _DRAWN.append(self)
         WATCHER.watch(self)
 
+    def _header(self, title: str) -> str:
+        row = self.row
+        cmds = gate.commands(self.run_id, self.gate_id, db=self.db, row=row)
+        count = gate.progress(row)
+        return (
+            f"{_STYLE}<div class='airun-gate' style='border-left:4px solid #8250df;"
+            "padding-left:8px'>"
+            f"<b class='airun-gate-title'>{html.escape(title)}</b> · gate "
+            f"<code>{html.escape(self.gate_id)}</code> · run "
+            f"<code>{html.escape(self.run_id)}</code> · {html.escape(str(row.get('workflow')))}"
+            + (f" · <b>{html.escape(count)}</b>" if count and row.get("status") == "open" else "")
+            + f"<div style='font-size:1.1em;margin:4px 0'>{html.escape(str(row.get('message')))}"
+            f"</div><small>may decide: {html.escape(_approvers(row))} · deadline: "
+            f"{_deadline(row)}<br>or from a terminal: <code>{html.escape(cmds['approve'])}</code>"
+            f" / <code>{html.escape(cmds['reject'])}</code>"
+            " — a decision taken there continues the run here.</small></div>"
+        )
+
+    def form_values(self) -> dict[str, Any]:
+        """What the person typed in the gate's form (checked by the store's one check)."""
+        return {name: w.value for name, w in self.fields.items() if w.value not in ("", None)}
+
     def _stored_table(self) -> tuple[str, str]:
         try:
             view = history.stored_run(self.run_id, self.db).view
@@ -216,12 +245,20 @@ class GateWidget(widgets.VBox):
         return bundle
 
     def __repr__(self) -> str:
-        cmds = gate.commands(self.run_id, self.gate_id)
+        cmds = gate.commands(self.run_id, self.gate_id, db=self.db, row=self.row)
         lines = [
             f"Approval needed · gate {self.gate_id} · run {self.run_id} · {self.row.get('workflow')}",
             str(self.row.get("message")),
-            f"approvers: {_approvers(self.row)} · deadline: {_deadline(self.row)}",
+            f"may decide: {_approvers(self.row)} · deadline: {_deadline(self.row)}",
         ]
+        count = gate.progress(self.row)
+        if count:
+            lines.append(count)
+        spec = gate.form_spec(self.row)
+        for f in forms.fields_of(spec).values():
+            lines.append(f"field {forms.describe_field(f)}")
+        if spec.get("options"):
+            lines.append(f"options: {', '.join(spec['options'])}")
         if self.row.get("preview_text"):
             preview = str(self.row["preview_text"]).splitlines()
             lines += ["preview:", *("  " + p for p in preview[:12])]
@@ -233,6 +270,8 @@ class GateWidget(widgets.VBox):
     def _buttons(self, enabled: bool) -> None:
         for b in (self.approve_button, self.reject_button, self.cancel_button):
             b.disabled = not enabled
+        for w in [*self.fields.values(), *([self.option] if self.option else [])]:
+            w.disabled = not enabled
 
     def _show_decision(self, row: Mapping[str, Any]) -> None:
         status = str(row.get("status"))
@@ -242,6 +281,10 @@ class GateWidget(widgets.VBox):
         self.cancel_button.description = "Cancelled" if status == "cancelled" else "Cancel run"
         self._decision = dict(row)
         self.status.value = _decided_line(row)
+        title = {"approved": "Approved", "rejected": "Rejected", "cancelled": "Cancelled"}
+        if status in title:
+            self.row = {**self.row, **row}
+            self.header.value = self._header(title[status])
 
     def decide(self, decision: str) -> None:
         """Check the run can continue here (a plan, nothing claimed), record the decision, then
@@ -256,7 +299,7 @@ class GateWidget(widgets.VBox):
                 WATCHER.watch(self)
                 return
             try:
-                gate.decide(
+                answer = gate.decide(
                     Store.open(self.db),
                     self.run_id,
                     self.gate_id,
@@ -264,12 +307,19 @@ class GateWidget(widgets.VBox):
                     actor=current_user(),
                     channel="widget",
                     comment=self.comment.value or None,
+                    form=self.form_values() or None,
+                    option=self.option.value if self.option and decision == gate.APPROVE else None,
                 )
             except BaseException as exc:
                 gc_release()
+                closed = None
                 if isinstance(exc, gate.AlreadyDecided):
+                    closed = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
+                    if closed.get("status") == "open":  # this person's vote is already in
+                        closed = None
+                if closed is not None:
                     self.decided = True
-                    row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
+                    row = closed
                     self._show_decision(row)
                     self.status.value += f" (your click came too late: {html.escape(exc.message)})"
                     return
@@ -281,8 +331,20 @@ class GateWidget(widgets.VBox):
                     WATCHER.watch(self)
                     return
                 raise
-            self.decided = True
             row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
+            if answer.get("status") == "open":  # a vote towards a quorum: the gate waits on
+                # (nothing was claimed for the vote: the run is still waiting at this gate)
+                self.row = dict(row)
+                self.header.value = self._header("Approval needed")
+                said = "approved" if decision == gate.APPROVE else "rejected"
+                self.status.value = (
+                    f"You {said} as {html.escape(current_user())}: "
+                    f"{html.escape(str(answer.get('progress')))}; the run continues here once "
+                    "the gate is decided."
+                )
+                WATCHER.watch(self)
+                return
+            self.decided = True
             self._show_decision(row)
             runner = self._prepared()
             if runner is not None:
@@ -397,6 +459,42 @@ class GateWidget(widgets.VBox):
         self._show_decision(row or {"status": "cancelled", "actor": current_user()})
         self.status.value += f"<br><small>{html.escape(describe(done))}</small>"
         self.table.value = self._stored_table()[1]
+
+
+def _field_widgets(row: Mapping[str, Any]) -> dict[str, widgets.Widget]:
+    """One input a form field: text boxes (typed by the store's one check), a dropdown for a
+    choice or a yes/no, a password box for a secret."""
+    out: dict[str, widgets.Widget] = {}
+    style = {"description_width": "initial"}
+    for name, f in forms.fields_of(gate.form_spec(row)).items():
+        label = (f.label or name) + (" *" if f.required else "")
+        hint = f.help or {"date": "YYYY-MM-DD", "integer": "whole number"}.get(f.type, f.type)
+        w: widgets.Widget
+        if f.type == "choice":
+            w = widgets.Dropdown(
+                options=[("", ""), *((str(c), str(c)) for c in f.choices or [])],
+                value="" if f.default is None else str(f.default),
+                description=label,
+                style=style,
+            )
+        elif f.type == "boolean":
+            w = widgets.Dropdown(
+                options=[("", ""), ("yes", "true"), ("no", "false")],
+                value="" if f.default is None else ("true" if f.default else "false"),
+                description=label,
+                style=style,
+            )
+        elif f.secret:
+            w = widgets.Password(description=label, placeholder=hint, style=style)
+        else:
+            w = widgets.Text(
+                value="" if f.default is None else str(f.default),
+                description=label,
+                placeholder=hint,
+                style=style,
+            )
+        out[name] = w
+    return out
 
 
 def _pid() -> int:

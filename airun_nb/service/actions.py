@@ -36,8 +36,17 @@ def decide_gate(
     comment: Any,
     *,
     channel: str,
+    form: Any = None,
+    option: Any = None,
+    request_id: Any = None,
 ) -> dict[str, Any]:
     text = check_comment(comment)
+    if form is not None and not isinstance(form, dict):
+        raise BadInput('form must be an object of field values, e.g. {"amount": 12}')
+    if option is not None and not isinstance(option, str):
+        raise BadInput("option must be text")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadInput("request_id must be text")
     if not who.may_decide:
         raise Refused(f"{who.user} has role {who.role} and may not decide gates")
     if not store.has_run(run_id):
@@ -53,6 +62,9 @@ def decide_gate(
         channel=channel,
         comment=text,
         recorded_by=who.user,  # the token's user is the authenticated identity
+        form=form,
+        option=option,
+        request_id=request_id,
     )
     return {"run_id": run_id, "gate_id": gate_id, **out}
 

@@ -22,6 +22,15 @@ MAX_BODY = 64 * 1024
 
 class DecisionBody(BaseModel):
     comment: str | None = Field(None, description="Kept with the decision and in the audit trail.")
+    form: dict[str, Any] | None = Field(
+        None, description="Values of the gate's form fields, by name (checked by the server)."
+    )
+    option: str | None = Field(None, description="The option chosen (approve only).")
+    request_id: str | None = Field(
+        None,
+        description="The client's id for this request: sending the same id again returns the "
+        "first answer instead of 409 (a retry after a lost response).",
+    )
 
 
 class CancelBody(BaseModel):
@@ -102,18 +111,30 @@ def list_approvals(request: Request, who: Identity = Depends(api_identity)) -> d
 
 async def _decide(request: Request, who: Identity, run_id: str, gate_id: str, decision: str) -> Any:
     doc = await _json_body(request)
-    _fields(doc, {"comment"})
+    allowed = {"comment", "form", "request_id"} | (
+        {"option"} if decision == gate.APPROVE else set()
+    )
+    _fields(doc, allowed)
     store = store_of(request)
     return await anyio.to_thread.run_sync(
         lambda: actions.decide_gate(
-            store, who, run_id, gate_id, decision, doc.get("comment"), channel="api"
+            store,
+            who,
+            run_id,
+            gate_id,
+            decision,
+            doc.get("comment"),
+            channel="api",
+            form=doc.get("form"),
+            option=doc.get("option"),
+            request_id=doc.get("request_id"),
         )
     )
 
 
 @router.post(
     "/runs/{run_id}/gates/{gate_id}/approve",
-    summary="Approve a gate (first decision wins)",
+    summary="Approve a gate (with its form and option; one vote a person, first decision wins)",
     openapi_extra=_body_schema(DecisionBody),
 )
 async def approve(

@@ -24,7 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from airun_nb.engine.cancel import CancelError
 from airun_nb.errors import AirunError, RunBusy, RunNotFound, StoreBusy, WorkflowFailed
-from airun_nb.gates.gate import AlreadyDecided, ApprovalError
+from airun_nb.gates.gate import AlreadyDecided, ApprovalError, FormError
 from airun_nb.history.readmodels import FilterError
 from airun_nb.service import tokens
 from airun_nb.service.tokens import Identity
@@ -141,6 +141,8 @@ def status_of(exc: AirunError) -> int:
     """The HTTP status for an error the runtime raised."""
     if isinstance(exc, (NotFound, RunNotFound)):
         return 404
+    if isinstance(exc, FormError):
+        return 400
     if isinstance(exc, (AlreadyDecided, RunBusy, CancelError, WorkflowFailed)):
         return 409
     if isinstance(exc, (Refused, ApprovalError)):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +42,25 @@ def _when(value: str | None) -> str:
 
 
 templates.env.filters["when"] = _when
+
+
+def _due(value: str | None) -> str:
+    """How long until an ISO 8601 UTC deadline: ``due in 1h 58m`` (or ``overdue``)."""
+    if not value:
+        return ""
+    left = int(datetime.fromisoformat(value).timestamp() - time.time())
+    if left <= 0:
+        return "overdue"
+    days, rest = divmod(left, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = max(rest // 60, 1) if not (days or hours) else rest // 60
+    parts = [f"{days}d"] * bool(days) + [f"{hours}h"] * bool(hours) + [f"{minutes}m"]
+    return "due in " + " ".join(parts[:2])
+
+
+templates.env.filters["due"] = _due
+templates.env.globals["request_id"] = lambda: uuid.uuid4().hex  # one per drawn form
+FIELD_PREFIX = "field."
 MAX_FORM = 64 * 1024
 
 
@@ -128,7 +150,8 @@ def approvals_page(request: Request) -> Response:
     if who is None:
         return _login_redirect(request)
     gates = overview.open_gates(store_of(request), who.user)
-    gates.sort(key=lambda g: not g["may_decide"])
+    # yours first, then the most urgent (no deadline last)
+    gates.sort(key=lambda g: (not g["may_decide"], g["deadline"] is None, g["deadline"] or ""))
     return _render(request, "approvals.html", who, gates=gates)
 
 
@@ -161,6 +184,8 @@ def run_page(request: Request, run_id: str) -> Response:
         who,
         run=detail,
         cancellable=detail["status"] in cancellation.CANCELLABLE,
+        may_cancel=who.may_decide and (who.role == "admin" or who.user == detail["launched_by"]),
+        rejected=overview.rejected_steps(detail),
     )
 
 
@@ -195,22 +220,49 @@ async def decide(request: Request, run_id: str, gate_id: str) -> Response:
     if decision not in (gate.APPROVE, gate.REJECT):
         raise actions.BadInput("the form must say approve or reject")
     store = store_of(request)
+    values = {k[len(FIELD_PREFIX) :]: v for k, v in data.items() if k.startswith(FIELD_PREFIX)}
+    option = data.get("option") if decision == gate.APPROVE else None
     try:
         out = await anyio.to_thread.run_sync(
             lambda: actions.decide_gate(
-                store, who, run_id, gate_id, str(decision), data.get("comment"), channel="web"
+                store,
+                who,
+                run_id,
+                gate_id,
+                str(decision),
+                data.get("comment"),
+                channel="web",
+                form=values or None,
+                option=option or None,
+                request_id=data.get("request_id") or None,
             )
         )
     except AirunError as exc:
         request.session["flash"] = {"kind": "error", "text": exc.message, "code": status_of(exc)}
     else:
-        verb = "Approved" if out["decision"] == gate.APPROVE else "Rejected"
-        request.session["flash"] = {
-            "kind": "ok",
-            "text": f"{verb} gate {gate_id} of run {run_id} as {who.user}. The run continues in "
-            f"its notebook, or with `airun resume {run_id}`.",
-        }
+        request.session["flash"] = {"kind": "ok", "text": decided_flash(out, who.user, store)}
     return RedirectResponse(f"/runs/{quote(run_id)}/gates/{quote(gate_id)}", status_code=303)
+
+
+def decided_flash(out: dict[str, Any], user: str, store: Any) -> str:
+    """What the page says after a person's decision: still open (with the count), or the
+    gate's decision and how the run continues."""
+    run_id, gate_id = out["run_id"], out["gate_id"]
+    if out.get("status") == "open":
+        return (
+            f"Your vote on gate {gate_id} of run {run_id} is recorded as {user}: {out['progress']}."
+        )
+    resume = gate.resume_command(run_id, store.path)
+    if out.get("decision") == "approved":
+        chosen = f" with option {out['option']}" if out.get("option") else ""
+        return (
+            f"Approved gate {gate_id} of run {run_id} as {user}{chosen}. The run continues in its "
+            f"notebook, or with `{resume}`."
+        )
+    return (
+        f"Rejected gate {gate_id} of run {run_id} as {user}. The run rolls back when it "
+        f"continues (in its notebook, or with `{resume}`)."
+    )
 
 
 @router.post("/runs/{run_id}/cancel")

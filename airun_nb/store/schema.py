@@ -14,14 +14,16 @@ import duckdb
 
 from airun_nb.errors import StoreIncompatible
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
 # (hashed API tokens of the approval service); 4 adds attempts.traceback (the full traceback of
 # a failed attempt); 5 adds runs.forked_from / forked_step (a fork's run and step) and
 # steps.fingerprint (a step's code fingerprint components and what changed); 6 adds
 # approvals.four_eyes (the launcher may not decide the gate); 7 adds spec_cache (parsed workflows
 # by the hash of their text and of the parser, see speccache); 8 adds events.seq (the event's
-# place in the store's one order, assigned when it is folded). Each version only
+# place in the store's one order, assigned when it is folded); 9 adds approvals.form_spec (a
+# gate's form fields, options and quorum), votes (each person's vote), option and form (the
+# decided option and form values). Each version only
 # adds tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
@@ -130,6 +132,10 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
             ("channel", "VARCHAR"),
             ("comment", "VARCHAR"),
             ("decided_at", _TS),
+            ("form_spec", "VARCHAR"),
+            ("votes", "VARCHAR"),
+            ("option", "VARCHAR"),
+            ("form", "VARCHAR"),
         ],
         ("run_id", "gate_id"),
     ),

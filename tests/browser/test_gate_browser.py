@@ -74,9 +74,10 @@ def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.25)
 
 
-def show_gate(page) -> None:
-    """Scroll the notebook so the gate (header to buttons and below) fills the window."""
-    header = page.page.locator(".jp-OutputArea-output").get_by_text("Approval needed").first
+def show_gate(page, title: str = "Approval needed") -> None:
+    """Scroll the notebook so the gate (header to buttons and below) fills the window; the
+    gate's header is ``title`` (it becomes the decision once the gate is decided)."""
+    header = page.page.locator(".jp-OutputArea-output").get_by_text(title).first
     header.evaluate("e => e.scrollIntoView({block: 'start'})")
     time.sleep(0.3)  # let the scroll settle before the screenshot (cosmetic only)
 
@@ -149,7 +150,7 @@ def test_approve_button_in_jupyterlab_continues_the_run(
     try:
         wait_for(lambda: final in page.output_text(), "the continued run's final table", timeout=30)
     finally:
-        show_gate(page)
+        show_gate(page, "Approved ·")
         page.screenshot(lab.artifacts / "gate_after.png")
         shutil.copy(lab.artifacts / "gate_after.png", SCREENSHOT_AFTER)
     assert f"run {run_id} · release · running" not in page.output_text(), (

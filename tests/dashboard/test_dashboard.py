@@ -90,7 +90,7 @@ async def test_the_status_filter_matches_real_statuses(env: Path) -> None:
         await pilot.press("f")  # pending
         assert rows(app, "#runs") == []
         await pilot.press("f", "f")  # running, then waiting
-        assert [(r[0], r[2]) for r in rows(app, "#runs")] == [(wait_id, "waiting")]
+        assert [(r[0], r[2]) for r in rows(app, "#runs")] == [(wait_id, "waiting for approval")]
         await pilot.press("f")  # completed
         assert [(r[0], r[2]) for r in rows(app, "#runs")] == [(done_id, "completed")]
         await pilot.press("F", "F", "F", "F")  # back to all
@@ -194,3 +194,88 @@ async def test_roll_back_one_run_after_confirming(env: Path) -> None:
     assert status(env, undo) == "cancelled" and status(env, keep) == "waiting"
     assert effects() == ["prepare", "prepare", "unprepare"]  # only the selected run was undone
     assert airun_nb.approvals(keep, db=env)["status"].tolist() == ["open"]
+
+
+FORM_GATE = {
+    "fields": {
+        "amount": {"type": "number", "required": True},
+        "pin": {"type": "string", "secret": True},
+    },
+    "options": ["ship", "hold"],
+    "quorum": 2,
+}
+
+
+@sync
+async def test_at_80x24_a_quorum_gate_shows_its_form_and_counts_votes(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In an 80x24 terminal the gate under the cursor shows its message, form and options; a
+    wrong type is refused in one line with nothing recorded; bob's vote leaves the gate open at
+    "1 of 2 approvals"; carol's closes it with bob's form and option."""
+    run_id = waiting(env, "deploy", **FORM_GATE)
+    monkeypatch.setenv("AIRUN_USER", "bob")
+    app = Dashboard(Store.open(env))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("g")
+        await pilot.pause()
+        detail = str(app.query_one("#gate-detail").render())
+        assert "Ship 3 rows?" in detail
+        assert "form: amount (number, required), pin (string)" in detail
+        assert "options: ship / hold" in detail
+        assert "may decide: anyone but alice, who started the run; 2 distinct approvals needed" in (
+            detail
+        )
+        shown = app.query_one("#gate-detail").region  # on screen, not scrolled away
+        assert shown.height >= 4 and shown.bottom <= 24
+
+        await pilot.press("a")  # the form: amount, pin, option, comment
+        await pilot.pause()
+        hints = [str(w.render()) for w in app.screen.query(".hint")]
+        assert hints == ["amount (number, required)", "pin (string)", "option: ship / hold"]
+        assert all(w.region.bottom <= 24 for w in app.screen.query("Input"))
+        await pilot.press(*"lots", "enter", "enter", *"ship", "enter", "enter")
+        await pilot.pause()
+        assert "field 'amount' must be a number" in str(app.query_one("#message").render())
+        assert airun_nb.approvals(run_id, db=env)["votes"].isna().all()
+
+        await pilot.press("a", *"12", "enter", *"0000", "enter", *"ship", "enter", "enter")
+        await pilot.pause()
+        assert "1 of 2 approvals" in str(app.query_one("#message").render())
+        assert rows(app, "#gates")[0][3] == "1 of 2 approvals"
+    monkeypatch.setenv("AIRUN_USER", "carol")
+    app = Dashboard(Store.open(env))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("g", "a", "enter", "enter", "enter", "enter")
+        await pilot.pause()
+        assert "with option ship" in str(app.query_one("#message").render())
+        await pilot.press("s", "enter")
+        await pilot.pause()
+        assert "approved, waiting to resume" in str(app.query_one("#detail-title").render())
+    gate = airun_nb.approvals(run_id, db=env).iloc[0]
+    assert (gate["status"], gate["option"]) == ("approved", "ship")
+    assert json.loads(gate["form"]) == {"amount": 12, "pin": "***"}
+    votes = json.loads(gate["votes"])
+    assert [(v["actor"], v["channel"]) for v in votes] == [
+        ("bob", "dashboard"),
+        ("carol", "dashboard"),
+    ]
+
+
+@sync
+async def test_a_human_rejection_shows_as_rejected_not_failed(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After bob rejects and the run rolls back, the run's gate step reads "rejected" and the
+    title says who rejected it and why."""
+    run_id = waiting(env, "deploy")
+    airun_nb.reject(run_id, "review", by="bob", comment="not now", db=env)
+    Workflow.from_run(run_id, db=env).run(db=env, namespace=NAMESPACE, resume=run_id)
+    app = Dashboard(Store.open(env))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("enter")
+        await pilot.pause()
+        steps = {s[0]: s[2] for s in rows(app, "#steps")}
+        assert steps["review"] == "rejected"
+        title = str(app.query_one("#detail-title").render())
+        assert "rolled back" in title and "Rejected by bob: not now" in title

@@ -192,7 +192,12 @@ def test_named_approver_decides_and_the_run_continues_on_resume(db: Path) -> Non
     assert json.loads(row["approvers"]) == ["bob"]
 
     out = airun_nb.approve(first.run_id, "review", by="bob", comment="looks right", db=db)
-    assert out["decision"] == "approve" and out["actor"] == "bob" and out["channel"] == "api"
+    assert (
+        out["decision"] == "approved"
+        and out["by"] == ["bob"]
+        and out["actor"] == "bob"
+        and out["channel"] == "api"
+    )
 
     second = run(text, db)
     assert second.run_id == first.run_id
@@ -489,20 +494,23 @@ def test_rejection_rolls_the_run_back(db: Path) -> None:
     assert effects() == ["prepare", "unprepare"]  # undone once, ship never ran
     steps = airun_nb.steps(first.run_id, db=db).set_index("step_id")
     assert steps.loc["prepare", "comp_status"] == "done"
-    assert steps.loc["review", "status"] == "failed"
-    assert "rejected by bob via api" in steps.loc["review", "error"]
+    assert steps.loc["review", "view"] == "rejected"  # a decision, not a failure
+    assert steps.loc["review", "error"] == "Rejected by bob: numbers look off"
     assert steps.loc["ship", "status"] != "completed"
-    assert "rejected by bob" in (second.error or "")
+    assert second.error == "Rejected by bob: numbers look off"
 
 
-def test_rejection_raises_with_the_decision_when_asked_to(db: Path) -> None:
+def test_a_rejection_is_a_decision_not_a_workflow_failure(db: Path) -> None:
+    """Resuming a rejected run rolls it back without raising WorkflowFailed (even with
+    raise_on_failure); the step table shows the gate as rejected, not failed."""
     text = spec({"approvers": ["bob"]})
     first = run(text, db)
     airun_nb.reject(first.run_id, "review", by="bob", db=db)
-    with pytest.raises(WorkflowFailed) as failed:
-        Workflow.from_yaml(text).run(db=db, namespace=namespace())
-    assert "rejected by bob via api" in str(failed.value)
-    assert "rolled back (undid prepare)" in str(failed.value)
+    result = Workflow.from_yaml(text).run(db=db, namespace=namespace())
+    assert result.status == "rolled_back"
+    table = repr(result)
+    assert "rejected" in table and " failed " not in table, table
+    assert "Rejected by bob" in table
 
 
 # -- timeouts ----------------------------------------------------------------------------------
@@ -894,11 +902,12 @@ def test_cli_lists_open_gates_with_their_commands(db: Path) -> None:
     listed = cli("approvals", "--db", str(db))
     assert listed.returncode == 0, listed.stderr
     assert f"{first.run_id} review [open] deploy: Ship 3 rows of orders?" in listed.stdout
+    assert "may decide: bob (not alice, who started the run)" in listed.stdout
     assert f"airun approve {first.run_id} review" in listed.stdout
     airun_nb.approve(first.run_id, "review", by="bob", db=db)
     assert "(no open gates)" in cli("approvals", "--db", str(db)).stdout
     everything = cli("approvals", "--all", "--db", str(db)).stdout
-    assert "[approved]" in everything and "approve by bob via api" in everything
+    assert "[approved]" in everything and "Approved by bob (via api)" in everything
 
 
 # == the gate widget through a real IPython shell ==============================================
@@ -1065,7 +1074,9 @@ def test_a_stale_widget_shows_the_decision_taken_elsewhere_and_records_nothing(
     _wait(lambda: widget.decided and run_status(db, run_id) == "rolled_back", "the watcher")
     # once the rollback is over the status line says so (not "rolling the run back" any more)
     _wait(lambda: "the run was rolled back" in widget.status.value, "the status line")
-    assert "<b>Rejected</b> by bob via cli; the run was rolled back." in widget.status.value
+    assert (
+        "<b>Rejected</b> by bob via cli: not today; the run was rolled back." in widget.status.value
+    )
     assert widget.approve_button.disabled and widget.reject_button.disabled
     before = events(db, run_id)
     monkeypatch.setenv("AIRUN_USER", "bob")
@@ -1150,3 +1161,109 @@ def test_workflow_approvals_redraws_open_gates_after_a_restart(
     # with nothing open, the line magic says so
     ipython.run_line_magic("workflow", "approvals")
     assert shown.gates(run_id) == [old_widget]
+
+
+FORM_CELL = """%%workflow promo
+steps:
+  - id: prepare
+    call: prepare
+    compensate: {call: unprepare}
+  - id: review
+    needs: [prepare]
+    approval:
+      message: "Discount {{ steps.prepare.output.rows }} rows?"
+      quorum: 2
+      fields:
+        percent: {type: integer, required: true}
+        region: {type: choice, choices: [eu, us]}
+      options: [apply, hold]
+  - id: apply
+    needs: [review]
+    when: "{{ steps.review.output.option == 'apply' }}"
+    call: ship
+    with: {decision: "{{ steps.review.output }}"}
+    output: shipped
+"""
+
+
+def test_the_widget_shows_the_form_and_options_and_counts_a_quorum(
+    ipython: Any, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate widget draws one input a field and the options; a wrong type is refused on the
+    widget and records nothing; bob's click is the first of two votes (the run stays waiting,
+    the widget says "1 of 2 approvals"); carol's click on a second widget closes the gate, the
+    header becomes the decision and the run continues down the chosen option's branch."""
+    shown = Displayed(ipython, monkeypatch)
+    assert ipython.run_cell(SETUP).success
+    assert ipython.run_cell(FORM_CELL).success
+    run_id = airun_nb.last_run().run_id
+    (widget,) = shown.gates(run_id)
+    assert set(widget.fields) == {"percent", "region"}
+    assert widget.option is not None and list(widget.option.options) == ["apply", "hold"]
+    text = repr(widget)
+    assert "field percent (integer, required)" in text and "options: apply, hold" in text
+    assert "0 of 2 approvals" in text
+
+    monkeypatch.setenv("AIRUN_USER", "bob")
+    widget.fields["percent"].value = "ten"
+    widget.option.value = "apply"
+    widget.approve_button.click()
+    assert "field &#x27;percent&#x27; must be a whole number" in widget.status.value
+    assert pd.isna(gate_row(db, run_id)["votes"])
+    assert not widget.approve_button.disabled  # refused: the person may correct it
+
+    widget.fields["percent"].value = "10"
+    widget.fields["region"].value = "eu"
+    widget.approve_button.click()
+    assert "1 of 2 approvals" in widget.status.value and "1 of 2 approvals" in widget.header.value
+    assert run_status(db, run_id) == "waiting" and "shipped" not in ipython.user_ns
+
+    monkeypatch.setenv("AIRUN_USER", "carol")
+    assert ipython.run_cell("%workflow approvals").success
+    second = shown.gates(run_id)[-1]
+    assert second is not widget
+    second.approve_button.click()
+    assert run_status(db, run_id) == "completed"
+    assert "Approved" in second.header.value and "Approval needed" not in second.header.value
+    assert "option <b>apply</b>" in second.status.value
+    row = gate_row(db, run_id)
+    assert (row["status"], row["option"]) == ("approved", "apply")
+    assert json.loads(row["form"]) == {"percent": 10, "region": "eu"}
+    out = airun_nb.steps(run_id, db=db).set_index("step_id")
+    assert out.loc["apply", "status"] == "completed"
+
+
+def test_slack_and_teams_webhooks_get_the_gate_in_their_formats(
+    db: Path, webhook: ThreadingHTTPServer
+) -> None:
+    """``notify: {url, format: slack}`` posts a Slack Block Kit message and ``format: teams`` an
+    Adaptive Card, each with the message, who may decide, the form, the options and the
+    commands; a wrong format is refused when the workflow is read."""
+    base = f"http://127.0.0.1:{webhook.server_address[1]}"
+    gate = {
+        "approvers": ["bob"],
+        "fields": {"amount": {"type": "number", "required": True}},
+        "options": ["ship", "hold"],
+        "notify": [
+            {"url": base + "/slack", "format": "slack"},
+            {"url": base + "/teams", "format": "teams"},
+        ],
+    }
+    first = run(spec(gate), db)
+    assert first.status == "waiting"
+    got = {hit["path"]: hit["body"] for hit in webhook.received}  # type: ignore[attr-defined]
+    slack = got["/slack"]
+    assert slack["text"] == "Approval needed: Ship 3 rows of orders?"
+    facts = json.dumps(slack["blocks"])
+    assert "bob (not alice, who started the run)" in facts
+    assert "amount (number, required)" in facts and "ship / hold" in facts
+    assert f"airun approve {first.run_id} review --set amount=..." in facts
+    card = got["/teams"]["attachments"][0]
+    assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
+    titles = {f["title"]: f["value"] for f in card["content"]["body"][1]["facts"]}
+    assert titles["Options"] == "ship / hold" and titles["May decide"].startswith("bob")
+    assert len(events(db, first.run_id, "notified")) == 1
+
+    with pytest.raises(airun_nb.SpecError) as bad:
+        Workflow.from_yaml(spec({"notify": {"url": base, "format": "discord"}}))
+    assert "notify format must be json, slack or teams" in str(bad.value)

@@ -329,9 +329,11 @@ def test_an_approval_whose_next_step_fails_says_where_it_failed(kernel: LiveKern
 def test_a_rejected_gate_that_rolls_back_says_each_thing_once(kernel: LiveKernel) -> None:
     msg_id = kernel.execute(_gate("release_no"))
     _click(kernel, msg_id, "Reject")
-    text = _settle(kernel, msg_id, "via widget; the run ", "WorkflowFailed")
-    assert "release_no · rolled_back" in text and "compensated" in text
-    assert text.count("was rejected by alice via widget") == 1, text
+    text = _settle(kernel, msg_id, "via widget; the run ", "release_no · rolled_back")
+    assert "compensated" in text
+    # a rejection is a decision: no WorkflowFailed line, the gate's row says "rejected"
+    assert "WorkflowFailed" not in text and " failed " not in text, text
+    assert re.search(r"review\s+approval\s+rejected\s.*?Rejected by alice", text, re.S), text
     assert repeated(text) == {}, text
     assert "Rejected by alice via widget; the run was rolled back." in text, text
     assert "rolling the run back" not in text and "release_no · waiting" not in text, text
@@ -363,11 +365,11 @@ def test_a_rejection_from_a_terminal_says_each_thing_once(kernel: LiveKernel, cw
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    text = _settle(kernel, msg_id, "via cli; the run ", "WorkflowFailed")
-    assert "release_cli · rolled_back" in text
-    assert text.count("was rejected by bob via cli") == 1, text
+    text = _settle(kernel, msg_id, "via cli: not today; the run ", "release_cli · rolled_back")
+    assert "WorkflowFailed" not in text, text
+    assert text.count("Rejected by bob: not today") == 1, text  # the gate's row
     assert repeated(text) == {}, text
-    assert "Rejected by bob via cli; the run was rolled back." in text, text
+    assert "Rejected by bob via cli: not today; the run was rolled back." in text, text
     assert text.count("release_cli · ") == 1 and "release_cli · waiting" not in text, text
     assert _last_status(kernel) == "rolled_back"
 

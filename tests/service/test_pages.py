@@ -7,6 +7,7 @@ tests/browser/test_approval_page.py; here the same pages are driven over HTTP.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,7 +80,7 @@ def test_a_token_login_then_a_form_decision_is_recorded_as_web(server: Server, e
         assert done.status_code == 303
         after = c.get(done.headers["location"])
         assert "Approved gate review" in after.text and "airun resume" in after.text
-        assert "approve by <b>bob</b> via web" in after.text
+        assert "Approved by <b>bob</b>" in after.text and "via web" in after.text
     row = airun_nb.approvals(run_id, db=env).iloc[0]
     assert (row["actor"], row["channel"], row["comment"]) == ("bob", "web", "fine by me")
 
@@ -169,3 +170,102 @@ def test_without_a_service_the_notification_has_no_link(env: Path) -> None:
     sent: list[dict[str, Any]] = []
     start(env, sent)
     assert sent[0]["link"] is None
+
+
+FORM_GATE: dict[str, Any] = {
+    "fields": {
+        "amount": {"type": "number", "required": True, "help": "EUR"},
+        "pin": {"type": "string", "secret": True},
+        "region": {"type": "choice", "choices": ["eu", "us"]},
+    },
+    "options": ["ship", "hold"],
+    "quorum": 2,
+}
+
+
+def test_the_page_shows_the_form_takes_it_and_counts_votes(server: Server, env: Path) -> None:
+    """The card shows who may decide, the typed inputs and the options; a wrong type comes back
+    as one line and records nothing; posting the same form twice records one vote; the card
+    says "1 of 2 approvals" until a second person approves, then "Approved by bob, carol"."""
+    run_id = start(env, **FORM_GATE)
+    with server.client() as c:
+        login(c, make_token(env, "bob"))
+        page = c.get(f"/runs/{run_id}/gates/review")
+        text = page.text
+        assert "Approval needed" in text
+        assert "may decide: anyone but alice, who started the run; 2 distinct approvals" in text
+        assert 'name="field.amount"' in text and 'type="number"' in text
+        assert 'name="field.pin"' in text and 'type="password"' in text
+        assert '<option value="eu"' in text and 'value="ship"' in text
+        request_id = re.search(r'name="request_id" value="([0-9a-f]+)"', text)
+        assert request_id
+        base = {"csrf": csrf_of(page), "decision": "approve", "option": "ship"}
+        bad = c.post(
+            f"/runs/{run_id}/gates/review/decide",
+            data={**base, "field.amount": "lots", "request_id": "a1"},
+        )
+        shown = c.get(bad.headers["location"]).text
+        assert "field &#39;amount&#39; must be a number" in shown
+        assert airun_nb.approvals(run_id, db=env)["votes"].isna().all()
+        good = {
+            **base,
+            "field.amount": "12.5",
+            "field.pin": "4321",
+            "field.region": "eu",
+            "request_id": request_id.group(1),
+        }
+        for _ in range(2):  # a double tap: the same form twice
+            done = c.post(f"/runs/{run_id}/gates/review/decide", data=good)
+            assert done.status_code == 303
+        after = c.get(done.headers["location"]).text
+        assert "1 of 2 approvals" in after and "Your vote on gate review" in after
+        assert "bob already approved this gate" in after  # the form is gone for bob
+    with server.client() as c:
+        login(c, make_token(env, "carol"))
+        page = c.get(f"/runs/{run_id}/gates/review")
+        done = c.post(
+            f"/runs/{run_id}/gates/review/decide",
+            data={"csrf": csrf_of(page), "decision": "approve", "request_id": "c1"},
+        )
+        after = c.get(done.headers["location"]).text
+        assert "Approved by bob, carol" in after and 'option <b class="option-chosen">ship' in after
+        assert "4321" not in after and "***" in after
+        run_page = c.get(f"/runs/{run_id}").text
+        assert "approved, waiting to resume" in run_page
+        assert "Cancel this run" not in run_page  # carol neither launched it nor is an admin
+    row = airun_nb.approvals(run_id, db=env).iloc[0]
+    votes = json.loads(row["votes"])
+    assert [(v["actor"], v["channel"]) for v in votes] == [("bob", "web"), ("carol", "web")]
+
+
+def test_a_rejected_run_reads_rejected_by_with_the_comment_not_failed(
+    server: Server, env: Path
+) -> None:
+    """After a person's rejection and the rollback, the run page shows the gate's step as
+    rejected with "Rejected by bob: <comment>" and the run as rolled back."""
+    run_id = start(env)
+    airun_nb.reject(run_id, "review", by="bob", comment="not this week", db=env)
+    Workflow.from_run(run_id, db=env).run(
+        db=env, namespace=dict(NAMESPACE, collect=print), resume=run_id
+    )
+    with server.client() as c:
+        login(c, make_token(env, "bob"))
+        page = c.get(f"/runs/{run_id}").text
+    assert "rolled back" in page
+    assert re.search(r'class="status s-rejected">rejected', page)
+    assert 's-failed">failed' not in page
+    assert "Rejected by bob: not this week" in page
+
+
+def test_the_approvals_page_counts_gates_and_sorts_them_by_deadline(
+    server: Server, env: Path
+) -> None:
+    """The heading counts the open gates; the gate due first comes first, with "due in ..."."""
+    later = start(env, name="later", timeout="5h")
+    sooner = start(env, name="sooner", timeout="2h")
+    with server.client() as c:
+        login(c, make_token(env, "bob"))
+        text = c.get("/approvals").text
+    assert re.search(r"id=.gate-count.>2<", text)
+    assert text.index(f"gate-{sooner}-review") < text.index(f"gate-{later}-review")
+    assert re.search(r"due in 1h 5\dm", text) and re.search(r"due in 4h 5\dm", text)

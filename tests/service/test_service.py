@@ -170,7 +170,7 @@ def test_approve_through_the_api_then_the_run_resumes_to_the_end(
             f"/v1/runs/{run.run_id}/gates/review/approve", json={"comment": "looks right"}
         )
         assert resp.status_code == 200, resp.text
-        assert resp.json()["decision"] == "approve" and resp.json()["actor"] == "bob"
+        assert resp.json()["decision"] == "approved" and resp.json()["by"] == ["bob"]
         assert open_for(c, run.run_id) == []
     row = gate_row(env.db, run.run_id)
     assert (row["actor"], row["channel"], row["comment"]) == ("bob", "api", "looks right")
@@ -187,7 +187,7 @@ def test_reject_through_the_api_rolls_the_run_back_when_it_resumes(
     run = start(env)
     with server.client(tokens["carol"]) as c:
         resp = c.post(f"/v1/runs/{run.run_id}/gates/review/reject", json={"comment": "no"})
-        assert resp.status_code == 200 and resp.json()["decision"] == "reject"
+        assert resp.status_code == 200 and resp.json()["decision"] == "rejected"
         detail = c.get(f"/v1/runs/{run.run_id}").json()
     assert detail["gates"][0]["status"] == "rejected"
     assert {s["step_id"] for s in detail["steps"]} == {"prepare", "review", "ship"}
