@@ -4,6 +4,7 @@ runs stored before resume after."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
@@ -88,6 +89,11 @@ def _doc_texts() -> list[str]:
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         texts += re.findall(r"```yaml\n(.*?)```", path.read_text(), re.S)
     texts += [p.read_text() for p in sorted((ROOT / "examples").rglob("*.y*ml"))]
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):  # their %%workflow cells
+        for cell in json.loads(notebook.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and source.startswith("%%workflow"):
+                texts.append(source.partition("\n")[2])
     return texts
 
 

@@ -289,8 +289,7 @@ HOLD_RAW = textwrap.dedent(
 def test_store_locked_by_a_plain_duckdb_process_is_a_clear_busy_error(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    airun_nb.runs(db=db)  # create the store
-    Store.open(db).release()
+    Store.open(db).release()  # create the store
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLD_RAW, str(db)],
         stdout=subprocess.PIPE,

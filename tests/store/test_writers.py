@@ -54,6 +54,8 @@ from pathlib import Path
 import airun_nb
 db, stop = Path(sys.argv[1]), Path(sys.argv[2])
 reads = 0
+while not db.exists() and not stop.exists():  # reading never creates the store: wait for it
+    time.sleep(0.01)
 while not stop.exists():
     airun_nb.runs(db=db)
     reads += 1
