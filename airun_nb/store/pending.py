@@ -78,8 +78,7 @@ def latest_run(store: Store, workflow: str) -> dict[str, Any] | None:
                 best = row
         cache.rows[workflow] = best
         store.as_found = True  # its runs were read: what is kept beside it can be trusted
-        if store.heads.read(workflow) is None:  # the whole truth, under the lease
-            store.heads.settle(workflow, best)
+        store.heads.settle(workflow, best)  # the whole truth, under the lease
         return dict(best) if best is not None else None
 
 
