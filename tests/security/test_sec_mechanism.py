@@ -148,6 +148,12 @@ class _Server:
 
 
 @pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the examples' workspaces go (pytest's own temporary folders, cleaned by it)."""
+    return tmp_path_factory.mktemp("mechanism")
+
+
+@pytest.fixture(scope="module")
 def server() -> Iterator[_Server]:
     s = _Server()
     yield s
@@ -155,11 +161,11 @@ def server() -> Iterator[_Server]:
 
 
 def run_under_agent_policy(
-    *texts: str, policy_text: str = AGENT_POLICY
+    parent: Path, *texts: str, policy_text: str = AGENT_POLICY
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run workflows in one child process under the agent policy, one after the other in a
-    fresh workspace; (the workspace, one report per workflow)."""
-    base = Path(tempfile.mkdtemp(prefix="airun-mech-"))
+    fresh workspace under ``parent``; (the workspace, one report per workflow)."""
+    base = Path(tempfile.mkdtemp(prefix="mech-", dir=parent))
     root = base / "ws"
     root.mkdir()
     (root / "data.txt").write_text("precious data\n")
@@ -212,7 +218,9 @@ def violations(root: Path, report: dict[str, Any]) -> list[list[str]]:
     database=None,  # nothing written beside the tests
 )
 @given(data=st.data())
-def test_no_workflow_acts_beyond_the_agent_policy(server: _Server, data: st.DataObject) -> None:
+def test_no_workflow_acts_beyond_the_agent_policy(
+    server: _Server, scratch: Path, data: st.DataObject
+) -> None:
     """Whatever random workflows do, under the agent policy nothing runs a process, executes
     step code, opens a socket or writes outside the workspace."""
     count = data.draw(st.integers(1, 4), label="workflows")
@@ -220,7 +228,7 @@ def test_no_workflow_acts_beyond_the_agent_policy(server: _Server, data: st.Data
         data.draw(workflows(server.url, f"attack{i}"), label=f"workflow {i}") for i in range(count)
     ]
     hits = len(server.hits)
-    root, reports = run_under_agent_policy(*texts)
+    root, reports = run_under_agent_policy(scratch, *texts)
     for text, report in zip(texts, reports, strict=True):
         bad = violations(root, report)
         assert not bad, (
@@ -229,17 +237,19 @@ def test_no_workflow_acts_beyond_the_agent_policy(server: _Server, data: st.Data
     assert len(server.hits) == hits, f"the workflows reached the network\n{texts}"
 
 
-def test_the_oracle_sees_what_it_must() -> None:
+def test_the_oracle_sees_what_it_must(tmp_path: Path) -> None:
     """The hook and the oracle are not blind: under the agent policy a workflow of allowed
     actions is clean; under a policy that allows code, a python step's process is seen."""
     root, (report,) = run_under_agent_policy(
+        tmp_path,
         "name: clean\nsteps:\n  - {id: a, call: ok}\n  - {id: b, sql: SELECT 1}\n"
-        "  - id: c\n    capability: fs.write\n    with: {path: out.txt, content: x}\n"
+        "  - id: c\n    capability: fs.write\n    with: {path: out.txt, content: x}\n",
     )
     assert report["status"] == "completed", report
     assert violations(root, report) == []
     assert (root / "out.txt").read_text() == "x"
     root, (report,) = run_under_agent_policy(
+        tmp_path,
         "name: code\nsteps:\n  - {id: a, python: \"import os\\nos.system('true')\"}\n",
         policy_text="default: allow\n",
     )
