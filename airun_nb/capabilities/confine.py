@@ -66,7 +66,6 @@ def trusted_files(workspace_root: Path | None = None) -> list[tuple[Path, str]]:
     file and every file that would become it when written (``airun.yaml``, ``pyproject.toml``
     in the working directory or a parent, ``AIRUN_CONFIG``), the policy files, the secrets file
     (``.env``, ``AIRUN_DOTENV``), the signing key and the user's airun_nb config folder."""
-    from airun_nb.governance import policy, secrets
     from airun_nb.settings import environment
     from airun_nb.settings import file as settings
 
@@ -78,12 +77,12 @@ def trusted_files(workspace_root: Path | None = None) -> list[tuple[Path, str]]:
             (Path(workspace_root) / n, "a settings file") for n in ("airun.yaml", "pyproject.toml")
         ]
     try:
-        out += [(p, "a policy file") for p in policy.files()]
+        out += [(p, "a policy file") for p in settings.policy_files()]
         out.append((settings.key_file(), "the signing key"))
     except AirunError:
         out.append((environment.key_file(), "the signing key"))
     out += [(place / ".env", "the secrets file .env") for place in places]
-    out.append((secrets.dotenv_path(), "the secrets file"))
+    out.append((settings.dotenv_path(), "the secrets file"))
     out.append((environment.config_dir(), "the airun_nb config folder"))
     return [(_real(p), what) for p, what in out]
 

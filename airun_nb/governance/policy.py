@@ -40,6 +40,7 @@ import yaml
 from airun_nb import capabilities
 from airun_nb.errors import AirunError
 from airun_nb.governance import seedpolicy as policy_dialect
+from airun_nb.settings import environment
 from airun_nb.settings import file as settings
 from airun_nb.settings.environment import current as settings_now
 from airun_nb.yamlreader import safe as yamlsafe
@@ -442,6 +443,7 @@ def load_file(path: str | os.PathLike[str], *, check_capabilities: bool = True) 
 
 def configure(path: str | os.PathLike[str] | None) -> None:
     """Set the policy file for this process (what ``%config Workflow.policy`` does)."""
+    environment.configure(policy=None if path is None else str(path))
     if path is None:
         _configured.pop("path", None)
     else:
@@ -470,18 +472,7 @@ def current() -> Policy:
 
 def files() -> list[Path]:
     """The policy files in force or configured (trusted files: no workflow may reach them)."""
-    out = [
-        Path(p).expanduser() for p in (_configured.get("path"), os.environ.get("AIRUN_POLICY")) if p
-    ]
-    try:
-        conf = settings.load().get("policy")
-    except settings.SettingsError:
-        conf = None
-    if isinstance(conf, str):
-        base = settings.settings_path()
-        p = Path(conf).expanduser()
-        out.append(base.parent / p if base is not None and not p.is_absolute() else p)
-    return out
+    return settings.policy_files()
 
 
 def all_roles() -> dict[str, list[str]]:

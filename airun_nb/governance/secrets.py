@@ -14,6 +14,7 @@ so a transformed secret (``| reverse``, ``.encode().hex()``, a slice) is redacte
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -23,8 +24,6 @@ from typing import Any
 from airun_nb.errors import TemplateError
 from airun_nb.governance import audit as auditlog
 from airun_nb.settings import file as settings
-from airun_nb.settings.environment import current as settings_now
-from airun_nb.spec import templates
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -34,7 +33,7 @@ class SecretWarning(UserWarning):
 
 
 def dotenv_path() -> Path:
-    return Path(settings_now().dotenv or ".env").expanduser()
+    return settings.dotenv_path()
 
 
 def _dotenv() -> dict[str, str]:
@@ -67,16 +66,13 @@ def lookup(name: str) -> str | None:
             f"secret '{name}' is not declared: the owner lists the secrets workflows may read "
             f"in the settings (secrets: [{name}] in airun.yaml, or AIRUN_SECRETS)"
         )
-    templates.note_secret_read()
+    note_read()
     value = os.environ.get(name)
     if value is None:
         value = _dotenv().get(name)
     if value is not None:
         auditlog.register_secret(value)
     return value
-
-
-templates.TAINT_HOOKS.append(auditlog.register_secret)  # a rendered value that read a secret
 
 
 class Secrets(Mapping[str, str]):
@@ -146,3 +142,16 @@ def literal_warnings(with_: Any, *, step: str, path: str = "with") -> list[str]:
         for i, v in enumerate(with_):
             out += literal_warnings(v, step=step, path=f"{path}[{i}]")
     return out
+
+
+# How many secret values templates have read in this context: a render that read one is
+# redacted whole (see airun_nb.spec.templates).
+_READS: contextvars.ContextVar[int] = contextvars.ContextVar("secret_reads", default=0)
+
+
+def note_read() -> None:
+    _READS.set(_READS.get() + 1)
+
+
+def reads() -> int:
+    return _READS.get()

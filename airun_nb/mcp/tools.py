@@ -147,7 +147,7 @@ class Tools:
 
     # -- validate ----------------------------------------------------------------------------
     def validate_workflow(self, text: str) -> dict[str, Any]:
-        from airun_nb.cli.migrate import problems  # the checks of `airun validate`
+        from airun_nb.spec.validation import problems  # the checks of `airun validate`
 
         self._check_size("validate_workflow", text)
         with tempfile.TemporaryDirectory(prefix="airun-mcp-") as folder:

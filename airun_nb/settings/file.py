@@ -169,6 +169,27 @@ def trust_stored_code() -> bool:
     return load().get("trust_stored_code") is True or environment.trust_stored_code()
 
 
+def policy_files() -> list[Path]:
+    """The policy files in force or configured (trusted files: no workflow may reach them):
+    ``%config Workflow.policy`` or ``AIRUN_POLICY``, and ``policy:`` in the settings."""
+    override = current().policy
+    out = [Path(override).expanduser()] if override else []
+    try:
+        conf = load().get("policy")
+    except SettingsError:
+        conf = None
+    if isinstance(conf, str):
+        base = settings_path()
+        p = Path(conf).expanduser()
+        out.append(base.parent / p if base is not None and not p.is_absolute() else p)
+    return out
+
+
+def dotenv_path() -> Path:
+    """The secrets file: ``AIRUN_DOTENV``, else ``.env`` in the working directory."""
+    return Path(current().dotenv or ".env").expanduser()
+
+
 def candidate_paths() -> list[Path]:
     """Every file that is, or would become, the settings file when written: ``AIRUN_CONFIG``,
     ``airun.yaml`` in the working directory and ``pyproject.toml`` there and in each parent."""

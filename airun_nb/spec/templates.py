@@ -17,7 +17,6 @@ in a ``python:`` or ``call:`` step, where the policy sees it.
 
 from __future__ import annotations
 
-import contextvars
 import datetime
 import decimal
 import json
@@ -34,7 +33,9 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from airun_nb.errors import TemplateError
+from airun_nb.governance.secrets import reads as secret_reads
 from airun_nb.settings import caps
+from airun_nb.store.redaction import register_secret
 
 _PLAIN = (
     str,
@@ -59,26 +60,19 @@ _PLAIN = (
 _MAX_REPEAT = 10_000_000  # items or characters of a `'x' * n` or `[0] * n`
 
 
-# Secret taint: the ``secrets`` namespace calls :func:`note_secret_read` for every value it
-# gives a template. A template that read one renders to a string that is registered, whole,
-# with every hook of TAINT_HOOKS (the redactor), so no filter (``| reverse``, ``| b64encode``,
+# Secret taint: the ``secrets`` namespace counts every value it gives a template
+# (:func:`airun_nb.governance.secrets.reads`). A template that read one renders to a string that
+# is registered, whole, with the redactor, so no filter (``| reverse``, ``| b64encode``,
 # ``.encode().hex()``, a slice) carries the secret past redaction; its error messages are
 # withheld.
-_SECRET_READS: contextvars.ContextVar[int] = contextvars.ContextVar("secret_reads", default=0)
-TAINT_HOOKS: list[Callable[[str], None]] = []
-
-
-def note_secret_read() -> None:
-    _SECRET_READS.set(_SECRET_READS.get() + 1)
 
 
 def _tainted(value: Any, before: int) -> Any:
     """``value`` as rendered; when the render read a secret, as a string registered whole."""
-    if _SECRET_READS.get() == before or isinstance(value, bool) or value is None:
+    if secret_reads() == before or isinstance(value, bool) or value is None:
         return value
     text = value if isinstance(value, str) else str(value)
-    for hook in TAINT_HOOKS:
-        hook(text)
+    register_secret(text)
     return text
 
 
@@ -207,11 +201,11 @@ def render_shell(command: str, context: Mapping[str, Any], *, step: str, field: 
     never add words, pipes or commands (``{{ name }}`` with ``x; rm -rf ~`` stays one word)."""
     if not has_template(command):
         return command
-    before = _SECRET_READS.get()
+    before = secret_reads()
     try:
         rendered = SHELL_ENV.from_string(command).render(**safe_context(context))
     except Exception as exc:
-        tainted = _SECRET_READS.get() != before
+        tainted = secret_reads() != before
         raise _failure(exc, command, step=step, field=field, tainted=tainted) from None
     return str(_tainted(rendered, before))
 
@@ -323,11 +317,11 @@ def _render(value: Any, context: Mapping[str, Any], *, step: str, field: str) ->
     if isinstance(value, str):
         if not has_template(value):
             return value
-        before = _SECRET_READS.get()
+        before = secret_reads()
         try:
             rendered = _compiled(value)(context)
         except Exception as exc:
-            tainted = _SECRET_READS.get() != before
+            tainted = secret_reads() != before
             raise _failure(exc, value, step=step, field=field, tainted=tainted) from None
         return _tainted(rendered, before)
     if isinstance(value, Mapping):
