@@ -21,6 +21,7 @@ from airun_nb.engine.state import (
     PENDING,
     ROLLBACK_FAILED,
     ROLLING_BACK,
+    RUN_TRANSITIONS,
     RUNNING,
     S_INTERRUPTED,
     S_RUNNING,
@@ -196,7 +197,13 @@ class Ledger:
                 st.status = S_INTERRUPTED
                 recs.append(self.step_record(st))
         new = ROLLBACK_FAILED if rolling_back else FAILED
-        check_run(self.status, new, self.run_id)
+        if new not in RUN_TRANSITIONS.get(self.status, set()):
+            # The run already reached an end state, which stands; a later write failed.
+            from airun_nb.errors import StoreError
+
+            late = StoreError(f"run {self.run_id} is {self.status}, but then: {error}")
+            late.__suppress_context__ = True
+            return late
         self.error = self.error or error
         self.status = new
         self.finished_at = time.time()
@@ -219,10 +226,15 @@ class Ledger:
     def set_status(self, status: str, **detail: Any) -> None:
         """Move the run to ``status``; the run record and its ``run_<status>`` event."""
         check_run(self.status, status, self.run_id)
+        before = (self.status, self.finished_at)
         self.status = status
         if status in TERMINAL or status in (FAILED, INTERRUPTED, WAITING):
             self.finished_at = time.time()
-        self.write([self.run_record(), self.event(f"run_{status}", **detail)])
+        try:
+            self.write([self.run_record(), self.event(f"run_{status}", **detail)])
+        except BaseException:
+            self.status, self.finished_at = before  # not recorded: the run is where it was
+            raise
 
     def begin(
         self,

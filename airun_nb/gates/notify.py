@@ -51,7 +51,7 @@ def notify(
                 )
                 opener = urllib.request.build_opener()
                 if egress is not None:
-                    network.check_destination(t, egress)
+                    network.check_destination(url, egress)
                     opener = urllib.request.build_opener(network._CheckedRedirects(egress))
                 with opener.open(req, timeout=5) as resp:
                     resp.read()

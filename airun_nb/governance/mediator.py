@@ -65,6 +65,8 @@ def of_notify(target: Any) -> Action | None:
     name a ``python.call``; a Python callable given by the notebook's own code is trusted."""
     if callable(target):
         return None
+    if isinstance(target, dict) and isinstance(target.get("url"), str):
+        target = target["url"]  # a chat webhook ({url, format}) is a POST like any other
     if isinstance(target, str) and target.startswith(("http://", "https://")):
         return Action(
             "http.request", capabilities.risk_of("capability", "http.request", None), what="notify"

@@ -78,17 +78,36 @@ G_OPEN, G_APPROVED, G_REJECTED, G_EXPIRED, G_CANCELLED = (
 GATE_STATUSES = (G_OPEN, G_APPROVED, G_REJECTED, G_EXPIRED, G_CANCELLED)
 
 # Which run status may follow which. A run (re)starts as running from any unfinished status, a
-# rollback may start from any status but rolled_back and cancelled, and a run nobody wants any
-# more ends cancelled (with or without a rollback first).
+# rollback may start from any status but rolled_back and cancelled (and may fail before its first
+# compensation: rollback_failed), and a run nobody wants any more ends cancelled (with or without
+# a rollback first).
 RUN_TRANSITIONS: dict[str, set[str]] = {
     # (pending -> failed / rollback_failed: an error before the run got going is recorded too)
     PENDING: {RUNNING, ROLLING_BACK, CANCELLED, FAILED, ROLLBACK_FAILED},
     # running -> cancelled: a run whose process died (a live owner is refused before this)
-    RUNNING: {RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED, ROLLING_BACK, CANCELLED},
-    WAITING: {RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED, ROLLING_BACK, CANCELLED},
-    FAILED: {RUNNING, ROLLING_BACK, CANCELLED},
-    INTERRUPTED: {RUNNING, ROLLING_BACK, CANCELLED},
-    COMPLETED: {RUNNING, ROLLING_BACK},
+    RUNNING: {
+        RUNNING,
+        WAITING,
+        COMPLETED,
+        FAILED,
+        INTERRUPTED,
+        ROLLING_BACK,
+        CANCELLED,
+        ROLLBACK_FAILED,
+    },
+    WAITING: {
+        RUNNING,
+        WAITING,
+        COMPLETED,
+        FAILED,
+        INTERRUPTED,
+        ROLLING_BACK,
+        CANCELLED,
+        ROLLBACK_FAILED,
+    },
+    FAILED: {RUNNING, ROLLING_BACK, CANCELLED, ROLLBACK_FAILED},
+    INTERRUPTED: {RUNNING, ROLLING_BACK, CANCELLED, ROLLBACK_FAILED},
+    COMPLETED: {RUNNING, ROLLING_BACK, ROLLBACK_FAILED},
     # (completed: the last N steps of a completed run were undone, `rollback --steps N`)
     ROLLING_BACK: {ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED, INTERRUPTED, COMPLETED},
     ROLLBACK_FAILED: {ROLLING_BACK},

@@ -229,6 +229,12 @@ def test_three_kernels_and_a_terminal_on_one_store_lose_nothing_and_never_see_a_
         end = time.monotonic() + SOAK_SECONDS
         for s in soakers:
             s.send()
+        # A terminal reads an existing store (reading never creates one): it starts once the
+        # kernels' first run has made the file.
+        made = time.monotonic() + CLI_TIMEOUT
+        while not db.exists() and time.monotonic() < made:
+            time.sleep(0.05)
+        assert db.exists(), "no kernel made the store"
         cli.start_next()
         while any(s.pending for s in soakers) or time.monotonic() < end:
             for s in soakers:

@@ -60,8 +60,10 @@ def _ledger(path: Path) -> Counter[str]:
 
 
 def _cli(tmp_path: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
+    keep = ("AIRUN_CONFIG_DIR",)  # the signing key the notebook's stored code was signed with
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_") or k in keep}
     env.update(
+        AIRUN_CALL_MODULES="*",  # the owner lets `call:` reach the test's modules
         AIRUN_DB=str(db),
         AIRUN_USER="alice",
         AIRUN_IDENTITY="env",
@@ -128,7 +130,8 @@ def test_a_resumed_run_never_runs_a_finished_step_again(
             approved = _cli(tmp_path, db, "approve", run_id, "gate")
             assert approved.returncode == 0, approved.stderr
         if way == "cli":
-            done = _cli(tmp_path, db, "resume", run_id)
+            trust = ["--trust-stored-code"] if code == "stored" else []  # the resuming side opts in
+            done = _cli(tmp_path, db, "resume", run_id, *trust)
             assert done.returncode == 0, done.stdout + done.stderr
             said = [line for line in done.stderr.splitlines() if "changed since" in line]
             assert len(said) == (1 if changed else 0), done.stderr

@@ -64,16 +64,25 @@ def test_validate_exits_10_on_invalid_yaml(world: World) -> None:
 
 
 def test_yaml_tags_in_an_input_are_one_line(world: World) -> None:
-    """`--input x=!!python/object/apply:os.system [...]` is refused in one line; nothing runs."""
+    """`--input x=!!python/object/apply:os.system [...]` never builds an object: an input is
+    text unless the workflow types it, so the tag stays text (a typed param refuses it in one
+    line); nothing runs."""
     flow = world.root.parent / "flow.yaml"
     flow.write_text("name: f\nsteps:\n  - {id: a, sql: SELECT 1}\n")
     pwned = world.outside / "pwned"
     out = airun(
         "exec", str(flow), "--input", f"x=!!python/object/apply:os.system ['touch {pwned}']"
     )
+    assert out.returncode == 0, out  # the run completed; x was the text it was given
+    assert "Traceback" not in out.stderr
+    assert not pwned.exists()
+    typed = world.root.parent / "typed.yaml"
+    typed.write_text("name: t\nparams: {x: 1}\nsteps:\n  - {id: a, sql: SELECT 1}\n")
+    out = airun(
+        "exec", str(typed), "--input", f"x=!!python/object/apply:os.system ['touch {pwned}']"
+    )
     assert out.returncode == 10, out
-    line = one_line(out.stderr)
-    assert "--input x" in line and "python/object" in line
+    assert "--input x" in one_line(out.stderr)
     assert not pwned.exists()
 
 
@@ -87,7 +96,7 @@ def test_yaml_tags_in_a_fork_param_are_one_line(world: World) -> None:
 def test_exec_exit_code_is_not_read_from_the_error_words(world: World) -> None:
     """A step whose own error says 'denied by the policy ... refused ... timed out' does not
     make `exec` report a denial (11), a sandbox refusal (12) or a timeout (15): the run failed
-    and rolled back, which is exit 0 with status rolled_back."""
+    and rolled back, which is the old bridge's 20 with status rolled_back."""
     flow = world.root.parent / "liar.yaml"
     flow.write_text(
         "name: liar\nsteps:\n  - id: a\n    python: |\n"
@@ -96,7 +105,7 @@ def test_exec_exit_code_is_not_read_from_the_error_words(world: World) -> None:
     out = airun("exec", str(flow), "--json")
     record = json.loads(out.stdout.strip().splitlines()[-1])
     assert record["status"] == "rolled_back"
-    assert out.returncode == 0, out
+    assert out.returncode == 20, out
 
 
 def test_exec_reports_a_real_denial_as_11(world: World) -> None:

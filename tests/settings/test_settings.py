@@ -25,7 +25,7 @@ def test_the_settings_follow_the_environment(
     monkeypatch.setenv("AIRUN_LOCK_TIMEOUT", "soon")
     monkeypatch.delenv("AIRUN_SYNC")
     now = environment.current()
-    assert (now.db, now.lock_timeout, now.sync_mode) == (tmp_path / "b.duckdb", 30.0, "off")
+    assert (now.db, now.lock_timeout, now.sync_mode) == (tmp_path / "b.duckdb", 30.0, "group")
 
 
 def test_config_db_stays_in_the_kernel(
