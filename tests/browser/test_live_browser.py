@@ -197,7 +197,11 @@ def test_the_running_row_ticks_and_the_error_line_names_the_cell(jupyter) -> Non
     )
 
     # (d) the error line names the notebook cell, once, in the failed step's row drawn in red
-    wait_for(lambda: "(at Cell In[3], line 3)" in page.output_text(), "the error line", 90)
+    def failed_said() -> bool:  # the failed row, then the cell's one error line under it
+        seen = page.output_text()
+        return "(at Cell In[3], line 3)" in seen and "WorkflowFailed: run r-" in seen
+
+    wait_for(failed_said, "the error line", 90)
     text = page.output_text()
     assert "KeyError: 'amout' (at Cell In[3], line 3)" in text
     assert text.count("KeyError: 'amout'") == 1, text
