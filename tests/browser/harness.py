@@ -620,6 +620,9 @@ class LabPage:
                  return true;
                }"""
         )
+        prompts = """() => [...document.querySelectorAll(
+                 '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')].map(p => p.textContent)"""
+        before = None if ok else self.page.evaluate(prompts)
         if not ok:
             self._run_all_via_menu()
         if not wait:
@@ -637,7 +640,16 @@ class LabPage:
             if err:
                 raise self.fail(f"notebook:run-all-cells failed: {err}")
         else:
-            time.sleep(0.5)  # let the menu command mark cells as queued
+            # the menu marks cells queued ([*]) or runs them ([n]): wait until a prompt changed
+            try:
+                self.page.wait_for_function(
+                    f"before => JSON.stringify(({prompts})()) !== JSON.stringify(before)",
+                    arg=before,
+                    timeout=max(1.0, deadline - time.monotonic()) * 1000,
+                    polling=100,
+                )
+            except Exception:
+                raise self.fail("Run All Cells from the menu queued no cell") from None
         self.wait_idle(max(1.0, deadline - time.monotonic()))
 
     def _run_all_via_menu(self) -> None:

@@ -36,8 +36,10 @@ steps:
   - id: nap
     retry: {attempts: 2}
     python: |
-      import time
-      time.sleep(4)
+      import os, time
+      t0 = time.monotonic()  # rests until the test has watched it run (a file says so)
+      while not os.path.exists("rested.flag") and time.monotonic() - t0 < 240:
+          time.sleep(0.05)
       result = "rested"
 """
 
@@ -68,6 +70,11 @@ steps:
       open("shipped.txt", "w").write("yes")
       result = "shipped"
 """
+
+
+def _released_by(flag: Path) -> str:
+    """The slow cell, its step resting until ``flag`` exists."""
+    return LIVE.replace('"rested.flag"', repr(str(flag)))
 
 
 def _notebook(path: Path, cells: list[str]) -> None:
@@ -158,7 +165,7 @@ def test_the_running_row_ticks_and_the_error_line_names_the_cell(jupyter) -> Non
     db = jupyter.root / "airun.duckdb"
     _notebook(
         jupyter.root / "live.ipynb",
-        ["%load_ext airun_nb", LIVE, FAILING, FAILING_CELL],
+        ["%load_ext airun_nb", _released_by(jupyter.root / "rested.flag"), FAILING, FAILING_CELL],
     )
     page = jupyter.start(env=_env(db, "alice"))
     page.open_notebook("live.ipynb")
@@ -182,6 +189,7 @@ def test_the_running_row_ticks_and_the_error_line_names_the_cell(jupyter) -> Non
     origin = row.bounding_box()
     second = page.element_screenshot(row, jupyter.shot("running-row-2"))
     _page_shot(page, jupyter.shot("running"), "attempt 1 of 2")
+    (jupyter.root / "rested.flag").write_text("seen")  # the step may end now
     a, b = _picture(first), _picture(second)
     assert a.size[0] > 300 and a.size[1] >= 12, a.size
     assert _inked(a) > 0.02, "the running row's picture is blank"
@@ -219,7 +227,8 @@ def test_the_running_row_ticks_and_the_error_line_names_the_cell(jupyter) -> Non
 @pytest.mark.timeout(300)
 def test_the_timeline_image_appears_in_a_fresh_kernel(jupyter) -> None:
     db = jupyter.root / "airun.duckdb"
-    text = LIVE.split("\n", 1)[1].replace("sleep(4)", "sleep(0.1)")
+    (jupyter.root / "rested.flag").write_text("no need to wait")
+    text = _released_by(jupyter.root / "rested.flag").split("\n", 1)[1]
     run = airun_nb.Workflow.from_yaml(text, name="slow")
     res = run.run(db=db)
     _notebook(jupyter.root / "tl.ipynb", ["%load_ext airun_nb", f"%workflow timeline {res.run_id}"])

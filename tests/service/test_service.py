@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,13 +263,15 @@ def test_the_event_stream_delivers_a_runs_transitions_in_order(
     server: Server, env: Ctx, tokens: dict[str, str]
 ) -> None:
     seen: list[dict[str, Any]] = []
+    target: list[str] = []  # the run whose run_completed ends the listening
     ready = threading.Event()
     done = threading.Event()
 
     def listen() -> None:
         with (
             server.client(tokens["bob"]) as c,
-            c.stream("GET", "/v1/events", timeout=httpx.Timeout(60, read=60)) as resp,
+            # from the store's first event: nothing the run does can fall before the cursor
+            c.stream("GET", "/v1/events?after=0", timeout=httpx.Timeout(60, read=60)) as resp,
         ):
             assert resp.headers["content-type"].startswith("text/event-stream")
             ready.set()
@@ -280,15 +281,15 @@ def test_the_event_stream_delivers_a_runs_transitions_in_order(
                     event = line.split(":", 1)[1].strip()
                 elif line.startswith("data:") and event == "transition":
                     seen.append(json.loads(line.split(":", 1)[1]))
-                    if seen[-1]["kind"] == "run_completed":
+                    if seen[-1]["kind"] == "run_completed" and seen[-1]["run_id"] in target:
                         done.set()
                         return
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     assert ready.wait(30), "the stream did not open"
-    time.sleep(0.6)  # the stream starts "now": let it take its first look before the run starts
     run = start(env)
+    target.append(run.run_id)
     with server.client(tokens["bob"]) as c:
         assert c.post(f"/v1/runs/{run.run_id}/gates/review/approve").status_code == 200
     assert resume(env, run.run_id).status == "completed"
