@@ -75,7 +75,8 @@ _EXECUTING = ("running", "rolling_back")
 
 def redact(text: str) -> str:
     """``text`` with the password of every URL in it replaced (``user:***@``)."""
-    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*):[^\s@/]*@", r"\1:***@", text)
+    # (``:/`` too: the same URL after it went through a file path, which folds ``//``)
+    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2}[^\s:/@]*):[^\s@/]*@", r"\1:***@", text)
 
 
 def executing(row: Mapping[str, Any]) -> bool:
@@ -370,7 +371,9 @@ def copy_run(
     ``trust_stored_code`` the copy's stored code and pickled outputs are signed with this
     user's key (:func:`reseal`)."""
     if _same(source, dest):
-        raise StoreError(f"{dest.path} is the store run {run_id} is in; nothing copied")
+        raise StoreError(
+            f"the source and the destination are one store ({dest.path}); nothing copied"
+        )
     bundle = unseal(source.export_run(run_id))
     if trust_stored_code:
         bundle = reseal(bundle)
