@@ -48,6 +48,7 @@ import duckdb
 
 from airun_nb.errors import RunNotFound, StoreError
 from airun_nb.store import signing
+from airun_nb.store.crashpoints import crashpoint
 from airun_nb.store.owner import owner_alive
 from airun_nb.store.schema import _TS, SCHEMA_VERSION, TABLES, quote_ident
 
@@ -285,11 +286,15 @@ def import_run(store: Store, bundle: Bundle) -> None:
                     con.execute(f"{verb} outputs.{quote_ident(name)} AS SELECT * FROM __airun_copy")
                 finally:
                     con.unregister("__airun_copy")
+            crashpoint("import:before_commit")
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
+    # Rows came in behind the journal's back: what this process and the heads folder remember
+    # of the latest run of each workflow is read again from DuckDB.
+    store.folds += 1
     store.heads.forget(str(run.get("workflow")))
 
 

@@ -41,9 +41,14 @@ steps:
 """
 
 
-def airun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def airun(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*AIRUN, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=dict(os.environ)
+        [*AIRUN, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
     )
 
 
@@ -109,6 +114,25 @@ def test_a_second_pull_is_refused_unless_replaced(tmp_path: Path, team_run: str)
     )
     again = airun(*args, "--replace", cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.startswith(f"pulled {team_run}:"), again.stderr
+
+
+def test_a_pull_killed_before_it_commits_leaves_nothing(tmp_path: Path, team_run: str) -> None:
+    """A pull SIGKILLed just before its transaction commits leaves a destination that opens
+    and holds no part of the run (no rows, no output table); the next pull copies it whole."""
+    args = ("pull", team_run, "--from", "team.duckdb", "--db", "mine.duckdb")
+    killed = airun(*args, cwd=tmp_path, AIRUN_CRASH_AT="import:before_commit")
+    assert killed.returncode == -9, killed.stderr
+    mine = Store.open(tmp_path / "mine.duckdb")
+    assert not mine.has_run(team_run)
+    assert mine.query("SELECT count(*) FROM steps")[0][0] == 0
+    assert mine.query(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'outputs'"
+    ) == [(0,)]
+    mine.release()
+    again = airun(*args, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith(f"pulled {team_run}: 4 steps"), (
+        again.stderr
+    )
 
 
 def test_bad_stores_are_one_line(tmp_path: Path, team_run: str) -> None:
