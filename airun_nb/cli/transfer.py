@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -48,6 +48,16 @@ def _open(where: str | Path | None, *, create: bool, flag: str) -> Backend:
         raise
 
 
+def _parent(bundle: dict[str, Any], dest: Backend, where: str) -> str:
+    """A fork reuses outputs of the run it was forked from: say when that run is not there."""
+    parent = (bundle.get("runs") or [{}])[0].get("forked_from")
+    if not parent or dest.run_row(str(parent)) is not None:
+        return ""
+    return (
+        f" (forked from {parent}, which is not in {where}: copy it too for the outputs it reuses)"
+    )
+
+
 def _run(do: Callable[[], str]) -> None:
     """Run ``do()``; an error is one line, with every URL's password hidden."""
     try:
@@ -77,7 +87,7 @@ def push_cmd(run_id: str, to: str, db: str | None, replace: bool) -> None:
         source = _open(db, create=False, flag="--db or AIRUN_DB")
         dest = _open(to, create=False, flag="--to")
         bundle = transfer.copy_run(source, dest, run_id, replace=replace)
-        return f"pushed {run_id}: {transfer.summary(bundle)} to {to}"
+        return f"pushed {run_id}: {transfer.summary(bundle)} to {to}" + _parent(bundle, dest, to)
 
     _run(do)
 
@@ -114,7 +124,8 @@ def pull_cmd(
         bundle = transfer.copy_run(
             source, dest, run_id, replace=replace, trust_stored_code=trust_stored_code
         )
-        return f"pulled {run_id}: {transfer.summary(bundle)} from {from_}"
+        line = f"pulled {run_id}: {transfer.summary(bundle)} from {from_}"
+        return line + _parent(bundle, dest, db or "this store")
 
     _run(do)
 

@@ -103,6 +103,12 @@ def test_pull_fork_and_push_back(tmp_path: Path, team_run: str) -> None:
     assert re.search(rf"{team_run}\s+report\s+failed", runs), runs
     assert re.search(rf"{fix_id}\s+report\s+completed", runs), runs
 
+    third = airun("pull", fix_id, "--from", "team.duckdb", "--db", "third.duckdb", cwd=tmp_path)
+    assert third.stdout.rstrip().endswith(
+        f"from team.duckdb (forked from {team_run}, which is not in third.duckdb: copy it too "
+        "for the outputs it reuses)"
+    ), third.stdout + third.stderr
+
 
 def test_a_second_pull_is_refused_unless_replaced(tmp_path: Path, team_run: str) -> None:
     """Pulling a run that is already here is one line and copies nothing; --replace copies."""
