@@ -337,3 +337,47 @@ def test_arrow_outputs_round_trip(stores: tuple[Store, Store]) -> None:
     run = wf.run(db=team.path, namespace={"make": lambda: table})
     transfer.copy_run(team, mine, run.run_id)
     assert load_run(run.run_id, db=mine.path).outputs["t"].equals(table)
+
+
+NOTEBOOK = """
+on_failure: stop
+steps:
+  - id: load
+    python: result = 21
+  - id: compute
+    needs: [load]
+    call: compute
+    with: {x: "{{ steps.load.output }}"}
+"""
+
+
+def test_a_pulled_run_is_fixed_by_a_fork_in_the_notebook(ipython: Any, db: Path) -> None:
+    """The teammate's story in a real IPython shell: a run that failed in the team store with
+    their buggy notebook function is pulled into this notebook's store, forked from the failing
+    step by a ``%%workflow --fork`` cell with the fixed function, and the fix pushed back."""
+    team = Store.open(db.with_name("team.duckdb"))
+
+    def compute(x: int) -> int:
+        raise ValueError("off by one somewhere")
+
+    wf = Workflow.from_yaml(NOTEBOOK, name="report")
+    failed = wf.run(db=team.path, namespace={"compute": compute}, raise_on_failure=False)
+    assert failed.status == "failed"
+    mine = Store.open(db)
+    transfer.copy_run(team, mine, failed.run_id)
+
+    ipython.run_cell("def compute(x):\n    return 2 * x\n")
+    result = ipython.run_cell(
+        f"%%workflow report --fork {failed.run_id} --from compute\n{NOTEBOOK}"
+    )
+    assert result.error_in_exec is None, result.error_in_exec
+    fixed = [r for r in mine.runs_with_status("completed") if r["forked_from"] == failed.run_id]
+    assert len(fixed) == 1
+    assert load_run(fixed[0]["run_id"], db=db).outputs["compute"] == 42
+
+    transfer.copy_run(mine, team, fixed[0]["run_id"])
+    assert team.run_row(fixed[0]["run_id"])["status"] == "completed"  # type: ignore[index]
+    assert [s["replayed_from"] for s in team.step_rows(fixed[0]["run_id"])] == [
+        failed.run_id,
+        None,
+    ]
