@@ -51,6 +51,15 @@ class Backend(Protocol):
 
     def get_table(self, name: str) -> pa.Table: ...
 
+    # Moving a run between stores (see store/transfer.py): table name -> the run's rows, its
+    # output tables as Arrow under "__outputs__" and facts about the copy under "__meta__"
+    # (``replace: true`` there: replace the store's copy when it is not executing). The export
+    # never carries a pickle's signature (transfer.unseal); the import is one transaction and
+    # refuses a run id the store already has with a StoreError.
+    def export_run(self, run_id: str) -> dict[str, list[dict[str, Any]]]: ...
+
+    def import_run(self, bundle: dict[str, list[dict[str, Any]]]) -> None: ...
+
     # The named reads (see store/queries.py).
     def run_row(self, run_id: str) -> dict[str, Any] | None: ...
 

@@ -253,6 +253,20 @@ class Store(Queries):
             table: pa.Table = fetch()
             return table
 
+    def export_run(self, run_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Every row and output table of one run, to copy it to another store (see
+        :mod:`~airun_nb.store.transfer`)."""
+        from airun_nb.store import transfer
+
+        return transfer.export_run(self, run_id)
+
+    def import_run(self, bundle: dict[str, list[dict[str, Any]]]) -> None:
+        """Load a run copied from another store, in one transaction (see
+        :mod:`~airun_nb.store.transfer`); refuses a run id this store already has."""
+        from airun_nb.store import transfer
+
+        transfer.import_run(self, bundle)
+
     def clock(self) -> float:
         """The store's clock (epoch seconds): what gates' deadlines are set and checked by, so
         that no process's own clock decides. The first time a process reads it, a process

@@ -122,6 +122,12 @@ class Heads:
         )
         self._put(entry, settle=True)
 
+    def forget(self, workflow: str) -> None:
+        """Drop ``workflow``'s file: runs were added behind the journal's back (a run copied in
+        from another store), so the next reader asks DuckDB and settles it again."""
+        with contextlib.suppress(OSError), self._locked(workflow) as fd:
+            os.ftruncate(fd, 0)  # an empty file reads as "not known"
+
     # -- internals -------------------------------------------------------------------------
     def _track(self, workflow: str, run_id: str) -> None:
         old = self._tracked.get(workflow)

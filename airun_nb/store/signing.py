@@ -8,6 +8,12 @@ another file), 32 random bytes made on first use, readable by its owner only. A 
 a signature, or whose signature does not match, is never unpickled: it is refused with one line
 (:class:`SignatureError`). A store moved to another user or machine therefore cannot have its
 pickles loaded there unless the key travels with it (copy the key file, mode 0600).
+
+A run copied from another store (``airun pull`` / ``airun push``, :mod:`.transfer`) has its
+signatures taken off on the way: each signed pickle is kept, marked as copied
+(:func:`unseal`), and refused like an unsigned one until the user says they trust it and it is
+signed with their key (:func:`reseal`, ``airun pull --trust-stored-code``). Being copied never
+makes code trusted.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 from airun_nb.errors import AirunError
 
 MAGIC = b"airun-hmac-sha256:"
+COPIED = b"airun-copied-unsigned:"  # a signed pickle copied from another store, signature removed
 _DIGEST = hashlib.sha256().digest_size
 
 
@@ -82,8 +89,33 @@ def sign(payload: bytes) -> bytes:
     return MAGIC + _mac(payload) + payload
 
 
+def unseal(blob: bytes | bytearray) -> bytes:
+    """A signed ``blob`` as it travels to another store: payload kept, signature removed and
+    the blob marked as copied (refused by :func:`verify` until :func:`reseal`). A blob that was
+    not signed stays as it is (refused as unsigned)."""
+    blob = bytes(blob)
+    if blob.startswith(MAGIC):
+        return COPIED + blob[len(MAGIC) + _DIGEST :]
+    return blob
+
+
+def reseal(blob: bytes | bytearray) -> bytes:
+    """A copied blob signed with this user's key, because they said they trust it. Only a blob
+    that was signed where it came from (marked by :func:`unseal`) is signed; any other is
+    returned as it is."""
+    blob = bytes(blob)
+    if blob.startswith(COPIED):
+        return sign(blob[len(COPIED) :])
+    return blob
+
+
 def verify(blob: bytes | bytearray, what: str) -> bytes:
     """The payload of a signed ``blob``, or :class:`SignatureError` naming ``what``."""
+    if isinstance(blob, (bytes, bytearray)) and bytes(blob).startswith(COPIED):
+        raise SignatureError(
+            f"{what} was copied from another store and is not signed with your key; refused "
+            "(if you trust it: airun pull RUN --from STORE --replace --trust-stored-code)"
+        )
     if not isinstance(blob, (bytes, bytearray)) or not bytes(blob).startswith(MAGIC):
         raise SignatureError(f"{what} is not signed; refused (it was not stored by this key)")
     blob = bytes(blob)
