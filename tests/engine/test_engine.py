@@ -106,7 +106,9 @@ steps:
 
 
 def test_independent_steps_run_concurrently(db: Path) -> None:
-    barrier = threading.Barrier(2, timeout=5)
+    barrier = threading.Barrier(
+        2, timeout=120
+    )  # a safety net: both threads arrive unless one waits for the other
 
     def left():
         barrier.wait()
