@@ -293,6 +293,12 @@ def shown_by(row: Mapping[str, Any]) -> list[str]:
     return [delegation.shown(v) for v in side] or ([str(row["actor"])] if row.get("actor") else [])
 
 
+def named(out: Mapping[str, Any]) -> list[str]:
+    """The deciders of a gate's output as shown: ``carol for bob`` where a delegate voted."""
+    given = out.get("delegated") or {}
+    return [f"{given[b]} for {b}" if b in given else str(b) for b in out.get("by") or []]
+
+
 _SETTINGS = ("approvers", "allow_self_approval", "four_eyes", "on_timeout", "form_spec")
 
 

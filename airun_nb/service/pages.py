@@ -154,7 +154,9 @@ def approvals_page(request: Request) -> Response:
     gates = overview.open_gates(store_of(request), who.user)
     # yours first, then the most urgent (no deadline last)
     gates.sort(key=lambda g: (not g["may_decide"], g["deadline"] is None, g["deadline"] or ""))
-    return _render(request, "approvals.html", who, gates=gates)
+    # the page's event stream starts where this list was read: no decision falls in between
+    cursor = store_of(request).event_cursor()
+    return _render(request, "approvals.html", who, gates=gates, cursor=cursor)
 
 
 @router.get("/runs", response_class=HTMLResponse)

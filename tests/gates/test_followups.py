@@ -227,3 +227,25 @@ def test_doctor_repair_sends_due_follow_ups(db: Path, webhook: ThreadingHTTPServ
     assert "reminder" in done.stdout, done.stdout + done.stderr
     assert gate_events(db, run_id, "gate_reminded")
     assert any(r.get("event") == "reminder" for r in webhook.received)  # type: ignore[attr-defined]
+
+
+def test_the_kernel_showing_a_gate_sends_its_reminders(
+    ipython: Any, db: Path, webhook: ThreadingHTTPServer
+) -> None:
+    """A ``%%workflow`` cell that stops at a gate with ``remind`` leaves the kernel watching it:
+    with no other watcher, the reminder is recorded and posted from the kernel."""
+    text = spec({"remind": "1s", "notify": hook_url(webhook)})
+    ipython.run_line_magic("config", f"Workflow.db = '{db}'")
+    ipython.run_cell_magic("workflow", "", text)
+    run_id = str(airun_nb.runs(db=db)["run_id"].iloc[0])
+    limit, tick = time.monotonic() + SAFETY, threading.Event()
+    while not [
+        e
+        for e in gate_events(db, run_id, "notified")
+        if (e["detail"] or {}).get("for") == "reminder"
+    ]:
+        assert time.monotonic() < limit, "the kernel never sent the reminder"
+        tick.wait(0.2)  # a poll of the store
+    assert gate_events(db, run_id, "gate_reminded")[0]["detail"]["period"] >= 1
+    assert any(r.get("event") == "reminder" for r in webhook.received)  # type: ignore[attr-defined]
+    airun_nb.approve(run_id, "review", db=db)

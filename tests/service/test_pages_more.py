@@ -122,21 +122,22 @@ def test_the_pages_follow_a_dark_colour_scheme(server: Server, env: Path) -> Non
 def test_the_approvals_page_listens_for_decisions_and_the_stream_names_the_card(
     server: Server, env: Path
 ) -> None:
-    """The approvals page subscribes to /v1/events; when a gate is decided elsewhere (here the
-    CLI's Python API) the stream carries a ``gate_decided`` event naming the run and gate, which
-    is exactly the id of the card the page's script removes."""
+    """The approvals page subscribes to /v1/events from the event it read its list at; when a
+    gate is decided elsewhere (here the Python API) that stream carries a ``gate_decided`` event
+    naming the run and gate, which is exactly the id of the card the page's script removes."""
     run_id = start(env, approvers=["bob"])
     token = make_token(env, "bob")
     with server.client() as c:
         login(c, token)
         page = c.get("/approvals")
         card = f'id="gate-{run_id}-review"'
-        assert card in page.text and 'new EventSource("/v1/events")' in page.text
+        assert card in page.text
+        after = re.search(r'new EventSource\("/v1/events\?after=(\d+)"\)', page.text)
+        assert after, "the page's stream starts where its list was read"
         assert '"gate-" + ev.run_id + "-" + ev.step_id' in page.text
     seen: list[dict[str, Any]] = []
     ready = threading.Event()
-    opened = airun_nb.approvals(run_id, db=env)["opened_at"].iloc[0]
-    since = opened.strftime("%Y-%m-%dT%H:%M:%S") + "Z"  # from the gate's opening on
+    cursor = after.group(1)  # the stream from where the page's list was read
 
     def listen() -> None:
         with (
@@ -144,7 +145,7 @@ def test_the_approvals_page_listens_for_decisions_and_the_stream_names_the_card(
             c.stream(
                 "GET",
                 "/v1/events",
-                params={"since": since, "run": run_id},
+                params={"after": cursor, "run": run_id},
                 headers={"Authorization": f"Bearer {token}"},
             ) as stream,
         ):
