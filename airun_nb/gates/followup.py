@@ -300,10 +300,16 @@ class Watcher:
         from airun_nb.store.database import files_signature
 
         seen: Any = None
+        settling: Any = None
         due_at: float | None = 0.0  # process-clock time of the next follow-up (0: sweep now)
         while not self._stop.is_set():
             sig = files_signature(Path(self.db))
-            if sig != seen or (due_at is not None and time.time() >= due_at):
+            due = due_at is not None and time.time() >= due_at
+            if sig != seen and sig != settling and not due and seen is not None:
+                # Changing right now: look once the writer is done (a poll without change),
+                # so the watch never makes a finishing writer hand the lease over.
+                settling = sig
+            elif sig != seen or due:
                 seen = sig
                 try:
                     result = sweep(Store.open(self.db, create=False))
