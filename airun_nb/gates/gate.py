@@ -178,6 +178,8 @@ def who_may_decide(row: Mapping[str, Any]) -> str:
     """One line for a page, the dashboard or a terminal: who may decide this gate."""
     listed = approver_list(row)
     who = "; ".join(expand_approvers(listed)[1]) if listed else "anyone"
+    if escalated_to(row):
+        who += f" (escalated to {', '.join(escalated_to(row))})"
     launcher = row.get("launched_by")
     if four_eyes(row) and not row.get("allow_self_approval") and launcher:
         if listed:
@@ -185,8 +187,6 @@ def who_may_decide(row: Mapping[str, Any]) -> str:
         else:
             who += f" but {launcher}, who started the run"
     spec = form_spec(row)
-    if escalated_to(row):
-        who += f" (escalated to {', '.join(escalated_to(row))})"
     if int(spec.get("quorum") or 1) > 1:
         who += f"; {spec['quorum']} distinct approvals needed"
     require = spec.get("require") or {}

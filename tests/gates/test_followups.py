@@ -178,6 +178,10 @@ def test_escalation_adds_approvers_once_and_shows_them(
     assert row is not None
     assert gate_mod.approver_list(row) == ["bob", "carol"]
     assert "escalated to carol" in gate_mod.who_may_decide(row)
+    listed = subprocess.run(
+        [*AIRUN, "approvals", "--db", str(db)], capture_output=True, text=True, timeout=120
+    )
+    assert "may decide: bob; carol (escalated to carol) (not" in listed.stdout, listed.stdout
     audit = airun_nb.audit(run_id, db=db)
     rows = audit[audit["kind"] == "escalation"].to_dict("records")
     assert len(rows) == 1 and json.loads(rows[0]["arguments"])["to"] == ["carol"]
