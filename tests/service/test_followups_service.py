@@ -1,5 +1,5 @@
 """`airun serve` watches the open gates: their reminders and escalation fire from the service,
-and what the escalation added shows in the API's "may decide".
+and what the escalation added shows in the API's "may decide"; a delegate decides through it.
 
 A real uvicorn process over a real DuckDB store; the test waits for the store to record what
 the service did (never a sleep, never a timed assertion).
@@ -8,15 +8,20 @@ the service did (never a sleep, never a timed assertion).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import yaml
 
 import airun_nb
 from airun_nb import Workflow
+from airun_nb.gates import delegation
+from airun_nb.store.database import Store
 from support.service import make_token, running_server
 
 SAFETY = 120.0
@@ -31,6 +36,14 @@ def spec(**approval: Any) -> str:
         ],
     }
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def login(browser: httpx.Client, token: str) -> None:
+    form = browser.get("/login", params={"next": "/"})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf
+    done = browser.post("/login", data={"csrf": csrf.group(1), "token": token, "next": "/"})
+    assert done.status_code == 303
 
 
 def wait_for_event(db: Path, run_id: str, kind: str) -> list[dict[str, Any]]:
@@ -70,3 +83,41 @@ def test_the_service_escalates_an_open_gate_and_the_api_shows_who_may_decide(
             assert answer.status_code == 200, answer.text
     row = airun_nb.approvals(run_id, db=db).to_dict("records")[0]
     assert row["status"] == "approved" and row["actor"] == "carol"
+
+
+def test_a_delegate_sees_and_decides_the_gate_through_the_api_and_the_page(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After bob delegates to carol, carol's token lists bob's gate among those she may decide
+    (saying for whom), her page shows the form with "You decide for bob", and her approval
+    through the API is recorded for bob with her name beside it."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("roles:\n  lead: [bob]\ndelegation:\n  allow: [role:lead]\n")
+    monkeypatch.setenv("AIRUN_POLICY", str(policy))
+    monkeypatch.setenv("AIRUN_USER", "alice")
+    run_id = (
+        Workflow.from_yaml(spec(approvers=["role:lead"])).run(db=db, raise_on_failure=False).run_id
+    )
+    monkeypatch.setenv("AIRUN_USER", "bob")
+    delegation.grant(Store.open(db), to="carol", until="2099-12-31")
+    token = make_token(db, "carol")
+    with running_server(db, tmp_path) as server:
+        with server.client() as browser:
+            login(browser, token)
+            assert "You decide for bob (delegated)" in browser.get("/approvals").text
+        with server.client(token) as client:
+            listed = client.get("/v1/approvals").json()["approvals"]
+            mine = [g for g in listed if g["run_id"] == run_id]
+            assert mine and mine[0]["acting_for"] == "bob"
+            answer = client.post(
+                f"/v1/runs/{run_id}/gates/review/approve", json={"comment": "for bob"}
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["delegated"] == {"bob": "carol"}
+        with server.client() as browser:
+            login(browser, token)
+            assert "Approved by carol for bob" in browser.get(f"/runs/{run_id}").text
+    row = Store.open(db).gate_row(run_id, "review")
+    assert row is not None and row["actor"] == "bob"
+    vote = json.loads(row["votes"])[0]
+    assert (vote["actor"], vote["delegate"], vote["channel"]) == ("bob", "carol", "api")
