@@ -72,8 +72,13 @@ def has_follow_ups(row: Mapping[str, Any]) -> bool:
 
 def _sent(store: Store, row: Mapping[str, Any]) -> tuple[int, bool]:
     """(the last reminder's period, whether the gate escalated) as the store records them."""
+    found = store.gate_events(str(row["run_id"]), str(row["gate_id"]), (REMINDED, ESCALATED))
+    return _fold(found)
+
+
+def _fold(events: list[dict[str, Any]]) -> tuple[int, bool]:
     last, escalated = 0, False
-    for ev in store.gate_events(str(row["run_id"]), str(row["gate_id"]), (REMINDED, ESCALATED)):
+    for ev in events:
         if ev["kind"] == ESCALATED:
             escalated = True
             continue
@@ -144,13 +149,21 @@ def _due(store: Store, run_id: str, gate_id: str) -> tuple[list[Fired], float | 
 def sweep(store: Store) -> Sweep:
     """Fire every due reminder and escalation of the store's open gates, once each; then
     notify (outside the lease). Returns what this call fired and when the next one is due."""
-    rows = [r for r in store.open_gates() if has_follow_ups(r)]
+    with store.session("looking at the open gates' follow-ups"):
+        rows = [r for r in store.open_gates() if has_follow_ups(r)]
+        sent: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        if rows:
+            for ev in store.open_gate_events((REMINDED, ESCALATED)):
+                sent.setdefault((str(ev["run_id"]), str(ev["step_id"])), []).append(ev)
+        now = store.clock()
     fired: list[Fired] = []
     soonest: float | None = None
-    now = time.time()
     for row in rows:
-        done, due, now = _due(store, str(row["run_id"]), str(row["gate_id"]))
-        fired.extend(done)
+        key = (str(row["run_id"]), str(row["gate_id"]))
+        due: float | None = _next_due(row, *_fold(sent.get(key, [])))
+        if due is not None and due <= now:  # due by this read: check and record under the lease
+            done, due, now = _due(store, *key)
+            fired.extend(done)
         if due is not None and (soonest is None or due < soonest):
             soonest = due
     for item in fired:

@@ -202,6 +202,17 @@ class Queries:
             [run_id, gate_id, *kinds],
         )
 
+    def open_gate_events(self, kinds: Sequence[str]) -> list[dict[str, Any]]:
+        """Events of the given kinds of every open gate, in store order (their follow-ups)."""
+        if not kinds:
+            return []
+        return self.query_dicts(
+            "SELECT e.run_id, e.step_id, e.kind, e.detail FROM events e JOIN approvals a "
+            "ON a.run_id = e.run_id AND a.gate_id = e.step_id WHERE a.status = 'open' "
+            f"AND e.kind IN ({', '.join('?' for _ in kinds)}) ORDER BY e.seq",
+            list(kinds),
+        )
+
     def events_of_kind(self, kind: str) -> list[dict[str, Any]]:
         """Every event of one kind, in store order (delegations, for instance)."""
         return self.query_dicts(
