@@ -353,20 +353,31 @@ def reject(
 @click.option("--to", "to", required=True, help="Who may give your approvals meanwhile.")
 @click.option(
     "--until",
-    required=True,
     help="The last day (2026-12-31, through its end, UTC) or time (2026-12-31T18:00Z).",
 )
+@click.option("--revoke", is_flag=True, help="End your delegations to --to now instead.")
 @click.option(
     "--from",
     "principal",
     help="Whose approvals (default: yours; another person's needs a 'gate.decide_as' right).",
 )
 @store_option
-def delegate_cmd(to: str, until: str, principal: str | None, db: Path | None) -> None:
+def delegate_cmd(
+    to: str, until: str | None, revoke: bool, principal: str | None, db: Path | None
+) -> None:
     """Let another person decide the gates you may decide, until a date (where the policy
     allows delegation); their decisions are recorded with both names."""
     from airun_nb.gates import delegation
 
+    if revoke:
+        from airun_nb.governance import identity
+
+        n = delegation.revoke(_open_store(db), to=to, principal=principal)
+        who = principal or identity.current()
+        click.echo(f"ended {n} delegation(s): {to} no longer decides for {who}")
+        return
+    if not until:
+        raise click.UsageError("--until DATE is needed (or --revoke)")
     found = delegation.grant(_open_store(db), to=to, until=until, principal=principal)
     click.echo(
         f"{found.delegate} may decide the gates {found.principal} may decide until "

@@ -7,7 +7,7 @@ configured policy lets anyone delegate (``delegation: {allow: [role:lead]}``; no
 default, and a workflow's own ``policy:`` may not say it). Delegating for someone else
 (``--from``) needs the right to decide as others (``gate.decide_as``). Four-eyes still holds: a
 delegate may not decide a run they launched, nor one launched by the person they act for.
-An expired delegation does nothing. Each delegation is an event and an audit row, written by
+An expired or revoked delegation does nothing (``airun delegate --to carol --revoke``). Each delegation is an event and an audit row, written by
 the one writer; times are the store's clock.
 """
 
@@ -27,6 +27,7 @@ from airun_nb.store import transitions
 from airun_nb.store.database import Store
 
 KIND = "delegated"
+REVOKED = "delegation_revoked"
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,63 @@ def grant(store: Store, *, to: str, until: str | float, principal: str | None = 
     return found
 
 
+def revoke(store: Store, *, to: str, principal: str | None = None) -> int:
+    """End now every delegation of ``principal`` (default: whoever runs this) to ``to``;
+    returns how many were in force. Needs no policy right (it only takes one away)."""
+    me = identity.current()
+    who = principal or me
+    if who != me:
+        identity.acting_as(who)  # ending someone else's needs gate.decide_as
+    with store.session("revoking a delegation"):
+        now = store.clock()
+        live = [d for d in recorded(store) if d.principal == who and d.delegate == to]
+        live = [d for d in live if d.until > now]
+        if not live:
+            raise ApprovalError(f"{who} has no delegation to {to} in force")
+        transitions.commit(
+            store,
+            [
+                {
+                    "t": "ev",
+                    "ts": time.time(),
+                    "run_id": None,
+                    "step_id": None,
+                    "kind": REVOKED,
+                    "detail": json.dumps({"from": who, "to": to, "at": now, "by": me}),
+                },
+                auditlog.row(
+                    kind="delegation",
+                    principal=who,
+                    run_id=None,
+                    step_id=None,
+                    capability="gate.delegate",
+                    decision="revoke",
+                    arguments={"to": to, "by": me},
+                ),
+            ],
+        )
+    return len(live)
+
+
 def recorded(store: Store) -> list[Delegation]:
-    """Every delegation on the record, oldest first."""
-    out = []
-    for ev in store.events_of_kind(KIND):
+    """Every delegation on the record, oldest first, each ending at its date or at the first
+    revocation after it, whichever is sooner."""
+    events = sorted(
+        [*store.events_of_kind(KIND), *store.events_of_kind(REVOKED)], key=lambda e: e["seq"]
+    )
+    out: list[Delegation] = []
+    for ev in events:
         try:
             d = json.loads(ev["detail"] or "{}")
+            if ev["kind"] == REVOKED:
+                at = float(d["at"])
+                out = [
+                    Delegation(x.principal, x.delegate, min(x.until, at), x.granted_by)
+                    if (x.principal, x.delegate) == (d["from"], d["to"])
+                    else x
+                    for x in out
+                ]
+                continue
             out.append(Delegation(str(d["from"]), str(d["to"]), float(d["until"]), str(d["by"])))
         except (ValueError, KeyError, TypeError):
             continue

@@ -163,3 +163,22 @@ def test_an_expired_delegation_does_nothing(
     assert late.returncode != 0 and "carol may not decide" in late.stderr
     assert votes(db, run_id) == []
     assert "no delegation in force" in airun(db, "bob", "delegations").stdout
+
+
+def test_a_revoked_delegation_does_nothing(
+    db: Path, policy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`airun delegate --to carol --revoke` (run by bob) ends his delegation at once: carol is
+    refused again, nothing is recorded, and the revocation is an audit row."""
+    run_id = start(db, monkeypatch, "alice", approvers=["bob"])
+    assert airun(db, "bob", "delegate", "--to", "carol", "--until", "2099-12-31").returncode == 0
+    ended = airun(db, "bob", "delegate", "--to", "carol", "--revoke")
+    assert ended.returncode == 0, ended.stderr
+    assert "carol no longer decides for bob" in ended.stdout
+    late = airun(db, "carol", "approve", run_id, "review")
+    assert late.returncode != 0 and "carol may not decide" in late.stderr
+    assert votes(db, run_id) == []
+    again = airun(db, "bob", "delegate", "--to", "carol", "--revoke")
+    assert again.returncode != 0 and "no delegation to carol in force" in again.stderr
+    every = airun_nb.audit(db=db)
+    assert every[every["kind"] == "delegation"]["decision"].tolist() == ["allow", "revoke"]
