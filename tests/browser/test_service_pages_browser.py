@@ -57,6 +57,7 @@ def test_pages_follow_the_colour_scheme_and_drop_a_decided_card_live(
     """With the system's dark scheme the page is dark (and light with the light one); a gate
     decided elsewhere leaves the open approvals list without a reload and the count goes
     down; the API page and the run's timeline load with nothing from the internet."""
+    monkeypatch.chdir(tmp_path)  # the workflow's steps write their effects here
     db = tmp_path / "airun.duckdb"
     monkeypatch.setenv("AIRUN_DB", str(db))
     monkeypatch.setenv("AIRUN_USER", "alice")
