@@ -227,7 +227,9 @@ def approvals(db: Path | None, show_all: bool, run_id: str | None) -> None:
         elif row["status"] == "approved":
             out = gate.output_of(full)
             chosen = f", option {out['option']}" if out["option"] else ""
-            click.echo(f"    Approved by {', '.join(out['by'])}{chosen} (via {row['channel']})")
+            click.echo(
+                f"    Approved by {', '.join(gate.shown_by(full))}{chosen} (via {row['channel']})"
+            )
         else:
             click.echo(f"    {row['status']} by {row['actor']} via {row['channel']}")
 
@@ -243,8 +245,8 @@ def _decide(
     option: str | None = None,
     request_id: str | None = None,
 ) -> None:
+    from airun_nb.gates import delegation, gate
     from airun_nb.gates import form as forms
-    from airun_nb.gates import gate
     from airun_nb.governance import identity
 
     store = _open_store(db)
@@ -261,7 +263,10 @@ def _decide(
         request_id=request_id,
     )
     verb = "approved" if decision == gate.APPROVE else "rejected"
-    who = out.get("actor") or identity.acting_as(by)
+    me = identity.acting_as(by)
+    row = store.gate_row(run_id, gate_id) or {}
+    mine = [v for v in gate.votes_of(row) if me in (v.get("delegate"), v.get("actor"))]
+    who = delegation.shown(mine[-1]) if mine else me  # "carol for bob" through a delegation
     if out["status"] == "open":
         click.echo(
             f"{verb} gate {gate_id} of run {run_id} as {who}; the gate stays open: "
@@ -342,6 +347,57 @@ def reject(
 ) -> None:
     """Reject gate GATE_ID of run RUN_ID (the run rolls back when it resumes)."""
     _decide("reject", run_id, gate_id, by, comment, db, sets, None, request_id)
+
+
+@main.command("delegate")
+@click.option("--to", "to", required=True, help="Who may give your approvals meanwhile.")
+@click.option(
+    "--until",
+    help="The last day (2026-12-31, through its end, UTC) or time (2026-12-31T18:00Z).",
+)
+@click.option("--revoke", is_flag=True, help="End your delegations to --to now instead.")
+@click.option(
+    "--from",
+    "principal",
+    help="Whose approvals (default: yours; another person's needs a 'gate.decide_as' right).",
+)
+@store_option
+def delegate_cmd(
+    to: str, until: str | None, revoke: bool, principal: str | None, db: Path | None
+) -> None:
+    """Let another person decide the gates you may decide, until a date (where the policy
+    allows delegation); their decisions are recorded with both names."""
+    from airun_nb.gates import delegation
+
+    if revoke:
+        from airun_nb.governance import identity
+
+        n = delegation.revoke(_open_store(db), to=to, principal=principal)
+        who = principal or identity.current()
+        click.echo(f"ended {n} delegation(s): {to} no longer decides for {who}")
+        return
+    if not until:
+        raise click.UsageError("--until DATE is needed (or --revoke)")
+    found = delegation.grant(_open_store(db), to=to, until=until, principal=principal)
+    click.echo(
+        f"{found.delegate} may decide the gates {found.principal} may decide until "
+        f"{found.until_text()}; each decision is recorded as "
+        f"'{found.delegate} for {found.principal}'"
+    )
+
+
+@main.command("delegations")
+@store_option
+def delegations_cmd(db: Path | None) -> None:
+    """The delegations in force (expired ones do nothing and are not listed)."""
+    from airun_nb.gates import delegation
+
+    store = _open_store(db, create=False)
+    found = delegation.active(store, store.clock())
+    if not found:
+        click.echo("no delegation in force")
+    for d in found:
+        click.echo(f"{d.delegate} for {d.principal} until {d.until_text()} (by {d.granted_by})")
 
 
 @main.command("audit")

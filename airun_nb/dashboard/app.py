@@ -10,6 +10,7 @@ recorded as the dashboard's user (this process's identity) through the ``dashboa
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from rich.markup import escape
@@ -198,6 +199,9 @@ class Dashboard(App[None]):
         if g.get("progress"):
             lines[0] += f"  [{g['progress']}]"
         lines.append(f"may decide: {g['who_may_decide']}")
+        if g.get("acting_for"):
+            lines.append(f"you decide for {g['acting_for']} (delegated)")
+
         if g.get("fields"):
             lines.append(
                 "form: "
@@ -358,14 +362,21 @@ class Dashboard(App[None]):
         if out["status"] == "approved":
             chosen = f" with option {out['option']}" if out.get("option") else ""
             return (
-                f"approved gate {gate_id} of run {run_id} as {self.user}{chosen}; the run "
+                f"approved gate {gate_id} of run {run_id} as {self._as(out)}{chosen}; the run "
                 f"continues in its notebook, or with `{resume}`"
             )
         said = f": {out['comment']}" if out.get("comment") else ""
         return (
-            f"Rejected by {', '.join(out['by'])}{said} (gate {gate_id} of run {run_id}); the run "
+            f"Rejected by {', '.join(gate.named(out))}{said} (gate {gate_id} of run {run_id}); the run "
             f"rolls back when it continues (its notebook, or `{resume}`)"
         )
+
+    def _as(self, out: Mapping[str, Any]) -> str:
+        """``carol for bob`` when this user's vote went in through a delegation."""
+        for principal, delegate in (out.get("delegated") or {}).items():
+            if delegate == self.user:
+                return f"{self.user} for {principal}"
+        return str(self.user)
 
     def action_cancel_run(self) -> None:
         self._confirm_then(False)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from airun_nb.engine.claim import claim_run
 from airun_nb.errors import AirunError, RunBusy, StoreBusy, StoreError, StoreWarning
+from airun_nb.gates import followup
 from airun_nb.settings import environment as config
 from airun_nb.store import transitions
 from airun_nb.store.database import Store
@@ -92,8 +93,23 @@ def examine(
     else:
         findings.extend(_report_unfinished(unfinished))
     findings.append(_dead_runs(store, repair))
+    if repair:
+        findings.append(_follow_ups(store))
     store.release()
     return findings
+
+
+def _follow_ups(store: Store) -> Finding:
+    """Send the open gates' due reminders and escalations (each once, whoever else watches)."""
+    fired = followup.sweep(store).fired
+    if not fired:
+        return Finding("gate reminders and escalations", "ok", "none due")
+    said = ", ".join(
+        f"{f.run_id}/{f.gate_id} "
+        + (f"reminder {f.period}" if f.kind == "reminder" else f"escalated to {', '.join(f.to)}")
+        for f in fired
+    )
+    return Finding("gate reminders and escalations", "repaired", f"sent: {said}")
 
 
 # -- unfinished runs --------------------------------------------------------------------------

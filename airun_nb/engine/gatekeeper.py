@@ -17,9 +17,7 @@ from airun_nb.engine import stepkinds as kinds
 from airun_nb.engine import verdict as governance
 from airun_nb.engine.context import RunContext
 from airun_nb.engine.state import S_COMPLETED, S_FAILED, S_WAITING, StepState
-from airun_nb.gates import form as forms
 from airun_nb.gates import gate, notify
-from airun_nb.gates import links as gatelinks
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance import mediator
 from airun_nb.governance.policy import Verdict
@@ -175,22 +173,7 @@ def await_gate(
 def _notify(
     run: RunContext, st: StepState, gate_id: str, target: Any, row: Mapping[str, Any]
 ) -> None:
-    payload = {
-        "run_id": run.run_id,
-        "workflow": run.spec.name,
-        "gate": gate_id,
-        "message": row.get("message"),
-        "approvers": json.loads(row["approvers"]) if row.get("approvers") else None,
-        "deadline": gate.iso_utc(row.get("deadline")),
-        "preview": row.get("preview_text"),
-        "who_may_decide": gate.who_may_decide(row),
-        "fields": {n: f.as_dict() for n, f in forms.fields_of(gate.form_spec(row)).items()},
-        "options": gate.form_spec(row).get("options") or [],
-        "commands": gate.commands(run.run_id, gate_id, db=run.store.path, row=row),
-        "link": gatelinks.approval_link(
-            run.run_id, gate_id, row.get("deadline"), db=run.store.path
-        ),
-    }
+    payload = notify.payload(row, run.store.path)
     inputs = (run.spec.dialect.get("approval_inputs") or {}).get(st.id) or {}
     extra = inputs.get("webhook_payload")  # a seed gate's fields for the receiver (channel...)
     if isinstance(extra, Mapping):

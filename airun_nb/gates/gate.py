@@ -26,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from airun_nb.gates import delegation
 from airun_nb.gates import form as forms
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance import identity
@@ -155,19 +156,30 @@ def votes_of(row: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def approver_list(row: Mapping[str, Any]) -> list[str] | None:
-    """Who may decide: the gate's ``approvers``, else the groups of its ``require`` (None:
-    anyone, within four-eyes)."""
+    """Who may decide: the gate's ``approvers``, else the groups of its ``require``, and the
+    approvers its escalation added (None: anyone, within four-eyes)."""
+    listed: list[str] | None = None
     if row.get("approvers"):
         found = json.loads(row["approvers"])
-        return [str(a) for a in found] if isinstance(found, list) else None
-    require = form_spec(row).get("require") or {}
-    return list(require) or None
+        listed = [str(a) for a in found] if isinstance(found, list) else None
+    else:
+        listed = list(form_spec(row).get("require") or {}) or None
+    if listed is None:
+        return None
+    return list(dict.fromkeys([*listed, *escalated_to(row)]))
+
+
+def escalated_to(row: Mapping[str, Any]) -> list[str]:
+    """The approvers the gate's escalation added ([] before it escalated)."""
+    return [str(a) for a in form_spec(row).get("escalated") or []]
 
 
 def who_may_decide(row: Mapping[str, Any]) -> str:
     """One line for a page, the dashboard or a terminal: who may decide this gate."""
     listed = approver_list(row)
     who = "; ".join(expand_approvers(listed)[1]) if listed else "anyone"
+    if escalated_to(row):
+        who += f" (escalated to {', '.join(escalated_to(row))})"
     launcher = row.get("launched_by")
     if four_eyes(row) and not row.get("allow_self_approval") and launcher:
         if listed:
@@ -259,6 +271,34 @@ def check_actor(row: Mapping[str, Any], actor: str) -> None:
         )
 
 
+def acting_for(store: Store, row: Mapping[str, Any], user: str) -> str | None:
+    """Whom ``user`` may decide this gate for through an active delegation (None: nobody).
+    Four-eyes holds through it: not a run ``user`` launched, nor one the delegator launched."""
+    launcher = row.get("launched_by")
+    if user == launcher and four_eyes(row) and not row.get("allow_self_approval"):
+        return None
+    for principal in delegation.active_for(store, user, store.clock()):
+        try:
+            check_actor(row, principal)
+        except ApprovalError:
+            continue
+        return principal
+    return None
+
+
+def shown_by(row: Mapping[str, Any]) -> list[str]:
+    """The deciders of a closed gate as shown: ``carol for bob`` for a delegate's vote."""
+    decision = row.get("decision")
+    side = [v for v in votes_of(row) if v.get("decision") == decision]
+    return [delegation.shown(v) for v in side] or ([str(row["actor"])] if row.get("actor") else [])
+
+
+def named(out: Mapping[str, Any]) -> list[str]:
+    """The deciders of a gate's output as shown: ``carol for bob`` where a delegate voted."""
+    given = out.get("delegated") or {}
+    return [f"{given[b]} for {b}" if b in given else str(b) for b in out.get("by") or []]
+
+
 _SETTINGS = ("approvers", "allow_self_approval", "four_eyes", "on_timeout", "form_spec")
 
 
@@ -312,6 +352,9 @@ def open_gate(
         if existing is not None and existing["status"] == "open":
             # The cell was edited and run again: its new settings apply to the open gate.
             wanted = _settings(config)
+            if escalated_to(existing) and wanted.get("form_spec"):  # an escalation stays
+                kept = {**json.loads(wanted["form_spec"]), "escalated": escalated_to(existing)}
+                wanted["form_spec"] = json.dumps(kept)
             changed = {k: v for k, v in wanted.items() if (existing.get(k) or None) != (v or None)}
             if changed:
                 row = {**existing, **changed}
@@ -421,8 +464,15 @@ def decide(
         if row["status"] != "open":
             raise AlreadyDecided(describe_decision(row, prefix="already "))
         where = f"gate '{gate_id}' of run {run_id}"
+        delegate: str | None = None
         if human:
-            check_actor(row, actor)
+            try:
+                check_actor(row, actor)
+            except ApprovalError:
+                principal = acting_for(store, row, actor)
+                if principal is None:
+                    raise
+                delegate, actor = actor, principal  # recorded as "carol for bob"
             if (
                 recorder != actor
                 and recorder == row.get("launched_by")
@@ -454,6 +504,7 @@ def decide(
             values, chosen = _concur(prior, values, chosen, form, where)
         vote = {
             "actor": actor,
+            **({"delegate": delegate} if delegate else {}),
             "decision": decision,
             "option": chosen,
             "form": forms.redacted(spec, values) if spec.get("fields") else None,
@@ -490,6 +541,7 @@ def decide(
                 "gate_decided" if closes else "gate_voted",
                 decision=decision,
                 actor=actor,
+                delegate=delegate,
                 recorded_by=recorder,
                 channel=channel,
                 comment=comment,
@@ -514,6 +566,7 @@ def decide(
                     **{
                         k: v
                         for k, v in (
+                            ("delegate", delegate),
                             ("option", chosen),
                             ("form", vote["form"]),
                             ("request_id", request_id),
@@ -663,8 +716,12 @@ def describe_decision(row: Mapping[str, Any], prefix: str = "") -> str:
     if row.get("status") in ("expired", "cancelled"):
         verb = str(row["status"])
     comment = f' ("{row["comment"]}")' if row.get("comment") else ""
+    actor = row.get("actor")
+    for vote in votes_of(row):
+        if vote.get("actor") == actor and vote.get("decision") == row.get("decision"):
+            actor = delegation.shown(vote)
     return (
-        f"gate '{row['gate_id']}' of run {row['run_id']} was {prefix}{verb} by {row.get('actor')} "
+        f"gate '{row['gate_id']}' of run {row['run_id']} was {prefix}{verb} by {actor} "
         f"via {row.get('channel')} at {stamp}{comment}"
     )
 
@@ -679,7 +736,9 @@ def output_of(row: Mapping[str, Any]) -> dict[str, Any]:
     by = [str(v["actor"]) for v in side] or ([str(row["actor"])] if closed else [])
     raw_form = row.get("form")
     form = json.loads(raw_form) if isinstance(raw_form, str) and raw_form else None
+    delegated = {str(v["actor"]): str(v["delegate"]) for v in side if v.get("delegate")}
     return {
+        **({"delegated": delegated} if delegated else {}),
         "decision": {APPROVE: "approved", REJECT: "rejected"}.get(str(decision))
         if closed
         else None,
@@ -697,7 +756,7 @@ def output_of(row: Mapping[str, Any]) -> dict[str, Any]:
 def approved_line(row: Mapping[str, Any]) -> str:
     """``Approved by bob, carol (option ship): <comment>``: an approval on every surface."""
     out = output_of(row)
-    by = ", ".join(out["by"]) or str(row.get("actor"))
+    by = ", ".join(shown_by(row)) or str(row.get("actor"))
     chosen = f" (option {out['option']})" if out["option"] else ""
     return f"Approved by {by}{chosen}" + (f": {row['comment']}" if row.get("comment") else "")
 
@@ -705,7 +764,7 @@ def approved_line(row: Mapping[str, Any]) -> str:
 def rejected_line(row: Mapping[str, Any]) -> str:
     """``Rejected by bob: <comment>`` (the deciders in order): how a rejection is worded on
     every surface, and the error of the step it refused."""
-    by = ", ".join(output_of(row)["by"]) or str(row.get("actor"))
+    by = ", ".join(shown_by(row)) or str(row.get("actor"))
     return f"Rejected by {by}" + (f": {row['comment']}" if row.get("comment") else "")
 
 

@@ -10,14 +10,38 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from airun_nb.capabilities import network
-from airun_nb.gates import chat
+from airun_nb.gates import chat, gate
+from airun_nb.gates import form as forms
+from airun_nb.gates import links as gatelinks
 from airun_nb.spec.approval import ApprovalError
 
 log = logging.getLogger("airun_nb.gates.gate")
+
+
+def payload(row: Mapping[str, Any], db: Any) -> dict[str, Any]:
+    """What a notification says about a gate (the same for its opening, a reminder and an
+    escalation): the message, who may decide, the form, the options, the deadline, the terminal
+    commands and the signed link to its page."""
+    run_id, gate_id = str(row["run_id"]), str(row["gate_id"])
+    spec = gate.form_spec(row)
+    return {
+        "run_id": run_id,
+        "workflow": row.get("workflow"),
+        "gate": gate_id,
+        "message": row.get("message"),
+        "approvers": gate.approver_list(row) if row.get("approvers") else None,
+        "deadline": gate.iso_utc(row.get("deadline")),
+        "preview": row.get("preview_text"),
+        "who_may_decide": gate.who_may_decide(row),
+        "fields": {n: f.as_dict() for n, f in forms.fields_of(spec).items()},
+        "options": spec.get("options") or [],
+        "commands": gate.commands(run_id, gate_id, db=db, row=row),
+        "link": gatelinks.approval_link(run_id, gate_id, row.get("deadline"), db=db),
+    }
 
 
 def notify(

@@ -163,6 +163,7 @@ class Policy:
     rules: list[Rule] = field(default_factory=list)
     source: str = "(no policy)"
     first_match: Ordered | None = None  # the rules of a ``match: first`` policy
+    delegators: list[str] = field(default_factory=list)  # ``delegation: {allow: [...]}``
 
     @property
     def active(self) -> bool:
@@ -171,6 +172,15 @@ class Policy:
 
     def roles_of(self, principal: str) -> set[str]:
         return {r for r, members in self.roles.items() if principal in members}
+
+    def may_delegate(self, principal: str) -> bool:
+        """May ``principal`` hand their approvals to someone else for a while (``delegation:
+        {allow: [role:lead, bob]}``; nobody may unless the configured policy says so)?"""
+        mine = self.roles_of(principal)
+        for entry in self.delegators:
+            if entry in ("*", principal) or (entry.startswith("role:") and entry[5:] in mine):
+                return True
+        return False
 
     def hosts_for(self, principal: str, capability: str = "http.request") -> list[str] | None:
         """The hosts ``principal`` may reach with ``capability`` when a matching rule lists
@@ -229,6 +239,7 @@ class Policy:
             [*self.rules, *add.rules],
             self.source,
             self.first_match,
+            list(self.delegators),  # a workflow never widens who may delegate
         )
 
 
@@ -242,6 +253,11 @@ def check_tightening(doc: Any, base: Policy, *, where: str = "workflow") -> None
         raise PolicyError(
             f"{where}: 'match' belongs to the configured policy; a workflow's rules all apply "
             "and the most restrictive decides"
+        )
+    if "delegation" in doc:
+        raise PolicyError(
+            f"{where}: 'delegation' belongs to the configured policy; a workflow may not let "
+            "anyone delegate approvals"
         )
     configured = {**settings.roles(), **base.roles}
     own = doc.get("roles") or {}
@@ -295,7 +311,9 @@ def _parse(
 ) -> Policy:
     if not isinstance(doc, Mapping):
         raise PolicyError(f"{source}: a policy is a mapping with roles, default and rules")
-    unknown = set(doc) - {"roles", "default", "rules", "description", "version", "match"}
+    unknown = set(doc) - {
+        *("roles", "default", "rules", "description", "version", "match", "delegation")
+    }
     if unknown:
         raise PolicyError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     match = str(doc.get("match", "all"))
@@ -372,9 +390,23 @@ def _parse(
         rule.source, rule.hosts = source, hosts
         rules.append(rule)
     all_roles = {**settings.roles(), **table}
+    delegators = _delegation(doc.get("delegation"), source, known_roles if check_roles else None)
     if match == "first":
-        return Policy(all_roles, default, [], source, Ordered(rules, unmatched))
-    return Policy(all_roles, default, rules, source)
+        return Policy(all_roles, default, [], source, Ordered(rules, unmatched), delegators)
+    return Policy(all_roles, default, rules, source, None, delegators)
+
+
+def _delegation(raw: Any, source: str, roles: Mapping[str, Any] | None) -> list[str]:
+    """``delegation: {allow: [role:lead, bob]}``: who may delegate their approvals."""
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping) or set(raw) - {"allow"}:
+        raise PolicyError(f"{source}: 'delegation' is {{allow: [role:NAME, user, ...]}}")
+    who = _strings(raw.get("allow"), f"{source} delegation", "allow")
+    for entry in who:
+        if roles is not None and entry.startswith("role:") and entry[5:] not in roles:
+            raise PolicyError(f"{source} delegation: unknown role '{entry[5:]}' in allow")
+    return who
 
 
 def _strings(value: Any, where: str, key: str) -> list[str]:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airun_nb.errors import AirunError, RunNotFound
-from airun_nb.gates import gate
+from airun_nb.gates import delegation, gate
 from airun_nb.store.database import Store
 from airun_nb.store.transitions import RUN_STATUSES  # every status a run can have, for filters
 
@@ -111,7 +111,7 @@ def rejected_steps(detail: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for g in detail.get("gates") or []:
         if g.get("status") == "rejected" and g.get("channel") not in ("timeout", "policy"):
-            by = ", ".join(g.get("by") or []) or str(g.get("actor"))
+            by = ", ".join(g.get("by_shown") or g.get("by") or []) or str(g.get("actor"))
             line = f"Rejected by {by}" + (f": {g['comment']}" if g.get("comment") else "")
             out[str(g["gate_id"]).removesuffix(".approval")] = line  # as rejected_line says
     return out
@@ -154,7 +154,9 @@ def run_detail(store: Store, run_id: str, *, user: str | None = None) -> dict[st
         [run_id],
     )
     gates = store.query_dicts(
-        "SELECT * FROM approvals WHERE run_id = ? ORDER BY opened_at", [run_id]
+        "SELECT a.*, r.source AS run_source FROM approvals a LEFT JOIN runs r USING (run_id) "
+        "WHERE a.run_id = ? ORDER BY a.opened_at",
+        [run_id],
     )
     out = found
     out["steps"] = [_times(s, ("started_at", "finished_at")) for s in steps]
@@ -167,6 +169,7 @@ def runs_by_id(store: Store, run_id: str) -> dict[str, Any]:
     rows = store.query_dicts(
         """SELECT run_id, workflow, status, launched_by, created_at, started_at, finished_at,
                   failed_step, error, params, owner_pid, owner_host, owner_token,
+                  source AS notebook,
                   (SELECT count(*) FROM approvals a WHERE a.run_id = r.run_id
                        AND a.status = 'open') AS open_gates
            FROM runs r WHERE run_id = ?""",
@@ -224,6 +227,8 @@ def gate_view(g: Mapping[str, Any], user: str | None = None, *, db: Any = None) 
         "votes": [
             {
                 "actor": v.get("actor"),
+                "delegate": v.get("delegate"),
+                "shown": delegation.shown(v),
                 "decision": v.get("decision"),
                 "channel": v.get("channel"),
                 "option": v.get("option"),
@@ -235,16 +240,24 @@ def gate_view(g: Mapping[str, Any], user: str | None = None, *, db: Any = None) 
         "option": decided["option"],
         "form": decided["form"],
         "by": decided["by"],
+        "by_shown": gate.shown_by(g) if decided["decision"] else [],
         "commands": gate.commands(str(g["run_id"]), str(g["gate_id"]), db=db, row=g),
+        "notebook": g.get("run_source"),  # the notebook that launched the run, when known
     }
     if user is not None:
-        out["refusal"] = refusal(g, user)
+        out["refusal"] = refusal(g, user, db=db)
         out["may_decide"] = out["refusal"] is None
+        if out["may_decide"] and db is not None and g.get("status") == "open":
+            try:
+                gate.check_actor(g, user)
+            except gate.ApprovalError:
+                out["acting_for"] = gate.acting_for(Store.open(db), g, user)
     return out
 
 
-def refusal(g: Mapping[str, Any], user: str) -> str | None:
-    """Why ``user`` may not decide this gate now, or None if they may."""
+def refusal(g: Mapping[str, Any], user: str, *, db: Any = None) -> str | None:
+    """Why ``user`` may not decide this gate now, or None if they may (with ``db``, a
+    delegation to ``user`` counts: they decide for the person who delegated)."""
     if g.get("status") != "open":
         return gate.describe_decision(g, prefix="already ")
     if gate.deadline_passed(g):
@@ -252,7 +265,10 @@ def refusal(g: Mapping[str, Any], user: str) -> str | None:
     try:
         gate.check_actor(g, user)
     except gate.ApprovalError as exc:
-        return exc.message
+        principal = gate.acting_for(Store.open(db), g, user) if db is not None else None
+        if principal is None:
+            return exc.message
+        user = principal
     for vote in gate.votes_of(g):
         if vote.get("actor") == user:
             said = "approved" if vote.get("decision") == gate.APPROVE else "rejected"
@@ -264,7 +280,10 @@ def open_gates(
     store: Store, user: str | None = None, *, decidable_only: bool = False
 ) -> list[dict[str, Any]]:
     """Open gates, oldest first; with ``user`` each says whether they may decide it."""
-    rows = store.query_dicts("SELECT * FROM approvals WHERE status = 'open' ORDER BY opened_at")
+    rows = store.query_dicts(
+        "SELECT a.*, r.source AS run_source FROM approvals a LEFT JOIN runs r USING (run_id) "
+        "WHERE a.status = 'open' ORDER BY a.opened_at"
+    )
     views = [gate_view(r, user, db=store.path) for r in rows]
     if decidable_only:
         views = [v for v in views if v.get("may_decide")]

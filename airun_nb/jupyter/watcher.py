@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from airun_nb.gates import followup
 from airun_nb.store.database import Store, files_signature
 
 POLL = 0.3  # seconds between looks at the files
@@ -50,6 +51,8 @@ class GateWatcher:
 
     def watch(self, widget: Watched) -> None:
         key = (str(widget.db), widget.run_id, widget.gate_id)
+        if followup.has_follow_ups(widget.row):
+            followup.watch(widget.db)  # its reminders and escalation fire from this kernel too
         with self._lock:
             self._gates[key] = widget
             self._seen.pop(str(widget.db), None)  # look once the file is still

@@ -107,7 +107,7 @@ def _decided_line(row: Mapping[str, Any], outcome: str | None = None) -> str:
     status = str(row.get("status"))
     if status in ("approved", "rejected"):
         out = gate.output_of(row)
-        who = html.escape(", ".join(out["by"]) or str(row.get("actor") or "?"))
+        who = html.escape(", ".join(gate.shown_by(row)) or str(row.get("actor") or "?"))
     if status == "approved":
         chosen = f", option <b>{html.escape(str(out['option']))}</b>" if out["option"] else ""
         return f"<b>Approved</b> by {who} via {via}{chosen}; {outcome or 'continuing the run.'}"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,7 +17,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from airun_nb import __version__
 from airun_nb.errors import AirunError
-from airun_nb.gates import links
+from airun_nb.gates import followup, links
 from airun_nb.service import api, pages
 from airun_nb.service.auth import SESSION_COOKIE, LoginLimiter, Sessions, status_of
 from airun_nb.service.guard import LOOPBACK_HOSTS, Guard
@@ -41,11 +42,23 @@ def create_app(
     must name ``url``'s host, a loopback name or one of ``allowed_hosts`` in their ``Host``."""
     store = Store.open(db)
     settings = links.ensure_settings(store.path, url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The service watches the open gates: their reminders and escalations fire from here
+        # too (each once, whoever else watches).
+        watcher = followup.Watcher(store.path).start()
+        try:
+            yield
+        finally:
+            watcher.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="airun_nb approvals",
         version=__version__,
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # the OpenAPI UIs load their code from a CDN: /docs is our own page
         redoc_url=None,
         openapi_url="/openapi.json",
     )

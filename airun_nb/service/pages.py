@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from datetime import datetime
@@ -31,6 +32,7 @@ from airun_nb.service.auth import (
     store_of,
 )
 from airun_nb.service.tokens import Identity
+from airun_nb.settings import file as settings
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -152,7 +154,9 @@ def approvals_page(request: Request) -> Response:
     gates = overview.open_gates(store_of(request), who.user)
     # yours first, then the most urgent (no deadline last)
     gates.sort(key=lambda g: (not g["may_decide"], g["deadline"] is None, g["deadline"] or ""))
-    return _render(request, "approvals.html", who, gates=gates)
+    # the page's event stream starts where this list was read: no decision falls in between
+    cursor = store_of(request).event_cursor()
+    return _render(request, "approvals.html", who, gates=gates, cursor=cursor)
 
 
 @router.get("/runs", response_class=HTMLResponse)
@@ -187,6 +191,119 @@ def run_page(request: Request, run_id: str) -> Response:
         may_cancel=who.may_decide and (who.role == "admin" or who.user == detail["launched_by"]),
         rejected=overview.rejected_steps(detail),
     )
+
+
+def _notebook_link(path: Any) -> str | None:
+    """The run's notebook on the Jupyter server of the settings' ``jupyter_url`` (None when
+    unset or the path is not a notebook)."""
+    if not path or not str(path).endswith(".ipynb"):
+        return None
+    base = settings.jupyter_url()
+    if base is None:
+        return None
+    shown = Path(str(path))
+    with contextlib.suppress(ValueError):
+        shown = shown.relative_to(Path.cwd())
+    return f"{base}/lab/tree/{quote(shown.as_posix().lstrip('/'))}"
+
+
+templates.env.globals["notebook_link"] = _notebook_link
+
+
+@router.get("/runs/{run_id}/timeline.svg")
+def timeline_image(request: Request, run_id: str) -> Response:
+    """The run's timeline (the one ``RunResult.timeline()`` draws) as an SVG picture, served
+    so that it can never run a script (an image, with a closed content policy)."""
+    who = session_identity(request)
+    if who is None:
+        return _login_redirect(request)
+    store = store_of(request)
+    overview.runs_by_id(store, run_id)  # 404 for an unknown run
+    try:
+        from airun_nb.history import frames, timeline
+    except ImportError:  # pragma: no cover - matplotlib ships with the service's extra
+        raise actions.NotFound("the timeline needs matplotlib on the server") from None
+    svg = timeline.draw(
+        frames.attempts(run_id, store.path),
+        gates=frames.approvals(run_id, store.path),
+        title=f"run {run_id}",
+    )._repr_svg_()
+    return Response(
+        svg,
+        media_type="image/svg+xml",
+        headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def api_page(request: Request) -> Response:
+    """The API's endpoints, drawn from its OpenAPI description with no script and nothing
+    fetched from elsewhere (the usual OpenAPI UIs load theirs from a CDN)."""
+    who = session_identity(request) if "session" in request.scope else None
+    doc = request.app.openapi()
+    schemas = (doc.get("components") or {}).get("schemas") or {}
+    endpoints = []
+    for path, ops in (doc.get("paths") or {}).items():
+        for method, op in ops.items():
+            params = [
+                {
+                    "name": p.get("name"),
+                    "where": p.get("in"),
+                    "type": _type_of(p.get("schema") or {}, schemas),
+                    "required": bool(p.get("required")),
+                    "description": p.get("description") or "",
+                }
+                for p in op.get("parameters") or []
+            ]
+            content = ((op.get("requestBody") or {}).get("content") or {}).get(
+                "application/json"
+            ) or {}
+            body = _resolve(content.get("schema") or {}, schemas)
+            fields = [
+                {
+                    "name": name,
+                    "type": _type_of(f, schemas),
+                    "description": f.get("description") or "",
+                }
+                for name, f in (body.get("properties") or {}).items()
+            ]
+            endpoints.append(
+                {
+                    "id": f"{method}-{path}".replace("/", "-").replace("{", "").replace("}", ""),
+                    "method": method.upper(),
+                    "path": path,
+                    "summary": op.get("summary") or "",
+                    "parameters": params,
+                    "body": fields,
+                }
+            )
+    return _render(
+        request,
+        "api.html",
+        who,
+        title=doc.get("info", {}).get("title", "API"),
+        version=doc.get("info", {}).get("version", ""),
+        description=[p for p in str(doc.get("info", {}).get("description", "")).split("\n\n")],
+        endpoints=endpoints,
+    )
+
+
+def _resolve(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        return dict(schemas.get(ref.rsplit("/", 1)[-1]) or {})
+    return schema
+
+
+def _type_of(schema: dict[str, Any], schemas: dict[str, Any]) -> str:
+    schema = _resolve(schema, schemas)
+    if "anyOf" in schema:
+        kinds = [_type_of(s, schemas) for s in schema["anyOf"]]
+        return " or ".join(k for k in kinds if k != "null") or "any"
+    return str(schema.get("type") or "object")
 
 
 @router.get("/runs/{run_id}/gates/{gate_id}", response_class=HTMLResponse)

@@ -210,3 +210,14 @@ def service_hosts() -> list[str]:
     if not isinstance(raw, list):
         raise SettingsError("'service_hosts' in the settings must be a list of host names")
     return [str(h) for h in raw]
+
+
+def jupyter_url() -> str | None:
+    """``jupyter_url: http://127.0.0.1:8888``: the Jupyter server the service's pages link a
+    run's notebook to (``/lab/tree/<path>``); unset: the notebook's path is shown, not linked."""
+    raw = load().get("jupyter_url")
+    if raw is None:
+        return None
+    if not (isinstance(raw, str) and raw.startswith(("http://", "https://"))):
+        raise SettingsError("'jupyter_url' in the settings must be an http(s):// address")
+    return raw.rstrip("/")

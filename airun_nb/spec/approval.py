@@ -45,6 +45,9 @@ class GateConfig:
     quorum: int = 1
     require: dict[str, int] = dataclass_field(default_factory=dict)
     reject_quorum: int = 1
+    remind: float | None = None  # seconds between reminders while the gate is open
+    escalate_after: float | None = None  # seconds after opening when the gate escalates
+    escalate_to: list[str] = dataclass_field(default_factory=list)  # approvers it adds
 
     @property
     def needed(self) -> int:
@@ -53,15 +56,27 @@ class GateConfig:
 
     def form_spec(self) -> dict[str, Any] | None:
         """What the gate's row keeps of its form, options and quorum (JSON-able), or None."""
-        if not (self.fields or self.options or self.needed > 1 or self.reject_quorum > 1):
+        if not (
+            self.fields
+            or self.options
+            or self.needed > 1
+            or self.reject_quorum > 1
+            or self.remind
+            or self.escalate_after is not None
+        ):
             return None
-        return {
+        spec: dict[str, Any] = {
             "fields": {name: f.as_dict() for name, f in self.fields.items()},
             "options": list(self.options),
             "quorum": self.needed,
             "require": dict(self.require),
             "reject_quorum": self.reject_quorum,
         }
+        if self.remind:
+            spec["remind"] = self.remind
+        if self.escalate_after is not None:
+            spec["escalate"] = {"after": self.escalate_after, "to": list(self.escalate_to)}
+        return spec
 
 
 def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
@@ -83,6 +98,8 @@ def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
         "quorum",
         "require",
         "reject_quorum",
+        "remind",
+        "escalate",
     }
     for key in body:
         if key not in allowed:
@@ -109,6 +126,13 @@ def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
     require = _require(body.get("require"), step=step)
     quorum = _count(body.get("quorum", 1), "quorum", step)
     reject_quorum = _count(body.get("reject_quorum", 1), "reject_quorum", step)
+    remind = body.get("remind")
+    remind_s = None
+    if remind is not None:
+        remind_s = parse_duration(remind, path=f"steps.{step}.approval.remind")
+        if remind_s < MIN_FOLLOW_UP:
+            raise ApprovalError(f"step '{step}': 'remind' is at least {MIN_FOLLOW_UP:g}s")
+    after, to = _escalate(body.get("escalate"), step=step)
     return GateConfig(
         message=body.get("message"),
         show=body.get("show"),
@@ -126,7 +150,31 @@ def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
         quorum=quorum,
         require=require,
         reject_quorum=reject_quorum,
+        remind=remind_s,
+        escalate_after=after,
+        escalate_to=to,
     )
+
+
+MIN_FOLLOW_UP = 1.0  # seconds: the shortest reminder period or escalation delay
+
+
+def _escalate(raw: Any, *, step: str) -> tuple[float | None, list[str]]:
+    """``escalate: {after: 24h, to: role:director}`` -> (seconds, approvers it adds)."""
+    if raw is None:
+        return None, []
+    where = f"step '{step}'"
+    if not isinstance(raw, Mapping) or set(raw) - {"after", "to"} or "after" not in raw:
+        raise ApprovalError(f"{where}: 'escalate' is {{after: 24h, to: role:director}}")
+    after = parse_duration(raw["after"], path=f"steps.{step}.approval.escalate.after")
+    if after < MIN_FOLLOW_UP:
+        raise ApprovalError(f"{where}: 'escalate.after' is at least {MIN_FOLLOW_UP:g}s")
+    to = raw.get("to")
+    if isinstance(to, str):
+        to = [to]
+    if not (isinstance(to, list) and to and all(isinstance(a, str) and a.strip() for a in to)):
+        raise ApprovalError(f"{where}: 'escalate.to' names users or role:NAME, e.g. role:director")
+    return after, [a.strip() for a in to]
 
 
 # -- forms, options, quorum ------------------------------------------------------------------

@@ -192,6 +192,34 @@ class Queries:
             [seq, *params],
         )
 
+    def gate_events(self, run_id: str, gate_id: str, kinds: Sequence[str]) -> list[dict[str, Any]]:
+        """Events of one gate of the given kinds, in store order (its reminders, escalation)."""
+        if not kinds:
+            return []
+        return self.query_dicts(
+            "SELECT seq, ts, kind, detail FROM events WHERE run_id = ? AND step_id = ? AND kind IN "
+            f"({', '.join('?' for _ in kinds)}) ORDER BY seq",
+            [run_id, gate_id, *kinds],
+        )
+
+    def open_gate_events(self, kinds: Sequence[str]) -> list[dict[str, Any]]:
+        """Events of the given kinds of every open gate, in store order (their follow-ups)."""
+        if not kinds:
+            return []
+        return self.query_dicts(
+            "SELECT e.run_id, e.step_id, e.kind, e.detail FROM events e JOIN approvals a "
+            "ON a.run_id = e.run_id AND a.gate_id = e.step_id WHERE a.status = 'open' "
+            f"AND e.kind IN ({', '.join('?' for _ in kinds)}) ORDER BY e.seq",
+            list(kinds),
+        )
+
+    def events_of_kind(self, kind: str) -> list[dict[str, Any]]:
+        """Every event of one kind, in store order (delegations, for instance)."""
+        return self.query_dicts(
+            "SELECT seq, ts, run_id, step_id, kind, detail FROM events WHERE kind = ? ORDER BY seq",
+            [kind],
+        )
+
     def event_cursor(self, since: Any = None) -> int:
         """The sequence number a new event stream starts after: the last event now, or the one
         before the first event stamped ``since`` or later."""
