@@ -64,7 +64,7 @@ def test_the_delegation_example_runs(
         )
         assert done.returncode == 0, f"{line}: {done.stderr}"
         outputs.append(done.stdout)
-    assert "carol for bob until 2030-06-30 23:59 UTC" in outputs[1]
+    assert "carol for bob until 2099-06-30 23:59 UTC" in outputs[1]
     assert "as carol for bob" in outputs[2]
     row = Store.open(db).gate_row(run.run_id, "review")
     assert row is not None and row["status"] == "approved" and row["actor"] == "bob"
