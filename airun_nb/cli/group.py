@@ -22,6 +22,8 @@ LAZY_COMMANDS = {
     "convert": "migrate",
     "exec": "migrate",
     "mcp": "agents",
+    "submit": "queueing",
+    "worker": "queueing",
 }
 
 
