@@ -27,23 +27,16 @@ from airun_nb.engine.claim import claim_run
 from airun_nb.engine.planner import new_run_id
 from airun_nb.engine.runner import Runner, stored_spec
 from airun_nb.engine.state import INTERRUPTED, TERMINAL, WAITING
+from airun_nb.engine.stepkinds import ResolveError
 from airun_nb.errors import AirunError, RunBusy, RunEnded, RunInterrupted, WorkflowFailed
 from airun_nb.spec.parser import WorkflowSpec
 from airun_nb.store import code as codestore
 from airun_nb.store import owner, transitions
 from airun_nb.store.database import Store
-from airun_nb.store.queue import DEFAULT_QUEUE
+from airun_nb.store.queue import DEFAULT_QUEUE, SOURCE_PREFIX
 from airun_nb.store.transitions import Q_DONE, Q_FAILED, Q_PARKED, Q_QUEUED, QUEUED
 
-SOURCE_PREFIX = "queue:"  # a queued run's ``source``: the queue whose workers run it
 IDLE_POLL = 0.5  # seconds between looks at an empty queue
-
-
-def queue_of(source: Any) -> str | None:
-    """The queue a run was submitted to, from its ``source`` (None: not a queued run)."""
-    if isinstance(source, str) and source.startswith(SOURCE_PREFIX):
-        return source[len(SOURCE_PREFIX) :]
-    return None
 
 
 def submit(
@@ -83,11 +76,17 @@ def submit(
         "workflow": engine.spec.name,
         "text": engine.spec.source,
     }
-    saved = False
-    if store_code and namespace:
-        targets = [str(s.body) for s in engine.spec.steps if s.kind == "call"]
-        functions = codestore.notebook_functions(targets, namespace)
-        saved = bool(functions) and bool(codestore.save(store, run_id, functions))
+    calls = {s.id: str(s.body) for s in engine.spec.steps if s.kind == "call"}
+    functions = codestore.notebook_functions(calls.values(), namespace or {})
+    if functions and not store_code:
+        steps = [sid for sid, target in calls.items() if target.split(".")[0] in functions]
+        raise ResolveError(
+            f"step(s) {', '.join(steps)} call notebook function(s) {', '.join(functions)}, "
+            "which a worker cannot reach: store them with the run (`%config "
+            "Workflow.store_code = True`; the worker loads them with --trust-stored-code) or "
+            "call 'package.module:function'"
+        )
+    saved = bool(functions) and bool(codestore.save(store, run_id, functions))
     event = ledger.event("run_queued", queue=queue)
     store.enqueue(run_id, queue, records=[spec_record, run, event], trust_code=saved)
     store.sync()  # a run reported queued survives a power loss
@@ -187,8 +186,8 @@ class Worker:
             return str(row["status"])  # cancelled while queued, or finished elsewhere
         queued = self.store.queue_row(run_id) or {}
         namespace: dict[str, Any] = {}
-        if self.trust_stored_code and queued.get("trust_code"):
-            namespace = dict(codestore.load(self.store, run_id))
+        if self.trust_stored_code and codestore.stored_names(self.store, run_id):
+            namespace = dict(codestore.load(self.store, run_id))  # signed, or refused
         engine = Runner(stored_spec(self.store, run_id), self.store, namespace=namespace)
         engine.prepare(resume=run_id)
         engine.ledger.source = SOURCE_PREFIX + str(queued.get("queue") or DEFAULT_QUEUE)

@@ -28,6 +28,7 @@ from airun_nb.store import owner, transitions
 from airun_nb.store.transitions import Q_CLAIMED, Q_DONE, Q_FAILED, Q_PARKED, Q_QUEUED
 
 DEFAULT_QUEUE = "default"
+SOURCE_PREFIX = "queue:"  # a submitted run's ``source``: the queue whose workers run it
 QUEUE_COLUMNS = (
     "run_id",
     "queue",
@@ -61,6 +62,22 @@ UPDATE queue
         FOR UPDATE SKIP LOCKED)
 RETURNING run_id
 """
+
+
+def queue_of(source: Any) -> str | None:
+    """The queue a run was submitted to, from its ``source`` (None: not a submitted run)."""
+    if isinstance(source, str) and source.startswith(SOURCE_PREFIX):
+        return source[len(SOURCE_PREFIX) :]
+    return None
+
+
+def continued_by(source: Any) -> str | None:
+    """Who continues a submitted run once its gates are decided (None: not a submitted run)."""
+    queue = queue_of(source)
+    if queue is None:
+        return None
+    flag = "" if queue == DEFAULT_QUEUE else f" --queue {queue}"
+    return f"a worker serving queue {queue} continues it (`airun worker{flag}`)"
 
 
 def queue_record(row: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
@@ -132,6 +149,8 @@ class QueueStore:
                 list(queues),
             )
             chosen = [r for r in rows if _claimable(r)][:limit]
+            if len(chosen) < limit and DEFAULT_QUEUE in queues:
+                chosen += self._orphans()[: limit - len(chosen)]
             if not chosen:
                 return []
             now = time.time()
@@ -154,6 +173,25 @@ class QueueStore:
             ]
             transitions.commit(self, recs)  # type: ignore[arg-type]  # same lease hold
         return [str(r["run_id"]) for r in chosen]
+
+    def _orphans(self) -> list[dict[str, Any]]:
+        """Runs launched outside a queue (a notebook, a script) that wait at gates all of
+        which are decided, whose launching process is gone: the default queue adopts them, so
+        a decision taken after the kernel went away is carried out by a worker."""
+        rows = self.query_dicts(
+            """SELECT r.run_id, r.owner_pid, r.owner_host, r.owner_token, r.created_at
+               FROM runs r JOIN approvals a USING (run_id)
+               WHERE r.status = 'waiting'
+                 AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.run_id = r.run_id)
+               GROUP BY ALL HAVING bool_and(a.status <> 'open')
+               ORDER BY r.created_at, r.run_id"""
+        )
+        now = time.time()
+        return [
+            {"run_id": r["run_id"], "queue": DEFAULT_QUEUE, "enqueued_at": now, "claims": 0}
+            for r in rows
+            if not owner.owner_alive(r)
+        ]
 
     def end_claim(self, run_id: str, state: str, *, error: str | None = None) -> None:
         """This worker lets go of its claim on ``run_id``: ``done`` or ``failed`` (the run
