@@ -120,6 +120,7 @@ class Worker:
         self._stop = threading.Event()
         self._current: str | None = None  # the run executing now
         self._handing_back = False
+        self._error: str | None = None  # how the last run failed, if it did
 
     # -- the loop ----------------------------------------------------------------------------
     def serve(self) -> int:
@@ -174,11 +175,13 @@ class Worker:
             self.say(f"run {run_id} waits at a gate; a worker continues it once it is decided")
         else:
             self.store.end_claim(run_id, Q_DONE)
-            self.say(f"run {run_id} {status}")
+            why = f": {self._error}" if self._error and status != "completed" else ""
+            self.say(f"run {run_id} {status}{why}")
         return status
 
     # -- one run -----------------------------------------------------------------------------
     def _execute(self, run_id: str) -> str:
+        self._error = None
         row = self.store.run_row(run_id)
         if row is None:
             raise RunEnded(f"no run '{run_id}' in the store (removed after it was queued)")
@@ -204,6 +207,7 @@ class Worker:
             pass  # recorded: the status says how it ended
         finally:
             self._current = None
+        self._error = engine.error
         return engine.status
 
     def _could_not_start(self, run_id: str, message: str) -> None:
