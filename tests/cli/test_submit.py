@@ -85,3 +85,18 @@ def test_bad_input_is_one_line_and_queues_nothing(world, args, file_text, says) 
     if db.exists():
         assert rows(db, "SELECT count(*) FROM queue") == [(0,)]
         assert rows(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_a_cancelled_queued_run_leaves_the_queue(world) -> None:
+    """`airun cancel` on a queued run ends it cancelled and takes it off its queue: a worker
+    then finds nothing to run and no step body ever runs."""
+    folder, e = world
+    run_id = airun(["submit", "job.yaml"], e, folder).stdout.strip()
+    cancelled = airun(["cancel", run_id], e, folder)
+    assert cancelled.returncode == 0, cancelled.stderr
+    idle = airun(["worker", "--exit-when-idle"], e, folder)
+    assert "stops after 0 run(s)" in idle.stdout
+    db = folder / "s.duckdb"
+    assert rows(db, "SELECT status FROM runs") == [("cancelled",)]
+    assert rows(db, "SELECT state, error FROM queue") == [("done", "cancelled")]
+    assert counts(folder / "ledger.txt") == {}
