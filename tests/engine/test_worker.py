@@ -91,11 +91,11 @@ def _submit_many(folder: Path, e: dict[str, str], text: str, n: int) -> list[str
     return done.stdout.split()
 
 
-def _drain(world, n: int) -> None:
+def _drain(world, n: int, commands: list[list[str]]) -> None:
     folder, e = world
     run_ids = _submit_many(folder, e, TWO_STEPS, n)
     assert len(set(run_ids)) == n
-    workers = [worker(["--exit-when-idle"], e, folder) for _ in range(4)]
+    workers = [worker(["--exit-when-idle", *args], e, folder) for args in commands]
     for w in workers:
         assert w.wait(timeout=TIMEOUT) == 0, said(w)
     ran = counts(folder / "ledger.txt")
@@ -111,15 +111,16 @@ def _drain(world, n: int) -> None:
 
 
 def test_four_workers_drain_40_runs_each_exactly_once(world) -> None:
-    """Four worker processes racing on one queue of 40 runs: every run completes, every step
-    body runs exactly once (counted outside the store), every queue row was claimed once."""
-    _drain(world, 40)
+    """Four worker processes racing on one queue of 40 runs (two `airun worker --concurrency
+    2`): every run completes, every step body runs exactly once (counted outside the store),
+    every queue row was claimed once."""
+    _drain(world, 40, [["--concurrency", "2"], ["--concurrency", "2"]])
 
 
 @pytest.mark.slow
 def test_four_workers_drain_200_runs_each_exactly_once(world) -> None:
-    """The same with 200 queued runs."""
-    _drain(world, 200)
+    """Four separate worker processes on one queue of 200 runs: each run exactly once."""
+    _drain(world, 200, [[], [], [], []])
 
 
 def test_a_gate_approved_after_the_submitter_is_gone_is_continued_by_a_worker(world) -> None:

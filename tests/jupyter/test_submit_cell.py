@@ -75,3 +75,32 @@ def test_a_notebook_function_is_refused_unless_stored_then_a_trusting_worker_run
     done = airun(["worker", "--exit-when-idle", "--trust-stored-code"], e, folder)
     assert f"run {run_id} completed" in done.stdout, done.stdout + done.stderr
     assert counts(folder / "ledger.txt") == {(run_id, "nb_step"): 1}
+
+
+GATED = """%%workflow shared_name{flag}
+steps:
+  - id: prepare
+    python: "result = 1"
+  - id: review
+    needs: [prepare]
+    approval: {{message: "Go on?"}}
+"""
+
+
+def test_a_cell_of_the_same_workflow_leaves_a_submitted_run_to_its_workers(
+    ipython, capsys, tmp_path: Path
+) -> None:
+    """A submitted run parked at its gate belongs to its queue: running a cell of the same
+    workflow in the notebook starts a run of its own instead of taking the parked one over."""
+    folder, e = _world(tmp_path)
+    assert ipython.run_cell(GATED.format(flag=" --submit")).error_in_exec is None
+    queued = capsys.readouterr().out.split("queued run ", 1)[1].split()[0]
+    parked = airun(["worker", "--exit-when-idle"], e, folder)
+    assert f"run {queued} waits at a gate" in parked.stdout, parked.stdout + parked.stderr
+    assert ipython.run_cell(GATED.format(flag="")).error_in_exec is None
+    import airun_nb
+
+    mine = airun_nb.last_run()
+    assert mine.run_id != queued and mine.status == "waiting"
+    db = Path(os.environ["AIRUN_DB"])
+    assert rows(db, f"SELECT state FROM queue WHERE run_id = '{queued}'") == [("parked",)]
