@@ -32,7 +32,6 @@ ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED = "rolling_back", "rolled_back", "rol
 CANCELLED = "cancelled"
 QUEUED = "queued"  # submitted to a queue: a worker starts it (see store/queue.py)
 RUN_STATUSES = (
-    QUEUED,
     PENDING,
     RUNNING,
     WAITING,
@@ -43,6 +42,7 @@ RUN_STATUSES = (
     ROLLED_BACK,
     ROLLBACK_FAILED,
     CANCELLED,
+    QUEUED,
 )
 RESUMABLE = {PENDING, RUNNING, WAITING, FAILED, INTERRUPTED}
 TERMINAL = {COMPLETED, ROLLED_BACK, ROLLBACK_FAILED, CANCELLED}
