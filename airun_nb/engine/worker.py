@@ -121,6 +121,7 @@ class Worker:
         self._current: str | None = None  # the run executing now
         self._handing_back = False
         self._error: str | None = None  # how the last run failed, if it did
+        self._next: list[str] = []  # claimed as the last run's claim ended
 
     # -- the loop ----------------------------------------------------------------------------
     def serve(self) -> int:
@@ -131,7 +132,9 @@ class Worker:
         try:
             self.say(f"worker {self.name} serves queue(s) {', '.join(self.queues)}")
             while not self._stop.is_set():
-                claimed = self.store.claim_queued(self.queues, self.name, 1)
+                claimed, self._next = self._next, []
+                if not claimed:
+                    claimed = self.store.claim_queued(self.queues, self.name, 1)
                 if not claimed:
                     if self.exit_when_idle:
                         break
@@ -141,6 +144,8 @@ class Worker:
                     self.run_claimed(run_id)
         finally:
             restore()
+            for run_id in self._next:  # claimed while it was stopping: back to the queue
+                self.store.end_claim(run_id, Q_QUEUED)
             self.store.flush()
         self.say(f"worker {self.name} stops after {self.handled} run(s)")
         return self.handled
@@ -154,11 +159,11 @@ class Worker:
         try:
             status = self._execute(run_id)
         except RunBusy as exc:  # a live process executes it: look again when it lets go
-            self.store.end_claim(run_id, Q_PARKED, error=exc.message)
+            self._end(run_id, Q_PARKED, error=exc.message)
             self.say(f"run {run_id}: {exc.message}")
             return "busy"
         except RunEnded as exc:
-            self.store.end_claim(run_id, Q_DONE, error=exc.message)
+            self._end(run_id, Q_DONE, error=exc.message)
             self.say(f"run {run_id}: {exc.message}")
             return "ended"
         except AirunError as exc:  # it cannot start here (its code is missing, say)
@@ -168,30 +173,40 @@ class Worker:
             self._could_not_start(run_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
             return "failed"
         if status == INTERRUPTED:
-            self.store.end_claim(run_id, Q_QUEUED)
+            self._end(run_id, Q_QUEUED)
             self.say(f"run {run_id} handed back to the queue (interrupted; it resumes)")
         elif status == WAITING:
-            self.store.end_claim(run_id, Q_PARKED)
+            self._end(run_id, Q_PARKED)
             self.say(f"run {run_id} waits at a gate; a worker continues it once it is decided")
         else:
-            self.store.end_claim(run_id, Q_DONE)
+            self._end(run_id, Q_DONE)
             why = f": {self._error}" if self._error and status != "completed" else ""
             self.say(f"run {run_id} {status}{why}")
         return status
 
+    def _end(self, run_id: str, state: str, *, error: str | None = None) -> None:
+        """End this worker's claim on ``run_id`` and, unless stopping, claim the next run in
+        the same hold of the store (one hold instead of two: workers share one file)."""
+        with self.store.session(f"ending the claim on run {run_id}"):
+            self.store.end_claim(run_id, state, error=error)
+            if not self._stop.is_set():
+                self._next = self.store.claim_queued(self.queues, self.name, 1)
+
     # -- one run -----------------------------------------------------------------------------
     def _execute(self, run_id: str) -> str:
         self._error = None
-        row = self.store.run_row(run_id)
-        if row is None:
-            raise RunEnded(f"no run '{run_id}' in the store (removed after it was queued)")
-        if row["status"] in TERMINAL:
-            return str(row["status"])  # cancelled while queued, or finished elsewhere
-        queued = self.store.queue_row(run_id) or {}
-        namespace: dict[str, Any] = {}
-        if self.trust_stored_code and codestore.stored_names(self.store, run_id):
-            namespace = dict(codestore.load(self.store, run_id))  # signed, or refused
-        engine = Runner(stored_spec(self.store, run_id), self.store, namespace=namespace)
+        with self.store.session(f"starting run {run_id}"):  # one hold for these reads
+            row = self.store.run_row(run_id)
+            if row is None:
+                raise RunEnded(f"no run '{run_id}' in the store (removed after it was queued)")
+            if row["status"] in TERMINAL:
+                return str(row["status"])  # cancelled while queued, or finished elsewhere
+            queued = self.store.queue_row(run_id) or {}
+            namespace: dict[str, Any] = {}
+            if self.trust_stored_code and codestore.stored_names(self.store, run_id):
+                namespace = dict(codestore.load(self.store, run_id))  # signed, or refused
+            spec = stored_spec(self.store, run_id)
+        engine = Runner(spec, self.store, namespace=namespace)
         engine.prepare(resume=run_id)
         engine.ledger.source = SOURCE_PREFIX + str(queued.get("queue") or DEFAULT_QUEUE)
         self._current = run_id
