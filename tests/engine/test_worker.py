@@ -151,6 +151,16 @@ def test_a_gate_approved_after_the_submitter_is_gone_is_continued_by_a_worker(wo
     approved = airun(["approve", run_id, "review"], {**e, "AIRUN_USER": "lead"}, folder)
     assert approved.returncode == 0, approved.stderr
     assert "a worker serving queue default continues it" in approved.stdout
+    from airun_nb.service.pages import decided_flash  # what the approvals page then says
+
+    store = Store.open(db, create=False)
+    decided = {"run_id": run_id, "gate_id": "review", "status": "approved"}
+    flash = decided_flash({**decided, "decision": "approved"}, "lead", store)
+    after = run_detail(store, run_id)
+    store.release()
+    assert "a worker serving queue default continues it" in flash
+    assert after["state"] == "approved, waiting to resume"
+    assert "a worker serving queue default continues it" in after["resumed_by"]
 
     last = airun(["worker", "--exit-when-idle"], e, folder)
     assert f"run {run_id} completed" in last.stdout, last.stdout
