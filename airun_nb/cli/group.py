@@ -24,6 +24,8 @@ LAZY_COMMANDS = {
     "mcp": "agents",
     "push": "transfer",
     "pull": "transfer",
+    "submit": "queueing",
+    "worker": "queueing",
 }
 
 

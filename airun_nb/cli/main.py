@@ -281,6 +281,13 @@ def _decide(
         click.echo(f"{said}; the run has already continued (now {status})")
         return
     then = "continues" if out["status"] == "approved" else "rolls back"
+    from airun_nb.store.queue import continued_by
+
+    worker = continued_by(found.get("source")) if found else None
+    if worker is not None:  # a submitted run: no kernel waits for it, a worker takes it on
+        how = "" if out["status"] == "approved" else " (and rolls it back)"
+        click.echo(f"{said}; {worker.replace('continues it', 'continues it' + how, 1)}")
+        return
     resume = gate.resume_command(run_id, store.path)
     click.echo(
         f"{said}; a notebook showing this gate {then.replace('continues', 'continues the run')}"

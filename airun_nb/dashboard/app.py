@@ -359,6 +359,11 @@ class Dashboard(App[None]):
         if out["status"] == "open":
             return f"your vote on gate {gate_id} of run {run_id} is in: {out['progress']}"
         resume = gate.resume_command(run_id, self.store.path)
+        from airun_nb.store.queue import continued_by
+
+        worker = continued_by((self.store.run_row(run_id) or {}).get("source"))
+        if worker is not None:  # a submitted run: a worker of its queue takes it on
+            return f"{out['status']} gate {gate_id} of run {run_id} as {self.user}; {worker}"
         if out["status"] == "approved":
             chosen = f" with option {out['option']}" if out.get("option") else ""
             return (

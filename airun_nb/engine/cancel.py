@@ -26,10 +26,11 @@ from airun_nb.governance import identity
 from airun_nb.store import transitions
 from airun_nb.store.database import Store
 from airun_nb.store.owner import owner_alive, owner_fields
+from airun_nb.store.queue import queue_record
 
 CANCELLED = "cancelled"
 # Statuses a run may be cancelled from ("running" only when its process is gone).
-CANCELLABLE = ("pending", "waiting", "failed", "interrupted", "running")
+CANCELLABLE = ("queued", "pending", "waiting", "failed", "interrupted", "running")
 _EXECUTING = ("running", "rolling_back")
 
 
@@ -70,7 +71,7 @@ def cancel(
             recs = _gate_records(store, run_id, gates, actor, channel)
             recs += _step_records(store, run_id)
             recs += _final_records(row, previous, actor, channel, comment, rolled_back=False)
-            transitions.commit(store, recs)
+            transitions.commit(store, recs + _off_the_queue(store, run_id))
             return _summary(run_id, previous, gates, actor, channel, rolled_back=False)
         # Close the gates first: no decision can continue the run while it is being undone.
         # The cancel takes the run over from an idle owner, so the rollback may run here.
@@ -88,7 +89,9 @@ def cancel(
         found = store.run_row(run_id)
         assert found is not None
         transitions.commit(
-            store, _final_records(found, previous, actor, channel, comment, rolled_back=True)
+            store,
+            _final_records(found, previous, actor, channel, comment, rolled_back=True)
+            + _off_the_queue(store, run_id),
         )
     return _summary(run_id, previous, gates, actor, channel, rolled_back=True)
 
@@ -104,8 +107,8 @@ def _cancellable(store: Store, run_id: str) -> dict[str, Any]:
         raise CancelError(f"run {run_id} is already cancelled")
     if status not in CANCELLABLE:
         raise CancelError(
-            f"run {run_id} is {status} and cannot be cancelled (only a waiting, failed or "
-            "interrupted run can)"
+            f"run {run_id} is {status} and cannot be cancelled (only a queued, waiting, failed "
+            "or interrupted run can)"
             + ("; finish its rollback with `airun rollback`" if status == "rollback_failed" else "")
         )
     return row
@@ -144,6 +147,14 @@ def _step_records(store: Store, run_id: str) -> list[dict[str, Any]]:
         rec.update(status=CANCELLED, finished_at=time.time())
         recs.append(rec)
     return recs
+
+
+def _off_the_queue(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """A submitted run that is cancelled leaves its queue: no worker takes it any more."""
+    row = store.queue_row(run_id)
+    if row is None or row["state"] in ("done", "failed"):
+        return []
+    return [queue_record(row, state="done", finished_at=time.time(), error="cancelled")]
 
 
 def _final_records(

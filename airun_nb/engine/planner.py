@@ -42,6 +42,7 @@ from airun_nb.spec.parser import StepSpec, WorkflowSpec, _hash
 from airun_nb.store import pending as recent
 from airun_nb.store.database import Store
 from airun_nb.store.owner import HOST, owner_alive
+from airun_nb.store.queue import queue_of
 
 _STEP_COLUMNS = """run_id, step_id, status, attempts, def_hash, code_hash, eff_hash,
       epoch(started_at) AS started_at, epoch(finished_at) AS finished_at,
@@ -246,6 +247,8 @@ class Planner:
             row = recent.latest_run(store, self.spec.name)
             if row is not None and _elsewhere(row) and recent.started_by_owner(store, row):
                 return None, {}, "new"  # a live process's run belongs to it
+            if row is not None and queue_of(row.get("source")) is not None:
+                return None, {}, "new"  # a submitted run belongs to its queue's workers
             if row is not None and row["status"] == ROLLBACK_FAILED:
                 raise RunBusy(
                     f"run {row['run_id']} of {self.spec.name} is rollback_failed: finish undoing "

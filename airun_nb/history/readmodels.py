@@ -75,7 +75,7 @@ def runs(
     rows = store.query_dicts(
         f"""SELECT r.run_id, r.workflow, r.status, r.launched_by, r.created_at, r.started_at,
                    r.finished_at, r.failed_step, r.error, r.owner_pid, r.owner_host,
-                   r.owner_token,
+                   r.owner_token, r.source,
                    (SELECT count(*) FROM steps s WHERE s.run_id = r.run_id) AS steps,
                    (SELECT count(*) FROM steps s WHERE s.run_id = r.run_id
                        AND s.status = 'completed') AS completed_steps,
@@ -88,7 +88,8 @@ def runs(
 
 
 def _run(r: Mapping[str, Any], db: Any = None) -> dict[str, Any]:
-    out = {k: v for k, v in r.items() if k not in ("owner_pid", "owner_host", "owner_token")}
+    hidden = ("owner_pid", "owner_host", "owner_token", "source")
+    out = {k: v for k, v in r.items() if k not in hidden}
     for key in ("created_at", "started_at", "finished_at"):
         out[key] = iso(r.get(key))
     for key in ("steps", "completed_steps", "open_gates"):
@@ -122,18 +123,26 @@ def run_state(r: Mapping[str, Any], open_gates: int, db: Any = None) -> tuple[st
 
     A run waits while one of its gates is open ("waiting for approval"); once every gate it
     stopped at is decided it still waits until something resumes it: "approved, waiting to
-    resume" (a rejection too: resuming rolls it back). Who resumes it: the live process that
-    launched it (a notebook kernel continues it by itself), else ``airun resume``."""
+    resume" (a rejection too: resuming rolls it back). Who resumes it: a worker serving its
+    queue when it was submitted (``airun submit``), the live process that launched it (a
+    notebook kernel continues it by itself), else ``airun resume``."""
     status = str(r.get("status"))
     if status != "waiting":
         return status.replace("_", " "), None
     from airun_nb.store.owner import owner_alive
+    from airun_nb.store.queue import continued_by
 
     command = gate.resume_command(str(r["run_id"]), db)
-    if owner_alive(r):
+    worker = continued_by(r.get("source"))
+    if worker is not None:  # submitted: whichever worker serves its queue, once decided
+        who = worker
+    elif owner_alive(r):
         who = f"the process that launched it (pid {r.get('owner_pid')}) continues it; if not, `{command}`"
     else:
-        who = f"nothing runs it now: `{command}` (or re-run its notebook cell) continues it"
+        who = (
+            f"nothing runs it now: `{command}` (or re-run its notebook cell) continues it; "
+            "once its gates are decided, so does a worker serving the default queue"
+        )
     if open_gates:
         return "waiting for approval", who
     return APPROVED_WAITING, who
@@ -168,7 +177,7 @@ def run_detail(store: Store, run_id: str, *, user: str | None = None) -> dict[st
 def runs_by_id(store: Store, run_id: str) -> dict[str, Any]:
     rows = store.query_dicts(
         """SELECT run_id, workflow, status, launched_by, created_at, started_at, finished_at,
-                  failed_step, error, params, owner_pid, owner_host, owner_token,
+                  failed_step, error, params, owner_pid, owner_host, owner_token, source,
                   source AS notebook,
                   (SELECT count(*) FROM approvals a WHERE a.run_id = r.run_id
                        AND a.status = 'open') AS open_gates

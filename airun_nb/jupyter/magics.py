@@ -80,6 +80,8 @@ def _cell_parser() -> _Parser:
     p.add_argument("--fork", metavar="RUN")
     p.add_argument("--from", dest="from_step", metavar="STEP")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--submit", action="store_true")
+    p.add_argument("--queue", metavar="NAME")
     return p
 
 
@@ -105,7 +107,7 @@ class WorkflowMagics(Magics):
         ::
 
             %%workflow [NAME] [--param KEY=VALUE ...] [--resume RUN | --new] [--db PATH]
-                       [--fork RUN --from STEP] [--dry-run]
+                       [--fork RUN --from STEP] [--dry-run] [--submit [--queue NAME]]
 
         NAME                the workflow's name (default: its ``name:`` key, else the cell)
         --param, -p K=V     set a workflow param (VALUE read as YAML: 3, true, [a, b]); repeat
@@ -118,6 +120,9 @@ class WorkflowMagics(Magics):
         --from STEP         ... STEP and everything downstream of it (goes with --fork)
         --dry-run           print the plan (what would run, what would be reused, and why);
                             run nothing
+        --submit            queue a new run for ``airun worker`` instead of running it here
+                            (notebook functions go with it when ``store_code`` is on)
+        --queue NAME        the queue --submit puts it on (default: default)
 
         A run left waiting at an approval gate draws the gate's buttons; ``airun_nb.last_run()``
         is the run's :class:`~airun_nb.result.RunResult`. A workflow kept in a file runs with
@@ -131,8 +136,17 @@ class WorkflowMagics(Magics):
             raise UsageError("%%workflow: --fork RUN goes with --from STEP")
         if args.fork and (args.resume or args.new):
             raise UsageError("%%workflow: --fork does not go with --resume or --new")
+        if args.queue and not args.submit:
+            raise UsageError("%%workflow: --queue NAME goes with --submit")
+        if args.submit and (args.resume or args.fork or args.dry_run):
+            raise UsageError(
+                "%%workflow: --submit queues a new run; not with --resume, --fork or --dry-run"
+            )
         wf = Workflow.from_yaml(cell, name=args.name, line_offset=1, db=args.db)
         params = _params(args.param)
+        if args.submit:
+            self._submit(wf, params, args.queue or "default", args.db)
+            return
         fork = (args.fork, args.from_step) if args.fork else None
         if fork is not None:
             params = {**stored_params(args.fork, args.db), **params}
@@ -189,6 +203,27 @@ class WorkflowMagics(Magics):
             raise
         finally:
             after_run(self.shell, engine, listener)
+
+    def _submit(self, wf: Workflow, params: dict[str, Any], queue: str, db: str | None) -> None:
+        """``%%workflow --submit``: queue a new run for a worker; say its id and what runs it."""
+        from airun_nb.engine.worker import submit
+        from airun_nb.gates.gate import db_flag
+        from airun_nb.store.database import Store
+
+        store = Store.open(db)
+        run_id = submit(
+            wf.spec,
+            store,
+            params=params,
+            queue=queue,
+            namespace=self.shell.user_ns,
+            store_code=bool(self._setting("store_code")),
+        )
+        option = "" if queue == "default" else f" --queue {queue}"
+        print(
+            f"queued run {run_id} of {wf.name} on queue {queue}; "
+            f"`airun worker{option}{db_flag(store.path)}` runs it"
+        )
 
     def _setting(self, name: str) -> Any:
         for conf in self.shell.configurables:

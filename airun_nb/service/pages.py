@@ -370,6 +370,12 @@ def decided_flash(out: dict[str, Any], user: str, store: Any) -> str:
             f"Your vote on gate {gate_id} of run {run_id} is recorded as {user}: {out['progress']}."
         )
     resume = gate.resume_command(run_id, store.path)
+    from airun_nb.store.queue import continued_by
+
+    worker = continued_by((store.run_row(run_id) or {}).get("source"))
+    if worker is not None:  # a submitted run: a worker of its queue takes it on
+        verb = "Approved" if out.get("decision") == "approved" else "Rejected"
+        return f"{verb} gate {gate_id} of run {run_id} as {user}; {worker}."
     if out.get("decision") == "approved":
         chosen = f" with option {out['option']}" if out.get("option") else ""
         return (

@@ -68,3 +68,19 @@ class Backend(Protocol):
     def gate_row(self, run_id: str, gate_id: str) -> dict[str, Any] | None: ...
 
     def open_gates(self, run_id: str | None = None) -> list[dict[str, Any]]: ...
+
+    # Queues (see store/queue.py): submitting a run, and the claims of workers.
+    def queue_row(self, run_id: str) -> dict[str, Any] | None: ...
+
+    def enqueue(
+        self,
+        run_id: str,
+        queue: str = ...,
+        *,
+        records: Sequence[dict[str, Any]] = ...,
+        trust_code: bool = ...,
+    ) -> None: ...
+
+    def claim_queued(self, queues: Sequence[str], worker: str, limit: int) -> list[str]: ...
+
+    def end_claim(self, run_id: str, state: str, *, error: str | None = None) -> None: ...

@@ -40,6 +40,7 @@ from airun_nb.store.heads import Heads
 from airun_nb.store.journal import Journal, meta_keys, slot_paths
 from airun_nb.store.lease import Lease
 from airun_nb.store.queries import Queries
+from airun_nb.store.queue import QueueStore
 from airun_nb.store.redaction import scrub
 from airun_nb.store.schema import APP, NO_EXTENSIONS, SCHEMA_VERSION, TABLES, quote_ident
 from airun_nb.store.slots import Batch, Peers, files_signature
@@ -62,7 +63,7 @@ _registry: dict[str, Store] = {}
 _registry_lock = threading.Lock()
 
 
-class Store(Queries):
+class Store(Queries, QueueStore):
     """A handle on one store file, shared by every thread of a process."""
 
     def __init__(self, path: Path) -> None:

@@ -14,7 +14,7 @@ import duckdb
 
 from airun_nb.errors import StoreIncompatible
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
 # (hashed API tokens of the approval service); 4 adds attempts.traceback (the full traceback of
 # a failed attempt); 5 adds runs.forked_from / forked_step (a fork's run and step) and
@@ -23,8 +23,8 @@ SCHEMA_VERSION = 9
 # by the hash of their text and of the parser, see speccache); 8 adds events.seq (the event's
 # place in the store's one order, assigned when it is folded); 9 adds approvals.form_spec (a
 # gate's form fields, options and quorum), votes (each person's vote), option and form (the
-# decided option and form values). Each version only
-# adds tables or columns, so an older store is upgraded in place when it is opened.
+# decided option and form values); 10 adds queue (runs submitted to a named queue, and which
+# worker holds each, see store/queue.py). Each version only adds tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
 # Column lists are the single source of truth for DDL, Arrow batches and journal records.
@@ -183,6 +183,26 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
         [("cache_key", "VARCHAR"), ("created_at", _TS), ("data", "BLOB")],
         ("cache_key",),
     ),
+    # A submitted run's place in a queue: queued until a worker claims it, then claimed (by
+    # that worker's process), parked while the run waits at a gate, done or failed at the end.
+    "queue": (
+        [
+            ("run_id", "VARCHAR"),
+            ("queue", "VARCHAR"),
+            ("state", "VARCHAR"),
+            ("enqueued_at", _TS),
+            ("claimed_at", _TS),
+            ("finished_at", _TS),
+            ("worker", "VARCHAR"),
+            ("worker_pid", "BIGINT"),
+            ("worker_host", "VARCHAR"),
+            ("worker_token", "VARCHAR"),
+            ("claims", "BIGINT"),
+            ("trust_code", "BOOLEAN"),
+            ("error", "VARCHAR"),
+        ],
+        ("run_id",),
+    ),
 }
 # Journal record type -> table.
 RECORD_TABLE = {
@@ -194,6 +214,7 @@ RECORD_TABLE = {
     "ev": "events",
     "audit": "audit",
     "token": "tokens",
+    "queue": "queue",
 }
 
 

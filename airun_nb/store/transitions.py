@@ -30,6 +30,7 @@ PENDING, RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED = (
 )
 ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED = "rolling_back", "rolled_back", "rollback_failed"
 CANCELLED = "cancelled"
+QUEUED = "queued"  # submitted to a queue: a worker starts it (see store/queue.py)
 RUN_STATUSES = (
     PENDING,
     RUNNING,
@@ -41,6 +42,7 @@ RUN_STATUSES = (
     ROLLED_BACK,
     ROLLBACK_FAILED,
     CANCELLED,
+    QUEUED,
 )
 RESUMABLE = {PENDING, RUNNING, WAITING, FAILED, INTERRUPTED}
 TERMINAL = {COMPLETED, ROLLED_BACK, ROLLBACK_FAILED, CANCELLED}
@@ -82,6 +84,8 @@ GATE_STATUSES = (G_OPEN, G_APPROVED, G_REJECTED, G_EXPIRED, G_CANCELLED)
 # compensation: rollback_failed), and a run nobody wants any more ends cancelled (with or without
 # a rollback first).
 RUN_TRANSITIONS: dict[str, set[str]] = {
+    # (queued -> failed: a worker could not start it, say its code was missing)
+    QUEUED: {RUNNING, CANCELLED, FAILED},
     # (pending -> failed / rollback_failed: an error before the run got going is recorded too)
     PENDING: {RUNNING, ROLLING_BACK, CANCELLED, FAILED, ROLLBACK_FAILED},
     # running -> cancelled: a run whose process died (a live owner is refused before this)
@@ -142,6 +146,18 @@ GATE_TRANSITIONS: dict[str, set[str]] = {
     G_REJECTED: set(),
     G_CANCELLED: set(),
 }
+# A run's place in a queue (store/queue.py): queued until a worker claims it; a claim ends done
+# or failed, is parked while the run waits at a gate (claimed again once its gates are decided),
+# or handed back (queued) by a worker that stops; the claim of a worker that died is taken over
+# (claimed -> claimed); a queued run that is cancelled leaves the queue (done).
+Q_QUEUED, Q_CLAIMED, Q_PARKED, Q_DONE, Q_FAILED = "queued", "claimed", "parked", "done", "failed"
+QUEUE_TRANSITIONS: dict[str, set[str]] = {
+    Q_QUEUED: {Q_CLAIMED, Q_DONE},
+    Q_CLAIMED: {Q_CLAIMED, Q_QUEUED, Q_PARKED, Q_DONE, Q_FAILED},
+    Q_PARKED: {Q_CLAIMED, Q_DONE},
+    Q_DONE: set(),
+    Q_FAILED: set(),
+}
 # A compensation: none yet -> running -> done | failed (failed may run again).
 COMP_TRANSITIONS: dict[str | None, set[str]] = {
     None: {"running", "none", "failed"},
@@ -171,6 +187,11 @@ def check_gate(old: str, new: str, gate_id: str) -> None:
         raise TransitionError(f"gate '{gate_id}': cannot go from {old} to {new}")
 
 
+def check_queue(old: str, new: str, run_id: str) -> None:
+    if new not in QUEUE_TRANSITIONS.get(old, set()):
+        raise TransitionError(f"run {run_id}: its queue entry cannot go from {old} to {new}")
+
+
 def check_compensation(old: str | None, new: str, step_id: str) -> None:
     if new not in COMP_TRANSITIONS.get(old, set()):
         raise TransitionError(f"step '{step_id}': its compensation cannot go from {old} to {new}")
@@ -193,8 +214,19 @@ def _check(store: Store, records: Sequence[dict[str, Any]], *, gates_only: bool)
     runs: dict[str, str | None] = {}
     steps: dict[tuple[str, str], str | None] = {}
     gates: dict[tuple[str, str], str | None] = {}
+    queued: dict[str, str | None] = {}
     for rec in records:
         kind, new = rec.get("t"), rec.get("status")
+        if kind == "queue":
+            run_id = str(rec["run_id"])
+            if run_id not in queued:
+                entry = store.queue_row(run_id)
+                queued[run_id] = None if entry is None else str(entry["state"])
+            old = queued[run_id]
+            if old is not None:
+                check_queue(old, str(rec["state"]), run_id)
+            queued[run_id] = str(rec["state"])
+            continue
         if new is None or (gates_only and kind != "gate"):
             continue
         if kind == "run":

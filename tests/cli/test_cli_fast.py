@@ -106,13 +106,14 @@ def test_runs_prints_the_same_table_as_the_dataframe_rendering(db: Path, gated_r
 def test_every_command_of_the_other_modules_is_listed_and_runs(db: Path) -> None:
     from airun_nb.cli import agents as cli_agents
     from airun_nb.cli import migrate as cli_migrate
+    from airun_nb.cli import queueing as cli_queueing
     from airun_nb.cli import transfer as cli_transfer
     from airun_nb.cli import travel as cli_travel
     from airun_nb.cli.group import LAZY_COMMANDS
 
     defined = {
         c.name: m.__name__.rsplit(".", 1)[1]
-        for m in (cli_travel, cli_migrate, cli_agents, cli_transfer)
+        for m in (cli_travel, cli_migrate, cli_agents, cli_transfer, cli_queueing)
         for c in m.COMMANDS
     }
     assert defined == LAZY_COMMANDS

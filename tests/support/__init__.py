@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-import nbformat
+if TYPE_CHECKING:  # only for annotations: step bodies imported from here stay light
+    import nbformat
 
 # Every environment variable airun_nb reads: tests clear them so the host's settings never leak in.
 ENV_VARS = (
