@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))  # PYTHONPATH, when set, says which checkout is measured
 
 from speed import airun_small, pct, release  # noqa: E402
 
@@ -83,6 +83,8 @@ def unfolded(db: Path) -> int:
     from airun_nb.store.lease import Lease
 
     lease = Lease(db)
+    if not hasattr(lease, "folded"):  # a checkout before the lock file said it: unknown
+        return -1
     total = 0
     for slot, path in slot_paths(db):
         with contextlib.suppress(OSError, ValueError):
@@ -108,7 +110,7 @@ def reads(db: Path) -> dict[str, Callable[[], Any]]:
     import airun_nb
     from airun_nb.store.database import Store
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(ROOT)}
     last = [str(airun_nb.runs(db=db)["run_id"].iloc[-1])]
 
     def cli() -> None:
@@ -150,6 +152,10 @@ def phase(db: Path, n: int, busy: Callable[[], bool]) -> dict[str, dict[str, Any
         if i % 5 == 4:
             log(f"  {i + 1} rounds of reads")
     return out
+
+
+def _bytes(v: float) -> str:
+    return "-" if v < 0 else f"{v:,.0f}"
 
 
 def ms(v: float) -> str:
@@ -231,7 +237,7 @@ def main() -> None:
         print(
             f"| {name} | {ms(fm)} / {ms(pct(f['lat'], 0.95))} | {ms(bm)} / "
             f"{ms(pct(b['lat'], 0.95))} / {ms(max(b['lat']))} | {bm / fm:.2f}x | "
-            f"{statistics.median(b['tail']):,.0f} | {len(errs)} |"
+            f"{_bytes(statistics.median(b['tail']))} | {len(errs)} |"
         )
     for name in floor:
         for e in (floor[name]["err"] + busy[name]["err"])[:3]:

@@ -15,6 +15,7 @@ by the next use of the store.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -77,9 +78,16 @@ class Keeper:
                 if not tick(store):
                     return
             except Exception:  # pragma: no cover - the next user of the store reports it
+                _let_go(store)  # a keeper that stops never leaves the store held
                 return
             finally:
                 del store
+
+
+def _let_go(store: Kept) -> None:
+    """After a fault in the keeper: let go of the lease (the journals keep every record)."""
+    with contextlib.suppress(Exception), store._mutex:
+        store._release_locked(fold=False)
 
 
 def tick(store: Kept) -> bool:
@@ -105,10 +113,10 @@ def tick(store: Kept) -> bool:
                 and not journal.pending
                 and store.others_appending()
             ):
-                # Only reading here while others write: let go now, so that the writers fold
-                # their own records (and are held back by it) rather than this reader folding
-                # for all of them between its reads.
-                store._release_locked(fold=False)
+                # Only reading here while others write: fold what came meanwhile and let go
+                # now, so that the writers fold their own records as they go (and are held
+                # back by it) rather than this reader folding for all of them between reads.
+                store._release_locked()
             else:
                 if due:  # keep the unfolded tail short for the next reader
                     store._keep_folded()
