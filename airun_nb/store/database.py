@@ -51,11 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["APP", "SCHEMA_VERSION", "TABLES", "Store", "crashpoint", "files_signature"]
 __all__ += ["quote_ident"]
 
-# A writer never runs further ahead of the folded store than this many of its own records: past
-# it, appending waits until the lease holder has folded them (or folds them itself when the
-# lease is free). Folding is the writers' work, so a reader finds a short tail to fold.
-FOLD_DEBT = 128
-CATCH_UP_POLL = 0.002  # seconds between two looks at how far the holder has folded
+FOLD_EVERY = 4096  # journal records between folds while a burst of steps runs
+FOLD_AT_LATEST = 8 * FOLD_EVERY  # pending records past which appending waits for the lease
 CLOCK_SKEW = 5.0  # seconds a process's clock may differ from the store's before it is said
 _clock_said: dict[str, float] = {}  # store path -> the skew said (once per process)
 YIELD_WINDOW = 0.5  # after handing the lease to a waiter, give it this long to finish
@@ -77,8 +74,6 @@ class Store(Queries):
         self._con: duckdb.DuckDBPyConnection | None = None
         self._last_activity = 0.0
         self._yielded_at = 0.0
-        self._folded_at = 0.0  # when this process last folded (the keeper paces its folds)
-        self._appended_at = 0.0  # when this process last journaled a record
         self.keeper = keeper.Keeper(self)
         self.peers = Peers(path)
         self._known: tuple[int, int, int] | None = None  # the file as this process left it
@@ -178,9 +173,11 @@ class Store(Queries):
             self.heads.before(clean)  # the latest run of a workflow, readable without the lease
             journal.append_many(clean)
             self.heads.after(clean)
-            self._last_activity = self._appended_at = time.monotonic()
-            if len(journal.pending) >= FOLD_DEBT:
-                self._catch_up()
+            self._last_activity = time.monotonic()
+            if len(journal.pending) >= FOLD_EVERY:
+                self._forget_folded()  # what another holder folded of it needs no lease
+            if len(journal.pending) >= FOLD_EVERY:
+                self._fold_soon(len(journal.pending) >= FOLD_AT_LATEST)
             self.keeper.start()
 
     def sync(self) -> None:
@@ -333,25 +330,16 @@ class Store(Queries):
                     raise
         return journal
 
-    def _catch_up(self) -> None:
-        """:data:`FOLD_DEBT` of this process's records are not folded: fold them if the lease
-        is free, else wait for its holder to fold them (it does every few milliseconds); after
-        the lock timeout, queue for the lease like any other process."""
-        journal = self.journal
-        deadline = time.monotonic() + config.lock_timeout()
-        while True:
-            if self.lease.held or self.lease.try_acquire("running a workflow"):
-                self.keeper.start()
-                self._keep_folded()
-                return
-            self._forget_folded()
-            if len(journal.pending) < FOLD_DEBT:
-                return
-            if time.monotonic() >= deadline:
+    def _fold_soon(self, must: bool) -> None:
+        """Many records are pending: fold them if the lease is free (or ``must``: wait)."""
+        if not self.lease.held:
+            if must:
                 self._ensure_lease("running a workflow")
-                self._keep_folded()
-                return
-            time.sleep(CATCH_UP_POLL)
+            elif not self.lease.try_acquire("running a workflow"):
+                return  # the holder folds this slot too; try again a little later
+            self.keeper.start()
+        self._connection()
+        self._fold()
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
@@ -381,7 +369,6 @@ class Store(Queries):
     def _fold(self, own: bool = True) -> None:
         """Fold the other slots' new records and (``own``) this process's (lease held)."""
         journal = self.journal
-        self._folded_at = time.monotonic()
         mine = journal.slot if journal.is_open else None
         changed = self.peers.changed(mine)
         stale = mine is not None and bool(journal.pending) and self._trimmed != self.lease.grants
@@ -419,23 +406,12 @@ class Store(Queries):
         """Forget this process's pending records that the lease holder has folded (as the lock
         file says): what is pending is what DuckDB does not hold yet."""
         journal = self.journal
-        self._folded_at = time.monotonic()  # looked now: the keeper looks again in a while
         mark = self.lease.folded(journal.slot) if journal.is_open and journal.pending else None
         if mark is not None:
             before = len(journal.pending)
             journal.trim(*mark)
             if len(journal.pending) != before:
                 self.folds += 1  # caches of what is pending start over
-
-    def others_appending(self) -> bool:
-        """Have other processes journaled records since this one last folded?"""
-        return bool(self.peers.changed(self.journal.slot if self.journal.is_open else None))
-
-    def _keep_folded(self) -> None:
-        """The keeper's fold (lease held): every slot that changed, this process's own too."""
-        with _faults(self, "fold the journal into"):
-            self._connection()
-            self._fold()
 
     def _release_locked(self, fold: bool = True) -> None:
         """Fold, close DuckDB and let go of the lease; the slot too once it is empty.
