@@ -176,6 +176,8 @@ class Store(Queries, QueueStore):
             self.heads.after(clean)
             self._last_activity = time.monotonic()
             if len(journal.pending) >= FOLD_EVERY:
+                self._forget_folded()  # what another holder folded of it needs no lease
+            if len(journal.pending) >= FOLD_EVERY:
                 self._fold_soon(len(journal.pending) >= FOLD_AT_LATEST)
             self.keeper.start()
 
@@ -408,11 +410,23 @@ class Store(Queries, QueueStore):
                 self.peers.abandon(batch)
                 raise
             self.folds += 1
+            self.lease.note_folded(marks)  # appending processes learn how far they are folded
         self.peers.done(batch)
         if own and journal.is_open and not journal.empty:
             journal.reset()
         for message in batch.reports:
             _report(self, message)
+
+    def _forget_folded(self) -> None:
+        """Forget this process's pending records that the lease holder has folded (as the lock
+        file says): what is pending is what DuckDB does not hold yet."""
+        journal = self.journal
+        mark = self.lease.folded(journal.slot) if journal.is_open and journal.pending else None
+        if mark is not None:
+            before = len(journal.pending)
+            journal.trim(*mark)
+            if len(journal.pending) != before:
+                self.folds += 1  # caches of what is pending start over
 
     def _release_locked(self, fold: bool = True) -> None:
         """Fold, close DuckDB and let go of the lease; the slot too once it is empty.

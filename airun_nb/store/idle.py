@@ -11,6 +11,7 @@ keep, and is started again by the next use of the store.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -34,6 +35,8 @@ class Kept(Protocol):
     _yielded_at: float
 
     def _release_locked(self, fold: bool = True) -> None: ...
+
+    def _forget_folded(self) -> None: ...
 
 
 class Keeper:
@@ -64,9 +67,16 @@ class Keeper:
                 if not tick(store):
                     return
             except Exception:  # pragma: no cover - the next user of the store reports it
+                _let_go(store)  # a keeper that stops never leaves the store held
                 return
             finally:
                 del store
+
+
+def _let_go(store: Kept) -> None:
+    """After a fault in the keeper: let go of the lease (the journals keep every record)."""
+    with contextlib.suppress(Exception), store._mutex:
+        store._release_locked(fold=False)
 
 
 def tick(store: Kept) -> bool:
@@ -87,15 +97,12 @@ def tick(store: Kept) -> bool:
                 store._release_locked()
             else:
                 return True
-        elif (
-            journal.is_open
-            and journal.pending
-            and idle >= IDLE_RELEASE
-            and lease.try_acquire("saving the journal")
-        ):
-            # Records waited in this slot with nobody folding them; when the lease is busy,
-            # its holder folds them (and this looks again shortly).
-            store._release_locked()
+        elif journal.is_open and journal.pending and idle >= IDLE_RELEASE:
+            store._forget_folded()  # what the holder folded of this slot meanwhile
+            if journal.pending and lease.try_acquire("saving the journal"):
+                # Records waited in this slot with nobody folding them; when the lease is
+                # busy, its holder folds them (and this looks again shortly).
+                store._release_locked()
         return lease.held or (journal.is_open and bool(journal.pending))
     finally:
         store._mutex.release()

@@ -294,14 +294,18 @@ class Journal:
         next valid record, so records after a hole are kept. ``end`` is the file size.
         """
         assert self._fd is not None
-        data = os.pread(self._fd, max(self.size, os.fstat(self._fd).st_size), 0)
-        nl = data.find(b"\n")
-        header_end = nl + 1 if self.gen != "unknown" and nl >= 0 else 0
-        scan = Scan(end=len(data), version=self.version)
-        pos = max(offset, header_end)
+        total = max(self.size, os.fstat(self._fd).st_size)
+        nl = os.pread(self._fd, 4096, 0).find(b"\n") if self.gen != "unknown" else -1
+        start = min(max(offset, nl + 1 if nl >= 0 else 0), total)
+        # Only the bytes past the folded offset are read: a slot another process keeps
+        # appending to is not read again from its start at every fold.
+        data = os.pread(self._fd, total - start, start) if total > start else b""
+        scan = Scan(end=start + len(data), version=self.version)
         if self.version < VERSION:
-            _scan_lines(data, pos, scan)
+            _scan_lines(data, 0, scan)
+            scan.damage = [(a + start, b + start) for a, b in scan.damage]
             return scan
+        pos = 0
         last_seq = -1
         while pos < len(data):
             got = decode(data, pos)
@@ -318,6 +322,7 @@ class Journal:
             scan.records.append(record)
             if scan.damage:
                 scan.after_damage += 1
+        scan.damage = [(a + start, b + start) for a, b in scan.damage]
         return scan
 
     def set_aside(self, start: int) -> Path:

@@ -6,6 +6,10 @@ in a second kernel) first takes the lease. The holder writes who it is into the 
 process that has to give up can say exactly who is in the way. A process that waits drops a
 marker in ``<store>.waiters/`` so the holder knows to hand the lease over at its next pause.
 The OS releases an ``flock`` when its process dies, so a crashed holder never blocks anyone.
+
+The lock file also says how far each journal slot has been folded into DuckDB (``folded``, set
+after every fold commits and kept from holder to holder): a process appending records can tell
+without the lease how many of its own are still unfolded.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Lease:
         self.purpose = "airun_nb"
         self._since = 0.0
         self._tlock = threading.Lock()
+        self._folded: dict[str, list[Any]] = {}  # slot -> [generation, offset] folded up to
 
     @property
     def held(self) -> bool:
@@ -71,6 +76,7 @@ class Lease:
         self.grants += 1
         self._held_since = time.monotonic()
         self._since = time.time()
+        self._folded = _read_folded(fd)
         self.retitle(purpose)
 
     def try_acquire(self, purpose: str) -> bool:
@@ -88,6 +94,7 @@ class Lease:
         self.grants += 1
         self._held_since = time.monotonic()
         self._since = time.time()
+        self._folded = _read_folded(fd)
         self.retitle(purpose)
         return True
 
@@ -103,6 +110,7 @@ class Lease:
             "user": _user(),
             "purpose": purpose,
             "since": self._since,
+            "folded": self._folded,
         }
         with contextlib.suppress(OSError):  # a full disk: waiters learn less, nothing breaks
             os.ftruncate(fd, 0)
@@ -116,8 +124,8 @@ class Lease:
         self._fd = None
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-            if closed is not None:
-                os.pwrite(fd, json.dumps({"closed": closed}).encode(), 0)
+            said = {"closed": closed, "folded": self._folded}  # closed None: nothing known
+            os.pwrite(fd, json.dumps(said).encode(), 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
@@ -147,6 +155,29 @@ class Lease:
             return True
         finally:
             os.close(fd)
+
+    def note_folded(self, marks: Any) -> None:
+        """After a fold committed (lease held): the slots' new marks ``(slot, gen, offset)``."""
+        for slot, gen, offset in marks:
+            self._folded[str(slot)] = [gen, offset]
+        self.retitle(self.purpose)
+
+    def folded(self, slot: int) -> tuple[str, int] | None:
+        """How far ``slot`` is folded, as the lock file says (no lock taken; None: unknown)."""
+        if self._fd is not None:
+            mark = self._folded.get(str(slot))
+        else:
+            try:
+                fd = os.open(self.lock_path, os.O_RDONLY)
+            except OSError:
+                return None
+            try:
+                mark = _read_folded(fd).get(str(slot))
+            finally:
+                os.close(fd)
+        if isinstance(mark, list) and len(mark) == 2 and isinstance(mark[1], int):
+            return str(mark[0]), mark[1]
+        return None
 
     def closed_as(self) -> Any:
         """What the last holder said of the store as it let go (None: nothing known)."""
@@ -226,6 +257,16 @@ class Lease:
         finally:
             with contextlib.suppress(OSError):
                 marker.unlink()
+
+
+def _read_folded(fd: int) -> dict[str, list[Any]]:
+    """The ``folded`` marks the lock file holds (empty when unreadable or cut short)."""
+    try:
+        info = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    folded = info.get("folded") if isinstance(info, dict) else None
+    return dict(folded) if isinstance(folded, dict) else {}
 
 
 def _marker_alive(path: str, name: str) -> bool:

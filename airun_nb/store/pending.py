@@ -20,7 +20,10 @@ from typing import Any
 
 from airun_nb.store.database import TABLES, Store
 from airun_nb.store.fold import batch
+from airun_nb.store.heads import epoch
+from airun_nb.store.owner import owner_alive
 
+_OWNER = ("owner_pid", "owner_host", "owner_token")
 _RUN_COLUMNS = [c for c, _ in TABLES["runs"][0]]
 
 
@@ -83,13 +86,25 @@ def latest_run(store: Store, workflow: str) -> dict[str, Any] | None:
 
 
 def started_by_owner(store: Store, row: dict[str, Any]) -> bool:
-    """Was the run ``row`` started (not resumed) by the process that owns it now?"""
+    """Was the run ``row`` started (not resumed) by the process that owns it now? Or is ``row``
+    no longer the latest run of its workflow, the latest being finished or started by a live
+    process that runs it now? (Either way a re-run cell starts a new run.)
+
+    The heads folder is written as runs start and end: while other processes run the workflow,
+    it may already name a newer run than the one read from the store a moment ago (their
+    latest records appended after this process folded)."""
     head = store.heads.raw(str(row["workflow"]))
-    return (
-        head is not None
-        and bool(head.get("fresh"))
-        and head.get("run_id") == row["run_id"]
-        and all(head.get(k) == row.get(k) for k in ("owner_pid", "owner_host", "owner_token"))
+    if head is None:
+        return False
+    if head.get("run_id") == row["run_id"]:
+        return bool(head.get("fresh")) and all(head.get(k) == row.get(k) for k in _OWNER)
+    if epoch(head.get("created_at")) < epoch(row.get("created_at")):
+        return False
+    return head.get("status") == "completed" or (
+        bool(head.get("fresh"))
+        and head.get("status") == "running"
+        and head.get("owner_pid") is not None
+        and owner_alive(head)
     )
 
 
