@@ -15,7 +15,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(BIN)/python -m pip install --quiet -e '.[jupyter,test,dask,dev,serve,dashboard,pdf,mcp]'
+	$(BIN)/python -m pip install --quiet -e '.[jupyter,test,dask,dev,serve,dashboard,pdf,mcp,postgres]'
 	touch $@
 
 quickstart: $(VENV)/.core

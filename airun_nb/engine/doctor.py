@@ -21,10 +21,12 @@ from pathlib import Path
 from airun_nb.engine.claim import claim_run
 from airun_nb.errors import AirunError, RunBusy, StoreBusy, StoreError, StoreWarning
 from airun_nb.settings import environment as config
+from airun_nb.settings.environment import StoreURL
 from airun_nb.store import transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 from airun_nb.store.faults import short
 from airun_nb.store.lease import Lease
+from airun_nb.store.opening import open_store
 from airun_nb.store.owner import owner_alive, owner_fields
 
 
@@ -50,14 +52,19 @@ def examine(
     """Check the store at ``db`` (never creating one); repair what can be repaired: with
     ``finish``, the unfinished runs (a rollback, a run whose process died, a decided gate that
     nobody continued) are finished."""
-    path = config.resolve_db(db)
+    where = config.resolve_db(db)
+    if isinstance(where, StoreURL):  # a server store: no files to check, its rows are
+        store = open_store(where, create=False)
+        opened = [Finding("store", "ok", f"{where} opens as an airun_nb store")]
+        return _examine_rows(store, where, opened, repair, finish)
+    path = where
     if not path.exists():
         raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
     findings: list[Finding] = [_dead_waiters(path, repair)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StoreWarning)
         try:
-            store = Store.open(path, create=False)
+            store = open_store(path, create=False)
         except StoreBusy:
             raise
         except StoreError as exc:
@@ -78,6 +85,17 @@ def examine(
         findings.append(
             Finding("set-aside journal bytes", "ok", f"{len(aside)} file(s) kept: {names}")
         )
+    return _examine_rows(store, path, findings, repair, finish)
+
+
+def _examine_rows(
+    store: Backend,
+    path: Path | StoreURL,
+    findings: list[Finding],
+    repair: bool,
+    finish: Finisher | None,
+) -> list[Finding]:
+    """The checks of the store's rows, whichever backend holds them."""
     for check, n in store.orphan_counts().items():
         findings.append(
             Finding(check, "problem", f"{n} row(s); nothing reads them, left in place")
@@ -88,7 +106,7 @@ def examine(
     store.release()
     if repair and finish is not None:
         findings.extend(_finish_all(unfinished, finish))
-        store = Store.open(path, create=False)  # what is left: closed as before
+        store = open_store(path, create=False)  # what is left: closed as before
     else:
         findings.extend(_report_unfinished(unfinished))
     findings.append(_dead_runs(store, repair))
@@ -104,7 +122,7 @@ _UNFINISHED = {
 }
 
 
-def _unfinished(store: Store) -> list[tuple[str, str]]:
+def _unfinished(store: Backend) -> list[tuple[str, str]]:
     """(state, run) of every run that stopped half-way: a rollback or a run whose process is
     gone, and a waiting run whose gates were all decided without the run going on."""
     out = []
@@ -160,7 +178,7 @@ def _ids(ids: list[str]) -> str:
     return ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
 
 
-def _dead_runs(store: Store, repair: bool) -> Finding:
+def _dead_runs(store: Backend, repair: bool) -> Finding:
     rows = store.runs_with_status("running")
     dead = [r for r in rows if not owner_alive(r)]
     if not dead:

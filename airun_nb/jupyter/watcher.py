@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from airun_nb.store.database import Store, files_signature
+from airun_nb.store.database import files_signature
+from airun_nb.store.opening import open_store
 
 POLL = 0.3  # seconds between looks at the files
 
@@ -103,7 +104,7 @@ class GateWatcher:
         self._seen[str(db)] = sig
         self.reads += 1
         keys = [(w.run_id, w.gate_id) for w in widgets]
-        rows = Store.open(db).decided_gates(keys)
+        rows = open_store(db).decided_gates(keys)
         decided = {(r["run_id"], r["gate_id"]): r for r in rows}
         for w in widgets:
             row = decided.get((w.run_id, w.gate_id))
