@@ -75,8 +75,19 @@ def _param(typ: str, v: Any) -> Any:
     return v
 
 
+_EPOCH_OF = re.compile(r"\bepoch\(([^()]*)\)", re.IGNORECASE)
+# DuckDB's own syntax that PostgreSQL lacks: such a read runs on DuckDB over the tables it names.
+_DUCKDB_ONLY = re.compile(
+    r"\bEXCLUDE\s*\(|\bstrftime\(|\bBY\s+NAME\b|\bmake_timestamp\(|\bQUALIFY\b|"
+    r"\bINSERT\s+OR\b|\$\d",
+    re.IGNORECASE,
+)
+
+
 def _pg_sql(sql: str) -> str:
-    """Portable SQL with ``?`` marks as psycopg wants it (``%s``, a literal ``%`` doubled)."""
+    """Portable SQL with ``?`` marks as psycopg wants it (``%s``, a literal ``%`` doubled;
+    DuckDB's ``epoch(ts)`` as PostgreSQL says it)."""
+    sql = _EPOCH_OF.sub(r"extract(epoch FROM \1)::double precision", sql)
     out: list[str] = []
     quote: str | None = None
     for ch in sql:
@@ -294,11 +305,20 @@ class PostgresStore(Queries):
 
     # -- reads -----------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if _DUCKDB_ONLY.search(sql):
+            with self.session() as snap:
+                found: list[tuple[Any, ...]] = snap.execute(sql, list(params)).fetchall()
+                return found
         with self._con("read") as con:
             rows: list[tuple[Any, ...]] = con.execute(_pg_sql(sql), list(params)).fetchall()
             return rows
 
     def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        if _DUCKDB_ONLY.search(sql):
+            with self.session() as snap:
+                cur = snap.execute(sql, list(params))
+                names = [d[0] for d in cur.description]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
         with self._con("read") as con:
             cur = con.execute(_pg_sql(sql), list(params))
             names = [d.name for d in cur.description or []]

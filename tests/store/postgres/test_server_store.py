@@ -161,7 +161,7 @@ def test_a_wrong_password_is_one_line_and_never_shown(
 def test_a_redacted_url_is_never_taken_for_a_password() -> None:
     """A URL showing ``***`` for its password (as every message does) is refused in one line
     when no open store has it, rather than sent to the server as a password."""
-    with pytest.raises(StoreError, match="never kept; give it in PGPASSWORD or ~/.pgpass"):
+    with pytest.raises(StoreError, match=r"never kept; give it in PGPASSWORD or ~/\.pgpass"):
         open_store("postgresql://bob:***@127.0.0.1:1/db")
 
 
