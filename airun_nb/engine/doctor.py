@@ -27,7 +27,7 @@ from airun_nb.store.backend import Backend
 from airun_nb.store.faults import short
 from airun_nb.store.lease import Lease
 from airun_nb.store.opening import open_store
-from airun_nb.store.owner import owner_alive, owner_fields
+from airun_nb.store.owner import owner_fields
 
 
 @dataclass
@@ -127,7 +127,7 @@ def _unfinished(store: Backend) -> list[tuple[str, str]]:
     gone, and a waiting run whose gates were all decided without the run going on."""
     out = []
     for r in store.runs_with_status("running", "rolling_back"):
-        if not owner_alive(r):
+        if not store.owner_alive(r):
             out.append((str(r["status"]), str(r["run_id"])))
     for run_id in store.waiting_runs_with_every_gate_decided():
         out.append(("decided", run_id))
@@ -180,7 +180,7 @@ def _ids(ids: list[str]) -> str:
 
 def _dead_runs(store: Backend, repair: bool) -> Finding:
     rows = store.runs_with_status("running")
-    dead = [r for r in rows if not owner_alive(r)]
+    dead = [r for r in rows if not store.owner_alive(r)]
     if not dead:
         return Finding("runs left running by a dead process", "ok", "none")
     ids = ", ".join(r["run_id"] for r in dead[:5]) + (" ..." if len(dead) > 5 else "")
@@ -199,7 +199,7 @@ def _dead_runs(store: Backend, repair: bool) -> Finding:
                 r["run_id"],
                 status="interrupted",
                 owner=owner_fields(),
-                alive=owner_alive,
+                alive=store.owner_alive,
                 expect_status=("running",),
                 extra={
                     "finished_at": time.time(),

@@ -67,11 +67,15 @@ class Settings:
     @property
     def db(self) -> Path | StoreURL:
         """The store: ``AIRUN_DB`` (or ``%config Workflow.db``) if set, else
-        ``airun.duckdb`` in the working directory (a kernel's is the notebook's folder). A
-        ``postgresql://`` URL names a team store on a PostgreSQL server."""
+        ``db:`` in the settings file, else ``airun.duckdb`` in the working directory (a
+        kernel's is the notebook's folder). A ``postgresql://`` URL names a team store on a
+        PostgreSQL server."""
         if self.db_value:
             return resolve_db(self.db_value)
-        return Path.cwd() / DEFAULT_DB_NAME
+        from airun_nb.settings.file import store_location  # the settings file's ``db:``
+
+        found = store_location()
+        return resolve_db(found) if found else Path.cwd() / DEFAULT_DB_NAME
 
     @property
     def lock_timeout(self) -> float:

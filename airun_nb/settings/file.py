@@ -109,6 +109,17 @@ def roles() -> dict[str, list[str]]:
     return {str(k): [str(u) for u in (v or [])] for k, v in raw.items()}
 
 
+def store_location() -> str | None:
+    """``db:`` in the settings: the store (a DuckDB file's path, or a team store's
+    ``postgresql://`` URL) when neither ``AIRUN_DB`` nor ``%config Workflow.db`` names one."""
+    raw = load().get("db")
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise SettingsError("'db' in the settings must be a store path or a postgresql:// URL")
+    return raw.strip()
+
+
 AGENT_SERVER_KEYS = (
     "principal",
     "runs_per_minute",
