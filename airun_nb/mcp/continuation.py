@@ -82,7 +82,10 @@ class Continuer:
         runs = self.watching()
         if not runs:
             return
-        sig = files_signature(self.db) if isinstance(self.db, Path) else time.monotonic()
+        if isinstance(self.db, Path):
+            sig: Any = files_signature(self.db)
+        else:  # a team store: its NOTIFY after each commit, and a look every 5 s anyway
+            sig = (open_store(self.db).change_token(), int(time.monotonic() // 5))
         if sig != self._last:  # changing right now: look again once it is still
             self._last = sig
             return

@@ -304,6 +304,10 @@ class Store(Queries):
                 [key, int(time.time() * 1_000_000), data],
             )
 
+    def change_token(self) -> int:
+        """A number that changes when the store's files do (a decision is a journal append)."""
+        return hash(files_signature(self.path))
+
     def wait_for_change(self, timeout: float, stop: Callable[[], bool] | None = None) -> bool:
         """A file tells nobody of a change: wait ``timeout`` seconds (False: not notified)."""
         deadline = time.monotonic() + timeout

@@ -30,6 +30,7 @@ import io
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -165,6 +166,10 @@ class PostgresStore(Queries):
         self._runs_lock = threading.Lock()
         self._pool: Any = None
         self.folds = 0
+        self._changed = threading.Condition()
+        self._notified = 0
+        self._listener: threading.Thread | None = None
+        self._closed = False
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -446,18 +451,49 @@ class PostgresStore(Queries):
         )
         return bool(found)
 
+    def change_token(self) -> int:
+        """A number that grows with every commit notified on the server (``LISTEN`` in a
+        thread of this process, started on first use; a lost connection counts as a change)."""
+        self._listen()
+        return self._notified
+
     def wait_for_change(self, timeout: float, stop: Callable[[], bool] | None = None) -> bool:
         """Wait until another commit is notified (True) or ``timeout`` seconds pass."""
+        self._listen()
+        with self._changed:
+            start = self._notified
+            self._changed.wait_for(
+                lambda: self._notified != start or bool(stop and stop()), timeout=timeout
+            )
+            return self._notified != start
+
+    def _listen(self) -> None:
+        with self._changed:
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = threading.Thread(
+                    target=self._listening, name="airun-store-listener", daemon=True
+                )
+                self._listener.start()
+
+    def _listening(self) -> None:
         import psycopg
 
-        try:
-            with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15) as con:
-                con.execute(f"LISTEN {CHANNEL}")
-                for _ in con.notifies(timeout=timeout, stop_after=1):
-                    return True
-        except psycopg.Error:
-            return False
-        return False
+        while not self._closed:
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15) as con:
+                    con.execute(f"LISTEN {CHANNEL}")
+                    self._bump()  # anything committed before LISTEN: look once
+                    while not self._closed:
+                        for _ in con.notifies(timeout=1.0):
+                            self._bump()
+            except psycopg.Error:
+                self._bump()
+                time.sleep(1.0)
+
+    def _bump(self) -> None:
+        with self._changed:
+            self._notified += 1
+            self._changed.notify_all()
 
 
 def _libpq_uri(conninfo: str) -> str:
@@ -544,6 +580,7 @@ def forget(url: str) -> None:
         store = _registry.pop(key, None)
     if store is None:
         return
+    store._closed = True
     store.release()
     for run_id in list(store._runs):
         store.let_go_run(run_id)
