@@ -48,6 +48,7 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/step_overhead.py
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/readers.py
+	$(BIN)/python benchmarks/pgstore.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

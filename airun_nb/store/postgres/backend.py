@@ -210,7 +210,7 @@ class PostgresStore(Queries):
             min_size=1,
             max_size=16,
             kwargs={"autocommit": True},
-            check=psycopg_pool.ConnectionPool.check_connection,
+            check=psycopg_pool.ConnectionPool.check_connection,  # a dropped one is replaced
             timeout=config.lock_timeout(),
             open=True,
             name="airun_nb",
@@ -275,7 +275,9 @@ class PostgresStore(Queries):
         keyed, appended = group(clean)
         events = appended.get("events", [])
         runs = sorted({str(r["run_id"]) for r in clean if r.get("run_id")})
-        with self._con("write to") as con, con.transaction():
+        # One pipeline: the statements go to the server together (two round trips with events,
+        # whose numbers must be read back, else one), and commit as one transaction.
+        with self._con("write to") as con, con.pipeline(), con.transaction():
             if events:
                 con.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_SEQ_LOCK])
                 row = con.execute(
@@ -283,13 +285,12 @@ class PostgresStore(Queries):
                     "WHERE key = 'event_seq' RETURNING value::bigint",
                     [len(events)],
                 ).fetchone()
+                assert row is not None, "airun_meta lost its event_seq row"
                 first = int(row[0]) - len(events) + 1
                 for i, ev in enumerate(events):
                     ev["seq"] = first + i
             with con.cursor() as cur:
-                for table, rows in keyed.items():
-                    cur.executemany(_upsert_sql(table), [_row_params(table, r) for r in rows])
-                for table, rows in appended.items():
+                for table, rows in [*keyed.items(), *appended.items()]:
                     cur.executemany(_upsert_sql(table), [_row_params(table, r) for r in rows])
             payload = ",".join(runs)
             con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload[:7000]])
@@ -385,6 +386,71 @@ class PostgresStore(Queries):
 
     def has_table(self, name: str) -> bool:
         return bool(self.query(f"SELECT 1 FROM {OUTPUTS} WHERE name = ?", [name]))
+
+    # -- moving runs between stores -------------------------------------------------------
+    def export_run(self, run_id: str) -> dict[str, Any]:
+        """Every row of the run, table by table, and its output tables' Arrow data under
+        ``"__outputs__"`` (``{table name: pyarrow.Table}``)."""
+        if not self.has_run(run_id):
+            raise StoreError(f"no run '{run_id}' in {self.url}")
+        bundle: dict[str, Any] = {}
+        for table, (cols, _pk) in TABLES.items():
+            if any(c == "run_id" for c, _ in cols):
+                bundle[table] = self.query_dicts(
+                    f"SELECT * FROM {table} WHERE run_id = ?", [run_id]
+                )
+        bundle["specs"] = self.query_dicts(
+            "SELECT s.* FROM specs s JOIN runs r USING (spec_hash) WHERE r.run_id = ?", [run_id]
+        )
+        names = {str(r["output_table"]) for r in bundle.get("steps", []) if r.get("output_table")}
+        bundle["__outputs__"] = {n: self.get_table(n) for n in sorted(names) if self.has_table(n)}
+        return bundle
+
+    def import_run(self, bundle: Mapping[str, Any]) -> None:
+        """Write an exported run into this store in one transaction; a run id that is here
+        already is refused (nothing written)."""
+        import pyarrow.parquet as pq
+
+        runs = bundle.get("runs") or []
+        if len(runs) != 1:
+            raise StoreError("a run to import holds exactly one run row")
+        run_id = str(runs[0]["run_id"])
+        events = [dict(e) for e in bundle.get("events") or []]
+        events.sort(key=lambda e: (e.get("seq") is None, e.get("seq") or 0))
+        with self._con("import a run into") as con, con.transaction():
+            if con.execute("SELECT 1 FROM runs WHERE run_id = %s", [run_id]).fetchone():
+                raise StoreError(f"run {run_id} is already in {self.url}; nothing was imported")
+            with con.cursor() as cur:
+                for table in TABLES:
+                    rows = bundle.get(table) or []
+                    if not rows or table == "events":
+                        continue
+                    sql = _upsert_sql(table)
+                    if table == "specs":
+                        sql = sql.split(" ON CONFLICT")[0] + " ON CONFLICT DO NOTHING"
+                    cur.executemany(sql, [_row_params(table, r) for r in rows])
+                if events:
+                    con.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_SEQ_LOCK])
+                    row = con.execute(
+                        "UPDATE airun_meta SET value = (value::bigint + %s)::text "
+                        "WHERE key = 'event_seq' RETURNING value::bigint",
+                        [len(events)],
+                    ).fetchone()
+                    first = int(row[0]) - len(events) + 1
+                    for i, ev in enumerate(events):  # this store's order: after what it has
+                        ev["seq"] = first + i
+                    cur.executemany(
+                        _upsert_sql("events"), [_row_params("events", e) for e in events]
+                    )
+                for name, table in (bundle.get("__outputs__") or {}).items():
+                    buf = io.BytesIO()
+                    pq.write_table(table, buf)
+                    cur.execute(
+                        f"INSERT INTO {OUTPUTS} (name, data) VALUES (%s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data",
+                        [name, buf.getvalue()],
+                    )
+            con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, run_id])
 
     # -- the spec cache --------------------------------------------------------------------
     def cached_spec(self, key: str) -> bytes | None:
