@@ -17,8 +17,9 @@ Output tables of DataFrame steps are kept as Parquet bytes in ``airun_outputs`` 
 table): exact Arrow types round-trip, and a store needs no DDL per step.
 
 A running run holds a session advisory lock on its run id on a connection kept for the run
-(:meth:`~PostgresStore.hold_run`): another host asks the server whether it is held, so a run
-whose owner died (the server drops a dead client's locks) is resumable from any host.
+(:meth:`~PostgresStore.hold_run`), and renews its ``lease_until`` in ``airun_run_leases`` for
+other hosts to read: another host asks the server whether the lock is held, so a run whose
+owner died (the server drops a dead client's locks) is resumable from any host.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from airun_nb.settings import environment as config
 from airun_nb.settings.environment import StoreURL
 from airun_nb.store import owner
 from airun_nb.store.postgres import errors
-from airun_nb.store.postgres.schema import EVENT_SEQ_LOCK, OUTPUTS, WRITER_LOCK, migrate
+from airun_nb.store.postgres.schema import EVENT_SEQ_LOCK, LEASES, OUTPUTS, WRITER_LOCK, migrate
 from airun_nb.store.queries import Queries
 from airun_nb.store.redaction import scrub
 from airun_nb.store.schema import _TS, NO_EXTENSIONS, RECORD_TABLE, TABLES
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 CHANNEL = "airun_nb"  # NOTIFY channel: a commit's run ids, comma-separated
+LEASE_SECONDS = 30.0  # a held run's lease_until is renewed every third of this
 _EPOCH = datetime(1970, 1, 1)
 _READING = ("reading", "answering", "comparing", "planning")
 _TABLE_WORDS = {name: re.compile(rf"\b{name}\b", re.IGNORECASE) for name in TABLES}
@@ -170,6 +172,7 @@ class PostgresStore(Queries):
         self._notified = 0
         self._listener: threading.Thread | None = None
         self._closed = False
+        self._heart: threading.Thread | None = None
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -489,12 +492,48 @@ class PostgresStore(Queries):
                 con.close()
                 return False
             self._runs[run_id] = con
+            self._renew(run_id, con)
+            if self._heart is None or not self._heart.is_alive():
+                self._heart = threading.Thread(
+                    target=self._heartbeat, name="airun-run-leases", daemon=True
+                )
+                self._heart.start()
             return True
+
+    def _renew(self, run_id: str, con: Any) -> None:
+        """Say until when this process holds ``run_id`` (``lease_until``, on the server's
+        clock): what other hosts read; the run lock is what decides."""
+        con.execute(
+            f"INSERT INTO {LEASES} VALUES (%s, %s, %s, (now() AT TIME ZONE 'utc') + "
+            "make_interval(secs => %s)) ON CONFLICT (run_id) DO UPDATE SET "
+            "owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid, "
+            "lease_until = EXCLUDED.lease_until",
+            [run_id, owner.HOST, os.getpid(), LEASE_SECONDS],
+        )
+
+    def _heartbeat(self) -> None:
+        while not self._closed:
+            time.sleep(LEASE_SECONDS / 3)
+            with self._runs_lock:
+                held = list(self._runs.items())
+                if not held:
+                    self._heart = None
+                    return
+                for run_id, con in held:
+                    with contextlib.suppress(Exception):
+                        self._renew(run_id, con)
+
+    def run_lease(self, run_id: str) -> dict[str, Any] | None:
+        """Who holds ``run_id`` now and until when (None: nobody said so)."""
+        rows = self.query_dicts(f"SELECT * FROM {LEASES} WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
 
     def let_go_run(self, run_id: str) -> None:
         with self._runs_lock:
             con = self._runs.pop(run_id, None)
         if con is not None:
+            with contextlib.suppress(Exception):
+                con.execute(f"DELETE FROM {LEASES} WHERE run_id = %s", [run_id])
             with contextlib.suppress(Exception):
                 con.close()  # closing the connection drops its lock on the server too
 

@@ -27,6 +27,7 @@ MIGRATION_LOCK = 0x61697275_6E000001
 EVENT_SEQ_LOCK = 0x61697275_6E000002
 WRITER_LOCK = 0x61697275_6E000003
 OUTPUTS = "airun_outputs"  # output tables of DataFrame steps: Parquet bytes by table name
+LEASES = "airun_run_leases"  # runs executing now: holder and lease_until, renewed while held
 
 
 def table_ddl(name: str) -> str:
@@ -55,8 +56,16 @@ def _v1() -> list[str]:
     return out
 
 
+def _v2() -> list[str]:
+    # Runs executing now: who holds each, and until when its holder last said it is alive.
+    return [
+        f"CREATE TABLE IF NOT EXISTS {LEASES} (run_id text PRIMARY KEY, owner_host text, "
+        "owner_pid bigint, lease_until timestamp NOT NULL)"
+    ]
+
+
 # Version -> the statements that bring a database from the version before to it.
-MIGRATIONS: dict[int, Any] = {1: _v1}
+MIGRATIONS: dict[int, Any] = {1: _v1, 2: _v2}
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 
 
