@@ -13,6 +13,7 @@ was built from changed, so a test or a user changing ``AIRUN_USER`` sees the cha
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,15 @@ VARIABLES = {
     "secrets": "AIRUN_SECRETS",
 }
 _OVERRIDES: dict[str, str | None] = {}  # %config: name -> value (None: not overridden)
+# The settings file's ``db:`` (set by :mod:`airun_nb.settings.file` as it is imported, so that
+# this module, which the file's reader uses, does not import it back).
+_db_from_file: Callable[[], str | None] | None = None
+
+
+def read_db_from(reader: Callable[[], str | None]) -> None:
+    """Where :attr:`Settings.db` finds the settings file's ``db:``."""
+    global _db_from_file
+    _db_from_file = reader
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,7 @@ class Settings:
         PostgreSQL server."""
         if self.db_value:
             return resolve_db(self.db_value)
-        from airun_nb.settings.file import store_location  # the settings file's ``db:``
-
-        found = store_location()
+        found = _db_from_file() if _db_from_file is not None else None
         return resolve_db(found) if found else Path.cwd() / DEFAULT_DB_NAME
 
     @property

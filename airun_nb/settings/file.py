@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from airun_nb.errors import AirunError
-from airun_nb.settings.environment import current
+from airun_nb.settings.environment import current, read_db_from
 
 # yaml, yamlsafe and tomllib are imported when a settings file is read: a terminal command that
 # finds none (most do) does not pay for them.
@@ -119,6 +119,8 @@ def store_location() -> str | None:
         raise SettingsError("'db' in the settings must be a store path or a postgresql:// URL")
     return raw.strip()
 
+
+read_db_from(store_location)
 
 AGENT_SERVER_KEYS = (
     "principal",
