@@ -147,12 +147,22 @@ if pytest is not None:
         return str(request.param)
 
     @pytest.fixture
-    def store_db(backend: str, request: pytest.FixtureRequest) -> Any:
-        """A fresh store of the ``backend`` in force (a path, or a URL); ``AIRUN_DB`` names
-        it."""
+    def store_db(
+        backend: str,
+        request: pytest.FixtureRequest,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> Any:
+        """A fresh store of the ``backend`` in force (a DuckDB file in tmp_path, or a database
+        URL); ``AIRUN_DB`` names it. A test module runs wholly on both backends by overriding
+        ``db`` with it: ``@pytest.fixture def db(store_db): return store_db``."""
         if backend == "postgres":
             return request.getfixturevalue("pg_url")
-        return request.getfixturevalue("db")
+        path = tmp_path / "s.duckdb"  # as the `db` fixture of tests/conftest.py
+        monkeypatch.setenv("AIRUN_DB", str(path))
+        monkeypatch.delenv("AIRUN_LOCK_TIMEOUT", raising=False)
+        monkeypatch.delenv("AIRUN_CRASH_AT", raising=False)
+        return path
 
 
 if __name__ == "__main__":
