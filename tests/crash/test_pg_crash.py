@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import airun_nb
+from support.postgres import REPO
 
 BODIES = textwrap.dedent(
     """\
@@ -114,7 +115,7 @@ def _ledger(folder: Path) -> list[tuple[str, int]]:
 def _env(folder: Path, url: str, hang: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PG_CRASH_DIR=str(folder), PG_CRASH_DB=url, AIRUN_USER="analyst")
-    env["PYTHONPATH"] = os.pathsep.join([str(folder), os.getcwd()])
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), str(REPO)])
     env.pop("PG_CRASH_HANG", None)
     if hang:
         env["PG_CRASH_HANG"] = hang

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 import pytest
 
-from support.postgres import _bin
+from support.postgres import REPO, _bin
 
 ROOT = Path(__file__).resolve().parents[2]
 _FENCE = re.compile(r"^```(sh|python|yaml)[^\n]*\n(.*?)^```", re.M | re.S)
@@ -57,7 +57,7 @@ def team(pg_server: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]
     env.update(PGHOST=host, PGUSER=parts.username or "postgres")
     if parts.port:
         env["PGPORT"] = str(parts.port)
-    env["PYTHONPATH"] = os.getcwd()
+    env["PYTHONPATH"] = str(REPO)
     folders = [str(Path(sys.executable).parent), str(Path(_bin("createdb") or "x").parent)]
     env["PATH"] = os.pathsep.join([*folders, env.get("PATH", "")])
     name = "team_" + uuid.uuid4().hex[:10]

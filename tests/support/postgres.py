@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+REPO = Path(__file__).resolve().parents[2]  # the checkout: what subprocesses import
 PW_USER = "airun_pw"  # a role that must give a password (scram), for the bad-password test
 PW_SECRET = "right-horse-battery"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from airun_nb.store.opening import open_store
+from support.postgres import REPO
 
 OWNER = textwrap.dedent(
     """\
@@ -39,7 +40,7 @@ def test_a_live_owner_holds_its_run_and_a_killed_one_lets_go(pg_url: str, tmp_pa
     run's owner is no longer alive, so any host may resume it."""
     proc = subprocess.Popen(
         [sys.executable, "-c", OWNER, pg_url, str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     deadline = time.monotonic() + 120
     while not (tmp_path / "inside").exists():

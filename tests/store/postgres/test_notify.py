@@ -15,6 +15,7 @@ from airun_nb import Workflow
 from airun_nb.jupyter.watcher import GateWatcher
 from airun_nb.store.opening import open_store
 from support import AIRUN
+from support.postgres import REPO
 
 COMMIT = (
     "import sys, time\n"
@@ -41,7 +42,7 @@ def test_a_commit_elsewhere_wakes_a_waiter(pg_url: str) -> None:
     waiter = threading.Thread(target=wait)
     waiter.start()
     started.wait(60)
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", COMMIT, pg_url], env=env, check=True, timeout=120)
     waiter.join(180)
     assert woke == [True]

@@ -25,7 +25,7 @@ from airun_nb.store.opening import open_store
 from airun_nb.store.postgres.schema import PG_SCHEMA_VERSION
 from airun_nb.store.schema import TABLES
 from support import AIRUN
-from support.postgres import PW_SECRET, PW_USER, database_url
+from support.postgres import PW_SECRET, PW_USER, REPO, database_url
 
 OPENER = textwrap.dedent(
     """\
@@ -48,7 +48,7 @@ def test_four_processes_creating_the_store_at_once(pg_url: str, tmp_path: Path) 
     lock)."""
     script = tmp_path / "opener.py"
     script.write_text(OPENER)
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), pg_url, str(tmp_path)],
@@ -172,7 +172,7 @@ def test_without_the_driver_a_url_says_what_to_install(tmp_path: Path) -> None:
     blocker.write_text(
         "import sys\nfor m in ('psycopg', 'psycopg_pool'):\n    sys.modules[m] = None\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.getcwd()}"}
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO!s}"}
     out = subprocess.run(
         [*AIRUN, "runs", "--db", "postgresql://bob:s3cret@127.0.0.1:1/team"],
         capture_output=True,
