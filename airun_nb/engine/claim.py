@@ -109,6 +109,8 @@ class RunClaim:
         nothing, so the run row goes back to what it was (status, owner, error)."""
         taken, before = self.taken, self._before
         self.taken = self._before = None
+        if taken is not None:
+            self.store.let_go_run(taken[0])  # a server store's run lock: nothing runs here
         if taken is None or before is None or isinstance(exc, RunBusy):
             return
         with contextlib.suppress(Exception):  # the planning error is what the user must see

@@ -534,6 +534,9 @@ class PostgresStore(Queries):
         if con is not None:
             with contextlib.suppress(Exception):
                 con.execute(f"DELETE FROM {LEASES} WHERE run_id = %s", [run_id])
+                # Unlocked before the connection closes: the server ends a closed session a
+                # moment later, and a resume in this process must not find the lock still held.
+                con.execute("SELECT pg_advisory_unlock(%s)", [run_lock_key(run_id)])
             with contextlib.suppress(Exception):
                 con.close()  # closing the connection drops its lock on the server too
 
