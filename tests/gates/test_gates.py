@@ -160,6 +160,12 @@ def sleep_past(deadline: pd.Timestamp) -> None:
         time.sleep(max(0.01, target - time.time()))
 
 
+@pytest.fixture
+def db(store_db: Any) -> Any:
+    """Every test here runs on both backends: the DuckDB file and a PostgreSQL database."""
+    return store_db
+
+
 @pytest.fixture(autouse=True)
 def gate_env(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No approval settings leak in; alice launches; the working directory is tmp_path."""
@@ -399,11 +405,11 @@ def test_a_double_click_on_the_widget_records_one_decision(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airun_nb.jupyter.widgets import GateWidget
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
 
     ns = namespace()
     first = run(spec({"approvers": ["bob"]}), db, ns)
-    row = gate_mod.gate_row(Store.open(db), first.run_id, "review")
+    row = gate_mod.gate_row(open_store(db), first.run_id, "review")
     widget = GateWidget(row, db, ns)
     monkeypatch.setenv("AIRUN_USER", "bob")
     widget.comment.value = "ship it"
@@ -716,7 +722,10 @@ def test_wait_mode_blocks_until_a_decision_arrives(db: Path, channel: str) -> No
     def decide_when_open() -> None:
         try:
             wait_until(
-                lambda: db.exists() and not airun_nb.approvals(db=db, pending=True).empty,
+                lambda: (
+                    (not isinstance(db, Path) or db.exists())
+                    and not airun_nb.approvals(db=db, pending=True).empty
+                ),
                 "the gate to open",
             )
             run_id = str(airun_nb.approvals(db=db, pending=True)["run_id"].iloc[0])
