@@ -1,7 +1,8 @@
 """Cancelling a run: `airun_nb.cancel()` and `airun cancel`.
 
-Real stores (a DuckDB file in tmp_path, and a PostgreSQL database: every test runs on both); the "executing elsewhere" and "waiting in a live process" cases use a
-real second Python process (killed with a real SIGKILL where a crash is the point).
+Real stores (a DuckDB file in tmp_path, and a PostgreSQL database: every test runs on both);
+the "executing elsewhere" and "waiting in a live process" cases use a real second Python
+process (killed with a real SIGKILL where a crash is the point).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Approval gates: who may decide, first decision wins, rollback on rejection, timeouts, policy
 and wait modes, notifications, the approvals history, and the gate widget in a real IPython shell.
 
-Everything is real: stores on both backends (DuckDB files in tmp_path, PostgreSQL databases), ``airun`` in subprocesses, an HTTP server on
-127.0.0.1, ipywidgets buttons clicked through their own ``click()``. No assertion depends on how
-long something took; waits are bounded loops that fail with a message.
+Everything is real: stores on both backends (DuckDB files in tmp_path, PostgreSQL databases),
+``airun`` in subprocesses, an HTTP server on 127.0.0.1, ipywidgets buttons clicked through their
+own ``click()``. No assertion depends on how long something took; waits are bounded loops that
+fail with a message.
 """
 
 from __future__ import annotations
