@@ -15,7 +15,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(BIN)/python -m pip install --quiet -e '.[jupyter,test,dask,dev,serve,dashboard,pdf,mcp]'
+	$(BIN)/python -m pip install --quiet -e '.[jupyter,test,dask,dev,serve,dashboard,pdf,mcp,postgres]'
 	touch $@
 
 quickstart: $(VENV)/.core
@@ -49,6 +49,7 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/readers.py
 	$(BIN)/python benchmarks/contention.py
+	$(BIN)/python benchmarks/pgstore.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -31,7 +31,8 @@ from airun_nb.engine.ledger import timestamp
 from airun_nb.errors import RunNotFound
 from airun_nb.history.diff import diff
 from airun_nb.store import transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
+from airun_nb.store.opening import open_store
 from airun_nb.store.schema import TABLES
 from airun_nb.workflow import Workflow
 
@@ -45,9 +46,9 @@ def replay(
 ) -> pd.DataFrame:
     """Run the steps of the recorded run ``run_id`` again against the current code, in a
     scratch store; one row per step: ``equal`` is False where the output now differs."""
-    source = Store.open(db)
+    source = open_store(db)
     folder = Path(tempfile.mkdtemp(prefix="airun-replay-"))
-    scratch = Store.open(folder / "replay.duckdb")
+    scratch = open_store(folder / "replay.duckdb")
     try:
         params = _copy_run(source, scratch, run_id)
         wf = Workflow.from_run(run_id, db=scratch.path)
@@ -104,7 +105,7 @@ def assert_replays(
     return df
 
 
-def _copy_run(source: Store, scratch: Store, run_id: str) -> dict[str, Any]:
+def _copy_run(source: Backend, scratch: Backend, run_id: str) -> dict[str, Any]:
     """The run's definition, run row, step rows and output tables, copied into ``scratch``."""
     run = source.run_row(run_id)
     if run is None:

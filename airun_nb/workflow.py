@@ -18,7 +18,7 @@ from airun_nb.spec import cache as speccache
 from airun_nb.spec import parser as spec_mod
 from airun_nb.spec.cache import NO_STORE
 from airun_nb.spec.parser import WorkflowSpec
-from airun_nb.store.database import Store
+from airun_nb.store.opening import open_store
 
 
 class Front(Protocol):
@@ -87,7 +87,7 @@ class Workflow:
     @classmethod
     def from_run(cls, run_id: str, *, db: str | os.PathLike[str] | None = None) -> Workflow:
         """The workflow a stored run was started from (to resume it outside its notebook)."""
-        return cls(stored_spec(Store.open(db), run_id))
+        return cls(stored_spec(open_store(db), run_id))
 
     @property
     def name(self) -> str:
@@ -161,7 +161,7 @@ class Workflow:
     ) -> Runner:
         return Runner(
             self.spec,
-            Store.open(db),
+            open_store(db),
             namespace=namespace,
             params=params,
             listener=listener,
@@ -189,7 +189,7 @@ def rollback(
     """
     if steps is not None and steps < 1:
         raise ValueError("steps: give a whole number of steps, 1 or more")
-    store = Store.open(db)
+    store = open_store(db)
     return RunResult(roll_back(store, run_id, namespace=namespace, listener=listener, steps=steps))
 
 
@@ -229,7 +229,7 @@ def load_run(run_id: str, *, db: str | os.PathLike[str] | None = None) -> RunRes
     """The :class:`RunResult` of a stored run: its status, step table, outputs and timeline,
     read from the store (after a kernel restart, or from another process). Nothing runs and
     nothing is written; outputs load on first access."""
-    store = Store.open(db, create=False)
+    store = open_store(db, create=False)
     row = store.run_row(run_id)
     if row is None:
         raise RunNotFound(f"no run '{run_id}' in {store.path}")
@@ -257,7 +257,7 @@ def load_run(run_id: str, *, db: str | os.PathLike[str] | None = None) -> RunRes
 
 def stored_params(run_id: str, db: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The params a stored run ran with."""
-    store = Store.open(db)
+    store = open_store(db)
     row = store.run_row(run_id)
     if row is None:
         raise RunNotFound(f"no run '{run_id}' in {store.path}")

@@ -57,3 +57,8 @@ def python_exe() -> str:
 # (`call: os:getpid`, `call: support.faults:step`): the owner allows every module here. The
 # default (no module: only the notebook's functions) is what tests/security checks.
 os.environ.setdefault("AIRUN_CALL_MODULES", "*")
+
+
+# A PostgreSQL server (CI's AIRUN_TEST_PG, or one started for the session), a fresh database
+# per test, and the `backend` parameter ("duckdb", "postgres") of store-facing tests.
+from support.postgres import backend, pg_server, pg_url, store_db  # noqa: E402, F401

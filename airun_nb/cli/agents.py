@@ -6,8 +6,6 @@ the command without importing it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from airun_nb.errors import AirunError
@@ -55,7 +53,7 @@ def mcp_cmd(db: str | None, principal: str | None, transport: str, port: int) ->
         raise click.ClickException(f"{exc.name} is missing: pip install 'airun_nb[mcp]'") from None
     from airun_nb.mcp.limits import Limits
 
-    serve(resolve_db(Path(db) if db else None), str(who), transport, port, Limits.from_settings())
+    serve(resolve_db(db or None), str(who), transport, port, Limits.from_settings())
 
 
 COMMANDS = [mcp_cmd]

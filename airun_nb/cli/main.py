@@ -12,29 +12,34 @@ from typing import TYPE_CHECKING
 import click
 
 from airun_nb.cli.group import Group
+from airun_nb.cli.storeoption import STORE
 from airun_nb.errors import AirunError, StoreError
-from airun_nb.settings.environment import resolve_db
+from airun_nb.settings.environment import StoreURL, resolve_db
 from airun_nb.store.faults import os_fault, short
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from airun_nb.store.database import Store
+    from airun_nb.store.backend import Backend
 
 _TABLES = ("runs", "steps", "attempts", "events", "approvals", "audit")
 
 
 db_option = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=STORE,
     envvar="AIRUN_DB",
-    help="Store file (default: $AIRUN_DB or ./airun.duckdb).",
+    help="Store file or postgresql:// URL (default: $AIRUN_DB or ./airun.duckdb).",
 )
 
 
-def _existing_store(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+def _existing_store(
+    ctx: click.Context, param: click.Parameter, value: Path | StoreURL | None
+) -> Path | StoreURL | None:
     """Commands that read or act on runs never create a store: a typo is one line."""
     path = resolve_db(value)
+    if isinstance(path, StoreURL):
+        return path  # a server store: opening it says whether it can be reached
     if not path.exists():
         raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
     return value
@@ -50,18 +55,18 @@ def _output_path(ctx: click.Context, param: click.Parameter, value: Path | None)
 
 store_option = click.option(
     "--db",
-    type=click.Path(path_type=Path),
+    type=STORE,
     envvar="AIRUN_DB",
     callback=_existing_store,
-    help="Store file (default: $AIRUN_DB or ./airun.duckdb); it must exist.",
+    help="Store file or postgresql:// URL (default: $AIRUN_DB or ./airun.duckdb); it must exist.",
 )
 
 
-def _open_store(db: Path | None, *, create: bool = True) -> Store:
+def _open_store(db: Path | StoreURL | None, *, create: bool = True) -> Backend:
     """The store (its modules, and DuckDB, imported by the commands that use it)."""
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
 
-    return Store.open(db, create=create)
+    return open_store(db, create=create)
 
 
 @click.group(cls=Group)

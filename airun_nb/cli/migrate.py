@@ -16,6 +16,7 @@ from typing import Any
 import click
 import yaml
 
+from airun_nb.cli.storeoption import STORE
 from airun_nb.errors import AirunError, SpecError, TemplateError, WorkflowFailed
 from airun_nb.governance import policy as policy_mod
 from airun_nb.governance import seedpolicy as policy_dialect
@@ -376,9 +377,9 @@ def _file_params(file: Path) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line.")
 @click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=STORE,
     envvar="AIRUN_DB",
-    help="Store file (default: $AIRUN_DB or ./airun.duckdb).",
+    help="Store file or postgresql:// URL (default: $AIRUN_DB or ./airun.duckdb).",
 )
 def exec_cmd(file: Path, inputs: tuple[str, ...], as_json: bool, db: Path | None) -> None:
     """Run a workflow file; exit 0 done, 30 waiting at a gate, 10 invalid, 11 denied, 12

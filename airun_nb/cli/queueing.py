@@ -36,7 +36,7 @@ def submit_cmd(file: Path, params: tuple[str, ...], queue: str, db: Path | None)
     from airun_nb.cli.migrate import param_value
     from airun_nb.engine.worker import submit
     from airun_nb.spec.validation import read_input
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
     from airun_nb.workflow import Workflow
 
     given: dict[str, Any] = {}
@@ -48,7 +48,7 @@ def submit_cmd(file: Path, params: tuple[str, ...], queue: str, db: Path | None)
     try:
         read_input(file)  # a regular file of bounded size, or one line
         wf = Workflow.from_file(file)
-        run_id = submit(wf.spec, Store.open(db), params=given, queue=queue)
+        run_id = submit(wf.spec, open_store(db), params=given, queue=queue)
     except AirunError as exc:  # what and where: the file's name leads
         if str(file) not in exc.message:
             exc.message = f"{file}: {exc.message}"
@@ -92,10 +92,10 @@ def worker_cmd(
         sys.exit(_many(concurrency))
     from airun_nb.engine.worker import Worker
     from airun_nb.settings import file as settings
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
 
     worker = Worker(
-        Store.open(db),
+        open_store(db),
         queues or ("default",),
         name=name,
         exit_when_idle=exit_when_idle,

@@ -27,16 +27,16 @@ def _open(where: str | Path | None, *, create: bool, flag: str) -> Backend:
     """The store at ``where`` (a file, or a URL the store's opener knows), through the one
     opener every command uses; a file that is not there is one line naming ``flag``."""
     from airun_nb.settings.environment import resolve_db
-    from airun_nb.store.database import Store
     from airun_nb.store.faults import short
+    from airun_nb.store.opening import open_store
 
     text = str(where) if where is not None else None
     if not create and (text is None or "://" not in text):
         path = resolve_db(text)
-        if not path.exists():
+        if isinstance(path, Path) and not path.exists():
             raise StoreError(f"there is no store at {short(path)} (check {flag})")
     try:
-        return Store.open(where, create=create)
+        return open_store(where, create=create)
     except StoreError as exc:
         if text is not None and "://" in text and str(Path(text)) in exc.message:
             # The opener took the URL for a file name: no backend here speaks it.

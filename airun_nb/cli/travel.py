@@ -8,14 +8,16 @@ from typing import Any
 
 import click
 
+from airun_nb.cli.storeoption import STORE
+
 # The history and the engine are imported by the command that runs, not by `airun --help`
 # (which lists these commands), so that help and the light commands start fast.
 
 db_option = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=STORE,
     envvar="AIRUN_DB",
-    help="Store file (default: $AIRUN_DB or ./airun.duckdb).",
+    help="Store file or postgresql:// URL (default: $AIRUN_DB or ./airun.duckdb).",
 )
 
 

@@ -27,7 +27,7 @@ from airun_nb.errors import AirunError
 from airun_nb.gates import gate
 from airun_nb.governance import identity
 from airun_nb.history import readmodels as overview
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 from airun_nb.workflow import rollback
 
 FILTERS = ("all", *overview.RUN_STATUSES)
@@ -77,7 +77,7 @@ class Dashboard(App[None]):
         Binding("s", "focus_runs", "Runs"),
     ]
 
-    def __init__(self, store: Store, *, refresh_every: float = 1.0) -> None:
+    def __init__(self, store: Backend, *, refresh_every: float = 1.0) -> None:
         super().__init__()
         self.store = store
         self.refresh_every = refresh_every

@@ -24,8 +24,9 @@ from airun_nb.errors import AirunError, RunBusy, RunNotFound
 from airun_nb.governance import audit as auditlog
 from airun_nb.governance import identity
 from airun_nb.store import transitions
-from airun_nb.store.database import Store
-from airun_nb.store.owner import owner_alive, owner_fields
+from airun_nb.store.backend import Backend
+from airun_nb.store.opening import open_store
+from airun_nb.store.owner import owner_fields
 from airun_nb.store.queue import queue_record
 
 CANCELLED = "cancelled"
@@ -57,7 +58,7 @@ def cancel(
     authenticated the person itself (the approval service) passes ``authenticated=True``.
     ``channel`` says how (``cli``, ``api``, ``web``, ``dashboard``, ``widget``).
     """
-    store = Store.open(db)
+    store = open_store(db)
     actor = by if (authenticated and by) else identity.acting_as(by)
     if rollback:
         from airun_nb.engine.runner import stored_spec
@@ -96,12 +97,12 @@ def cancel(
     return _summary(run_id, previous, gates, actor, channel, rolled_back=True)
 
 
-def _cancellable(store: Store, run_id: str) -> dict[str, Any]:
+def _cancellable(store: Backend, run_id: str) -> dict[str, Any]:
     row = store.run_row(run_id)
     if row is None:
         raise RunNotFound(f"no run '{run_id}' in {store.path}")
     status = str(row["status"])
-    if status in _EXECUTING and owner_alive(row):
+    if status in _EXECUTING and store.owner_alive(row):
         raise RunBusy(busy_message(row))
     if status == CANCELLED:
         raise CancelError(f"run {run_id} is already cancelled")
@@ -114,12 +115,12 @@ def _cancellable(store: Store, run_id: str) -> dict[str, Any]:
     return row
 
 
-def _open_gates(store: Store, run_id: str) -> list[dict[str, Any]]:
+def _open_gates(store: Backend, run_id: str) -> list[dict[str, Any]]:
     return store.open_gates(run_id)
 
 
 def _gate_records(
-    store: Store, run_id: str, gates: list[dict[str, Any]], actor: str, channel: str
+    store: Backend, run_id: str, gates: list[dict[str, Any]], actor: str, channel: str
 ) -> list[dict[str, Any]]:
     recs: list[dict[str, Any]] = []
     now = time.time()
@@ -138,7 +139,7 @@ def _gate_records(
     return recs
 
 
-def _step_records(store: Store, run_id: str) -> list[dict[str, Any]]:
+def _step_records(store: Backend, run_id: str) -> list[dict[str, Any]]:
     """Steps still shown as waiting (gates) or running (a dead process) become ``cancelled``."""
     rows = store.step_rows(run_id, "waiting", "running")
     recs = []
@@ -149,7 +150,7 @@ def _step_records(store: Store, run_id: str) -> list[dict[str, Any]]:
     return recs
 
 
-def _off_the_queue(store: Store, run_id: str) -> list[dict[str, Any]]:
+def _off_the_queue(store: Backend, run_id: str) -> list[dict[str, Any]]:
     """A submitted run that is cancelled leaves its queue: no worker takes it any more."""
     row = store.queue_row(run_id)
     if row is None or row["state"] in ("done", "failed"):

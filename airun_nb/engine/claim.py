@@ -19,7 +19,8 @@ from typing import Any
 
 from airun_nb.errors import RunBusy, RunNotFound
 from airun_nb.store import owner, transitions
-from airun_nb.store.database import TABLES, Store
+from airun_nb.store.backend import Backend
+from airun_nb.store.database import TABLES
 
 # Statuses in which a live owner is executing the run right now.
 OWNED = ("running", "rolling_back")
@@ -35,7 +36,7 @@ def busy_message(row: Mapping[str, Any]) -> str:
 
 
 def claim_run(
-    store: Store,
+    store: Backend,
     run_id: str,
     *,
     status: str,
@@ -61,6 +62,8 @@ def claim_run(
         row = rows[0]
         if row["status"] in owned and alive(row):
             raise RunBusy(busy_message(row))
+        if status in owned and not store.hold_run(run_id):  # a server store: its run lock
+            raise RunBusy(busy_message(row))
         if expect_status is not None and row["status"] not in expect_status:
             raise RunBusy(
                 f"run {run_id} is {row['status']} now (another process changed it); "
@@ -81,7 +84,7 @@ def claim_run(
 class RunClaim:
     """A runner's claim on the run it resumes or rolls back (``dry``: plan only, claim none)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Backend) -> None:
         self.store = store
         self.dry = False
         self.taken: tuple[str, str] | None = None
@@ -96,7 +99,7 @@ class RunClaim:
             str(row["run_id"]),
             status="rolling_back" if mode == "rollback" else "running",
             owner=owner.owner_fields(),
-            alive=owner.owner_alive,
+            alive=self.store.owner_alive,
             expect_status=(row["status"],),
         )
         self.taken = (str(row["run_id"]), mode)
@@ -106,13 +109,15 @@ class RunClaim:
         nothing, so the run row goes back to what it was (status, owner, error)."""
         taken, before = self.taken, self._before
         self.taken = self._before = None
+        if taken is not None:
+            self.store.let_go_run(taken[0])  # a server store's run lock: nothing runs here
         if taken is None or before is None or isinstance(exc, RunBusy):
             return
         with contextlib.suppress(Exception):  # the planning error is what the user must see
             release_claim(self.store, before)
 
 
-def release_claim(store: Store, before: Mapping[str, Any]) -> None:
+def release_claim(store: Backend, before: Mapping[str, Any]) -> None:
     """Write the run row back as it was before this process claimed it (nothing ran since)."""
     row: dict[str, Any] = {"t": "run"}
     for col, _ in TABLES["runs"][0]:

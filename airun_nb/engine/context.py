@@ -19,12 +19,12 @@ if TYPE_CHECKING:
     from airun_nb.engine.state import StepState
     from airun_nb.governance.policy import Policy
     from airun_nb.spec.parser import WorkflowSpec
-    from airun_nb.store.database import Store
+    from airun_nb.store.backend import Backend
 
 
 class RunContext(Protocol):
     spec: WorkflowSpec
-    store: Store
+    store: Backend
     ledger: Ledger
     scope: Scope
     states: dict[str, StepState]

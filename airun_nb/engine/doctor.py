@@ -22,11 +22,13 @@ from airun_nb.engine.claim import claim_run
 from airun_nb.errors import AirunError, RunBusy, StoreBusy, StoreError, StoreWarning
 from airun_nb.gates import followup
 from airun_nb.settings import environment as config
+from airun_nb.settings.environment import StoreURL
 from airun_nb.store import transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 from airun_nb.store.faults import short
 from airun_nb.store.lease import Lease
-from airun_nb.store.owner import owner_alive, owner_fields
+from airun_nb.store.opening import open_store
+from airun_nb.store.owner import owner_fields
 
 
 @dataclass
@@ -51,14 +53,19 @@ def examine(
     """Check the store at ``db`` (never creating one); repair what can be repaired: with
     ``finish``, the unfinished runs (a rollback, a run whose process died, a decided gate that
     nobody continued) are finished."""
-    path = config.resolve_db(db)
+    where = config.resolve_db(db)
+    if isinstance(where, StoreURL):  # a server store: no files to check, its rows are
+        store = open_store(where, create=False)
+        opened = [Finding("store", "ok", f"{where} opens as an airun_nb store")]
+        return _examine_rows(store, where, opened, repair, finish)
+    path = where
     if not path.exists():
         raise StoreError(f"there is no store at {short(path)} (check --db or AIRUN_DB)")
     findings: list[Finding] = [_dead_waiters(path, repair)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StoreWarning)
         try:
-            store = Store.open(path, create=False)
+            store = open_store(path, create=False)
         except StoreBusy:
             raise
         except StoreError as exc:
@@ -79,6 +86,17 @@ def examine(
         findings.append(
             Finding("set-aside journal bytes", "ok", f"{len(aside)} file(s) kept: {names}")
         )
+    return _examine_rows(store, path, findings, repair, finish)
+
+
+def _examine_rows(
+    store: Backend,
+    path: Path | StoreURL,
+    findings: list[Finding],
+    repair: bool,
+    finish: Finisher | None,
+) -> list[Finding]:
+    """The checks of the store's rows, whichever backend holds them."""
     for check, n in store.orphan_counts().items():
         findings.append(
             Finding(check, "problem", f"{n} row(s); nothing reads them, left in place")
@@ -89,7 +107,7 @@ def examine(
     store.release()
     if repair and finish is not None:
         findings.extend(_finish_all(unfinished, finish))
-        store = Store.open(path, create=False)  # what is left: closed as before
+        store = open_store(path, create=False)  # what is left: closed as before
     else:
         findings.extend(_report_unfinished(unfinished))
     findings.append(_dead_runs(store, repair))
@@ -99,7 +117,7 @@ def examine(
     return findings
 
 
-def _follow_ups(store: Store) -> Finding:
+def _follow_ups(store: Backend) -> Finding:
     """Send the open gates' due reminders and escalations (each once, whoever else watches)."""
     fired = followup.sweep(store).fired
     if not fired:
@@ -120,12 +138,12 @@ _UNFINISHED = {
 }
 
 
-def _unfinished(store: Store) -> list[tuple[str, str]]:
+def _unfinished(store: Backend) -> list[tuple[str, str]]:
     """(state, run) of every run that stopped half-way: a rollback or a run whose process is
     gone, and a waiting run whose gates were all decided without the run going on."""
     out = []
     for r in store.runs_with_status("running", "rolling_back"):
-        if not owner_alive(r):
+        if not store.owner_alive(r):
             out.append((str(r["status"]), str(r["run_id"])))
     for run_id in store.waiting_runs_with_every_gate_decided():
         out.append(("decided", run_id))
@@ -176,9 +194,9 @@ def _ids(ids: list[str]) -> str:
     return ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
 
 
-def _dead_runs(store: Store, repair: bool) -> Finding:
+def _dead_runs(store: Backend, repair: bool) -> Finding:
     rows = store.runs_with_status("running")
-    dead = [r for r in rows if not owner_alive(r)]
+    dead = [r for r in rows if not store.owner_alive(r)]
     if not dead:
         return Finding("runs left running by a dead process", "ok", "none")
     ids = ", ".join(r["run_id"] for r in dead[:5]) + (" ..." if len(dead) > 5 else "")
@@ -197,7 +215,7 @@ def _dead_runs(store: Store, repair: bool) -> Finding:
                 r["run_id"],
                 status="interrupted",
                 owner=owner_fields(),
-                alive=owner_alive,
+                alive=store.owner_alive,
                 expect_status=("running",),
                 extra={
                     "finished_at": time.time(),

@@ -22,11 +22,14 @@ from airun_nb.governance import audit as auditlog
 from airun_nb.governance import mediator
 from airun_nb.governance.policy import Verdict
 from airun_nb.settings import environment as config
+from airun_nb.settings.environment import StoreURL
 from airun_nb.spec import templates
 from airun_nb.spec.approval import GateConfig, parse_config
 from airun_nb.store import outputs
+from airun_nb.store.backend import Backend
 
 POLL_SECONDS = 0.25
+SAFETY_SECONDS = 1.0  # on a team store: a look this often (deadlines) if nothing is notified
 
 
 def run_gate(run: RunContext, st: StepState, ctx: Mapping[str, Any]) -> None:
@@ -162,8 +165,8 @@ def await_gate(
             run.open_gates.append(row)
             run.ledger.step(st, S_WAITING)
             return None
-        else:  # wait: poll the store for a decision from any channel
-            time.sleep(POLL_SECONDS)
+        else:  # wait: for a decision from any channel (a team store notifies its commits)
+            run.store.wait_for_change(POLL_SECONDS if _file(run.store) else SAFETY_SECONDS)
         found_row = gate.gate_row(run.store, run.run_id, gate_id)
         assert found_row is not None
         row = found_row
@@ -212,3 +215,8 @@ def preview_forms(value: Any) -> tuple[str, str]:
     else:
         text = str(value)
     return text, f"<pre>{_html.escape(text)}</pre>"
+
+
+def _file(store: Backend) -> bool:
+    """Is the store a file (looked at), rather than a server that notifies its commits?"""
+    return not isinstance(store.path, StoreURL)

@@ -35,7 +35,7 @@ from airun_nb.engine.state import (
 from airun_nb.settings import clock
 from airun_nb.spec.parser import WorkflowSpec
 from airun_nb.store import owner, transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 
 
 class Listener:
@@ -56,7 +56,7 @@ class Ledger:
 
     def __init__(
         self,
-        store: Store,
+        store: Backend,
         spec: WorkflowSpec,
         params: dict[str, Any],
         *,

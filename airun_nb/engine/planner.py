@@ -40,8 +40,8 @@ from airun_nb.spec import approval as gateconfig
 from airun_nb.spec import dialect
 from airun_nb.spec.parser import StepSpec, WorkflowSpec, _hash
 from airun_nb.store import pending as recent
-from airun_nb.store.database import Store
-from airun_nb.store.owner import HOST, owner_alive
+from airun_nb.store.backend import Backend
+from airun_nb.store.owner import HOST
 from airun_nb.store.queue import queue_of
 
 _STEP_COLUMNS = """run_id, step_id, status, attempts, def_hash, code_hash, eff_hash,
@@ -125,7 +125,7 @@ class Planner:
     def __init__(
         self,
         spec: WorkflowSpec,
-        store: Store,
+        store: Backend,
         states: dict[str, StepState],
         *,
         params: dict[str, Any],
@@ -231,7 +231,7 @@ class Planner:
             row = store.run_row(resume)
             if row is None:
                 raise RunNotFound(f"no run '{resume}' in {store.path}")
-            check_not_busy(row)
+            check_not_busy(row, self.store)
             if row["status"] == "cancelled":
                 raise RunEnded(f"run {resume} was cancelled and cannot resume; start a new run")
             if row["status"] == ROLLED_BACK:
@@ -245,7 +245,7 @@ class Planner:
             return row, self.load_rows(resume), mode
         if not new:
             row = recent.latest_run(store, self.spec.name)
-            if row is not None and _elsewhere(row) and recent.started_by_owner(store, row):
+            if row is not None and _elsewhere(row, store) and recent.started_by_owner(store, row):
                 return None, {}, "new"  # a live process's run belongs to it
             if row is not None and queue_of(row.get("source")) is not None:
                 return None, {}, "new"  # a submitted run belongs to its queue's workers
@@ -256,14 +256,14 @@ class Planner:
                     f"{row['run_id']}`), or start anew with --new"
                 )
             if row is not None and row["status"] == ROLLING_BACK:
-                check_not_busy(row)
+                check_not_busy(row, self.store)
                 return row, self.load_rows(row["run_id"]), "rollback"
             if (
                 row is not None
                 and row["status"] in RESUMABLE
                 and self.stored_params(row["run_id"], row) == self.comparable(self.params)
             ):  # other params: a new run, never this one with different inputs
-                check_not_busy(row)
+                check_not_busy(row, self.store)
                 return row, self.load_rows(row["run_id"]), "resume"
             if row is not None and row["status"] == COMPLETED:
                 rows = self.load_rows(row["run_id"])
@@ -297,14 +297,16 @@ class Planner:
                 for sid, (eff, fp) in head["steps"].items()
             }
             return not self._changed(rows)
-        return bool(head.get("fresh")) and _elsewhere(head)
+        return bool(head.get("fresh")) and _elsewhere(head, self.store)
 
     def select_rollback(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """The stored run to roll back (on demand, or to finish a rollback)."""
         row = self.store.run_row(run_id)
         if row is None:
             raise RunNotFound(f"no run '{run_id}' in {self.store.path}")
-        if row["status"] in (RUNNING, ROLLING_BACK) and owner_alive(row):  # waiting: idle
+        if row["status"] in (RUNNING, ROLLING_BACK) and self.store.owner_alive(
+            row
+        ):  # idle: waiting
             raise RunBusy(
                 f"run {run_id} is still executing in another process (pid "
                 f"{row['owner_pid']} on {row['owner_host']}); stop it there before rolling "
@@ -344,7 +346,7 @@ class Planner:
         if from_step not in self.states:
             known = ", ".join(self.states)
             raise SpecError(f"fork: the workflow has no step '{from_step}' (steps: {known})")
-        check_not_busy(row)
+        check_not_busy(row, self.store)
         return row, self.load_rows(run_id)
 
     # ------------------------------------------------------------------ decisions
@@ -480,7 +482,7 @@ class Planner:
         return reasons.explain(st, row, self.states, self.params, prior_params, mode)
 
 
-def _elsewhere(row: Mapping[str, Any]) -> bool:
+def _elsewhere(row: Mapping[str, Any], store: Backend) -> bool:
     """Is the run executing its steps in another live process? (When that process started it,
     it is its own: re-running the cell here starts anew. A run it resumed is busy, see
     check_not_busy.)"""
@@ -488,12 +490,12 @@ def _elsewhere(row: Mapping[str, Any]) -> bool:
         row["status"] == RUNNING  # one rolling back elsewhere stays busy (check_not_busy)
         and row.get("owner_pid") is not None
         and (int(row["owner_pid"]) != os.getpid() or row.get("owner_host") != HOST)
-        and owner_alive(row)
+        and store.owner_alive(row)
     )
 
 
-def check_not_busy(row: Mapping[str, Any]) -> None:
-    if row["status"] in (RUNNING, ROLLING_BACK) and owner_alive(row):
+def check_not_busy(row: Mapping[str, Any], store: Backend) -> None:
+    if row["status"] in (RUNNING, ROLLING_BACK) and store.owner_alive(row):
         raise RunBusy(busy_message(row))
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import warnings
 from collections.abc import Mapping
@@ -42,9 +43,11 @@ from airun_nb.engine.state import (
 from airun_nb.errors import ResumeWarning, RunBusy, RunInterrupted, RunNotFound, WorkflowFailed
 from airun_nb.governance import identity, mediator
 from airun_nb.governance import policy as policy_mod
+from airun_nb.settings import environment as config
+from airun_nb.settings.environment import StoreURL
 from airun_nb.spec.parser import WorkflowSpec, expand
 from airun_nb.store import owner
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 
 __all__ = ["Listener", "Plan", "Runner", "StepState"]
 
@@ -55,7 +58,7 @@ class Runner:
     def __init__(
         self,
         spec: WorkflowSpec,
-        store: Store,
+        store: Backend,
         *,
         namespace: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
@@ -128,7 +131,13 @@ class Runner:
         return self.scope.output_of(step_id)
 
     def capability_context(self, step_id: str) -> capabilities.Context:
-        undo_dir = self.store.path.with_name(self.store.path.name + ".undo") / self.run_id / step_id
+        where = self.store.path
+        if isinstance(where, StoreURL):  # a team store: undo copies stay on this host
+            digest = hashlib.sha256(str(where).encode()).hexdigest()[:16]
+            base = config.config_dir() / "undo" / digest
+        else:
+            base = where.with_name(where.name + ".undo")
+        undo_dir = base / self.run_id / step_id
         return capabilities.Context(
             self.workspace,
             undo_dir,
@@ -265,6 +274,9 @@ class Runner:
         assert self.plan is not None, "prepare() first"
         if not owner.claim_in_process(self.run_id):
             raise RunBusy(f"run {self.run_id} is already executing in this kernel")
+        if not self.store.hold_run(self.run_id):  # a server store: the run's advisory lock
+            owner.release_in_process(self.run_id)
+            raise RunBusy(f"run {self.run_id} is executing in another process")
         try:
             if self.plan.mode in ("resume", "rollback"):
                 self.ledger.close_dead_attempts()
@@ -295,6 +307,7 @@ class Runner:
             raise error from None
         finally:
             owner.release_in_process(self.run_id)
+            self.store.let_go_run(self.run_id)
             gc_release()
         self._bind_outputs()  # no fold here: the journal holds the run, folded in batches
         self.store.sync()  # but on disk: a run reported finished survives a power loss
@@ -414,7 +427,7 @@ class Runner:
                 self.namespace[st.spec.output] = self.output_of(st.id)  # type: ignore[index]
 
 
-def stored_spec(store: Store, run_id: str) -> WorkflowSpec:
+def stored_spec(store: Backend, run_id: str) -> WorkflowSpec:
     """The workflow a stored run was started from (to resume or undo it outside its notebook)."""
     from airun_nb.spec import cache as speccache
 
@@ -428,7 +441,7 @@ def stored_spec(store: Store, run_id: str) -> WorkflowSpec:
 
 
 def roll_back(
-    store: Store,
+    store: Backend,
     run_id: str,
     *,
     namespace: Mapping[str, Any] | None = None,

@@ -13,7 +13,7 @@ from airun_nb.governance import secrets
 from airun_nb.spec import dialect
 from airun_nb.spec.parser import WorkflowSpec
 from airun_nb.store import outputs
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 
 
 class Scope:
@@ -23,7 +23,7 @@ class Scope:
         self,
         spec: WorkflowSpec,
         states: dict[str, StepState],
-        store: Store,
+        store: Backend,
         *,
         params: dict[str, Any],
         namespace: Mapping[str, Any],

@@ -32,7 +32,7 @@ from airun_nb.errors import AirunError, RunBusy, RunEnded, RunInterrupted, Workf
 from airun_nb.spec.parser import WorkflowSpec
 from airun_nb.store import code as codestore
 from airun_nb.store import owner, transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 from airun_nb.store.queue import DEFAULT_QUEUE, SOURCE_PREFIX
 from airun_nb.store.transitions import Q_DONE, Q_FAILED, Q_PARKED, Q_QUEUED, QUEUED
 
@@ -41,7 +41,7 @@ IDLE_POLL = 0.5  # seconds between looks at an empty queue
 
 def submit(
     spec: WorkflowSpec,
-    store: Store,
+    store: Backend,
     *,
     params: Mapping[str, Any] | None = None,
     queue: str = DEFAULT_QUEUE,
@@ -100,7 +100,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        store: Backend,
         queues: Sequence[str] = (DEFAULT_QUEUE,),
         *,
         name: str | None = None,

@@ -24,7 +24,7 @@ from airun_nb.governance import identity
 from airun_nb.governance import policy as policy_mod
 from airun_nb.spec.approval import ApprovalError
 from airun_nb.store import transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 
 KIND = "delegated"
 REVOKED = "delegation_revoked"
@@ -59,7 +59,9 @@ def parse_until(text: str) -> float:
     return when.timestamp()
 
 
-def grant(store: Store, *, to: str, until: str | float, principal: str | None = None) -> Delegation:
+def grant(
+    store: Backend, *, to: str, until: str | float, principal: str | None = None
+) -> Delegation:
     """Record that ``principal`` (default: whoever runs this) hands their approvals to ``to``
     until ``until``; refused (one line, nothing recorded) when the policy does not allow it."""
     me = identity.current()
@@ -112,7 +114,7 @@ def grant(store: Store, *, to: str, until: str | float, principal: str | None = 
     return found
 
 
-def revoke(store: Store, *, to: str, principal: str | None = None) -> int:
+def revoke(store: Backend, *, to: str, principal: str | None = None) -> int:
     """End now every delegation of ``principal`` (default: whoever runs this) to ``to``;
     returns how many were in force. Needs no policy right (it only takes one away)."""
     me = identity.current()
@@ -150,7 +152,7 @@ def revoke(store: Store, *, to: str, principal: str | None = None) -> int:
     return len(live)
 
 
-def recorded(store: Store) -> list[Delegation]:
+def recorded(store: Backend) -> list[Delegation]:
     """Every delegation on the record, oldest first, each ending at its date or at the first
     revocation after it, whichever is sooner."""
     events = sorted(
@@ -175,14 +177,14 @@ def recorded(store: Store) -> list[Delegation]:
     return out
 
 
-def active_for(store: Store, delegate: str, now: float) -> list[str]:
+def active_for(store: Backend, delegate: str, now: float) -> list[str]:
     """Whose approvals ``delegate`` may give at ``now`` (the store's clock), in the order the
     delegations were made."""
     found = [d.principal for d in recorded(store) if d.delegate == delegate and d.until > now]
     return list(dict.fromkeys(found))
 
 
-def active(store: Store, now: float) -> list[Delegation]:
+def active(store: Backend, now: float) -> list[Delegation]:
     return [d for d in recorded(store) if d.until > now]
 
 

@@ -36,7 +36,8 @@ from airun_nb.governance import policy as policy_mod
 from airun_nb.spec import dialect
 from airun_nb.spec.approval import parse_config
 from airun_nb.store import transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
+from airun_nb.store.opening import open_store
 
 REMINDED, ESCALATED = "gate_reminded", "gate_escalated"
 IDLE = 60.0  # seconds a watcher waits when nothing is due (it looks again when files change)
@@ -70,7 +71,7 @@ def has_follow_ups(row: Mapping[str, Any]) -> bool:
     return bool(spec.get("remind") or spec.get("escalate"))
 
 
-def _sent(store: Store, row: Mapping[str, Any]) -> tuple[int, bool]:
+def _sent(store: Backend, row: Mapping[str, Any]) -> tuple[int, bool]:
     """(the last reminder's period, whether the gate escalated) as the store records them."""
     found = store.gate_events(str(row["run_id"]), str(row["gate_id"]), (REMINDED, ESCALATED))
     return _fold(found)
@@ -101,7 +102,7 @@ def _next_due(row: Mapping[str, Any], last: int, escalated: bool) -> float | Non
     return min(times) if times else None
 
 
-def _due(store: Store, run_id: str, gate_id: str) -> tuple[list[Fired], float | None, float]:
+def _due(store: Backend, run_id: str, gate_id: str) -> tuple[list[Fired], float | None, float]:
     """Record the gate's due follow-ups (holding the lease); what was recorded."""
     with store.session("sending an approval gate's reminders"):
         row = store.gate_row(run_id, gate_id)
@@ -146,7 +147,7 @@ def _due(store: Store, run_id: str, gate_id: str) -> tuple[list[Fired], float | 
         return fired, _next_due(row, last, escalated), now
 
 
-def sweep(store: Store) -> Sweep:
+def sweep(store: Backend) -> Sweep:
     """Fire every due reminder and escalation of the store's open gates, once each; then
     notify (outside the lease). Returns what this call fired and when the next one is due."""
     with store.session("looking at the open gates' follow-ups"):
@@ -178,7 +179,7 @@ class _Egress:
         self.principal, self.hosts = principal, hosts
 
 
-def _tell(store: Store, item: Fired) -> None:
+def _tell(store: Backend, item: Fired) -> None:
     """Notify the gate's targets of a reminder or an escalation, each decided by the policy;
     the outcome is an event of the gate."""
     row = store.gate_row(item.run_id, item.gate_id)
@@ -253,7 +254,7 @@ def _plain(target: Any) -> bool:
     )
 
 
-def _targets(store: Store, row: Mapping[str, Any]) -> tuple[list[Any], list[str], Any]:
+def _targets(store: Backend, row: Mapping[str, Any]) -> tuple[list[Any], list[str], Any]:
     """The gate's notify targets, who a notification acts for, and the policy in force (the
     configured one, tightened by the workflow's own rules), from the run's stored workflow."""
     from airun_nb.spec import parser
@@ -325,7 +326,7 @@ class Watcher:
             elif sig != seen or due:
                 seen = sig
                 try:
-                    result = sweep(Store.open(self.db, create=False))
+                    result = sweep(open_store(self.db, create=False))
                 except Exception as exc:  # a bad look must not end the watch
                     logging.getLogger("airun_nb.gates").warning(
                         "airun_nb: gate follow-ups of %s: %s", self.db, exc

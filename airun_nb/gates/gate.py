@@ -44,7 +44,8 @@ from airun_nb.spec.approval import (
     parse_config,
 )
 from airun_nb.store import transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
+from airun_nb.store.opening import open_store
 
 __all__ = [
     "ON_TIMEOUT",
@@ -271,7 +272,7 @@ def check_actor(row: Mapping[str, Any], actor: str) -> None:
         )
 
 
-def acting_for(store: Store, row: Mapping[str, Any], user: str) -> str | None:
+def acting_for(store: Backend, row: Mapping[str, Any], user: str) -> str | None:
     """Whom ``user`` may decide this gate for through an active delegation (None: nobody).
     Four-eyes holds through it: not a run ``user`` launched, nor one the delegator launched."""
     launcher = row.get("launched_by")
@@ -317,7 +318,7 @@ def _settings(config: GateConfig) -> dict[str, Any]:
 
 
 # -- the durable record ----------------------------------------------------------------------
-def gate_row(store: Store, run_id: str, gate_id: str) -> dict[str, Any] | None:
+def gate_row(store: Backend, run_id: str, gate_id: str) -> dict[str, Any] | None:
     return store.gate_row(run_id, gate_id)
 
 
@@ -333,7 +334,7 @@ def _epoch(value: datetime) -> float:
 
 
 def open_gate(
-    store: Store,
+    store: Backend,
     *,
     run_id: str,
     workflow: str,
@@ -412,7 +413,7 @@ MAX_REQUEST_ID = 200
 
 
 def decide(
-    store: Store,
+    store: Backend,
     run_id: str,
     gate_id: str,
     decision: str,
@@ -629,7 +630,7 @@ def decided_here(run_id: str, gate_id: str) -> bool:
     return (run_id, gate_id) in _DECIDED_HERE
 
 
-def _time_out(store: Store, row: Mapping[str, Any]) -> dict[str, Any]:
+def _time_out(store: Backend, row: Mapping[str, Any]) -> dict[str, Any]:
     """Record the gate's on_timeout outcome now (the caller holds the store)."""
     outcome = str(row.get("on_timeout") or "reject")
     closed = dict(row)
@@ -685,7 +686,9 @@ def iso_utc(value: Any) -> str | None:
     return datetime.fromtimestamp(float(value), tz=timezone.utc).isoformat()
 
 
-def expire(store: Store, run_id: str, gate_id: str, *, reason: str | None = None) -> dict[str, Any]:
+def expire(
+    store: Backend, run_id: str, gate_id: str, *, reason: str | None = None
+) -> dict[str, Any]:
     """Close a gate without a decision (``on_timeout: fail``, or no policy decision)."""
     with store.session("closing an approval gate"):
         row = gate_row(store, run_id, gate_id)
@@ -794,13 +797,24 @@ def db_flag(db: str | os.PathLike[str] | None) -> str:
     ./airun.duckdb), so a copied command reaches the same store; else ``""``."""
     if db is None:
         return ""
-    from airun_nb.settings.environment import default_db
+    from airun_nb.settings.environment import StoreURL, default_db, is_url
 
+    if is_url(db) or isinstance(db, StoreURL):  # a team store: its URL, password left out
+        url = config_url(str(db))
+        return "" if url == str(default_db()) else f" --db {shlex.quote(url)}"
     path = Path(db).expanduser().absolute()
     with contextlib.suppress(OSError):
-        if path.resolve() == default_db().expanduser().absolute().resolve():
+        default = default_db()
+        if isinstance(default, Path) and path.resolve() == default.absolute().resolve():
             return ""
     return f" --db {shlex.quote(str(path))}"
+
+
+def config_url(url: str) -> str:
+    """A team store's URL as commands may show it (its password, if any, left out)."""
+    from airun_nb.settings.environment import StoreURL
+
+    return str(StoreURL(url))
 
 
 def resume_command(run_id: str, db: str | os.PathLike[str] | None = None) -> str:
@@ -831,7 +845,7 @@ def commands(
     }
 
 
-def cancel_open(store: Store, run_id: str, *, reason: str) -> list[dict[str, Any]]:
+def cancel_open(store: Backend, run_id: str, *, reason: str) -> list[dict[str, Any]]:
     """Records that close a run's open gates as ``cancelled`` (its rollback); not written."""
     recs: list[dict[str, Any]] = []
     for row in store.open_gates(run_id):
@@ -866,7 +880,7 @@ def _decide_now(
     request_id: str | None = None,
 ) -> dict[str, Any]:
     return decide(
-        Store.open(db),
+        open_store(db),
         run_id,
         gate_id,
         decision,

@@ -35,7 +35,8 @@ class LinkError(AirunError):
 
 def settings_file(db: str | os.PathLike[str] | None = None) -> Path:
     """Where the service's secret and address for the store ``db`` are kept."""
-    real = os.path.realpath(config.resolve_db(db))
+    where = config.resolve_db(db)
+    real = str(where) if isinstance(where, config.StoreURL) else os.path.realpath(where)
     digest = hashlib.sha256(real.encode()).hexdigest()[:24]
     return config.config_dir() / "service" / f"{digest}.json"
 

@@ -17,7 +17,9 @@ import duckdb
 import pandas as pd
 
 from airun_nb.errors import AirunError, RunNotFound
-from airun_nb.store.database import Store, quote_ident
+from airun_nb.store.backend import Backend
+from airun_nb.store.database import quote_ident
+from airun_nb.store.opening import open_store
 
 _Db = str | os.PathLike[str] | None
 COLUMNS = ["step", "status_a", "status_b", "how_a", "how_b", "equal", "summary"]
@@ -30,7 +32,7 @@ class DiffError(AirunError):
 
 def diff(run_a: str, run_b: str, *, step: str | None = None, db: _Db = None) -> pd.DataFrame:
     """Compare two runs step by step, or (``step=``) the rows of one DataFrame output."""
-    store = Store.open(db)
+    store = open_store(db)
     with store.session("comparing runs") as con:
         rows_a, rows_b = _rows(con, run_a, store), _rows(con, run_b, store)
         if step is not None:
@@ -45,7 +47,7 @@ def diff(run_a: str, run_b: str, *, step: str | None = None, db: _Db = None) -> 
     return df
 
 
-def _rows(con: duckdb.DuckDBPyConnection, run_id: str, store: Store) -> dict[str, dict[str, Any]]:
+def _rows(con: duckdb.DuckDBPyConnection, run_id: str, store: Backend) -> dict[str, dict[str, Any]]:
     if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
         raise RunNotFound(f"no run '{run_id}' in {store.path}")
     cur = con.execute(

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from airun_nb.errors import QueryError, RunNotFound
 from airun_nb.history.steptable import StoredRun, shown_status_sql, view_of_rows
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
+from airun_nb.store.opening import open_store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,13 +30,13 @@ _Db = str | os.PathLike[str] | None
 _Status = str | Sequence[str] | None
 
 
-def _store(db: _Db) -> Store:
+def _store(db: _Db) -> Backend:
     """The store to read: an existing one only (a typo in a path is an error, not a new file)."""
-    return Store.open(db, create=False)
+    return open_store(db, create=False)
 
 
 def _frame(
-    store: Store, sql: str, params: Sequence[Any] = (), duration: tuple[str, str] | None = None
+    store: Backend, sql: str, params: Sequence[Any] = (), duration: tuple[str, str] | None = None
 ) -> pd.DataFrame:
     """The query's rows as a frame, dtypes from Arrow (UTC timestamps, string text)."""
     from airun_nb.history.relation import (  # pandas and pyarrow: only when a frame is asked for

@@ -12,7 +12,8 @@ from typing import Any
 
 from airun_nb.errors import AirunError, RunNotFound
 from airun_nb.gates import delegation, gate
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
+from airun_nb.store.opening import open_store
 from airun_nb.store.transitions import RUN_STATUSES  # every status a run can have, for filters
 
 MAX_RUNS = 500
@@ -46,7 +47,7 @@ def parse_since(text: str | None) -> datetime | None:
 
 
 def runs(
-    store: Store,
+    store: Backend,
     *,
     workflow: str | None = None,
     status: str | None = None,
@@ -148,7 +149,7 @@ def run_state(r: Mapping[str, Any], open_gates: int, db: Any = None) -> tuple[st
     return APPROVED_WAITING, who
 
 
-def run_detail(store: Store, run_id: str, *, user: str | None = None) -> dict[str, Any]:
+def run_detail(store: Backend, run_id: str, *, user: str | None = None) -> dict[str, Any]:
     """One run with its steps, attempts and gates (with ``user``: may they decide each)."""
     found = runs_by_id(store, run_id)
     steps = store.query_dicts(
@@ -174,7 +175,7 @@ def run_detail(store: Store, run_id: str, *, user: str | None = None) -> dict[st
     return out
 
 
-def runs_by_id(store: Store, run_id: str) -> dict[str, Any]:
+def runs_by_id(store: Backend, run_id: str) -> dict[str, Any]:
     rows = store.query_dicts(
         """SELECT run_id, workflow, status, launched_by, created_at, started_at, finished_at,
                   failed_step, error, params, owner_pid, owner_host, owner_token, source,
@@ -260,7 +261,7 @@ def gate_view(g: Mapping[str, Any], user: str | None = None, *, db: Any = None) 
             try:
                 gate.check_actor(g, user)
             except gate.ApprovalError:
-                out["acting_for"] = gate.acting_for(Store.open(db), g, user)
+                out["acting_for"] = gate.acting_for(open_store(db), g, user)
     return out
 
 
@@ -274,7 +275,7 @@ def refusal(g: Mapping[str, Any], user: str, *, db: Any = None) -> str | None:
     try:
         gate.check_actor(g, user)
     except gate.ApprovalError as exc:
-        principal = gate.acting_for(Store.open(db), g, user) if db is not None else None
+        principal = gate.acting_for(open_store(db), g, user) if db is not None else None
         if principal is None:
             return exc.message
         user = principal
@@ -286,7 +287,7 @@ def refusal(g: Mapping[str, Any], user: str, *, db: Any = None) -> str | None:
 
 
 def open_gates(
-    store: Store, user: str | None = None, *, decidable_only: bool = False
+    store: Backend, user: str | None = None, *, decidable_only: bool = False
 ) -> list[dict[str, Any]]:
     """Open gates, oldest first; with ``user`` each says whether they may decide it."""
     rows = store.query_dicts(
@@ -299,5 +300,5 @@ def open_gates(
     return views
 
 
-def gate_or_none(store: Store, run_id: str, gate_id: str) -> dict[str, Any] | None:
+def gate_or_none(store: Backend, run_id: str, gate_id: str) -> dict[str, Any] | None:
     return gate.gate_row(store, run_id, gate_id)

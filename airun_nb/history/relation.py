@@ -22,7 +22,8 @@ import pandas as pd
 import pyarrow as pa
 
 from airun_nb.errors import QueryError
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
+from airun_nb.store.opening import open_store
 
 _Db = str | os.PathLike[str] | None
 HISTORY_TABLES = ("runs", "steps", "attempts", "events", "approvals", "audit", "specs")
@@ -149,7 +150,7 @@ def _from_decimal(column: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
     return column.cast(pa.float64())
 
 
-def arrow_of(store: Store, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+def arrow_of(store: Backend, sql: str, params: Sequence[Any] = ()) -> pa.Table:
     """Run ``sql`` on the store (every journaled change folded first) as an Arrow table."""
     with store.session() as con:
         return _fetch(con.sql(sql, params=list(params) or None))
@@ -170,7 +171,7 @@ def query(sql: str, params: Sequence[Any] = (), *, db: _Db = None) -> pd.DataFra
     back, and anything but a single SELECT is refused, so a query never changes the store.
     """
     statements = _statements(sql)
-    store = Store.open(db, create=False)
+    store = open_store(db, create=False)
     with store.session("answering a history query") as con:
         con.execute("BEGIN")
         try:
@@ -209,7 +210,7 @@ class HistoryRelation:
     DuckDB would run.
     """
 
-    def __init__(self, store: Store, table: str, ops: tuple[tuple[str, tuple, dict], ...] = ()):
+    def __init__(self, store: Backend, table: str, ops: tuple[tuple[str, tuple, dict], ...] = ()):
         self._store = store
         self._table = table
         self._ops = ops
@@ -281,7 +282,7 @@ def history_relation(table: str, *, db: _Db = None) -> HistoryRelation:
         raise QueryError(
             f"history_relation: no history table '{table}' (tables: {', '.join(HISTORY_TABLES)})"
         )
-    return HistoryRelation(Store.open(db, create=False), table)
+    return HistoryRelation(open_store(db, create=False), table)
 
 
 # What a bounded query may read from: the history tables, through these kinds of FROM items.
@@ -336,7 +337,7 @@ def bounded_query(
     _sources(tree.get("statements"), set(), wrong)
     if wrong:
         raise QueryError(f"query: {wrong[0]} (readable: {', '.join(HISTORY_TABLES)})")
-    store = Store.open(db, create=False)
+    store = open_store(db, create=False)
     with store.session("answering a history query") as con:
         timer = threading.Timer(seconds, con.interrupt)
         con.execute("BEGIN")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from airun_nb.store.database import Store
+from airun_nb.store.opening import open_store
 
 COLUMNS = (
     "run_id",
@@ -29,7 +29,7 @@ def rows(
 ) -> list[tuple[Any, ...]]:
     """The newest ``limit`` runs (of ``workflow``), oldest first, as display values."""
     where, params = ("WHERE r.workflow = ?", [workflow]) if workflow else ("", [])
-    found = Store.open(db, create=False).query(
+    found = open_store(db, create=False).query(
         f"""
         SELECT run_id, workflow, status, launched_by, created_at, duration, steps, failed_step
         FROM (

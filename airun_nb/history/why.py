@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from airun_nb.errors import RunNotFound
-from airun_nb.store.database import Store
+from airun_nb.store.opening import open_store
 
 if TYPE_CHECKING:
     from airun_nb.engine.planner import Plan
@@ -26,7 +26,7 @@ def why(run_id: str, db: _Db = None) -> pd.DataFrame:
     ``function load_sales``, ``helper normalize``, ``global THRESHOLD 0.5 → 0.7``,
     ``pandas 2.2.3 → 3.0.0``, ``param n 60 → 80``, ``upstream clean``.
     """
-    store = Store.open(db)
+    store = open_store(db)
     found = store.query_dicts(
         "SELECT run_id, forked_from, forked_step, seeded_from FROM runs WHERE run_id = ?", [run_id]
     )

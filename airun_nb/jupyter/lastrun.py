@@ -7,6 +7,7 @@ then read back from the store (:func:`airun_nb.load_run`).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,13 +40,14 @@ def last_result(db: str | os.PathLike[str] | None = None) -> RunResult | None:
 
 def _stored_latest(db: str | os.PathLike[str] | None) -> RunResult | None:
     from airun_nb.settings.environment import resolve_db
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
     from airun_nb.workflow import load_run
 
-    if not resolve_db(db).exists():
+    where = resolve_db(db)
+    if isinstance(where, Path) and not where.exists():
         return None
     source = notebook_path(_user_ns())
-    store = Store.open(db, create=False)
+    store = open_store(db, create=False)
     found = store.latest_run_of_source(source)
     return load_run(found, db=store.path) if found else None
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from airun_nb.jupyter.pyrun import after_run
     from airun_nb.jupyter.widgets import draw_gates, waiting_line
     from airun_nb.store import code as codestore
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
     from airun_nb.workflow import Workflow, rollback, stored_params
 
 
@@ -48,11 +48,11 @@ def _imports() -> None:
     from airun_nb.jupyter.pyrun import after_run
     from airun_nb.jupyter.widgets import draw_gates, run_table_widget, waiting_line
     from airun_nb.store import code as codestore
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
     from airun_nb.workflow import Workflow, rollback, stored_params
 
     names = (yaml, rundiff, history, explanation, LiveTable, said_once, draw_gates, after_run)
-    names += (run_table_widget, waiting_line, codestore, Store, rollback, stored_params)
+    names += (run_table_widget, waiting_line, codestore, open_store, rollback, stored_params)
     globals().update({n: v for n, v in locals().items() if n != "names"})
     globals()["Workflow"] = Workflow  # last: it marks the imports done
 
@@ -208,9 +208,9 @@ class WorkflowMagics(Magics):
         """``%%workflow --submit``: queue a new run for a worker; say its id and what runs it."""
         from airun_nb.engine.worker import submit
         from airun_nb.gates.gate import db_flag
-        from airun_nb.store.database import Store
+        from airun_nb.store.opening import open_store
 
-        store = Store.open(db)
+        store = open_store(db)
         run_id = submit(
             wf.spec,
             store,
@@ -298,7 +298,7 @@ class WorkflowMagics(Magics):
                 title=f"run {rest[0]}",
             )
         if cmd == "approvals":
-            store = Store.open(db)
+            store = open_store(db)
             rows = store.open_gates()
             if not rows:
                 print("no approval gates are waiting")
@@ -380,14 +380,14 @@ def _latest_failed(db: str | None) -> str:
     last = last_result()
     if last is not None:
         return last.run_id
-    found = Store.open(db).latest_failed_run()
+    found = open_store(db).latest_failed_run()
     if found is None:
         raise UsageError("%workflow traceback: no run has failed yet; give a run id")
     return found
 
 
 def _latest_unfinished(db: str | None) -> str:
-    found = Store.open(db).latest_unfinished_run()
+    found = open_store(db).latest_unfinished_run()
     if found is None:
         raise UsageError("%workflow resume: there is no unfinished run to resume")
     return found

@@ -4,7 +4,8 @@ another kernel, a policy) or a passed deadline reaches the gate's widget within 
 One daemon thread per kernel. While nothing changes it only looks at the store file's and the
 journal's size and modification time (a decision is always a journal append, folded into the
 file later), so it never takes the store's lease while idle; when they change, or a watched
-gate's deadline passes, it reads the watched gates' rows once.
+gate's deadline passes, it reads the watched gates' rows once. On a team store it reads them
+when the server notifies a commit (``LISTEN/NOTIFY``), and every few seconds anyway.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from airun_nb.gates import followup
-from airun_nb.store.database import Store, files_signature
+from airun_nb.settings.environment import is_url
+from airun_nb.store.database import files_signature
+from airun_nb.store.opening import open_store
 
 POLL = 0.3  # seconds between looks at the files
+SAFETY = 5.0  # a team store is read at least this often, notified or not
 
 
 class Watched(Protocol):
@@ -89,15 +93,19 @@ class GateWatcher:
                     by_db.setdefault(db, []).append(w)
             for db, widgets in by_db.items():
                 with contextlib.suppress(Exception):  # a bad look must not end the watch
-                    self._look(Path(db), widgets)
+                    self._look(db, widgets)
 
-    def _look(self, db: Path, widgets: Iterable[Watched]) -> None:
+    def _look(self, db: str, widgets: Iterable[Watched]) -> None:
         widgets = list(widgets)
         due = [w for w in widgets if _past(w.row.get("deadline"))]
-        sig = files_signature(db)
+        server = is_url(db)
+        if server:  # a team store: its NOTIFY after each commit, and a look every SAFETY s
+            sig: Any = (open_store(db).change_token(), int(time.monotonic() // SAFETY))
+        else:
+            sig = files_signature(Path(db))
         if sig == self._seen.get(str(db)) and not due:
             return
-        if sig != self._settling.get(str(db)) and not due:
+        if not server and sig != self._settling.get(str(db)) and not due:
             # Changing right now: the writer (a CLI, say) still holds the file. Read once it
             # has been still for a poll, so the watcher never makes a finishing writer hand
             # the lease over on its way out.
@@ -106,7 +114,7 @@ class GateWatcher:
         self._seen[str(db)] = sig
         self.reads += 1
         keys = [(w.run_id, w.gate_id) for w in widgets]
-        rows = Store.open(db).decided_gates(keys)
+        rows = open_store(db).decided_gates(keys)
         decided = {(r["run_id"], r["gate_id"]): r for r in rows}
         for w in widgets:
             row = decided.get((w.run_id, w.gate_id))

@@ -32,7 +32,7 @@ from airun_nb.history.steptable import CSS, render_html, render_text, view_of_ru
 from airun_nb.jupyter.display import LiveTable, WidgetTable, said_once
 from airun_nb.jupyter.lastrun import remember
 from airun_nb.jupyter.watcher import WATCHER
-from airun_nb.store.database import Store
+from airun_nb.store.opening import open_store
 from airun_nb.store.owner import owner_alive
 from airun_nb.workflow import Workflow
 
@@ -300,7 +300,7 @@ class GateWidget(widgets.VBox):
                 return
             try:
                 answer = gate.decide(
-                    Store.open(self.db),
+                    open_store(self.db),
                     self.run_id,
                     self.gate_id,
                     decision,
@@ -314,7 +314,7 @@ class GateWidget(widgets.VBox):
                 gc_release()
                 closed = None
                 if isinstance(exc, gate.AlreadyDecided):
-                    closed = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
+                    closed = gate.gate_row(open_store(self.db), self.run_id, self.gate_id) or {}
                     if closed.get("status") == "open":  # this person's vote is already in
                         closed = None
                 if closed is not None:
@@ -331,7 +331,7 @@ class GateWidget(widgets.VBox):
                     WATCHER.watch(self)
                     return
                 raise
-            row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
+            row = gate.gate_row(open_store(self.db), self.run_id, self.gate_id) or {}
             if answer.get("status") == "open":  # a vote towards a quorum: the gate waits on
                 # (nothing was claimed for the vote: the run is still waiting at this gate)
                 self.row = dict(row)
@@ -397,7 +397,7 @@ class GateWidget(widgets.VBox):
         "continuing the run")."""
         if failed_step == self.gate_id:
             failed_step = None  # this gate was rejected: the line says so already
-        row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or self._decision
+        row = gate.gate_row(open_store(self.db), self.run_id, self.gate_id) or self._decision
         self.status.value = _decided_line(row, run_outcome(status, failed_step, gates))
 
     def continue_run(self) -> None:
@@ -417,7 +417,7 @@ class GateWidget(widgets.VBox):
             if row.get("status") == "cancelled":
                 self.table.value = self._stored_table()[1]
                 return
-            run = Store.open(self.db).run_row(self.run_id)
+            run = open_store(self.db).run_row(self.run_id)
             if run is None or run["status"] != "waiting":
                 self.table.value = self._stored_table()[1]
                 if run is not None:
@@ -455,7 +455,7 @@ class GateWidget(widgets.VBox):
             WATCHER.watch(self)
             return
         self.decided = True
-        row = gate.gate_row(Store.open(self.db), self.run_id, self.gate_id) or {}
+        row = gate.gate_row(open_store(self.db), self.run_id, self.gate_id) or {}
         self._show_decision(row or {"status": "cancelled", "actor": current_user()})
         self.status.value += f"<br><small>{html.escape(describe(done))}</small>"
         self.table.value = self._stored_table()[1]
@@ -513,7 +513,7 @@ def draw_gates(
 ) -> None:
     """Display a gate widget per row; ``table=False`` when the run's table is right above
     (and ``run_table`` that table as a widget, which the continued run redraws)."""
-    store = Store.open(db)
+    store = open_store(db)
     for row in rows:
         fresh = gate.gate_row(store, str(row["run_id"]), str(row["gate_id"])) or row
         display(GateWidget(fresh, db, namespace, table=table, run_table=run_table))

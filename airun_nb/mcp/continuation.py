@@ -14,20 +14,23 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from airun_nb.errors import AirunError
+from airun_nb.settings.environment import StoreURL
 from airun_nb.store import launches
-from airun_nb.store.database import Store, files_signature
+from airun_nb.store.database import files_signature
+from airun_nb.store.opening import open_store
 
 POLL = 0.5  # seconds between looks at the files
 
 
 class Continuer:
     def __init__(
-        self, db: Path, principal: str, source: str, resume: Callable[[str], None]
+        self, db: Path | StoreURL, principal: str, source: str, resume: Callable[[str], None]
     ) -> None:
         self.db = db
         self.principal = principal
@@ -44,7 +47,7 @@ class Continuer:
         """Watch this principal's waiting runs from earlier servers too, then start looking."""
         with contextlib.suppress(AirunError):
             found = launches.waiting(
-                Store.open(self.db, create=False), source=self.source, launched_by=self.principal
+                open_store(self.db, create=False), source=self.source, launched_by=self.principal
             )
             with self._lock:
                 self._runs.update(found)
@@ -79,14 +82,17 @@ class Continuer:
         runs = self.watching()
         if not runs:
             return
-        sig = files_signature(self.db)
+        if isinstance(self.db, Path):
+            sig: Any = files_signature(self.db)
+        else:  # a team store: its NOTIFY after each commit, and a look every 5 s anyway
+            sig = (open_store(self.db).change_token(), int(time.monotonic() // 5))
         if sig != self._last:  # changing right now: look again once it is still
             self._last = sig
             return
         if sig == self._seen:
             return
         self._seen = sig
-        ready, gone = launches.continuable(Store.open(self.db, create=False), runs)
+        ready, gone = launches.continuable(open_store(self.db, create=False), runs)
         with self._lock:
             self._runs.difference_update(ready, gone)
         for run_id in ready:

@@ -27,6 +27,7 @@ from airun_nb.errors import AirunError
 from airun_nb.mcp.continuation import Continuer
 from airun_nb.mcp.limits import MAX_WAIT_SECONDS, Limits
 from airun_nb.mcp.tools import SOURCE, Tools
+from airun_nb.settings.environment import StoreURL
 
 INSTRUCTIONS = """\
 airun_nb runs workflows (YAML) step by step, checkpointed, under a policy. You act as one \
@@ -240,7 +241,7 @@ def _validator(schema: str) -> Callable[[Any], Any]:
 
 
 # -- transports --------------------------------------------------------------------------------
-def serve(db: Path, principal: str, transport: str, port: int, limits: Limits) -> None:
+def serve(db: Path | StoreURL, principal: str, transport: str, port: int, limits: Limits) -> None:
     """Run the server until its client goes away (stdio) or it is stopped (HTTP)."""
     tools = Tools(db, check_principal(principal), limits)
     continuer = Continuer(db, principal, SOURCE, tools.continue_run)

@@ -31,10 +31,12 @@ from airun_nb.governance import policy as policy_mod
 from airun_nb.history import readmodels
 from airun_nb.history.relation import bounded_query
 from airun_nb.mcp.limits import MAX_WAIT_SECONDS, Limits, RunRate, clip, fit
+from airun_nb.settings.environment import StoreURL
 from airun_nb.spec import dialect
 from airun_nb.spec.parser import WorkflowSpec
 from airun_nb.store import launches, transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
+from airun_nb.store.opening import open_store
 
 SOURCE = "mcp"  # runs.source of the runs this server launched, and the audit rows' channel
 UNFINISHED = ("pending", "running", "waiting", "rolling_back")
@@ -49,7 +51,7 @@ class Refused(AirunError):
 class Tools:
     """The operations behind the MCP tools, for one store and one principal."""
 
-    def __init__(self, db: Path, principal: str, limits: Limits | None = None) -> None:
+    def __init__(self, db: Path | StoreURL, principal: str, limits: Limits | None = None) -> None:
         self.db = db
         self.principal = principal
         self.limits = limits or Limits()
@@ -59,13 +61,13 @@ class Tools:
         self._threads: dict[str, threading.Thread] = {}
 
     @property
-    def store(self) -> Store:
-        return Store.open(self.db)
+    def store(self) -> Backend:
+        return open_store(self.db)
 
     @property
-    def reader(self) -> Store:
+    def reader(self) -> Backend:
         """The store for reading: reads never create it."""
-        return Store.open(self.db, create=False)
+        return open_store(self.db, create=False)
 
     # -- record ----------------------------------------------------------------------------
     def audit(
@@ -337,7 +339,7 @@ class Tools:
         return fit(out, self.limits.max_result_chars)
 
     def list_runs(self, workflow: str | None, status: str | None, limit: int) -> dict[str, Any]:
-        if not self.db.exists():
+        if not _exists(self.db):
             return {"runs": []}
         rows = readmodels.runs(
             self.reader, workflow=workflow, status=status, limit=max(1, min(int(limit), 100))
@@ -348,7 +350,7 @@ class Tools:
         return fit({"runs": rows}, self.limits.max_result_chars)
 
     def list_approvals(self) -> dict[str, Any]:
-        if not self.db.exists():
+        if not _exists(self.db):
             return {"open_gates": []}
         store = self.reader
         gates = readmodels.open_gates(store)
@@ -367,7 +369,7 @@ class Tools:
                 seconds=self.limits.query_seconds,
             )
         except AirunError as exc:
-            if self.db.exists():
+            if _exists(self.db):
                 self.audit("query_history", "failed", arguments=args, result=exc.message)
             raise
         self.audit("query_history", "answered", arguments=args, result=f"{len(rows)} rows")
@@ -472,7 +474,7 @@ def _verdict(v: policy_mod.Verdict) -> dict[str, Any]:
     return out
 
 
-def _gate(g: Mapping[str, Any], n: int, store: Store) -> dict[str, Any]:
+def _gate(g: Mapping[str, Any], n: int, store: Backend) -> dict[str, Any]:
     """An open gate as an agent sees it: what it asks, who may decide, how a person does."""
     approvers = g.get("approvers_shown") or ["anyone"]
     row = gate.gate_row(store, str(g["run_id"]), str(g["gate_id"])) or {}
@@ -556,3 +558,8 @@ def _parameters(cap: capabilities.Capability) -> list[str] | None:
             if isinstance(key, str) and key not in names:
                 names.append(key)
     return names or None
+
+
+def _exists(db: Path | StoreURL) -> bool:
+    """Is there a store at ``db`` (a server store: it is opened to be asked)?"""
+    return isinstance(db, StoreURL) or db.exists()

@@ -12,7 +12,7 @@ from airun_nb.engine import cancel as cancellation
 from airun_nb.gates import gate
 from airun_nb.service.auth import BadInput, NotFound, Refused, TooLarge
 from airun_nb.service.tokens import Identity
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 
 MAX_COMMENT = 4000
 
@@ -28,7 +28,7 @@ def check_comment(comment: Any) -> str | None:
 
 
 def decide_gate(
-    store: Store,
+    store: Backend,
     who: Identity,
     run_id: str,
     gate_id: str,
@@ -70,7 +70,7 @@ def decide_gate(
 
 
 def cancel_run(
-    store: Store, who: Identity, run_id: str, *, rollback: bool, comment: Any, channel: str
+    store: Backend, who: Identity, run_id: str, *, rollback: bool, comment: Any, channel: str
 ) -> dict[str, Any]:
     text = check_comment(comment)
     if not who.may_decide:

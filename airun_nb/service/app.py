@@ -21,7 +21,7 @@ from airun_nb.gates import followup, links
 from airun_nb.service import api, pages
 from airun_nb.service.auth import SESSION_COOKIE, LoginLimiter, Sessions, status_of
 from airun_nb.service.guard import LOOPBACK_HOSTS, Guard
-from airun_nb.store.database import Store
+from airun_nb.store.opening import open_store
 
 log = logging.getLogger("airun_nb.service")
 DESCRIPTION = """Approve, reject and follow airun_nb workflow runs from outside the notebook.
@@ -40,7 +40,7 @@ def create_app(
 ) -> FastAPI:
     """The application over the store ``db``; ``url`` is the address links point at. Requests
     must name ``url``'s host, a loopback name or one of ``allowed_hosts`` in their ``Host``."""
-    store = Store.open(db)
+    store = open_store(db)
     settings = links.ensure_settings(store.path, url)
 
     @contextlib.asynccontextmanager

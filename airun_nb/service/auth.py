@@ -28,7 +28,7 @@ from airun_nb.gates.gate import AlreadyDecided, ApprovalError, FormError
 from airun_nb.history.readmodels import FilterError
 from airun_nb.service import tokens
 from airun_nb.service.tokens import Identity
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 
 SESSION_COOKIE = "airun_session"
 bearer = HTTPBearer(auto_error=False, description="A token made by `airun token create USER`.")
@@ -158,8 +158,8 @@ def status_of(exc: AirunError) -> int:
     return 400
 
 
-def store_of(request: Request) -> Store:
-    store: Store = request.app.state.store
+def store_of(request: Request) -> Backend:
+    store: Backend = request.app.state.store
     return store
 
 

@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,18 +28,20 @@ from fastapi import Request
 from sse_starlette.sse import EventSourceResponse
 
 from airun_nb.history.readmodels import FilterError, iso, parse_since
-from airun_nb.store.database import Store, files_signature
+from airun_nb.settings.environment import StoreURL
+from airun_nb.store.backend import Backend
+from airun_nb.store.database import files_signature
 
 POLL = 0.1  # seconds between looks at the files
 READ_ANYWAY = 5.0  # seconds after which the events are read even if the files look unchanged
 BATCH = 500
 
 
-def _fetch(store: Store, after: int, run: str | None) -> list[dict[str, Any]]:
+def _fetch(store: Backend, after: int, run: str | None) -> list[dict[str, Any]]:
     return store.events_after(after, run, BATCH)
 
 
-def _start(store: Store, since: datetime | None) -> int:
+def _start(store: Backend, since: datetime | None) -> int:
     """The cursor a new stream starts after: the last event now, or the one before the first
     event stamped ``since`` or later."""
     return store.event_cursor(since)
@@ -60,13 +63,27 @@ def _payload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _events(
-    request: Request, store: Store, run: str | None, start: int | None, since: datetime | None
+    request: Request, store: Backend, run: str | None, start: int | None, since: datetime | None
 ) -> AsyncIterator[dict[str, str]]:
     cursor = start if start is not None else await anyio.to_thread.run_sync(_start, store, since)
     seen: tuple[Any, ...] | None = None
     last_read = 0.0
+    server = isinstance(store.path, StoreURL)
     while not await request.is_disconnected():
         now = time.monotonic()
+        if server:  # a team store: woken by its NOTIFY after a commit (or READ_ANYWAY)
+            if seen is not None:
+                await anyio.to_thread.run_sync(store.wait_for_change, READ_ANYWAY)
+            seen = ()
+            rows = await anyio.to_thread.run_sync(_fetch, store, cursor, run)
+            for row in rows:
+                cursor = int(row["seq"])
+                payload = json.dumps(_payload(row), default=str)
+                yield {"event": "transition", "id": str(cursor), "data": payload}
+            if len(rows) >= BATCH:
+                seen = None
+            continue
+        assert isinstance(store.path, Path)
         signature = files_signature(store.path)
         if signature == seen and now - last_read < READ_ANYWAY:
             await anyio.sleep(POLL)
@@ -85,7 +102,7 @@ async def _events(
 
 def response(
     request: Request,
-    store: Store,
+    store: Backend,
     *,
     run: str | None,
     since: str | None,

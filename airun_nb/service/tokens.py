@@ -19,7 +19,7 @@ from typing import Any
 
 from airun_nb.errors import AirunError
 from airun_nb.store import transitions
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 
 ROLES = ("viewer", "approver", "admin")
 DEFAULT_ROLE = "approver"
@@ -48,7 +48,7 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create(store: Store, user: str, *, role: str = DEFAULT_ROLE, created_by: str) -> str:
+def create(store: Backend, user: str, *, role: str = DEFAULT_ROLE, created_by: str) -> str:
     """Make a token for ``user``; return it (the only time it is shown)."""
     if not isinstance(user, str) or not _USER.fullmatch(user):
         raise TokenError(
@@ -77,7 +77,7 @@ def create(store: Store, user: str, *, role: str = DEFAULT_ROLE, created_by: str
     return token
 
 
-def revoke(store: Store, who: str) -> list[str]:
+def revoke(store: Backend, who: str) -> list[str]:
     """Revoke the token with this id, or every live token of this user; return the ids."""
     with store.session("revoking a token"):
         rows = store.live_tokens_of(who)
@@ -99,12 +99,12 @@ def revoke(store: Store, who: str) -> list[str]:
     return [str(r["token_id"]) for r in rows]
 
 
-def listing(store: Store) -> list[dict[str, Any]]:
+def listing(store: Backend) -> list[dict[str, Any]]:
     """Every token (never its secret): id, user, role, created, revoked."""
     return store.token_listing()
 
 
-def authenticate(store: Store, token: str | None) -> Identity | None:
+def authenticate(store: Backend, token: str | None) -> Identity | None:
     """The identity a token stands for, or None (missing, malformed, unknown or revoked)."""
     if not token:
         return None
@@ -119,7 +119,7 @@ def authenticate(store: Store, token: str | None) -> Identity | None:
     return Identity(str(row["user_name"]), str(row["role"]), m.group(1))
 
 
-def identity_of(store: Store, token_id: str) -> Identity | None:
+def identity_of(store: Backend, token_id: str) -> Identity | None:
     """The identity behind a live token id (for a session that logged in with it)."""
     row = store.token_row(token_id)
     if row is None or row["revoked_at"] is not None:

@@ -2,3 +2,5 @@
 
 ``environment`` reads the ``AIRUN_*`` variables and ``%config``; ``file`` reads ``airun.yaml``.
 """
+
+from airun_nb.settings import file as _file  # noqa: F401  (the settings file's ``db:``)

@@ -13,6 +13,7 @@ was built from changed, so a test or a user changing ``AIRUN_USER`` sees the cha
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,15 @@ VARIABLES = {
     "secrets": "AIRUN_SECRETS",
 }
 _OVERRIDES: dict[str, str | None] = {}  # %config: name -> value (None: not overridden)
+# The settings file's ``db:`` (set by :mod:`airun_nb.settings.file` as it is imported, so that
+# this module, which the file's reader uses, does not import it back).
+_db_from_file: Callable[[], str | None] | None = None
+
+
+def read_db_from(reader: Callable[[], str | None]) -> None:
+    """Where :attr:`Settings.db` finds the settings file's ``db:``."""
+    global _db_from_file
+    _db_from_file = reader
 
 
 @dataclass(frozen=True)
@@ -65,12 +75,15 @@ class Settings:
     secrets: str | None = None
 
     @property
-    def db(self) -> Path:
-        """The store path: ``AIRUN_DB`` (or ``%config Workflow.db``) if set, else
-        ``airun.duckdb`` in the working directory (a kernel's is the notebook's folder)."""
+    def db(self) -> Path | StoreURL:
+        """The store: ``AIRUN_DB`` (or ``%config Workflow.db``) if set, else
+        ``db:`` in the settings file, else ``airun.duckdb`` in the working directory (a
+        kernel's is the notebook's folder). A ``postgresql://`` URL names a team store on a
+        PostgreSQL server."""
         if self.db_value:
-            return Path(self.db_value).expanduser()
-        return Path.cwd() / DEFAULT_DB_NAME
+            return resolve_db(self.db_value)
+        found = _db_from_file() if _db_from_file is not None else None
+        return resolve_db(found) if found else Path.cwd() / DEFAULT_DB_NAME
 
     @property
     def lock_timeout(self) -> float:
@@ -150,13 +163,74 @@ def seed_approval_webhook() -> str | None:
     return value or None
 
 
-def default_db() -> Path:
-    """The store path in force (see :attr:`Settings.db`)."""
+def default_db() -> Path | StoreURL:
+    """The store in force (see :attr:`Settings.db`)."""
     return current().db
 
 
-def resolve_db(db: str | os.PathLike[str] | None) -> Path:
-    return Path(db).expanduser() if db is not None else default_db()
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+class StoreURL(str):
+    """A team store's address: a ``postgresql://`` URL with its password left out.
+
+    The password of a URL is never kept in this value (it is shown as ``***``): it is handed to
+    the server once, when the store is opened, and a URL seen again names the same open store.
+    The full URL given by the user is kept in :attr:`given` for that one connection only."""
+
+    given: str
+
+    def __new__(cls, url: str) -> StoreURL:
+        made = super().__new__(cls, redact_url(url))
+        made.given = url
+        return made
+
+    @property
+    def name(self) -> str:
+        """The database's name (what a file's name is for a path)."""
+        from urllib.parse import urlsplit
+
+        return urlsplit(str(self)).path.lstrip("/") or "postgres"
+
+
+def is_url(db: object) -> bool:
+    """Does ``db`` name a team store on a server (a ``postgresql://`` URL)?"""
+    return isinstance(db, str) and db.strip().lower().startswith(URL_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password replaced by ``***`` (``postgresql://bob:***@host/db``)."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" not in netloc:
+        return url
+    userinfo, _, hostport = netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not colon:
+        return url
+    return f"{head}://{user}:***@{hostport}{slash}{tail}"
+
+
+def resolve_db(db: str | os.PathLike[str] | None) -> Path | StoreURL:
+    """The store ``db`` names: a :class:`StoreURL` for a ``postgresql://`` URL, else the path
+    of a DuckDB file (``None``: the store in force)."""
+    if db is None:
+        return default_db()
+    if isinstance(db, StoreURL):
+        return db
+    if is_url(db):
+        return StoreURL(str(db).strip())
+    return Path(db).expanduser()
+
+
+def resolve_db_path(db: str | os.PathLike[str] | None) -> Path:
+    """The DuckDB file ``db`` names (for what only a file has: its folder, its side files)."""
+    found = resolve_db(db)
+    if isinstance(found, StoreURL):
+        raise ValueError(f"{found} is a server store, not a file")
+    return found
 
 
 def lock_timeout() -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from airun_nb.errors import AirunError
-from airun_nb.settings.environment import current
+from airun_nb.settings.environment import current, read_db_from
 
 # yaml, yamlsafe and tomllib are imported when a settings file is read: a terminal command that
 # finds none (most do) does not pay for them.
@@ -108,6 +108,19 @@ def roles() -> dict[str, list[str]]:
         raise SettingsError("'roles' in the settings must map role names to lists of users")
     return {str(k): [str(u) for u in (v or [])] for k, v in raw.items()}
 
+
+def store_location() -> str | None:
+    """``db:`` in the settings: the store (a DuckDB file's path, or a team store's
+    ``postgresql://`` URL) when neither ``AIRUN_DB`` nor ``%config Workflow.db`` names one."""
+    raw = load().get("db")
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise SettingsError("'db' in the settings must be a store path or a postgresql:// URL")
+    return raw.strip()
+
+
+read_db_from(store_location)
 
 AGENT_SERVER_KEYS = (
     "principal",

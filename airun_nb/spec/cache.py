@@ -19,7 +19,6 @@ import gc
 import hashlib
 import io
 import pickle
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from functools import lru_cache
@@ -32,7 +31,8 @@ from airun_nb.errors import AirunError, StoreError
 from airun_nb.spec import parser as spec_mod
 from airun_nb.spec.model import WorkflowSpec
 from airun_nb.store import signing
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
+from airun_nb.store.opening import open_store
 
 MEMORY_ENTRIES = 32
 STORE_MIN_CHARS = 16_384  # below this, parsing costs less than a store lookup
@@ -150,9 +150,9 @@ class _SpecUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _store(db: Any) -> Store | None:
+def _store(db: Any) -> Backend | None:
     try:
-        return Store.open(db, create=False)  # parsing creates no store; the run will
+        return open_store(db, create=False)  # parsing creates no store; the run will
     except StoreError:
         return None
 
@@ -162,14 +162,13 @@ def _load(db: Any, key: str) -> WorkflowSpec | None:
     if store is None:
         return None
     try:
-        with store.session("reading the spec cache", fold=False) as con:
-            row = con.execute("SELECT data FROM spec_cache WHERE cache_key = ?", [key]).fetchone()
+        data = store.cached_spec(key)
     except (duckdb.Error, StoreError):
         return None
-    if row is None:
+    if data is None:
         return None
     try:
-        payload = signing.verify(row[0], "a cached workflow")  # a planted entry is a miss
+        payload = signing.verify(data, "a cached workflow")  # a planted entry is a miss
         with _gc_paused():
             spec = _SpecUnpickler(io.BytesIO(payload)).load()
     except Exception:  # a damaged or foreign entry is a miss, never a failure
@@ -187,11 +186,5 @@ def _save(db: Any, key: str, spec: WorkflowSpec) -> None:
         return  # no signing key to be had: the cache goes without
     # A cache entry is not history: it is written straight to DuckDB, not journaled, and a
     # store that cannot take it (busy, read-only) simply goes without.
-    with (
-        contextlib.suppress(duckdb.Error, StoreError),
-        store.session("caching a parsed workflow", fold=False) as con,
-    ):
-        con.execute(
-            "INSERT OR REPLACE INTO spec_cache VALUES (?, make_timestamp(?), ?)",
-            [key, int(time.time() * 1_000_000), data],
-        )
+    with contextlib.suppress(duckdb.Error, StoreError):
+        store.cache_spec(key, data)

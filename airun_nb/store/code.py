@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from airun_nb.store import signing
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 
 
 def _table(run_id: str) -> str:
@@ -32,7 +32,7 @@ def _sources_table(run_id: str) -> str:
     return f"code/{run_id}/sources"
 
 
-def save(store: Store, run_id: str, functions: Mapping[str, Callable[..., Any]]) -> list[str]:
+def save(store: Backend, run_id: str, functions: Mapping[str, Callable[..., Any]]) -> list[str]:
     """Store ``functions`` (name -> function) for ``run_id``; return the names stored."""
     try:
         import cloudpickle
@@ -111,7 +111,7 @@ def _functions(functions: Iterable[Callable[..., Any]]) -> list[types.FunctionTy
     return list(found.values())
 
 
-def stored_names(store: Store, run_id: str) -> list[str]:
+def stored_names(store: Backend, run_id: str) -> list[str]:
     """The names of the functions stored for ``run_id``, without loading them."""
     try:
         table = store.get_table(_table(run_id))
@@ -120,7 +120,7 @@ def stored_names(store: Store, run_id: str) -> list[str]:
     return [str(n) for n in table["name"].to_pylist()]
 
 
-def load(store: Store, run_id: str) -> dict[str, Callable[..., Any]]:
+def load(store: Backend, run_id: str) -> dict[str, Callable[..., Any]]:
     """The functions stored for ``run_id`` (empty when the notebook did not store any); the
     caller has opted in. :class:`~airun_nb.store.signing.SignatureError` when one of them is
     not signed with this user's key, before any of them is unpickled."""

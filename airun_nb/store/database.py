@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ from airun_nb.errors import AirunError, ClockWarning, StoreBusy, StoreError, Sto
 from airun_nb.settings import clock as processclock
 from airun_nb.settings import environment as config
 from airun_nb.store import idle as keeper
-from airun_nb.store import schema
+from airun_nb.store import owner, schema
 from airun_nb.store.crashpoints import crashpoint
 from airun_nb.store.faults import check_store_path, duckdb_fault, os_fault
 from airun_nb.store.fold import fold
@@ -88,7 +88,7 @@ class Store(Queries, QueueStore):
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
         """The store at ``db``; ``create=False`` (read commands) refuses to make a new one."""
-        path = config.resolve_db(db)
+        path = config.resolve_db_path(db)
         try:
             check_store_path(path, create=create)
             return cls._open(path)
@@ -295,6 +295,42 @@ class Store(Queries, QueueStore):
                 | {"detail": json.dumps(detail)}
             )
         return now
+
+    # -- owners, the spec cache, waiting -----------------------------------------------------
+    def hold_run(self, run_id: str) -> bool:
+        """A run executing here is known by its owner columns and this process's own set
+        (:mod:`~airun_nb.store.owner`): nothing to hold on a file."""
+        return True
+
+    def let_go_run(self, run_id: str) -> None:
+        """Nothing held (see :meth:`hold_run`)."""
+
+    def owner_alive(self, row: Mapping[str, Any]) -> bool:
+        """Is the process recorded as executing this run alive (this host: its pid)?"""
+        return owner.owner_alive(row)
+
+    def cached_spec(self, key: str) -> bytes | None:
+        with self.session("reading the spec cache", fold=False) as con:
+            row = con.execute("SELECT data FROM spec_cache WHERE cache_key = ?", [key]).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def cache_spec(self, key: str, data: bytes) -> None:
+        with self.session("caching a parsed workflow", fold=False) as con:
+            con.execute(
+                "INSERT OR REPLACE INTO spec_cache VALUES (?, make_timestamp(?), ?)",
+                [key, int(time.time() * 1_000_000), data],
+            )
+
+    def change_token(self) -> int:
+        """A number that changes when the store's files do (a decision is a journal append)."""
+        return hash(files_signature(self.path))
+
+    def wait_for_change(self, timeout: float, stop: Callable[[], bool] | None = None) -> bool:
+        """A file tells nobody of a change: wait ``timeout`` seconds (False: not notified)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (stop and stop()):
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return False
 
     # -- internals -------------------------------------------------------------------------
     def _ensure_lease(self, purpose: str) -> None:

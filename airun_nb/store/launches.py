@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airun_nb.store.database import Store
+from airun_nb.store.backend import Backend
 
 
-def waiting(store: Store, *, source: str, launched_by: str) -> list[str]:
+def waiting(store: Backend, *, source: str, launched_by: str) -> list[str]:
     """Runs from ``source`` launched by ``launched_by`` that wait at a gate, oldest first."""
     rows = store.query(
         "SELECT run_id FROM runs WHERE status = 'waiting' AND source = ? AND launched_by = ? "
@@ -23,7 +23,7 @@ def waiting(store: Store, *, source: str, launched_by: str) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def continuable(store: Store, run_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+def continuable(store: Backend, run_ids: Sequence[str]) -> tuple[list[str], list[str]]:
     """Of ``run_ids``: those waiting with no gate left open (a person decided: they may go on),
     and those that no longer wait at all (finished, cancelled, continued elsewhere)."""
     if not run_ids:
@@ -42,19 +42,19 @@ def continuable(store: Store, run_ids: Sequence[str]) -> tuple[list[str], list[s
     return ready, gone
 
 
-def status(store: Store, run_id: str) -> str | None:
+def status(store: Backend, run_id: str) -> str | None:
     """A run's status, or None when the store has no such run."""
     rows = store.query("SELECT status FROM runs WHERE run_id = ?", [run_id])
     return str(rows[0][0]) if rows else None
 
 
-def launcher(store: Store, run_id: str) -> tuple[str | None, str | None] | None:
+def launcher(store: Backend, run_id: str) -> tuple[str | None, str | None] | None:
     """(launched_by, source) of a run, or None when the store has no such run."""
     rows = store.query("SELECT launched_by, source FROM runs WHERE run_id = ?", [run_id])
     return (rows[0][0], rows[0][1]) if rows else None
 
 
-def outputs(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
+def outputs(store: Backend, run_id: str) -> dict[str, dict[str, Any]]:
     """How each step's output is stored (kind, inline JSON, table name), by step id."""
     rows = store.query_dicts(
         "SELECT step_id, output_kind, output_json, output_table FROM steps WHERE run_id = ?",

@@ -25,12 +25,12 @@ import pyarrow as pa
 from airun_nb.store import signing
 
 if TYPE_CHECKING:
-    from airun_nb.store.database import Store
+    from airun_nb.store.backend import Backend
 
 JSON_KINDS = {"none", "json"}
 
 
-def encode(value: Any, store: Store, table_name: str) -> dict[str, Any]:
+def encode(value: Any, store: Backend, table_name: str) -> dict[str, Any]:
     """Store ``value``; return the step-row fields that describe it."""
     if value is None:
         return {"output_kind": "none"}
@@ -85,7 +85,7 @@ def decode_inline(row: Mapping[str, Any]) -> tuple[bool, Any]:
     return False, None
 
 
-def decode(row: Mapping[str, Any], store: Store) -> Any:
+def decode(row: Mapping[str, Any], store: Backend) -> Any:
     ok, value = decode_inline(row)
     if ok:
         return value

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from airun_nb.store.backend import Backend
 from airun_nb.store.database import TABLES, Store
 from airun_nb.store.fold import batch
 from airun_nb.store.heads import epoch
@@ -39,8 +40,14 @@ def _pending(store: Store, kind: str) -> Iterable[dict[str, Any]]:
     return (r for r in store.journal.pending if r.get("t") == kind)
 
 
-def run_row(store: Store, run_id: str) -> dict[str, Any] | None:
+# A store without a journal (the server store) writes its tables as records come: what it holds
+# is the whole truth, read with its named reads.
+
+
+def run_row(store: Backend, run_id: str) -> dict[str, Any] | None:
     """The run's row (``SELECT *`` shape), pending records included."""
+    if not isinstance(store, Store):
+        return store.run_row(run_id)
     with store.session("reading a run", fold=False) as con:
         mine = [r for r in _pending(store, "run") if r.get("run_id") == run_id]
         if mine:
@@ -63,8 +70,13 @@ class _Latest:
 _latest: dict[str, _Latest] = {}
 
 
-def latest_run(store: Store, workflow: str) -> dict[str, Any] | None:
+def latest_run(store: Backend, workflow: str) -> dict[str, Any] | None:
     """The newest run of ``workflow`` (by ``created_at``), pending records included."""
+    if not isinstance(store, Store):
+        rows = store.query_dicts(
+            "SELECT * FROM runs WHERE workflow = ? ORDER BY created_at DESC LIMIT 1", [workflow]
+        )
+        return rows[0] if rows else None
     with store.session("planning a run", fold=False) as con:
         cache = _latest.setdefault(str(store.path), _Latest())
         key = (store.lease.grants, store.folds)
@@ -85,7 +97,7 @@ def latest_run(store: Store, workflow: str) -> dict[str, Any] | None:
         return dict(best) if best is not None else None
 
 
-def started_by_owner(store: Store, row: dict[str, Any]) -> bool:
+def started_by_owner(store: Backend, row: dict[str, Any]) -> bool:
     """Was the run ``row`` started (not resumed) by the process that owns it now? Or is ``row``
     no longer the latest run of its workflow, the latest being finished or started by a live
     process that runs it now? (Either way a re-run cell starts a new run.)
@@ -93,6 +105,8 @@ def started_by_owner(store: Store, row: dict[str, Any]) -> bool:
     The heads folder is written as runs start and end: while other processes run the workflow,
     it may already name a newer run than the one read from the store a moment ago (their
     latest records appended after this process folded)."""
+    if not isinstance(store, Store):  # no heads folder: a live owner's run is its own
+        return True
     head = store.heads.raw(str(row["workflow"]))
     if head is None:
         return False
@@ -108,10 +122,12 @@ def started_by_owner(store: Store, row: dict[str, Any]) -> bool:
     )
 
 
-def latest_head(store: Store, workflow: str) -> dict[str, Any] | None:
+def latest_head(store: Backend, workflow: str) -> dict[str, Any] | None:
     """The latest run of ``workflow`` as the heads folder tells it, without the lease (None:
     not known there; read it with :func:`latest_run`). Its ``steps`` (step id -> eff_hash,
     fingerprint) are there for a completed run started in a process that kept them."""
+    if not isinstance(store, Store):
+        return None
     return store.heads.read(workflow) if store.as_left() else None
 
 
@@ -132,8 +148,11 @@ def _stored_latest(con: Any, workflow: str) -> dict[str, Any] | None:
     return dict(zip([d[0] for d in cur.description], rows[0], strict=True))
 
 
-def step_rows(store: Store, run_id: str, columns: str = "*") -> dict[str, dict[str, Any]]:
+def step_rows(store: Backend, run_id: str, columns: str = "*") -> dict[str, dict[str, Any]]:
     """The run's step rows by step id (``columns`` as in a SELECT list), pending included."""
+    if not isinstance(store, Store):
+        stored = store.query_dicts(f"SELECT {columns} FROM steps WHERE run_id = ?", [run_id])
+        return {r["step_id"]: r for r in stored}
     with store.session("planning a run", fold=False) as con:
         mine: dict[str, dict[str, Any]] = {}
         for rec in _pending(store, "step"):

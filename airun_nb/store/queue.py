@@ -183,7 +183,8 @@ class QueueStore:
                FROM runs r JOIN approvals a USING (run_id)
                WHERE r.status = 'waiting'
                  AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.run_id = r.run_id)
-               GROUP BY ALL HAVING bool_and(a.status <> 'open')
+               GROUP BY r.run_id, r.owner_pid, r.owner_host, r.owner_token, r.created_at
+               HAVING bool_and(a.status <> 'open')
                ORDER BY r.created_at, r.run_id"""
         )
         now = time.time()

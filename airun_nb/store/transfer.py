@@ -42,6 +42,7 @@ import contextlib
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
@@ -388,7 +389,9 @@ def copy_run(
 
 
 def _same(a: Backend, b: Backend) -> bool:
-    try:
-        return a.path.resolve() == b.path.resolve()
-    except OSError:
-        return False
+    if isinstance(a.path, Path) and isinstance(b.path, Path):
+        try:
+            return a.path.resolve() == b.path.resolve()
+        except OSError:
+            return False
+    return str(a.path) == str(b.path)  # team stores: the same (password-free) URL

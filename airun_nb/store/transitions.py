@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airun_nb.errors import AirunError
 
 if TYPE_CHECKING:
-    from airun_nb.store.database import Store
+    from airun_nb.store.backend import Backend
 
 # Run statuses.
 PENDING, RUNNING, WAITING, COMPLETED, FAILED, INTERRUPTED = (
@@ -197,7 +197,7 @@ def check_compensation(old: str | None, new: str, step_id: str) -> None:
         raise TransitionError(f"step '{step_id}': its compensation cannot go from {old} to {new}")
 
 
-def commit(store: Store, records: Sequence[dict[str, Any]], *, checked: bool = False) -> None:
+def commit(store: Backend, records: Sequence[dict[str, Any]], *, checked: bool = False) -> None:
     """Write ``records`` as one journal append, after checking every state change in them.
 
     ``checked`` says the caller (a run's ledger) already checked each run and step transition
@@ -210,7 +210,7 @@ def commit(store: Store, records: Sequence[dict[str, Any]], *, checked: bool = F
     store.record_many(records)
 
 
-def _check(store: Store, records: Sequence[dict[str, Any]], *, gates_only: bool) -> None:
+def _check(store: Backend, records: Sequence[dict[str, Any]], *, gates_only: bool) -> None:
     runs: dict[str, str | None] = {}
     steps: dict[tuple[str, str], str | None] = {}
     gates: dict[tuple[str, str], str | None] = {}

@@ -1,7 +1,8 @@
 """Cancelling a run: `airun_nb.cancel()` and `airun cancel`.
 
-Real stores in tmp_path; the "executing elsewhere" and "waiting in a live process" cases use a
-real second Python process (killed with a real SIGKILL where a crash is the point).
+Real stores (a DuckDB file in tmp_path, and a PostgreSQL database: every test runs on both);
+the "executing elsewhere" and "waiting in a live process" cases use a real second Python
+process (killed with a real SIGKILL where a crash is the point).
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ PY_STEPS = {
 
 
 @pytest.fixture(autouse=True)
-def env(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def env(store_db: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     for var in ("AIRUN_APPROVAL", "AIRUN_APPROVAL_MODE", "AIRUN_CONFIG"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AIRUN_USER", "alice")
     monkeypatch.chdir(tmp_path)
-    return db
+    return store_db
 
 
 def waiting_run(db: Path, name: str = "deploy") -> str:

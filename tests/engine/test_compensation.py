@@ -29,13 +29,10 @@ from airun_nb.engine.ledger import Listener
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh store file; ``AIRUN_DB`` points at it so every default lookup finds it."""
-    path = tmp_path / "comp.duckdb"
-    monkeypatch.setenv("AIRUN_DB", str(path))
-    monkeypatch.delenv("AIRUN_CRASH_AT", raising=False)
-    monkeypatch.delenv("AIRUN_LOCK_TIMEOUT", raising=False)
-    return path
+def store(store_db: Any) -> Any:
+    """A fresh store, a DuckDB file or a PostgreSQL database (every test runs on both);
+    ``AIRUN_DB`` points at it so every default lookup finds it."""
+    return store_db
 
 
 class Saga:

@@ -26,6 +26,12 @@ class Point:
         return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
 
 
+@pytest.fixture
+def db(store_db: Any) -> Any:
+    """Every test here runs on both backends: the DuckDB file and a PostgreSQL database."""
+    return store_db
+
+
 def wf(text: str) -> Workflow:
     return Workflow.from_yaml(text)
 

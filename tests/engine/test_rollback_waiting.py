@@ -1,11 +1,13 @@
 """Rolling back a run that waits at a gate: the gate closes as cancelled, the run keeps its
-start time, and nobody can decide the gate afterwards. Real store, real `airun` CLI."""
+start time, and nobody can decide the gate afterwards. Real stores (the DuckDB file and a
+PostgreSQL database), real `airun` CLI."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,10 +30,10 @@ steps:
 
 
 def test_airun_rollback_of_a_waiting_run_closes_its_gate_and_keeps_started_at(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_db: Any
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    db = tmp_path / "airun.duckdb"
+    db = store_db  # a DuckDB file, or a PostgreSQL database (the test runs on both)
     first = airun_nb.Workflow.from_yaml(SPEC).run(db=db)
     assert first.status == "waiting"
     started = airun_nb.runs(db=db).set_index("run_id").loc[first.run_id, "started_at"]

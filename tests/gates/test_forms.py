@@ -24,6 +24,12 @@ from airun_nb.spec.approval import Field, FormError
 from support import AIRUN
 
 
+@pytest.fixture
+def db(store_db: Any) -> Any:
+    """Every test here runs on both backends: the DuckDB file and a PostgreSQL database."""
+    return store_db
+
+
 def record(what: str) -> None:
     with open("effects.log", "a") as fh:
         fh.write(what + "\n")

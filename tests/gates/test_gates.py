@@ -1,9 +1,10 @@
 """Approval gates: who may decide, first decision wins, rollback on rejection, timeouts, policy
 and wait modes, notifications, the approvals history, and the gate widget in a real IPython shell.
 
-Everything is real: DuckDB stores in tmp_path, ``airun`` in subprocesses, an HTTP server on
-127.0.0.1, ipywidgets buttons clicked through their own ``click()``. No assertion depends on how
-long something took; waits are bounded loops that fail with a message.
+Everything is real: stores on both backends (DuckDB files in tmp_path, PostgreSQL databases),
+``airun`` in subprocesses, an HTTP server on 127.0.0.1, ipywidgets buttons clicked through their
+own ``click()``. No assertion depends on how long something took; waits are bounded loops that
+fail with a message.
 """
 
 from __future__ import annotations
@@ -158,6 +159,12 @@ def sleep_past(deadline: pd.Timestamp) -> None:
     target = deadline.timestamp() + 0.05
     while time.time() < target:
         time.sleep(max(0.01, target - time.time()))
+
+
+@pytest.fixture
+def db(store_db: Any) -> Any:
+    """Every test here runs on both backends: the DuckDB file and a PostgreSQL database."""
+    return store_db
 
 
 @pytest.fixture(autouse=True)
@@ -399,11 +406,11 @@ def test_a_double_click_on_the_widget_records_one_decision(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airun_nb.jupyter.widgets import GateWidget
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
 
     ns = namespace()
     first = run(spec({"approvers": ["bob"]}), db, ns)
-    row = gate_mod.gate_row(Store.open(db), first.run_id, "review")
+    row = gate_mod.gate_row(open_store(db), first.run_id, "review")
     widget = GateWidget(row, db, ns)
     monkeypatch.setenv("AIRUN_USER", "bob")
     widget.comment.value = "ship it"
@@ -716,7 +723,10 @@ def test_wait_mode_blocks_until_a_decision_arrives(db: Path, channel: str) -> No
     def decide_when_open() -> None:
         try:
             wait_until(
-                lambda: db.exists() and not airun_nb.approvals(db=db, pending=True).empty,
+                lambda: (
+                    (not isinstance(db, Path) or db.exists())
+                    and not airun_nb.approvals(db=db, pending=True).empty
+                ),
                 "the gate to open",
             )
             run_id = str(airun_nb.approvals(db=db, pending=True)["run_id"].iloc[0])

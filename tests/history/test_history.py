@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -24,6 +25,12 @@ steps:
   - id: c
     python: "result = steps.b.output * 2"
 """
+
+
+@pytest.fixture
+def db(store_db: Any) -> Any:
+    """Every test here runs on both backends: the DuckDB file and a PostgreSQL database."""
+    return store_db
 
 
 @pytest.fixture
@@ -116,9 +123,9 @@ def test_events_frame(db: Path, two_runs) -> None:
 
 def test_empty_store_frames_have_the_same_dtypes(db: Path) -> None:
     """A store with no runs yet gives empty frames with the same dtypes as full ones."""
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
 
-    Store.open(db)
+    open_store(db)
     runs = airun_nb.runs(db=db)
     assert len(runs) == 0
     assert _is_utc(runs["started_at"])

@@ -4,12 +4,19 @@ their durations read."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 import airun_nb
 from airun_nb import Workflow
+
+
+@pytest.fixture
+def db(store_db: Any) -> Any:
+    """Every test here runs on both backends: the DuckDB file and a PostgreSQL database."""
+    return store_db
 
 
 def _wf(name: str, fail: bool = False) -> Workflow:

@@ -101,14 +101,15 @@ def _writer(db: Path, offset: str) -> subprocess.Popen[str]:
     )
 
 
-def test_every_client_gets_every_event_once_in_store_order(tmp_path: Path) -> None:
+def test_every_client_gets_every_event_once_in_store_order(tmp_path: Path, store_db: Any) -> None:
     """4 writers (one 60 s slow), 3 clients (fast, slow, reconnecting): each client's events
-    are exactly the store's, numbered 1..N in order, whatever the writers' clocks."""
+    are exactly the store's, numbered 1..N in order, whatever the writers' clocks. On both
+    backends: the DuckDB file (the stream looks at its files) and PostgreSQL (woken by NOTIFY)."""
     from airun_nb import Workflow
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
 
-    db = tmp_path / "s.duckdb"
-    Store.open(db).release()
+    db = store_db
+    open_store(db).release()
     token = make_token(db, "vera", role="viewer")
     with running_server(db, tmp_path) as server:
         clients = [
@@ -127,7 +128,7 @@ def test_every_client_gets_every_event_once_in_store_order(tmp_path: Path) -> No
         slow_runs = {line.split()[1] for line in outs[3][0].splitlines()}
         assert len(slow_runs) == RUNS_PER_WRITER
 
-        store = Store.open(db)
+        store = open_store(db)
         rows = store.query(
             "SELECT seq, run_id, kind, epoch(ts) FROM events ORDER BY seq"
         )  # folds every writer's journal

@@ -75,9 +75,9 @@ def running_server(db: Path, cwd: Path, env: dict[str, str] | None = None) -> It
 def make_token(db: Path, user: str, role: str = "approver") -> str:
     """A token made in this process (the CLI's own path is tested with `airun token`)."""
     from airun_nb.service import tokens
-    from airun_nb.store.database import Store
+    from airun_nb.store.opening import open_store
 
-    return tokens.create(Store.open(db), user, role=role, created_by="test")
+    return tokens.create(open_store(db), user, role=role, created_by="test")
 
 
 def cli_token(db: Path, user: str, role: str = "approver") -> str:

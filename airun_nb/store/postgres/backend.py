@@ -1,0 +1,698 @@
+"""The team store: every run, step, attempt, gate, output and event in a PostgreSQL database.
+
+Each :meth:`PostgresStore.record_many` is one transaction: rows of tables with a primary key are
+upserted (``INSERT ... ON CONFLICT DO UPDATE``: the latest record of a row wins, as in the DuckDB
+fold), events and audit rows are appended, and events are numbered in commit order under a
+transaction advisory lock, so a stream that read up to N never misses an event numbered below N.
+A ``NOTIFY airun_nb`` with the runs it touched is delivered when it commits.
+
+A writer's :meth:`~PostgresStore.session` holds a session advisory lock (the server's counterpart
+of the DuckDB file's lease), so ``transitions.commit``'s check-then-write is atomic across hosts.
+Inside a session the caller gets a DuckDB connection in memory in which the store's tables are
+loaded from the server as Arrow tables (through ADBC's PostgreSQL driver) the first time a
+statement names them: history's DuckDB SQL runs unchanged, and DuckDB stays the engine that
+analyses history. No DuckDB extension is loaded.
+
+Output tables of DataFrame steps are kept as Parquet bytes in ``airun_outputs`` (one row per
+table): exact Arrow types round-trip, and a store needs no DDL per step.
+
+A running run holds a session advisory lock on its run id on a connection kept for the run
+(:meth:`~PostgresStore.hold_run`), and renews its ``lease_until`` in ``airun_run_leases`` for
+other hosts to read: another host asks the server whether the lock is held, so a run whose
+owner died (the server drops a dead client's locks) is resumable from any host.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from airun_nb.errors import StoreError
+from airun_nb.settings import environment as config
+from airun_nb.settings.environment import StoreURL
+from airun_nb.store import owner
+from airun_nb.store.postgres import errors
+from airun_nb.store.postgres.schema import EVENT_SEQ_LOCK, LEASES, OUTPUTS, WRITER_LOCK, migrate
+from airun_nb.store.queries import Queries
+from airun_nb.store.queue import QueueStore
+from airun_nb.store.redaction import scrub
+from airun_nb.store.schema import _TS, NO_EXTENSIONS, RECORD_TABLE, TABLES
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+CHANNEL = "airun_nb"  # NOTIFY channel: a commit's run ids, comma-separated
+LEASE_SECONDS = 30.0  # a held run's lease_until is renewed every third of this
+_EPOCH = datetime(1970, 1, 1)
+_READING = ("reading", "answering", "comparing", "planning")
+_TABLE_WORDS = {name: re.compile(rf"\b{name}\b", re.IGNORECASE) for name in TABLES}
+_OUTPUT_REF = re.compile(r'\boutputs\s*\.\s*("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)')
+_registry: dict[str, PostgresStore] = {}
+_registry_lock = threading.Lock()
+
+
+def _timestamp(v: Any) -> datetime | None:
+    if v is None or isinstance(v, datetime):
+        return v
+    return _EPOCH + timedelta(microseconds=int(float(v) * 1_000_000))
+
+
+def _param(typ: str, v: Any) -> Any:
+    if v is None:
+        return None
+    if typ == _TS:
+        return _timestamp(v)
+    if typ == "BLOB" and isinstance(v, str):
+        return base64.b64decode(v)
+    return v
+
+
+_EPOCH_OF = re.compile(r"\bepoch\(([^()]*)\)", re.IGNORECASE)
+# DuckDB's own syntax that PostgreSQL lacks: such a read runs on DuckDB over the tables it names.
+_DUCKDB_ONLY = re.compile(
+    r"\bEXCLUDE\s*\(|\bstrftime\(|\bBY\s+NAME\b|\bmake_timestamp\(|\bQUALIFY\b|"
+    r"\bINSERT\s+OR\b|\$\d",
+    re.IGNORECASE,
+)
+
+
+def _pg_sql(sql: str) -> str:
+    """Portable SQL with ``?`` marks as psycopg wants it (``%s``, a literal ``%`` doubled;
+    DuckDB's ``epoch(ts)`` as PostgreSQL says it)."""
+    sql = _EPOCH_OF.sub(r"extract(epoch FROM \1)::double precision", sql)
+    out: list[str] = []
+    quote: str | None = None
+    for ch in sql:
+        if quote:
+            out.append("%%" if ch == "%" else ch)
+            if ch == quote:
+                quote = None
+        elif ch in ("'", '"'):
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        elif ch == "%":
+            out.append("%%")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def run_lock_key(run_id: str) -> int:
+    """The advisory lock key of a run: 63 bits of its id's hash."""
+    return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def group(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], ...]:
+    """Records by table: rows of keyed tables (latest record of a key wins, as the fold does),
+    and appended rows (events, audit) in order."""
+    keyed: dict[str, dict[Any, dict[str, Any]]] = {}
+    appended: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        t = rec.get("t")
+        table = RECORD_TABLE.get(t or "")
+        if table is None:
+            continue
+        if table in ("events", "audit"):
+            appended.setdefault(table, []).append(dict(rec))
+            continue
+        pk = TABLES[table][1]
+        keyed.setdefault(table, {})[tuple(rec.get(k) for k in pk)] = dict(rec)
+        if t == "step" and rec.get("att"):
+            att = dict(rec["att"], run_id=rec["run_id"], step_id=rec["step_id"])
+            key = (att["run_id"], att["step_id"], att.get("phase"), att.get("attempt"))
+            keyed.setdefault("attempts", {})[key] = att
+    return {t: list(rows.values()) for t, rows in keyed.items()}, appended
+
+
+def _upsert_sql(table: str) -> str:
+    cols, pk = TABLES[table]
+    names = [c for c, _ in cols]
+    marks = ", ".join("%s" for _ in names)
+    sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})"
+    if pk:
+        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in pk)
+        sql += f" ON CONFLICT ({', '.join(pk)}) DO UPDATE SET {sets}"
+    return sql
+
+
+def _row_params(table: str, row: Mapping[str, Any]) -> list[Any]:
+    return [_param(typ, row.get(c)) for c, typ in TABLES[table][0]]
+
+
+class PostgresStore(Queries, QueueStore):
+    """A handle on one PostgreSQL store, shared by every thread of a process."""
+
+    def __init__(self, url: StoreURL) -> None:
+        self.path = url
+        self.url = url
+        self._conninfo = url.given
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._writer: Any = None  # the connection holding the writer lock in a session
+        self._adbc: Any = None
+        self._adbc_lock = threading.Lock()
+        self._runs: dict[str, Any] = {}  # run id -> the connection holding its run lock
+        self._runs_lock = threading.Lock()
+        self._pool: Any = None
+        self.folds = 0
+        self._changed = threading.Condition()
+        self._notified = 0
+        self._listener: threading.Thread | None = None
+        self._closed = False
+        self._heart: threading.Thread | None = None
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, url: StoreURL, *, create: bool = True) -> PostgresStore:
+        """The store at ``url``: tables created or upgraded on first open in this process."""
+        key = str(url)
+        with _registry_lock:
+            store = _registry.get(key)
+            if store is not None:
+                return store
+            if "***@" in url.given:
+                raise StoreError(
+                    f"{url}: the password of a team store is never kept; give it in PGPASSWORD "
+                    "or ~/.pgpass"
+                )
+            store = cls(url)
+            store._connect()
+            _registry[key] = store
+            return store
+
+    def _connect(self) -> None:
+        try:
+            import psycopg
+            import psycopg_pool
+        except ImportError:
+            raise errors.missing_driver(str(self.url), "psycopg") from None
+        try:
+            con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15)
+        except psycopg.Error as exc:
+            raise errors.fault(exc, str(self.url), "open the store") from None
+        try:
+            with con:
+                migrate(con, str(self.url))
+        except psycopg.Error as exc:
+            raise errors.fault(exc, str(self.url), "open the store") from None
+        self._pool = psycopg_pool.ConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=16,
+            kwargs={"autocommit": True},
+            check=psycopg_pool.ConnectionPool.check_connection,  # a dropped one is replaced
+            timeout=config.lock_timeout(),
+            open=True,
+            name="airun_nb",
+        )
+
+    @contextlib.contextmanager
+    def _con(self, doing: str) -> Iterator[Any]:
+        """A pooled connection (autocommit); a driver error becomes one line."""
+        import psycopg
+        import psycopg_pool
+
+        try:
+            with self._pool.connection() as con:
+                yield con
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise errors.fault(exc, str(self.url), doing) from None
+
+    # -- sessions --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(
+        self, purpose: str = "reading", *, fold: bool = True, peers: bool = True
+    ) -> Iterator[Snapshot]:
+        """Hold the store for the block: a writer (any purpose but reading) holds the writer
+        advisory lock, so what it reads and what it then commits are not interleaved with
+        another process's writer. Yields a DuckDB connection with the store's tables."""
+        import psycopg
+
+        reading = purpose.startswith(_READING)
+        with self._mutex:
+            took = False
+            if not reading and self._writer is None:
+                con = self._pool.getconn()
+                try:
+                    con.execute(f"SET lock_timeout = '{int(config.lock_timeout() * 1000)}ms'")
+                    con.execute("SELECT pg_advisory_lock(%s)", [WRITER_LOCK])
+                except psycopg.Error as exc:
+                    self._pool.putconn(con)
+                    raise errors.fault(exc, str(self.url), purpose.split(" ", 1)[0]) from None
+                self._writer, took = con, True
+            self._depth += 1
+            snap = Snapshot(self)
+            try:
+                yield snap
+            finally:
+                snap.close()
+                self._depth -= 1
+                if took:
+                    con, self._writer = self._writer, None
+                    try:
+                        con.execute("SELECT pg_advisory_unlock(%s)", [WRITER_LOCK])
+                    except psycopg.Error:
+                        con.close()  # the server drops the lock with the connection
+                    self._pool.putconn(con)
+
+    # -- writes ----------------------------------------------------------------------------
+    def record(self, rec: dict[str, Any]) -> None:
+        self.record_many((rec,))
+
+    def record_many(self, recs: Sequence[dict[str, Any]]) -> None:
+        """Write ``recs`` in one transaction: durable on the server when this returns."""
+        clean = [scrub(r) for r in recs]
+        keyed, appended = group(clean)
+        events = appended.get("events", [])
+        runs = sorted({str(r["run_id"]) for r in clean if r.get("run_id")})
+        # One pipeline: the statements go to the server together (two round trips with events,
+        # whose numbers must be read back, else one), and commit as one transaction.
+        with self._con("write to") as con, con.pipeline(), con.transaction():
+            if events:
+                con.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_SEQ_LOCK])
+                row = con.execute(
+                    "UPDATE airun_meta SET value = (value::bigint + %s)::text "
+                    "WHERE key = 'event_seq' RETURNING value::bigint",
+                    [len(events)],
+                ).fetchone()
+                assert row is not None, "airun_meta lost its event_seq row"
+                first = int(row[0]) - len(events) + 1
+                for i, ev in enumerate(events):
+                    ev["seq"] = first + i
+            with con.cursor() as cur:
+                for table, rows in [*keyed.items(), *appended.items()]:
+                    cur.executemany(_upsert_sql(table), [_row_params(table, r) for r in rows])
+            payload = ",".join(runs)
+            con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload[:7000]])
+
+    def sync(self) -> None:
+        """Nothing to do: every commit is durable on the server when it returns."""
+
+    def flush(self) -> None:
+        """Nothing to do: records are written to the tables as they come."""
+
+    def release(self) -> None:
+        """Let go of every connection of this process (the next use opens them again)."""
+        with self._mutex, self._adbc_lock:
+            if self._adbc is not None:
+                with contextlib.suppress(Exception):
+                    self._adbc.close()
+                self._adbc = None
+
+    # -- reads -----------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if _DUCKDB_ONLY.search(sql):
+            with self.session() as snap:
+                found: list[tuple[Any, ...]] = snap.execute(sql, list(params)).fetchall()
+                return found
+        with self._con("read") as con:
+            rows: list[tuple[Any, ...]] = con.execute(_pg_sql(sql), list(params)).fetchall()
+            return rows
+
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        if _DUCKDB_ONLY.search(sql):
+            with self.session() as snap:
+                cur = snap.execute(sql, list(params))
+                names = [d[0] for d in cur.description]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        with self._con("read") as con:
+            cur = con.execute(_pg_sql(sql), list(params))
+            names = [d.name for d in cur.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def query_df(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """The rows of ``sql`` as DuckDB returns them (the same dtypes on both backends)."""
+        with self.session() as con:
+            return con.execute(sql, list(params)).df()
+
+    def arrow(self, sql: str) -> pa.Table:
+        """A whole query's result as Arrow (ADBC's PostgreSQL driver, columnar end to end)."""
+        with self._adbc_lock:
+            try:
+                if self._adbc is None:
+                    try:
+                        import adbc_driver_postgresql.dbapi as adbc
+                    except ImportError:
+                        raise errors.missing_driver(
+                            str(self.url), "adbc-driver-postgresql"
+                        ) from None
+                    self._adbc = adbc.connect(_libpq_uri(self._conninfo))
+                with self._adbc.cursor() as cur:
+                    cur.execute(sql)
+                    table: pa.Table = cur.fetch_arrow_table()
+                self._adbc.commit()
+                return table
+            except StoreError:
+                raise
+            except Exception as exc:  # the driver's errors have no common base worth naming
+                with contextlib.suppress(Exception):
+                    self._adbc.close()
+                self._adbc = None
+                raise errors.fault(exc, str(self.url), "read") from None
+
+    # -- DataFrame outputs -----------------------------------------------------------------
+    def put_table(self, name: str, table: pa.Table) -> None:
+        """Store an Arrow table (as Parquet bytes) under ``name``, committed."""
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        with self._con("write a step output to") as con:
+            con.execute(
+                f"INSERT INTO {OUTPUTS} (name, data) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data, "
+                "created_at = now() AT TIME ZONE 'utc'",
+                [name, buf.getvalue()],
+            )
+
+    def get_table(self, name: str) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        rows = self.query(f"SELECT data FROM {OUTPUTS} WHERE name = ?", [name])
+        if not rows:
+            raise StoreError(f"no output table '{name}' in {self.url}")
+        table: pa.Table = pq.read_table(io.BytesIO(bytes(rows[0][0])))
+        return table
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.query(f"SELECT 1 FROM {OUTPUTS} WHERE name = ?", [name]))
+
+    # -- moving runs between stores -------------------------------------------------------
+    def export_run(self, run_id: str) -> dict[str, Any]:
+        """Every row of the run, table by table, and its output tables' Arrow data under
+        ``"__outputs__"`` (``{table name: pyarrow.Table}``)."""
+        if not self.has_run(run_id):
+            raise StoreError(f"no run '{run_id}' in {self.url}")
+        bundle: dict[str, Any] = {}
+        for table, (cols, _pk) in TABLES.items():
+            if any(c == "run_id" for c, _ in cols):
+                bundle[table] = self.query_dicts(
+                    f"SELECT * FROM {table} WHERE run_id = ?", [run_id]
+                )
+        bundle["specs"] = self.query_dicts(
+            "SELECT s.* FROM specs s JOIN runs r USING (spec_hash) WHERE r.run_id = ?", [run_id]
+        )
+        names = {str(r["output_table"]) for r in bundle.get("steps", []) if r.get("output_table")}
+        bundle["__outputs__"] = {n: self.get_table(n) for n in sorted(names) if self.has_table(n)}
+        return bundle
+
+    def import_run(self, bundle: Mapping[str, Any]) -> None:
+        """Write an exported run into this store in one transaction; a run id that is here
+        already is refused (nothing written)."""
+        import pyarrow.parquet as pq
+
+        runs = bundle.get("runs") or []
+        if len(runs) != 1:
+            raise StoreError("a run to import holds exactly one run row")
+        run_id = str(runs[0]["run_id"])
+        events = [dict(e) for e in bundle.get("events") or []]
+        events.sort(key=lambda e: (e.get("seq") is None, e.get("seq") or 0))
+        with self._con("import a run into") as con, con.transaction():
+            if con.execute("SELECT 1 FROM runs WHERE run_id = %s", [run_id]).fetchone():
+                raise StoreError(f"run {run_id} is already in {self.url}; nothing was imported")
+            with con.cursor() as cur:
+                for table in TABLES:
+                    rows = bundle.get(table) or []
+                    if not rows or table == "events":
+                        continue
+                    sql = _upsert_sql(table)
+                    if table == "specs":
+                        sql = sql.split(" ON CONFLICT")[0] + " ON CONFLICT DO NOTHING"
+                    cur.executemany(sql, [_row_params(table, r) for r in rows])
+                if events:
+                    con.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_SEQ_LOCK])
+                    row = con.execute(
+                        "UPDATE airun_meta SET value = (value::bigint + %s)::text "
+                        "WHERE key = 'event_seq' RETURNING value::bigint",
+                        [len(events)],
+                    ).fetchone()
+                    first = int(row[0]) - len(events) + 1
+                    for i, ev in enumerate(events):  # this store's order: after what it has
+                        ev["seq"] = first + i
+                    cur.executemany(
+                        _upsert_sql("events"), [_row_params("events", e) for e in events]
+                    )
+                for name, table in (bundle.get("__outputs__") or {}).items():
+                    buf = io.BytesIO()
+                    pq.write_table(table, buf)
+                    cur.execute(
+                        f"INSERT INTO {OUTPUTS} (name, data) VALUES (%s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data",
+                        [name, buf.getvalue()],
+                    )
+            con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, run_id])
+
+    # -- the spec cache --------------------------------------------------------------------
+    def cached_spec(self, key: str) -> bytes | None:
+        rows = self.query("SELECT data FROM spec_cache WHERE cache_key = ?", [key])
+        return bytes(rows[0][0]) if rows else None
+
+    def cache_spec(self, key: str, data: bytes) -> None:
+        with self._con("write to") as con:
+            con.execute(
+                "INSERT INTO spec_cache VALUES (%s, now() AT TIME ZONE 'utc', %s) "
+                "ON CONFLICT (cache_key) DO UPDATE SET data = EXCLUDED.data",
+                [key, data],
+            )
+
+    # -- time, owners, notifications -------------------------------------------------------
+    def clock(self) -> float:
+        """The server's clock (epoch seconds): gate deadlines are set and checked by it."""
+        return float(self.query("SELECT extract(epoch FROM clock_timestamp())")[0][0])
+
+    def hold_run(self, run_id: str) -> bool:
+        """Hold ``run_id``'s advisory lock on a connection kept while the run executes here
+        (False: another process holds it)."""
+        import psycopg
+
+        with self._runs_lock:
+            if run_id in self._runs:
+                return True
+            try:
+                con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15)
+                got = con.execute(
+                    "SELECT pg_try_advisory_lock(%s)", [run_lock_key(run_id)]
+                ).fetchone()
+            except psycopg.Error as exc:
+                raise errors.fault(exc, str(self.url), "claim a run in") from None
+            if not got or not got[0]:
+                con.close()
+                return False
+            self._runs[run_id] = con
+            self._renew(run_id, con)
+            if self._heart is None or not self._heart.is_alive():
+                self._heart = threading.Thread(
+                    target=self._heartbeat, name="airun-run-leases", daemon=True
+                )
+                self._heart.start()
+            return True
+
+    def _renew(self, run_id: str, con: Any) -> None:
+        """Say until when this process holds ``run_id`` (``lease_until``, on the server's
+        clock): what other hosts read; the run lock is what decides."""
+        con.execute(
+            f"INSERT INTO {LEASES} VALUES (%s, %s, %s, (now() AT TIME ZONE 'utc') + "
+            "make_interval(secs => %s)) ON CONFLICT (run_id) DO UPDATE SET "
+            "owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid, "
+            "lease_until = EXCLUDED.lease_until",
+            [run_id, owner.HOST, os.getpid(), LEASE_SECONDS],
+        )
+
+    def _heartbeat(self) -> None:
+        while not self._closed:
+            time.sleep(LEASE_SECONDS / 3)
+            with self._runs_lock:
+                held = list(self._runs.items())
+                if not held:
+                    self._heart = None
+                    return
+                for run_id, con in held:
+                    with contextlib.suppress(Exception):
+                        self._renew(run_id, con)
+
+    def run_lease(self, run_id: str) -> dict[str, Any] | None:
+        """Who holds ``run_id`` now and until when (None: nobody said so)."""
+        rows = self.query_dicts(f"SELECT * FROM {LEASES} WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def let_go_run(self, run_id: str) -> None:
+        with self._runs_lock:
+            con = self._runs.pop(run_id, None)
+        if con is not None:
+            with contextlib.suppress(Exception):
+                con.execute(f"DELETE FROM {LEASES} WHERE run_id = %s", [run_id])
+                # Unlocked before the connection closes: the server ends a closed session a
+                # moment later, and a resume in this process must not find the lock still held.
+                con.execute("SELECT pg_advisory_unlock(%s)", [run_lock_key(run_id)])
+            with contextlib.suppress(Exception):
+                con.close()  # closing the connection drops its lock on the server too
+
+    def owner_alive(self, row: Mapping[str, Any]) -> bool:
+        """Is the process recorded as executing this run alive, on any host? Its run lock
+        says: the server drops the locks of a client that died."""
+        run_id = str(row.get("run_id"))
+        if not row.get("owner_pid"):
+            return False
+        if (
+            row.get("owner_host") == owner.HOST
+            and row.get("owner_token") == owner.MY_TOKEN
+            and int(row["owner_pid"]) == os.getpid()
+        ):
+            return owner.owner_alive(row)  # this process: is the run executing in it?
+        found = self.query(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+            "((classid::bigint << 32) | objid::bigint) = ?",
+            [run_lock_key(run_id)],
+        )
+        return bool(found)
+
+    def change_token(self) -> int:
+        """A number that grows with every commit notified on the server (``LISTEN`` in a
+        thread of this process, started on first use; a lost connection counts as a change)."""
+        self._listen()
+        return self._notified
+
+    def wait_for_change(self, timeout: float, stop: Callable[[], bool] | None = None) -> bool:
+        """Wait until another commit is notified (True) or ``timeout`` seconds pass."""
+        self._listen()
+        with self._changed:
+            start = self._notified
+            self._changed.wait_for(
+                lambda: self._notified != start or bool(stop and stop()), timeout=timeout
+            )
+            return self._notified != start
+
+    def _listen(self) -> None:
+        with self._changed:
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = threading.Thread(
+                    target=self._listening, name="airun-store-listener", daemon=True
+                )
+                self._listener.start()
+
+    def _listening(self) -> None:
+        import psycopg
+
+        while not self._closed:
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15) as con:
+                    con.execute(f"LISTEN {CHANNEL}")
+                    self._bump()  # anything committed before LISTEN: look once
+                    while not self._closed:
+                        for _ in con.notifies(timeout=1.0):
+                            self._bump()
+            except psycopg.Error:
+                self._bump()
+                time.sleep(1.0)
+
+    def _bump(self) -> None:
+        with self._changed:
+            self._notified += 1
+            self._changed.notify_all()
+
+
+def _libpq_uri(conninfo: str) -> str:
+    return conninfo if conninfo.startswith("postgresql://") else "postgresql" + conninfo[8:]
+
+
+class Snapshot:
+    """A DuckDB connection in memory holding the store's tables as Arrow, loaded from the server
+    the first time a statement names them (what a session of the DuckDB file yields)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._loaded: set[str] = set()
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = duckdb.connect(":memory:", config=dict(NO_EXTENSIONS))
+            self._con.execute("CREATE SCHEMA outputs")
+        return self._con
+
+    def _need(self, sql: str) -> None:
+        for name, word in _TABLE_WORDS.items():
+            if name not in self._loaded and word.search(sql):
+                self._load(name, f"SELECT {', '.join(c for c, _ in TABLES[name][0])} FROM {name}")
+        for m in _OUTPUT_REF.finditer(sql):
+            ref = m.group(1)
+            name = ref[1:-1].replace('""', '"') if ref.startswith('"') else ref
+            key = "outputs." + name
+            if key not in self._loaded:
+                self._loaded.add(key)
+                with contextlib.suppress(StoreError):
+                    table = self._store.get_table(name)
+                    self.con.register("__airun_load", table)
+                    quoted = '"' + name.replace('"', '""') + '"'
+                    self.con.execute(f"CREATE TABLE outputs.{quoted} AS SELECT * FROM __airun_load")
+                    self.con.unregister("__airun_load")
+
+    def _load(self, name: str, sql: str) -> None:
+        self._loaded.add(name)
+        table = self._store.arrow(sql)
+        table = table.replace_schema_metadata(None)
+        self.con.register("__airun_load", table)
+        self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM __airun_load")
+        self.con.unregister("__airun_load")
+
+    def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
+        self._need(sql)
+        return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+
+    def sql(self, sql: str, *, params: Any = None) -> duckdb.DuckDBPyRelation:
+        self._need(sql)
+        return self.con.sql(sql, params=params)
+
+    def table(self, name: str) -> duckdb.DuckDBPyRelation:
+        self._need(name)
+        return self.con.table(name)
+
+    def register(self, name: str, obj: Any) -> None:
+        self.con.register(name, obj)
+
+    def unregister(self, name: str) -> None:
+        self.con.unregister(name)
+
+    def interrupt(self) -> None:
+        if self._con is not None:
+            self._con.interrupt()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+    def close(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+            self._con = None
+
+
+def forget(url: str) -> None:
+    """Close this process's handle on the store at ``url`` (its pool, its run locks)."""
+    key = str(StoreURL(url))
+    with _registry_lock:
+        store = _registry.pop(key, None)
+    if store is None:
+        return
+    store._closed = True
+    store.release()
+    for run_id in list(store._runs):
+        store.let_go_run(run_id)
+    if store._pool is not None:
+        with contextlib.suppress(Exception):
+            store._pool.close(timeout=5)
