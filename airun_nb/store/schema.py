@@ -35,6 +35,11 @@ NO_EXTENSIONS: dict[str, Any] = {
     "autoload_known_extensions": False,
     "autoinstall_known_extensions": False,
 }
+# A store's own connection reads and writes that one file and nothing else: a store file
+# someone else made (``airun pull --from``) may hold views that read files of this machine
+# (``read_text('~/.config/...')``) or attach other databases; with external access off,
+# DuckDB refuses them instead of copying what they read into this store.
+STORE_CONFIG: dict[str, Any] = {**NO_EXTENSIONS, "enable_external_access": False}
 
 TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     "specs": (
