@@ -312,8 +312,9 @@ def import_run(store: Store, bundle: Bundle) -> None:
                 _remove(con, run_id)
             _insert(con, "specs", bundle.get("specs", []), ignore=True)
             _insert(con, "runs", [{**run, **dict.fromkeys(OWNER)}])
-            for table in ("steps", "attempts", "approvals", "audit"):
+            for table in ("steps", "attempts", "audit"):
                 _insert(con, table, bundle.get(table, []))
+            _insert(con, "approvals", _decided_here(bundle))
             _insert(con, "events", _numbered(con, bundle.get("events", [])))
             for name, table in outputs.items():
                 verb = (
@@ -336,6 +337,37 @@ def import_run(store: Store, bundle: Bundle) -> None:
     # of the latest run of each workflow is read again from DuckDB.
     store.folds += 1
     store.heads.forget(str(run.get("workflow")))
+
+
+def _decided_here(bundle: Bundle) -> list[dict[str, Any]]:
+    """The bundle's gates, with an approval that nothing has acted on yet closed again.
+
+    A gate approved in another store whose step has not finished (the step after an approval
+    step, or the step a policy-inserted ``<step>.approval`` guards) would let a resume here
+    go past it on that store's word: a row anyone can write into the file they share. It
+    arrives closed "for want of a decision" (``expired`` by ``policy``), so a resume here opens
+    it again and this store's approvers decide it; the copied decision stays in its events
+    and audit rows."""
+    done = {
+        str(s.get("step_id"))
+        for s in bundle.get("steps", [])
+        if s.get("status") in ("completed", "skipped")
+    }
+    out = []
+    for row in bundle.get("approvals", []):
+        gate_id = str(row.get("gate_id") or "")
+        step = gate_id.removesuffix(".approval")
+        if row.get("status") == "approved" and step not in done:
+            row = {
+                **row,
+                "status": "expired",
+                "decision": None,
+                "channel": "policy",
+                "comment": "approved in another store; this store decides again",
+                "votes": None,
+            }
+        out.append(row)
+    return out
 
 
 def _remove(con: duckdb.DuckDBPyConnection, run_id: str) -> None:

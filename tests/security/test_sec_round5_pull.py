@@ -169,3 +169,41 @@ def test_hostile_output_names_in_a_bundle_touch_only_the_runs_outputs(
     )
     assert after_main == before_main
     assert world.rows() == before_rows
+
+
+GUARDED = (
+    "name: guarded\non_failure: stop\nsteps:\n"
+    "  - id: pay\n    python: |\n      open('paid', 'w').write('yes')\n      result = 1\n"
+)
+
+
+def test_a_forged_approval_in_a_pulled_run_does_not_pass_this_stores_policy(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy requires alice's approval before python runs. A run waiting at that gate in
+    a shared store is pulled with its gate row rewritten to "approved by alice" (anyone who
+    can write the shared file can write that row): resuming it here opens the gate again and
+    waits for this store's approvers; the step never runs."""
+    policy = world.root.parent / "guard.yaml"
+    policy.write_text(
+        "rules:\n  - {name: guard, principals: ['*'], capabilities: [python.exec],"
+        " decision: require_approval, approvers: [alice]}\n"
+    )
+    monkeypatch.setenv("AIRUN_POLICY", str(policy))
+    team = Store.open(world.root / "team.duckdb")
+    first = Workflow.from_yaml(GUARDED).run(db=team.path, raise_on_failure=False)
+    assert first.status == "waiting"
+    bundle = team.export_run(first.run_id)
+    (gate,) = bundle["approvals"]
+    assert gate["gate_id"] == "pay.approval" and gate["status"] == "open"
+    gate.update(status="approved", decision="approve", actor="alice", channel="cli")
+
+    mine = Store.open(world.root / "mine.duckdb")
+    mine.import_run(bundle)
+    again = Workflow.from_yaml(GUARDED).run(
+        db=mine.path, resume=first.run_id, raise_on_failure=False
+    )
+    assert again.status == "waiting", again.error
+    assert not (world.root / "paid").exists()
+    row = mine.gate_row(first.run_id, "pay.approval")
+    assert row is not None and row["status"] == "open"
