@@ -283,8 +283,18 @@ def _add_columns(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(f"ALTER TABLE {name} ADD COLUMN {col} {typ}")
 
 
+def _sqlite_header(path: Path) -> bool:
+    """Does the file start like a SQLite database? (DuckDB, refused its extensions, says
+    only that it cannot load one.)"""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
 def incompatible(path: Path, msg: str) -> StoreIncompatible:
-    if "sqlite" in msg.lower():
+    if "sqlite" in msg.lower() or _sqlite_header(path):
         return StoreIncompatible(f"{path} is a SQLite file, not an airun_nb store (DuckDB)")
     if "not a valid DuckDB database" in msg or "database file" in msg.lower():
         return StoreIncompatible(f"{path} is not an airun_nb store (not a DuckDB database file)")
