@@ -34,7 +34,7 @@ from airun_nb.governance import audit as auditlog
 from airun_nb.governance import mediator
 from airun_nb.governance import policy as policy_mod
 from airun_nb.spec import dialect
-from airun_nb.spec.approval import parse_config
+from airun_nb.spec.approval import MAX_REMINDERS, parse_config
 from airun_nb.store import transitions
 from airun_nb.store.backend import Backend
 from airun_nb.store.opening import open_store
@@ -94,7 +94,7 @@ def _next_due(row: Mapping[str, Any], last: int, escalated: bool) -> float | Non
     spec = gate.form_spec(row)
     opened = _epoch(row["opened_at"])
     times = []
-    if spec.get("remind"):
+    if spec.get("remind") and last < MAX_REMINDERS:
         times.append(opened + (last + 1) * float(spec["remind"]))
     esc = spec.get("escalate") or {}
     if esc and not escalated:
@@ -117,7 +117,9 @@ def _due(store: Backend, run_id: str, gate_id: str) -> tuple[list[Fired], float 
         recs: list[dict[str, Any]] = []
         fired: list[Fired] = []
         if spec.get("remind"):
-            period = int((now - opened) // float(spec["remind"]))
+            # At most MAX_REMINDERS, whatever the period: a workflow cannot turn a gate's
+            # reminders into a stream of notifications.
+            period = min(int((now - opened) // float(spec["remind"])), MAX_REMINDERS)
             if period >= 1 and period > last:
                 recs.append(gate._event(run_id, gate_id, REMINDED, period=period))
                 fired.append(Fired(run_id, gate_id, "reminder", period=period))

@@ -68,6 +68,7 @@ class Rule:
     approvers: list[str] | None = None
     source: str = "policy"
     hosts: list[str] | None = None  # where http.request may go for these principals
+    narrows: bool = False  # a workflow's own rule: its hosts only narrow the configured ones
 
     def matches(self, principal: str, roles_of: set[str], capability: str, risk: str) -> bool:
         names = principal_names(principal)
@@ -188,9 +189,15 @@ class Policy:
         mine = self.roles_of(principal)
         found: list[str] | None = None
         ordered = self.first_match.rules if self.first_match is not None else []
-        for rule in [*ordered, *self.rules]:
-            if rule.hosts is not None and rule.matches(principal, mine, capability, "high"):
-                found = [*(found or []), *rule.hosts]
+        rules = [r for r in [*ordered, *self.rules] if r.hosts is not None]
+        for rule in rules:
+            if not rule.narrows and rule.matches(principal, mine, capability, "high"):
+                found = [*(found or []), *(rule.hosts or [])]
+        # A workflow's rules come last and only narrow: whatever risk they name, their hosts
+        # never add a destination the configured rules do not already allow.
+        for rule in rules:
+            if rule.narrows and rule.matches(principal, mine, capability, "high"):
+                found = narrow_hosts(found, rule.hosts or [])
         return found
 
     def evaluate(self, principal: str, capability: str, risk: str) -> Verdict:
@@ -221,6 +228,8 @@ class Policy:
         check_tightening(extra, self, where=where)
         add = _parse(extra, source=where, roles=self.roles)
         for rule in add.rules:
+            rule.narrows = True
+        for rule in add.rules:
             if rule.decision == "allow":
                 raise PolicyError(
                     f"{where} rule '{rule.name}': a workflow may only tighten the policy "
@@ -241,6 +250,24 @@ class Policy:
             self.first_match,
             list(self.delegators),  # a workflow never widens who may delegate
         )
+
+
+def _within(pattern: str, outer: str) -> bool:
+    """Is every host ``pattern`` matches also matched by ``outer``? (conservative: a pattern
+    with wildcards is only within ``*`` or itself)."""
+    if outer == "*" or pattern == outer:
+        return True
+    return not any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(pattern, outer)
+
+
+def narrow_hosts(configured: list[str] | None, narrower: list[str]) -> list[str]:
+    """The host patterns both lists allow: ``configured`` (None: any host) narrowed by a
+    workflow rule's ``narrower``; never a host ``configured`` does not allow."""
+    if configured is None:
+        return list(dict.fromkeys(narrower))
+    kept = [p for p in configured if any(_within(p, w) for w in narrower)]
+    kept += [w for w in narrower if any(_within(w, b) for b in configured)]
+    return list(dict.fromkeys(kept))
 
 
 def check_tightening(doc: Any, base: Policy, *, where: str = "workflow") -> None:

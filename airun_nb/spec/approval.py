@@ -157,6 +157,7 @@ def parse_config(body: Mapping[str, Any] | None, *, step: str) -> GateConfig:
 
 
 MIN_FOLLOW_UP = 1.0  # seconds: the shortest reminder period or escalation delay
+MAX_REMINDERS = 48  # reminders one gate sends at most, however short its period
 
 
 def _escalate(raw: Any, *, step: str) -> tuple[float | None, list[str]]:

@@ -42,7 +42,7 @@ from airun_nb.store.lease import Lease
 from airun_nb.store.queries import Queries
 from airun_nb.store.queue import QueueStore
 from airun_nb.store.redaction import scrub
-from airun_nb.store.schema import APP, NO_EXTENSIONS, SCHEMA_VERSION, TABLES, quote_ident
+from airun_nb.store.schema import APP, SCHEMA_VERSION, STORE_CONFIG, TABLES, quote_ident
 from airun_nb.store.slots import Batch, Peers, files_signature
 
 if TYPE_CHECKING:
@@ -491,7 +491,7 @@ def _connect(path: Path) -> duckdb.DuckDBPyConnection:
     delay = 0.01
     while True:
         try:
-            con = duckdb.connect(str(path), config=dict(NO_EXTENSIONS))
+            con = duckdb.connect(str(path), config=dict(STORE_CONFIG))
             break
         except duckdb.IOException as exc:
             msg = str(exc)

@@ -35,6 +35,11 @@ NO_EXTENSIONS: dict[str, Any] = {
     "autoload_known_extensions": False,
     "autoinstall_known_extensions": False,
 }
+# A store's own connection reads and writes that one file and nothing else: a store file
+# someone else made (``airun pull --from``) may hold views that read files of this machine
+# (``read_text('~/.config/...')``) or attach other databases; with external access off,
+# DuckDB refuses them instead of copying what they read into this store.
+STORE_CONFIG: dict[str, Any] = {**NO_EXTENSIONS, "enable_external_access": False}
 
 TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     "specs": (
@@ -299,8 +304,18 @@ def _add_columns(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(f"ALTER TABLE {name} ADD COLUMN {col} {typ}")
 
 
+def _sqlite_header(path: Path) -> bool:
+    """Does the file start like a SQLite database? (DuckDB, refused its extensions, says
+    only that it cannot load one.)"""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
 def incompatible(path: Path, msg: str) -> StoreIncompatible:
-    if "sqlite" in msg.lower():
+    if "sqlite" in msg.lower() or _sqlite_header(path):
         return StoreIncompatible(f"{path} is a SQLite file, not an airun_nb store (DuckDB)")
     if "not a valid DuckDB database" in msg or "database file" in msg.lower():
         return StoreIncompatible(f"{path} is not an airun_nb store (not a DuckDB database file)")

@@ -112,7 +112,34 @@ def export_run(store: Store, run_id: str) -> Bundle:
     :class:`RunNotFound` when the store has no such run, :class:`StoreError` while a live
     process is executing it."""
 
+    try:
+        return _export(store, run_id)
+    except duckdb.Error as exc:  # a store file someone else made: one line, nothing copied
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(
+            f"cannot read run {run_id} from {store.path}: {first}; nothing copied"
+        ) from None
+
+
+def _views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The store's tables (and output tables) that are not plain tables: a view runs a query
+    written by whoever made the file, so a copy never reads through one."""
+    names = [*RUN_TABLES]
+    found = con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_type <> 'BASE TABLE' AND table_schema IN ('main', 'outputs')"
+    ).fetchall()
+    return [f"{schema}.{name}" for schema, name in found if schema == "outputs" or name in names]
+
+
+def _export(store: Store, run_id: str) -> Bundle:
     with store.session("copying a run out") as con:
+        views = _views(con)
+        if views:
+            raise StoreError(
+                f"{store.path} is not a store airun_nb wrote: {', '.join(sorted(views)[:3])} "
+                "is a view, not a table; nothing copied"
+            )
         found = _dicts(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
         if not found:
             raise RunNotFound(f"no run '{run_id}' in {store.path}")
@@ -167,6 +194,8 @@ def reseal(bundle: Bundle) -> Bundle:
 def _blobs(bundle: Bundle, change: Any) -> Bundle:
     import pyarrow as pa
 
+    runs = bundle.get("runs") or [{}]
+    run_id = str(runs[0].get("run_id") or "") if len(runs) == 1 else ""
     out: Bundle = dict(bundle)
     out["steps"] = [
         dict(r, output_blob=change(r["output_blob"])) if r.get("output_blob") else r
@@ -175,7 +204,7 @@ def _blobs(bundle: Bundle, change: Any) -> Bundle:
     tables = dict(outputs_of(bundle))
     for name, table in tables.items():
         if (
-            name.startswith("code/")
+            name == f"code/{run_id}"  # only the run's own stored code is ever signed
             and not name.endswith("/sources")
             and "code" in table.schema.names
         ):
@@ -242,6 +271,17 @@ def _check(bundle: Bundle) -> tuple[str, dict[str, Any]]:
     for row in bundle.get("specs", []):
         if row.get("spec_hash") != spec_hash:
             raise StoreError(f"the bundle of run {run_id} holds another run's workflow text")
+    wanted = {str(s["output_table"]) for s in bundle.get("steps", []) if s.get("output_table")}
+    for name in outputs_of(bundle):
+        if _belongs(name, run_id):
+            continue
+        if name not in wanted or name.startswith("code/"):
+            # Another run's stored code or an output nobody here points at: a copy of one run
+            # never plants tables for another (they would be signed by --trust-stored-code).
+            raise StoreError(
+                f"the bundle of run {run_id} holds output table {name[:80]!r} of another run "
+                "that none of its steps reads; nothing copied"
+            )
     unknown = set(bundle) - {*RUN_TABLES, OUTPUTS, META}
     if unknown:
         raise StoreError(
@@ -273,8 +313,9 @@ def import_run(store: Store, bundle: Bundle) -> None:
                 _remove(con, run_id)
             _insert(con, "specs", bundle.get("specs", []), ignore=True)
             _insert(con, "runs", [{**run, **dict.fromkeys(OWNER)}])
-            for table in ("steps", "attempts", "approvals", "audit"):
+            for table in ("steps", "attempts", "audit"):
                 _insert(con, table, bundle.get(table, []))
+            _insert(con, "approvals", _decided_here(bundle))
             _insert(con, "events", _numbered(con, bundle.get("events", [])))
             for name, table in outputs.items():
                 verb = (
@@ -297,6 +338,37 @@ def import_run(store: Store, bundle: Bundle) -> None:
     # of the latest run of each workflow is read again from DuckDB.
     store.folds += 1
     store.heads.forget(str(run.get("workflow")))
+
+
+def _decided_here(bundle: Bundle) -> list[dict[str, Any]]:
+    """The bundle's gates, with an approval that nothing has acted on yet closed again.
+
+    A gate approved in another store whose step has not finished (the step after an approval
+    step, or the step a policy-inserted ``<step>.approval`` guards) would let a resume here
+    go past it on that store's word: a row anyone can write into the file they share. It
+    arrives closed "for want of a decision" (``expired`` by ``policy``), so a resume here opens
+    it again and this store's approvers decide it; the copied decision stays in its events
+    and audit rows."""
+    done = {
+        str(s.get("step_id"))
+        for s in bundle.get("steps", [])
+        if s.get("status") in ("completed", "skipped")
+    }
+    out = []
+    for row in bundle.get("approvals", []):
+        gate_id = str(row.get("gate_id") or "")
+        step = gate_id.removesuffix(".approval")
+        if row.get("status") == "approved" and step not in done:
+            row = {
+                **row,
+                "status": "expired",
+                "decision": None,
+                "channel": "policy",
+                "comment": "approved in another store; this store decides again",
+                "votes": None,
+            }
+        out.append(row)
+    return out
 
 
 def _remove(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
