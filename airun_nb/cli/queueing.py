@@ -14,13 +14,15 @@ from typing import Any
 
 import click
 
+from airun_nb.cli.storeoption import STORE
 from airun_nb.errors import AirunError, SpecError
+from airun_nb.settings.environment import StoreURL
 
 _db = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=STORE,
     envvar="AIRUN_DB",
-    help="Store file (default: $AIRUN_DB or ./airun.duckdb).",
+    help="Store file or postgresql:// URL (default: $AIRUN_DB or ./airun.duckdb).",
 )
 
 
@@ -29,7 +31,7 @@ _db = click.option(
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="A param.")
 @click.option("--queue", "-q", default="default", show_default=True, help="The queue.")
 @_db
-def submit_cmd(file: Path, params: tuple[str, ...], queue: str, db: Path | None) -> None:
+def submit_cmd(file: Path, params: tuple[str, ...], queue: str, db: Path | StoreURL | None) -> None:
     """Queue a run of a workflow file for `airun worker`; prints its run id. The workflow is
     checked first (its steps resolve, its templates name what exists): a problem is one line
     and nothing is queued."""
@@ -84,7 +86,7 @@ def worker_cmd(
     trust_stored_code: bool,
     name: str | None,
     poll: float,
-    db: Path | None,
+    db: Path | StoreURL | None,
 ) -> None:
     """Claim queued runs and run them until stopped (SIGTERM: the run in progress is
     interrupted and handed back to the queue, where another worker resumes it)."""

@@ -452,10 +452,16 @@ def copy_run(
         raise StoreError(
             f"the source and the destination are one store ({dest.path}); nothing copied"
         )
-    bundle = unseal(source.export_run(run_id))
+    exported = source.export_run(run_id)
+    bundle = unseal({k: v for k, v in exported.items() if k not in LOCAL_TABLES})
     if trust_stored_code:
         bundle = reseal(bundle)
     bundle[META] = [{**meta_of(bundle), "replace": replace}]
+    # What holds whichever backend receives it: a well-formed bundle of this one run, its
+    # owner (a process of the other store) cleared, an approval nothing acted on closed again.
+    _, run = _check(bundle)
+    bundle["runs"] = [{**run, **dict.fromkeys(OWNER)}]
+    bundle["approvals"] = _decided_here(bundle)
     dest.import_run(bundle)
     return bundle
 

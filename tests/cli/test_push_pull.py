@@ -15,6 +15,7 @@ import pytest
 
 from airun_nb.gates import gate
 from airun_nb.store.database import Store
+from airun_nb.store.opening import open_store
 from airun_nb.workflow import Workflow
 from support import AIRUN
 from support.crash import wait_for
@@ -108,6 +109,36 @@ def test_pull_fork_and_push_back(tmp_path: Path, team_run: str) -> None:
         f"from team.duckdb (forked from {team_run}, which is not in third.duckdb: copy it too "
         "for the outputs it reuses)"
     ), third.stdout + third.stderr
+
+
+def test_pull_from_a_team_store_fork_here_and_push_the_fix_back(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The same day with the team store on PostgreSQL: the failed run is pulled from the server
+    into a local file (outputs, gate and attempts with it), forked here with the fix, and the
+    fix pushed back to the server, where `airun runs` lists it completed beside the failure."""
+    wf = Workflow.from_yaml(SPEC, name="report")
+    first = wf.run(db=pg_url, raise_on_failure=False)
+    gate.decide(open_store(pg_url), first.run_id, "review", "approve", actor="lead", channel="cli")
+    assert wf.run(db=pg_url, resume=first.run_id, raise_on_failure=False).status == "failed"
+    run_id = first.run_id
+
+    pulled = airun("pull", run_id, "--from", pg_url, "--db", "mine.duckdb", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.startswith(f"pulled {run_id}: 4 steps, 4 attempts, 1 gate, 2 output")
+    shown = airun("show", run_id, "--db", "mine.duckdb", cwd=tmp_path)
+    assert "ZeroDivisionError" in shown.stdout and "Approved by lead" in shown.stdout
+    forked = airun(
+        "fork", run_id, "--from", "div", "-p", "d=4", "--db", "mine.duckdb", cwd=tmp_path
+    )
+    fix = re.search(r"run (r-[0-9a-f]+) .* completed", forked.stdout)
+    assert forked.returncode == 0 and fix, forked.stdout + forked.stderr
+    pushed = airun("push", fix.group(1), "--to", pg_url, "--db", "mine.duckdb", cwd=tmp_path)
+    assert pushed.returncode == 0 and pushed.stdout.startswith(f"pushed {fix.group(1)}: 4 steps")
+    runs = airun("runs", "--db", pg_url, cwd=tmp_path).stdout
+    assert re.search(rf"{run_id}\s+report\s+failed", runs), runs
+    assert re.search(rf"{fix.group(1)}\s+report\s+completed", runs), runs
+    assert open_store(pg_url).step_rows(fix.group(1), "completed")  # the fix's steps are there
 
 
 def test_a_second_pull_is_refused_unless_replaced(tmp_path: Path, team_run: str) -> None:

@@ -28,12 +28,14 @@ steps:
 
 
 @pytest.mark.crash
-def test_a_killed_workers_run_is_finished_by_another_worker(tmp_path: Path) -> None:
+def test_a_killed_workers_run_is_finished_by_another_worker(tmp_path: Path, store_db) -> None:
     """Worker A claims the run and is SIGKILLed inside step `slow` (after `first` finished);
     worker B, started while nothing else runs, takes A's claim over (A is dead), resumes the
     run and completes it: `first` ran once in all, `slow` twice (its first attempt was in
-    flight) and the store records the second attempt; the queue row was claimed twice."""
-    e = env(tmp_path / "s.duckdb", tmp_path / "ledger.txt")
+    flight) and the store records the second attempt; the queue row was claimed twice. On the
+    DuckDB file and on a team store."""
+    db = store_db
+    e = env(db, tmp_path / "ledger.txt")
     (tmp_path / "held.yaml").write_text(HELD)
     run_id = airun(["submit", "held.yaml"], e, tmp_path).stdout.strip()
     a = worker([], e, tmp_path)
@@ -41,7 +43,6 @@ def test_a_killed_workers_run_is_finished_by_another_worker(tmp_path: Path) -> N
     a.send_signal(signal.SIGKILL)
     assert a.wait(timeout=TIMEOUT) == -signal.SIGKILL
     marker.unlink()
-    db = tmp_path / "s.duckdb"
     assert rows(db, "SELECT status FROM runs") == [("running",)]  # its owner is dead
     assert rows(db, "SELECT state FROM queue") == [("claimed",)]
 
@@ -57,7 +58,7 @@ def test_a_killed_workers_run_is_finished_by_another_worker(tmp_path: Path) -> N
     assert rows(db, "SELECT status FROM runs") == [("completed",)]
     assert rows(db, "SELECT state, claims FROM queue") == [("done", 2)]
     attempts = rows(
-        db, "SELECT step_id, count(*) FROM attempts WHERE phase = 'execute' GROUP BY ALL ORDER BY 1"
+        db, "SELECT step_id, count(*) FROM attempts WHERE phase = 'execute' GROUP BY step_id"
     )
     assert dict(attempts) == {"first": 1, "slow": 2, "last": 1}
     crashed = rows(db, "SELECT status FROM attempts WHERE step_id = 'slow' ORDER BY attempt")

@@ -71,10 +71,10 @@ def _submit_many(folder: Path, e: dict[str, str], text: str, n: int) -> list[str
     script = textwrap.dedent(
         f"""
         from airun_nb.engine.worker import submit
-        from airun_nb.store.database import Store
+        from airun_nb.store.opening import open_store
         from airun_nb.workflow import Workflow
         spec = Workflow.from_file("wf.yaml").spec
-        store = Store.open(None)
+        store = open_store(None)
         for i in range({n}):
             print(submit(spec, store, params={{"n": i}}))
         """
@@ -101,9 +101,9 @@ def _drain(world, n: int, commands: list[list[str]]) -> None:
     ran = counts(folder / "ledger.txt")
     expected = {(r, s): 1 for r in run_ids for s in ("first", "second")}
     assert ran == expected  # every body of every run exactly once, nothing else
-    db = folder / "s.duckdb"
-    assert rows(db, "SELECT status, count(*) FROM runs GROUP BY ALL") == [("completed", n)]
-    assert rows(db, "SELECT state, max(claims), count(*) FROM queue GROUP BY ALL") == [
+    db = e["AIRUN_DB"]
+    assert rows(db, "SELECT status, count(*) FROM runs GROUP BY status") == [("completed", n)]
+    assert rows(db, "SELECT state, max(claims), count(*) FROM queue GROUP BY state") == [
         ("done", 1, n)
     ]
     taken = sum(said(w).count(" completed\n") for w in workers)
@@ -115,6 +115,14 @@ def test_four_workers_drain_40_runs_each_exactly_once(world) -> None:
     2`): every run completes, every step body runs exactly once (counted outside the store),
     every queue row was claimed once."""
     _drain(world, 40, [["--concurrency", "2"], ["--concurrency", "2"]])
+
+
+def test_four_workers_on_a_team_store_drain_40_runs_each_exactly_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The same race on a PostgreSQL team store: four worker processes, 40 runs, each run and
+    each step body exactly once."""
+    _drain((tmp_path, env(pg_url, tmp_path / "ledger.txt")), 40, [[], [], [], []])
 
 
 @pytest.mark.slow

@@ -207,3 +207,40 @@ def test_a_forged_approval_in_a_pulled_run_does_not_pass_this_stores_policy(
     assert not (world.root / "paid").exists()
     row = mine.gate_row(first.run_id, "pay.approval")
     assert row is not None and row["status"] == "open"
+
+
+def test_a_forged_approval_copied_onto_a_team_store_arrives_closed(
+    world: World, monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    """The same forged gate, in a file pushed to the team store on PostgreSQL: the copy is
+    checked before any backend receives it, so the gate arrives closed (not approved), the
+    run's owner is cleared, and resuming it on the team store waits for this store's
+    approvers; the step never runs."""
+    from airun_nb.store.opening import open_store
+
+    policy = world.root.parent / "guard.yaml"
+    policy.write_text(
+        "rules:\n  - {name: guard, principals: ['*'], capabilities: [python.exec],"
+        " decision: require_approval, approvers: [alice]}\n"
+    )
+    monkeypatch.setenv("AIRUN_POLICY", str(policy))
+    shared = world.root / "shared.duckdb"
+    first = Workflow.from_yaml(GUARDED).run(db=shared, raise_on_failure=False)
+    assert first.status == "waiting"
+    Store.open(shared).flush()
+    Store.open(shared).release()
+    with duckdb.connect(str(shared)) as con:  # anyone who can write the file can do this
+        con.execute(
+            "UPDATE approvals SET status = 'approved', decision = 'approve', actor = 'alice', "
+            "channel = 'cli' WHERE run_id = ?",
+            [first.run_id],
+        )
+    source = Store.open(shared)
+    assert source.gate_row(first.run_id, "pay.approval")["status"] == "approved"
+    team = open_store(pg_url)
+    transfer.copy_run(source, team, first.run_id)
+    row = team.gate_row(first.run_id, "pay.approval")
+    assert row is not None and row["status"] != "approved"
+    again = Workflow.from_yaml(GUARDED).run(db=pg_url, resume=first.run_id, raise_on_failure=False)
+    assert again.status == "waiting", again.error
+    assert not (world.root / "paid").exists()

@@ -43,7 +43,7 @@ def hold(run: str, step: str) -> str:
     return step
 
 
-def env(db: Path, ledger: Path, **extra: str) -> dict[str, str]:
+def env(db: Path | str, ledger: Path, **extra: str) -> dict[str, str]:
     """The environment of `airun` processes: this store, this ledger, the helpers importable."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_TEST")}
     out["PYTHONPATH"] = os.pathsep.join([str(REPO), str(HERE)])
@@ -100,11 +100,12 @@ def wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen[str] | None = N
     raise AssertionError(f"{pattern} never appeared in {folder}")
 
 
-def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    """A read of the store through airun_nb (it folds every process's journal first)."""
-    from airun_nb.store.database import Store
+def rows(db: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    """A read of the store (a file or a team store's URL) through airun_nb (it folds every
+    process's journal first)."""
+    from airun_nb.store.opening import open_store
 
-    store = Store.open(db, create=False)
+    store = open_store(db, create=False)
     try:
         return store.query(sql)
     finally:
