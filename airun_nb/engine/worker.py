@@ -29,6 +29,7 @@ from airun_nb.engine.runner import Runner, stored_spec
 from airun_nb.engine.state import INTERRUPTED, TERMINAL, WAITING
 from airun_nb.engine.stepkinds import ResolveError
 from airun_nb.errors import AirunError, RunBusy, RunEnded, RunInterrupted, WorkflowFailed
+from airun_nb.gates import followup
 from airun_nb.spec.parser import WorkflowSpec
 from airun_nb.store import code as codestore
 from airun_nb.store import owner, transitions
@@ -37,6 +38,7 @@ from airun_nb.store.queue import DEFAULT_QUEUE, SOURCE_PREFIX
 from airun_nb.store.transitions import Q_DONE, Q_FAILED, Q_PARKED, Q_QUEUED, QUEUED
 
 IDLE_POLL = 0.5  # seconds between looks at an empty queue
+FOLLOW_UP_EVERY = 5.0  # seconds between looks at the open gates' reminders and escalations
 
 
 def submit(
@@ -118,12 +120,26 @@ class Worker:
         self.say = say
         self.handled = 0
         self._stop = threading.Event()
+        self._follow_up_at = 0.0  # when the open gates are next looked at (monotonic)
         self._current: str | None = None  # the run executing now
         self._handing_back = False
         self._error: str | None = None  # how the last run failed, if it did
         self._next: list[str] = []  # claimed as the last run's claim ended
 
     # -- the loop ----------------------------------------------------------------------------
+    def _follow_ups(self) -> None:
+        """While idle, a worker is one of the watchers of the open gates: it sends their due
+        reminders and escalations (each once, whoever else watches), at most every
+        :data:`FOLLOW_UP_EVERY` seconds."""
+        now = time.monotonic()
+        if now < self._follow_up_at:
+            return
+        self._follow_up_at = now + FOLLOW_UP_EVERY
+        try:
+            followup.sweep(self.store)
+        except AirunError as exc:  # the worker goes on serving its queues
+            self.say(f"worker {self.name}: gate follow-ups: {exc.message}")
+
     def serve(self) -> int:
         """Claim and run until stopped; the number of runs taken. SIGTERM (and SIGINT) stop
         the worker: the run executing is interrupted and handed back to the queue, where
@@ -138,6 +154,7 @@ class Worker:
                 if not claimed:
                     if self.exit_when_idle:
                         break
+                    self._follow_ups()
                     self._stop.wait(self.poll)
                     continue
                 for run_id in claimed:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,34 @@ def test_sigterm_hands_the_run_back_and_another_worker_finishes_it(world) -> Non
     assert f"run {run_id} completed" in last.stdout, last.stdout
     ran = counts(folder / "ledger.txt")
     assert ran == {(run_id, "first"): 1, (run_id, "slow"): 1, (run_id, "last"): 1}
+
+
+def test_an_idle_worker_sends_the_reminders_of_a_parked_runs_gate(world) -> None:
+    """A submitted run parks at a gate with `remind: 1s` and nobody else watches the store (no
+    kernel, no service): the idle worker is the watcher, and the gate's reminder is recorded;
+    SIGTERM then stops the worker cleanly."""
+    folder, e = world
+    (folder / "gated.yaml").write_text(
+        GATED.replace('{message: "Publish?"}', '{message: "Publish?", remind: 1s}')
+    )
+    run_id = airun(["submit", "gated.yaml"], e, folder).stdout.strip()
+    w = worker([], e, folder)
+    db = e["AIRUN_DB"]
+
+    def reminded() -> bool:
+        if w.poll() is not None:
+            raise AssertionError(f"the worker ended: {said(w)}")
+        found = rows(
+            db, f"SELECT count(*) FROM events WHERE run_id = '{run_id}' AND kind = 'gate_reminded'"
+        )
+        return found[0][0] > 0
+
+    try:
+        deadline = time.monotonic() + TIMEOUT  # a safety net: the reminder ends the wait
+        while not reminded():
+            assert time.monotonic() < deadline, "the idle worker sent no reminder"
+            time.sleep(0.2)
+    finally:
+        w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=TIMEOUT) == 0, said(w)
+    assert rows(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == [("waiting",)]
