@@ -77,11 +77,26 @@ def _wrap(faults: Faults, kind: str, fn: Callable[..., Any]) -> Callable[..., An
     return wrapped
 
 
+def _wrap_writes(faults: Faults, root: Path, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Counts the writes to this test's stores only: a store another test of the same process
+    left open (its keeper, a gate watcher) may write at any moment and must not take the
+    fault meant for the run under test."""
+
+    def wrapped(store: Store, *args: Any, **kwargs: Any) -> Any:
+        if Path(store.path).is_relative_to(root):
+            faults.hit("store write")
+        return fn(store, *args, **kwargs)
+
+    return wrapped
+
+
 @pytest.fixture
-def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
+def faults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Faults:
     f = Faults()
-    monkeypatch.setattr(Store, "record", _wrap(f, "store write", Store.record))
-    monkeypatch.setattr(Store, "record_many", _wrap(f, "store write", Store.record_many))
+    monkeypatch.setattr(Store, "record", _wrap_writes(f, tmp_path.resolve(), Store.record))
+    monkeypatch.setattr(
+        Store, "record_many", _wrap_writes(f, tmp_path.resolve(), Store.record_many)
+    )
     monkeypatch.setattr(templates, "render", _wrap(f, "template", templates.render))
     monkeypatch.setattr(
         templates, "evaluate_condition", _wrap(f, "template", templates.evaluate_condition)
