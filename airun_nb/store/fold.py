@@ -57,12 +57,13 @@ def batch(table: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
 Mark = tuple[int, str, int]  # (slot, generation, byte offset folded up to)
 
 
-def fold(
-    con: duckdb.DuckDBPyConnection, records: Sequence[dict[str, Any]], marks: Sequence[Mark]
-) -> None:
-    """Fold ``records`` (oldest first) into DuckDB and set each slot's mark, in one
-    transaction."""
-    grouped: dict[str, dict[Any, dict[str, Any]]] = {}
+def group(
+    records: Sequence[dict[str, Any]],
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """Records (oldest first) by table, as every backend writes them: rows of keyed tables, the
+    latest record of a key winning (a step record's attempt included), and appended rows
+    (events, audit) in order, copied (a backend numbers its events)."""
+    keyed: dict[str, dict[Any, dict[str, Any]]] = {}
     appended: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         t = rec.get("t")
@@ -70,20 +71,29 @@ def fold(
         if table is None:
             continue
         if table in ("events", "audit"):
-            appended.setdefault(table, []).append(rec)
+            appended.setdefault(table, []).append(dict(rec))
             continue
         pk = TABLES[table][1]
-        grouped.setdefault(table, {})[tuple(rec.get(k) for k in pk)] = rec
+        keyed.setdefault(table, {})[tuple(rec.get(k) for k in pk)] = rec
         if t == "step" and rec.get("att"):
             att = dict(rec["att"], run_id=rec["run_id"], step_id=rec["step_id"])
             key = (att["run_id"], att["step_id"], att.get("phase"), att.get("attempt"))
-            grouped.setdefault("attempts", {})[key] = att
+            keyed.setdefault("attempts", {})[key] = att
+    return {t: list(rows.values()) for t, rows in keyed.items()}, appended
+
+
+def fold(
+    con: duckdb.DuckDBPyConnection, records: Sequence[dict[str, Any]], marks: Sequence[Mark]
+) -> None:
+    """Fold ``records`` (oldest first) into DuckDB and set each slot's mark, in one
+    transaction."""
+    grouped, appended = group(records)
     con.execute("BEGIN")
     try:
         if appended.get("events"):
             appended["events"] = _numbered(con, appended["events"])
         for table, rows in grouped.items():
-            _insert(con, table, list(rows.values()), replace=True)
+            _insert(con, table, rows, replace=True)
         for table, rows_ in appended.items():
             _insert(con, table, rows_, replace=False)
         for slot, gen, offset in marks:

@@ -42,12 +42,13 @@ from airun_nb.errors import StoreError
 from airun_nb.settings import environment as config
 from airun_nb.settings.environment import StoreURL
 from airun_nb.store import owner
+from airun_nb.store.fold import group
 from airun_nb.store.postgres import errors
 from airun_nb.store.postgres.schema import EVENT_SEQ_LOCK, LEASES, OUTPUTS, WRITER_LOCK, migrate
 from airun_nb.store.queries import Queries
 from airun_nb.store.queue import QueueStore
 from airun_nb.store.redaction import scrub
-from airun_nb.store.schema import _TS, NO_EXTENSIONS, RECORD_TABLE, TABLES
+from airun_nb.store.schema import _TS, NO_EXTENSIONS, TABLES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -114,28 +115,6 @@ def _pg_sql(sql: str) -> str:
 def run_lock_key(run_id: str) -> int:
     """The advisory lock key of a run: 63 bits of its id's hash."""
     return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=8).digest(), "big") >> 1
-
-
-def group(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], ...]:
-    """Records by table: rows of keyed tables (latest record of a key wins, as the fold does),
-    and appended rows (events, audit) in order."""
-    keyed: dict[str, dict[Any, dict[str, Any]]] = {}
-    appended: dict[str, list[dict[str, Any]]] = {}
-    for rec in records:
-        t = rec.get("t")
-        table = RECORD_TABLE.get(t or "")
-        if table is None:
-            continue
-        if table in ("events", "audit"):
-            appended.setdefault(table, []).append(dict(rec))
-            continue
-        pk = TABLES[table][1]
-        keyed.setdefault(table, {})[tuple(rec.get(k) for k in pk)] = dict(rec)
-        if t == "step" and rec.get("att"):
-            att = dict(rec["att"], run_id=rec["run_id"], step_id=rec["step_id"])
-            key = (att["run_id"], att["step_id"], att.get("phase"), att.get("attempt"))
-            keyed.setdefault("attempts", {})[key] = att
-    return {t: list(rows.values()) for t, rows in keyed.items()}, appended
 
 
 def _upsert_sql(table: str) -> str:
