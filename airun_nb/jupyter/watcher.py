@@ -111,10 +111,12 @@ class GateWatcher:
             # the lease over on its way out.
             self._settling[str(db)] = sig
             return
-        self._seen[str(db)] = sig
         self.reads += 1
         keys = [(w.run_id, w.gate_id) for w in widgets]
         rows = open_store(db).decided_gates(keys)
+        # Seen only once read: a look that failed (the store busy a while on a loaded machine)
+        # is made again at the next poll, or a decision recorded meanwhile would be missed.
+        self._seen[str(db)] = sig
         decided = {(r["run_id"], r["gate_id"]): r for r in rows}
         for w in widgets:
             row = decided.get((w.run_id, w.gate_id))
