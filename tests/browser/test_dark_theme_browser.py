@@ -1,10 +1,11 @@
 """A run's step table and its timeline in JupyterLab's dark theme, seen through headless Chromium.
 
-JupyterLab is switched to "JupyterLab Dark" before a notebook shows a stored run (one completed
-step, one failed step) with ``%workflow show`` and ``%workflow timeline``. The table's text and
-its status colours are read from the browser's computed styles and must contrast with the dark
-background the cell is drawn on; the timeline's screenshot must be a dark picture with ink on it,
-not a white slab.
+The front end (JupyterLab and Notebook 7 for the dark theme, JupyterLab for the light one) is
+switched to a theme before a notebook shows a stored run (one completed step, one failed step)
+with ``%workflow show`` and ``%workflow timeline``. The table's text and its status colours are
+read from the browser's computed styles and must contrast with the background the cell is drawn
+on; the timeline's screenshot must show that background with text and bars on it (in the dark
+theme: not a white slab). The contrast ratios and pixel shares are printed (``-s``).
 """
 
 from __future__ import annotations
@@ -144,26 +145,26 @@ def _ratios(c: dict[str, str]) -> dict[str, float]:
 
 @pytest.mark.browser
 @pytest.mark.timeout(300)
-def test_the_step_table_and_the_timeline_follow_the_dark_theme(lab) -> None:
-    """In JupyterLab Dark, the table's text and its green/red statuses stand out from the dark
+def test_the_step_table_and_the_timeline_follow_the_dark_theme(jupyter) -> None:
+    """In JupyterLab Dark (in JupyterLab and in Notebook 7), the table's text and its green/red statuses stand out from the dark
     background (contrast >= 4.5, WCAG AA for text), the purple of a gate is the lighter one, and
     the timeline is drawn on that background (almost no white pixels) with grey text on it."""
-    page, c = _show(lab, "JupyterLab Dark", "false")
+    page, c = _show(jupyter, "JupyterLab Dark", "false")
     assert _luminance(_rgba(c["background"])[:3]) < 0.05, f"not a dark background: {c}"
     ratios = _ratios(c)
     assert all(r >= 4.5 for r in ratios.values()), (ratios, c)
     assert _rgba(c["failed"])[0] > _rgba(c["failed"])[1] + 60, f"failed is not red: {c}"
     assert _rgba(c["completed"])[1] > _rgba(c["completed"])[0] + 40, f"not green: {c}"
     assert c["human"] == "#b083f0", c
-    page.element_screenshot(page.page.locator(".airun-run").first, lab.shot("dark-step-table"))
+    page.element_screenshot(page.page.locator(".airun-run").first, jupyter.shot("dark-step-table"))
 
-    pixels = _timeline(lab, page, "dark-timeline")
+    pixels = _timeline(jupyter, page, "dark-timeline")
     white = float((pixels.min(axis=1) >= 230).mean())
     dark = float((pixels.max(axis=1) <= 60).mean())
     assert white < 0.02, f"{white:.1%} of the timeline is near white"
     assert dark > 0.5, f"only {dark:.1%} of the timeline is the dark background"
     assert _ink(pixels) > 0.002, "no readable text or axes on the timeline"
-    page.screenshot(lab.shot("dark-theme"))
+    page.screenshot(jupyter.shot("dark-theme"))
     print(
         f"dark: contrast {ratios}; near-white {white:.4f}; dark {dark:.3f}; ink {_ink(pixels):.4f}"
     )
