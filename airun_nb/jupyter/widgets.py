@@ -324,9 +324,7 @@ class GateWidget(widgets.VBox):
                     self.status.value += f" (your click came too late: {html.escape(exc.message)})"
                     return
                 if isinstance(exc, AirunError):
-                    self.status.value = (
-                        f"<b style='color:var(--jp-error-color1, #cf222e)'>Refused:</b> {html.escape(exc.message)}"
-                    )
+                    self.status.value = f"<b style='color:var(--jp-error-color1, #cf222e)'>Refused:</b> {html.escape(exc.message)}"
                     self._buttons(True)
                     WATCHER.watch(self)
                     return
