@@ -13,22 +13,31 @@ from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
 
+# Each status is drawn in one of JupyterLab's theme colours (light and dark themes define them),
+# with the light colour as the fallback where no theme is loaded (nbconvert, other front ends).
+_ERROR = "var(--jp-error-color1, #cf222e)"
+_SUCCESS = "var(--jp-success-color1, #1a7f37)"
+_WARN = "var(--jp-warn-color0, #9a6700)"
+_BUSY = "var(--jp-brand-color1, #0969da)"
+_MUTED = "var(--jp-ui-font-color2, #57606a)"
+_IDLE = "var(--jp-ui-font-color2, #8c959f)"
+_HUMAN = "var(--airun-human-color, #8250df)"  # no theme colour is purple: set below per theme
 _STATUS_COLORS = {
-    "completed": "#1a7f37",
-    "replayed": "#57606a",
-    "running": "#0969da",
-    "pending": "#8c959f",
-    "failed": "#cf222e",
-    "interrupted": "#9a6700",
-    "skipped": "#8c959f",
-    "waiting": "#8250df",
-    "rejected": "#8250df",
-    "undone": "#9a6700",
-    "undoing": "#0969da",
-    "undo failed": "#cf222e",
-    "rolled_back": "#9a6700",
-    "rollback_failed": "#cf222e",
-    "rolling_back": "#0969da",
+    "completed": _SUCCESS,
+    "replayed": _MUTED,
+    "running": _BUSY,
+    "pending": _IDLE,
+    "failed": _ERROR,
+    "interrupted": _WARN,
+    "skipped": _IDLE,
+    "waiting": _HUMAN,
+    "rejected": _HUMAN,
+    "undone": _WARN,
+    "undoing": _BUSY,
+    "undo failed": _ERROR,
+    "rolled_back": _WARN,
+    "rollback_failed": _ERROR,
+    "rolling_back": _BUSY,
 }
 
 
@@ -254,9 +263,10 @@ def _rules(*tables: str) -> str:
         f"{each('')}{{border-collapse:collapse;border:none;margin:4px 0 0 0;"
         "table-layout:auto;width:auto;font-size:13px;color:inherit}"
         f"{each(' th')},{each(' td')}{{text-align:left;vertical-align:top;line-height:1.45;"
-        "padding:3px 16px 3px 0;border:none;border-bottom:1px solid #eaeef2;max-width:none;"
+        "padding:3px 16px 3px 0;border:none;"
+        "border-bottom:1px solid var(--jp-border-color2, #eaeef2);max-width:none;"
         "white-space:nowrap;background:none}"
-        f"{each(' th')}{{font-weight:600;border-bottom:2px solid #d0d7de}}"
+        f"{each(' th')}{{font-weight:600;border-bottom:2px solid var(--jp-border-color1, #d0d7de)}}"
         f"{each(' td.num')}{{text-align:right;font-variant-numeric:tabular-nums}}"
         f"{each(' td.note')}{{white-space:normal;min-width:12em}}"
         f"{each(' tbody tr:nth-child(n)')}{{background:none}}"
@@ -266,11 +276,13 @@ def _rules(*tables: str) -> str:
 TABLE_CLASS = "airun-table"
 CSS = (
     "<style>.airun-run{font-family:var(--jp-ui-font-family,system-ui,sans-serif);"
-    "font-size:13px;line-height:1.45;margin:4px 0;white-space:normal;text-align:left}"
+    "font-size:13px;line-height:1.45;margin:4px 0;white-space:normal;text-align:left;"
+    "color:var(--jp-content-font-color1, inherit)}"
+    'body[data-jp-theme-light="false"] .airun-run{--airun-human-color:#b083f0}'
     + _rules(TABLE_CLASS, "dataframe")
-    + ".airun-run details summary{cursor:pointer;color:#cf222e}"
+    + f".airun-run details summary{{cursor:pointer;color:{_ERROR}}}"
     ".airun-run pre{margin:4px 0;font-size:12px;line-height:1.35;white-space:pre-wrap}"
-    ".airun-error{color:#cf222e;margin-top:4px}</style>"
+    f".airun-error{{color:{_ERROR};margin-top:4px}}</style>"
 )
 
 
@@ -283,7 +295,7 @@ def _tb_html(tb: str | None) -> str:
 def render_html(view: RunView, *, limit: int = 200) -> str:
     rows = view.rows
     shown = rows if len(rows) <= limit else rows[:limit]
-    color = _STATUS_COLORS.get(view.status, "#57606a")
+    color = _STATUS_COLORS.get(view.status, _MUTED)
     out = [
         CSS,
         '<div class="airun-run">',
@@ -294,7 +306,7 @@ def render_html(view: RunView, *, limit: int = 200) -> str:
         "</tr></thead><tbody>",
     ]
     for r in shown:
-        c = _STATUS_COLORS.get(r["status"], "#57606a")
+        c = _STATUS_COLORS.get(r["status"], _MUTED)
         out.append(
             f"<tr><td><code>{html.escape(r['step'])}</code></td><td>{html.escape(str(r['kind']))}</td>"
             f'<td style="color:{c};font-weight:bold">{html.escape(str(r["status"]))}</td>'

@@ -4,6 +4,9 @@ gate waits and compensations in their own colours, with a legend.
 :func:`draw` returns a :class:`Timeline`, which displays itself in any front end (PNG and SVG
 for headless tools and nbconvert, HTML with the picture inline for notebooks) without
 ``%matplotlib``: it draws on an Agg canvas and never touches pyplot's global state.
+
+The picture has no background of its own and its text, axes and grid are a mid-tone grey, so it
+reads the same on a light and a dark theme (JupyterLab's dark theme shows no white slab).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ _COLORS = {
 _GATE = "#8250df"
 _UNDO = "#fb8f44"
 _RETRIED = "#ff8182"
+_INK = "#7d8590"  # text, axes and grid: contrast >= 3.5 on white and on JupyterLab's dark #111
+_EDGE = "#57606a"
 
 
 def _isna(value: Any) -> bool:
@@ -43,7 +48,7 @@ class Timeline:
 
     def _image(self, fmt: str) -> bytes:
         buf = io.BytesIO()
-        self.figure.savefig(buf, format=fmt, dpi=100, bbox_inches="tight")
+        self.figure.savefig(buf, format=fmt, dpi=100, bbox_inches="tight", transparent=True)
         return buf.getvalue()
 
     def _repr_png_(self) -> bytes:
@@ -67,7 +72,7 @@ class Timeline:
         }
 
     def save(self, path: str) -> None:
-        self.figure.savefig(path, dpi=100, bbox_inches="tight")
+        self.figure.savefig(path, dpi=100, bbox_inches="tight", transparent=True)
 
     def __repr__(self) -> str:
         return f"<timeline of {self.title}>"
@@ -115,7 +120,7 @@ def draw(df: Any, *, gates: Any = None, title: str | None = None) -> Timeline:
         width = max(((end if not _isna(end) else start) - start).total_seconds(), least)
         ax.barh(
             y, width, left=left, height=0.62, color=color, hatch=hatch,
-            edgecolor="#24292f", linewidth=0.3, label=None if label in used else label,
+            edgecolor=_EDGE, linewidth=0.3, label=None if label in used else label,
         )  # fmt: skip
         used.add(label)
 
@@ -142,20 +147,26 @@ def draw(df: Any, *, gates: Any = None, title: str | None = None) -> Timeline:
         range(len(order)), labels=[_plain(o) for o in order], fontsize=9 if n <= 40 else 6
     )
     ax.set_ylim(n - 0.5, -0.5)
-    ax.set_xlabel("seconds since the run's first attempt")
-    ax.grid(axis="x", color="#d0d7de", linewidth=0.5)
+    ax.set_xlabel("seconds since the run's first attempt", color=_INK)
+    ax.grid(axis="x", color=_INK, linewidth=0.5, alpha=0.45)
     ax.set_axisbelow(True)
-    ax.set_title(_plain(title), fontsize=11)
+    ax.set_title(_plain(title), fontsize=11, color=_INK)
+    ax.tick_params(colors=_INK)
+    for spine in ax.spines.values():
+        spine.set_color(_INK)
     colors = {**_COLORS, "failed, retried": _RETRIED}
     handles = [
         Patch(
             facecolor=_GATE if lab == "gate wait" else _UNDO if lab == "compensation" else colors.get(lab, "#8c959f"),
             hatch=".." if lab == "gate wait" else "//" if lab == "compensation" else None,
-            edgecolor="#24292f", label=lab,
+            edgecolor=_EDGE, label=lab,
         )
         for lab in sorted(used)
     ]  # fmt: skip
     if handles:
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+        ax.legend(
+            handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
+            frameon=True, facecolor="none", edgecolor=_INK, labelcolor=_INK,
+        )  # fmt: skip
     fig.tight_layout()
     return Timeline(fig, title)

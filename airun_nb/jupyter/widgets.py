@@ -324,9 +324,7 @@ class GateWidget(widgets.VBox):
                     self.status.value += f" (your click came too late: {html.escape(exc.message)})"
                     return
                 if isinstance(exc, AirunError):
-                    self.status.value = (
-                        f"<b style='color:#cf222e'>Refused:</b> {html.escape(exc.message)}"
-                    )
+                    self.status.value = f"<b style='color:var(--jp-error-color1, #cf222e)'>Refused:</b> {html.escape(exc.message)}"
                     self._buttons(True)
                     WATCHER.watch(self)
                     return
@@ -366,7 +364,7 @@ class GateWidget(widgets.VBox):
                 runner.prepare(resume=self.run_id)
         except AirunError as exc:
             self.status.value = (
-                f"<b style='color:#cf222e'>Not recorded:</b> the run cannot continue in this "
+                f"<b style='color:var(--jp-error-color1, #cf222e)'>Not recorded:</b> the run cannot continue in this "
                 f"kernel: {html.escape(exc.message)}. Define what is missing (run the "
                 "notebook's cells above), then click again."
             )
@@ -451,7 +449,7 @@ class GateWidget(widgets.VBox):
         try:
             done = cancel(self.run_id, channel="widget", db=self.db, namespace=self.namespace)
         except AirunError as exc:
-            self.status.value = f"<b style='color:#cf222e'>Refused:</b> {html.escape(exc.message)}"
+            self.status.value = f"<b style='color:var(--jp-error-color1, #cf222e)'>Refused:</b> {html.escape(exc.message)}"
             WATCHER.watch(self)
             return
         self.decided = True
