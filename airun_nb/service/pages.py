@@ -146,14 +146,32 @@ async def logout(request: Request) -> Response:
     return RedirectResponse("/login", status_code=303)
 
 
+def _by_urgency(gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Yours first, then the most urgent (no deadline last)."""
+    return sorted(
+        gates, key=lambda g: (not g["may_decide"], g["deadline"] is None, g["deadline"] or "")
+    )
+
+
+def next_gate(store: Any, user: str, after: tuple[str, str]) -> dict[str, str] | None:
+    """The open gate ``user`` may decide that is most urgent, other than ``after``: where the
+    page takes a busy approver once a decision is made (None: nothing else waits for them)."""
+    for g in _by_urgency(overview.open_gates(store, user, decidable_only=True)):
+        if (g["run_id"], g["gate_id"]) != after:
+            due = f", {_due(g['deadline'])}" if g.get("deadline") else ""
+            return {
+                "url": f"/runs/{quote(g['run_id'])}/gates/{quote(g['gate_id'])}",
+                "label": f"gate {g['gate_id']} of run {g['run_id']}{due}",
+            }
+    return None
+
+
 @router.get("/approvals", response_class=HTMLResponse)
 def approvals_page(request: Request) -> Response:
     who = session_identity(request)
     if who is None:
         return _login_redirect(request)
-    gates = overview.open_gates(store_of(request), who.user)
-    # yours first, then the most urgent (no deadline last)
-    gates.sort(key=lambda g: (not g["may_decide"], g["deadline"] is None, g["deadline"] or ""))
+    gates = _by_urgency(overview.open_gates(store_of(request), who.user))
     # the page's event stream starts where this list was read: no decision falls in between
     cursor = store_of(request).event_cursor()
     return _render(request, "approvals.html", who, gates=gates, cursor=cursor)
@@ -357,7 +375,14 @@ async def decide(request: Request, run_id: str, gate_id: str) -> Response:
     except AirunError as exc:
         request.session["flash"] = {"kind": "error", "text": exc.message, "code": status_of(exc)}
     else:
-        request.session["flash"] = {"kind": "ok", "text": decided_flash(out, who.user, store)}
+        following = await anyio.to_thread.run_sync(
+            lambda: next_gate(store, who.user, (run_id, gate_id))
+        )
+        request.session["flash"] = {
+            "kind": "ok",
+            "text": decided_flash(out, who.user, store),
+            "next": following or {},
+        }
     return RedirectResponse(f"/runs/{quote(run_id)}/gates/{quote(gate_id)}", status_code=303)
 
 

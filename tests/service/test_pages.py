@@ -269,3 +269,36 @@ def test_the_approvals_page_counts_gates_and_sorts_them_by_deadline(
     assert re.search(r"id=.gate-count.>2<", text)
     assert text.index(f"gate-{sooner}-review") < text.index(f"gate-{later}-review")
     assert re.search(r"due in 1h 5\dm", text) and re.search(r"due in 4h 5\dm", text)
+
+
+def test_after_a_decision_the_page_offers_the_next_gate_that_waits_for_you(
+    server: Server, env: Path
+) -> None:
+    """A busy lead decides one of two open gates on the page: the confirmation links to the
+    other one (the next that waits for them); deciding that one too says nothing else waits."""
+    first = start(env)
+    second = (
+        Workflow.from_yaml(gated_spec(notify="collect"))
+        .run(db=env, namespace=dict(NAMESPACE, collect=lambda payload: None), new=True)
+        .run_id
+    )
+    assert second != first
+    bob = make_token(env, "bob")
+    with server.client() as c:
+        login(c, bob)
+        page = c.get("/approvals")
+        done = c.post(
+            f"/runs/{first}/gates/review/decide",
+            data={"csrf": csrf_of(page), "decision": "approve"},
+        )
+        after = c.get(done.headers["location"])
+        assert f'href="/runs/{second}/gates/review"' in after.text, after.text
+        assert f"Next: gate review of run {second}" in after.text
+        nxt = c.get(f"/runs/{second}/gates/review")
+        done = c.post(
+            f"/runs/{second}/gates/review/decide",
+            data={"csrf": csrf_of(nxt), "decision": "reject", "comment": "not now"},
+        )
+        last = c.get(done.headers["location"])
+        assert "Nothing else waits for you." in last.text and "Next: gate" not in last.text
+    assert gate_status(env, first) == "approved" and gate_status(env, second) == "rejected"
