@@ -83,32 +83,25 @@ GATE_STATUSES = (G_OPEN, G_APPROVED, G_REJECTED, G_EXPIRED, G_CANCELLED)
 # rollback may start from any status but rolled_back and cancelled (and may fail before its first
 # compensation: rollback_failed), and a run nobody wants any more ends cancelled (with or without
 # a rollback first).
+# What may follow a run that is under way (running, or waiting at a gate).
+_UNDER_WAY = {
+    RUNNING,
+    WAITING,
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    ROLLING_BACK,
+    CANCELLED,
+    ROLLBACK_FAILED,
+}
 RUN_TRANSITIONS: dict[str, set[str]] = {
     # (queued -> failed: a worker could not start it, say its code was missing)
     QUEUED: {RUNNING, CANCELLED, FAILED},
     # (pending -> failed / rollback_failed: an error before the run got going is recorded too)
     PENDING: {RUNNING, ROLLING_BACK, CANCELLED, FAILED, ROLLBACK_FAILED},
     # running -> cancelled: a run whose process died (a live owner is refused before this)
-    RUNNING: {
-        RUNNING,
-        WAITING,
-        COMPLETED,
-        FAILED,
-        INTERRUPTED,
-        ROLLING_BACK,
-        CANCELLED,
-        ROLLBACK_FAILED,
-    },
-    WAITING: {
-        RUNNING,
-        WAITING,
-        COMPLETED,
-        FAILED,
-        INTERRUPTED,
-        ROLLING_BACK,
-        CANCELLED,
-        ROLLBACK_FAILED,
-    },
+    RUNNING: set(_UNDER_WAY),
+    WAITING: set(_UNDER_WAY),
     FAILED: {RUNNING, ROLLING_BACK, CANCELLED, ROLLBACK_FAILED},
     INTERRUPTED: {RUNNING, ROLLING_BACK, CANCELLED, ROLLBACK_FAILED},
     COMPLETED: {RUNNING, ROLLING_BACK, ROLLBACK_FAILED},
