@@ -35,15 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from airun_nb import capabilities
 from airun_nb.errors import AirunError
 from airun_nb.governance import seedpolicy as policy_dialect
 from airun_nb.settings import environment
 from airun_nb.settings import file as settings
 from airun_nb.settings.environment import current as settings_now
-from airun_nb.yamlreader import safe as yamlsafe
+
+# The capability registry (which imports DuckDB, regex and the built-in families) and the YAML
+# reader load when a rule is matched or a policy text is parsed, not with this module: deciding a
+# gate with no policy configured (`airun approve`) never needs them.
 
 DECISIONS = ("allow", "require_approval", "deny")
 _STRICTNESS = {d: i for i, d in enumerate(DECISIONS)}
@@ -98,6 +98,8 @@ def principal_names(principal: str) -> set[str]:
 
 def _names_of(capability: str) -> set[str]:
     """A capability and every alias it is known by (the seed dialect's ids)."""
+    from airun_nb import capabilities
+
     real = capabilities.canonical(capability)
     names = {capability, real, *(a for a, t in capabilities.ALIASES.items() if t == real)}
     old = policy_dialect.OLD_IDS.items()
@@ -119,6 +121,8 @@ class Ordered:
 
 def known_capabilities() -> set[str]:
     """Every name a rule may match: registered capabilities, their aliases, the step kinds."""
+    from airun_nb import capabilities
+
     return {
         *capabilities.registry._REGISTRY,
         *capabilities.ALIASES,
@@ -471,6 +475,10 @@ def parse(
     """Parse a policy. ``check_roles=False`` leaves unknown roles to be checked later (a
     workflow's own rules may use the roles of the configured policy)."""
     if isinstance(text_or_doc, str):
+        import yaml
+
+        from airun_nb.yamlreader import safe as yamlsafe
+
         try:
             doc = yamlsafe.load(text_or_doc, where=source) or {}
         except yamlsafe.YamlLimitError as exc:

@@ -40,7 +40,7 @@ else:
     code = 0
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"pandas", "pyarrow", "nbclient",
     "jupyter_client", "IPython", "jinja2", "numpy"})
-print("PROBE " + json.dumps({"code": code, "heavy": heavy}))
+print("PROBE " + json.dumps({"code": code, "heavy": heavy, "modules": sorted(sys.modules)}))
 """
 
 
@@ -68,6 +68,9 @@ def gated_run(db: Path) -> str:
 def test_read_commands_import_no_dataframe_or_kernel_library(
     db: Path, gated_run: str, command: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each terminal read (and `airun approve`) works in a fresh interpreter without loading
+    pandas, pyarrow, numpy, Jinja2 or the kernel libraries; approving loads no YAML reader,
+    capability registry or engine either."""
     args = {
         "runs": ["runs"],
         "show": ["show", gated_run],
@@ -80,6 +83,12 @@ def test_read_commands_import_no_dataframe_or_kernel_library(
     assert report["heavy"] == [], out
     if command == "approve":
         assert "approved gate review" in out
+        # With no policy configured, deciding a gate needs the store and the gate, not the
+        # capability registry, the YAML reader or the engine.
+        loaded = set(report["modules"])
+        tops = {m.split(".")[0] for m in loaded}
+        assert not tops & {"yaml", "regex"}, out
+        assert not {m for m in loaded if m.startswith(("airun_nb.capabilities", "airun_nb.engine"))}
     if command == "show":
         assert "review" in out and "prep" in out
 
