@@ -8,6 +8,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from airun_nb.engine.fingerprint import Fingerprinter
 from airun_nb.store import framehash
@@ -101,3 +103,39 @@ def test_string_columns_of_a_big_frame_are_hashed_by_their_arrow_buffers(change)
     result = change(frame)
     after = _hash(result if isinstance(result, pd.DataFrame) else frame)
     assert after != before
+
+
+_TEXT = st.one_of(st.none(), st.text(max_size=12))
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> tuple[list[str | None], list[float]]:
+    n = draw(st.integers(min_value=1, max_value=40))
+    texts = draw(st.lists(_TEXT, min_size=n, max_size=n))
+    numbers = draw(st.lists(st.floats(allow_nan=False, width=64), min_size=n, max_size=n))
+    return texts, numbers
+
+
+def _frame(texts: list[str | None], numbers: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"s": pd.array(texts, dtype="str"), "x": numbers})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_frames(), st.data())
+def test_the_byte_hash_of_string_columns_sees_every_change(
+    frame_values: tuple[list[str | None], list[float]], data: st.DataObject
+) -> None:
+    """Property: two frames built from the same values hash alike by their bytes (pandas'
+    Arrow-backed ``str`` columns through their Arrow buffers), and replacing any one string
+    (or missing value) by another value gives another hash."""
+    texts, numbers = frame_values
+    meta = repr(("DataFrame", ["s", "x"]))
+    frame = _frame(texts, numbers)
+    assert hasattr(frame["s"].array, "_pa_array")  # the Arrow path is the one under test
+    same = framehash.digest(_frame(list(texts), list(numbers)), meta)
+    assert framehash.digest(frame, meta) == same
+    i = data.draw(st.integers(min_value=0, max_value=len(texts) - 1), label="row")
+    other = data.draw(_TEXT.filter(lambda v: v != texts[i]), label="new value")
+    changed = list(texts)
+    changed[i] = other
+    assert framehash.digest(_frame(changed, numbers), meta) != same
