@@ -63,6 +63,39 @@ class RunView:
     status: str
     error: str | None
     rows: list[dict[str, Any]]
+    # A view of only the rows a table draws (a live table's redraw of a long run) keeps the
+    # run's counts here; rows then holds the first and the last rows, the middle left out.
+    total: int | None = None
+    ran: int | None = None
+    replayed: int | None = None
+
+    def counts(self) -> tuple[int, int, int]:
+        """(steps, steps that ran, steps replayed) of the whole run."""
+        if self.total is not None and self.ran is not None and self.replayed is not None:
+            return self.total, self.ran, self.replayed
+        ran = sum(1 for r in self.rows if r["status"] not in _NOT_RAN)
+        replayed = sum(1 for r in self.rows if r["status"] == "replayed")
+        return len(self.rows), ran, replayed
+
+
+_NOT_RAN = ("replayed", "pending", "skipped")
+TEXT_LIMIT = 60  # rows the text form shows: the first and the last half of them
+HTML_LIMIT = 200  # rows the HTML form shows: the first ones
+
+
+class _Part:
+    """A run seen through some of its steps (for :func:`view_of_run`)."""
+
+    def __init__(self, run: Any, steps: list[Any]) -> None:
+        self.run_id, self.status, self.error = run.run_id, run.status, run.error
+        self.states = run.states
+        self.spec = _Steps(run.spec.name, steps)
+
+
+@dataclass
+class _Steps:
+    name: str
+    steps: list[Any]
 
 
 _ROLLBACK = ("rolling_back", "rolled_back", "rollback_failed")
@@ -133,12 +166,26 @@ def _live_note(st: Any, now: float) -> str:
     return st.error or st.reason or ""
 
 
-def view_of_run(run: Any) -> RunView:
+def view_of_run(run: Any, *, head: int | None = None, tail: int = 0) -> RunView:
     """The table of a run that is executing (or just finished) in this process: anything
-    with ``spec``, ``states``, ``run_id``, ``status`` and ``error`` (the runner)."""
+    with ``spec``, ``states``, ``run_id``, ``status`` and ``error`` (the runner).
+
+    With ``head``, a run of more than ``head + tail`` steps gets rows for its first ``head``
+    and last ``tail`` steps only, and its counts: what a redraw shows of a 10,000-step run
+    costs what its few hundred drawn rows cost, not a row per step."""
     now = time.time()
+    steps = run.spec.steps
+    if head is not None and len(steps) > head + tail:
+        ran = replayed = 0
+        for st in run.states.values():
+            shown = shown_status(st.status, st.replayed, st.comp_status, run.status, st.error)
+            ran += shown not in _NOT_RAN
+            replayed += shown == "replayed"
+        part = view_of_run(_Part(run, [*steps[:head], *steps[len(steps) - tail :]]))
+        part.total, part.ran, part.replayed = len(steps), ran, replayed
+        return part
     rows = []
-    for s in run.spec.steps:
+    for s in steps:
         st = run.states[s.id]
         shown = shown_status(st.status, st.replayed, st.comp_status, run.status, st.error)
         dur = None
@@ -219,15 +266,14 @@ def _error_line(view: RunView, shown: Sequence[Mapping[str, Any]]) -> bool:
     return all(r["note"] != view.error for r in shown)
 
 
-def render_text(view: RunView, *, limit: int = 60) -> str:
+def render_text(view: RunView, *, limit: int = TEXT_LIMIT) -> str:
     rows = view.rows
-    ran = sum(1 for r in rows if r["status"] not in ("replayed", "pending", "skipped"))
-    replayed = sum(1 for r in rows if r["status"] == "replayed")
+    total, ran, replayed = view.counts()
     head = (
         f"run {view.run_id} · {view.workflow} · {view.status} · "
-        f"{len(rows)} steps ({ran} ran, {replayed} replayed)"
+        f"{total} steps ({ran} ran, {replayed} replayed)"
     )
-    shown = rows if len(rows) <= limit else rows[: limit // 2] + rows[-limit // 2 :]
+    shown = rows if total <= limit else rows[: limit // 2] + rows[-limit // 2 :]
     w_step = max([4, *(len(r["step"]) for r in shown)])
     w_kind = max([4, *(len(r["kind"]) for r in shown)])
     w_status = max([6, *(len(r["status"]) for r in shown)])
@@ -236,8 +282,8 @@ def render_text(view: RunView, *, limit: int = 60) -> str:
         f"  {'step':<{w_step}}  {'kind':<{w_kind}}  {'status':<{w_status}}  attempts  duration  note",
     ]
     for i, r in enumerate(shown):
-        if len(rows) > limit and i == limit // 2:
-            lines.append(f"  ... {len(rows) - limit} more steps ...")
+        if total > limit and i == limit // 2:
+            lines.append(f"  ... {total - limit} more steps ...")
         long = len(r["note"]) > 90 and r["note"] != view.error  # the reason is shown whole
         note = r["note"][:87] + "..." if long else r["note"]
         lines.append(
@@ -292,9 +338,10 @@ def _tb_html(tb: str | None) -> str:
     return f"<details><summary>traceback</summary><pre>{html.escape(tb)}</pre></details>"
 
 
-def render_html(view: RunView, *, limit: int = 200) -> str:
+def render_html(view: RunView, *, limit: int = HTML_LIMIT) -> str:
     rows = view.rows
-    shown = rows if len(rows) <= limit else rows[:limit]
+    total = view.counts()[0] if view.total is not None else len(rows)
+    shown = rows if total <= limit else rows[:limit]
     color = _STATUS_COLORS.get(view.status, _MUTED)
     out = [
         CSS,
@@ -314,8 +361,8 @@ def render_html(view: RunView, *, limit: int = 200) -> str:
             f'<td class="num">{html.escape(_dur(r["duration"]))}</td>'
             f'<td class="note">{html.escape(r["note"])}{_tb_html(r.get("traceback"))}</td></tr>'
         )
-    if len(rows) > limit:
-        out.append(f"<tr><td colspan=6>... {len(rows) - limit} more steps</td></tr>")
+    if total > limit:
+        out.append(f"<tr><td colspan=6>... {total - limit} more steps</td></tr>")
     out.append("</tbody></table>")
     if _error_line(view, shown):
         out.append(f'<div class="airun-error">error: {html.escape(str(view.error))}</div>')

@@ -15,7 +15,13 @@ from airun_nb.engine.ledger import Listener
 from airun_nb.engine.runner import Runner
 from airun_nb.engine.state import StepState
 from airun_nb.errors import AirunError, WorkflowFailed
-from airun_nb.history.steptable import render_html, render_text, view_of_run
+from airun_nb.history.steptable import (
+    HTML_LIMIT,
+    TEXT_LIMIT,
+    render_html,
+    render_text,
+    view_of_run,
+)
 
 MIN_INTERVAL = 0.1  # at most 10 redraws a second, however fast steps change
 TICK = 0.5  # while a step runs (or waits), its elapsed time is redrawn this often
@@ -44,7 +50,8 @@ def said_once(exc: AirunError, engine: Runner) -> str:
 
 class _Snapshot:
     def __init__(self, engine: Runner) -> None:
-        self.view = view_of_run(engine)
+        # Only the rows the two forms draw: a redraw of a long run costs its drawn rows.
+        self.view = view_of_run(engine, head=HTML_LIMIT, tail=TEXT_LIMIT // 2)
 
     def __repr__(self) -> str:
         return render_text(self.view)
@@ -205,4 +212,4 @@ class WidgetTable(Listener):
 
     def _redraw(self) -> None:
         if self._engine is not None:
-            self.html.value = render_html(view_of_run(self._engine))
+            self.html.value = render_html(view_of_run(self._engine, head=HTML_LIMIT))
