@@ -716,40 +716,84 @@ def sqlite_peer(path: Path, rows: int) -> float | None:
 
 
 # ---------------------------------------------------------------------- CLI
+GATED = {
+    "name": "gated",
+    "steps": [
+        {"id": "prep", "call": "f"},
+        {"id": "review", "approval": {"message": "Ship?"}, "needs": ["prep"]},
+    ],
+}
+
+
+def _wall_cpu(commands: list[list[str]]) -> tuple[float, float]:
+    """Median wall time and median CPU time (user + system) of running each command once."""
+    import resource
+
+    walls, cpus = [], []
+    for args in commands:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        subprocess.run(args, capture_output=True, check=True, timeout=120)
+        walls.append(time.perf_counter() - t)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def bench_cli() -> None:
     from airun_nb import Workflow
 
-    log("airun runs from a terminal")
+    log("airun runs, airun approve and airun --help from a terminal")
     with fresh_dir("cli") as d:
         db = d / "airun.duckdb"
         for _ in range(20):
             Workflow.from_dict(SMALL).run(db=db, namespace={"f": _one}, new=True)
+        gated = [
+            Workflow.from_dict(GATED).run(db=db, namespace={"f": _one}, new=True).run_id
+            for _ in range(5)
+        ]
         release(db)
-
-        def wall(args: list[str]) -> float:
-            times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                subprocess.run(args, capture_output=True, check=True, timeout=120)
-                times.append(time.perf_counter() - t)
-            return statistics.median(times)
-
         py = sys.executable
-        ours = wall([py, "-m", "airun_nb", "runs", "--db", str(db)])
-        bare = wall([py, "-c", "pass"])
-        floor = wall(
-            [
-                py,
-                "-c",
-                f"import duckdb; c = duckdb.connect({str(db)!r}); "
-                "c.execute('SELECT * FROM runs').fetchall()",
-            ]
+        runs = _wall_cpu([[py, "-m", "airun_nb", "runs", "--db", str(db)]] * 5)
+        approve = _wall_cpu(
+            [[py, "-m", "airun_nb", "approve", r, "review", "--db", str(db)] for r in gated]
         )
+        helps = _wall_cpu([[py, "-m", "airun_nb", "--help"]] * 5)
+        bare = _wall_cpu([[py, "-c", "pass"]] * 5)
+        imported = _wall_cpu([[py, "-c", "import duckdb"]] * 5)
+        floor = _wall_cpu(
+            [
+                [
+                    py,
+                    "-c",
+                    f"import duckdb; c = duckdb.connect({str(db)!r}); "
+                    "c.execute('SELECT * FROM runs').fetchall()",
+                ]
+            ]
+            * 5
+        )
+
+    def both(x: tuple[float, float]) -> str:
+        return f"{x[0]:.3f} s (CPU {x[1]:.3f} s)"
+
     row(
         "`airun runs` from a terminal (median of 5)",
-        f"{ours:.3f} s",
-        f"python -c pass {bare:.3f} s; python + import duckdb + one SELECT {floor:.3f} s",
-        f"{ours / floor:.2f}x the DuckDB floor; {ours - floor:+.3f} s over it",
+        both(runs),
+        f"python -c pass {both(bare)}; python + import duckdb + one SELECT {both(floor)}",
+        f"{runs[0] / floor[0]:.2f}x the DuckDB floor; {runs[0] - floor[0]:+.3f} s over it",
+    )
+    row(
+        "`airun approve` from a terminal (median of 5 gates)",
+        both(approve),
+        f"python + import duckdb {both(imported)}; + connect + one SELECT {both(floor)}",
+        f"{approve[0] / floor[0]:.2f}x the DuckDB floor (CPU {approve[1] / floor[1]:.2f}x); "
+        f"{approve[0]:.2f} s (goal <= 0.4 s idle)",
+    )
+    row(
+        "`airun --help` (median of 5)",
+        both(helps),
+        f"python -c pass {both(bare)}",
+        f"{helps[0]:.2f} s (goal <= 0.2 s idle); {helps[0] - bare[0]:+.3f} s over python",
     )
 
 
@@ -805,6 +849,43 @@ def bench_frame(mb: int) -> None:
     )
 
 
+def bench_small_outputs(n: int) -> None:
+    """The store's size after ``n`` runs that each output a 100-row DataFrame."""
+    import numpy as np
+    import pandas as pd
+
+    from airun_nb import Workflow
+
+    log(f"{n} runs, each outputting a 100-row DataFrame: the store's size")
+
+    def frame(i: int) -> pd.DataFrame:
+        rng = np.random.default_rng(i)
+        return pd.DataFrame(
+            {
+                "id": np.arange(100) + 100 * i,
+                "value": rng.random(100),
+                "name": [f"item-{i}-{j}" for j in range(100)],
+            }
+        )
+
+    doc = {"name": "frames", "steps": [{"id": "out", "call": "make"}]}
+    with fresh_dir("outputs") as d:
+        db = d / "airun.duckdb"
+        for i in range(n):
+            Workflow.from_dict(doc).run(db=db, namespace={"make": lambda i=i: frame(i)}, new=True)
+        release(db)
+        size = db.stat().st_size
+        frame(0).to_parquet(d / "one.parquet")
+        one = (d / "one.parquet").stat().st_size
+    per_run = size / n
+    row(
+        f"{n} runs each outputting a 100-row DataFrame (3 columns): store size",
+        f"{size / 1e6:.1f} MB, {per_run / 1024:.1f} KB a run",
+        f"the frame as Parquet {one / 1024:.1f} KB",
+        f"{per_run / one:.0f}x the Parquet size a run (goal: a few times)",
+    )
+
+
 def bench_parallel(steps: int, workers: int) -> None:
     from airun_nb import Workflow
 
@@ -834,7 +915,7 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="",
-        help="comma list: small,procs,resume,parse,history,cli,frame,parallel,readers",
+        help="comma list: small,procs,resume,parse,history,cli,frame,parallel,readers,outputs",
     )
     args = ap.parse_args()
     q = args.quick
@@ -847,6 +928,7 @@ def main() -> None:
         "cli": bench_cli,
         "frame": lambda: bench_frame(10 if q else 100),
         "parallel": lambda: bench_parallel(16 if q else 64, 8),
+        "outputs": lambda: bench_small_outputs(50 if q else 200),
         "readers": lambda: bench_readers(250, 4, 30 if q else 100),
     }
     chosen = [s for s in args.only.split(",") if s] or list(plan)
