@@ -6,9 +6,11 @@
 
 Rows (see benchmarks/README.md): many small runs in 1 and 4 processes, re-running a 10k-step
 cell that resumes (same process and fresh process), parsing 10k/50k-step specs, steps() and an
-aggregation over a 1M-row store (built once, cached in benchmarks/.cache), the CLI's wall time,
-a 100 MB DataFrame checkpoint and parallel I/O steps. Every ratio divides two figures taken in
-this run, so load on the machine moves both sides. Progress goes to stderr, the table to stdout.
+aggregation over a 1M-row store (built once, cached in benchmarks/.cache), the wall and CPU time
+of `airun runs`, `airun approve` and `airun --help`, a 100 MB DataFrame checkpoint, parallel I/O
+steps, and the store's size after 200 runs with 100-row DataFrame outputs. Every ratio divides
+two figures taken in this run, so load on the machine moves both sides. Progress goes to stderr,
+the table to stdout.
 """
 
 from __future__ import annotations
