@@ -14,7 +14,8 @@ from airun_nb.errors import AirunError
 @click.command("mcp")
 @click.option(
     "--db",
-    help="Store file (default: $AIRUN_DB or ./airun.duckdb).",
+    metavar="PATH|URL",
+    help="Store file or postgresql:// URL (default: $AIRUN_DB or ./airun.duckdb).",
     envvar="AIRUN_DB",
 )
 @click.option(
@@ -39,8 +40,6 @@ def mcp_cmd(db: str | None, principal: str | None, transport: str, port: int) ->
     from airun_nb.settings import file as settings
     from airun_nb.settings.environment import resolve_db
 
-    if db is not None and "://" in db:
-        raise AirunError(f"--db {db}: a store is a file path here (no store server is set up)")
     who = principal or settings.agent_server().get("principal")
     if not who:
         raise AirunError(

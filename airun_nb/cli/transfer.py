@@ -48,6 +48,14 @@ def _open(where: str | Path | None, *, create: bool, flag: str) -> Backend:
         raise
 
 
+def _who() -> str:
+    """Who copies the run: in the destination it is launched by them (the first launcher is
+    kept as provenance)."""
+    from airun_nb.governance import identity
+
+    return identity.current()
+
+
 def _parent(bundle: dict[str, Any], dest: Backend, where: str) -> str:
     """A fork reuses outputs of the run it was forked from: say when that run is not there."""
     parent = (bundle.get("runs") or [{}])[0].get("forked_from")
@@ -86,7 +94,7 @@ def push_cmd(run_id: str, to: str, db: str | None, replace: bool) -> None:
 
         source = _open(db, create=False, flag="--db or AIRUN_DB")
         dest = _open(to, create=False, flag="--to")
-        bundle = transfer.copy_run(source, dest, run_id, replace=replace)
+        bundle = transfer.copy_run(source, dest, run_id, by=_who(), replace=replace)
         return f"pushed {run_id}: {transfer.summary(bundle)} to {to}" + _parent(bundle, dest, to)
 
     _run(do)
@@ -122,7 +130,7 @@ def pull_cmd(
         source = _open(from_, create=False, flag="--from")
         dest = _open(db, create=True, flag="--db")
         bundle = transfer.copy_run(
-            source, dest, run_id, replace=replace, trust_stored_code=trust_stored_code
+            source, dest, run_id, by=_who(), replace=replace, trust_stored_code=trust_stored_code
         )
         line = f"pulled {run_id}: {transfer.summary(bundle)} from {from_}"
         return line + _parent(bundle, dest, db or "this store")

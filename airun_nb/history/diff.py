@@ -110,12 +110,15 @@ def _outputs(
 
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = 'outputs' AND table_name = ? ORDER BY ordinal_position",
-        [table],
-    ).fetchall()
-    return [r[0] for r in rows]
+    """The columns of output table ``table`` ([] when it is missing). Naming the table in the
+    statement is what makes a team store's session load it from the server."""
+    try:
+        cur = con.execute(f"SELECT * FROM outputs.{quote_ident(table)} LIMIT 0")
+    except duckdb.CatalogException:
+        return []
+    names = [d[0] for d in cur.description or ()]
+    cur.fetchall()  # (no rows: done with the statement before the next one)
+    return names
 
 
 def _tables(con: duckdb.DuckDBPyConnection, ta: str, tb: str) -> tuple[bool, str]:
@@ -138,7 +141,8 @@ def _tables(con: duckdb.DuckDBPyConnection, ta: str, tb: str) -> tuple[bool, str
                coalesce(sum(CASE WHEN a.__airun_row AND b.__airun_row THEN {cells or "0"} END), 0)
         FROM (SELECT {sel} FROM {qa}) a POSITIONAL JOIN (SELECT {sel} FROM {qb}) b
     """
-    n_a, n_b, changed = con.execute(query).fetchone() or (0, 0, 0)
+    # (fetchall: the statement is finished before a team store's session loads the next table)
+    n_a, n_b, changed = (con.execute(query).fetchall() or [(0, 0, 0)])[0]
     parts = []
     if (n_a, len(cols_a)) != (n_b, len(cols_b)):
         parts.append(f"shape {n_a}x{len(cols_a)} → {n_b}x{len(cols_b)}")

@@ -135,7 +135,8 @@ def runs(
         SELECT r.run_id, r.workflow, r.status, r.launched_by, r.created_at, r.started_at,
                r.finished_at, count(s.step_id) AS steps,
                count(*) FILTER (WHERE s.status = 'completed') AS completed_steps,
-               r.failed_step, r.error, r.seeded_from, r.params, r.owner_pid
+               r.failed_step, r.error, r.seeded_from, r.params, r.owner_pid, r.copied_from,
+               r.origin_launcher
         FROM runs r LEFT JOIN steps s USING (run_id) {where}
         GROUP BY ALL
         """,
@@ -308,14 +309,15 @@ def audit(
 ) -> pd.DataFrame:
     """The audit trail: every policy decision, human decision, capability execution, undo and
     compensation, oldest first, with secrets already redacted; ``status=`` keeps the entries of
-    runs in that status."""
+    runs in that status. ``copied_from`` names the store that recorded a row copied in by
+    ``airun pull``/``push`` (empty for rows recorded here)."""
     f = _Filter(run, workflow, status, since, until, limit)
     where, params = f.where(
         run_col="a.run_id", workflow_col="r.workflow", status_col="r.status", time_col="a.ts"
     )
     sql, params = f.newest(
         f"""SELECT a.ts, a.kind, a.principal, a.run_id, a.step_id, a.capability, a.decision,
-                   a.risk, a.rule, a.arguments, a.result, a.undo_ref
+                   a.risk, a.rule, a.arguments, a.result, a.undo_ref, a.copied_from
             FROM audit a LEFT JOIN runs r ON r.run_id = a.run_id {where}""",
         params,
         "ts",

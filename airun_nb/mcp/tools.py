@@ -265,8 +265,9 @@ class Tools:
             with self.changed:
                 executing = run_id in self._threads
             status = launches.status(self.reader, run_id)
-            if status is None:
+            if status is None and not executing:
                 raise RunNotFound(f"no run '{run_id}' in {self.db}")
+            # (None while executing: the thread has not written the run's first row yet)
             if not executing and status not in ("pending", "running", "rolling_back"):
                 break  # finished, or waiting for a person: the agent hears at once
             left = deadline - time.monotonic()

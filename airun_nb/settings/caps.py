@@ -11,6 +11,7 @@ Each is read from an ``AIRUN_*`` variable, else from the settings file (``airun.
 | ``template_max_int_bits`` | ``AIRUN_TEMPLATE_MAX_INT_BITS`` | 4096 | integers a template computes |
 | ``regex_timeout`` | ``AIRUN_REGEX_TIMEOUT`` | 2 (seconds) | one regular-expression match |
 | ``input_max_bytes`` | ``AIRUN_INPUT_MAX_BYTES`` | 8 MB | a file ``validate``/``exec``/``convert`` read |
+| ``copy_max_bytes`` | ``AIRUN_COPY_MAX_BYTES`` | 1 GB | one run copied by ``pull``/``push`` |
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "template_max_int_bits": 4096,
     "regex_timeout": 2.0,
     "input_max_bytes": 8 * 1024 * 1024,
+    "copy_max_bytes": 1_000_000_000,
 }
 
 
@@ -73,6 +75,10 @@ def regex_timeout() -> float:
 
 def input_max_bytes() -> int:
     return int(_number("input_max_bytes"))
+
+
+def copy_max_bytes() -> int:
+    return int(_number("copy_max_bytes"))
 
 
 def call_modules() -> tuple[str, ...]:

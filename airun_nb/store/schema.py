@@ -14,7 +14,7 @@ import duckdb
 
 from airun_nb.errors import StoreIncompatible
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 # Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
 # (hashed API tokens of the approval service); 4 adds attempts.traceback (the full traceback of
 # a failed attempt); 5 adds runs.forked_from / forked_step (a fork's run and step) and
@@ -24,7 +24,9 @@ SCHEMA_VERSION = 10
 # place in the store's one order, assigned when it is folded); 9 adds approvals.form_spec (a
 # gate's form fields, options and quorum), votes (each person's vote), option and form (the
 # decided option and form values); 10 adds queue (runs submitted to a named queue, and which
-# worker holds each, see store/queue.py). Each version only adds tables or columns, so an older store is upgraded in place when it is opened.
+# worker holds each, see store/queue.py); 11 adds runs.copied_from / origin_launcher (a run
+# copied in by pull or push: the store it came from, and who launched it first) and
+# audit.copied_from (an audit row recorded in another store, and which). Each version only adds tables or columns, so an older store is upgraded in place when it is opened.
 APP = "airun_nb"
 
 # Column lists are the single source of truth for DDL, Arrow batches and journal records.
@@ -68,6 +70,8 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
             ("on_failure", "VARCHAR"),
             ("forked_from", "VARCHAR"),
             ("forked_step", "VARCHAR"),
+            ("copied_from", "VARCHAR"),
+            ("origin_launcher", "VARCHAR"),
         ],
         ("run_id",),
     ),
@@ -158,6 +162,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
             ("arguments", "VARCHAR"),
             ("result", "VARCHAR"),
             ("undo_ref", "VARCHAR"),
+            ("copied_from", "VARCHAR"),
         ],
         (),
     ),

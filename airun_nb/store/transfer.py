@@ -39,6 +39,7 @@ signs it with their key).
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any, cast
 import duckdb
 
 from airun_nb.errors import RunNotFound, StoreError
+from airun_nb.settings import caps
 from airun_nb.store import signing
 from airun_nb.store.crashpoints import crashpoint
 from airun_nb.store.owner import owner_alive
@@ -440,30 +442,95 @@ def copy_run(
     dest: Backend,
     run_id: str,
     *,
+    by: str,
     replace: bool = False,
     trust_stored_code: bool = False,
+    max_bytes: int | None = None,
 ) -> Bundle:
-    """Copy run ``run_id`` from ``source`` to ``dest`` (any two backends); the bundle copied.
+    """Copy run ``run_id`` from ``source`` to ``dest`` (any two backends) on behalf of ``by``
+    (who pulls or pushes it); the bundle copied.
 
     Signatures never travel (:func:`unseal`, whatever the source backend did); with
     ``trust_stored_code`` the copy's stored code and pickled outputs are signed with this
-    user's key (:func:`reseal`)."""
+    user's key (:func:`reseal`). In the destination the run is launched by ``by``
+    (:func:`provenance`); a bundle above ``max_bytes`` (default: the ``copy_max_bytes``
+    setting) is refused before anything is written."""
     if _same(source, dest):
         raise StoreError(
             f"the source and the destination are one store ({dest.path}); nothing copied"
         )
     exported = source.export_run(run_id)
+    limit = caps.copy_max_bytes() if max_bytes is None else max_bytes
+    size = bundle_bytes(exported)
+    if size > limit:
+        raise StoreError(
+            f"run {run_id} is {_mb(size)}, above the copy_max_bytes limit of {_mb(limit)}; "
+            "nothing copied (raise the setting copy_max_bytes to copy it)"
+        )
     bundle = unseal({k: v for k, v in exported.items() if k not in LOCAL_TABLES})
     if trust_stored_code:
         bundle = reseal(bundle)
     bundle[META] = [{**meta_of(bundle), "replace": replace}]
     # What holds whichever backend receives it: a well-formed bundle of this one run, its
-    # owner (a process of the other store) cleared, an approval nothing acted on closed again.
+    # owner (a process of the other store) cleared, an approval nothing acted on closed again,
+    # the person who copied it as its launcher here.
     _, run = _check(bundle)
     bundle["runs"] = [{**run, **dict.fromkeys(OWNER)}]
     bundle["approvals"] = _decided_here(bundle)
+    bundle = provenance(bundle, by=by, source=redact(str(source.path)))
     dest.import_run(bundle)
     return bundle
+
+
+def provenance(bundle: Bundle, *, by: str, source: str) -> Bundle:
+    """The bundle as the destination keeps it: launched by ``by``, who copied it there.
+
+    Who launched a run decides who may act on it in a store: the launcher may not decide its
+    own four-eyes gates and may cancel it. A launcher read from the copied row is whatever the
+    source store (a file anyone can write) says, so in the destination the run, and each of its
+    gates, is launched by the person who pulled or pushed it; the first launcher stays as
+    provenance in ``origin_launcher`` (kept through later copies) and the store it came from in
+    ``copied_from``. Every audit row recorded elsewhere is marked with ``copied_from`` (the
+    store that recorded it), and one new row, ``kind`` ``copy``, records who copied the run
+    here and from where."""
+    out: Bundle = dict(bundle)
+    run = dict(bundle["runs"][0])
+    run_id = str(run["run_id"])
+    origin = run.get("origin_launcher") or run.get("launched_by")
+    out["runs"] = [{**run, "launched_by": by, "origin_launcher": origin, "copied_from": source}]
+    out["approvals"] = [{**g, "launched_by": by} for g in bundle.get("approvals", [])]
+    copied = [{**a, "copied_from": a.get("copied_from") or source} for a in bundle.get("audit", [])]
+    copied.append(
+        {
+            "ts": datetime.now(timezone.utc).replace(tzinfo=None),
+            "kind": "copy",
+            "principal": by,
+            "run_id": run_id,
+            "capability": "run.copy",
+            "decision": "done",
+            "arguments": json.dumps({"from": source, "launched_by": origin}),
+            "result": f"copied from {source}; launched there by {origin or 'nobody known'}",
+        }
+    )
+    out["audit"] = copied
+    return out
+
+
+def bundle_bytes(bundle: Mapping[str, Any]) -> int:
+    """About how many bytes a bundle holds: its rows' values and its output tables' buffers."""
+    total = 0
+    for name, rows in bundle.items():
+        if name == OUTPUTS:
+            total += sum(int(t.nbytes) for t in (rows or {}).values())
+            continue
+        for row in rows or []:
+            for value in row.values():
+                total += len(value) if isinstance(value, (str, bytes, bytearray)) else 8
+    return total
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB" if n >= 100_000 else f"{n:,} bytes"
 
 
 def _same(a: Backend, b: Backend) -> bool:

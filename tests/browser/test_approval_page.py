@@ -2,7 +2,9 @@
 
 A kernel (jupyter_client) runs a ``%%workflow`` cell that stops at a gate. A reviewer who has
 only a browser and a token logs in, sees the gate, and clicks Approve; the runs list, open in
-another tab, changes without a reload while the run goes on to the end in its kernel.
+another tab, changes without a reload while the run goes on to the end in its kernel. That
+test runs once on each backend: the DuckDB file, and the team store on a real PostgreSQL
+server (``airun serve --db postgresql://...``, the kernel's gate watcher woken by NOTIFY).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ steps:
 class Kernel:
     """A real IPython kernel in ``folder``, driven through jupyter_client."""
 
-    def __init__(self, folder: Path, db: Path) -> None:
+    def __init__(self, folder: Path, db: Path | str) -> None:
         from jupyter_client.manager import start_new_kernel
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
@@ -108,12 +110,12 @@ def browser(tmp_path: Path) -> Iterator[Any]:
             b.close()
 
 
-def run_status(db: Path, run_id: str) -> str:
+def run_status(db: Path | str, run_id: str) -> str:
     df = airun_nb.runs(db=db)
     return str(df.loc[df["run_id"] == run_id, "status"].iloc[0])
 
 
-def wait_for_status(db: Path, run_id: str, status: str, seconds: float) -> bool:
+def wait_for_status(db: Path | str, run_id: str, status: str, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while run_status(db, run_id) != status:
         if time.monotonic() > deadline:
@@ -128,13 +130,23 @@ def count(folder: Path, name: str) -> int:
 
 
 def test_a_reviewer_with_a_browser_and_a_token_approves_a_kernels_gate(
-    tmp_path: Path, browser: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    browser: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """Bob, with a browser and a token, approves the gate of alice's run in her kernel: the
+    decision is recorded (who, channel, comment) in the store `airun serve` serves, the runs
+    list hears it without a reload, and the kernel continues the run to the end; the same on
+    the DuckDB file and on a PostgreSQL team store."""
     from PIL import Image
 
     folder = tmp_path / "nb"
     folder.mkdir()
-    db = folder / "airun.duckdb"
+    db: Path | str = folder / "airun.duckdb"
+    if backend == "postgres":
+        db = request.getfixturevalue("pg_url")
     monkeypatch.setenv("AIRUN_DB", str(db))
     kernel = Kernel(folder, db)
     try:

@@ -456,7 +456,7 @@ SCRIPT = textwrap.dedent(
 
 
 def py(
-    root: Path, args: list[str], *, db: Path, crash_at: str | None = None
+    root: Path, args: list[str], *, db: Path | str, crash_at: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
@@ -481,9 +481,28 @@ def proc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def crash_mid_rollback(root: Path) -> tuple[Path, str]:
+@pytest.fixture
+def stores(
+    backend: str, proc_root: Path, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Any]]:
+    """Two empty stores of the backend in force: ``crashed`` and ``reference`` (DuckDB files in
+    the work folder, or two databases on the PostgreSQL test server)."""
+    if backend == "duckdb":
+        yield {"crashed": proc_root / "crashed.duckdb", "reference": proc_root / "reference.duckdb"}
+        return
+    from support.postgres import create_database, drop_database
+
+    server = request.getfixturevalue("pg_server")
+    made = {name: create_database(server) for name in ("crashed", "reference")}
+    try:
+        yield made
+    finally:
+        for url in made.values():
+            drop_database(server, url)
+
+
+def crash_mid_rollback(root: Path, db: Path | str) -> tuple[Path | str, str]:
     """Run the saga in a process killed at its first compensation; return (store, run id)."""
-    db = root / "crashed.duckdb"
     killed = py(root, ["saga.py", str(root / "crashed")], db=db, crash_at="compensate:started")
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stdout, killed.stderr)
     df = airun_nb.runs(db=db)
@@ -491,12 +510,15 @@ def crash_mid_rollback(root: Path) -> tuple[Path, str]:
     return db, str(df["run_id"].iloc[0])
 
 
-def test_rollback_finished_after_a_crash_ends_like_an_uninterrupted_one(proc_root: Path) -> None:
-    """DESIGN: a killed run resumes to the same final state as one that was never killed."""
-    ref_db = proc_root / "reference.duckdb"
+def test_rollback_finished_after_a_crash_ends_like_an_uninterrupted_one(
+    proc_root: Path, stores: dict[str, Any]
+) -> None:
+    """DESIGN: a killed run resumes to the same final state as one that was never killed (on
+    either backend)."""
+    ref_db = stores["reference"]
     ref = py(proc_root, ["saga.py", str(proc_root / "reference")], db=ref_db)
     assert "RESULT rolled_back" in ref.stdout, ref
-    db, run_id = crash_mid_rollback(proc_root)
+    db, run_id = crash_mid_rollback(proc_root, stores["crashed"])
 
     again = py(proc_root, ["saga.py", str(proc_root / "crashed")], db=db)
     assert again.returncode == 0, again
@@ -506,7 +528,7 @@ def test_rollback_finished_after_a_crash_ends_like_an_uninterrupted_one(proc_roo
     want = airun_nb.runs(db=ref_db).iloc[0]
     assert got["status"] == want["status"] == "rolled_back"
 
-    def table(d: Path) -> list[tuple[str, str, str | None]]:
+    def table(d: Path | str) -> list[tuple[str, str, str | None]]:
         df = airun_nb.steps(db=d)
         return [
             (r["step_id"], r["status"], None if pd.isna(r["comp_status"]) else r["comp_status"])
@@ -531,8 +553,11 @@ def test_rollback_finished_after_a_crash_ends_like_an_uninterrupted_one(proc_roo
     )
 
 
-def test_cli_rollback_finishes_an_interrupted_rollback(proc_root: Path) -> None:
-    db, run_id = crash_mid_rollback(proc_root)
+def test_cli_rollback_finishes_an_interrupted_rollback(
+    proc_root: Path, stores: dict[str, Any]
+) -> None:
+    """`airun rollback RUN` finishes the rollback a SIGKILL interrupted (on either backend)."""
+    db, run_id = crash_mid_rollback(proc_root, stores["crashed"])
     done = py(
         proc_root,
         ["-c", "from airun_nb.cli.main import main; main()", "rollback", run_id, "--db", str(db)],

@@ -25,6 +25,7 @@ from airun_nb import ApprovalError, SpecError, Workflow
 from airun_nb.gates import followup
 from airun_nb.gates import gate as gate_mod
 from airun_nb.store.database import Store
+from airun_nb.store.opening import open_store
 from support import AIRUN
 
 SAFETY = 120.0  # seconds: only a safety net for waiting on the store
@@ -85,7 +86,7 @@ def gate_events(db: Path, run_id: str, kind: str) -> list[dict[str, Any]]:
 
 def sweep_until(db: Path, done: Callable[[], bool]) -> None:
     """Sweep (as a watcher does) until the store shows what ``done`` waits for."""
-    store = Store.open(db)
+    store = open_store(db)
     limit = time.monotonic() + SAFETY
     while not done():
         assert time.monotonic() < limit, "the store never showed the follow-up"
@@ -104,10 +105,12 @@ def wait_clock(store: Store, when: float) -> None:
 
 
 def test_a_reminder_renotifies_the_webhook_while_the_gate_is_open(
-    db: Path, webhook: ThreadingHTTPServer
+    store_db: Path | str, webhook: ThreadingHTTPServer
 ) -> None:
     """``remind: 1s`` posts the gate again (marked as a reminder, with its period) through the
-    same notify path, records a ``gate_reminded`` event, and stops once the gate is decided."""
+    same notify path, records a ``gate_reminded`` event, and stops once the gate is decided;
+    on both backends."""
+    db = store_db
     run_id = start(spec({"approvers": ["bob"], "remind": "1s", "notify": hook_url(webhook)}), db)
     received = webhook.received  # type: ignore[attr-defined]
     assert len(received) == 1 and "event" not in received[0]  # the opening
@@ -123,21 +126,25 @@ def test_a_reminder_renotifies_the_webhook_while_the_gate_is_open(
     airun_nb.approve(run_id, "review", by="bob", db=db)
     recorded = len(gate_events(db, run_id, "gate_reminded"))
     sent = len(received)
-    result = followup.sweep(Store.open(db))
+    result = followup.sweep(open_store(db))
     assert result.fired == [] and result.next_due is None
     assert len(gate_events(db, run_id, "gate_reminded")) == recorded
     assert len(received) == sent
 
 
-def test_two_watchers_send_each_reminder_once(db: Path, webhook: ThreadingHTTPServer) -> None:
+def test_two_watchers_send_each_reminder_once(
+    store_db: Path | str, webhook: ThreadingHTTPServer
+) -> None:
     """Two watcher processes sweeping the same store at once: every reminder period is recorded
-    once and posted once (the check and the write hold the store's lease)."""
+    once and posted once (the check and the write hold the store's lease, or on PostgreSQL its
+    writer lock)."""
+    db = store_db
     run_id = start(spec({"remind": "1s", "notify": hook_url(webhook)}), db)
     script = (
         "import json, sys\n"
         "from airun_nb.gates import followup\n"
-        "from airun_nb.store.database import Store\n"
-        "store = Store.open(sys.argv[1])\n"
+        "from airun_nb.store.opening import open_store\n"
+        "store = open_store(sys.argv[1])\n"
         "while True:\n"
         "    followup.sweep(store)\n"
         "    rows = store.gate_events(sys.argv[2], 'review', ('gate_reminded',))\n"

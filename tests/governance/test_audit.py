@@ -42,6 +42,7 @@ COLUMNS = [
     "arguments",
     "result",
     "undo_ref",
+    "copied_from",
 ]
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -73,6 +74,23 @@ steps:
     sql: select region, sum(amount) as total, count(*) filter (where big) as big from {{{{ steps.flag }}}} group by region order by region
     output: totals
 """
+
+
+@pytest.fixture
+def db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The store of this test: a DuckDB file, or for the tests marked ``ON_BOTH`` backends
+    also a PostgreSQL database (``AIRUN_DB`` names it, so the shell's default store is it)."""
+    if getattr(request, "param", "duckdb") == "postgres":
+        return request.getfixturevalue("pg_url")
+    path = tmp_path / "s.duckdb"
+    monkeypatch.setenv("AIRUN_DB", str(path))
+    monkeypatch.delenv("AIRUN_LOCK_TIMEOUT", raising=False)
+    monkeypatch.delenv("AIRUN_CRASH_AT", raising=False)
+    return path
+
+
+# The representative tests that also run against a PostgreSQL team store.
+ON_BOTH = pytest.mark.parametrize("db", ["duckdb", "postgres"], indirect=True)
 
 
 @pytest.fixture
@@ -403,7 +421,8 @@ steps:
 """
 
 
-def test_fork_after_a_rollback_reruns_what_was_undone(shell) -> None:
+@ON_BOTH
+def test_fork_after_a_rollback_reruns_what_was_undone(shell, db: Any) -> None:
     assert shell.run_cell("BROKEN = True").success
     failed = shell.run_cell(COMP_CELL)
     assert not failed.success
@@ -463,7 +482,8 @@ def test_diff_after_changed_params_counts_changed_cells_and_keys(shell) -> None:
     assert len(rows) == 2 and set(rows["_side"]) == {"B"}
 
 
-def test_diff_after_changed_code_names_cells_and_json_keys(shell) -> None:
+@ON_BOTH
+def test_diff_after_changed_code_names_cells_and_json_keys(shell, db: Any) -> None:
     first = run_cell(shell)
     assert shell.run_cell(
         "def normalize(x):\n    return x * 3\n"
@@ -495,7 +515,8 @@ def test_replay_reports_the_step_whose_function_changed(shell, db: Path) -> None
 
 
 # --------------------------------------------------------------------------- after a restart
-def test_why_diff_and_fork_work_from_a_new_process(shell, db: Path, tmp_path: Path) -> None:
+@ON_BOTH
+def test_why_diff_and_fork_work_from_a_new_process(shell, db: Any, tmp_path: Path) -> None:
     plain = "\n".join(line for line in CHAIN.splitlines() if "tick(" not in line)
     first = run_cell(shell, cell=plain)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}

@@ -11,7 +11,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+import airun_nb
 from airun_nb.store.database import Store
+from airun_nb.store.opening import open_store
 from support import AIRUN
 from support.agent import agent_policy, agent_session, call, doc_block, refusal
 
@@ -53,7 +55,7 @@ def workspace(tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     return tmp_path
 
 
-def _approve(db: Path, run_id: str, gate: str, cwd: Path) -> str:
+def _approve(db: Path | str, run_id: str, gate: str, cwd: Path) -> str:
     done = subprocess.run(
         [*AIRUN, "approve", run_id, gate, "--db", str(db)],
         capture_output=True,
@@ -67,12 +69,21 @@ def _approve(db: Path, run_id: str, gate: str, cwd: Path) -> str:
 
 
 def test_an_agent_validates_runs_waits_and_a_person_approves_with_the_cli(
-    workspace: Path, db: Path
+    workspace: Path, store_db: Path | str, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole door: tools listed with schemas; a bad workflow's problems come back and
     nothing is stored; a run stops at its gate and the tool returns at once; `airun approve`
     by a person lets the server continue the run it launched; wait_for_run sees it completed;
-    and the audit names the agent and the channel mcp."""
+    and the audit names the agent and the channel mcp. On both backends: the DuckDB file and
+    the PostgreSQL team store (the server's wait woken by NOTIFY)."""
+    db = store_db
+    monkeypatch.setenv("AIRUN_DB", str(db))
+
+    def nothing_stored() -> bool:
+        if backend == "duckdb":
+            return not Path(db).exists()
+        return bool(airun_nb.runs(db=db).empty)
+
     env = {"AIRUN_POLICY": str(workspace / "policy.yaml"), "AIRUN_USER": "someone-else"}
     assert CLIENT["command"] == "airun" and CLIENT["args"][0] == "mcp"
     args = list(CLIENT["args"][1:])
@@ -89,7 +100,7 @@ def test_an_agent_validates_runs_waits_and_a_person_approves_with_the_cli(
             checked = await call(session, "validate_workflow", yaml=BAD)
             assert checked["ok"] is False
             assert any("nowhere" in p for p in checked["errors"]), checked
-            assert not db.exists()  # validating stores nothing
+            assert nothing_stored()  # validating stores nothing
 
             started = await call(session, "run_workflow", yaml=PUBLISH, wait_s=120)
             assert started["status"] == "waiting"
@@ -116,7 +127,7 @@ def test_an_agent_validates_runs_waits_and_a_person_approves_with_the_cli(
     assert (workspace / "published.txt").read_text() == "hello"
     assert shown["launched_by"] == "llm-bot"
 
-    rows = Store.open(db).query_dicts(
+    rows = open_store(db).query_dicts(
         "SELECT kind, principal, capability, decision, arguments FROM audit WHERE run_id = ? "
         "ORDER BY ts",
         [run_id],

@@ -106,7 +106,7 @@ def test_a_pulled_pickled_output_is_refused_until_trusted(world: World) -> None:
     assert r.status == "failed"
     team, mine = Store.open(world.store), Store.open(world.root / "mine.duckdb")
 
-    bundle = transfer.copy_run(team, mine, r.run_id)
+    bundle = transfer.copy_run(team, mine, r.run_id, by="analyst")
     blob = next(s["output_blob"] for s in bundle["steps"] if s["step_id"] == "a")
     assert bytes(blob).startswith(signing.COPIED) and signing.MAGIC not in bytes(blob)
     (world.root / "go").write_text("")
@@ -115,7 +115,7 @@ def test_a_pulled_pickled_output_is_refused_until_trusted(world: World) -> None:
     assert "copied from another store" in str(again.error), again.error
     assert "\n" not in str(again.error).strip()
 
-    transfer.copy_run(team, mine, r.run_id, replace=True, trust_stored_code=True)
+    transfer.copy_run(team, mine, r.run_id, replace=True, trust_stored_code=True, by="analyst")
     done = Workflow.from_yaml(PICKLED).run(db=mine.path, resume=r.run_id)
     assert done.outputs["b"] == [1, 2, 3]
 

@@ -238,7 +238,7 @@ def test_a_forged_approval_copied_onto_a_team_store_arrives_closed(
     source = Store.open(shared)
     assert source.gate_row(first.run_id, "pay.approval")["status"] == "approved"
     team = open_store(pg_url)
-    transfer.copy_run(source, team, first.run_id)
+    transfer.copy_run(source, team, first.run_id, by="analyst")
     row = team.gate_row(first.run_id, "pay.approval")
     assert row is not None and row["status"] != "approved"
     again = Workflow.from_yaml(GUARDED).run(db=pg_url, resume=first.run_id, raise_on_failure=False)

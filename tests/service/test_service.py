@@ -1,6 +1,7 @@
 """The approval service's REST API, against a real `airun serve` on 127.0.0.1.
 
-Runs are started in this process through the workflow API (a real DuckDB store in tmp_path);
+Runs are started in this process through the workflow API (a real DuckDB store in tmp_path;
+for the tests marked ``ON_BOTH``, a PostgreSQL database too);
 the server is a separate process over the same store, reached with httpx. Tokens come from the
 real `airun token` command.
 """
@@ -42,14 +43,32 @@ class Ctx:
 
 @pytest.fixture(scope="module")
 def shared(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Path, Server, dict[str, str]]]:
-    """One server for the module, over one store; one token per user."""
+    """One server for the module, over one store; one token per user. The store is a DuckDB
+    file, or (for the tests marked ``ON_BOTH`` backends) a PostgreSQL database."""
     folder = tmp_path_factory.mktemp("service")
-    db = folder / "s.duckdb"
-    with running_server(db, folder) as srv:
-        users = ("alice", "bob", "carol", "dave", "erin", "ben")
-        yield db, srv, {u: make_token(db, u) for u in users}
+    db: Any = folder / "s.duckdb"
+    server_url = None
+    if getattr(request, "param", "duckdb") == "postgres":
+        from support.postgres import create_database
+
+        server_url = request.getfixturevalue("pg_server")
+        db = create_database(server_url)
+    try:
+        with running_server(db, folder) as srv:
+            users = ("alice", "bob", "carol", "dave", "erin", "ben")
+            yield db, srv, {u: make_token(db, u) for u in users}
+    finally:
+        if server_url is not None:
+            from support.postgres import drop_database
+
+            drop_database(server_url, db)
+
+
+# The representative tests that also run against a PostgreSQL team store (the rest of the
+# module runs on the DuckDB file only, to keep the suite fast).
+ON_BOTH = pytest.mark.parametrize("shared", ["duckdb", "postgres"], indirect=True)
 
 
 @pytest.fixture
@@ -157,6 +176,7 @@ def test_a_viewer_token_reads_but_may_not_decide(server: Server, env: Ctx) -> No
 # -- decisions ------------------------------------------------------------------------------------
 
 
+@ON_BOTH
 def test_approve_through_the_api_then_the_run_resumes_to_the_end(
     server: Server, env: Ctx, tokens: dict[str, str]
 ) -> None:
@@ -206,6 +226,7 @@ def test_a_non_approver_is_refused_and_nothing_is_recorded(
     assert human_audit(env.db, run.run_id) == []
 
 
+@ON_BOTH
 def test_four_eyes_goes_by_the_token_not_by_a_claimed_name(
     server: Server, env: Ctx, tokens: dict[str, str]
 ) -> None:
@@ -224,6 +245,7 @@ def test_four_eyes_goes_by_the_token_not_by_a_claimed_name(
     assert gate_row(env.db, run.run_id)["actor"] == "bob"
 
 
+@ON_BOTH
 def test_four_clients_approving_at_once_record_exactly_one_decision(
     server: Server, env: Ctx, tokens: dict[str, str]
 ) -> None:
@@ -314,6 +336,7 @@ def test_the_event_stream_delivers_a_runs_transitions_in_order(
 # -- cancel ---------------------------------------------------------------------------------------
 
 
+@ON_BOTH
 def test_cancel_through_the_api_ends_one_run_and_closes_its_gate(
     server: Server, env: Ctx, tokens: dict[str, str]
 ) -> None:

@@ -81,20 +81,49 @@ def stores(tmp_path: Path) -> tuple[Store, Store]:
     return Store.open(tmp_path / "team.duckdb"), Store.open(tmp_path / "mine.duckdb")
 
 
+PROVENANCE = {
+    "runs": ("launched_by", "origin_launcher", "copied_from"),
+    "approvals": ("launched_by",),
+}
+
+
+def as_sent(table: str, got: list[dict[str, Any]], source: Store, by: str) -> list[dict[str, Any]]:
+    """The destination's rows of a copied run with what the copy marks taken off again, after
+    checking the marks: launched by ``by`` (the first launcher kept), copied audit rows marked
+    with their store, and one ``copy`` row saying who copied the run from where."""
+    if table == "audit":
+        *got, note = got
+        assert (note["kind"], note["principal"]) == ("copy", by), note
+        assert str(source.path) in note["result"], note
+        assert {r["copied_from"] for r in got} == {str(source.path)}
+        return [dict(r, copied_from=None) for r in got]
+    if table in PROVENANCE:
+        assert {r["launched_by"] for r in got} == {by}
+        if table == "runs":
+            assert got[0]["copied_from"] == str(source.path)
+            assert got[0]["origin_launcher"] is not None
+        return [{k: v for k, v in r.items() if k not in PROVENANCE[table]} for r in got]
+    return got
+
+
 def test_round_trip_copies_every_row_of_every_run_table(stores: tuple[Store, Store]) -> None:
     """Every table that holds the run's rows arrives equal row for row; the only differences
-    are the ones that must differ: the owner (a process on the other host) is cleared and the
-    events are numbered after the destination's own, in the same order."""
+    are the ones that must differ: the owner (a process on the other host) is cleared, the
+    events are numbered after the destination's own, in the same order, and the copy is
+    marked as such (its launcher here, the store it came from, one audit row of the copy)."""
     team, mine = stores
     run_id = failed_run(team.path)
     earlier = failed_run(mine.path)  # the destination has events of its own already
     last_seq = max(e["seq"] for e in rows(mine, "events", earlier))
 
-    transfer.copy_run(team, mine, run_id)
+    transfer.copy_run(team, mine, run_id, by="analyst")
 
     for table in transfer.RUN_TABLES:
         a, b = rows(team, table, run_id), rows(mine, table, run_id)
         assert a, f"the test run has no {table} rows: it proves nothing about them"
+        b = as_sent(table, b, team, "analyst")
+        if table in PROVENANCE:
+            a = [{k: v for k, v in r.items() if k not in PROVENANCE[table]} for r in a]
         if table == "runs":
             for col in transfer.OWNER:
                 assert b[0][col] is None
@@ -115,7 +144,7 @@ def test_dataframe_outputs_come_back_equal(stores: tuple[Store, Store]) -> None:
     original's, and every output table of the run is there, cell for cell."""
     team, mine = stores
     run_id = failed_run(team.path)
-    bundle = transfer.copy_run(team, mine, run_id)
+    bundle = transfer.copy_run(team, mine, run_id, by="analyst")
     names = list(transfer.outputs_of(bundle))
     assert len(names) == 2  # load and totals
     for name in names:
@@ -130,7 +159,7 @@ def test_the_copy_reads_and_forks_like_the_original(stores: tuple[Store, Store])
     (the fix) pushed back shows in the team store next to the run it fixed."""
     team, mine = stores
     run_id = failed_run(team.path)
-    transfer.copy_run(team, mine, run_id)
+    transfer.copy_run(team, mine, run_id, by="analyst")
 
     runs = airun_nb.runs(db=mine.path)
     assert runs.set_index("run_id").loc[run_id, "status"] == "failed"
@@ -141,7 +170,7 @@ def test_the_copy_reads_and_forks_like_the_original(stores: tuple[Store, Store])
     fixed = fork(run_id, "div", params={"d": 4}, db=mine.path, raise_on_failure=False)
     assert fixed.status == "completed"
     assert fixed.outputs["div"] == {"ratio": 2.5}
-    transfer.copy_run(mine, team, fixed.run_id)
+    transfer.copy_run(mine, team, fixed.run_id, by="analyst")
 
     back = airun_nb.runs(db=team.path).set_index("run_id")
     assert back.loc[fixed.run_id, "status"] == "completed"
@@ -156,10 +185,10 @@ def test_a_run_already_there_is_refused_and_nothing_changes(stores: tuple[Store,
     """Copying a run id the destination has is one line, and the destination is untouched."""
     team, mine = stores
     run_id = failed_run(team.path)
-    transfer.copy_run(team, mine, run_id)
+    transfer.copy_run(team, mine, run_id, by="analyst")
     before = {t: rows(mine, t, run_id) for t in transfer.RUN_TABLES}
     with pytest.raises(StoreError) as err:
-        transfer.copy_run(team, mine, run_id)
+        transfer.copy_run(team, mine, run_id, by="analyst")
     assert err.value.message == f"run {run_id} is already in {mine.path}; nothing copied"
     assert {t: rows(mine, t, run_id) for t in transfer.RUN_TABLES} == before
 
@@ -169,14 +198,17 @@ def test_replace_swaps_the_copy_for_the_newer_one(stores: tuple[Store, Store]) -
     last pull shows rolled back here, with no row of the old copy left over."""
     team, mine = stores
     run_id = failed_run(team.path)
-    transfer.copy_run(team, mine, run_id)
+    transfer.copy_run(team, mine, run_id, by="analyst")
     airun_nb.rollback(run_id, db=team.path)
     assert team.run_row(run_id)["status"] == "rolled_back"  # type: ignore[index]
 
-    transfer.copy_run(team, mine, run_id, replace=True)
+    transfer.copy_run(team, mine, run_id, replace=True, by="analyst")
     assert mine.run_row(run_id)["status"] == "rolled_back"  # type: ignore[index]
     for table in ("steps", "attempts", "approvals", "audit"):
-        assert rows(mine, table, run_id) == rows(team, table, run_id), table
+        there = rows(team, table, run_id)
+        if table in PROVENANCE:
+            there = [{k: v for k, v in r.items() if k not in PROVENANCE[table]} for r in there]
+        assert as_sent(table, rows(mine, table, run_id), team, "analyst") == there, table
     assert len(rows(mine, "events", run_id)) == len(rows(team, "events", run_id))
 
 
@@ -189,7 +221,7 @@ def test_what_describes_the_store_stays_behind(stores: tuple[Store, Store]) -> N
     run_id = failed_run(team.path)
     make_token(team.path, "lead")
     assert team.token_listing()
-    transfer.copy_run(team, mine, run_id)
+    transfer.copy_run(team, mine, run_id, by="analyst")
     assert mine.token_listing() == []
 
 
@@ -198,7 +230,7 @@ def test_a_missing_run_is_one_line(stores: tuple[Store, Store]) -> None:
     team, mine = stores
     failed_run(team.path)
     with pytest.raises(RunNotFound, match=r"^no run 'r-nope' in .*team\.duckdb$"):
-        transfer.copy_run(team, mine, "r-nope")
+        transfer.copy_run(team, mine, "r-nope", by="analyst")
 
 
 def test_a_bundle_that_carries_another_runs_rows_is_refused(stores: tuple[Store, Store]) -> None:
@@ -290,20 +322,20 @@ def test_a_run_being_executed_is_not_copied(tmp_path: Path) -> None:
             match=rf"^run {run_id} is running in .*team\.duckdb "
             rf"\(pid {proc.pid} on .*\); nothing copied$",
         ):
-            transfer.copy_run(team, mine, run_id)
+            transfer.copy_run(team, mine, run_id, by="analyst")
         assert not mine.has_run(run_id)
         go.write_text("fail")
     finally:
         out, _ = proc.communicate(timeout=120)
     assert out.split() == [run_id, "failed"]
-    transfer.copy_run(team, mine, run_id)
+    transfer.copy_run(team, mine, run_id, by="analyst")
 
     go.unlink()
     again = _executing(mine.path, go, resume=run_id)  # the copy resumes at the destination
     try:
         wait_for(lambda: bool(_running(mine)), 120, "the copy to be executing")
         with pytest.raises(StoreError, match=rf"^run {run_id} is running in .*mine\.duckdb"):
-            transfer.copy_run(team, mine, run_id, replace=True)
+            transfer.copy_run(team, mine, run_id, replace=True, by="analyst")
         go.write_text("ok")
     finally:
         out, _ = again.communicate(timeout=120)
@@ -316,7 +348,7 @@ def test_the_same_store_on_both_sides_is_one_line(stores: tuple[Store, Store]) -
     team, _ = stores
     run_id = failed_run(team.path)
     with pytest.raises(StoreError, match="the source and the destination are one store"):
-        transfer.copy_run(team, Store.open(team.path), run_id)
+        transfer.copy_run(team, Store.open(team.path), run_id, by="analyst")
 
 
 def test_passwords_in_urls_are_hidden() -> None:
@@ -335,7 +367,7 @@ def test_arrow_outputs_round_trip(stores: tuple[Store, Store]) -> None:
     table = pa.table({"x": pa.array([1, 2, None], pa.int64()), "s": ["a", None, "c"]})
     wf = Workflow.from_yaml("steps:\n  - id: t\n    call: make\n", name="arrow")
     run = wf.run(db=team.path, namespace={"make": lambda: table})
-    transfer.copy_run(team, mine, run.run_id)
+    transfer.copy_run(team, mine, run.run_id, by="analyst")
     assert load_run(run.run_id, db=mine.path).outputs["t"].equals(table)
 
 
@@ -364,7 +396,7 @@ def test_a_pulled_run_is_fixed_by_a_fork_in_the_notebook(ipython: Any, db: Path)
     failed = wf.run(db=team.path, namespace={"compute": compute}, raise_on_failure=False)
     assert failed.status == "failed"
     mine = Store.open(db)
-    transfer.copy_run(team, mine, failed.run_id)
+    transfer.copy_run(team, mine, failed.run_id, by="analyst")
 
     ipython.run_cell("def compute(x):\n    return 2 * x\n")
     result = ipython.run_cell(
@@ -375,7 +407,7 @@ def test_a_pulled_run_is_fixed_by_a_fork_in_the_notebook(ipython: Any, db: Path)
     assert len(fixed) == 1
     assert load_run(fixed[0]["run_id"], db=db).outputs["compute"] == 42
 
-    transfer.copy_run(mine, team, fixed[0]["run_id"])
+    transfer.copy_run(mine, team, fixed[0]["run_id"], by="analyst")
     assert team.run_row(fixed[0]["run_id"])["status"] == "completed"  # type: ignore[index]
     assert [s["replayed_from"] for s in team.step_rows(fixed[0]["run_id"])] == [
         failed.run_id,

@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, db: Path, proc: subprocess.Popen[str], url: str, log: Path) -> None:
+    def __init__(self, db: Path | str, proc: subprocess.Popen[str], url: str, log: Path) -> None:
         self.db, self.proc, self.url, self.log = db, proc, url, log
 
     def client(self, token: str | None = None, **kw: Any) -> httpx.Client:
@@ -34,7 +34,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(db: Path, cwd: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+def running_server(
+    db: Path | str, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """Start `airun serve --db DB` on a free loopback port; stop it (SIGTERM) afterwards."""
     port = free_port()
     log = cwd / f"serve-{port}.log"
@@ -72,7 +74,7 @@ def running_server(db: Path, cwd: Path, env: dict[str, str] | None = None) -> It
             proc.wait()
 
 
-def make_token(db: Path, user: str, role: str = "approver") -> str:
+def make_token(db: Path | str, user: str, role: str = "approver") -> str:
     """A token made in this process (the CLI's own path is tested with `airun token`)."""
     from airun_nb.service import tokens
     from airun_nb.store.opening import open_store
