@@ -14,7 +14,7 @@ import duckdb
 
 from airun_nb.errors import StoreIncompatible
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 # Version history: 1 runs/steps/attempts/events/specs; 2 adds approvals and audit; 3 adds tokens
 # (hashed API tokens of the approval service); 4 adds attempts.traceback (the full traceback of
 # a failed attempt); 5 adds runs.forked_from / forked_step (a fork's run and step) and
@@ -24,8 +24,15 @@ SCHEMA_VERSION = 10
 # place in the store's one order, assigned when it is folded); 9 adds approvals.form_spec (a
 # gate's form fields, options and quorum), votes (each person's vote), option and form (the
 # decided option and form values); 10 adds queue (runs submitted to a named queue, and which
-# worker holds each, see store/queue.py). Each version only adds tables or columns, so an older store is upgraded in place when it is opened.
+# worker holds each, see store/queue.py); 11 adds airun_outputs (small output tables as Parquet
+# bytes, see store/packed.py; older output tables stay DuckDB tables and are read as before).
+# Each version only adds tables or columns, so an older store is upgraded in place when it is
+# opened.
 APP = "airun_nb"
+# Output tables whose Arrow data is small, as Parquet bytes by table name (store/packed.py); the
+# team store keeps every output table so, under the same name. Larger ones are DuckDB tables in
+# the ``outputs`` schema.
+OUTPUTS = "airun_outputs"
 
 # Column lists are the single source of truth for DDL, Arrow batches and journal records.
 _TS = "TIMESTAMP"
@@ -226,6 +233,10 @@ RECORD_TABLE = {
 def ddl() -> list[str]:
     out = ["CREATE SCHEMA IF NOT EXISTS outputs"]
     out.append("CREATE TABLE IF NOT EXISTS airun_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    out.append(
+        f"CREATE TABLE IF NOT EXISTS {OUTPUTS} (name VARCHAR PRIMARY KEY, created_at {_TS}, "
+        "data BLOB NOT NULL)"
+    )
     for name, (cols, pk) in TABLES.items():
         body = ", ".join(f"{c} {t}" for c, t in cols)
         if pk:
