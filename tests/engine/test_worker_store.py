@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from airun_nb.engine.worker import submit
-from airun_nb.store.database import Store
+from airun_nb.store.database import SCHEMA_VERSION, Store
 from airun_nb.store.transitions import TransitionError
 from airun_nb.workflow import Workflow
 
@@ -19,7 +19,7 @@ WORKFLOW = "name: small\nsteps:\n  - id: a\n    python: 'result = 1'\n"
 def test_a_store_from_before_queues_is_upgraded_in_place_and_takes_a_submitted_run(
     tmp_path: Path,
 ) -> None:
-    """Schema 9 had no queue table: opening it adds the table and sets version 10, the runs
+    """Schema 9 had no queue table: opening it adds the table and the current version, the runs
     already in it stay, and a run can be submitted and claimed."""
     db = tmp_path / "s.duckdb"
     Workflow.from_yaml(WORKFLOW).run(db=db)
@@ -32,7 +32,7 @@ def test_a_store_from_before_queues_is_upgraded_in_place_and_takes_a_submitted_r
     store = Store.open(db)
     try:
         version = store.query("SELECT value FROM airun_meta WHERE key = 'schema_version'")
-        assert version == [("10",)]
+        assert version == [(str(SCHEMA_VERSION),)]
         assert store.query("SELECT status FROM runs") == [("completed",)]
         run_id = submit(Workflow.from_yaml(WORKFLOW).spec, store, queue="q")
         assert store.claim_queued(["q"], "w1", 5) == [run_id]
