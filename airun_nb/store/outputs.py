@@ -128,7 +128,7 @@ def _portable(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         dtype = frame[col].dtype
         if pd.api.types.is_timedelta64_dtype(dtype):
             extra["timedelta"].append(str(col))
-            unit = np.datetime_data(dtype)[0] if isinstance(dtype, np.dtype) else "ns"
+            unit = np.datetime_data(str(dtype))[0] if isinstance(dtype, np.dtype) else "ns"
             if unit != "ns":  # pandas 3 keeps s, ms and us too: the integers count those
                 extra.setdefault("timedelta_unit", {})[str(col)] = unit
             changed[col] = frame[col].astype("int64")
