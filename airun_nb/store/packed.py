@@ -152,6 +152,12 @@ def expose(con: Any, where: object, sql: str = "", named: tuple[str, ...] = ()) 
     (the team store's connections load what a statement names by themselves)."""
     if not isinstance(con, duckdb.DuckDBPyConnection):
         return
+    attached = {
+        str(r[0]) for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()
+    }
+    if MEMORY in attached:  # what an earlier statement loaded may have been replaced since
+        con.execute("RESET search_path")
+        con.execute(f"DETACH {MEMORY}")
     wanted = sorted({*referenced(sql), *named})
     if not wanted:
         return
@@ -161,15 +167,12 @@ def expose(con: Any, where: object, sql: str = "", named: tuple[str, ...] = ()) 
     ).fetchall()
     if not rows:
         return
-    attached = {
-        str(r[0]) for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()
-    }
-    if MEMORY not in attached:
-        file_db = str(con.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
-        con.execute(f"ATTACH ':memory:' AS {MEMORY}")
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {MEMORY}.outputs")
-        # ``outputs."name"`` is looked up in the file's outputs schema, then in memory.
-        path = f"{file_db}.main,{file_db}.outputs,{MEMORY}.outputs"
-        con.execute(f"SET search_path = '{path.replace(chr(39), chr(39) * 2)}'")
+    file_db = str(con.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+    con.execute(f"ATTACH ':memory:' AS {MEMORY}")
+    con.execute(f"CREATE SCHEMA {MEMORY}.outputs")
+    # ``outputs."name"`` is looked up in the file's outputs schema, then in memory.
+    db = quote_ident(file_db)
+    path = f"{db}.main,{db}.outputs,{MEMORY}.outputs"
+    con.execute(f"SET search_path = '{path.replace(chr(39), chr(39) * 2)}'")
     for name, data in rows:
         load(con, f"{MEMORY}.outputs", str(name), from_parquet(data, str(name), where))
