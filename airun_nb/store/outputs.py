@@ -1,8 +1,9 @@
 """How step outputs are kept in the store.
 
-- pandas DataFrames and Arrow tables become DuckDB tables in the ``outputs`` schema, written
-  through Arrow (no pickling). A DataFrame's index and dtypes come back through the pandas
-  metadata Arrow keeps, stored beside the table.
+- pandas DataFrames and Arrow tables become output tables, written through Arrow (no
+  pickling): a small one as Parquet bytes in ``airun_outputs``, a larger one as a DuckDB table in
+  the ``outputs`` schema (:mod:`airun_nb.store.packed`). A DataFrame's index and dtypes come back
+  through the pandas metadata Arrow keeps, stored beside the table.
 - JSON-able values (None, numbers, strings, lists, dicts of those) are stored as JSON.
 - Anything else goes through the one declared fallback, :mod:`pickle`, as a BLOB signed with
   the key outside the store (:mod:`airun_nb.store.signing`): a pickle without a valid signature
