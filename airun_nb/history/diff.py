@@ -17,6 +17,7 @@ import duckdb
 import pandas as pd
 
 from airun_nb.errors import AirunError, RunNotFound
+from airun_nb.store import packed
 from airun_nb.store.backend import Backend
 from airun_nb.store.database import quote_ident
 from airun_nb.store.opening import open_store
@@ -122,6 +123,7 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
 
 
 def _tables(con: duckdb.DuckDBPyConnection, ta: str, tb: str) -> tuple[bool, str]:
+    packed.expose(con, "the store", named=(ta, tb))  # small output tables, kept as Parquet
     cols_a, cols_b = _columns(con, ta), _columns(con, tb)
     if not cols_a or not cols_b:
         return False, "a stored table is missing"
@@ -204,6 +206,7 @@ def _row_diff(
                 f"(its output is {r.get('output_kind') or 'missing'})"
             )
         tables.append(str(r["output_table"]))
+    packed.expose(con, "the store", named=tuple(tables))  # small output tables, as Parquet
     cols_a, cols_b = _columns(con, tables[0]), _columns(con, tables[1])
     common = [c for c in cols_a if c in cols_b]
     if not common:

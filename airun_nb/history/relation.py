@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from airun_nb.errors import QueryError
+from airun_nb.store import packed
 from airun_nb.store.backend import Backend
 from airun_nb.store.opening import open_store
 
@@ -173,6 +174,7 @@ def query(sql: str, params: Sequence[Any] = (), *, db: _Db = None) -> pd.DataFra
     statements = _statements(sql)
     store = open_store(db, create=False)
     with store.session("answering a history query") as con:
+        packed.expose(con, store.path, statements)  # small output tables, kept as Parquet
         con.execute("BEGIN")
         try:
             table = _fetch(con.sql(statements, params=list(params) or None))

@@ -32,7 +32,7 @@ from airun_nb.errors import AirunError, ClockWarning, StoreBusy, StoreError, Sto
 from airun_nb.settings import clock as processclock
 from airun_nb.settings import environment as config
 from airun_nb.store import idle as keeper
-from airun_nb.store import owner, schema
+from airun_nb.store import owner, packed, schema
 from airun_nb.store.crashpoints import crashpoint
 from airun_nb.store.faults import check_store_path, duckdb_fault, os_fault
 from airun_nb.store.fold import fold
@@ -228,33 +228,25 @@ class Store(Queries, QueueStore):
             return con.execute(sql, list(params)).df()
 
     def put_table(self, name: str, table: pa.Table) -> None:
-        """Store an Arrow table as ``outputs."name"`` and commit it."""
+        """Store an Arrow table as output table ``name`` (see :mod:`~airun_nb.store.packed`:
+        small ones as Parquet bytes in ``airun_outputs``) and commit it."""
         # No fold first: writing a table reads nothing the journal holds.
         with self.session("writing a step output", fold=False) as con:
-            con.register("__airun_out", table)
             try:
                 con.execute("BEGIN")
-                con.execute(
-                    f"CREATE OR REPLACE TABLE outputs.{quote_ident(name)} AS "
-                    "SELECT * FROM __airun_out"
-                )
+                packed.write(con, name, table)
                 crashpoint("output:before_commit")
                 con.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
                 raise
-            finally:
-                con.unregister("__airun_out")
             crashpoint("output:after_commit")
 
     def get_table(self, name: str) -> pa.Table:
         # No fold first: output tables are committed directly, never journaled.
         with self.session("reading a step output", fold=False) as con:
-            rel = con.sql(f"SELECT * FROM outputs.{quote_ident(name)}")
-            fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
-            table: pa.Table = fetch()
-            return table
+            return packed.read(con, name, self.path)
 
     def export_run(self, run_id: str) -> dict[str, list[dict[str, Any]]]:
         """Every row and output table of one run, to copy it to another store (see

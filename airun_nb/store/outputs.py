@@ -1,8 +1,9 @@
 """How step outputs are kept in the store.
 
-- pandas DataFrames and Arrow tables become DuckDB tables in the ``outputs`` schema, written
-  through Arrow (no pickling). A DataFrame's index and dtypes come back through the pandas
-  metadata Arrow keeps, stored beside the table.
+- pandas DataFrames and Arrow tables become output tables, written through Arrow (no
+  pickling): a small one as Parquet bytes in ``airun_outputs``, a larger one as a DuckDB table in
+  the ``outputs`` schema (:mod:`airun_nb.store.packed`). A DataFrame's index and dtypes come back
+  through the pandas metadata Arrow keeps, stored beside the table.
 - JSON-able values (None, numbers, strings, lists, dicts of those) are stored as JSON.
 - Anything else goes through the one declared fallback, :mod:`pickle`, as a BLOB signed with
   the key outside the store (:mod:`airun_nb.store.signing`): a pickle without a valid signature
@@ -19,6 +20,7 @@ import pickle
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -127,6 +129,9 @@ def _portable(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         dtype = frame[col].dtype
         if pd.api.types.is_timedelta64_dtype(dtype):
             extra["timedelta"].append(str(col))
+            unit = np.datetime_data(str(dtype))[0] if isinstance(dtype, np.dtype) else "ns"
+            if unit != "ns":  # pandas 3 keeps s, ms and us too: the integers count those
+                extra.setdefault("timedelta_unit", {})[str(col)] = unit
             changed[col] = frame[col].astype("int64")
         elif isinstance(dtype, pd.CategoricalDtype):
             cats = dtype.categories.tolist()
@@ -142,9 +147,11 @@ def _portable(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def _restore(frame: pd.DataFrame, extra: dict[str, Any]) -> pd.DataFrame:
+    units = extra.get("timedelta_unit") or {}
     for col in extra.get("timedelta", []):
         if col in frame:
-            frame[col] = pd.to_timedelta(frame[col], unit="ns")
+            unit = units.get(col, "ns")
+            frame[col] = pd.to_timedelta(frame[col], unit=unit).astype(f"timedelta64[{unit}]")
     for col, info in (extra.get("categorical") or {}).items():
         if col in frame:
             frame[col] = frame[col].astype(

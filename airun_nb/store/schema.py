@@ -25,9 +25,16 @@ SCHEMA_VERSION = 11
 # gate's form fields, options and quorum), votes (each person's vote), option and form (the
 # decided option and form values); 10 adds queue (runs submitted to a named queue, and which
 # worker holds each, see store/queue.py); 11 adds runs.copied_from / origin_launcher (a run
-# copied in by pull or push: the store it came from, and who launched it first) and
-# audit.copied_from (an audit row recorded in another store, and which). Each version only adds tables or columns, so an older store is upgraded in place when it is opened.
+# copied in by pull or push: the store it came from, and who launched it first),
+# audit.copied_from (an audit row recorded in another store, and which) and airun_outputs
+# (small output tables as Parquet bytes, see store/packed.py; older output tables stay DuckDB
+# tables and are read as before). Each version only adds tables or columns, so an older store
+# is upgraded in place when it is opened.
 APP = "airun_nb"
+# Output tables whose Arrow data is small, as Parquet bytes by table name (store/packed.py); the
+# team store keeps every output table so, under the same name. Larger ones are DuckDB tables in
+# the ``outputs`` schema.
+OUTPUTS = "airun_outputs"
 
 # Column lists are the single source of truth for DDL, Arrow batches and journal records.
 _TS = "TIMESTAMP"
@@ -231,6 +238,10 @@ RECORD_TABLE = {
 def ddl() -> list[str]:
     out = ["CREATE SCHEMA IF NOT EXISTS outputs"]
     out.append("CREATE TABLE IF NOT EXISTS airun_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    out.append(
+        f"CREATE TABLE IF NOT EXISTS {OUTPUTS} (name VARCHAR PRIMARY KEY, created_at {_TS}, "
+        "data BLOB NOT NULL)"
+    )
     for name, (cols, pk) in TABLES.items():
         body = ", ".join(f"{c} {t}" for c, t in cols)
         if pk:

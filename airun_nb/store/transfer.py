@@ -50,10 +50,10 @@ import duckdb
 
 from airun_nb.errors import RunNotFound, StoreError
 from airun_nb.settings import caps
-from airun_nb.store import signing
+from airun_nb.store import packed, signing
 from airun_nb.store.crashpoints import crashpoint
 from airun_nb.store.owner import owner_alive
-from airun_nb.store.schema import _TS, SCHEMA_VERSION, TABLES, quote_ident
+from airun_nb.store.schema import _TS, SCHEMA_VERSION, TABLES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -126,7 +126,7 @@ def export_run(store: Store, run_id: str) -> Bundle:
 def _views(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The store's tables (and output tables) that are not plain tables: a view runs a query
     written by whoever made the file, so a copy never reads through one."""
-    names = [*RUN_TABLES]
+    names = [*RUN_TABLES, packed.OUTPUTS]  # and the Parquet-kept output tables
     found = con.execute(
         "SELECT table_schema, table_name FROM information_schema.tables "
         "WHERE table_type <> 'BASE TABLE' AND table_schema IN ('main', 'outputs')"
@@ -164,18 +164,10 @@ def _export(store: Store, run_id: str) -> Bundle:
                 con, f"SELECT * FROM {table} WHERE run_id = ? ORDER BY {by}", [run_id]
             )
         wanted = {str(s["output_table"]) for s in bundle["steps"] if s.get("output_table")}
-        present = [
-            str(r[0])
-            for r in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'outputs'"
-            ).fetchall()
-        ]
         tables: dict[str, pa.Table] = {}
-        for name in sorted(present):
+        for name in packed.names(con):  # both kinds (DuckDB tables, Parquet bytes)
             if name in wanted or _belongs(name, run_id):
-                rel = con.sql(f"SELECT * FROM outputs.{quote_ident(name)}")
-                fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
-                tables[name] = fetch()
+                tables[name] = packed.read(con, name, store.path)
     cast(dict[str, Any], bundle)[OUTPUTS] = tables
     bundle[META] = [{"run_id": run_id, "schema_version": SCHEMA_VERSION, "source": str(store.path)}]
     return unseal(bundle)
@@ -319,17 +311,8 @@ def import_run(store: Store, bundle: Bundle) -> None:
                 _insert(con, table, bundle.get(table, []))
             _insert(con, "approvals", _decided_here(bundle))
             _insert(con, "events", _numbered(con, bundle.get("events", [])))
-            for name, table in outputs.items():
-                verb = (
-                    "CREATE OR REPLACE TABLE"
-                    if _belongs(name, run_id)
-                    else "CREATE TABLE IF NOT EXISTS"
-                )
-                con.register("__airun_copy", table)
-                try:
-                    con.execute(f"{verb} outputs.{quote_ident(name)} AS SELECT * FROM __airun_copy")
-                finally:
-                    con.unregister("__airun_copy")
+            for name, table in outputs.items():  # another run's table already here stays
+                packed.write(con, name, table, replace=_belongs(name, run_id))
             crashpoint("import:before_commit")
             con.execute("COMMIT")
         except BaseException:
@@ -378,11 +361,9 @@ def _remove(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     for table in RUN_TABLES:
         if table != "specs":
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-    for (name,) in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'outputs'"
-    ).fetchall():
-        if _belongs(str(name), run_id):
-            con.execute(f"DROP TABLE outputs.{quote_ident(str(name))}")
+    for name in packed.names(con):
+        if _belongs(name, run_id):
+            packed.remove(con, name)
 
 
 def _numbered(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> list[dict[str, Any]]:

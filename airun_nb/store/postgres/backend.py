@@ -41,7 +41,7 @@ import duckdb
 from airun_nb.errors import StoreError
 from airun_nb.settings import environment as config
 from airun_nb.settings.environment import StoreURL
-from airun_nb.store import owner
+from airun_nb.store import owner, packed
 from airun_nb.store.fold import group
 from airun_nb.store.postgres import errors
 from airun_nb.store.postgres.schema import EVENT_SEQ_LOCK, LEASES, OUTPUTS, WRITER_LOCK, migrate
@@ -59,7 +59,6 @@ LEASE_SECONDS = 30.0  # a held run's lease_until is renewed every third of this
 _EPOCH = datetime(1970, 1, 1)
 _READING = ("reading", "answering", "comparing", "planning")
 _TABLE_WORDS = {name: re.compile(rf"\b{name}\b", re.IGNORECASE) for name in TABLES}
-_OUTPUT_REF = re.compile(r'\boutputs\s*\.\s*("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)')
 _registry: dict[str, PostgresStore] = {}
 _registry_lock = threading.Lock()
 
@@ -346,26 +345,19 @@ class PostgresStore(Queries, QueueStore):
     # -- DataFrame outputs -----------------------------------------------------------------
     def put_table(self, name: str, table: pa.Table) -> None:
         """Store an Arrow table (as Parquet bytes) under ``name``, committed."""
-        import pyarrow.parquet as pq
-
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
         with self._con("write a step output to") as con:
             con.execute(
                 f"INSERT INTO {OUTPUTS} (name, data) VALUES (%s, %s) "
                 "ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data, "
                 "created_at = now() AT TIME ZONE 'utc'",
-                [name, buf.getvalue()],
+                [name, packed.to_parquet(table)],
             )
 
     def get_table(self, name: str) -> pa.Table:
-        import pyarrow.parquet as pq
-
         rows = self.query(f"SELECT data FROM {OUTPUTS} WHERE name = ?", [name])
         if not rows:
             raise StoreError(f"no output table '{name}' in {self.url}")
-        table: pa.Table = pq.read_table(io.BytesIO(bytes(rows[0][0])))
-        return table
+        return packed.from_parquet(rows[0][0], name, self.url)
 
     def has_table(self, name: str) -> bool:
         return bool(self.query(f"SELECT 1 FROM {OUTPUTS} WHERE name = ?", [name]))
@@ -608,18 +600,12 @@ class Snapshot:
         for name, word in _TABLE_WORDS.items():
             if name not in self._loaded and word.search(sql):
                 self._load(name, f"SELECT {', '.join(c for c, _ in TABLES[name][0])} FROM {name}")
-        for m in _OUTPUT_REF.finditer(sql):
-            ref = m.group(1)
-            name = ref[1:-1].replace('""', '"') if ref.startswith('"') else ref
+        for name in packed.referenced(sql):
             key = "outputs." + name
             if key not in self._loaded:
                 self._loaded.add(key)
                 with contextlib.suppress(StoreError):
-                    table = self._store.get_table(name)
-                    self.con.register("__airun_load", table)
-                    quoted = '"' + name.replace('"', '""') + '"'
-                    self.con.execute(f"CREATE TABLE outputs.{quoted} AS SELECT * FROM __airun_load")
-                    self.con.unregister("__airun_load")
+                    packed.load(self.con, "outputs", name, self._store.get_table(name))
 
     def _load(self, name: str, sql: str) -> None:
         self._loaded.add(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from airun_nb.errors import StoreIncompatible
-from airun_nb.store.schema import APP, TABLES
+from airun_nb.store.schema import APP, OUTPUTS, TABLES  # OUTPUTS: every output table, as Parquet
 
 PG_TYPES = {
     "VARCHAR": "text",
@@ -26,7 +26,6 @@ PG_TYPES = {
 MIGRATION_LOCK = 0x61697275_6E000001
 EVENT_SEQ_LOCK = 0x61697275_6E000002
 WRITER_LOCK = 0x61697275_6E000003
-OUTPUTS = "airun_outputs"  # output tables of DataFrame steps: Parquet bytes by table name
 LEASES = "airun_run_leases"  # runs executing now: holder and lease_until, renewed while held
 
 

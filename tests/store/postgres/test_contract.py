@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+import airun_nb
 from airun_nb.store import transitions
 from airun_nb.store.opening import open_store
 
@@ -160,8 +161,8 @@ def test_output_tables_keep_their_types(store_db: Any) -> None:
     pd.testing.assert_frame_equal(back.to_pandas(), frame)  # dtypes included
     store.put_table("r1__out", pa.table({"x": [7]}))  # replaced, not appended
     assert store.get_table("r1__out").to_pydict() == {"x": [7]}
-    with store.session("reading an output") as con:
-        assert con.execute('SELECT sum(x) FROM outputs."r1__out"').fetchone() == (7,)
+    total = airun_nb.query('SELECT sum(x) AS total FROM outputs."r1__out"', db=store_db)
+    assert total["total"].tolist() == [7]
 
 
 def test_history_sql_runs_on_duckdb_in_a_session(store_db: Any) -> None:
