@@ -125,10 +125,15 @@ class Dashboard(App[None]):
         value = FILTERS[self.filter_index]
         return None if value == "all" else value
 
-    def refresh_data(self) -> None:
+    def _tables_shown(self) -> bool:
+        """Whether the screen with the tables is the one shown: not when a dialog is up (its
+        screen has none of them), nor while the app is closing."""
         stack = self.screen_stack
-        if not stack or self.screen is not stack[0]:
-            return  # a dialog is up (its screen has none of these tables), or the app is closing
+        return bool(stack) and self.screen is stack[0]
+
+    def refresh_data(self) -> None:
+        if not self._tables_shown():
+            return
         try:
             self._refresh_tables()
         except NoMatches:  # the timer fired while the app was tearing its screen down
@@ -218,7 +223,10 @@ class Dashboard(App[None]):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "gates":
-            self.show_gate()
+            try:
+                self.show_gate()
+            except NoMatches:  # a highlight still queued while the app tears its screen down
+                return
 
     def show_run(self, run_id: str) -> None:
         try:

@@ -114,6 +114,23 @@ async def test_enter_opens_a_run_with_its_steps_and_attempts(env: Path) -> None:
 
 
 @sync
+async def test_a_gate_highlight_handled_as_the_dashboard_closes_is_no_error(env: Path) -> None:
+    """A highlight of the gates' table still queued when the dashboard tears its screen down
+    (seen on a busy machine: the dashboard stopped with NoMatches '#gates') is dropped; while
+    the dashboard is up, a highlight shows the gate's detail."""
+    from textual.widgets import DataTable
+
+    run_id = waiting(env, "deploy")
+    app = Dashboard(Store.open(env))
+    async with app.run_test(size=(160, 50)):
+        gates = app.query_one("#gates", DataTable)
+        key = gates.coordinate_to_cell_key(gates.cursor_coordinate).row_key
+        app.on_data_table_row_highlighted(DataTable.RowHighlighted(gates, 0, key))
+        assert run_id in str(app.query_one("#gate-detail").render())
+    app.on_data_table_row_highlighted(DataTable.RowHighlighted(gates, 0, key))
+
+
+@sync
 async def test_approve_a_gate_with_a_comment(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = waiting(env, "deploy")
     monkeypatch.setenv("AIRUN_USER", "bob")  # the approver at the terminal
