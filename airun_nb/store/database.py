@@ -406,16 +406,17 @@ class Store(Queries, QueueStore):
         gen_key, offset_key = meta_keys(journal.slot)
         meta = _meta(con)
         offset = int(meta[offset_key]) if meta.get(gen_key) == journal.gen else 0
-        scan = journal.scan(offset)
+        scan = journal.scan(offset, raw=True)
         # The damaged bytes are copied aside before anything is folded or truncated, and the
         # journal is reset after the fold: nothing is ever appended after a bad record.
         aside = journal.set_aside(scan.damage[0][0]) if scan.damage else None
         with _faults(self, "fold the journal into"):
-            fold(con, scan.records, [(journal.slot, journal.gen, scan.end)])
+            skipped = fold(con, scan.records, [(journal.slot, journal.gen, scan.end)])
         journal.reset()
         self.folds += 1
         self._trimmed = self.lease.grants
         _report(self, scan.describe(journal.path, aside))
+        _report(self, _skipped(skipped))
 
     def _fold(self, own: bool = True) -> None:
         """Fold the other slots' new records and (``own``) this process's (lease held)."""
@@ -436,17 +437,18 @@ class Store(Queries, QueueStore):
         batch = self.peers.collect(changed, meta) if changed else Batch()
         records, marks = batch.records, batch.marks
         if own and journal.pending:
-            records = records + journal.pending
+            records = [*records, *journal.pending]
             marks = [*marks, (journal.slot, journal.gen, journal.size)]
         if marks:
             try:
                 with _faults(self, "fold the journal into"):  # every journal keeps its records
-                    fold(con, records, marks)
+                    skipped = fold(con, records, marks)
             except BaseException:
                 self.peers.abandon(batch)
                 raise
             self.folds += 1
             self.lease.note_folded(marks)  # appending processes learn how far they are folded
+            batch.reports.append(_skipped(skipped) or "")
         self.peers.done(batch)
         if own and journal.is_open and not journal.empty:
             journal.reset()
@@ -551,6 +553,10 @@ def _report(store: Store, message: str | None) -> None:
     event = {"t": "ev", "ts": time.time(), "run_id": None, "step_id": None}
     event.update(kind="journal_recovered", detail=json.dumps({"message": message}))
     store._journal().append(event)
+
+
+def _skipped(n: int) -> str | None:
+    return f"skipped {n} journal record(s) that are not JSON objects" if n else None
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:

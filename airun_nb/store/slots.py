@@ -32,7 +32,7 @@ Signature = tuple[int, int, int]
 class Batch:
     """What the other slots hold: records to fold, their marks, what to say and to empty."""
 
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any] | str] = field(default_factory=list)  # str: JSON text
     marks: list[Mark] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
     dead: list[Journal] = field(default_factory=list)
@@ -76,7 +76,7 @@ class Peers:
             sig = _signature(journal.path)
             gen_key, offset_key = meta_keys(slot)
             offset = int(meta[offset_key]) if meta.get(gen_key) == journal.gen else 0
-            scan = journal.scan(offset)
+            scan = journal.scan(offset, raw=True)  # parsed by the fold, inside DuckDB
             if not scan.records and not (dead and scan.damage):
                 journal.close()  # nothing new (a write may be under way: looked at next time)
                 if sig is not None and not scan.damage:
