@@ -126,32 +126,42 @@ def encode_record(record: dict[str, Any]) -> str:
 
 
 _RECS = "__airun_recs"
+_APPENDED = ("events", "audit")
+# The key columns of every keyed table, read from each record with one parse of its text, so
+# that only the latest record of each key is turned into a row.
+_KEYS = sorted(
+    {k for t in RECORD_TABLE.values() if t not in _APPENDED for k in TABLES[t][1]} - {"t", "att"}
+)
 
 
 def _fold_texts(con: duckdb.DuckDBPyConnection, texts: list[str]) -> int:
     """Parse, group and insert the records' JSON texts in DuckDB (transaction open; the
     scratch table of texts goes with it if it is rolled back)."""
+    paths = ", ".join(f"'$.{k}'" for k in ("t", "att", *_KEYS))
+    picked = ", ".join(f"k[{i}] AS {quote_ident(k)}" for i, k in enumerate(_KEYS, 3))
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_RECS} AS SELECT ord, rec, rec->>'t' AS t FROM "
+        f"CREATE OR REPLACE TEMP TABLE {_RECS} AS SELECT ord, rec, k[1] AS t, k[2] AS att, "
+        f"{picked} FROM (SELECT ord, rec, json_extract_string(rec, [{paths}]) AS k FROM "
         "(SELECT generate_subscripts(l, 1) AS ord, unnest(l) AS rec "
-        " FROM (SELECT string_split(?, chr(10)) AS l)) "
-        "WHERE json_valid(rec) AND json_type(rec) = 'OBJECT'",
+        " FROM (SELECT string_split(?, chr(10)) AS l)) WHERE json_valid(rec))",
         ["\n".join(texts)],  # JSON text never holds a raw newline
     )
     found = con.execute(f"SELECT t, count(*) FROM {_RECS} GROUP BY t").fetchall()
     kinds = {str(t): int(n) for t, n in found}
     for t, table in RECORD_TABLE.items():
-        if t in kinds and table not in ("events", "audit", "attempts"):
-            _latest(con, table, f"SELECT ord, {_parsed(table)} AS j FROM {_RECS} WHERE t = '{t}'")
+        if t in kinds and table not in (*_APPENDED, "attempts"):
+            _latest(con, table, f"SELECT ord, {_key_of(table)}, rec FROM {_RECS} WHERE t = '{t}'")
     if "step" in kinds or "att" in kinds:
-        att = f"json_transform(rec->'att', '{_shape('attempts')}')"
+        # ``att`` records, and the attempt a step record carries (its run and step are the
+        # step's): the latest of each key wins.
         _latest(
             con,
             "attempts",
-            f"SELECT ord, {_parsed('attempts')} AS j FROM {_RECS} WHERE t = 'att' "
-            f"UNION ALL SELECT ord, struct_update({att}, run_id := rec->>'run_id', "
-            f"step_id := rec->>'step_id') AS j FROM {_RECS} WHERE t = 'step' "
-            "AND json_type(rec, '$.att') = 'OBJECT' AND (rec->'att') <> '{}'",
+            f"SELECT ord, run_id, step_id, phase, attempt, rec FROM {_RECS} WHERE t = 'att' "
+            "UNION ALL SELECT ord, run_id, step_id, p[1], p[2], att FROM (SELECT *, "
+            f"json_extract_string(att, ['$.phase', '$.attempt']) AS p FROM {_RECS} "
+            "WHERE t = 'step' AND starts_with(att, '{') AND att <> '{}')",
+            f"struct_update({_parsed('attempts')}, run_id := run_id, step_id := step_id)",
         )
     if "ev" in kinds:
         row = con.execute("SELECT value FROM airun_meta WHERE key = 'event_seq'").fetchone()
@@ -176,12 +186,21 @@ def _fold_texts(con: duckdb.DuckDBPyConnection, texts: list[str]) -> int:
     return len(texts) - sum(kinds.values())
 
 
-def _latest(con: duckdb.DuckDBPyConnection, table: str, source: str) -> None:
-    """Insert or replace the latest record (by ``ord``) of each key of ``source``."""
-    key = ", ".join(f"j.{quote_ident(k)}" for k in TABLES[table][1])
+def _key_of(table: str) -> str:
+    return ", ".join(quote_ident(k) for k in TABLES[table][1])
+
+
+def _latest(
+    con: duckdb.DuckDBPyConnection, table: str, source: str, parsed: str | None = None
+) -> None:
+    """Insert or replace the latest record (by ``ord``) of each key of ``source`` (whose
+    columns are ``ord``, the table's key columns as text, and ``rec``): only those are
+    parsed into rows (by ``parsed``, an expression over them)."""
+    key = _key_of(table)
     con.execute(
-        f"INSERT OR REPLACE INTO {table} SELECT {_columns(table)} FROM ({source}) "
-        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY ord DESC) = 1"
+        f"INSERT OR REPLACE INTO {table} SELECT {_columns(table)} FROM (SELECT "
+        f"{parsed or _parsed(table)} AS j FROM ({source}) "
+        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY ord DESC) = 1)"
     )
 
 

@@ -1,0 +1,219 @@
+"""Folding other processes' records: DuckDB parses the journal's text, and a reader keeps up.
+
+A reader folds what writer processes journaled. The fold hands the records' JSON text to DuckDB,
+which parses, groups and inserts it; these tests hold that to the one definition of turning
+records into rows (``fold.group``, which the team store uses too), and show that a process
+holding the store between reads folds the writers' records without being asked, so a read
+finds only a short tail. Real processes, a real DuckDB file; nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+import airun_nb
+from airun_nb.store import idle
+from airun_nb.store.database import Store
+from airun_nb.store.fold import batch, group
+from airun_nb.store.journal import Journal, slot_paths
+from airun_nb.store.schema import TABLES
+
+# A process that runs workflows (a failure, a gate, retries, outputs), then dies (no fold at
+# exit): what it journaled since its last read of the store stays in its slot (its last runs,
+# with their retried steps) for another process to fold.
+LEAVER = r"""
+import os, sys
+from pathlib import Path
+import airun_nb
+import airun_nb.store.database as database
+import airun_nb.store.idle as idle
+database.FOLD_EVERY = database.FOLD_AT_LATEST = 10**9  # nothing folded while it runs
+idle.IDLE_RELEASE = 10**9
+db = Path(sys.argv[1])
+flaky = Path(sys.argv[2])
+
+def sometimes() -> int:
+    if not flaky.exists():
+        flaky.touch()
+        raise RuntimeError("first attempt fails")
+    return 7
+
+ns = {"sometimes": sometimes, "boom": lambda: 1 / 0}
+try:
+    airun_nb.Workflow.from_dict({"name": "failing", "steps": [{"id": "x", "call": "boom"}]}).run(
+        db=db, namespace=ns, new=True)
+except airun_nb.errors.WorkflowFailed:
+    pass
+else:
+    raise AssertionError("the failing run did not fail")
+r = airun_nb.Workflow.from_dict({"name": "gated", "steps": [
+    {"id": "a", "python": "result = [1, 2, 3]"},
+    {"id": "ok", "approval": {"message": "go?"}, "needs": ["a"]},
+]}).run(db=db)
+assert r.status == "waiting", r.status
+for i in range(3):
+    r = airun_nb.Workflow.from_dict({"name": f"retried{i}", "steps": [
+        {"id": "a", "call": "sometimes", "retry": {"attempts": 3, "initial": "0s"}},
+        {"id": "b", "python": "result = {'n': steps['a'].output, 'text': 'é\\n\"x\"'}",
+         "needs": ["a"]},
+    ]}).run(db=db, namespace=ns, new=True)
+    assert r.status == "completed", r.status
+    flaky.unlink()
+os._exit(0)
+"""
+
+
+_APPENDED = ("events", "audit")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
+    env["AIRUN_USER"] = "tester"
+    return env
+
+
+def _rows(store: Store, table: str) -> list[dict[str, Any]]:
+    with store.session("checking", fold=False, peers=False) as con:
+        cur = con.execute(f"SELECT * FROM {table}")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _key(table: str, row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row[k]) for k in TABLES[table][1])
+
+
+def test_the_fold_turns_journal_text_into_the_rows_group_defines(tmp_path: Path) -> None:
+    """A process that ran workflows (a step retried, outputs with quotes, newlines and
+    non-ASCII text, after a gate and a failure) died with its last records in its journal. The next
+    reader folds them from their text inside DuckDB: every table holds exactly the rows
+    ``fold.group`` makes of the same records (the latest record of a key winning, attempts
+    from the step records, events and audit rows appended in order, events numbered in
+    order)."""
+    db = tmp_path / "airun.duckdb"
+    airun_nb.Workflow.from_dict(
+        {"name": "seed", "steps": [{"id": "s", "python": "result = 1"}]}
+    ).run(db=db)
+    Store.open(db).release()
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVER, str(db), str(tmp_path / "flaky")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    records: list[dict[str, Any]] = []  # what the dead process left, decoded in Python
+    for slot, _ in slot_paths(db):
+        got = Journal.peer(db, slot)
+        if got is not None:
+            journal, _dead = got
+            records += [r for r in journal.scan(0).records if isinstance(r, dict)]
+            journal.close()
+    assert {"run", "step", "ev", "audit"} <= {r.get("t") for r in records}
+    keyed, appended = group(records)
+    assert len(keyed["attempts"]) > len(keyed["steps"])  # the retried steps' attempts
+
+    with duckdb.connect(str(db), read_only=True) as con:  # as the dead process left it
+        before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in _APPENDED}
+    store = Store.open(db)
+    airun_nb.runs(db=db)  # a read: folds the dead process's slot
+    for table, rows in keyed.items():
+        want = {_key(table, r): r for r in batch(table, rows).to_pylist()}
+        got = {_key(table, r): r for r in _rows(store, table) if _key(table, r) in want}
+        assert got == want, table
+    for table in _APPENDED:
+        stored = _rows(store, table)[before[table] :]
+        if table == "events":
+            assert [r["seq"] for r in stored] == sorted(r["seq"] for r in stored)
+            for r in stored:
+                r.pop("seq")
+        want_rows = batch(table, appended[table]).to_pylist()
+        if table == "events":
+            for r in want_rows:
+                r.pop("seq")
+        assert stored == want_rows, table
+    store.release()
+
+
+WRITER = r"""
+import sys
+from pathlib import Path
+import airun_nb
+db, log, stop = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+wf = airun_nb.Workflow.from_dict({"name": "busy", "steps": [{"id": "a", "python": "result = 1"}]})
+with log.open("a") as out:
+    i = 0
+    while not stop.exists() and i < 20000:
+        r = wf.run(db=db, new=True)
+        out.write(r.run_id + "\n")
+        out.flush()
+        i += 1
+"""
+
+
+def _finished(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line] if log.exists() else []
+
+
+def test_a_reader_holding_the_store_folds_a_writers_records_between_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-lived reader (the service, a second kernel) holds the store between reads. While
+    it holds it, without reading and without taking the store again, its keeper folds the
+    runs another process keeps finishing: a run finished after the last read reaches the
+    reader's DuckDB tables on its own, so the next read has only a short tail to fold."""
+    monkeypatch.setattr(idle, "IDLE_RELEASE", 3600.0)  # the reader keeps the store meanwhile
+    db = tmp_path / "airun.duckdb"
+    airun_nb.Workflow.from_dict(
+        {"name": "seed", "steps": [{"id": "s", "python": "result = 1"}]}
+    ).run(db=db)
+    store = Store.open(db)
+    store.release()
+    log, stop = tmp_path / "w.log", tmp_path / "stop"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), str(log), str(stop)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120  # safety nets only: every wait is on an event
+        while not _finished(log):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the writer finished no run"
+            time.sleep(0.01)
+        airun_nb.runs(db=db)  # one read: the store is held from here on
+        assert store.lease.held
+        grants = store.lease.grants
+        seen_at_read = set(_finished(log))
+        while not set(_finished(log)) - seen_at_read:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the writer finished no run after the read"
+            time.sleep(0.01)
+        later = sorted(set(_finished(log)) - seen_at_read)[0]  # finished after the read
+        while True:
+            with store.session("checking", fold=False, peers=False) as con:  # folds nothing
+                row = con.execute("SELECT status FROM runs WHERE run_id = ?", [later]).fetchone()
+            if row is not None and row[0] == "completed":
+                break
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, f"run {later} was never folded"
+            time.sleep(0.01)
+        assert store.lease.grants == grants  # the same hold of the store: nobody read since
+    finally:
+        stop.touch()
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    assert len(airun_nb.runs(db=db)) == 1 + len(_finished(log))
+    store.release()
