@@ -4,22 +4,28 @@
     python benchmarks/contention.py                 # 4 writers, 40 reads of each kind
     python benchmarks/contention.py --quick         # 2 writers, 12 reads of each kind
     python benchmarks/contention.py --writers 4 --reads 60 --stored 250
+    python benchmarks/contention.py --step-ms 25    # writers whose steps wait 25 ms each
+    python benchmarks/contention.py --no-http       # without `airun serve`
 
-A store of ``--stored`` small runs (4 ``call`` steps each) is built first. Then a long-lived
-reader (this process: a second kernel, the service or the dashboard read this way) times, in
-turns:
+A store of ``--stored`` small runs (4 ``call`` steps each) is built first and `airun serve` is
+started on it (loopback). Then a long-lived reader (this process: a second kernel or the
+dashboard read this way) times, in turns:
 
 - ``runs()``: the history frame of every run;
 - ``runs()`` + ``steps()``: what the issue measured in the soak;
 - ``run_row(id)``: a named read of one run (``GET /v1/runs/ID``, ``airun show``);
 - ``airun runs --db``: a new process per read (its time includes starting Python);
+- ``GET /v1/runs``: the service's run list (the server is another long-lived reader);
 
 first with no writer (the floor), then while ``--writers`` processes re-run a 4-step cell
-without pause. It prints the median, p95 and max of each read in both phases and their ratio,
-the runs the writers made, how many records were still unfolded when each read began (the
-journal tail a reader has to fold), and every read error. Progress goes to stderr, the table to
-stdout; the exit status is 0 whether or not the goals are met. Goal (issue "Faults", item 8):
-``runs()`` + ``steps()`` median under 100 ms and p99 under 500 ms beside 4 writers.
+without pause (trivial steps by default: the writers flat out, the store growing by hundreds of
+runs a second; ``--step-ms`` makes each step wait, as a step waiting on I/O does), then again
+with no writer on the grown store (what the store's size alone costs). It prints the median,
+p95, p99 and max of each read, the ratio to the floor, the runs the writers made, how many
+journal bytes were still unfolded when each read began (the tail a reader has to fold), and
+every read error. Progress goes to stderr, the table to stdout; the exit status is 0 whether
+or not the goals are met. Goal (issue "Faults", item 8): ``runs()`` + ``steps()`` and
+``GET /v1/runs`` median under 100 ms and p99 under 500 ms beside 4 writers.
 """
 
 from __future__ import annotations
@@ -54,7 +60,11 @@ from pathlib import Path
 from speed import SMALL_TEXT, _one
 from airun_nb import Workflow
 stop = Path({stop!r})
-ns = {{"f": _one}}
+ms = {step_ms!r}
+def work() -> int:
+    time.sleep(ms / 1000)  # a step that waits on something (I/O, a service) this long
+    return 1
+ns = {{"f": work if ms else _one}}
 Workflow.from_yaml(SMALL_TEXT).run(db={db!r}, namespace=ns)
 Path({ready!r}).touch()
 n = 0
@@ -203,6 +213,12 @@ def main() -> None:
     ap.add_argument("--reads", type=int, default=None)
     ap.add_argument("--stored", type=int, default=250)
     ap.add_argument("--no-http", action="store_true", help="no `airun serve` (GET /v1/runs)")
+    ap.add_argument(
+        "--step-ms",
+        type=float,
+        default=0.0,
+        help="each writer step waits this long (0: trivial steps, the writers flat out)",
+    )
     args = ap.parse_args()
     writers = args.writers or (2 if args.quick else 4)
     n = args.reads or (12 if args.quick else 40)
@@ -226,7 +242,11 @@ def main() -> None:
         log(f"{writers} writers re-running a cell")
         for i in range(writers):
             code = WRITER.format(
-                here=str(HERE), stop=str(stop), ready=str(d / f"w{i}.ready"), db=str(db)
+                here=str(HERE),
+                stop=str(stop),
+                ready=str(d / f"w{i}.ready"),
+                db=str(db),
+                step_ms=args.step_ms,
             )
             procs.append(
                 subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -246,12 +266,16 @@ def main() -> None:
 
         stored_after = len(airun_nb.runs(db=db))
         release(db)
+        log(f"after: {n} reads of each kind on the grown store, no writer")
+        after = phase(db, n, lambda: True, server)
+        release(db)
     took = time.perf_counter() - t0
     load1 = loadavg()
     import duckdb
 
+    work = f"steps waiting {args.step_ms:g} ms each" if args.step_ms else "trivial steps"
     print(
-        f"airun_nb reads beside writers ({writers} writers re-running a 4-step cell, "
+        f"airun_nb reads beside writers ({writers} writers re-running a 4-step cell, {work}, "
         f"{args.stored} runs stored, {n} reads of each kind a phase, {PAUSE:g} s apart; "
         f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, duckdb {duckdb.__version__}; "
         f"took {took:.0f} s; /proc/loadavg {load0} before / {load1} after; "
@@ -260,23 +284,25 @@ def main() -> None:
     )
     print(
         "| read | floor: median / p95 ms (no writer) | beside writers: median / p95 / p99 / max "
-        "ms | median vs floor | journal bytes unfolded at read start (median) | errors |"
+        "ms | median vs floor | journal bytes unfolded at read start (median) | after, store "
+        "grown, no writer: median ms | errors |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name in floor:
         f, b = floor[name], busy[name]
         if not b["lat"]:
             continue
         fm, bm = statistics.median(f["lat"]), statistics.median(b["lat"])
-        errs = f["err"] + b["err"]
+        errs = f["err"] + b["err"] + after[name]["err"]
         print(
             f"| {name} | {ms(fm)} / {ms(pct(f['lat'], 0.95))} | {ms(bm)} / "
             f"{ms(pct(b['lat'], 0.95))} / {ms(pct(b['lat'], 0.99))} / {ms(max(b['lat']))} | "
-            f"{bm / fm:.2f}x | "
-            f"{_bytes(statistics.median(b['tail']))} | {len(errs)} |"
+            f"{bm / fm:.2f}x | {_bytes(statistics.median(b['tail']))} | "
+            f"{ms(statistics.median(after[name]['lat'])) if after[name]['lat'] else '-'} | "
+            f"{len(errs)} |"
         )
     for name in floor:
-        for e in (floor[name]["err"] + busy[name]["err"])[:3]:
+        for e in (floor[name]["err"] + busy[name]["err"] + after[name]["err"])[:3]:
             print(f"- {name}: {e}")
     print()
     for name in ("runs() + steps()", "GET /v1/runs"):

@@ -455,18 +455,6 @@ class Store(Queries, QueueStore):
         for message in batch.reports:
             _report(self, message)
 
-    def _fold_behind(self) -> None:
-        """While the lease is held between reads (the keeper calls this): fold the other slots'
-        new records now, so that the next read finds only what came after. Only in a process
-        with nothing of its own pending: a process that is writing is not held back by folding
-        the others' records (the holder of the lease, or the next reader, folds them)."""
-        journal = self.journal
-        if not self.lease.held or self._con is None or journal.pending:
-            return
-        if self.peers.changed(journal.slot if journal.is_open else None):
-            with _faults(self, "read"):
-                self._fold(own=False)
-
     def _forget_folded(self) -> None:
         """Forget this process's pending records that the lease holder has folded (as the lock
         file says): what is pending is what DuckDB does not hold yet."""

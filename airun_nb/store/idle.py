@@ -3,9 +3,7 @@
 A process holds the store's lease only while it reads, folds or writes an output table. The
 keeper looks every 10 ms: when another process waits for the lease it lets go at once (the
 waiter folds this process's slot as it reads); when nothing happened for ``IDLE_RELEASE``
-seconds it folds the slot and lets go; until then, in a process that is not writing (a reader:
-a second kernel, the service, the dashboard), it folds what the other processes journaled
-meanwhile, so that a read beside busy writers finds only a short tail left to fold; when records wait in
+seconds it folds the slot and lets go; when records wait in
 the slot with nobody folding them, it folds them if the lease is free. It also makes the group
 commit's last ``fsync`` of a burst (``AIRUN_SYNC=group``). It ends when there is nothing left to
 keep, and is started again by the next use of the store.
@@ -39,8 +37,6 @@ class Kept(Protocol):
     def _release_locked(self, fold: bool = True) -> None: ...
 
     def _forget_folded(self) -> None: ...
-
-    def _fold_behind(self) -> None: ...
 
 
 class Keeper:
@@ -100,7 +96,6 @@ def tick(store: Kept) -> bool:
             elif idle >= IDLE_RELEASE:
                 store._release_locked()
             else:
-                store._fold_behind()  # so that the next read finds little left to fold
                 return True
         elif journal.is_open and journal.pending and idle >= IDLE_RELEASE:
             store._forget_folded()  # what the holder folded of this slot meanwhile

@@ -1,10 +1,9 @@
-"""Folding other processes' records: DuckDB parses the journal's text, and a reader keeps up.
+"""Folding other processes' records: DuckDB parses the journal's text.
 
 A reader folds what writer processes journaled. The fold hands the records' JSON text to DuckDB,
-which parses, groups and inserts it; these tests hold that to the one definition of turning
-records into rows (``fold.group``, which the team store uses too), and show that a process
-holding the store between reads folds the writers' records without being asked, so a read
-finds only a short tail. Real processes, a real DuckDB file; nothing here is timed.
+which parses, groups and inserts it; this holds that to the one definition of turning records
+into rows (``fold.group``, which the team store uses too). A real process, a real DuckDB file;
+nothing here is timed.
 """
 
 from __future__ import annotations
@@ -12,15 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pytest
 
 import airun_nb
-from airun_nb.store import idle
 from airun_nb.store.database import Store
 from airun_nb.store.fold import batch, group
 from airun_nb.store.journal import Journal, slot_paths
@@ -142,78 +138,4 @@ def test_the_fold_turns_journal_text_into_the_rows_group_defines(tmp_path: Path)
             for r in want_rows:
                 r.pop("seq")
         assert stored == want_rows, table
-    store.release()
-
-
-WRITER = r"""
-import sys
-from pathlib import Path
-import airun_nb
-db, log, stop = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-wf = airun_nb.Workflow.from_dict({"name": "busy", "steps": [{"id": "a", "python": "result = 1"}]})
-with log.open("a") as out:
-    i = 0
-    while not stop.exists() and i < 20000:
-        r = wf.run(db=db, new=True)
-        out.write(r.run_id + "\n")
-        out.flush()
-        i += 1
-"""
-
-
-def _finished(log: Path) -> list[str]:
-    return [line for line in log.read_text().splitlines() if line] if log.exists() else []
-
-
-def test_a_reader_holding_the_store_folds_a_writers_records_between_reads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A long-lived reader (the service, a second kernel) holds the store between reads. While
-    it holds it, without reading and without taking the store again, its keeper folds the
-    runs another process keeps finishing: a run finished after the last read reaches the
-    reader's DuckDB tables on its own, so the next read has only a short tail to fold."""
-    monkeypatch.setattr(idle, "IDLE_RELEASE", 3600.0)  # the reader keeps the store meanwhile
-    db = tmp_path / "airun.duckdb"
-    airun_nb.Workflow.from_dict(
-        {"name": "seed", "steps": [{"id": "s", "python": "result = 1"}]}
-    ).run(db=db)
-    store = Store.open(db)
-    store.release()
-    log, stop = tmp_path / "w.log", tmp_path / "stop"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(db), str(log), str(stop)],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120  # safety nets only: every wait is on an event
-        while not _finished(log):
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "the writer finished no run"
-            time.sleep(0.01)
-        airun_nb.runs(db=db)  # one read: the store is held from here on
-        assert store.lease.held
-        grants = store.lease.grants
-        seen_at_read = set(_finished(log))
-        while not set(_finished(log)) - seen_at_read:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "the writer finished no run after the read"
-            time.sleep(0.01)
-        later = sorted(set(_finished(log)) - seen_at_read)[0]  # finished after the read
-        while True:
-            with store.session("checking", fold=False, peers=False) as con:  # folds nothing
-                row = con.execute("SELECT status FROM runs WHERE run_id = ?", [later]).fetchone()
-            if row is not None and row[0] == "completed":
-                break
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, f"run {later} was never folded"
-            time.sleep(0.01)
-        assert store.lease.grants == grants  # the same hold of the store: nobody read since
-    finally:
-        stop.touch()
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-2000:]
-    assert len(airun_nb.runs(db=db)) == 1 + len(_finished(log))
     store.release()
