@@ -137,20 +137,28 @@ class Store(Queries, QueueStore):
     # -- sessions --------------------------------------------------------------------------
     @contextlib.contextmanager
     def session(
-        self, purpose: str = "reading", *, fold: bool = True, peers: bool = True
+        self,
+        purpose: str = "reading",
+        *,
+        fold: bool = True,
+        peers: bool = True,
+        kinds: Sequence[str] = (),
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Hold the store (lease + DuckDB connection) for the duration of the block.
 
         Every other process's journal slot is folded first (unless ``peers=False``), and this
         process's own too unless ``fold=False`` (its pending records are laid over what it
-        reads, see ``recent``)."""
+        reads, see ``recent``). ``kinds`` (record kinds, such as ``"token"``): the block reads
+        only what records of those kinds hold, so nothing is folded unless an unfolded record
+        is of one of them (checking an API token beside busy writers does not fold their
+        runs)."""
         with self._mutex:
             self._ensure_lease(purpose)
             self._depth += 1
             try:
                 with _faults(self, "read"):
                     con = self._connection()
-                    if peers:
+                    if peers and (not kinds or self._unfolded_has(kinds)):
                         self._fold(own=fold)
                     yield con
             finally:
@@ -454,6 +462,23 @@ class Store(Queries, QueueStore):
             journal.reset()
         for message in batch.reports:
             _report(self, message)
+
+    def _unfolded_has(self, kinds: Sequence[str]) -> bool:
+        """Might a record not yet folded be of one of ``kinds``? (Lease held: nobody else
+        folds meanwhile.) Looks at this process's pending records and at the other slots'
+        bytes past how far the lock file says they are folded; True when unsure."""
+        journal = self.journal
+        if any(r.get("t") in kinds for r in journal.pending):
+            return True
+        changed = self.peers.changed(journal.slot if journal.is_open else None)
+        return bool(changed) and self.peers.mention(changed, self.lease.folded, kinds)
+
+    def token_row(self, token_id: str) -> dict[str, Any] | None:
+        with self.session("checking a token", kinds=("token",)) as con:
+            cur = con.execute("SELECT * FROM tokens WHERE token_id = ?", [token_id])
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return dict(zip(names, rows[0], strict=True)) if rows else None
 
     def _forget_folded(self) -> None:
         """Forget this process's pending records that the lease holder has folded (as the lock

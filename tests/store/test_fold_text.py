@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 
 import airun_nb
+from airun_nb.service import tokens
+from airun_nb.store import idle
 from airun_nb.store.database import Store
 from airun_nb.store.fold import batch, group
 from airun_nb.store.journal import Journal, slot_paths
@@ -138,4 +141,66 @@ def test_the_fold_turns_journal_text_into_the_rows_group_defines(tmp_path: Path)
             for r in want_rows:
                 r.pop("seq")
         assert stored == want_rows, table
+    store.release()
+
+
+# A process that does one thing to the store, then dies before folding what it journaled.
+DIES_UNFOLDED = r"""
+import os, sys
+from pathlib import Path
+import airun_nb
+import airun_nb.store.idle as idle
+from airun_nb.service import tokens
+from airun_nb.store.database import Store
+idle.IDLE_RELEASE = 10**9
+db, what = Path(sys.argv[1]), sys.argv[2]
+if what == "run":
+    r = airun_nb.Workflow.from_dict({"name": "beside", "steps": [{"id": "a", "python": "result = 1"}]}).run(
+        db=db, new=True)
+    assert r.status == "completed", r.status
+else:
+    tokens.revoke(Store.open(db), what)
+os._exit(0)
+"""
+
+
+def _dies_unfolded(db: Path, what: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DIES_UNFOLDED, str(db), what],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _count(store: Store, workflow: str) -> int:
+    with store.session("checking", fold=False, peers=False) as con:  # folds nothing
+        return int(
+            con.execute("SELECT count(*) FROM runs WHERE workflow = ?", [workflow]).fetchall()[0][0]
+        )
+
+
+def test_an_api_token_check_folds_only_when_a_token_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking an API token reads only the tokens. Beside another process's runs, still
+    unfolded in its journal, the check folds nothing (those runs are still only in the
+    journal after it); a token revoked by another process, the revocation still unfolded in
+    that process's journal, is refused by the very next check."""
+    monkeypatch.setattr(idle, "IDLE_RELEASE", 3600.0)  # this process keeps what it holds
+    db = tmp_path / "airun.duckdb"
+    store = Store.open(db)
+    token = tokens.create(store, "alice", role="approver", created_by="test")
+    store.release()
+    _dies_unfolded(db, "run")
+
+    found = tokens.authenticate(store, token)
+    assert found is not None and found.user == "alice"
+    assert _count(store, "beside") == 0  # the other process's run was not folded by the check
+
+    _dies_unfolded(db, found.token_id)  # revoked in another process, not folded there
+    assert tokens.authenticate(store, token) is None
+    assert _count(store, "beside") == 1  # folded with the revocation, as every read folds
     store.release()
