@@ -49,6 +49,7 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/readers.py
 	$(BIN)/python benchmarks/contention.py
+	$(BIN)/python benchmarks/contention.py --step-ms 25
 	$(BIN)/python benchmarks/pgstore.py
 
 clean:

@@ -137,20 +137,28 @@ class Store(Queries, QueueStore):
     # -- sessions --------------------------------------------------------------------------
     @contextlib.contextmanager
     def session(
-        self, purpose: str = "reading", *, fold: bool = True, peers: bool = True
+        self,
+        purpose: str = "reading",
+        *,
+        fold: bool = True,
+        peers: bool = True,
+        kinds: Sequence[str] = (),
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Hold the store (lease + DuckDB connection) for the duration of the block.
 
         Every other process's journal slot is folded first (unless ``peers=False``), and this
         process's own too unless ``fold=False`` (its pending records are laid over what it
-        reads, see ``recent``)."""
+        reads, see ``recent``). ``kinds`` (record kinds, such as ``"token"``): the block reads
+        only what records of those kinds hold, so nothing is folded unless an unfolded record
+        is of one of them (checking an API token beside busy writers does not fold their
+        runs)."""
         with self._mutex:
             self._ensure_lease(purpose)
             self._depth += 1
             try:
                 with _faults(self, "read"):
                     con = self._connection()
-                    if peers:
+                    if peers and (not kinds or self._unfolded_has(kinds)):
                         self._fold(own=fold)
                     yield con
             finally:
@@ -398,16 +406,17 @@ class Store(Queries, QueueStore):
         gen_key, offset_key = meta_keys(journal.slot)
         meta = _meta(con)
         offset = int(meta[offset_key]) if meta.get(gen_key) == journal.gen else 0
-        scan = journal.scan(offset)
+        scan = journal.scan(offset, raw=True)
         # The damaged bytes are copied aside before anything is folded or truncated, and the
         # journal is reset after the fold: nothing is ever appended after a bad record.
         aside = journal.set_aside(scan.damage[0][0]) if scan.damage else None
         with _faults(self, "fold the journal into"):
-            fold(con, scan.records, [(journal.slot, journal.gen, scan.end)])
+            skipped = fold(con, scan.records, [(journal.slot, journal.gen, scan.end)])
         journal.reset()
         self.folds += 1
         self._trimmed = self.lease.grants
         _report(self, scan.describe(journal.path, aside))
+        _report(self, _skipped(skipped))
 
     def _fold(self, own: bool = True) -> None:
         """Fold the other slots' new records and (``own``) this process's (lease held)."""
@@ -428,22 +437,40 @@ class Store(Queries, QueueStore):
         batch = self.peers.collect(changed, meta) if changed else Batch()
         records, marks = batch.records, batch.marks
         if own and journal.pending:
-            records = records + journal.pending
+            records = [*records, *journal.pending]
             marks = [*marks, (journal.slot, journal.gen, journal.size)]
         if marks:
             try:
                 with _faults(self, "fold the journal into"):  # every journal keeps its records
-                    fold(con, records, marks)
+                    skipped = fold(con, records, marks)
             except BaseException:
                 self.peers.abandon(batch)
                 raise
             self.folds += 1
             self.lease.note_folded(marks)  # appending processes learn how far they are folded
+            batch.reports.append(_skipped(skipped) or "")
         self.peers.done(batch)
         if own and journal.is_open and not journal.empty:
             journal.reset()
         for message in batch.reports:
             _report(self, message)
+
+    def _unfolded_has(self, kinds: Sequence[str]) -> bool:
+        """Might a record not yet folded be of one of ``kinds``? (Lease held: nobody else
+        folds meanwhile.) Looks at this process's pending records and at the other slots'
+        bytes past how far the lock file says they are folded; True when unsure."""
+        journal = self.journal
+        if any(r.get("t") in kinds for r in journal.pending):
+            return True
+        changed = self.peers.changed(journal.slot if journal.is_open else None)
+        return bool(changed) and self.peers.mention(changed, self.lease.folded, kinds)
+
+    def token_row(self, token_id: str) -> dict[str, Any] | None:
+        with self.session("checking a token", kinds=("token",)) as con:
+            cur = con.execute("SELECT * FROM tokens WHERE token_id = ?", [token_id])
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return dict(zip(names, rows[0], strict=True)) if rows else None
 
     def _forget_folded(self) -> None:
         """Forget this process's pending records that the lease holder has folded (as the lock
@@ -543,6 +570,10 @@ def _report(store: Store, message: str | None) -> None:
     event = {"t": "ev", "ts": time.time(), "run_id": None, "step_id": None}
     event.update(kind="journal_recovered", detail=json.dumps({"message": message}))
     store._journal().append(event)
+
+
+def _skipped(n: int) -> str | None:
+    return f"skipped {n} journal record(s) that are not JSON objects" if n else None
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:

@@ -4,12 +4,17 @@ Records of tables with a primary key are full rows, so the latest record of a ro
 (``INSERT OR REPLACE``); events and audit rows are appended. The transaction also records, for
 each journal slot it read, the generation and the byte offset folded up to, so folding again
 after a crash is harmless and a slot is never folded twice.
+
+The records reach DuckDB as the JSON text the journal holds: DuckDB parses, groups and inserts
+them, one statement a table, so a reader folding thousands of records another process wrote
+does not decode them in Python (that was most of a read's time beside busy writers).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +22,7 @@ import duckdb
 
 from airun_nb.store.crashpoints import crashpoint
 from airun_nb.store.journal import meta_keys
-from airun_nb.store.schema import _TS, RECORD_TABLE, TABLES
+from airun_nb.store.schema import _TS, RECORD_TABLE, TABLES, quote_ident
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -83,19 +88,22 @@ def group(
 
 
 def fold(
-    con: duckdb.DuckDBPyConnection, records: Sequence[dict[str, Any]], marks: Sequence[Mark]
-) -> None:
-    """Fold ``records`` (oldest first) into DuckDB and set each slot's mark, in one
-    transaction."""
-    grouped, appended = group(records)
+    con: duckdb.DuckDBPyConnection,
+    records: Sequence[dict[str, Any] | str],
+    marks: Sequence[Mark],
+) -> int:
+    """Fold ``records`` (oldest first; a record is a dict or its JSON text as the journal holds
+    it) into DuckDB and set each slot's mark, in one transaction. The records are parsed and
+    grouped inside DuckDB (as :func:`group` does: the latest record of a key wins, events and
+    audit rows appended in order), one statement a table, however many there are. Returns
+    how many records were skipped because they are not JSON objects (none, unless a record's
+    checksum matched bytes that are not one)."""
+    texts = [r if isinstance(r, str) else encode_record(r) for r in records]
+    skipped = 0
     con.execute("BEGIN")
     try:
-        if appended.get("events"):
-            appended["events"] = _numbered(con, appended["events"])
-        for table, rows in grouped.items():
-            _insert(con, table, rows, replace=True)
-        for table, rows_ in appended.items():
-            _insert(con, table, rows_, replace=False)
+        if texts:
+            skipped = _fold_texts(con, texts)
         for slot, gen, offset in marks:
             gen_key, offset_key = meta_keys(slot)
             con.execute(
@@ -109,6 +117,124 @@ def fold(
             con.execute("ROLLBACK")
         raise
     crashpoint("fold:after_commit")
+    return skipped
+
+
+def encode_record(record: dict[str, Any]) -> str:
+    """A record's JSON text, as the journal writes it."""
+    return json.dumps(record, separators=(",", ":"), default=str)
+
+
+_RECS = "__airun_recs"
+_APPENDED = ("events", "audit")
+# The key columns of every keyed table, read from each record with one parse of its text, so
+# that only the latest record of each key is turned into a row.
+_KEYS = sorted(
+    {k for t in RECORD_TABLE.values() if t not in _APPENDED for k in TABLES[t][1]} - {"t", "att"}
+)
+
+
+def _fold_texts(con: duckdb.DuckDBPyConnection, texts: list[str]) -> int:
+    """Parse, group and insert the records' JSON texts in DuckDB (transaction open; the
+    scratch table of texts goes with it if it is rolled back)."""
+    paths = ", ".join(f"'$.{k}'" for k in ("t", "att", *_KEYS))
+    picked = ", ".join(f"k[{i}] AS {quote_ident(k)}" for i, k in enumerate(_KEYS, 3))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_RECS} AS SELECT ord, rec, k[1] AS t, k[2] AS att, "
+        f"{picked} FROM (SELECT ord, rec, json_extract_string(rec, [{paths}]) AS k FROM "
+        "(SELECT generate_subscripts(l, 1) AS ord, unnest(l) AS rec "
+        " FROM (SELECT string_split(?, chr(10)) AS l)) WHERE json_valid(rec))",
+        ["\n".join(texts)],  # JSON text never holds a raw newline
+    )
+    found = con.execute(f"SELECT t, count(*) FROM {_RECS} GROUP BY t").fetchall()
+    kinds = {str(t): int(n) for t, n in found}
+    for t, table in RECORD_TABLE.items():
+        if t in kinds and table not in (*_APPENDED, "attempts"):
+            _latest(con, table, f"SELECT ord, {_key_of(table)}, rec FROM {_RECS} WHERE t = '{t}'")
+    if "step" in kinds or "att" in kinds:
+        # ``att`` records, and the attempt a step record carries (its run and step are the
+        # step's): the latest of each key wins.
+        _latest(
+            con,
+            "attempts",
+            f"SELECT ord, run_id, step_id, phase, attempt, rec FROM {_RECS} WHERE t = 'att' "
+            "UNION ALL SELECT ord, run_id, step_id, p[1], p[2], att FROM (SELECT *, "
+            f"json_extract_string(att, ['$.phase', '$.attempt']) AS p FROM {_RECS} "
+            "WHERE t = 'step' AND starts_with(att, '{') AND att <> '{}')",
+            f"struct_update({_parsed('attempts')}, run_id := run_id, step_id := step_id)",
+        )
+    if "ev" in kinds:
+        row = con.execute("SELECT value FROM airun_meta WHERE key = 'event_seq'").fetchone()
+        if row is None:
+            row = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        last = int(row[0]) if row else 0
+        seq = "CAST(? AS BIGINT) + row_number() OVER (ORDER BY ord)"
+        con.execute(
+            f"INSERT INTO events SELECT {_columns('events', seq=seq)} FROM (SELECT ord, "
+            f"{_parsed('events')} AS j FROM {_RECS} WHERE t = 'ev') ORDER BY ord",
+            [last],
+        )
+        con.execute(
+            "INSERT OR REPLACE INTO airun_meta VALUES ('event_seq', ?)", [str(last + kinds["ev"])]
+        )
+    if "audit" in kinds:
+        con.execute(
+            f"INSERT INTO audit SELECT {_columns('audit')} FROM (SELECT ord, "
+            f"{_parsed('audit')} AS j FROM {_RECS} WHERE t = 'audit') ORDER BY ord"
+        )
+    con.execute(f"DROP TABLE {_RECS}")
+    return len(texts) - sum(kinds.values())
+
+
+def _key_of(table: str) -> str:
+    return ", ".join(quote_ident(k) for k in TABLES[table][1])
+
+
+def _latest(
+    con: duckdb.DuckDBPyConnection, table: str, source: str, parsed: str | None = None
+) -> None:
+    """Insert or replace the latest record (by ``ord``) of each key of ``source`` (whose
+    columns are ``ord``, the table's key columns as text, and ``rec``): only those are
+    parsed into rows (by ``parsed``, an expression over them)."""
+    key = _key_of(table)
+    con.execute(
+        f"INSERT OR REPLACE INTO {table} SELECT {_columns(table)} FROM (SELECT "
+        f"{parsed or _parsed(table)} AS j FROM ({source}) "
+        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY ord DESC) = 1)"
+    )
+
+
+def _parsed(table: str) -> str:
+    return f"json_transform(rec, '{_shape(table)}')"
+
+
+_SHAPE_TYPE = {_TS: "DOUBLE", "BLOB": "VARCHAR"}
+_shapes: dict[str, str] = {}
+
+
+def _shape(table: str) -> str:
+    """The ``json_transform`` structure of a table's records (timestamps as epoch seconds,
+    blobs as base64 text)."""
+    if table not in _shapes:
+        cols = {c: _SHAPE_TYPE.get(typ, typ) for c, typ in TABLES[table][0]}
+        _shapes[table] = json.dumps(cols, separators=(",", ":"))
+    return _shapes[table]
+
+
+def _columns(table: str, **override: str) -> str:
+    """The table's columns in order, as expressions over the transformed record ``j``."""
+    out = []
+    for name, typ in TABLES[table][0]:
+        col = f"j.{quote_ident(name)}"
+        if name in override:
+            out.append(override[name])
+        elif typ == _TS:
+            out.append(f"make_timestamp(CAST(trunc({col} * 1000000) AS BIGINT))")
+        elif typ == "BLOB":
+            out.append(f"from_base64({col})")
+        else:
+            out.append(col)
+    return ", ".join(out)
 
 
 def _numbered(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -121,42 +247,4 @@ def _numbered(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> l
     last = int(row[0]) if row else 0
     out = [dict(ev, seq=last + i) for i, ev in enumerate(events, 1)]
     con.execute("INSERT OR REPLACE INTO airun_meta VALUES ('event_seq', ?)", [str(last + len(out))])
-    return out
-
-
-# Up to this many rows are inserted as parameters, without Arrow: a reader folding another
-# process's few records (``airun runs`` beside a live kernel) then imports no columnar library.
-SMALL_BATCH = 64
-
-
-def _insert(
-    con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]], replace: bool
-) -> None:
-    verb = "INSERT OR REPLACE" if replace else "INSERT"
-    if len(rows) <= SMALL_BATCH:
-        # One statement with a row of parameters per record: ``executemany`` runs the statement
-        # once a row, which costs DuckDB 10-40x more than the whole batch at once.
-        cols, _ = TABLES[table]
-        marks = ", ".join("make_timestamp(?::BIGINT)" if typ == _TS else "?" for _, typ in cols)
-        values = ", ".join(f"({marks})" for _ in rows)
-        con.execute(
-            f"{verb} INTO {table} VALUES {values}", [v for r in rows for v in _params(cols, r)]
-        )
-        return
-    con.register("__airun_batch", batch(table, rows))
-    try:
-        con.execute(f"{verb} INTO {table} SELECT * FROM __airun_batch")
-    finally:
-        con.unregister("__airun_batch")
-
-
-def _params(cols: Sequence[tuple[str, str]], row: dict[str, Any]) -> list[Any]:
-    out: list[Any] = []
-    for name, typ in cols:
-        v = row.get(name)
-        if v is not None and typ == _TS:
-            v = int(float(v) * 1_000_000)
-        elif v is not None and typ == "BLOB":
-            v = base64.b64decode(v)
-        out.append(v)
     return out

@@ -88,8 +88,9 @@ def encode(seq: int, record: dict[str, Any]) -> bytes:
     return head + b"%08x " % zlib.crc32(payload, zlib.crc32(head)) + payload + b"\n"
 
 
-def decode(data: bytes, pos: int) -> tuple[int, dict[str, Any], int] | None:
-    """The record framed at ``pos`` as (seq, record, end), or None if it does not check out."""
+def frame(data: bytes, pos: int) -> tuple[int, bytes, int] | None:
+    """The record framed at ``pos`` as (seq, JSON text, end) if its frame and checksum check
+    out (the JSON itself is not parsed), else None."""
     m = _FRAME.match(data, pos)
     if m is None:
         return None
@@ -101,20 +102,29 @@ def decode(data: bytes, pos: int) -> tuple[int, dict[str, Any], int] | None:
     payload = data[start:end]
     if zlib.crc32(payload, zlib.crc32(data[pos : pos + 18])) != int(m.group(3), 16):
         return None
+    return int(m.group(1), 16), payload, end + 1
+
+
+def decode(data: bytes, pos: int) -> tuple[int, dict[str, Any], int] | None:
+    """The record framed at ``pos`` as (seq, record, end), or None if it does not check out."""
+    got = frame(data, pos)
+    if got is None:
+        return None
+    seq, payload, end = got
     try:
         record = json.loads(payload)
     except ValueError:
         return None
     if not isinstance(record, dict):
         return None
-    return int(m.group(1), 16), record, end + 1
+    return seq, record, end
 
 
 @dataclass
 class Scan:
     """What :meth:`Journal.scan` found past the folded offset."""
 
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any] | str] = field(default_factory=list)  # str: JSON text (raw)
     damage: list[tuple[int, int]] = field(default_factory=list)  # [start, end) byte ranges
     after_damage: int = 0  # valid records found after the first damaged range
     duplicates: int = 0
@@ -287,11 +297,13 @@ class Journal:
             self._synced_at = time.monotonic()
             synced(self.path, self.gen, self.size)
 
-    def scan(self, offset: int) -> Scan:
+    def scan(self, offset: int, *, raw: bool = False) -> Scan:
         """Every record after byte ``offset`` (0 = after the header) that checks out.
 
         Damage (a torn write, NUL padding, garbage) is noted, not fatal: reading resumes at the
-        next valid record, so records after a hole are kept. ``end`` is the file size.
+        next valid record, so records after a hole are kept. ``end`` is the file size. With
+        ``raw`` the records are their JSON text, checked by frame and checksum but not parsed:
+        the fold parses them inside DuckDB (see :func:`~airun_nb.store.fold.fold`).
         """
         assert self._fd is not None
         total = max(self.size, os.fstat(self._fd).st_size)
@@ -308,7 +320,7 @@ class Journal:
         pos = 0
         last_seq = -1
         while pos < len(data):
-            got = decode(data, pos)
+            got = _raw(data, pos) if raw else decode(data, pos)
             if got is None:
                 nxt = _resync(data, pos + 1)
                 scan.damage.append((pos, nxt))
@@ -388,6 +400,18 @@ class Journal:
         except (ValueError, KeyError, TypeError):
             # Unreadable header: an unknown generation, read from the first byte.
             return "unknown", VERSION
+
+
+def _raw(data: bytes, pos: int) -> tuple[int, str, int] | None:
+    """The record framed at ``pos`` as (seq, JSON text, end): records are written as ASCII
+    (``json.dumps`` escapes the rest), so text that is not is damage."""
+    got = frame(data, pos)
+    if got is None:
+        return None
+    seq, payload, end = got
+    if not payload.startswith(b"{") or not payload.isascii():
+        return None
+    return seq, payload.decode("ascii"), end
 
 
 def _resync(data: bytes, pos: int) -> int:

@@ -17,7 +17,9 @@ reads often pays a ``stat`` per slot.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ Signature = tuple[int, int, int]
 class Batch:
     """What the other slots hold: records to fold, their marks, what to say and to empty."""
 
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any] | str] = field(default_factory=list)  # str: JSON text
     marks: list[Mark] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
     dead: list[Journal] = field(default_factory=list)
@@ -76,7 +78,7 @@ class Peers:
             sig = _signature(journal.path)
             gen_key, offset_key = meta_keys(slot)
             offset = int(meta[offset_key]) if meta.get(gen_key) == journal.gen else 0
-            scan = journal.scan(offset)
+            scan = journal.scan(offset, raw=True)  # parsed by the fold, inside DuckDB
             if not scan.records and not (dead and scan.damage):
                 journal.close()  # nothing new (a write may be under way: looked at next time)
                 if sig is not None and not scan.damage:
@@ -98,6 +100,44 @@ class Peers:
             if sig is not None and not scan.damage:
                 batch.seen[slot] = sig
         return batch
+
+    def mention(
+        self,
+        slots: list[int],
+        folded: Callable[[int], tuple[str, int] | None],
+        kinds: Sequence[str],
+    ) -> bool:
+        """Might the records of ``slots`` past their ``folded`` marks hold one of ``kinds``?
+        A search of the bytes for the kind as every journal writes it (``"t":"kind"``); a
+        slot whose header or mark cannot be read counts as yes."""
+        needles = [n for k in kinds for n in (f'"t":"{k}"'.encode(), f'"t": "{k}"'.encode())]
+        for slot in slots:
+            try:
+                fd = os.open(slot_path(self.db_path, slot), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return True
+            try:
+                size = os.fstat(fd).st_size
+                head = os.pread(fd, 4096, 0)
+                end = head.find(b"\n")
+                if end < 0:
+                    if size:
+                        return True
+                    continue
+                try:
+                    gen = str(json.loads(head[:end]).get("gen"))
+                except (ValueError, AttributeError):
+                    return True
+                mark = folded(slot)
+                start = mark[1] if mark is not None and mark[0] == gen else end + 1
+                data = os.pread(fd, max(0, size - start), start)
+            finally:
+                os.close(fd)
+            if any(n in data for n in needles):
+                return True
+        return False
 
     def done(self, batch: Batch) -> None:
         """After the fold committed: empty the dead owners' slots and let go of them."""
