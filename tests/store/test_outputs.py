@@ -159,12 +159,12 @@ def test_a_copied_run_keeps_its_outputs_of_both_kinds(tmp_path: Path, size: str)
     doc = {"name": "frames", "steps": [{"id": "out", "call": "make"}]}
     original = frame(ROWS[size])
     run = Workflow.from_dict(doc).run(db=team.path, namespace={"make": lambda: original})
-    bundle = transfer.copy_run(team, mine, run.run_id)
+    bundle = transfer.copy_run(team, mine, run.run_id, by="analyst")
     name = f"{run.run_id}/out/1"
     assert set(transfer.outputs_of(bundle)) == {name}
     pd.testing.assert_frame_equal(load_run(run.run_id, db=mine.path).outputs["out"], original)
     assert kept_as(mine, name) == ("parquet" if size == "small" else "table")
-    transfer.copy_run(team, mine, run.run_id, replace=True)
+    transfer.copy_run(team, mine, run.run_id, by="analyst", replace=True)
     assert kept_as(mine, name) == ("parquet" if size == "small" else "table")
     pd.testing.assert_frame_equal(load_run(run.run_id, db=mine.path).outputs["out"], original)
 
