@@ -46,7 +46,7 @@ from airun_nb.store.fold import group
 from airun_nb.store.postgres import errors
 from airun_nb.store.postgres.schema import EVENT_SEQ_LOCK, LEASES, OUTPUTS, WRITER_LOCK, migrate
 from airun_nb.store.queries import Queries
-from airun_nb.store.queue import QueueStore
+from airun_nb.store.queue import CLAIM_SQL_POSTGRES, END_CLAIM_SQL_POSTGRES, QueueStore
 from airun_nb.store.redaction import scrub
 from airun_nb.store.schema import _TS, NO_EXTENSIONS, TABLES
 
@@ -134,6 +134,8 @@ def _row_params(table: str, row: Mapping[str, Any]) -> list[Any]:
 
 class PostgresStore(Queries, QueueStore):
     """A handle on one PostgreSQL store, shared by every thread of a process."""
+
+    row_locks = True  # queue claims with row locks, not the writer lock (store/queue.py)
 
     def __init__(self, url: StoreURL) -> None:
         self.path = url
@@ -277,6 +279,32 @@ class PostgresStore(Queries, QueueStore):
                     cur.executemany(_upsert_sql(table), [_row_params(table, r) for r in rows])
             payload = ",".join(runs)
             con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload[:7000]])
+
+    def claim_queue_rows(
+        self, queues: Sequence[str], limit: int, old: str, new: str, holder: Mapping[str, Any]
+    ) -> list[str]:
+        """Move up to ``limit`` rows of ``queues`` from ``old`` to ``new`` for ``holder`` in one
+        statement (``FOR UPDATE SKIP LOCKED``); call only from ``transitions.claim_queued``."""
+        params = {"queues": list(queues), "limit": limit, "from": old, "to": new, **holder}
+        with self._con("claim queued runs in") as con, con.pipeline(), con.transaction():
+            cur = con.execute(CLAIM_SQL_POSTGRES, params)
+            con.execute("SELECT pg_notify(%s, '')", [CHANNEL])
+            got = [str(r[0]) for r in cur.fetchall()]
+        return got
+
+    def move_queue_row(
+        self, run_id: str, old: str, new: str, holder: Mapping[str, Any], changes: Mapping[str, Any]
+    ) -> bool:
+        """Move ``run_id``'s queue row from ``old`` to ``new`` while ``holder`` holds it;
+        call only from ``transitions.end_claim``."""
+        params = {"run_id": run_id, "from": old, "to": new, **holder}
+        params |= {"finished_at": _timestamp(changes.get("finished_at"))}
+        params |= {"error": changes.get("error"), "clear": "worker_token" in changes}
+        with self._con("end a claim in") as con, con.pipeline(), con.transaction():
+            cur = con.execute(END_CLAIM_SQL_POSTGRES, params)
+            con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, run_id])
+            moved = bool(cur.fetchall())
+        return moved
 
     def sync(self) -> None:
         """Nothing to do: every commit is durable on the server when it returns."""
