@@ -60,6 +60,26 @@ _EPOCH = datetime(1970, 1, 1)
 _READING = ("reading", "answering", "comparing", "planning")
 _TABLE_WORDS = {name: re.compile(rf"\b{name}\b", re.IGNORECASE) for name in TABLES}
 _OUTPUT_REF = re.compile(r'\boutputs\s*\.\s*("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)')
+_SPARE_RUN_CONNECTIONS = 4
+_IDLE_CHECK = 2.0  # seconds: a pooled connection idle longer is checked before use
+_LEASE_ROW = (
+    "%(run_id)s, %(host)s, %(pid)s, (now() AT TIME ZONE 'utc') + make_interval(secs => %(secs)s)"
+)
+_RENEW_SQL = (
+    f"INSERT INTO {LEASES} VALUES ({_LEASE_ROW}) ON CONFLICT (run_id) DO UPDATE SET "
+    "owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid, "
+    "lease_until = EXCLUDED.lease_until"
+)
+# The run lock and the lease row in one round trip: no row (and no lock) when another holds it.
+_HOLD_SQL = (
+    f"INSERT INTO {LEASES} SELECT {_LEASE_ROW} WHERE pg_try_advisory_lock(%(key)s) "
+    "ON CONFLICT (run_id) DO UPDATE SET owner_host = EXCLUDED.owner_host, "
+    "owner_pid = EXCLUDED.owner_pid, lease_until = EXCLUDED.lease_until RETURNING true"
+)
+_LET_GO_SQL = (
+    f"WITH gone AS (DELETE FROM {LEASES} WHERE run_id = %(run_id)s) "
+    "SELECT pg_advisory_unlock(%(key)s)"
+)
 _registry: dict[str, PostgresStore] = {}
 _registry_lock = threading.Lock()
 
@@ -148,6 +168,8 @@ class PostgresStore(Queries, QueueStore):
         self._adbc_lock = threading.Lock()
         self._runs: dict[str, Any] = {}  # run id -> the connection holding its run lock
         self._runs_lock = threading.Lock()
+        self._spare: list[Any] = []  # run-lock connections that hold no lock now
+        self._returned: dict[int, float] = {}  # pooled connection -> when it came back
         self._pool: Any = None
         self.folds = 0
         self._changed = threading.Condition()
@@ -195,11 +217,25 @@ class PostgresStore(Queries, QueueStore):
             min_size=1,
             max_size=16,
             kwargs={"autocommit": True},
-            check=psycopg_pool.ConnectionPool.check_connection,  # a dropped one is replaced
+            check=self._check_idle,  # a dropped one is replaced
+            reset=self._stamp,
             timeout=config.lock_timeout(),
             open=True,
             name="airun_nb",
         )
+
+    def _stamp(self, con: Any) -> None:
+        """The pool took ``con`` back: when (a connection in steady use is not pinged)."""
+        self._returned[id(con)] = time.monotonic()
+
+    def _check_idle(self, con: Any) -> None:
+        """Before the pool hands ``con`` out: one round trip to see that it still works, when
+        it sat idle long enough for the server to have gone away meanwhile."""
+        import psycopg_pool
+
+        back = self._returned.get(id(con))
+        if back is None or time.monotonic() - back > _IDLE_CHECK:
+            psycopg_pool.ConnectionPool.check_connection(con)
 
     @contextlib.contextmanager
     def _con(self, doing: str) -> Iterator[Any]:
@@ -483,24 +519,27 @@ class PostgresStore(Queries, QueueStore):
 
     def hold_run(self, run_id: str) -> bool:
         """Hold ``run_id``'s advisory lock on a connection kept while the run executes here
-        (False: another process holds it)."""
+        (False: another process holds it). The lock and the lease row are taken by one
+        statement; the connection is one this process kept from an earlier run when it can."""
         import psycopg
 
         with self._runs_lock:
             if run_id in self._runs:
                 return True
+            con = None
             try:
-                con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15)
-                got = con.execute(
-                    "SELECT pg_try_advisory_lock(%s)", [run_lock_key(run_id)]
-                ).fetchone()
+                con = self._spare.pop() if self._spare else None
+                if con is None or con.closed:
+                    con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15)
+                got = con.execute(_HOLD_SQL, self._lease_params(run_id)).fetchone()
             except psycopg.Error as exc:
+                if con is not None:
+                    con.close()
                 raise errors.fault(exc, str(self.url), "claim a run in") from None
-            if not got or not got[0]:
-                con.close()
+            if not got:
+                self._keep_spare(con)
                 return False
             self._runs[run_id] = con
-            self._renew(run_id, con)
             if self._heart is None or not self._heart.is_alive():
                 self._heart = threading.Thread(
                     target=self._heartbeat, name="airun-run-leases", daemon=True
@@ -508,16 +547,26 @@ class PostgresStore(Queries, QueueStore):
                 self._heart.start()
             return True
 
+    def _lease_params(self, run_id: str) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "host": owner.HOST,
+            "pid": os.getpid(),
+            "secs": LEASE_SECONDS,
+            "key": run_lock_key(run_id),
+        }
+
+    def _keep_spare(self, con: Any) -> None:
+        """Keep a run-lock connection that holds no lock for the next run (or close it)."""
+        if len(self._spare) < _SPARE_RUN_CONNECTIONS and not con.closed:
+            self._spare.append(con)
+        else:
+            con.close()
+
     def _renew(self, run_id: str, con: Any) -> None:
         """Say until when this process holds ``run_id`` (``lease_until``, on the server's
         clock): what other hosts read; the run lock is what decides."""
-        con.execute(
-            f"INSERT INTO {LEASES} VALUES (%s, %s, %s, (now() AT TIME ZONE 'utc') + "
-            "make_interval(secs => %s)) ON CONFLICT (run_id) DO UPDATE SET "
-            "owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid, "
-            "lease_until = EXCLUDED.lease_until",
-            [run_id, owner.HOST, os.getpid(), LEASE_SECONDS],
-        )
+        con.execute(_RENEW_SQL, self._lease_params(run_id))
 
     def _heartbeat(self) -> None:
         while not self._closed:
@@ -539,14 +588,18 @@ class PostgresStore(Queries, QueueStore):
     def let_go_run(self, run_id: str) -> None:
         with self._runs_lock:
             con = self._runs.pop(run_id, None)
-        if con is not None:
-            with contextlib.suppress(Exception):
-                con.execute(f"DELETE FROM {LEASES} WHERE run_id = %s", [run_id])
-                # Unlocked before the connection closes: the server ends a closed session a
-                # moment later, and a resume in this process must not find the lock still held.
-                con.execute("SELECT pg_advisory_unlock(%s)", [run_lock_key(run_id)])
-            with contextlib.suppress(Exception):
-                con.close()  # closing the connection drops its lock on the server too
+            if con is None:
+                return
+            try:
+                # Unlocked before the connection is used again or closed (the server ends a
+                # closed session a moment later, and a resume in this process must not find
+                # the lock still held): one statement drops the lease row and the lock.
+                con.execute(_LET_GO_SQL, self._lease_params(run_id))
+            except Exception:  # the lock goes with the connection
+                with contextlib.suppress(Exception):
+                    con.close()  # closing the connection drops its lock on the server too
+                return
+            self._keep_spare(con)
 
     def owner_alive(self, row: Mapping[str, Any]) -> bool:
         """Is the process recorded as executing this run alive, on any host? Its run lock
@@ -700,6 +753,9 @@ def forget(url: str) -> None:
     store.release()
     for run_id in list(store._runs):
         store.let_go_run(run_id)
+    while store._spare:
+        with contextlib.suppress(Exception):
+            store._spare.pop().close()
     if store._pool is not None:
         with contextlib.suppress(Exception):
             store._pool.close(timeout=5)
