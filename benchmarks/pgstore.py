@@ -121,15 +121,57 @@ MANY_SCRIPT = textwrap.dedent(
     import pathlib
     while not pathlib.Path(go).exists():
         time.sleep(0.001)
+    cpu = time.process_time()
     for _ in range(runs):
         assert wf.run(db=db, namespace=ns, new=True).status == "completed"
-    print(time.time())
+    print(time.time(), time.process_time() - cpu)
     """
 )
 
 
-def many_runs(db: str, processes: int, runs: int, work: Path) -> float:
-    """Runs per second of ``processes`` processes each starting ``runs`` 3-step runs."""
+def _cpu(pid: int) -> tuple[float, int]:
+    """(CPU seconds of ``pid`` and of its children it reaped, its parent's pid)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / ticks, int(fields[1])
+
+
+def server_cpu(data_dir: Path | None) -> float | None:
+    """CPU seconds the server (postmaster, live and ended backends, its helper processes) has
+    used so far; None when its data folder is not readable here (a remote server)."""
+    try:
+        assert data_dir is not None
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+        total = _cpu(postmaster)[0]
+    except (AssertionError, OSError, ValueError):
+        return None
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                used, parent = _cpu(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue  # ended meanwhile: its time is in the postmaster's reaped children
+            if parent == postmaster:
+                total += used
+    return total
+
+
+def data_dir_of(server: str) -> Path | None:
+    try:
+        with psycopg.connect(server) as con:
+            row = con.execute("SHOW data_directory").fetchone()
+    except psycopg.Error:
+        return None
+    return Path(row[0]) if row else None
+
+
+def many_runs(
+    db: str, processes: int, runs: int, work: Path, data_dir: Path | None = None
+) -> tuple[float, float, float | None]:
+    """Runs per second of ``processes`` processes each starting ``runs`` 3-step runs, and the
+    CPU milliseconds per run of the clients and of the server (None: not measurable here).
+    CPU per run does not depend on what else the machine does: with ``C`` cores, ``C`` over
+    the sum bounds the runs per second."""
     go = work / f"go-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
@@ -142,10 +184,18 @@ def many_runs(db: str, processes: int, runs: int, work: Path) -> float:
         for _ in range(processes)
     ]
     time.sleep(5.0)  # let every process warm up (a benchmark, not a test)
+    before = server_cpu(data_dir)
     t0 = time.time()
     go.touch()
-    ends = [float(p.communicate(timeout=3600)[0].strip().splitlines()[-1]) for p in procs]
-    return processes * runs / (max(ends) - t0)
+    ends, cpus = [], []
+    for p in procs:
+        end, cpu = p.communicate(timeout=3600)[0].strip().splitlines()[-1].split()
+        ends.append(float(end))
+        cpus.append(float(cpu))
+    after = server_cpu(data_dir)
+    total = processes * runs
+    server = None if before is None or after is None else (after - before) * 1000 / total
+    return total / (max(ends) - t0), sum(cpus) * 1000 / total, server
 
 
 def main() -> None:
@@ -173,13 +223,21 @@ def main() -> None:
         print(f"  DBOS Transact, same PG   {dbos_step * 1000:8.2f} ms")
         ratio = pg_step / dbos_step
         print(f"  ratio airun_nb(PG) / DBOS = {ratio:.2f} (goal <= {GOAL_STEP_RATIO:.1f})")
-        pg_rps = many_runs(fresh_database(server), 4, runs, work)
-        duck_rps = many_runs(str(work / "many.duckdb"), 4, runs, work)
+        data_dir = folder / "data" if folder is not None else data_dir_of(server)
+        pg_rps, pg_cpu, pg_server = many_runs(fresh_database(server), 4, runs, work, data_dir)
+        duck_rps, duck_cpu, _ = many_runs(str(work / "many.duckdb"), 4, runs, work)
         print(f"many small runs (3 steps each), 4 processes x {runs} runs:")
-        print(f"  on one PostgreSQL store  {pg_rps:8.1f} runs/s")
-        print(f"  on one DuckDB file       {duck_rps:8.1f} runs/s")
+        print(f"  on one PostgreSQL store  {pg_rps:8.1f} runs/s", end="")
+        server_ms = f" + server {pg_server:.1f}" if pg_server is not None else ""
+        print(f"   CPU per run: clients {pg_cpu:.1f}{server_ms} ms")
+        print(f"  on one DuckDB file       {duck_rps:8.1f} runs/s", end="")
+        print(f"   CPU per run: clients {duck_cpu:.1f} ms")
         ratio = pg_rps / duck_rps
         print(f"  ratio PostgreSQL / DuckDB file = {ratio:.2f} (goal >= {GOAL_RUNS_RATIO:.1f})")
+        if pg_server is not None:
+            bound = duck_cpu / (pg_cpu + pg_server)
+            print(f"  ratio of CPU per run, DuckDB / PostgreSQL (client + server) = {bound:.2f}")
+        print(f"load (/proc/loadavg): {Path('/proc/loadavg').read_text().strip()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if folder is not None:

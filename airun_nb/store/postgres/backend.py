@@ -60,6 +60,9 @@ _EPOCH = datetime(1970, 1, 1)
 _READING = ("reading", "answering", "comparing", "planning")
 _TABLE_WORDS = {name: re.compile(rf"\b{name}\b", re.IGNORECASE) for name in TABLES}
 _OUTPUT_REF = re.compile(r'\boutputs\s*\.\s*("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)')
+# A run's progress between its start and its end: no watcher waits on it (gates, runs, events
+# and queue rows are what they wait for), and a NOTIFY serializes the commits that send one.
+_QUIET = frozenset({"steps", "attempts", "audit"})
 _SPARE_RUN_CONNECTIONS = 4
 _IDLE_CHECK = 2.0  # seconds: a pooled connection idle longer is checked before use
 _LEASE_ROW = (
@@ -313,8 +316,9 @@ class PostgresStore(Queries, QueueStore):
             with con.cursor() as cur:
                 for table, rows in [*keyed.items(), *appended.items()]:
                     cur.executemany(_upsert_sql(table), [_row_params(table, r) for r in rows])
-            payload = ",".join(runs)
-            con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload[:7000]])
+            if (set(keyed) | set(appended)) - _QUIET:
+                payload = ",".join(runs)
+                con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload[:7000]])
 
     def claim_queue_rows(
         self, queues: Sequence[str], limit: int, old: str, new: str, holder: Mapping[str, Any]
