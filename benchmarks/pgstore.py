@@ -198,6 +198,104 @@ def many_runs(
     return total / (max(ends) - t0), sum(cpus) * 1000 / total, server
 
 
+GOAL_HISTORY_RATIO = 1.5  # steps() of 1M rows: PostgreSQL / DuckDB file
+STEPS_PER_RUN = 100
+
+
+def _history_rows(rows: int) -> dict[str, str]:
+    """DuckDB SQL making ``rows`` completed step rows (``STEPS_PER_RUN`` a run) and their runs,
+    every column of the store's own tables, as a busy team store holds them."""
+    from airun_nb.store.schema import TABLES
+
+    runs = rows // STEPS_PER_RUN
+    run_id = f"'r-' || lpad((i // {STEPS_PER_RUN})::VARCHAR, 10, '0')"
+    at = "TIMESTAMP '2026-01-01' + to_microseconds(i * 1000)"
+    steps = {
+        "run_id": run_id,
+        "step_id": f"'step_' || (i % {STEPS_PER_RUN})",
+        "position": f"i % {STEPS_PER_RUN}",
+        "kind": "'call'",
+        "status": "CASE WHEN i % 97 = 0 THEN 'failed' ELSE 'completed' END",
+        "attempts": "1 + (i % 97 = 0)::INT",
+        "def_hash": "md5(i::VARCHAR)[:16]",
+        "code_hash": "md5((i % 7)::VARCHAR)[:16]",
+        "eff_hash": "md5((i * 3)::VARCHAR)[:16]",
+        "started_at": at,
+        "finished_at": f"{at} + INTERVAL 2 MILLISECOND",
+        "finish_seq": "i",
+        "output_kind": "'json'",
+        "output_json": "(i % 1000)::VARCHAR",
+        "error": "CASE WHEN i % 97 = 0 THEN 'ValueError: bad input row ' || i END",
+    }
+    run_cols = {
+        "run_id": run_id,
+        "workflow": "'nightly_' || (i % 5)",
+        "status": "'completed'",
+        "spec_hash": "md5((i % 5)::VARCHAR)[:16]",
+        "params": "'{}'",
+        "created_at": at,
+        "started_at": at,
+        "finished_at": f"{at} + INTERVAL 1 SECOND",
+        "updated_at": f"{at} + INTERVAL 1 SECOND",
+        "launched_by": "'analyst'",
+        "source": "'cli'",
+    }
+
+    def select(table: str, given: dict[str, str], n: int, step: int) -> str:
+        cols = [f"CAST({given.get(c, 'NULL')} AS {typ}) AS {c}" for c, typ in TABLES[table][0]]
+        return f"SELECT {', '.join(cols)} FROM range(0, {n}, {step}) t(i)"
+
+    return {
+        "runs": select("runs", run_cols, runs * STEPS_PER_RUN, STEPS_PER_RUN),
+        "steps": select("steps", steps, rows, 1),
+    }
+
+
+def _fill_history(pg_url: str, duck_path: Path, rows: int, work: Path) -> float:
+    """The same rows into a new team store (COPY) and a new store file (INSERT), through the
+    store's own tables, not the engine; the seconds it took."""
+    import duckdb
+
+    from airun_nb.store.opening import open_store
+    from airun_nb.store.postgres.backend import forget
+
+    t0 = time.perf_counter()
+    open_store(pg_url)  # the tables, made by the store itself
+    forget(pg_url)
+    open_store(str(duck_path)).release()
+    gen = duckdb.connect()
+    with duckdb.connect(str(duck_path)) as duck, psycopg.connect(pg_url) as pg:
+        for table, sql in _history_rows(rows).items():
+            duck.execute(f"INSERT INTO {table} {sql}")
+            csv = work / f"{table}.csv"
+            gen.execute(f"COPY ({sql}) TO '{csv}' (HEADER false)")
+            copy_in = f"COPY {table} FROM STDIN (FORMAT csv)"
+            with pg.cursor() as cur, cur.copy(copy_in) as copy, open(csv, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    copy.write(chunk)
+            csv.unlink()
+        pg.execute("ANALYZE")
+    return time.perf_counter() - t0
+
+
+def history_steps(pg_url: str, duck_path: Path, rows: int, repeats: int) -> tuple[float, float]:
+    """Seconds of ``airun_nb.steps()`` over every row (median of ``repeats``): from the team
+    store, and from the store file."""
+    import airun_nb
+
+    out = []
+    for db in (pg_url, str(duck_path)):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            frame = airun_nb.steps(db=db)
+            times.append(time.perf_counter() - t0)
+            assert len(frame) == rows, (len(frame), rows)
+            del frame
+        out.append(statistics.median(times))
+    return out[0], out[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -237,6 +335,16 @@ def main() -> None:
         if pg_server is not None:
             bound = duck_cpu / (pg_cpu + pg_server)
             print(f"  ratio of CPU per run, DuckDB / PostgreSQL (client + server) = {bound:.2f}")
+        print(f"load (/proc/loadavg): {Path('/proc/loadavg').read_text().strip()}")
+        rows = 100_000 if args.quick else 1_000_000
+        pg_url, duck_path = fresh_database(server), work / "history.duckdb"
+        filled = _fill_history(pg_url, duck_path, rows, work)
+        pg_hist, duck_hist = history_steps(pg_url, duck_path, rows, 3)
+        print(f"history: steps() of {rows:,} step rows (filled in {filled:.0f} s), median of 3:")
+        print(f"  from PostgreSQL          {pg_hist:8.2f} s")
+        print(f"  from the DuckDB file     {duck_hist:8.2f} s")
+        ratio = pg_hist / duck_hist
+        print(f"  ratio PostgreSQL / DuckDB file = {ratio:.2f} (goal <= {GOAL_HISTORY_RATIO:.1f})")
         print(f"load (/proc/loadavg): {Path('/proc/loadavg').read_text().strip()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -28,6 +28,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import threading
@@ -238,7 +239,11 @@ class PostgresStore(Queries, QueueStore):
 
         back = self._returned.get(id(con))
         if back is None or time.monotonic() - back > _IDLE_CHECK:
-            psycopg_pool.ConnectionPool.check_connection(con)
+            try:
+                psycopg_pool.ConnectionPool.check_connection(con)
+            except Exception:
+                self._returned.clear()  # one is dead: check the others too before use
+                raise
 
     @contextlib.contextmanager
     def _con(self, doing: str) -> Iterator[Any]:
@@ -250,6 +255,8 @@ class PostgresStore(Queries, QueueStore):
             with self._pool.connection() as con:
                 yield con
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            if isinstance(exc, psycopg.OperationalError):  # the server went away, maybe:
+                self._returned.clear()  # every pooled connection is checked before its use
             raise errors.fault(exc, str(self.url), doing) from None
 
     # -- sessions --------------------------------------------------------------------------
@@ -673,6 +680,61 @@ def _libpq_uri(conninfo: str) -> str:
     return conninfo if conninfo.startswith("postgresql://") else "postgresql" + conninfo[8:]
 
 
+_planner: duckdb.DuckDBPyConnection | None = None
+_planner_lock = threading.Lock()
+# The planner reads every column a statement needs off the table scans of its plan: filters
+# stay above the scans (so their columns are scanned), and empty tables are not folded away.
+_PLANNER_OFF = (
+    "statistics_propagation,empty_result_pullup,compressed_materialization,filter_pushdown"
+)
+
+
+def _scans(sql: str, params: Any = None) -> dict[str, set[str] | None]:
+    """The store's tables ``sql`` reads and the columns it reads of each (None: every column),
+    from DuckDB's own plan of it over empty tables of the same shape; by the tables' names in
+    the text when DuckDB cannot plan it alone (a statement naming an output table, say)."""
+    global _planner
+    named: dict[str, set[str] | None] = {
+        n: None for n, word in _TABLE_WORDS.items() if word.search(sql)
+    }
+    if not named:
+        return {}
+    try:
+        with _planner_lock:
+            if _planner is None:
+                con = duckdb.connect(":memory:", config=dict(NO_EXTENSIONS))
+                con.execute("CREATE SCHEMA outputs")
+                for name, (cols, _pk) in TABLES.items():
+                    body = ", ".join(f"{c} {typ}" for c, typ in cols)
+                    con.execute(f"CREATE TABLE {name} ({body})")
+                con.execute(f"SET disabled_optimizers = '{_PLANNER_OFF}'")
+                _planner = con
+            plan = _planner.execute("EXPLAIN (FORMAT json) " + sql, params).fetchall()
+        found: dict[str, set[str] | None] = {}
+        for node in json.loads(plan[0][1]):
+            _scanned(node, found)
+    except (duckdb.Error, json.JSONDecodeError, IndexError, KeyError, TypeError):
+        return named
+    return found
+
+
+def _scanned(node: Mapping[str, Any], found: dict[str, set[str] | None]) -> None:
+    info = node.get("extra_info")
+    if isinstance(info, Mapping) and isinstance(info.get("Table"), str):
+        name = info["Table"].rsplit(".", 1)[-1]
+        if name in TABLES:
+            cols = info.get("Projections")
+            cols = [cols] if isinstance(cols, str) else cols
+            known = {c for c, _ in TABLES[name][0]}
+            if not isinstance(cols, list) or info.get("Filters") or set(cols) - known - {""}:
+                found[name] = None
+            elif name not in found or found[name] is not None:
+                got = {c for c in cols if c} or {TABLES[name][0][0][0]}  # count(*): one column
+                found[name] = (found.get(name) or set()) | got
+    for child in node.get("children") or ():
+        _scanned(child, found)
+
+
 class Snapshot:
     """A DuckDB connection in memory holding the store's tables as Arrow, loaded from the server
     the first time a statement names them (what a session of the DuckDB file yields)."""
@@ -680,7 +742,8 @@ class Snapshot:
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._loaded: set[str] = set()
+        # table -> the columns loaded (None: every one); absent: not loaded yet
+        self._loaded: dict[str, set[str] | None] = {}
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -689,16 +752,21 @@ class Snapshot:
             self._con.execute("CREATE SCHEMA outputs")
         return self._con
 
-    def _need(self, sql: str) -> None:
-        for name, word in _TABLE_WORDS.items():
-            if name not in self._loaded and word.search(sql):
-                self._load(name, f"SELECT {', '.join(c for c, _ in TABLES[name][0])} FROM {name}")
+    def _need(self, sql: str, params: Any = None) -> None:
+        for name, cols in _scans(sql, params).items():
+            loaded = name in self._loaded
+            have = self._loaded.get(name)
+            if loaded and (have is None or (cols is not None and cols <= have)):
+                continue  # loaded with every column this statement reads
+            want = None if cols is None else cols | (have or set())
+            listed = [c for c, _ in TABLES[name][0] if want is None or c in want]
+            self._load(name, f"SELECT {', '.join(listed)} FROM {name}", want)
         for m in _OUTPUT_REF.finditer(sql):
             ref = m.group(1)
             name = ref[1:-1].replace('""', '"') if ref.startswith('"') else ref
             key = "outputs." + name
             if key not in self._loaded:
-                self._loaded.add(key)
+                self._loaded[key] = None
                 with contextlib.suppress(StoreError):
                     table = self._store.get_table(name)
                     self.con.register("__airun_load", table)
@@ -706,21 +774,40 @@ class Snapshot:
                     self.con.execute(f"CREATE TABLE outputs.{quoted} AS SELECT * FROM __airun_load")
                     self.con.unregister("__airun_load")
 
-    def _load(self, name: str, sql: str) -> None:
-        self._loaded.add(name)
+    def _load(self, name: str, sql: str, cols: set[str] | None) -> None:
+        """Load ``name`` (``cols`` of it; None: every column) from the server: DuckDB reads
+        the Arrow table where it lies (a view over it, no copy)."""
         table = self._store.arrow(sql)
-        table = table.replace_schema_metadata(None)
-        self.con.register("__airun_load", table)
-        self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM __airun_load")
-        self.con.unregister("__airun_load")
+        self.con.register(name, table.replace_schema_metadata(None))
+        self._loaded[name] = cols
 
     def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
-        self._need(sql)
-        return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+        self._need(sql, params)
+        try:
+            return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+        except duckdb.BinderException:
+            if not self._whole(sql):
+                raise
+            return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
 
     def sql(self, sql: str, *, params: Any = None) -> duckdb.DuckDBPyRelation:
-        self._need(sql)
-        return self.con.sql(sql, params=params)
+        self._need(sql, params)
+        try:
+            return self.con.sql(sql, params=params)
+        except duckdb.BinderException:
+            if not self._whole(sql):
+                raise
+            return self.con.sql(sql, params=params)
+
+    def _whole(self, sql: str) -> bool:
+        """A statement the plan's columns did not cover (``* EXCLUDE (...)`` names a column
+        nothing reads): load every column of the tables it names that lack some; whether
+        there were any."""
+        partial = [n for n, cols in self._loaded.items() if cols is not None and n in TABLES]
+        partial = [n for n in partial if _TABLE_WORDS[n].search(sql)]
+        for name in partial:
+            self._load(name, f"SELECT {', '.join(c for c, _ in TABLES[name][0])} FROM {name}", None)
+        return bool(partial)
 
     def table(self, name: str) -> duckdb.DuckDBPyRelation:
         self._need(name)
