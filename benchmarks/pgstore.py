@@ -299,7 +299,7 @@ def history_steps(pg_url: str, duck_path: Path, rows: int, repeats: int) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--server", default=os.environ.get("AIRUN_TEST_PG"))
+    parser.add_argument("--server", "--pg", default=os.environ.get("AIRUN_TEST_PG"))
     args = parser.parse_args()
     steps, repeats, runs = (50, 3, 10) if args.quick else (200, 5, 40)
     folder = None

@@ -54,18 +54,22 @@ QUEUE_COLUMNS = (
 # The claim on PostgreSQL: one statement, row locks instead of the file lease. Rows another
 # worker is claiming right now are skipped, not waited for, so workers never block each other
 # and never take the same run; only rows read in state ``queued`` under their lock change.
+# (The rows are picked in a materialized CTE: as a plain ``IN (SELECT ... LIMIT n)`` the
+# planner may run the subquery more than once and claim more than ``n`` rows.)
 CLAIM_SQL_POSTGRES = """
-UPDATE queue
-   SET state = %(to)s, worker = %(worker)s, worker_pid = %(worker_pid)s,
-       worker_host = %(worker_host)s, worker_token = %(worker_token)s,
-       claimed_at = now() AT TIME ZONE 'utc', claims = coalesce(claims, 0) + 1, error = NULL
- WHERE state = %(from)s AND run_id IN (
+WITH picked AS MATERIALIZED (
        SELECT run_id FROM queue
         WHERE queue = ANY(%(queues)s) AND state = %(from)s
         ORDER BY enqueued_at, run_id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED)
-RETURNING run_id
+UPDATE queue
+   SET state = %(to)s, worker = %(worker)s, worker_pid = %(worker_pid)s,
+       worker_host = %(worker_host)s, worker_token = %(worker_token)s,
+       claimed_at = now() AT TIME ZONE 'utc', claims = coalesce(claims, 0) + 1, error = NULL
+  FROM picked
+ WHERE queue.run_id = picked.run_id AND queue.state = %(from)s
+RETURNING queue.run_id, queue.enqueued_at
 """
 # A worker ends its own claim: the row changes only while it is still claimed by this worker
 # (a claim another worker took over in the meantime is left alone).

@@ -336,8 +336,8 @@ class PostgresStore(Queries, QueueStore):
         with self._con("claim queued runs in") as con, con.pipeline(), con.transaction():
             cur = con.execute(CLAIM_SQL_POSTGRES, params)
             con.execute("SELECT pg_notify(%s, '')", [CHANNEL])
-            got = [str(r[0]) for r in cur.fetchall()]
-        return got
+            got = sorted(cur.fetchall(), key=lambda r: (r[1], r[0]))  # oldest first
+        return [str(r[0]) for r in got]
 
     def move_queue_row(
         self, run_id: str, old: str, new: str, holder: Mapping[str, Any], changes: Mapping[str, Any]
