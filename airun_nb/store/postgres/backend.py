@@ -715,7 +715,7 @@ def _scans(sql: str, params: Any = None) -> dict[str, set[str] | None]:
             _scanned(node, found)
     except (duckdb.Error, json.JSONDecodeError, IndexError, KeyError, TypeError):
         return named
-    return found
+    return found or named  # no table scan in the plan (a CREATE VIEW, say): as named
 
 
 def _scanned(node: Mapping[str, Any], found: dict[str, set[str] | None]) -> None:
@@ -785,7 +785,7 @@ class Snapshot:
         self._need(sql, params)
         try:
             return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
-        except duckdb.BinderException:
+        except (duckdb.BinderException, duckdb.CatalogException):
             if not self._whole(sql):
                 raise
             return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
@@ -794,16 +794,16 @@ class Snapshot:
         self._need(sql, params)
         try:
             return self.con.sql(sql, params=params)
-        except duckdb.BinderException:
+        except (duckdb.BinderException, duckdb.CatalogException):
             if not self._whole(sql):
                 raise
             return self.con.sql(sql, params=params)
 
     def _whole(self, sql: str) -> bool:
-        """A statement the plan's columns did not cover (``* EXCLUDE (...)`` names a column
-        nothing reads): load every column of the tables it names that lack some; whether
-        there were any."""
-        partial = [n for n, cols in self._loaded.items() if cols is not None and n in TABLES]
+        """A statement the plan did not cover (``* EXCLUDE (...)`` names a column nothing
+        reads; a view over a table): load every column of the tables it names that lack some
+        or are not loaded; whether there were any."""
+        partial = [n for n in TABLES if self._loaded.get(n, ()) is not None]
         partial = [n for n in partial if _TABLE_WORDS[n].search(sql)]
         for name in partial:
             self._load(name, f"SELECT {', '.join(c for c, _ in TABLES[name][0])} FROM {name}", None)
