@@ -230,6 +230,8 @@ class PostgresStore(Queries, QueueStore):
 
     def _stamp(self, con: Any) -> None:
         """The pool took ``con`` back: when (a connection in steady use is not pinged)."""
+        if len(self._returned) > 256:  # ids of connections closed long ago
+            self._returned.clear()
         self._returned[id(con)] = time.monotonic()
 
     def _check_idle(self, con: Any) -> None:
@@ -334,9 +336,10 @@ class PostgresStore(Queries, QueueStore):
         statement (``FOR UPDATE SKIP LOCKED``); call only from ``transitions.claim_queued``."""
         params = {"queues": list(queues), "limit": limit, "from": old, "to": new, **holder}
         with self._con("claim queued runs in") as con, con.pipeline(), con.transaction():
-            cur = con.execute(CLAIM_SQL_POSTGRES, params)
-            con.execute("SELECT pg_notify(%s, '')", [CHANNEL])
-            got = sorted(cur.fetchall(), key=lambda r: (r[1], r[0]))  # oldest first
+            got = con.execute(CLAIM_SQL_POSTGRES, params).fetchall()
+            if got:  # an empty queue looked at by idle workers wakes no watcher
+                con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, ",".join(r[0] for r in got)])
+        got.sort(key=lambda r: (r[1], r[0]))  # oldest first
         return [str(r[0]) for r in got]
 
     def move_queue_row(
@@ -348,9 +351,9 @@ class PostgresStore(Queries, QueueStore):
         params |= {"finished_at": _timestamp(changes.get("finished_at"))}
         params |= {"error": changes.get("error"), "clear": "worker_token" in changes}
         with self._con("end a claim in") as con, con.pipeline(), con.transaction():
-            cur = con.execute(END_CLAIM_SQL_POSTGRES, params)
-            con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, run_id])
-            moved = bool(cur.fetchall())
+            moved = bool(con.execute(END_CLAIM_SQL_POSTGRES, params).fetchall())
+            if moved:
+                con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, run_id])
         return moved
 
     def sync(self) -> None:
