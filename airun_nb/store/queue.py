@@ -27,7 +27,7 @@ from a kernel that is gone) are made under the writer lock, as on the file.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from airun_nb.store import owner, transitions
@@ -135,6 +135,15 @@ class QueueStore:
     ) -> bool:
         raise NotImplementedError("only a store with row locks ends a claim this way")
 
+    def hold_worker(self) -> None:
+        """Say, for other hosts to see, that this process serves queues (a server store holds
+        a lock for it; on the file, a worker's pid on this host says it)."""
+
+    def worker_alive(self, worker: Mapping[str, Any]) -> bool:
+        """Is the worker process that holds a claim alive? (``owner_*`` keys: its pid, host
+        and token.)"""
+        return _worker_alive(worker)
+
     # -- reads -----------------------------------------------------------------------------
     def queue_row(self, run_id: str) -> dict[str, Any] | None:
         """The queue row of ``run_id`` (None: the run was never submitted to a queue)."""
@@ -174,6 +183,7 @@ class QueueStore:
             return self._claim_by_reading(queues, worker, limit, (Q_QUEUED, Q_CLAIMED, Q_PARKED))
         # A server store: queued runs with row locks, no writer lock (the common case); the
         # rest by reading under the writer lock (queued rows are left to the row-lock claim).
+        self.hold_worker()  # before its first claim: a claim of a dead worker is taken over
         got = transitions.claim_queued(self, list(queues), limit, _holder(worker))  # type: ignore[arg-type]
         if len(got) < limit:
             got += self._claim_by_reading(queues, worker, limit - len(got), (Q_CLAIMED, Q_PARKED))
@@ -197,7 +207,7 @@ class QueueStore:
                     ORDER BY q.enqueued_at, q.run_id""",
                 list(queues),
             )
-            chosen = [r for r in rows if _claimable(r)][:limit]
+            chosen = [r for r in rows if _claimable(r, self.worker_alive)][:limit]
             if len(chosen) < limit and DEFAULT_QUEUE in queues:
                 chosen += self._orphans()[: limit - len(chosen)]
             if not chosen:
@@ -266,7 +276,7 @@ def _holder(worker: str | None) -> dict[str, Any]:
     }
 
 
-def _claimable(r: Mapping[str, Any]) -> bool:
+def _claimable(r: Mapping[str, Any], worker_alive: Callable[[Mapping[str, Any]], bool]) -> bool:
     state, run_status = r["state"], r.get("run_status")
     run_owner = {"owner_pid": r.get("owner_pid"), "owner_host": r.get("owner_host")}
     run_owner |= {"owner_token": r.get("owner_token"), "run_id": r["run_id"]}
@@ -279,7 +289,7 @@ def _claimable(r: Mapping[str, Any]) -> bool:
     # claimed: only when the worker that holds it is gone
     worker = {"owner_pid": r.get("worker_pid"), "owner_host": r.get("worker_host")}
     worker |= {"owner_token": r.get("worker_token"), "run_id": r["run_id"]}
-    return not _worker_alive(worker)
+    return not worker_alive(worker)
 
 
 def _worker_alive(worker: Mapping[str, Any]) -> bool:

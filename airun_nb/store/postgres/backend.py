@@ -141,6 +141,12 @@ def run_lock_key(run_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
+def worker_lock_key(token: str) -> int:
+    """The advisory lock key a worker process holds while it lives (63 bits of its token's
+    hash, apart from every run's)."""
+    return run_lock_key("worker:" + token)
+
+
 def _upsert_sql(table: str) -> str:
     cols, pk = TABLES[table]
     names = [c for c, _ in cols]
@@ -173,6 +179,7 @@ class PostgresStore(Queries, QueueStore):
         self._runs: dict[str, Any] = {}  # run id -> the connection holding its run lock
         self._runs_lock = threading.Lock()
         self._spare: list[Any] = []  # run-lock connections that hold no lock now
+        self._worker_con: Any = None  # the connection holding this process's worker lock
         self._returned: dict[int, float] = {}  # pooled connection -> when it came back
         self._pool: Any = None
         self.folds = 0
@@ -615,6 +622,38 @@ class PostgresStore(Queries, QueueStore):
                 return
             self._keep_spare(con)
 
+    def hold_worker(self) -> None:
+        """Hold this process's worker lock (keyed by its token) on a connection kept while it
+        lives: the server drops it when the process dies, on any host."""
+        import psycopg
+
+        with self._runs_lock:
+            if self._worker_con is not None and not self._worker_con.closed:
+                return
+            try:
+                con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15)
+                con.execute("SELECT pg_advisory_lock(%s)", [worker_lock_key(owner.MY_TOKEN)])
+            except psycopg.Error as exc:
+                raise errors.fault(exc, str(self.url), "serve the queues of") from None
+            self._worker_con = con
+
+    def worker_alive(self, worker: Mapping[str, Any]) -> bool:
+        """Is the worker process that holds a claim alive, on any host? On this host its pid
+        says, at once; on another its worker lock (which the server drops once it sees the
+        process's connection go)."""
+        token = worker.get("owner_token")
+        if not token or worker.get("owner_host") == owner.HOST:
+            return super().worker_alive(worker)
+        return self._lock_held(worker_lock_key(str(token)))
+
+    def _lock_held(self, key: int) -> bool:
+        found = self.query(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+            "((classid::bigint << 32) | objid::bigint) = ?",
+            [key],
+        )
+        return bool(found)
+
     def owner_alive(self, row: Mapping[str, Any]) -> bool:
         """Is the process recorded as executing this run alive, on any host? Its run lock
         says: the server drops the locks of a client that died."""
@@ -627,12 +666,7 @@ class PostgresStore(Queries, QueueStore):
             and int(row["owner_pid"]) == os.getpid()
         ):
             return owner.owner_alive(row)  # this process: is the run executing in it?
-        found = self.query(
-            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
-            "((classid::bigint << 32) | objid::bigint) = ?",
-            [run_lock_key(run_id)],
-        )
-        return bool(found)
+        return self._lock_held(run_lock_key(run_id))
 
     def change_token(self) -> int:
         """A number that grows with every commit notified on the server (``LISTEN`` in a
@@ -847,6 +881,9 @@ def forget(url: str) -> None:
     store.release()
     for run_id in list(store._runs):
         store.let_go_run(run_id)
+    if store._worker_con is not None:
+        with contextlib.suppress(Exception):
+            store._worker_con.close()
     while store._spare:
         with contextlib.suppress(Exception):
             store._spare.pop().close()

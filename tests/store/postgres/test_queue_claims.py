@@ -12,6 +12,7 @@ import pytest
 
 from airun_nb.store import transitions
 from airun_nb.store.opening import open_store
+from airun_nb.store.postgres.backend import worker_lock_key
 from airun_nb.store.postgres.schema import WRITER_LOCK
 from airun_nb.store.transitions import TransitionError
 
@@ -88,3 +89,26 @@ def test_a_worker_ends_only_its_own_claim_and_only_by_a_checked_transition(pg_ur
     states = _states(store)
     assert states["r-1"] == ("claimed", 1, "w1")
     assert states["r-2"] == ("claimed", 1, "w9")
+
+
+def test_a_dead_workers_claim_on_another_host_is_taken_over_and_a_live_ones_is_not(
+    pg_url: str,
+) -> None:
+    """Two claims held by workers of other hosts (their pids mean nothing here): the one whose
+    worker lock nobody holds (the server dropped it with the dead process) is taken over by the
+    next claim; the one whose worker lock a live connection holds is left alone."""
+    store: Any = open_store(pg_url)
+    _queued(store, "r-1", "r-2")
+    assert store.claim_queued(["default"], "w1", 2) == ["r-1", "r-2"]
+    with psycopg.connect(pg_url, autocommit=True) as live:
+        live.execute("SELECT pg_advisory_lock(%s)", [worker_lock_key("tok-live")])
+        for run_id, host, token in (("r-1", "host-b", "tok-dead"), ("r-2", "host-c", "tok-live")):
+            live.execute(
+                "UPDATE queue SET worker = %s, worker_host = %s, worker_pid = 4242, "
+                "worker_token = %s WHERE run_id = %s",
+                [f"{host}:4242", host, token, run_id],
+            )
+        assert store.claim_queued(["default"], "w2", 2) == ["r-1"]
+        states = _states(store)
+    assert states["r-1"] == ("claimed", 2, "w2")
+    assert states["r-2"] == ("claimed", 1, "host-c:4242")
