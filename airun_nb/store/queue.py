@@ -207,7 +207,8 @@ class QueueStore:
                     ORDER BY q.enqueued_at, q.run_id""",
                 list(queues),
             )
-            chosen = [r for r in rows if _claimable(r, self.worker_alive)][:limit]
+            alive = self.owner_alive  # type: ignore[attr-defined]
+            chosen = [r for r in rows if _claimable(r, alive, self.worker_alive)][:limit]
             if len(chosen) < limit and DEFAULT_QUEUE in queues:
                 chosen += self._orphans()[: limit - len(chosen)]
             if not chosen:
@@ -276,11 +277,15 @@ def _holder(worker: str | None) -> dict[str, Any]:
     }
 
 
-def _claimable(r: Mapping[str, Any], worker_alive: Callable[[Mapping[str, Any]], bool]) -> bool:
+def _claimable(
+    r: Mapping[str, Any],
+    owner_alive: Callable[[Mapping[str, Any]], bool],
+    worker_alive: Callable[[Mapping[str, Any]], bool],
+) -> bool:
     state, run_status = r["state"], r.get("run_status")
     run_owner = {"owner_pid": r.get("owner_pid"), "owner_host": r.get("owner_host")}
     run_owner |= {"owner_token": r.get("owner_token"), "run_id": r["run_id"]}
-    if run_status in ("running", "rolling_back") and owner.owner_alive(run_owner):
+    if run_status in ("running", "rolling_back") and owner_alive(run_owner):
         return False  # executing in a live process right now (a kernel resumed it, say)
     if state == Q_QUEUED:
         return True

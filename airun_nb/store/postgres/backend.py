@@ -666,6 +666,8 @@ class PostgresStore(Queries, QueueStore):
             and int(row["owner_pid"]) == os.getpid()
         ):
             return owner.owner_alive(row)  # this process: is the run executing in it?
+        if row.get("owner_host") == owner.HOST and not owner.owner_alive(row):
+            return False  # its process is gone: no need to wait for the server to notice
         return self._lock_held(run_lock_key(run_id))
 
     def change_token(self) -> int:

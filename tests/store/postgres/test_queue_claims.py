@@ -12,7 +12,7 @@ import pytest
 
 from airun_nb.store import transitions
 from airun_nb.store.opening import open_store
-from airun_nb.store.postgres.backend import worker_lock_key
+from airun_nb.store.postgres.backend import run_lock_key, worker_lock_key
 from airun_nb.store.postgres.schema import WRITER_LOCK
 from airun_nb.store.transitions import TransitionError
 
@@ -94,14 +94,20 @@ def test_a_worker_ends_only_its_own_claim_and_only_by_a_checked_transition(pg_ur
 def test_a_dead_workers_claim_on_another_host_is_taken_over_and_a_live_ones_is_not(
     pg_url: str,
 ) -> None:
-    """Two claims held by workers of other hosts (their pids mean nothing here): the one whose
-    worker lock nobody holds (the server dropped it with the dead process) is taken over by the
-    next claim; the one whose worker lock a live connection holds is left alone."""
+    """Two runs executing under claims of workers of other hosts (their pids mean nothing
+    here): the one whose worker lock and run lock nobody holds (the server dropped them with the
+    dead process) is taken over by the next claim; the one whose locks a live connection holds
+    is left alone."""
     store: Any = open_store(pg_url)
     _queued(store, "r-1", "r-2")
     assert store.claim_queued(["default"], "w1", 2) == ["r-1", "r-2"]
+    for run_id, host, token in (("r-1", "host-b", "tok-dead"), ("r-2", "host-c", "tok-live")):
+        run = {"t": "run", "run_id": run_id, "workflow": "w", "status": "running"}
+        run |= {"owner_pid": 4242, "owner_host": host, "owner_token": token}
+        transitions.commit(store, [run])
     with psycopg.connect(pg_url, autocommit=True) as live:
         live.execute("SELECT pg_advisory_lock(%s)", [worker_lock_key("tok-live")])
+        live.execute("SELECT pg_advisory_lock(%s)", [run_lock_key("r-2")])
         for run_id, host, token in (("r-1", "host-b", "tok-dead"), ("r-2", "host-c", "tok-live")):
             live.execute(
                 "UPDATE queue SET worker = %s, worker_host = %s, worker_pid = 4242, "
