@@ -203,8 +203,14 @@ class Worker:
 
     def _end(self, run_id: str, state: str, *, error: str | None = None) -> None:
         """End this worker's claim on ``run_id`` and, unless stopping, claim the next run in
-        the same hold of the store (one hold instead of two: workers share one file)."""
-        with self.store.session(f"ending the claim on run {run_id}"):
+        the same hold of the store (one hold instead of two: workers share one file). A server
+        store does both with row locks: no hold of its writer lock."""
+        hold = (
+            contextlib.nullcontext()
+            if self.store.row_locks
+            else self.store.session(f"ending the claim on run {run_id}")
+        )
+        with hold:
             self.store.end_claim(run_id, state, error=error)
             if not self._stop.is_set():
                 self._next = self.store.claim_queued(self.queues, self.name, 1)
@@ -212,7 +218,7 @@ class Worker:
     # -- one run -----------------------------------------------------------------------------
     def _execute(self, run_id: str) -> str:
         self._error = None
-        with self.store.session(f"starting run {run_id}"):  # one hold for these reads
+        with self.store.session(f"reading run {run_id} to start it"):  # one hold, reads only
             row = self.store.run_row(run_id)
             if row is None:
                 raise RunEnded(f"no run '{run_id}' in the store (removed after it was queued)")

@@ -14,14 +14,20 @@ checks it against :data:`~airun_nb.store.transitions.QUEUE_TRANSITIONS`.
 
 On the DuckDB file a claim is one hold of the store's exclusive lease: the session folds every
 process's journal first, so the claim reads every earlier claim, and journals its own before
-the lease can change hands; two workers never claim the same run. A server database makes the
-same guarantee with row locks: see :data:`CLAIM_SQL_POSTGRES`.
+the lease can change hands; two workers never claim the same run. A server database
+(``row_locks``) makes the same guarantee with row locks and without its writer lock: queued
+runs are claimed by one statement (:data:`CLAIM_SQL_POSTGRES`) that skips the rows another
+worker is claiming right now, and a worker ends its own claim with a conditional ``UPDATE``
+(:data:`END_CLAIM_SQL_POSTGRES`); both are issued by :mod:`~airun_nb.store.transitions`, which
+checks the change against ``QUEUE_TRANSITIONS``. Only the rarer claims that need a look at
+other processes (a dead worker's claim, a parked run whose gates are decided, a run adopted
+from a kernel that is gone) are made under the writer lock, as on the file.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from airun_nb.store import owner, transitions
@@ -47,19 +53,34 @@ QUEUE_COLUMNS = (
 
 # The claim on PostgreSQL: one statement, row locks instead of the file lease. Rows another
 # worker is claiming right now are skipped, not waited for, so workers never block each other
-# and never take the same run. (A dead worker's claims and parked runs whose gates were decided
-# are found by the same read as :meth:`QueueStore.claim_queued` does, then claimed by run id
-# with ``FOR UPDATE SKIP LOCKED`` and a check of the state they were read in.)
+# and never take the same run; only rows read in state ``queued`` under their lock change.
+# (The rows are picked in a materialized CTE: as a plain ``IN (SELECT ... LIMIT n)`` the
+# planner may run the subquery more than once and claim more than ``n`` rows.)
 CLAIM_SQL_POSTGRES = """
-UPDATE queue
-   SET state = 'claimed', worker = %(worker)s, worker_pid = %(pid)s, worker_host = %(host)s,
-       worker_token = %(token)s, claimed_at = now(), claims = coalesce(claims, 0) + 1
- WHERE run_id IN (
+WITH picked AS MATERIALIZED (
        SELECT run_id FROM queue
-        WHERE queue = ANY(%(queues)s) AND state = 'queued'
+        WHERE queue = ANY(%(queues)s) AND state = %(from)s
         ORDER BY enqueued_at, run_id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED)
+UPDATE queue
+   SET state = %(to)s, worker = %(worker)s, worker_pid = %(worker_pid)s,
+       worker_host = %(worker_host)s, worker_token = %(worker_token)s,
+       claimed_at = now() AT TIME ZONE 'utc', claims = coalesce(claims, 0) + 1, error = NULL
+  FROM picked
+ WHERE queue.run_id = picked.run_id AND queue.state = %(from)s
+RETURNING queue.run_id, queue.enqueued_at
+"""
+# A worker ends its own claim: the row changes only while it is still claimed by this worker
+# (a claim another worker took over in the meantime is left alone).
+END_CLAIM_SQL_POSTGRES = """
+UPDATE queue
+   SET state = %(to)s, finished_at = %(finished_at)s, error = %(error)s,
+       worker = CASE WHEN %(clear)s THEN NULL ELSE worker END,
+       worker_pid = CASE WHEN %(clear)s THEN NULL ELSE worker_pid END,
+       worker_token = CASE WHEN %(clear)s THEN NULL ELSE worker_token END
+ WHERE run_id = %(run_id)s AND state = %(from)s AND worker_host = %(worker_host)s
+   AND worker_pid = %(worker_pid)s AND worker_token = %(worker_token)s
 RETURNING run_id
 """
 
@@ -95,11 +116,33 @@ class QueueStore:
     """The queue's reads and writes; mixed into the store handle (needs ``session`` and the
     named reads of :class:`~airun_nb.store.queries.Queries`)."""
 
+    # A server store claims with row locks, without its writer lock (see the module's text).
+    row_locks = False
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
     def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+    def claim_queue_rows(
+        self, queues: Sequence[str], limit: int, old: str, new: str, holder: Mapping[str, Any]
+    ) -> list[str]:
+        raise NotImplementedError("only a store with row locks claims this way")
+
+    def move_queue_row(
+        self, run_id: str, old: str, new: str, holder: Mapping[str, Any], changes: Mapping[str, Any]
+    ) -> bool:
+        raise NotImplementedError("only a store with row locks ends a claim this way")
+
+    def hold_worker(self) -> None:
+        """Say, for other hosts to see, that this process serves queues (a server store holds
+        a lock for it; on the file, a worker's pid on this host says it)."""
+
+    def worker_alive(self, worker: Mapping[str, Any]) -> bool:
+        """Is the worker process that holds a claim alive? (``owner_*`` keys: its pid, host
+        and token.)"""
+        return _worker_alive(worker)
 
     # -- reads -----------------------------------------------------------------------------
     def queue_row(self, run_id: str) -> dict[str, Any] | None:
@@ -136,7 +179,23 @@ class QueueStore:
         died. Returns their ids; no run is ever claimed by two workers at once."""
         if limit < 1 or not queues:
             return []
+        if not self.row_locks:
+            return self._claim_by_reading(queues, worker, limit, (Q_QUEUED, Q_CLAIMED, Q_PARKED))
+        # A server store: queued runs with row locks, no writer lock (the common case); the
+        # rest by reading under the writer lock (queued rows are left to the row-lock claim).
+        self.hold_worker()  # before its first claim: a claim of a dead worker is taken over
+        got = transitions.claim_queued(self, list(queues), limit, _holder(worker))  # type: ignore[arg-type]
+        if len(got) < limit:
+            got += self._claim_by_reading(queues, worker, limit - len(got), (Q_CLAIMED, Q_PARKED))
+        return got
+
+    def _claim_by_reading(
+        self, queues: Sequence[str], worker: str, limit: int, states: Sequence[str]
+    ) -> list[str]:
+        """The claim made in one hold of the store (the file's lease, a server's writer lock):
+        read the rows of ``states``, choose the claimable ones, commit their claims."""
         marks = ", ".join("?" for _ in queues)
+        kinds = ", ".join(f"'{s}'" for s in states)
         with self.session(f"claiming queued runs for {worker}"):  # type: ignore[attr-defined]
             rows = self.query_dicts(
                 f"""SELECT q.*, r.status AS run_status, r.owner_pid, r.owner_host,
@@ -144,22 +203,17 @@ class QueueStore:
                            (SELECT count(*) FROM approvals a
                              WHERE a.run_id = q.run_id AND a.status = 'open') AS open_gates
                     FROM queue q LEFT JOIN runs r USING (run_id)
-                    WHERE q.queue IN ({marks}) AND q.state IN ('queued', 'claimed', 'parked')
+                    WHERE q.queue IN ({marks}) AND q.state IN ({kinds})
                     ORDER BY q.enqueued_at, q.run_id""",
                 list(queues),
             )
-            chosen = [r for r in rows if _claimable(r)][:limit]
+            alive = self.owner_alive  # type: ignore[attr-defined]
+            chosen = [r for r in rows if _claimable(r, alive, self.worker_alive)][:limit]
             if len(chosen) < limit and DEFAULT_QUEUE in queues:
                 chosen += self._orphans()[: limit - len(chosen)]
             if not chosen:
                 return []
             now = time.time()
-            mine = {
-                "worker": worker,
-                "worker_pid": owner.owner_fields()["owner_pid"],
-                "worker_host": owner.HOST,
-                "worker_token": owner.MY_TOKEN,
-            }
             recs = [
                 queue_record(
                     r,
@@ -167,7 +221,7 @@ class QueueStore:
                     claimed_at=now,
                     claims=int(r.get("claims") or 0) + 1,
                     error=None,
-                    **mine,
+                    **_holder(worker),
                 )
                 for r in chosen
             ]
@@ -199,22 +253,39 @@ class QueueStore:
         ended, or could not start: ``error`` says why), ``parked`` (it waits at a gate) or
         ``queued`` (handed back for another worker). A claim another worker took over in the
         meantime is left alone."""
+        ended = time.time() if state in (Q_DONE, Q_FAILED) else None
+        changes: dict[str, Any] = {"state": state, "finished_at": ended, "error": error}
+        if state == Q_QUEUED:
+            changes |= {"worker": None, "worker_pid": None, "worker_token": None}
+        if self.row_locks:  # one conditional UPDATE: no writer lock
+            transitions.end_claim(self, run_id, changes, _holder(None))  # type: ignore[arg-type]
+            return
         with self.session(f"ending the claim on run {run_id}"):  # type: ignore[attr-defined]
             row = self.queue_row(run_id)
             if row is None or row["state"] != Q_CLAIMED or not _is_mine(row):
                 return
-            ended = time.time() if state in (Q_DONE, Q_FAILED) else None
-            changes: dict[str, Any] = {"state": state, "finished_at": ended, "error": error}
-            if state == Q_QUEUED:
-                changes |= {"worker": None, "worker_pid": None, "worker_token": None}
             transitions.commit(self, [queue_record(row, **changes)])  # type: ignore[arg-type]
 
 
-def _claimable(r: Mapping[str, Any]) -> bool:
+def _holder(worker: str | None) -> dict[str, Any]:
+    """The queue columns that name this process as a claim's holder."""
+    return {
+        "worker": worker,
+        "worker_pid": owner.owner_fields()["owner_pid"],
+        "worker_host": owner.HOST,
+        "worker_token": owner.MY_TOKEN,
+    }
+
+
+def _claimable(
+    r: Mapping[str, Any],
+    owner_alive: Callable[[Mapping[str, Any]], bool],
+    worker_alive: Callable[[Mapping[str, Any]], bool],
+) -> bool:
     state, run_status = r["state"], r.get("run_status")
     run_owner = {"owner_pid": r.get("owner_pid"), "owner_host": r.get("owner_host")}
     run_owner |= {"owner_token": r.get("owner_token"), "run_id": r["run_id"]}
-    if run_status in ("running", "rolling_back") and owner.owner_alive(run_owner):
+    if run_status in ("running", "rolling_back") and owner_alive(run_owner):
         return False  # executing in a live process right now (a kernel resumed it, say)
     if state == Q_QUEUED:
         return True
@@ -223,7 +294,7 @@ def _claimable(r: Mapping[str, Any]) -> bool:
     # claimed: only when the worker that holds it is gone
     worker = {"owner_pid": r.get("worker_pid"), "owner_host": r.get("worker_host")}
     worker |= {"owner_token": r.get("worker_token"), "run_id": r["run_id"]}
-    return not _worker_alive(worker)
+    return not worker_alive(worker)
 
 
 def _worker_alive(worker: Mapping[str, Any]) -> bool:

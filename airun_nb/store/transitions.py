@@ -203,6 +203,27 @@ def commit(store: Backend, records: Sequence[dict[str, Any]], *, checked: bool =
     store.record_many(records)
 
 
+def claim_queued(
+    store: Backend, queues: Sequence[str], limit: int, holder: dict[str, Any]
+) -> list[str]:
+    """A server store's claim of up to ``limit`` queued runs of ``queues`` for ``holder`` (the
+    worker columns): one statement that moves rows from ``queued`` to ``claimed`` under their
+    row locks, skipping rows another worker holds (no writer lock). The statement changes only
+    rows it reads in the old state under their lock, so the check against
+    :data:`QUEUE_TRANSITIONS` made here holds for every row it changes. The claimed run ids."""
+    check_queue(Q_QUEUED, Q_CLAIMED, "(a queued run)")
+    return store.claim_queue_rows(queues, limit, Q_QUEUED, Q_CLAIMED, holder)
+
+
+def end_claim(store: Backend, run_id: str, changes: dict[str, Any], holder: dict[str, Any]) -> bool:
+    """A server store's worker ends its own claim on ``run_id`` (``changes`` holds the new
+    ``state``): one conditional ``UPDATE`` that changes the row only while it is claimed by
+    ``holder``, checked here against :data:`QUEUE_TRANSITIONS` (False: the claim is no longer
+    this worker's; nothing changed)."""
+    check_queue(Q_CLAIMED, str(changes["state"]), run_id)
+    return store.move_queue_row(run_id, Q_CLAIMED, str(changes["state"]), holder, changes)
+
+
 def _check(store: Backend, records: Sequence[dict[str, Any]], *, gates_only: bool) -> None:
     runs: dict[str, str | None] = {}
     steps: dict[tuple[str, str], str | None] = {}

@@ -28,6 +28,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import threading
@@ -46,7 +47,7 @@ from airun_nb.store.fold import group
 from airun_nb.store.postgres import errors
 from airun_nb.store.postgres.schema import EVENT_SEQ_LOCK, LEASES, OUTPUTS, WRITER_LOCK, migrate
 from airun_nb.store.queries import Queries
-from airun_nb.store.queue import QueueStore
+from airun_nb.store.queue import CLAIM_SQL_POSTGRES, END_CLAIM_SQL_POSTGRES, QueueStore
 from airun_nb.store.redaction import scrub
 from airun_nb.store.schema import _TS, NO_EXTENSIONS, TABLES
 
@@ -59,6 +60,29 @@ LEASE_SECONDS = 30.0  # a held run's lease_until is renewed every third of this
 _EPOCH = datetime(1970, 1, 1)
 _READING = ("reading", "answering", "comparing", "planning")
 _TABLE_WORDS = {name: re.compile(rf"\b{name}\b", re.IGNORECASE) for name in TABLES}
+# A run's progress between its start and its end: no watcher waits on it (gates, runs, events
+# and queue rows are what they wait for), and a NOTIFY serializes the commits that send one.
+_QUIET = frozenset({"steps", "attempts", "audit"})
+_SPARE_RUN_CONNECTIONS = 4
+_IDLE_CHECK = 2.0  # seconds: a pooled connection idle longer is checked before use
+_LEASE_ROW = (
+    "%(run_id)s, %(host)s, %(pid)s, (now() AT TIME ZONE 'utc') + make_interval(secs => %(secs)s)"
+)
+_RENEW_SQL = (
+    f"INSERT INTO {LEASES} VALUES ({_LEASE_ROW}) ON CONFLICT (run_id) DO UPDATE SET "
+    "owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid, "
+    "lease_until = EXCLUDED.lease_until"
+)
+# The run lock and the lease row in one round trip: no row (and no lock) when another holds it.
+_HOLD_SQL = (
+    f"INSERT INTO {LEASES} SELECT {_LEASE_ROW} WHERE pg_try_advisory_lock(%(key)s) "
+    "ON CONFLICT (run_id) DO UPDATE SET owner_host = EXCLUDED.owner_host, "
+    "owner_pid = EXCLUDED.owner_pid, lease_until = EXCLUDED.lease_until RETURNING true"
+)
+_LET_GO_SQL = (
+    f"WITH gone AS (DELETE FROM {LEASES} WHERE run_id = %(run_id)s) "
+    "SELECT pg_advisory_unlock(%(key)s)"
+)
 _registry: dict[str, PostgresStore] = {}
 _registry_lock = threading.Lock()
 
@@ -116,6 +140,12 @@ def run_lock_key(run_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
+def worker_lock_key(token: str) -> int:
+    """The advisory lock key a worker process holds while it lives (63 bits of its token's
+    hash, apart from every run's)."""
+    return run_lock_key("worker:" + token)
+
+
 def _upsert_sql(table: str) -> str:
     cols, pk = TABLES[table]
     names = [c for c, _ in cols]
@@ -134,6 +164,8 @@ def _row_params(table: str, row: Mapping[str, Any]) -> list[Any]:
 class PostgresStore(Queries, QueueStore):
     """A handle on one PostgreSQL store, shared by every thread of a process."""
 
+    row_locks = True  # queue claims with row locks, not the writer lock (store/queue.py)
+
     def __init__(self, url: StoreURL) -> None:
         self.path = url
         self.url = url
@@ -145,6 +177,9 @@ class PostgresStore(Queries, QueueStore):
         self._adbc_lock = threading.Lock()
         self._runs: dict[str, Any] = {}  # run id -> the connection holding its run lock
         self._runs_lock = threading.Lock()
+        self._spare: list[Any] = []  # run-lock connections that hold no lock now
+        self._worker_con: Any = None  # the connection holding this process's worker lock
+        self._returned: dict[int, float] = {}  # pooled connection -> when it came back
         self._pool: Any = None
         self.folds = 0
         self._changed = threading.Condition()
@@ -192,11 +227,31 @@ class PostgresStore(Queries, QueueStore):
             min_size=1,
             max_size=16,
             kwargs={"autocommit": True},
-            check=psycopg_pool.ConnectionPool.check_connection,  # a dropped one is replaced
+            check=self._check_idle,  # a dropped one is replaced
+            reset=self._stamp,
             timeout=config.lock_timeout(),
             open=True,
             name="airun_nb",
         )
+
+    def _stamp(self, con: Any) -> None:
+        """The pool took ``con`` back: when (a connection in steady use is not pinged)."""
+        if len(self._returned) > 256:  # ids of connections closed long ago
+            self._returned.clear()
+        self._returned[id(con)] = time.monotonic()
+
+    def _check_idle(self, con: Any) -> None:
+        """Before the pool hands ``con`` out: one round trip to see that it still works, when
+        it sat idle long enough for the server to have gone away meanwhile."""
+        import psycopg_pool
+
+        back = self._returned.get(id(con))
+        if back is None or time.monotonic() - back > _IDLE_CHECK:
+            try:
+                psycopg_pool.ConnectionPool.check_connection(con)
+            except Exception:
+                self._returned.clear()  # one is dead: check the others too before use
+                raise
 
     @contextlib.contextmanager
     def _con(self, doing: str) -> Iterator[Any]:
@@ -208,6 +263,8 @@ class PostgresStore(Queries, QueueStore):
             with self._pool.connection() as con:
                 yield con
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            if isinstance(exc, psycopg.OperationalError):  # the server went away, maybe:
+                self._returned.clear()  # every pooled connection is checked before its use
             raise errors.fault(exc, str(self.url), doing) from None
 
     # -- sessions --------------------------------------------------------------------------
@@ -274,8 +331,36 @@ class PostgresStore(Queries, QueueStore):
             with con.cursor() as cur:
                 for table, rows in [*keyed.items(), *appended.items()]:
                     cur.executemany(_upsert_sql(table), [_row_params(table, r) for r in rows])
-            payload = ",".join(runs)
-            con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload[:7000]])
+            if (set(keyed) | set(appended)) - _QUIET:
+                payload = ",".join(runs)
+                con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload[:7000]])
+
+    def claim_queue_rows(
+        self, queues: Sequence[str], limit: int, old: str, new: str, holder: Mapping[str, Any]
+    ) -> list[str]:
+        """Move up to ``limit`` rows of ``queues`` from ``old`` to ``new`` for ``holder`` in one
+        statement (``FOR UPDATE SKIP LOCKED``); call only from ``transitions.claim_queued``."""
+        params = {"queues": list(queues), "limit": limit, "from": old, "to": new, **holder}
+        with self._con("claim queued runs in") as con, con.pipeline(), con.transaction():
+            got = con.execute(CLAIM_SQL_POSTGRES, params).fetchall()
+            if got:  # an empty queue looked at by idle workers wakes no watcher
+                con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, ",".join(r[0] for r in got)])
+        got.sort(key=lambda r: (r[1], r[0]))  # oldest first
+        return [str(r[0]) for r in got]
+
+    def move_queue_row(
+        self, run_id: str, old: str, new: str, holder: Mapping[str, Any], changes: Mapping[str, Any]
+    ) -> bool:
+        """Move ``run_id``'s queue row from ``old`` to ``new`` while ``holder`` holds it;
+        call only from ``transitions.end_claim``."""
+        params = {"run_id": run_id, "from": old, "to": new, **holder}
+        params |= {"finished_at": _timestamp(changes.get("finished_at"))}
+        params |= {"error": changes.get("error"), "clear": "worker_token" in changes}
+        with self._con("end a claim in") as con, con.pipeline(), con.transaction():
+            moved = bool(con.execute(END_CLAIM_SQL_POSTGRES, params).fetchall())
+            if moved:
+                con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, run_id])
+        return moved
 
     def sync(self) -> None:
         """Nothing to do: every commit is durable on the server when it returns."""
@@ -447,24 +532,27 @@ class PostgresStore(Queries, QueueStore):
 
     def hold_run(self, run_id: str) -> bool:
         """Hold ``run_id``'s advisory lock on a connection kept while the run executes here
-        (False: another process holds it)."""
+        (False: another process holds it). The lock and the lease row are taken by one
+        statement; the connection is one this process kept from an earlier run when it can."""
         import psycopg
 
         with self._runs_lock:
             if run_id in self._runs:
                 return True
+            con = None
             try:
-                con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15)
-                got = con.execute(
-                    "SELECT pg_try_advisory_lock(%s)", [run_lock_key(run_id)]
-                ).fetchone()
+                con = self._spare.pop() if self._spare else None
+                if con is None or con.closed:
+                    con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15)
+                got = con.execute(_HOLD_SQL, self._lease_params(run_id)).fetchone()
             except psycopg.Error as exc:
+                if con is not None:
+                    con.close()
                 raise errors.fault(exc, str(self.url), "claim a run in") from None
-            if not got or not got[0]:
-                con.close()
+            if not got:
+                self._keep_spare(con)
                 return False
             self._runs[run_id] = con
-            self._renew(run_id, con)
             if self._heart is None or not self._heart.is_alive():
                 self._heart = threading.Thread(
                     target=self._heartbeat, name="airun-run-leases", daemon=True
@@ -472,16 +560,26 @@ class PostgresStore(Queries, QueueStore):
                 self._heart.start()
             return True
 
+    def _lease_params(self, run_id: str) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "host": owner.HOST,
+            "pid": os.getpid(),
+            "secs": LEASE_SECONDS,
+            "key": run_lock_key(run_id),
+        }
+
+    def _keep_spare(self, con: Any) -> None:
+        """Keep a run-lock connection that holds no lock for the next run (or close it)."""
+        if len(self._spare) < _SPARE_RUN_CONNECTIONS and not con.closed:
+            self._spare.append(con)
+        else:
+            con.close()
+
     def _renew(self, run_id: str, con: Any) -> None:
         """Say until when this process holds ``run_id`` (``lease_until``, on the server's
         clock): what other hosts read; the run lock is what decides."""
-        con.execute(
-            f"INSERT INTO {LEASES} VALUES (%s, %s, %s, (now() AT TIME ZONE 'utc') + "
-            "make_interval(secs => %s)) ON CONFLICT (run_id) DO UPDATE SET "
-            "owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid, "
-            "lease_until = EXCLUDED.lease_until",
-            [run_id, owner.HOST, os.getpid(), LEASE_SECONDS],
-        )
+        con.execute(_RENEW_SQL, self._lease_params(run_id))
 
     def _heartbeat(self) -> None:
         while not self._closed:
@@ -503,14 +601,50 @@ class PostgresStore(Queries, QueueStore):
     def let_go_run(self, run_id: str) -> None:
         with self._runs_lock:
             con = self._runs.pop(run_id, None)
-        if con is not None:
-            with contextlib.suppress(Exception):
-                con.execute(f"DELETE FROM {LEASES} WHERE run_id = %s", [run_id])
-                # Unlocked before the connection closes: the server ends a closed session a
-                # moment later, and a resume in this process must not find the lock still held.
-                con.execute("SELECT pg_advisory_unlock(%s)", [run_lock_key(run_id)])
-            with contextlib.suppress(Exception):
-                con.close()  # closing the connection drops its lock on the server too
+            if con is None:
+                return
+            try:
+                # Unlocked before the connection is used again or closed (the server ends a
+                # closed session a moment later, and a resume in this process must not find
+                # the lock still held): one statement drops the lease row and the lock.
+                con.execute(_LET_GO_SQL, self._lease_params(run_id))
+            except Exception:  # the lock goes with the connection
+                with contextlib.suppress(Exception):
+                    con.close()  # closing the connection drops its lock on the server too
+                return
+            self._keep_spare(con)
+
+    def hold_worker(self) -> None:
+        """Hold this process's worker lock (keyed by its token) on a connection kept while it
+        lives: the server drops it when the process dies, on any host."""
+        import psycopg
+
+        with self._runs_lock:
+            if self._worker_con is not None and not self._worker_con.closed:
+                return
+            try:
+                con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=15)
+                con.execute("SELECT pg_advisory_lock(%s)", [worker_lock_key(owner.MY_TOKEN)])
+            except psycopg.Error as exc:
+                raise errors.fault(exc, str(self.url), "serve the queues of") from None
+            self._worker_con = con
+
+    def worker_alive(self, worker: Mapping[str, Any]) -> bool:
+        """Is the worker process that holds a claim alive, on any host? On this host its pid
+        says, at once; on another its worker lock (which the server drops once it sees the
+        process's connection go)."""
+        token = worker.get("owner_token")
+        if not token or worker.get("owner_host") == owner.HOST:
+            return super().worker_alive(worker)
+        return self._lock_held(worker_lock_key(str(token)))
+
+    def _lock_held(self, key: int) -> bool:
+        found = self.query(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+            "((classid::bigint << 32) | objid::bigint) = ?",
+            [key],
+        )
+        return bool(found)
 
     def owner_alive(self, row: Mapping[str, Any]) -> bool:
         """Is the process recorded as executing this run alive, on any host? Its run lock
@@ -524,12 +658,9 @@ class PostgresStore(Queries, QueueStore):
             and int(row["owner_pid"]) == os.getpid()
         ):
             return owner.owner_alive(row)  # this process: is the run executing in it?
-        found = self.query(
-            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
-            "((classid::bigint << 32) | objid::bigint) = ?",
-            [run_lock_key(run_id)],
-        )
-        return bool(found)
+        if row.get("owner_host") == owner.HOST and not owner.owner_alive(row):
+            return False  # its process is gone: no need to wait for the server to notice
+        return self._lock_held(run_lock_key(run_id))
 
     def change_token(self) -> int:
         """A number that grows with every commit notified on the server (``LISTEN`` in a
@@ -580,6 +711,61 @@ def _libpq_uri(conninfo: str) -> str:
     return conninfo if conninfo.startswith("postgresql://") else "postgresql" + conninfo[8:]
 
 
+_planner: duckdb.DuckDBPyConnection | None = None
+_planner_lock = threading.Lock()
+# The planner reads every column a statement needs off the table scans of its plan: filters
+# stay above the scans (so their columns are scanned), and empty tables are not folded away.
+_PLANNER_OFF = (
+    "statistics_propagation,empty_result_pullup,compressed_materialization,filter_pushdown"
+)
+
+
+def _scans(sql: str, params: Any = None) -> dict[str, set[str] | None]:
+    """The store's tables ``sql`` reads and the columns it reads of each (None: every column),
+    from DuckDB's own plan of it over empty tables of the same shape; by the tables' names in
+    the text when DuckDB cannot plan it alone (a statement naming an output table, say)."""
+    global _planner
+    named: dict[str, set[str] | None] = {
+        n: None for n, word in _TABLE_WORDS.items() if word.search(sql)
+    }
+    if not named:
+        return {}
+    try:
+        with _planner_lock:
+            if _planner is None:
+                con = duckdb.connect(":memory:", config=dict(NO_EXTENSIONS))
+                con.execute("CREATE SCHEMA outputs")
+                for name, (cols, _pk) in TABLES.items():
+                    body = ", ".join(f"{c} {typ}" for c, typ in cols)
+                    con.execute(f"CREATE TABLE {name} ({body})")
+                con.execute(f"SET disabled_optimizers = '{_PLANNER_OFF}'")
+                _planner = con
+            plan = _planner.execute("EXPLAIN (FORMAT json) " + sql, params).fetchall()
+        found: dict[str, set[str] | None] = {}
+        for node in json.loads(plan[0][1]):
+            _scanned(node, found)
+    except (duckdb.Error, json.JSONDecodeError, IndexError, KeyError, TypeError):
+        return named
+    return found or named  # no table scan in the plan (a CREATE VIEW, say): as named
+
+
+def _scanned(node: Mapping[str, Any], found: dict[str, set[str] | None]) -> None:
+    info = node.get("extra_info")
+    if isinstance(info, Mapping) and isinstance(info.get("Table"), str):
+        name = info["Table"].rsplit(".", 1)[-1]
+        if name in TABLES:
+            cols = info.get("Projections")
+            cols = [cols] if isinstance(cols, str) else cols
+            known = {c for c, _ in TABLES[name][0]}
+            if not isinstance(cols, list) or info.get("Filters") or set(cols) - known - {""}:
+                found[name] = None
+            elif name not in found or found[name] is not None:
+                got = {c for c in cols if c} or {TABLES[name][0][0][0]}  # count(*): one column
+                found[name] = (found.get(name) or set()) | got
+    for child in node.get("children") or ():
+        _scanned(child, found)
+
+
 class Snapshot:
     """A DuckDB connection in memory holding the store's tables as Arrow, loaded from the server
     the first time a statement names them (what a session of the DuckDB file yields)."""
@@ -587,7 +773,8 @@ class Snapshot:
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._loaded: set[str] = set()
+        # table -> the columns loaded (None: every one); absent: not loaded yet
+        self._loaded: dict[str, set[str] | None] = {}
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -596,32 +783,56 @@ class Snapshot:
             self._con.execute("CREATE SCHEMA outputs")
         return self._con
 
-    def _need(self, sql: str) -> None:
-        for name, word in _TABLE_WORDS.items():
-            if name not in self._loaded and word.search(sql):
-                self._load(name, f"SELECT {', '.join(c for c, _ in TABLES[name][0])} FROM {name}")
+    def _need(self, sql: str, params: Any = None) -> None:
+        for name, cols in _scans(sql, params).items():
+            loaded = name in self._loaded
+            have = self._loaded.get(name)
+            if loaded and (have is None or (cols is not None and cols <= have)):
+                continue  # loaded with every column this statement reads
+            want = None if cols is None else cols | (have or set())
+            listed = [c for c, _ in TABLES[name][0] if want is None or c in want]
+            self._load(name, f"SELECT {', '.join(listed)} FROM {name}", want)
         for name in packed.referenced(sql):
             key = "outputs." + name
             if key not in self._loaded:
-                self._loaded.add(key)
+                self._loaded[key] = None
                 with contextlib.suppress(StoreError):
                     packed.load(self.con, "outputs", name, self._store.get_table(name))
 
-    def _load(self, name: str, sql: str) -> None:
-        self._loaded.add(name)
+    def _load(self, name: str, sql: str, cols: set[str] | None) -> None:
+        """Load ``name`` (``cols`` of it; None: every column) from the server: DuckDB reads
+        the Arrow table where it lies (a view over it, no copy)."""
         table = self._store.arrow(sql)
-        table = table.replace_schema_metadata(None)
-        self.con.register("__airun_load", table)
-        self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM __airun_load")
-        self.con.unregister("__airun_load")
+        self.con.register(name, table.replace_schema_metadata(None))
+        self._loaded[name] = cols
 
     def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
-        self._need(sql)
-        return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+        self._need(sql, params)
+        try:
+            return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+        except (duckdb.BinderException, duckdb.CatalogException):
+            if not self._whole(sql):
+                raise
+            return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
 
     def sql(self, sql: str, *, params: Any = None) -> duckdb.DuckDBPyRelation:
-        self._need(sql)
-        return self.con.sql(sql, params=params)
+        self._need(sql, params)
+        try:
+            return self.con.sql(sql, params=params)
+        except (duckdb.BinderException, duckdb.CatalogException):
+            if not self._whole(sql):
+                raise
+            return self.con.sql(sql, params=params)
+
+    def _whole(self, sql: str) -> bool:
+        """A statement the plan did not cover (``* EXCLUDE (...)`` names a column nothing
+        reads; a view over a table): load every column of the tables it names that lack some
+        or are not loaded; whether there were any."""
+        partial = [n for n in TABLES if self._loaded.get(n, ()) is not None]
+        partial = [n for n in partial if _TABLE_WORDS[n].search(sql)]
+        for name in partial:
+            self._load(name, f"SELECT {', '.join(c for c, _ in TABLES[name][0])} FROM {name}", None)
+        return bool(partial)
 
     def table(self, name: str) -> duckdb.DuckDBPyRelation:
         self._need(name)
@@ -658,6 +869,12 @@ def forget(url: str) -> None:
     store.release()
     for run_id in list(store._runs):
         store.let_go_run(run_id)
+    if store._worker_con is not None:
+        with contextlib.suppress(Exception):
+            store._worker_con.close()
+    while store._spare:
+        with contextlib.suppress(Exception):
+            store._spare.pop().close()
     if store._pool is not None:
         with contextlib.suppress(Exception):
             store._pool.close(timeout=5)

@@ -63,8 +63,13 @@ def _v2() -> list[str]:
     ]
 
 
+def _v3() -> list[str]:
+    # The workers' claim reads the oldest queued rows of its queues (store/queue.py).
+    return ["CREATE INDEX IF NOT EXISTS queue_claim ON queue (state, queue, enqueued_at, run_id)"]
+
+
 # Version -> the statements that bring a database from the version before to it.
-MIGRATIONS: dict[int, Any] = {1: _v1, 2: _v2}
+MIGRATIONS: dict[int, Any] = {1: _v1, 2: _v2, 3: _v3}
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 
 
