@@ -97,13 +97,7 @@ def write(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, replace: b
         )
         con.execute(f"DROP TABLE IF EXISTS outputs.{quote_ident(name)}")
         return
-    con.register("__airun_out", table)
-    try:
-        con.execute(
-            f"CREATE OR REPLACE TABLE outputs.{quote_ident(name)} AS SELECT * FROM __airun_out"
-        )
-    finally:
-        con.unregister("__airun_out")
+    load(con, "outputs", name, table)
     con.execute(f"DELETE FROM {OUTPUTS} WHERE name = ?", [name])
 
 
