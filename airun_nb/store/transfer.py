@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -85,10 +85,16 @@ def redact(text: str) -> str:
 
 def executing(row: Mapping[str, Any]) -> bool:
     """Is a process executing this run right now (so copying it would copy half a state)?"""
-    return row.get("status") in _EXECUTING and owner_alive(row)
+    return executing_here(row, owner_alive)
 
 
-def _busy(run_id: str, row: Mapping[str, Any], where: str) -> str:
+def executing_here(row: Mapping[str, Any], alive: Callable[[Mapping[str, Any]], bool]) -> bool:
+    """:func:`executing`, with a store's own way to tell whether the owner is alive."""
+    return row.get("status") in _EXECUTING and alive(row)
+
+
+def busy_line(run_id: str, row: Mapping[str, Any], where: str) -> str:
+    """The one line a copy onto (or from) a run being executed gets."""
     pid, host = row.get("owner_pid"), row.get("owner_host")
     return f"run {run_id} is running in {where} (pid {pid} on {host}); nothing copied"
 
@@ -147,7 +153,7 @@ def _export(store: Store, run_id: str) -> Bundle:
             raise RunNotFound(f"no run '{run_id}' in {store.path}")
         run = found[0]
         if executing(run):
-            raise StoreError(_busy(run_id, run, str(store.path)))
+            raise StoreError(busy_line(run_id, run, str(store.path)))
         bundle: Bundle = {"runs": found}
         bundle["specs"] = _dicts(
             con, "SELECT * FROM specs WHERE spec_hash = ?", [run.get("spec_hash")]
@@ -213,7 +219,7 @@ def outputs_of(bundle: Bundle) -> dict[str, pa.Table]:
     return cast("dict[str, pa.Table]", cast(dict[str, Any], bundle).get(OUTPUTS) or {})
 
 
-def meta_of(bundle: Bundle) -> dict[str, Any]:
+def meta_of(bundle: Mapping[str, Any]) -> dict[str, Any]:
     rows = bundle.get(META) or [{}]
     return dict(rows[0])
 
@@ -302,7 +308,7 @@ def import_run(store: Store, bundle: Bundle) -> None:
             if here and not replace:
                 raise StoreError(f"run {run_id} is already in {store.path}; nothing copied")
             if here and executing(here[0]):
-                raise StoreError(_busy(run_id, here[0], str(store.path)))
+                raise StoreError(busy_line(run_id, here[0], str(store.path)))
             if here:
                 _remove(con, run_id)
             _insert(con, "specs", bundle.get("specs", []), ignore=True)

@@ -153,6 +153,35 @@ def test_a_second_pull_is_refused_unless_replaced(tmp_path: Path, team_run: str)
     assert again.returncode == 0 and again.stdout.startswith(f"pulled {team_run}:"), again.stderr
 
 
+def test_a_second_push_to_a_team_store_is_refused_unless_replaced(
+    tmp_path: Path, team_run: str, pg_url: str
+) -> None:
+    """Pushing a run the team store already has is one line and changes nothing there;
+    ``--replace`` swaps the server's copy for this one (rolled back here since): its status and
+    steps are this store's, no row of the old copy is left, and its outputs still read."""
+    args = ("push", team_run, "--to", pg_url, "--db", "team.duckdb")
+    first = airun(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    server = open_store(pg_url)
+    before = server.step_rows(team_run)
+    line = error_line(airun(*args, cwd=tmp_path))
+    assert line.startswith(f"error: run {team_run} is already in postgresql://")
+    assert line.endswith("; nothing copied"), line
+    assert server.step_rows(team_run) == before
+
+    rolled = airun("rollback", team_run, "--db", "team.duckdb", cwd=tmp_path)
+    assert rolled.returncode == 0, rolled.stderr
+    again = airun(*args, "--replace", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith(f"pushed {team_run}:"), again.stderr
+    assert server.run_row(team_run)["status"] == "rolled_back"  # type: ignore[index]
+    local = Store.open(tmp_path / "team.duckdb")
+    assert len(server.step_rows(team_run)) == len(local.step_rows(team_run))
+    copies = server.query("SELECT count(*) FROM runs WHERE run_id = ?", [team_run])
+    assert copies == [(1,)]
+    shown = airun("show", team_run, "--db", pg_url, cwd=tmp_path)
+    assert shown.returncode == 0 and "rolled_back" in shown.stdout, shown.stdout + shown.stderr
+
+
 def test_a_pull_killed_before_it_commits_leaves_nothing(tmp_path: Path, team_run: str) -> None:
     """A pull SIGKILLed just before its transaction commits leaves a destination that opens
     and holds no part of the run (no rows, no output table); the next pull copies it whole."""

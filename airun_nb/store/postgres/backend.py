@@ -478,8 +478,15 @@ class PostgresStore(Queries, QueueStore):
         events = [dict(e) for e in bundle.get("events") or []]
         events.sort(key=lambda e: (e.get("seq") is None, e.get("seq") or 0))
         with self._con("import a run into") as con, con.transaction():
-            if con.execute("SELECT 1 FROM runs WHERE run_id = %s", [run_id]).fetchone():
-                raise StoreError(f"run {run_id} is already in {self.url}; nothing was imported")
+            cur = con.execute("SELECT * FROM runs WHERE run_id = %s FOR UPDATE", [run_id])
+            found = cur.fetchone()
+            if found is not None:
+                self._make_room(
+                    con,
+                    run_id,
+                    dict(zip([d.name for d in cur.description or ()], found, strict=True)),
+                    bundle,
+                )
             with con.cursor() as cur:
                 for table in TABLES:
                     rows = bundle.get(table) or []
@@ -511,6 +518,26 @@ class PostgresStore(Queries, QueueStore):
                         [name, buf.getvalue()],
                     )
             con.execute("SELECT pg_notify(%s, %s)", [CHANNEL, run_id])
+
+    def _make_room(
+        self, con: Any, run_id: str, here: dict[str, Any], bundle: Mapping[str, Any]
+    ) -> None:
+        """The store's own copy of ``run_id`` removed (in the import's transaction) when the
+        bundle says ``replace`` and no process executes it here; else one line, nothing
+        written."""
+        from airun_nb.store import transfer
+
+        if not transfer.meta_of(bundle).get("replace"):
+            raise StoreError(f"run {run_id} is already in {self.url}; nothing copied")
+        if transfer.executing_here(here, self.owner_alive):
+            raise StoreError(transfer.busy_line(run_id, here, self.url))
+        for table in transfer.RUN_TABLES:
+            if table != "specs":
+                con.execute(f"DELETE FROM {table} WHERE run_id = %s", [run_id])
+        con.execute(
+            f"DELETE FROM {OUTPUTS} WHERE name LIKE %s OR name IN (%s, %s)",
+            [f"{run_id}/%", f"code/{run_id}", f"code/{run_id}/sources"],
+        )
 
     # -- the spec cache --------------------------------------------------------------------
     def cached_spec(self, key: str) -> bytes | None:
