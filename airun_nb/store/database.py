@@ -321,8 +321,8 @@ class Store(Queries, QueueStore):
 
     def cached_spec(self, key: str) -> bytes | None:
         with self.session("reading the spec cache", fold=False) as con:
-            row = con.execute("SELECT data FROM spec_cache WHERE cache_key = ?", [key]).fetchone()
-        return None if row is None else bytes(row[0])
+            rows = con.execute("SELECT data FROM spec_cache WHERE cache_key = ?", [key]).fetchall()
+        return bytes(rows[0][0]) if rows else None
 
     def cache_spec(self, key: str, data: bytes) -> None:
         with self.session("caching a parsed workflow", fold=False) as con:

@@ -164,10 +164,10 @@ def _fold_texts(con: duckdb.DuckDBPyConnection, texts: list[str]) -> int:
             f"struct_update({_parsed('attempts')}, run_id := run_id, step_id := step_id)",
         )
     if "ev" in kinds:
-        row = con.execute("SELECT value FROM airun_meta WHERE key = 'event_seq'").fetchone()
-        if row is None:
-            row = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-        last = int(row[0]) if row else 0
+        rows = con.execute("SELECT value FROM airun_meta WHERE key = 'event_seq'").fetchall()
+        if not rows:
+            rows = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()
+        last = int(rows[0][0]) if rows else 0
         seq = "CAST(? AS BIGINT) + row_number() OVER (ORDER BY ord)"
         con.execute(
             f"INSERT INTO events SELECT {_columns('events', seq=seq)} FROM (SELECT ord, "
@@ -241,10 +241,10 @@ def _numbered(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> l
     """The events with the next numbers of the store's one order (``events.seq``). Folds are
     serial (under the lease, one transaction each), so the numbers never repeat, and a stream
     that read up to N has seen every event numbered N or less, whatever the writers' clocks."""
-    row = con.execute("SELECT value FROM airun_meta WHERE key = 'event_seq'").fetchone()
-    if row is None:
-        row = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-    last = int(row[0]) if row else 0
+    rows = con.execute("SELECT value FROM airun_meta WHERE key = 'event_seq'").fetchall()
+    if not rows:
+        rows = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()
+    last = int(rows[0][0]) if rows else 0
     out = [dict(ev, seq=last + i) for i, ev in enumerate(events, 1)]
     con.execute("INSERT OR REPLACE INTO airun_meta VALUES ('event_seq', ?)", [str(last + len(out))])
     return out

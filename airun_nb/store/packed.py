@@ -139,9 +139,10 @@ def mostly_unique_strings(table: pa.Table) -> bool:
 
 def read(con: duckdb.DuckDBPyConnection, name: str, where: object) -> pa.Table:
     """Output table ``name``, whichever way it is kept; :class:`StoreError` when it is not."""
-    row = con.execute(f"SELECT data FROM {OUTPUTS} WHERE name = ?", [name]).fetchone()
-    if row is not None:
-        return from_parquet(row[0], name, where)
+    # fetchall: a result left unfinished would refuse the connection's next relation
+    rows = con.execute(f"SELECT data FROM {OUTPUTS} WHERE name = ?", [name]).fetchall()
+    if rows:
+        return from_parquet(rows[0][0], name, where)
     if name not in tables(con):
         raise StoreError(f"no output table '{name[:80]}' in {where}")
     rel = con.sql(f"SELECT * FROM outputs.{quote_ident(name)}")
@@ -167,8 +168,8 @@ def tables(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 
 def exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    found = con.execute(f"SELECT 1 FROM {OUTPUTS} WHERE name = ?", [name]).fetchone()
-    return found is not None or name in tables(con)
+    found = con.execute(f"SELECT 1 FROM {OUTPUTS} WHERE name = ?", [name]).fetchall()
+    return bool(found) or name in tables(con)
 
 
 def remove(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -197,7 +198,7 @@ def expose(con: Any, where: object, sql: str = "", named: tuple[str, ...] = ()) 
     ).fetchall()
     if not rows:
         return
-    file_db = str(con.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+    file_db = str(con.execute("SELECT current_database()").fetchall()[0][0])
     con.execute(f"ATTACH ':memory:' AS {MEMORY}")
     con.execute(f"CREATE SCHEMA {MEMORY}.outputs")
     # ``outputs."name"`` is looked up in the file's outputs schema, then in memory.

@@ -275,3 +275,16 @@ def test_a_large_outputs_strings_are_compressed_by_what_they_hold(
     again = pd.DataFrame({"n": np.arange(rows), "s": ["a", "b"] * (rows // 2)})
     later = Workflow.from_dict(doc).run(db=db, namespace={"make": lambda: again}, new=True)
     assert "ZSTD" not in _compression(store, f"{later.run_id}/out/1")["s"]
+
+
+def test_history_reads_after_a_small_output_was_read(tmp_path: Path) -> None:
+    """Reading a run's small output (kept as Parquet bytes) and then asking for history on the
+    same store in the same process works: the output's read leaves nothing unfinished on the
+    store's connection (DuckDB then refused the next relation: 'connection has an unfinished
+    result')."""
+    db = tmp_path / "s.duckdb"
+    doc = {"name": "frames", "steps": [{"id": "out", "call": "make"}]}
+    run = Workflow.from_dict(doc).run(db=db, namespace={"make": lambda: frame(ROWS["small"])})
+    pd.testing.assert_frame_equal(load_run(run.run_id, db=db).outputs["out"], frame(ROWS["small"]))
+    assert airun_nb.runs(db=db, workflow="frames")["run_id"].tolist() == [run.run_id]
+    assert airun_nb.steps(run.run_id, db=db)["step_id"].tolist() == ["out"]
