@@ -14,20 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from support.queued import TIMEOUT, airun, counts, env, rows, said, wait_for, worker
-
-TWO_STEPS = """\
-name: drained
-params: {n: 0}
-steps:
-  - id: first
-    call: support.queued:tick
-    with: {run: "{{ run.id }}", step: first, value: "{{ params.n }}"}
-  - id: second
-    needs: [first]
-    call: support.queued:tick
-    with: {run: "{{ run.id }}", step: second}
-"""
+from support.queued import (
+    TIMEOUT,
+    TWO_STEPS,
+    airun,
+    counts,
+    env,
+    rows,
+    said,
+    wait_for,
+    worker,
+)
 
 GATED = """\
 name: gated

@@ -110,3 +110,18 @@ def rows(db: Path | str, sql: str) -> list[tuple[Any, ...]]:
         return store.query(sql)
     finally:
         store.release()
+
+
+# A queued run of two steps that count themselves in the ledger (the drain tests' workflow).
+TWO_STEPS = """\
+name: drained
+params: {n: 0}
+steps:
+  - id: first
+    call: support.queued:tick
+    with: {run: "{{ run.id }}", step: first, value: "{{ params.n }}"}
+  - id: second
+    needs: [first]
+    call: support.queued:tick
+    with: {run: "{{ run.id }}", step: second}
+"""
