@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import airun_nb
+from support.notebooks import python_notebook
 
 RUN = """\
 on_failure: stop
@@ -78,12 +79,7 @@ def contrast(fg_css: str, bg_css: str) -> float:
 
 
 def _notebook(path: Path, run_id: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb = python_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(c)
         for c in ("%load_ext airun_nb", f"%workflow show {run_id}", f"%workflow timeline {run_id}")

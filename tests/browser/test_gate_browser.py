@@ -16,6 +16,7 @@ import nbformat
 import pytest
 
 import airun_nb
+from support.notebooks import python_notebook
 
 SCREENSHOT = Path("/tmp/gate_browser.png")
 SCREENSHOT_AFTER = Path("/tmp/gate_browser_after.png")
@@ -52,12 +53,7 @@ steps:
 
 
 def write_notebook(path: Path) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb = python_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("%load_ext airun_nb"),
         nbformat.v4.new_code_cell(FUNCTIONS),

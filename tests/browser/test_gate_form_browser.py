@@ -17,6 +17,7 @@ import pytest
 
 import airun_nb
 from airun_nb.store.database import Store
+from support.notebooks import python_notebook
 
 WORKFLOW = """\
 %%workflow payout
@@ -47,12 +48,7 @@ steps:
 
 
 def write_notebook(path: Path) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb = python_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("%load_ext airun_nb"),
         nbformat.v4.new_code_cell(WORKFLOW),

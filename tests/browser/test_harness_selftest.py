@@ -10,6 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from support.notebooks import python_notebook
+
 SCREENSHOT = Path("/tmp/harness_selftest.png")
 
 CELL = """\
@@ -30,12 +32,7 @@ approve
 
 
 def write_notebook(path: Path, *sources: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb = python_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in sources]
     nbformat.write(nb, str(path))
     return path

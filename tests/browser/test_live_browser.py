@@ -29,6 +29,7 @@ from PIL import Image, ImageChops
 
 import airun_nb
 from support import AIRUN
+from support.notebooks import python_notebook
 
 LIVE = """\
 %%workflow slow
@@ -78,12 +79,7 @@ def _released_by(flag: Path) -> str:
 
 
 def _notebook(path: Path, cells: list[str]) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb = python_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
     nbformat.write(nb, str(path))
 

@@ -13,6 +13,7 @@ import nbformat
 
 import airun_nb
 from support import AIRUN
+from support.notebooks import python_notebook
 
 PARAMETERS = 'region = "eu"\nlimit = 1\nlabel = "none"'
 REPORT = """%%workflow report
@@ -35,12 +36,7 @@ steps:
 
 
 def _notebook(path: Path, *cells: str, tagged: int | None = None) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb = python_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in ("%load_ext airun_nb", *cells)]
     if tagged is not None:
         nb.cells[tagged].metadata["tags"] = ["parameters"]

@@ -20,6 +20,7 @@ from nbclient import NotebookClient
 
 import airun_nb
 from support import AIRUN
+from support.notebooks import python_notebook
 
 FUNCTIONS = """
 from pathlib import Path
@@ -65,12 +66,7 @@ print("SHIPPED", globals().get("shipped"))
 
 
 def notebook() -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb = python_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("%load_ext airun_nb"),
         nbformat.v4.new_code_cell(FUNCTIONS),

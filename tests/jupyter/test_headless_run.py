@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 
 from support import AIRUN
+from support.notebooks import python_notebook
 
 CELL = """%%workflow nightly
 steps:
@@ -25,12 +26,7 @@ steps:
 
 
 def _notebook(path: Path) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb = python_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("%load_ext airun_nb"),
         nbformat.v4.new_code_cell(CELL.replace("steps:", "on_failure: stop\nsteps:")),
