@@ -153,7 +153,7 @@ def _from_decimal(column: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
 
 def arrow_of(store: Backend, sql: str, params: Sequence[Any] = ()) -> pa.Table:
     """Run ``sql`` on the store (every journaled change folded first) as an Arrow table."""
-    with store.session() as con:
+    with store.session(reads=sql) as con:
         return _fetch(con.sql(sql, params=list(params) or None))
 
 

@@ -32,8 +32,14 @@ class Backend(Protocol):
 
     # Holding the store: a block in which reads see every committed change and writes of this
     # handle are not interleaved with another process's (a lease on a file, a transaction).
+    # ``reads``: the one SELECT the block runs (a file store lays unfolded records over it).
     def session(
-        self, purpose: str = "reading", *, fold: bool = True, peers: bool = True
+        self,
+        purpose: str = "reading",
+        *,
+        fold: bool = True,
+        peers: bool = True,
+        reads: str | None = None,
     ) -> contextlib.AbstractContextManager[Any]: ...
 
     # Reads (history's SQL and the named reads of Queries are built on these).

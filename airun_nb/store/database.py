@@ -32,7 +32,7 @@ from airun_nb.errors import AirunError, ClockWarning, StoreBusy, StoreError, Sto
 from airun_nb.settings import clock as processclock
 from airun_nb.settings import environment as config
 from airun_nb.store import idle as keeper
-from airun_nb.store import owner, packed, schema
+from airun_nb.store import overlay, owner, packed, schema
 from airun_nb.store.crashpoints import crashpoint
 from airun_nb.store.faults import check_store_path, duckdb_fault, os_fault
 from airun_nb.store.fold import fold
@@ -56,6 +56,7 @@ FOLD_EVERY = 4096  # journal records between folds while a burst of steps runs
 FOLD_AT_LATEST = 8 * FOLD_EVERY  # pending records past which appending waits for the lease
 CLOCK_SKEW = 5.0  # seconds a process's clock may differ from the store's before it is said
 _clock_said: dict[str, float] = {}  # store path -> the skew said (once per process)
+FOLD_BEHIND_BYTES = 64 * 1024  # unfolded bytes of other processes worth a fold between reads
 YIELD_WINDOW = 0.5  # after handing the lease to a waiter, give it this long to finish
 
 _OPEN_J = "open the journal"
@@ -143,6 +144,7 @@ class Store(Queries, QueueStore):
         fold: bool = True,
         peers: bool = True,
         kinds: Sequence[str] = (),
+        reads: str | None = None,
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Hold the store (lease + DuckDB connection) for the duration of the block.
 
@@ -151,17 +153,27 @@ class Store(Queries, QueueStore):
         reads, see ``recent``). ``kinds`` (record kinds, such as ``"token"``): the block reads
         only what records of those kinds hold, so nothing is folded unless an unfolded record
         is of one of them (checking an API token beside busy writers does not fold their
-        runs)."""
+        runs). ``reads`` (the one SELECT the block runs): the records not folded yet are laid
+        over the tables it reads instead of folded in (see :mod:`~airun_nb.store.overlay`), so a
+        reader beside busy writers does not do their folding."""
         with self._mutex:
             self._ensure_lease(purpose)
             self._depth += 1
+            laid: list[str] = []
             try:
                 with _faults(self, "read"):
                     con = self._connection()
                     if peers and (not kinds or self._unfolded_has(kinds)):
-                        self._fold(own=fold)
+                        over = self._lay_over(con, reads) if self._depth == 1 and reads else None
+                        if over is None:
+                            self._fold(own=fold)
+                        else:
+                            laid = over
                     yield con
             finally:
+                if laid and self._con is not None:
+                    with contextlib.suppress(duckdb.Error):
+                        overlay.lift(self._con, laid)
                 self._depth -= 1
                 self._last_activity = time.monotonic()
                 if not self._depth and self.lease.held and self.lease.waiters():
@@ -215,24 +227,25 @@ class Store(Queries, QueueStore):
     def _exit(self) -> None:
         """At exit: fold if the lease is free, else the next holder folds the slot."""
         with self._mutex:
-            if self.journal.is_open and not self.journal.empty and not self.lease.held:
+            writes = self.journal.is_open and not self.journal.empty
+            if writes and not self.lease.held:
                 self.lease.try_acquire("saving the journal")
-            self._release_locked()
+            self._release_locked(fold=writes)  # a process that only read leaves the folds
             self.journal.close()
 
     # -- queries ---------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self.session() as con:
+        with self.session(reads=sql) as con:
             return con.execute(sql, list(params)).fetchall()
 
     def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self.session() as con:
+        with self.session(reads=sql) as con:
             cur = con.execute(sql, list(params))
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def query_df(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
-        with self.session() as con:
+        with self.session(reads=sql) as con:
             return con.execute(sql, list(params)).df()
 
     def put_table(self, name: str, table: pa.Table) -> None:
@@ -440,10 +453,8 @@ class Store(Queries, QueueStore):
             return
         con = self._connection()
         meta = _meta(con)
-        if stale:  # another holder may have folded part of this slot while we had no lease
-            gen_key, offset_key = meta_keys(journal.slot)
-            journal.trim(meta.get(gen_key), int(meta.get(offset_key, "0")))
-            self._trimmed = self.lease.grants
+        if stale:
+            self._trim_stale(meta)
         batch = self.peers.collect(changed, meta) if changed else Batch()
         records, marks = batch.records, batch.marks
         if own and journal.pending:
@@ -464,6 +475,54 @@ class Store(Queries, QueueStore):
             journal.reset()
         for message in batch.reports:
             _report(self, message)
+
+    def _lay_over(self, con: duckdb.DuckDBPyConnection, sql: str | None) -> list[str] | None:
+        """Lay what is not folded yet over the tables ``sql`` reads (lease held); None: fold
+        instead (not a plain read, a dead process's slot to recover, a damaged record, events
+        or audit rows it names, or so many records that folding them pays off)."""
+        journal = self.journal
+        if not overlay.can_read(sql) or journal.pending:
+            return None  # a process that writes folds, as it hands the lease on without folding
+        mine = journal.slot if journal.is_open else None
+        changed = self.peers.changed(mine)
+        if not changed and not journal.pending:
+            return []
+        meta = _meta(con)
+        self._trim_stale(meta)
+        batch = self.peers.collect(changed, meta) if changed else Batch()
+        self.peers.abandon(batch)  # nothing is folded: the marks stay where they are
+        if batch.dead or batch.reports:
+            return None
+        if len(batch.records) + len(journal.pending) > overlay.AT_MOST:
+            return None
+        records = overlay.parse([*batch.records, *journal.pending])
+        if records is None:
+            return None
+        if not records:
+            return []
+        return overlay.lay(con, self._catalog(con), records, str(sql))
+
+    def _fold_behind(self) -> None:
+        """Fold what other processes appended, if it is enough to be worth a fold (lease
+        held, between two reads; see :mod:`~airun_nb.store.idle`)."""
+        mine = self.journal.slot if self.journal.is_open else None
+        if self.peers.grown(mine) >= FOLD_BEHIND_BYTES:
+            with _faults(self, "fold the journal into"):
+                self._fold()
+
+    def _catalog(self, con: duckdb.DuckDBPyConnection) -> str:
+        """The name DuckDB gives the store file's catalog on ``con``."""
+        rows = con.execute("SELECT current_database()").fetchall()  # fetched to the end
+        return str(rows[0][0]) if rows else self.path.stem
+
+    def _trim_stale(self, meta: Mapping[str, str]) -> None:
+        """Another holder may have folded part of this slot while this process had no lease:
+        forget what it folded (lease held)."""
+        journal = self.journal
+        if journal.is_open and journal.pending and self._trimmed != self.lease.grants:
+            gen_key, offset_key = meta_keys(journal.slot)
+            journal.trim(meta.get(gen_key), int(meta.get(offset_key, "0")))
+            self._trimmed = self.lease.grants
 
     def _unfolded_has(self, kinds: Sequence[str]) -> bool:
         """Might a record not yet folded be of one of ``kinds``? (Lease held: nobody else

@@ -3,7 +3,9 @@
 A process holds the store's lease only while it reads, folds or writes an output table. The
 keeper looks every 10 ms: when another process waits for the lease it lets go at once (the
 waiter folds this process's slot as it reads); when nothing happened for ``IDLE_RELEASE``
-seconds it folds the slot and lets go; when records wait in
+seconds it folds the slot and lets go; between two reads it folds what other processes
+appended (a read lays those records over the tables instead of folding them, so the fold is
+done here, off the read's path); when records wait in
 the slot with nobody folding them, it folds them if the lease is free. It also makes the group
 commit's last ``fsync`` of a burst (``AIRUN_SYNC=group``). It ends when there is nothing left to
 keep, and is started again by the next use of the store.
@@ -21,6 +23,7 @@ from airun_nb.store.journal import Journal
 from airun_nb.store.lease import Lease
 
 IDLE_RELEASE = 0.25  # seconds without store activity before the lease is let go
+FOLD_BEHIND = 0.02  # seconds without store activity before what others wrote is folded
 
 stopping = threading.Event()  # set at interpreter exit: every keeper ends
 
@@ -37,6 +40,8 @@ class Kept(Protocol):
     def _release_locked(self, fold: bool = True) -> None: ...
 
     def _forget_folded(self) -> None: ...
+
+    def _fold_behind(self) -> None: ...
 
 
 class Keeper:
@@ -95,6 +100,11 @@ def tick(store: Kept) -> bool:
                 store._yielded_at = time.monotonic()
             elif idle >= IDLE_RELEASE:
                 store._release_locked()
+            elif idle >= FOLD_BEHIND:
+                # Between two reads: fold what the writers appended, so that the next read
+                # lays few records over the tables (it reads without folding).
+                store._fold_behind()
+                return True
             else:
                 return True
         elif journal.is_open and journal.pending and idle >= IDLE_RELEASE:

@@ -64,6 +64,18 @@ class Peers:
                 out.append(slot)
         return out
 
+    def grown(self, own: int | None) -> int:
+        """Bytes the other slots grew by since they were last folded (a slot not folded yet
+        counts whole)."""
+        total = 0
+        for slot, path in slot_paths(self.db_path):
+            if slot == own:
+                continue
+            sig, seen = _signature(path), self._seen.get(slot)
+            if sig is not None and sig != seen:
+                total += sig[1] - (seen[1] if seen is not None and seen[0] == sig[0] else 0)
+        return total
+
     def collect(self, slots: list[int], meta: dict[str, str]) -> Batch:
         """Read ``slots`` past their marks in ``meta``; dead owners' slots stay locked."""
         batch = Batch()

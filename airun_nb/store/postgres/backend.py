@@ -270,7 +270,12 @@ class PostgresStore(Queries, QueueStore):
     # -- sessions --------------------------------------------------------------------------
     @contextlib.contextmanager
     def session(
-        self, purpose: str = "reading", *, fold: bool = True, peers: bool = True
+        self,
+        purpose: str = "reading",
+        *,
+        fold: bool = True,
+        peers: bool = True,
+        reads: str | None = None,
     ) -> Iterator[Snapshot]:
         """Hold the store for the block: a writer (any purpose but reading) holds the writer
         advisory lock, so what it reads and what it then commits are not interleaved with
