@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -250,8 +250,8 @@ def _decide(
     option: str | None = None,
     request_id: str | None = None,
 ) -> None:
-    from airun_nb.gates import delegation, gate
     from airun_nb.gates import form as forms
+    from airun_nb.gates import gate
     from airun_nb.governance import identity
 
     store = _open_store(db)
@@ -269,6 +269,23 @@ def _decide(
     )
     verb = "approved" if decision == gate.APPROVE else "rejected"
     me = identity.acting_as(by)
+    try:
+        _say_decided(store, out, decision, verb, me, run_id, gate_id)
+    finally:
+        store.leave_records()  # the decision is durable in the journal: no fold to wait for
+
+
+def _say_decided(
+    store: Backend,
+    out: dict[str, Any],
+    decision: str,
+    verb: str,
+    me: str,
+    run_id: str,
+    gate_id: str,
+) -> None:
+    from airun_nb.gates import delegation, gate
+
     row = store.gate_row(run_id, gate_id) or {}
     mine = [v for v in gate.votes_of(row) if me in (v.get("delegate"), v.get("actor"))]
     who = delegation.shown(mine[-1]) if mine else me  # "carol for bob" through a delegation

@@ -57,6 +57,7 @@ FOLD_AT_LATEST = 8 * FOLD_EVERY  # pending records past which appending waits fo
 CLOCK_SKEW = 5.0  # seconds a process's clock may differ from the store's before it is said
 _clock_said: dict[str, float] = {}  # store path -> the skew said (once per process)
 FOLD_BEHIND_BYTES = 64 * 1024  # unfolded bytes of other processes worth a fold between reads
+FOLD_BEHIND_RECORDS = 256  # this process's unfolded records worth a fold between reads
 YIELD_WINDOW = 0.5  # after handing the lease to a waiter, give it this long to finish
 
 _OPEN_J = "open the journal"
@@ -84,6 +85,7 @@ class Store(Queries, QueueStore):
         self.folds = 0
         self._depth = 0  # sessions open in this process (nested ones included)
         self.as_found = False  # the open file was as airun_nb left it, or has been read since
+        self._fold_at_exit = True  # False: the next holder folds what this process wrote
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -172,8 +174,12 @@ class Store(Queries, QueueStore):
                     yield con
             finally:
                 if laid and self._con is not None:
-                    with contextlib.suppress(duckdb.Error):
+                    try:
                         overlay.lift(self._con, laid)
+                    except duckdb.Error:  # closing the connection drops its temporary views
+                        with contextlib.suppress(duckdb.Error):
+                            self._con.close()
+                        self._con = None
                 self._depth -= 1
                 self._last_activity = time.monotonic()
                 if not self._depth and self.lease.held and self.lease.waiters():
@@ -224,10 +230,20 @@ class Store(Queries, QueueStore):
             self._release_locked()
             self.journal.close()
 
+    def leave_records(self) -> None:
+        """Let go of the store without folding, now and at exit: this process's records stay
+        in its journal slot (durable) for the next holder to fold. A one-shot command that
+        wrote a few records (a decision) ends at once instead of folding them."""
+        with self._mutex:
+            self._fold_at_exit = False
+            if self.journal.is_open:
+                self.journal.sync_now()  # what it said it did survives a power loss
+            self._release_locked(fold=False)
+
     def _exit(self) -> None:
         """At exit: fold if the lease is free, else the next holder folds the slot."""
         with self._mutex:
-            writes = self.journal.is_open and not self.journal.empty
+            writes = self._fold_at_exit and self.journal.is_open and not self.journal.empty
             if writes and not self.lease.held:
                 self.lease.try_acquire("saving the journal")
             self._release_locked(fold=writes)  # a process that only read leaves the folds
@@ -478,11 +494,12 @@ class Store(Queries, QueueStore):
 
     def _lay_over(self, con: duckdb.DuckDBPyConnection, sql: str | None) -> list[str] | None:
         """Lay what is not folded yet over the tables ``sql`` reads (lease held); None: fold
-        instead (not a plain read, a dead process's slot to recover, a damaged record, events
-        or audit rows it names, or so many records that folding them pays off)."""
+        instead (not a plain read, damaged bytes in a slot, events or audit rows it names, or
+        so many records that folding them pays off). A dead process's slot is read like a
+        live one's: the next fold recovers it."""
         journal = self.journal
-        if not overlay.can_read(sql) or journal.pending:
-            return None  # a process that writes folds, as it hands the lease on without folding
+        if not overlay.can_read(sql):
+            return None
         mine = journal.slot if journal.is_open else None
         changed = self.peers.changed(mine)
         if not changed and not journal.pending:
@@ -491,22 +508,24 @@ class Store(Queries, QueueStore):
         self._trim_stale(meta)
         batch = self.peers.collect(changed, meta) if changed else Batch()
         self.peers.abandon(batch)  # nothing is folded: the marks stay where they are
-        if batch.dead or batch.reports:
+        if batch.reports:  # damaged bytes in a slot: the fold sets them aside and says so
             return None
         if len(batch.records) + len(journal.pending) > overlay.AT_MOST:
             return None
-        records = overlay.parse([*batch.records, *journal.pending])
-        if records is None:
-            return None
+        records = [*batch.records, *journal.pending]
         if not records:
             return []
         return overlay.lay(con, self._catalog(con), records, str(sql))
 
     def _fold_behind(self) -> None:
-        """Fold what other processes appended, if it is enough to be worth a fold (lease
-        held, between two reads; see :mod:`~airun_nb.store.idle`)."""
-        mine = self.journal.slot if self.journal.is_open else None
-        if self.peers.grown(mine) >= FOLD_BEHIND_BYTES:
+        """Fold what this process and the others appended, if it is enough to be worth a fold
+        (lease held, between two reads; see :mod:`~airun_nb.store.idle`)."""
+        journal = self.journal
+        mine = journal.slot if journal.is_open else None
+        if (
+            len(journal.pending) >= FOLD_BEHIND_RECORDS
+            or self.peers.grown(mine) >= FOLD_BEHIND_BYTES
+        ):
             with _faults(self, "fold the journal into"):
                 self._fold()
 

@@ -134,9 +134,9 @@ _KEYS = sorted(
 )
 
 
-def _fold_texts(con: duckdb.DuckDBPyConnection, texts: list[str]) -> int:
-    """Parse, group and insert the records' JSON texts in DuckDB (transaction open; the
-    scratch table of texts goes with it if it is rolled back)."""
+def parse_texts(con: duckdb.DuckDBPyConnection, texts: list[str]) -> dict[str, int]:
+    """Parse the records' JSON texts into the scratch table of records (one row a record: its
+    order, text, kind and key columns); how many records of each kind it holds."""
     paths = ", ".join(f"'$.{k}'" for k in ("t", "att", *_KEYS))
     picked = ", ".join(f"k[{i}] AS {quote_ident(k)}" for i, k in enumerate(_KEYS, 3))
     con.execute(
@@ -147,15 +147,27 @@ def _fold_texts(con: duckdb.DuckDBPyConnection, texts: list[str]) -> int:
         ["\n".join(texts)],  # JSON text never holds a raw newline
     )
     found = con.execute(f"SELECT t, count(*) FROM {_RECS} GROUP BY t").fetchall()
-    kinds = {str(t): int(n) for t, n in found}
+    return {str(t): int(n) for t, n in found}
+
+
+def drop_parsed(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"DROP TABLE IF EXISTS {_RECS}")
+
+
+def keyed_rows(kinds: dict[str, int]) -> dict[str, str]:
+    """For each keyed table the parsed records (of ``kinds``) hold rows of: the SELECT of
+    those rows, the latest record of each key winning (the fold inserts them, a read lays
+    them over the table)."""
+    out: dict[str, str] = {}
     for t, table in RECORD_TABLE.items():
         if t in kinds and table not in (*_APPENDED, "attempts"):
-            _latest(con, table, f"SELECT ord, {_key_of(table)}, rec FROM {_RECS} WHERE t = '{t}'")
+            out[table] = _latest(
+                table, f"SELECT ord, {_key_of(table)}, rec FROM {_RECS} WHERE t = '{t}'"
+            )
     if "step" in kinds or "att" in kinds:
         # ``att`` records, and the attempt a step record carries (its run and step are the
         # step's): the latest of each key wins.
-        _latest(
-            con,
+        out["attempts"] = _latest(
             "attempts",
             f"SELECT ord, run_id, step_id, phase, attempt, rec FROM {_RECS} WHERE t = 'att' "
             "UNION ALL SELECT ord, run_id, step_id, p[1], p[2], att FROM (SELECT *, "
@@ -163,6 +175,15 @@ def _fold_texts(con: duckdb.DuckDBPyConnection, texts: list[str]) -> int:
             "WHERE t = 'step' AND starts_with(att, '{') AND att <> '{}')",
             f"struct_update({_parsed('attempts')}, run_id := run_id, step_id := step_id)",
         )
+    return out
+
+
+def _fold_texts(con: duckdb.DuckDBPyConnection, texts: list[str]) -> int:
+    """Parse, group and insert the records' JSON texts in DuckDB (transaction open; the
+    scratch table of texts goes with it if it is rolled back)."""
+    kinds = parse_texts(con, texts)
+    for table, select in keyed_rows(kinds).items():
+        con.execute(f"INSERT OR REPLACE INTO {table} {select}")
     if "ev" in kinds:
         rows = con.execute("SELECT value FROM airun_meta WHERE key = 'event_seq'").fetchall()
         if not rows:
@@ -190,15 +211,13 @@ def _key_of(table: str) -> str:
     return ", ".join(quote_ident(k) for k in TABLES[table][1])
 
 
-def _latest(
-    con: duckdb.DuckDBPyConnection, table: str, source: str, parsed: str | None = None
-) -> None:
-    """Insert or replace the latest record (by ``ord``) of each key of ``source`` (whose
-    columns are ``ord``, the table's key columns as text, and ``rec``): only those are
-    parsed into rows (by ``parsed``, an expression over them)."""
+def _latest(table: str, source: str, parsed: str | None = None) -> str:
+    """The SELECT of the latest record (by ``ord``) of each key of ``source`` (whose columns
+    are ``ord``, the table's key columns as text, and ``rec``) as the table's rows: only
+    those are parsed into rows (by ``parsed``, an expression over them)."""
     key = _key_of(table)
-    con.execute(
-        f"INSERT OR REPLACE INTO {table} SELECT {_columns(table)} FROM (SELECT "
+    return (
+        f"SELECT {_columns(table)} FROM (SELECT "
         f"{parsed or _parsed(table)} AS j FROM ({source}) "
         f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY ord DESC) = 1)"
     )
@@ -222,18 +241,20 @@ def _shape(table: str) -> str:
 
 
 def _columns(table: str, **override: str) -> str:
-    """The table's columns in order, as expressions over the transformed record ``j``."""
+    """The table's columns in order, as expressions over the transformed record ``j``, each
+    named as the column (a read lays them over the table by name)."""
     out = []
     for name, typ in TABLES[table][0]:
         col = f"j.{quote_ident(name)}"
         if name in override:
-            out.append(override[name])
+            expr = override[name]
         elif typ == _TS:
-            out.append(f"make_timestamp(CAST(trunc({col} * 1000000) AS BIGINT))")
+            expr = f"make_timestamp(CAST(trunc({col} * 1000000) AS BIGINT))"
         elif typ == "BLOB":
-            out.append(f"from_base64({col})")
+            expr = f"from_base64({col})"
         else:
-            out.append(col)
+            expr = col
+        out.append(f"{expr} AS {quote_ident(name)}")
     return ", ".join(out)
 
 

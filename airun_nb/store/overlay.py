@@ -4,9 +4,9 @@ A read must see every state change committed before it began, and those sit part
 and partly in journal slots not folded yet. Folding them first (parse, ``INSERT OR REPLACE``,
 commit) made a reader pay for the writers' work: beside four busy writers, most of a read's time.
 A read that only runs a SELECT does not need them folded: the unfolded records (usually a few
-hundred) are parsed in Python, grouped as the fold groups them (:func:`~airun_nb.store.fold.group`:
-the latest record of a key wins), and laid over each keyed table as a temporary view of the same
-name for the read's connection::
+hundred) are parsed and grouped by the fold's own SQL (:func:`~airun_nb.store.fold.keyed_rows`:
+the latest record of a key wins) into temporary tables, and laid over each keyed table the read
+names as a temporary view of the same name for the read's connection::
 
     runs  =  stored rows whose key has no newer record   UNION ALL   the newest records
 
@@ -18,13 +18,12 @@ unfolded folds first instead.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airun_nb.store.fold import batch, group
-from airun_nb.store.schema import TABLES, quote_ident
+from airun_nb.store.fold import drop_parsed, encode_record, keyed_rows, parse_texts
+from airun_nb.store.schema import RECORD_TABLE, TABLES, quote_ident
 
 if TYPE_CHECKING:
     import duckdb
@@ -45,43 +44,29 @@ def can_read(sql: str | None) -> bool:
     )
 
 
-def parse(records: Sequence[dict[str, Any] | str]) -> list[dict[str, Any]] | None:
-    """The records as dicts (oldest first); None when one is not a JSON object (a fold says
-    so and skips it: leave that to the fold)."""
-    out: list[dict[str, Any]] = []
-    for rec in records:
-        if isinstance(rec, dict):
-            out.append(rec)
-            continue
-        try:
-            value = json.loads(rec)
-        except ValueError:
-            return None
-        if not isinstance(value, dict):
-            return None
-        out.append(value)
-    return out
-
-
 def lay(
     con: duckdb.DuckDBPyConnection,
     catalog: str,
-    records: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any] | str],
     sql: str,
 ) -> list[str] | None:
-    """Lay ``records`` over the keyed tables as temporary views on ``con``; the tables laid
-    over (for :func:`lift`), or None when ``sql`` names events or audit rows that are among
-    the records (they need the fold's numbers)."""
-    keyed, appended = group(records)
-    if any(_names(t, sql) for t in appended if t in _APPENDED):
-        return None
+    """Lay ``records`` (oldest first; dicts or the journal's JSON texts) over the keyed tables
+    ``sql`` names, as temporary views on ``con``; the tables laid over (for :func:`lift`), or
+    None when ``sql`` names events or audit rows that are among the records (they need the
+    fold's numbers) or a record is not a JSON object (the fold says so and skips it)."""
+    texts = [r if isinstance(r, str) else encode_record(r) for r in records]
     laid: list[str] = []
     try:
-        for table, rows in keyed.items():
-            if not rows or not _names(table, sql):
+        kinds = parse_texts(con, texts)
+        appended = {RECORD_TABLE[t] for t in kinds if RECORD_TABLE.get(t) in _APPENDED}
+        if sum(kinds.values()) != len(texts) or any(_names(t, sql) for t in appended):
+            drop_parsed(con)
+            return None
+        for table, rows in keyed_rows(kinds).items():
+            if not _names(table, sql):
                 continue  # a table the statement does not name is not read by it
-            over = _PREFIX + table
-            con.register(over, batch(table, rows))
+            over = quote_ident(_PREFIX + table)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {over} AS {rows}")
             laid.append(table)
             match = " AND ".join(
                 f"o.{quote_ident(k)} = m.{quote_ident(k)}" for k in TABLES[table][1]
@@ -92,6 +77,7 @@ def lay(
                 f"WHERE NOT EXISTS (SELECT 1 FROM {over} o WHERE {match}) "
                 f"UNION ALL BY NAME SELECT * FROM {over}"
             )
+        drop_parsed(con)
     except BaseException:
         lift(con, laid)
         raise
@@ -113,4 +99,4 @@ def lift(con: duckdb.DuckDBPyConnection, laid: Sequence[str]) -> None:
     """Drop the views :func:`lay` made: the connection sees the stored tables again."""
     for table in laid:
         con.execute(f"DROP VIEW IF EXISTS temp.main.{quote_ident(table)}")
-        con.unregister(_PREFIX + table)
+        con.execute(f"DROP TABLE IF EXISTS temp.main.{quote_ident(_PREFIX + table)}")

@@ -442,23 +442,26 @@ def test_two_keys_for_one_thing(tmp_path: Path, keys: tuple[str, str]) -> None:
 
 
 def test_disk_full_airun_runs_does_not_promise_a_resume(tmpfs: Path, tmp_path: Path) -> None:
-    """`airun runs` on a full disk, with a killed run's records still to fold: one line that
-    says the disk is full and that nothing recorded is lost; it resumes no run, so it does not
-    say that the run resumes where it stopped. After space is freed the run is listed."""
+    """On a full disk, with a killed run's records still to fold: `airun runs` lists the run
+    all the same (a read lays the records over the tables and writes nothing); a read that must
+    fold them first (the events, numbered as they are folded) says in one line that the disk is
+    full and that nothing recorded is lost; it resumes no run, so it does not say that the run
+    resumes where it stopped. After space is freed the events are read too."""
     db, ledger = tmpfs / "s.duckdb", tmp_path / "ledger.txt"
     crashed = fs.run(db, ledger, AIRUN_TEST_KILL="c")
     assert crashed.returncode == -9
     filler = _fill(tmpfs)
     env = {k: v for k, v in fs.env(ledger).items() if not k.startswith("COVERAGE_")}
-    proc = subprocess.run(
+    listed = subprocess.run(
         [*AIRUN, "runs", "--db", str(db)], env=env, capture_output=True, text=True, timeout=120
     )
+    assert listed.returncode == 0 and "faulty" in listed.stdout, listed.stderr
+    events = [*AIRUN, "history", "--table", "events", "--db", str(db)]
+    proc = subprocess.run(events, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = _one_line(proc.stderr)
     assert "the disk is full" in line and "nothing recorded is lost" in line
     assert "resumes where it stopped" not in line
     filler.unlink()
-    listed = subprocess.run(
-        [*AIRUN, "runs", "--db", str(db)], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert listed.returncode == 0 and "faulty" in listed.stdout, listed.stderr
+    read = subprocess.run(events, env=env, capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0 and "run_started" in read.stdout, read.stderr

@@ -125,7 +125,7 @@ def test_the_fold_turns_journal_text_into_the_rows_group_defines(tmp_path: Path)
     with duckdb.connect(str(db), read_only=True) as con:  # as the dead process left it
         before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in _APPENDED}
     store = Store.open(db)
-    airun_nb.runs(db=db)  # a read: folds the dead process's slot
+    airun_nb.events(db=db)  # a read of events folds the dead process's slot (numbers them)
     for table, rows in keyed.items():
         want = {_key(table, r): r for r in batch(table, rows).to_pylist()}
         got = {_key(table, r): r for r in _rows(store, table) if _key(table, r) in want}

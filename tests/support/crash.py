@@ -145,7 +145,8 @@ WF_FOLD = textwrap.dedent(
         needs: [clean]
         python: |
           tick("audit")
-          result = int(len(airun_nb.runs()))   # a history query folds the journal into DuckDB
+          airun_nb.events()                  # a query of events folds the journal into DuckDB
+          result = int(len(airun_nb.runs()))
       - id: enrich
         needs: [audit, rates]          # after audit: one step in flight at a time
         call: enrich
