@@ -34,6 +34,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +175,7 @@ class PostgresStore(Queries, QueueStore):
         self._depth = 0
         self._writer: Any = None  # the connection holding the writer lock in a session
         self._adbc: Any = None
+        self._adbc_parts: list[Any] = []  # more ADBC connections, for a table read in parts
         self._adbc_lock = threading.Lock()
         self._runs: dict[str, Any] = {}  # run id -> the connection holding its run lock
         self._runs_lock = threading.Lock()
@@ -371,10 +373,14 @@ class PostgresStore(Queries, QueueStore):
     def release(self) -> None:
         """Let go of every connection of this process (the next use opens them again)."""
         with self._mutex, self._adbc_lock:
-            if self._adbc is not None:
+            self._close_adbc()
+
+    def _close_adbc(self) -> None:
+        for con in [self._adbc, *self._adbc_parts]:
+            if con is not None:
                 with contextlib.suppress(Exception):
-                    self._adbc.close()
-                self._adbc = None
+                    con.close()
+        self._adbc, self._adbc_parts = None, []
 
     # -- reads -----------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -406,26 +412,118 @@ class PostgresStore(Queries, QueueStore):
         """A whole query's result as Arrow (ADBC's PostgreSQL driver, columnar end to end)."""
         with self._adbc_lock:
             try:
-                if self._adbc is None:
-                    try:
-                        import adbc_driver_postgresql.dbapi as adbc
-                    except ImportError:
-                        raise errors.missing_driver(
-                            str(self.url), "adbc-driver-postgresql"
-                        ) from None
-                    self._adbc = adbc.connect(_libpq_uri(self._conninfo))
-                with self._adbc.cursor() as cur:
-                    cur.execute(sql)
-                    table: pa.Table = cur.fetch_arrow_table()
-                self._adbc.commit()
-                return table
+                return self._fetch(self._adbc_con(), sql)
             except StoreError:
                 raise
             except Exception as exc:  # the driver's errors have no common base worth naming
-                with contextlib.suppress(Exception):
-                    self._adbc.close()
-                self._adbc = None
+                self._close_adbc()
                 raise errors.fault(exc, str(self.url), "read") from None
+
+    def read_table(self, name: str, cols: Sequence[str]) -> pa.Table:
+        """Columns ``cols`` of the store's table ``name`` as Arrow, in that order.
+
+        What costs is the rows' trip: the server encodes every field of every row, and the
+        driver decodes each, both on one core per connection. So a large table is read in
+        block ranges at once on several connections sharing one snapshot (the rows of one
+        moment, each once), and text columns the server's statistics find NULL in most rows
+        travel as one array a row, itself NULL when they all are (one field to decode, not
+        one each)."""
+        size, block, version, sparse = self.query(
+            "SELECT pg_relation_size(?::regclass), current_setting('block_size')::int, "
+            "current_setting('server_version_num')::int, ARRAY(SELECT attname::text FROM "
+            "pg_stats WHERE schemaname = current_schema() AND tablename = ? AND null_frac >= ?)",
+            [name, name, SPARSE_SHARE],
+        )[0]
+        types, sparse = dict(TABLES[name][0]), set(sparse or ())
+        packed = [c for c in cols if c in sparse and types.get(c) == "VARCHAR"]
+        packed = packed if len(packed) > 1 else []
+        listed = [c for c in cols if c not in packed]
+        if packed:
+            some = ", ".join(packed)
+            listed.append(
+                f"CASE WHEN num_nonnulls({some}) = 0 THEN NULL ELSE ARRAY[{some}] END AS {_PACKED}"
+            )
+        sql = f"SELECT {', '.join(listed)} FROM {name}"
+        parts = min(PARTS, max(1, int(size) // SPLIT_BYTES + 1)) if int(version) >= 140000 else 1
+        if parts == 1:
+            table = self.arrow(sql)
+        else:
+            blocks = -(-int(size) // int(block) // parts)  # blocks a part, rounded up
+            table = self._read_parts(sql, blocks, parts)
+        table = table.replace_schema_metadata(None)
+        if not packed:
+            return table
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arrays = table.column(_PACKED)
+        unpacked = {c: pc.list_element(arrays, i) for i, c in enumerate(packed)}
+        return pa.table([unpacked[c] if c in unpacked else table.column(c) for c in cols], cols)
+
+    def _read_parts(self, sql: str, blocks: int, parts: int) -> pa.Table:
+        """``sql`` (one table, no WHERE) read as ``parts`` ranges of ``blocks`` blocks at once,
+        each on its own connection, all in the snapshot the first one exports."""
+        import pyarrow as pa
+
+        ranges = [f"ctid < '({blocks},0)'::tid"]
+        for i in range(1, parts):
+            ranges.append(f"ctid >= '({i * blocks},0)'::tid")
+            if i < parts - 1:
+                ranges[-1] += f" AND ctid < '({(i + 1) * blocks},0)'::tid"
+        with self._adbc_lock:
+            cons: list[Any] = []
+            try:
+                cons = [self._adbc_con(), *self._adbc_more(parts - 1)]
+                with cons[0].cursor() as cur:
+                    cur.execute(f"SET TRANSACTION ISOLATION LEVEL {_SHARED}")
+                    cur.execute("SELECT pg_export_snapshot()")
+                    found = cur.fetchone()
+                    snapshot = str(found[0]) if found else ""
+                for con in cons[1:]:
+                    with con.cursor() as cur:
+                        cur.execute(f"SET TRANSACTION ISOLATION LEVEL {_SHARED}")
+                        cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                with ThreadPoolExecutor(parts, thread_name_prefix="airun-read") as pool:
+                    got = list(
+                        pool.map(
+                            lambda i: self._fetch(cons[i], f"{sql} WHERE {ranges[i]}"),
+                            range(parts),
+                        )
+                    )
+                return pa.concat_tables(got)
+            except Exception as exc:  # the driver's errors have no common base worth naming
+                self._close_adbc()
+                if isinstance(exc, StoreError):
+                    raise
+                raise errors.fault(exc, str(self.url), "read") from None
+
+    def _adbc_con(self) -> Any:
+        """The ADBC connection (made on first use); call with ``_adbc_lock`` held."""
+        if self._adbc is None:
+            self._adbc = self._adbc_connect()
+        return self._adbc
+
+    def _adbc_more(self, n: int) -> list[Any]:
+        """``n`` more ADBC connections (kept for the next read); with ``_adbc_lock`` held."""
+        while len(self._adbc_parts) < n:
+            self._adbc_parts.append(self._adbc_connect())
+        return self._adbc_parts[:n]
+
+    def _adbc_connect(self) -> Any:
+        try:
+            import adbc_driver_postgresql.dbapi as adbc
+        except ImportError:
+            raise errors.missing_driver(str(self.url), "adbc-driver-postgresql") from None
+        return adbc.connect(_libpq_uri(self._conninfo))
+
+    @staticmethod
+    def _fetch(con: Any, sql: str) -> pa.Table:
+        """``sql``'s rows on ``con``, its transaction ended (the next statement starts one)."""
+        with con.cursor() as cur:
+            cur.execute(sql)
+            table: pa.Table = cur.fetch_arrow_table()
+        con.commit()
+        return table
 
     # -- DataFrame outputs -----------------------------------------------------------------
     def put_table(self, name: str, table: pa.Table) -> None:
@@ -738,6 +836,15 @@ def _libpq_uri(conninfo: str) -> str:
     return conninfo if conninfo.startswith("postgresql://") else "postgresql" + conninfo[8:]
 
 
+# Reading a table: one larger than SPLIT_BYTES on the server is read in up to PARTS block ranges
+# at once (a connection each, sharing one snapshot); text columns NULL in SPARSE_SHARE of the
+# rows or more (by the server's statistics) travel packed in one array a row.
+SPLIT_BYTES = 16 << 20
+PARTS = max(2, min(4, os.cpu_count() or 2))
+SPARSE_SHARE = 0.9
+_PACKED = "airun_packed"  # no store table has a column of that name
+_SHARED = "REPEATABLE READ"  # a snapshot is exported from and imported into such transactions
+
 _planner: duckdb.DuckDBPyConnection | None = None
 _planner_lock = threading.Lock()
 # The planner reads every column a statement needs off the table scans of its plan: filters
@@ -818,7 +925,7 @@ class Snapshot:
                 continue  # loaded with every column this statement reads
             want = None if cols is None else cols | (have or set())
             listed = [c for c, _ in TABLES[name][0] if want is None or c in want]
-            self._load(name, f"SELECT {', '.join(listed)} FROM {name}", want)
+            self._load(name, listed, want)
         for name in packed.referenced(sql):
             key = "outputs." + name
             if key not in self._loaded:
@@ -826,11 +933,10 @@ class Snapshot:
                 with contextlib.suppress(StoreError):
                     packed.load(self.con, "outputs", name, self._store.get_table(name))
 
-    def _load(self, name: str, sql: str, cols: set[str] | None) -> None:
-        """Load ``name`` (``cols`` of it; None: every column) from the server: DuckDB reads
-        the Arrow table where it lies (a view over it, no copy)."""
-        table = self._store.arrow(sql)
-        self.con.register(name, table.replace_schema_metadata(None))
+    def _load(self, name: str, listed: list[str], cols: set[str] | None) -> None:
+        """Load the ``listed`` columns of ``name`` (``cols``; None: every column) from the
+        server: DuckDB reads the Arrow table where it lies (a view over it, no copy)."""
+        self.con.register(name, self._store.read_table(name, listed))
         self._loaded[name] = cols
 
     def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
@@ -858,7 +964,7 @@ class Snapshot:
         partial = [n for n in TABLES if self._loaded.get(n, ()) is not None]
         partial = [n for n in partial if _TABLE_WORDS[n].search(sql)]
         for name in partial:
-            self._load(name, f"SELECT {', '.join(c for c, _ in TABLES[name][0])} FROM {name}", None)
+            self._load(name, [c for c, _ in TABLES[name][0]], None)
         return bool(partial)
 
     def table(self, name: str) -> duckdb.DuckDBPyRelation:
