@@ -175,7 +175,6 @@ class PostgresStore(Queries, QueueStore):
         self._depth = 0
         self._writer: Any = None  # the connection holding the writer lock in a session
         self._adbc: Any = None
-        self._adbc_parts: list[Any] = []  # more ADBC connections, for a table read in parts
         self._adbc_lock = threading.Lock()
         self._runs: dict[str, Any] = {}  # run id -> the connection holding its run lock
         self._runs_lock = threading.Lock()
@@ -376,11 +375,10 @@ class PostgresStore(Queries, QueueStore):
             self._close_adbc()
 
     def _close_adbc(self) -> None:
-        for con in [self._adbc, *self._adbc_parts]:
-            if con is not None:
-                with contextlib.suppress(Exception):
-                    con.close()
-        self._adbc, self._adbc_parts = None, []
+        if self._adbc is not None:
+            with contextlib.suppress(Exception):
+                self._adbc.close()
+        self._adbc = None
 
     # -- reads -----------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -461,8 +459,10 @@ class PostgresStore(Queries, QueueStore):
         return pa.table([unpacked[c] if c in unpacked else table.column(c) for c in cols], cols)
 
     def _read_parts(self, sql: str, blocks: int, parts: int) -> pa.Table:
-        """``sql`` (one table, no WHERE) read as ``parts`` ranges of ``blocks`` blocks at once,
-        each on its own connection, all in the snapshot the first one exports."""
+        """``sql`` (one table, no WHERE) read as ``parts`` ranges of ``blocks`` blocks at once:
+        the first on the store's ADBC connection, which exports its snapshot, each other one on
+        a connection of its own that imports it and is closed after the read (a process keeps
+        no idle connections for its next large read)."""
         import pyarrow as pa
 
         ranges = [f"ctid < '({blocks},0)'::tid"]
@@ -470,26 +470,33 @@ class PostgresStore(Queries, QueueStore):
             ranges.append(f"ctid >= '({i * blocks},0)'::tid")
             if i < parts - 1:
                 ranges[-1] += f" AND ctid < '({(i + 1) * blocks},0)'::tid"
-        with self._adbc_lock:
-            cons: list[Any] = []
+
+        def part(i: int, snapshot: str) -> pa.Table:
+            con = self._adbc_connect()
             try:
-                cons = [self._adbc_con(), *self._adbc_more(parts - 1)]
-                with cons[0].cursor() as cur:
+                with con.cursor() as cur:
+                    cur.execute(f"SET TRANSACTION ISOLATION LEVEL {_SHARED}")
+                    cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                return self._fetch(con, f"{sql} WHERE {ranges[i]}")
+            finally:
+                with contextlib.suppress(Exception):
+                    con.close()
+
+        with self._adbc_lock:
+            try:
+                first = self._adbc_con()
+                with first.cursor() as cur:
                     cur.execute(f"SET TRANSACTION ISOLATION LEVEL {_SHARED}")
                     cur.execute("SELECT pg_export_snapshot()")
                     found = cur.fetchone()
-                    snapshot = str(found[0]) if found else ""
-                for con in cons[1:]:
-                    with con.cursor() as cur:
-                        cur.execute(f"SET TRANSACTION ISOLATION LEVEL {_SHARED}")
-                        cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-                with ThreadPoolExecutor(parts, thread_name_prefix="airun-read") as pool:
-                    got = list(
-                        pool.map(
-                            lambda i: self._fetch(cons[i], f"{sql} WHERE {ranges[i]}"),
-                            range(parts),
-                        )
-                    )
+                snapshot = str(found[0]) if found else ""
+                with ThreadPoolExecutor(parts - 1, thread_name_prefix="airun-read") as pool:
+                    others = [pool.submit(part, i, snapshot) for i in range(1, parts)]
+                    try:  # the snapshot lives as long as its transaction: until all imported it
+                        got = [self._fetch(first, f"{sql} WHERE {ranges[0]}", end=False)]
+                    finally:
+                        got += [f.result() for f in others]
+                first.commit()
                 return pa.concat_tables(got)
             except Exception as exc:  # the driver's errors have no common base worth naming
                 self._close_adbc()
@@ -503,12 +510,6 @@ class PostgresStore(Queries, QueueStore):
             self._adbc = self._adbc_connect()
         return self._adbc
 
-    def _adbc_more(self, n: int) -> list[Any]:
-        """``n`` more ADBC connections (kept for the next read); with ``_adbc_lock`` held."""
-        while len(self._adbc_parts) < n:
-            self._adbc_parts.append(self._adbc_connect())
-        return self._adbc_parts[:n]
-
     def _adbc_connect(self) -> Any:
         try:
             import adbc_driver_postgresql.dbapi as adbc
@@ -517,12 +518,14 @@ class PostgresStore(Queries, QueueStore):
         return adbc.connect(_libpq_uri(self._conninfo))
 
     @staticmethod
-    def _fetch(con: Any, sql: str) -> pa.Table:
-        """``sql``'s rows on ``con``, its transaction ended (the next statement starts one)."""
+    def _fetch(con: Any, sql: str, *, end: bool = True) -> pa.Table:
+        """``sql``'s rows on ``con``; with ``end``, its transaction ended (the next statement
+        starts one)."""
         with con.cursor() as cur:
             cur.execute(sql)
             table: pa.Table = cur.fetch_arrow_table()
-        con.commit()
+        if end:
+            con.commit()
         return table
 
     # -- DataFrame outputs -----------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_split_and_packed_reads_give_the_file_s_frames(
     monkeypatch.setattr(
         backend.PostgresStore,
         "_fetch",
-        staticmethod(lambda c, sql: sent.append(sql) or fetch(c, sql)),
+        staticmethod(lambda c, sql, **kw: sent.append(sql) or fetch(c, sql, **kw)),
     )
     for frame in (airun_nb.steps, airun_nb.runs):
         pg, duck = frame(db=pg_url), frame(db=file)
