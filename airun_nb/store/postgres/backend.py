@@ -423,9 +423,9 @@ class PostgresStore(Queries, QueueStore):
         What costs is the rows' trip: the server encodes every field of every row, and the
         driver decodes each, both on one core per connection. So a large table is read in
         block ranges at once on several connections sharing one snapshot (the rows of one
-        moment, each once), and text columns the server's statistics find NULL in most rows
-        travel as one array a row, itself NULL when they all are (one field to decode, not
-        one each)."""
+        moment, each once), and the text, integer and timestamp columns the server's
+        statistics find NULL in most rows travel as one text array a row, itself NULL when
+        they all are (one field to decode, not one each), cast back on arrival."""
         size, block, version, sparse = self.query(
             "SELECT pg_relation_size(?::regclass), current_setting('block_size')::int, "
             "current_setting('server_version_num')::int, ARRAY(SELECT attname::text FROM "
@@ -433,13 +433,14 @@ class PostgresStore(Queries, QueueStore):
             [name, name, SPARSE_SHARE],
         )[0]
         types, sparse = dict(TABLES[name][0]), set(sparse or ())
-        packed = [c for c in cols if c in sparse and types.get(c) == "VARCHAR"]
+        packed = [c for c in cols if c in sparse and types[c] in _AS_TEXT]
         packed = packed if len(packed) > 1 else []
         listed = [c for c in cols if c not in packed]
         if packed:
             some = ", ".join(packed)
+            texts = ", ".join(_AS_TEXT[types[c]].format(c) for c in packed)
             listed.append(
-                f"CASE WHEN num_nonnulls({some}) = 0 THEN NULL ELSE ARRAY[{some}] END AS {_PACKED}"
+                f"CASE WHEN num_nonnulls({some}) = 0 THEN NULL ELSE ARRAY[{texts}] END AS {_PACKED}"
             )
         sql = f"SELECT {', '.join(listed)} FROM {name}"
         parts = min(PARTS, max(1, int(size) // SPLIT_BYTES + 1)) if int(version) >= 140000 else 1
@@ -456,6 +457,11 @@ class PostgresStore(Queries, QueueStore):
 
         arrays = table.column(_PACKED)
         unpacked = {c: pc.list_element(arrays, i) for i, c in enumerate(packed)}
+        for c in packed:
+            if types[c] == "BIGINT":
+                unpacked[c] = unpacked[c].cast(pa.int64())
+            elif types[c] == _TS:
+                unpacked[c] = unpacked[c].cast(pa.timestamp("us"))
         return pa.table([unpacked[c] if c in unpacked else table.column(c) for c in cols], cols)
 
     def _read_parts(self, sql: str, blocks: int, parts: int) -> pa.Table:
@@ -846,6 +852,12 @@ SPLIT_BYTES = 16 << 20
 PARTS = max(2, min(4, os.cpu_count() or 2))
 SPARSE_SHARE = 0.9
 _PACKED = "airun_packed"  # no store table has a column of that name
+# A packed column's text on the server, by its type in TABLES (Arrow casts it back exactly).
+_AS_TEXT = {
+    "VARCHAR": "{}",
+    "BIGINT": "{}::text",
+    _TS: """to_char({}, 'YYYY-MM-DD"T"HH24:MI:SS.US')""",
+}
 _SHARED = "REPEATABLE READ"  # a snapshot is exported from and imported into such transactions
 
 _planner: duckdb.DuckDBPyConnection | None = None

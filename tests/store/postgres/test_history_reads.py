@@ -1,5 +1,5 @@
 """A large table on the team store is read in block ranges on several connections sharing one
-snapshot, and text columns that are NULL in most rows travel packed in one array a row: the
+snapshot, and columns that are NULL in most rows travel packed in one text array a row: the
 history frames are the same as the DuckDB file's for the same rows. A real server."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _records() -> list[dict[str, Any]]:
                 step |= {"replayed_from": "r-0", "reason": "inputs unchanged, ok"}
             if i == 11 and r == 1:
                 step |= {"compensation": "undo", "comp_status": "done", "comp_attempts": 2}
-                step |= {"comp_error": "", "comp_finished_at": T0 + 50}
+                step |= {"comp_error": "", "comp_finished_at": T0 + 50.123456}
             if i == 13:
                 step |= {"output_kind": "table", "output_table": f"{run_id}/s{i}"}
             recs.append(step)
@@ -51,7 +51,8 @@ def test_split_and_packed_reads_give_the_file_s_frames(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """steps() and runs() on the team store, with `steps` read in parts and its mostly-NULL
-    text columns packed, equal the frames of a DuckDB file holding the same rows."""
+    columns packed (text, integers, timestamps), equal the frames of a DuckDB file holding the
+    same rows."""
     file = tmp_path / "same.duckdb"
     for db in (pg_url, str(file)):
         store: Any = open_store(db)
@@ -79,6 +80,7 @@ def test_split_and_packed_reads_give_the_file_s_frames(
         pd.testing.assert_frame_equal(pd.DataFrame(pg), pd.DataFrame(duck))
     read = [sql for sql in sent if "FROM steps" in sql]
     assert any("ctid >=" in sql and backend._PACKED in sql for sql in read), read
+    assert any("comp_attempts::text" in sql and "to_char(comp_finished_at" in sql for sql in read)
     failed = airun_nb.steps(db=pg_url, status="failed")
     assert list(failed["error"].unique()) == ['ValueError: "bad", {x}\nline 2']
     with open_store(pg_url).session() as con:  # the same rows as one read of the whole table
