@@ -36,15 +36,21 @@ def _store(db: _Db) -> Backend:
 
 
 def _frame(
-    store: Backend, sql: str, params: Sequence[Any] = (), duration: tuple[str, str] | None = None
+    store: Backend,
+    sql: str,
+    params: Sequence[Any] = (),
+    duration: tuple[str, str] | None = None,
+    run: str | None = None,
 ) -> pd.DataFrame:
-    """The query's rows as a frame, dtypes from Arrow (UTC timestamps, string text)."""
+    """The query's rows as a frame, dtypes from Arrow (UTC timestamps, string text). ``run``:
+    the query keeps that run's rows only, of every table it reads (a team store then fetches
+    no other run's rows)."""
     from airun_nb.history.relation import (  # pandas and pyarrow: only when a frame is asked for
         arrow_of,
         to_frame,
     )
 
-    return to_frame(arrow_of(store, sql, params), duration)
+    return to_frame(arrow_of(store, sql, params, run=run), duration)
 
 
 def _utc(value: Any, what: str) -> datetime:
@@ -183,7 +189,7 @@ def steps(
         "started_at",
         "run_id, position",
     )
-    df = _frame(_store(db), sql, params, duration=("started_at", "finished_at"))
+    df = _frame(_store(db), sql, params, duration=("started_at", "finished_at"), run=run)
     return df.drop(columns=["position"])
 
 
@@ -213,7 +219,7 @@ def attempts(
         "started_at",
         "started_at, run_id, step_id, attempt",
     )
-    return _frame(_store(db), sql, params, duration=("started_at", "finished_at"))
+    return _frame(_store(db), sql, params, duration=("started_at", "finished_at"), run=run)
 
 
 def events(
@@ -239,7 +245,7 @@ def events(
         "ts",
         "ts",
     )
-    return _frame(_store(db), sql, params)
+    return _frame(_store(db), sql, params, run=run)
 
 
 def stored_run(run_id: str, db: _Db = None) -> StoredRun:
@@ -292,7 +298,7 @@ def approvals(
         "opened_at",
         "opened_at",
     )
-    df = _frame(_store(db), sql, params)
+    df = _frame(_store(db), sql, params, run=run)
     df["waited"] = df["decided_at"] - df["opened_at"]
     return df
 
@@ -323,4 +329,4 @@ def audit(
         "ts",
         "ts",
     )
-    return _frame(_store(db), sql, params)
+    return _frame(_store(db), sql, params, run=run)

@@ -151,9 +151,16 @@ def _from_decimal(column: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
     return column.cast(pa.float64())
 
 
-def arrow_of(store: Backend, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-    """Run ``sql`` on the store (every journaled change folded first) as an Arrow table."""
+def arrow_of(
+    store: Backend, sql: str, params: Sequence[Any] = (), *, run: str | None = None
+) -> pa.Table:
+    """Run ``sql`` on the store (every journaled change folded first) as an Arrow table.
+    ``run``: ``sql`` keeps that run's rows only of every table it reads, so a team store
+    fetches that run's rows alone."""
     with store.session() as con:
+        only_run = getattr(con, "only_run", None)
+        if run is not None and only_run is not None:
+            only_run(run)
         return _fetch(con.sql(sql, params=list(params) or None))
 
 

@@ -417,8 +417,9 @@ class PostgresStore(Queries, QueueStore):
                 self._close_adbc()
                 raise errors.fault(exc, str(self.url), "read") from None
 
-    def read_table(self, name: str, cols: Sequence[str]) -> pa.Table:
-        """Columns ``cols`` of the store's table ``name`` as Arrow, in that order.
+    def read_table(self, name: str, cols: Sequence[str], run: str | None = None) -> pa.Table:
+        """Columns ``cols`` of the store's table ``name`` as Arrow, in that order (``run``:
+        that run's rows only).
 
         What costs is the rows' trip: the server encodes every field of every row, and the
         driver decodes each, both on one core per connection. So a large table is read in
@@ -426,6 +427,13 @@ class PostgresStore(Queries, QueueStore):
         moment, each once), and the text, integer and timestamp columns the server's
         statistics find NULL in most rows travel as one text array a row, itself NULL when
         they all are (one field to decode, not one each), cast back on arrival."""
+        if run is not None:  # a few rows: as they are, one statement
+            import psycopg.sql
+
+            with self._con("read") as con:  # quoted as this server reads a literal
+                where = f"run_id = {psycopg.sql.Literal(run).as_string(con)}"
+            table = self.arrow(f"SELECT {', '.join(cols)} FROM {name} WHERE {where}")
+            return table.replace_schema_metadata(None)
         size, block, version, sparse = self.query(
             "SELECT pg_relation_size(?::regclass), current_setting('block_size')::int, "
             "current_setting('server_version_num')::int, ARRAY(SELECT attname::text FROM "
@@ -924,6 +932,15 @@ class Snapshot:
         self._con: duckdb.DuckDBPyConnection | None = None
         # table -> the columns loaded (None: every one); absent: not loaded yet
         self._loaded: dict[str, set[str] | None] = {}
+        self._run: str | None = None  # the one run whose rows are loaded (None: every run's)
+
+    def only_run(self, run_id: str) -> None:
+        """Load only ``run_id``'s rows of the tables that have a ``run_id`` column: for a
+        statement that keeps that run's rows alone of every table it reads (a history frame
+        of one run); before the first statement of the session."""
+        if self._loaded:
+            raise StoreError("only_run() comes before the session's first statement")
+        self._run = run_id
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -951,7 +968,9 @@ class Snapshot:
     def _load(self, name: str, listed: list[str], cols: set[str] | None) -> None:
         """Load the ``listed`` columns of ``name`` (``cols``; None: every column) from the
         server: DuckDB reads the Arrow table where it lies (a view over it, no copy)."""
-        self.con.register(name, self._store.read_table(name, listed))
+        keyed = any(c == "run_id" for c, _ in TABLES[name][0])
+        run = self._run if keyed else None
+        self.con.register(name, self._store.read_table(name, listed, run))
         self._loaded[name] = cols
 
     def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:

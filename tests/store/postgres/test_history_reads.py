@@ -19,6 +19,19 @@ from airun_nb.store.postgres import backend
 T0 = 1_780_000_000.0
 
 
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the store's ADBC reads send, in order."""
+    sent: list[str] = []
+    fetch = backend.PostgresStore._fetch
+
+    def spied(con: Any, sql: str, **kw: Any) -> Any:
+        sent.append(sql)
+        return fetch(con, sql, **kw)
+
+    monkeypatch.setattr(backend.PostgresStore, "_fetch", staticmethod(spied))
+    return sent
+
+
 def _records() -> list[dict[str, Any]]:
     """Three runs of 40 steps: most columns of most steps NULL, a few steps failed, replayed,
     compensated or with a table output, text with quotes, commas, braces and newlines."""
@@ -67,13 +80,7 @@ def test_split_and_packed_reads_give_the_file_s_frames(
     assert sparse is not None and sparse[0] >= 2  # packing is exercised
     monkeypatch.setattr(backend, "SPLIT_BYTES", 1)  # every table read in parts
     monkeypatch.setattr(backend, "PARTS", 3)
-    sent: list[str] = []
-    fetch = backend.PostgresStore._fetch
-    monkeypatch.setattr(
-        backend.PostgresStore,
-        "_fetch",
-        staticmethod(lambda c, sql, **kw: sent.append(sql) or fetch(c, sql, **kw)),
-    )
+    sent = _spy(monkeypatch)
     for frame in (airun_nb.steps, airun_nb.runs):
         pg, duck = frame(db=pg_url), frame(db=file)
         assert len(pg) == (120 if frame is airun_nb.steps else 3)
@@ -86,3 +93,25 @@ def test_split_and_packed_reads_give_the_file_s_frames(
     with open_store(pg_url).session() as con:  # the same rows as one read of the whole table
         whole = con.execute("SELECT count(*), count(reason), count(comp_error) FROM steps")
         assert whole.fetchall() == [(120, 3, 1)]
+
+
+def test_a_frame_of_one_run_fetches_that_run_s_rows_alone(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """steps(run), attempts(run), events(run), approvals(run) and audit(run) read only that
+    run's rows from the server (a quote in its id included), and equal the file's frames."""
+    recs = _records()
+    odd = [dict(r, run_id="r-'1") for r in recs if r["run_id"] == "r-1"]
+    file = tmp_path / "same.duckdb"
+    for db in (pg_url, str(file)):
+        store: Any = open_store(db)
+        transitions.commit(store, recs + odd)
+        store.release()
+    sent = _spy(monkeypatch)
+    frames = (airun_nb.steps, airun_nb.attempts, airun_nb.events, airun_nb.approvals)
+    for run in ("r-'1", "r-2"):
+        for frame in (*frames, airun_nb.audit):
+            pg, duck = frame(run, db=pg_url), frame(run, db=file)
+            pd.testing.assert_frame_equal(pd.DataFrame(pg), pd.DataFrame(duck))
+        assert len(airun_nb.steps(run, db=pg_url)) == 40
+    assert sent and all(" WHERE run_id = 'r-" in sql for sql in sent), sent
