@@ -417,9 +417,17 @@ class PostgresStore(Queries, QueueStore):
                 self._close_adbc()
                 raise errors.fault(exc, str(self.url), "read") from None
 
-    def read_table(self, name: str, cols: Sequence[str], run: str | None = None) -> pa.Table:
-        """Columns ``cols`` of the store's table ``name`` as Arrow, in that order (``run``:
-        that run's rows only).
+    def read_table(
+        self,
+        name: str,
+        cols: Sequence[str],
+        run: str | None = None,
+        where: str | None = None,
+        params: Sequence[Any] = (),
+    ) -> pa.Table:
+        """Columns ``cols`` of the store's table ``name`` as Arrow, in that order; ``run``:
+        that run's rows only; ``where``: the rows that match it (PostgreSQL SQL over the
+        table's columns, ``%s`` for each of ``params``).
 
         What costs is the rows' trip: the server encodes every field of every row, and the
         driver decodes each, both on one core per connection. So a large table is read in
@@ -427,12 +435,11 @@ class PostgresStore(Queries, QueueStore):
         moment, each once), and the text, integer and timestamp columns the server's
         statistics find NULL in most rows travel as one text array a row, itself NULL when
         they all are (one field to decode, not one each), cast back on arrival."""
+        rows = [(f"({where})", list(params))] if where else []
+        rows += [("run_id = %s", [run])] if run is not None else []
+        kept = self._literal(" AND ".join(w for w, _ in rows), [p for _, ps in rows for p in ps])
         if run is not None:  # a few rows: as they are, one statement
-            import psycopg.sql
-
-            with self._con("read") as con:  # quoted as this server reads a literal
-                where = f"run_id = {psycopg.sql.Literal(run).as_string(con)}"
-            table = self.arrow(f"SELECT {', '.join(cols)} FROM {name} WHERE {where}")
+            table = self.arrow(f"SELECT {', '.join(cols)} FROM {name} WHERE {kept}")
             return table.replace_schema_metadata(None)
         size, block, version, sparse = self.query(
             "SELECT pg_relation_size(?::regclass), current_setting('block_size')::int, "
@@ -453,10 +460,10 @@ class PostgresStore(Queries, QueueStore):
         sql = f"SELECT {', '.join(listed)} FROM {name}"
         parts = min(PARTS, max(1, int(size) // SPLIT_BYTES + 1)) if int(version) >= 140000 else 1
         if parts == 1:
-            table = self.arrow(sql)
+            table = self.arrow(f"{sql} WHERE {kept}" if kept else sql)
         else:
             blocks = -(-int(size) // int(block) // parts)  # blocks a part, rounded up
-            table = self._read_parts(sql, blocks, parts)
+            table = self._read_parts(sql, blocks, parts, kept)
         table = table.replace_schema_metadata(None)
         if not packed:
             return table
@@ -472,7 +479,19 @@ class PostgresStore(Queries, QueueStore):
                 unpacked[c] = unpacked[c].cast(pa.timestamp("us"))
         return pa.table([unpacked[c] if c in unpacked else table.column(c) for c in cols], cols)
 
-    def _read_parts(self, sql: str, blocks: int, parts: int) -> pa.Table:
+    def _literal(self, where: str, params: Sequence[Any]) -> str:
+        """``where`` with each ``%s`` replaced by its parameter, quoted as this server reads a
+        literal ("" for no condition)."""
+        if not where:
+            return ""
+        import psycopg.sql
+
+        quoted = [psycopg.sql.Literal(p) for p in params]
+        with self._con("read") as con:
+            text: str = psycopg.sql.SQL(where.replace("%s", "{}")).format(*quoted).as_string(con)
+        return text
+
+    def _read_parts(self, sql: str, blocks: int, parts: int, kept: str = "") -> pa.Table:
         """``sql`` (one table, no WHERE) read as ``parts`` ranges of ``blocks`` blocks at once:
         the first on the store's ADBC connection, which exports its snapshot, each other one on
         a connection of its own that imports it and is closed after the read (a process keeps
@@ -484,6 +503,8 @@ class PostgresStore(Queries, QueueStore):
             ranges.append(f"ctid >= '({i * blocks},0)'::tid")
             if i < parts - 1:
                 ranges[-1] += f" AND ctid < '({(i + 1) * blocks},0)'::tid"
+        if kept:
+            ranges = [f"{r} AND {kept}" for r in ranges]
 
         def part(i: int, snapshot: str) -> pa.Table:
             con = self._adbc_connect()
@@ -933,6 +954,7 @@ class Snapshot:
         # table -> the columns loaded (None: every one); absent: not loaded yet
         self._loaded: dict[str, set[str] | None] = {}
         self._run: str | None = None  # the one run whose rows are loaded (None: every run's)
+        self._rows: dict[str, tuple[str, list[Any]]] = {}  # table -> the rows loaded of it
 
     def only_run(self, run_id: str) -> None:
         """Load only ``run_id``'s rows of the tables that have a ``run_id`` column: for a
@@ -941,6 +963,14 @@ class Snapshot:
         if self._loaded:
             raise StoreError("only_run() comes before the session's first statement")
         self._run = run_id
+
+    def only_rows(self, table: str, where: str, params: Sequence[Any] = ()) -> None:
+        """Load only the rows of ``table`` that match ``where`` (PostgreSQL SQL over its own
+        columns, ``%s`` for each of ``params``): for a statement that keeps no other row of it;
+        before the session's first statement."""
+        if self._loaded:
+            raise StoreError("only_rows() comes before the session's first statement")
+        self._rows[table] = (where, list(params))
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -970,7 +1000,8 @@ class Snapshot:
         server: DuckDB reads the Arrow table where it lies (a view over it, no copy)."""
         keyed = any(c == "run_id" for c, _ in TABLES[name][0])
         run = self._run if keyed else None
-        self.con.register(name, self._store.read_table(name, listed, run))
+        where, params = self._rows.get(name, (None, []))
+        self.con.register(name, self._store.read_table(name, listed, run, where, params))
         self._loaded[name] = cols
 
     def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:

@@ -115,3 +115,40 @@ def test_a_frame_of_one_run_fetches_that_run_s_rows_alone(
             pd.testing.assert_frame_equal(pd.DataFrame(pg), pd.DataFrame(duck))
         assert len(airun_nb.steps(run, db=pg_url)) == 40
     assert sent and all(" WHERE run_id = 'r-" in sql for sql in sent), sent
+
+
+def test_filters_on_a_frame_s_own_columns_fetch_the_matching_rows_alone(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """status=, since= and until= of steps(), attempts() and approvals(pending=True) are kept
+    by the server's read of their table (`steps` in parts, its sparse columns packed): the
+    frames equal the file's."""
+    file = tmp_path / "same.duckdb"
+    for db in (pg_url, str(file)):
+        store: Any = open_store(db)
+        transitions.commit(store, _records())
+        store.release()
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        con.execute("ANALYZE")
+    monkeypatch.setattr(backend, "SPLIT_BYTES", 1)
+    sent = _spy(monkeypatch)
+    since = pd.Timestamp(int(T0 + 1) * 1_000_000 + 200_000, unit="us")
+    asks: list[dict[str, Any]] = [
+        {"status": "failed"},
+        {"status": ["failed", "completed"], "since": since},
+        {"until": since.tz_localize("UTC")},
+        {"since": since, "until": since + pd.Timedelta(seconds=1), "status": "completed"},
+    ]
+    for ask in asks:
+        for frame in (airun_nb.steps, airun_nb.attempts):
+            pg, duck = frame(db=pg_url, **ask), frame(db=file, **ask)
+            pd.testing.assert_frame_equal(pd.DataFrame(pg), pd.DataFrame(duck))
+    assert len(airun_nb.steps(db=pg_url, status="failed")) == 3
+    pg, duck = (
+        airun_nb.approvals(db=pg_url, pending=True),
+        airun_nb.approvals(db=file, pending=True),
+    )
+    pd.testing.assert_frame_equal(pd.DataFrame(pg), pd.DataFrame(duck))
+    read = [sql for sql in sent if "FROM steps" in sql]
+    assert any("ctid" in sql and "status IN ('failed')" in sql for sql in read), read
+    assert any("started_at >= '" in sql and "started_at < '" in sql for sql in read), read
