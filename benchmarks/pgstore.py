@@ -298,10 +298,56 @@ def history_steps(pg_url: str, duck_path: Path, rows: int, repeats: int) -> tupl
     return out[0], out[1]
 
 
+def per_step(server: str, steps: int, repeats: int, work: Path) -> None:
+    pg_step = airun_per_step(fresh_database(server), steps, repeats)
+    duck_step = airun_per_step(str(work / "chain.duckdb"), steps, repeats)
+    dbos_step = dbos_per_step(fresh_database(server), steps, repeats)
+    print(f"per step, a chain of {steps} trivial steps (median of {repeats} runs):")
+    print(f"  airun_nb on PostgreSQL   {pg_step * 1000:8.2f} ms")
+    print(f"  airun_nb on DuckDB file  {duck_step * 1000:8.2f} ms")
+    print(f"  DBOS Transact, same PG   {dbos_step * 1000:8.2f} ms")
+    ratio = pg_step / dbos_step
+    print(f"  ratio airun_nb(PG) / DBOS = {ratio:.2f} (goal <= {GOAL_STEP_RATIO:.1f})")
+
+
+def many(server: str, runs: int, work: Path, data_dir: Path | None) -> None:
+    pg_rps, pg_cpu, pg_server = many_runs(fresh_database(server), 4, runs, work, data_dir)
+    duck_rps, duck_cpu, _ = many_runs(str(work / "many.duckdb"), 4, runs, work)
+    print(f"many small runs (3 steps each), 4 processes x {runs} runs:")
+    print(f"  on one PostgreSQL store  {pg_rps:8.1f} runs/s", end="")
+    server_ms = f" + server {pg_server:.1f}" if pg_server is not None else ""
+    print(f"   CPU per run: clients {pg_cpu:.1f}{server_ms} ms")
+    print(f"  on one DuckDB file       {duck_rps:8.1f} runs/s", end="")
+    print(f"   CPU per run: clients {duck_cpu:.1f} ms")
+    ratio = pg_rps / duck_rps
+    print(f"  ratio PostgreSQL / DuckDB file = {ratio:.2f} (goal >= {GOAL_RUNS_RATIO:.1f})")
+    if pg_server is not None:
+        bound = duck_cpu / (pg_cpu + pg_server)
+        print(f"  ratio of CPU per run, DuckDB / PostgreSQL (client + server) = {bound:.2f}")
+    print(f"load (/proc/loadavg): {Path('/proc/loadavg').read_text().strip()}")
+
+
+def history(server: str, rows: int, work: Path) -> None:
+    pg_url, duck_path = fresh_database(server), work / "history.duckdb"
+    filled = _fill_history(pg_url, duck_path, rows, work)
+    pg_hist, duck_hist = history_steps(pg_url, duck_path, rows, 3)
+    print(f"history: steps() of {rows:,} step rows (filled in {filled:.0f} s), median of 3:")
+    print(f"  from PostgreSQL          {pg_hist:8.2f} s")
+    print(f"  from the DuckDB file     {duck_hist:8.2f} s")
+    ratio = pg_hist / duck_hist
+    print(f"  ratio PostgreSQL / DuckDB file = {ratio:.2f} (goal <= {GOAL_HISTORY_RATIO:.1f})")
+    print(f"load (/proc/loadavg): {Path('/proc/loadavg').read_text().strip()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--server", "--pg", default=os.environ.get("AIRUN_TEST_PG"))
+    parser.add_argument(
+        "--only",
+        choices=("steps", "many", "history"),
+        help="measure one part: per step, many small runs, or steps() over the history",
+    )
     args = parser.parse_args()
     steps, repeats, runs = (50, 3, 10) if args.quick else (200, 5, 40)
     folder = None
@@ -319,40 +365,13 @@ def main() -> None:
         with psycopg.connect(server) as con:
             version = con.execute("SHOW server_version").fetchone()
         print(f"PostgreSQL {version[0] if version else '?'}; {os.cpu_count()} cores")
-        pg_step = airun_per_step(fresh_database(server), steps, repeats)
-        duck_step = airun_per_step(str(work / "chain.duckdb"), steps, repeats)
-        dbos_step = dbos_per_step(fresh_database(server), steps, repeats)
-        print(f"per step, a chain of {steps} trivial steps (median of {repeats} runs):")
-        print(f"  airun_nb on PostgreSQL   {pg_step * 1000:8.2f} ms")
-        print(f"  airun_nb on DuckDB file  {duck_step * 1000:8.2f} ms")
-        print(f"  DBOS Transact, same PG   {dbos_step * 1000:8.2f} ms")
-        ratio = pg_step / dbos_step
-        print(f"  ratio airun_nb(PG) / DBOS = {ratio:.2f} (goal <= {GOAL_STEP_RATIO:.1f})")
-        data_dir = folder / "data" if folder is not None else data_dir_of(server)
-        pg_rps, pg_cpu, pg_server = many_runs(fresh_database(server), 4, runs, work, data_dir)
-        duck_rps, duck_cpu, _ = many_runs(str(work / "many.duckdb"), 4, runs, work)
-        print(f"many small runs (3 steps each), 4 processes x {runs} runs:")
-        print(f"  on one PostgreSQL store  {pg_rps:8.1f} runs/s", end="")
-        server_ms = f" + server {pg_server:.1f}" if pg_server is not None else ""
-        print(f"   CPU per run: clients {pg_cpu:.1f}{server_ms} ms")
-        print(f"  on one DuckDB file       {duck_rps:8.1f} runs/s", end="")
-        print(f"   CPU per run: clients {duck_cpu:.1f} ms")
-        ratio = pg_rps / duck_rps
-        print(f"  ratio PostgreSQL / DuckDB file = {ratio:.2f} (goal >= {GOAL_RUNS_RATIO:.1f})")
-        if pg_server is not None:
-            bound = duck_cpu / (pg_cpu + pg_server)
-            print(f"  ratio of CPU per run, DuckDB / PostgreSQL (client + server) = {bound:.2f}")
-        print(f"load (/proc/loadavg): {Path('/proc/loadavg').read_text().strip()}")
-        rows = 100_000 if args.quick else 1_000_000
-        pg_url, duck_path = fresh_database(server), work / "history.duckdb"
-        filled = _fill_history(pg_url, duck_path, rows, work)
-        pg_hist, duck_hist = history_steps(pg_url, duck_path, rows, 3)
-        print(f"history: steps() of {rows:,} step rows (filled in {filled:.0f} s), median of 3:")
-        print(f"  from PostgreSQL          {pg_hist:8.2f} s")
-        print(f"  from the DuckDB file     {duck_hist:8.2f} s")
-        ratio = pg_hist / duck_hist
-        print(f"  ratio PostgreSQL / DuckDB file = {ratio:.2f} (goal <= {GOAL_HISTORY_RATIO:.1f})")
-        print(f"load (/proc/loadavg): {Path('/proc/loadavg').read_text().strip()}")
+        if args.only in (None, "steps"):
+            per_step(server, steps, repeats, work)
+        if args.only in (None, "many"):
+            data_dir = folder / "data" if folder is not None else data_dir_of(server)
+            many(server, runs, work, data_dir)
+        if args.only in (None, "history"):
+            history(server, 100_000 if args.quick else 1_000_000, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if folder is not None:

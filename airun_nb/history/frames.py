@@ -36,15 +36,23 @@ def _store(db: _Db) -> Backend:
 
 
 def _frame(
-    store: Backend, sql: str, params: Sequence[Any] = (), duration: tuple[str, str] | None = None
+    store: Backend,
+    sql: str,
+    params: Sequence[Any] = (),
+    duration: tuple[str, str] | None = None,
+    run: str | None = None,
+    rows: tuple[str, str, list[Any]] | None = None,
 ) -> pd.DataFrame:
-    """The query's rows as a frame, dtypes from Arrow (UTC timestamps, string text)."""
+    """The query's rows as a frame, dtypes from Arrow (UTC timestamps, string text). ``run``:
+    the query keeps that run's rows only, of every table it reads; ``rows``: (table, condition
+    on its own columns with ``%s`` marks, parameters) that the query keeps no other row of that
+    table than (a team store then fetches no other rows)."""
     from airun_nb.history.relation import (  # pandas and pyarrow: only when a frame is asked for
         arrow_of,
         to_frame,
     )
 
-    return to_frame(arrow_of(store, sql, params), duration)
+    return to_frame(arrow_of(store, sql, params, run=run, rows=rows), duration)
 
 
 def _utc(value: Any, what: str) -> datetime:
@@ -98,6 +106,29 @@ class _Filter:
             clauses.append(f"{time_col} < ?")
             params.append(_utc(self.until, "until"))
         return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+    def own(
+        self, table: str, *, status_col: str | None, time_col: str, pending: bool = False
+    ) -> tuple[str, str, list[Any]] | None:
+        """The filters on ``table``'s own columns (a status, a time, an open gate) as a
+        condition a team store applies to the rows it fetches of it (None: no such filter)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.status and status_col:
+            wanted = (
+                [self.status] if isinstance(self.status, str) else [str(x) for x in self.status]
+            )
+            clauses.append(f"{status_col} IN ({', '.join('%s' for _ in wanted)})")
+            params.extend(wanted)
+        if pending:
+            clauses.append(f"{status_col} = 'open'")
+        if self.since is not None:
+            clauses.append(f"{time_col} >= %s")
+            params.append(_utc(self.since, "since"))
+        if self.until is not None:
+            clauses.append(f"{time_col} < %s")
+            params.append(_utc(self.until, "until"))
+        return (table, " AND ".join(clauses), params) if clauses else None
 
     def newest(
         self, sql: str, params: list[Any], time_col: str, order: str
@@ -183,7 +214,8 @@ def steps(
         "started_at",
         "run_id, position",
     )
-    df = _frame(_store(db), sql, params, duration=("started_at", "finished_at"))
+    rows = f.own("steps", status_col="status", time_col="started_at")
+    df = _frame(_store(db), sql, params, ("started_at", "finished_at"), run, rows)
     return df.drop(columns=["position"])
 
 
@@ -213,7 +245,8 @@ def attempts(
         "started_at",
         "started_at, run_id, step_id, attempt",
     )
-    return _frame(_store(db), sql, params, duration=("started_at", "finished_at"))
+    rows = f.own("attempts", status_col="status", time_col="started_at")
+    return _frame(_store(db), sql, params, ("started_at", "finished_at"), run, rows)
 
 
 def events(
@@ -239,7 +272,8 @@ def events(
         "ts",
         "ts",
     )
-    return _frame(_store(db), sql, params)
+    rows = f.own("events", status_col=None, time_col="ts")
+    return _frame(_store(db), sql, params, run=run, rows=rows)
 
 
 def stored_run(run_id: str, db: _Db = None) -> StoredRun:
@@ -292,7 +326,8 @@ def approvals(
         "opened_at",
         "opened_at",
     )
-    df = _frame(_store(db), sql, params)
+    rows = f.own("approvals", status_col="status", time_col="opened_at", pending=pending)
+    df = _frame(_store(db), sql, params, run=run, rows=rows)
     df["waited"] = df["decided_at"] - df["opened_at"]
     return df
 
@@ -323,4 +358,5 @@ def audit(
         "ts",
         "ts",
     )
-    return _frame(_store(db), sql, params)
+    rows = f.own("audit", status_col=None, time_col="ts")
+    return _frame(_store(db), sql, params, run=run, rows=rows)

@@ -151,9 +151,25 @@ def _from_decimal(column: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
     return column.cast(pa.float64())
 
 
-def arrow_of(store: Backend, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-    """Run ``sql`` on the store (every journaled change folded first) as an Arrow table."""
+def arrow_of(
+    store: Backend,
+    sql: str,
+    params: Sequence[Any] = (),
+    *,
+    run: str | None = None,
+    rows: tuple[str, str, list[Any]] | None = None,
+) -> pa.Table:
+    """Run ``sql`` on the store (every journaled change included) as an Arrow table.
+    ``run``: ``sql`` keeps that run's rows only of every table it reads; ``rows``: (table,
+    condition, parameters) that ``sql`` keeps no other row of that table than; a team store
+    then fetches only those rows."""
     with store.session(reads=sql) as con:
+        only_run = getattr(con, "only_run", None)
+        if run is not None and only_run is not None:
+            only_run(run)
+        only_rows = getattr(con, "only_rows", None)
+        if rows is not None and only_rows is not None:
+            only_rows(*rows)
         return _fetch(con.sql(sql, params=list(params) or None))
 
 

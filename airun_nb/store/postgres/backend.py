@@ -34,6 +34,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -376,10 +377,13 @@ class PostgresStore(Queries, QueueStore):
     def release(self) -> None:
         """Let go of every connection of this process (the next use opens them again)."""
         with self._mutex, self._adbc_lock:
-            if self._adbc is not None:
-                with contextlib.suppress(Exception):
-                    self._adbc.close()
-                self._adbc = None
+            self._close_adbc()
+
+    def _close_adbc(self) -> None:
+        if self._adbc is not None:
+            with contextlib.suppress(Exception):
+                self._adbc.close()
+        self._adbc = None
 
     def leave_records(self) -> None:
         """Nothing to leave: every record is a committed row already."""
@@ -414,26 +418,158 @@ class PostgresStore(Queries, QueueStore):
         """A whole query's result as Arrow (ADBC's PostgreSQL driver, columnar end to end)."""
         with self._adbc_lock:
             try:
-                if self._adbc is None:
-                    try:
-                        import adbc_driver_postgresql.dbapi as adbc
-                    except ImportError:
-                        raise errors.missing_driver(
-                            str(self.url), "adbc-driver-postgresql"
-                        ) from None
-                    self._adbc = adbc.connect(_libpq_uri(self._conninfo))
-                with self._adbc.cursor() as cur:
-                    cur.execute(sql)
-                    table: pa.Table = cur.fetch_arrow_table()
-                self._adbc.commit()
-                return table
+                return self._fetch(self._adbc_con(), sql)
             except StoreError:
                 raise
             except Exception as exc:  # the driver's errors have no common base worth naming
-                with contextlib.suppress(Exception):
-                    self._adbc.close()
-                self._adbc = None
+                self._close_adbc()
                 raise errors.fault(exc, str(self.url), "read") from None
+
+    def read_table(
+        self,
+        name: str,
+        cols: Sequence[str],
+        run: str | None = None,
+        where: str | None = None,
+        params: Sequence[Any] = (),
+    ) -> pa.Table:
+        """Columns ``cols`` of the store's table ``name`` as Arrow, in that order; ``run``:
+        that run's rows only; ``where``: the rows that match it (PostgreSQL SQL over the
+        table's columns, ``%s`` for each of ``params``).
+
+        What costs is the rows' trip: the server encodes every field of every row, and the
+        driver decodes each, both on one core per connection. So a large table is read in
+        block ranges at once on several connections sharing one snapshot (the rows of one
+        moment, each once), and the text, integer and timestamp columns the server's
+        statistics find NULL in most rows travel as one text array a row, itself NULL when
+        they all are (one field to decode, not one each), cast back on arrival."""
+        rows = [(f"({where})", list(params))] if where else []
+        rows += [("run_id = %s", [run])] if run is not None else []
+        kept = self._literal(" AND ".join(w for w, _ in rows), [p for _, ps in rows for p in ps])
+        if run is not None:  # a few rows: as they are, one statement
+            table = self.arrow(f"SELECT {', '.join(cols)} FROM {name} WHERE {kept}")
+            return table.replace_schema_metadata(None)
+        size, block, version, sparse = self.query(
+            "SELECT pg_relation_size(?::regclass), current_setting('block_size')::int, "
+            "current_setting('server_version_num')::int, ARRAY(SELECT attname::text FROM "
+            "pg_stats WHERE schemaname = current_schema() AND tablename = ? AND null_frac >= ?)",
+            [name, name, SPARSE_SHARE],
+        )[0]
+        types, sparse = dict(TABLES[name][0]), set(sparse or ())
+        packed = [c for c in cols if c in sparse and types[c] in _AS_TEXT]
+        packed = packed if len(packed) > 1 else []
+        listed = [c for c in cols if c not in packed]
+        if packed:
+            some = ", ".join(packed)
+            texts = ", ".join(_AS_TEXT[types[c]].format(c) for c in packed)
+            listed.append(
+                f"CASE WHEN num_nonnulls({some}) = 0 THEN NULL ELSE ARRAY[{texts}] END AS {_PACKED}"
+            )
+        sql = f"SELECT {', '.join(listed)} FROM {name}"
+        parts = min(PARTS, max(1, int(size) // SPLIT_BYTES + 1)) if int(version) >= 140000 else 1
+        if parts == 1:
+            table = self.arrow(f"{sql} WHERE {kept}" if kept else sql)
+        else:
+            blocks = -(-int(size) // int(block) // parts)  # blocks a part, rounded up
+            table = self._read_parts(sql, blocks, parts, kept)
+        table = table.replace_schema_metadata(None)
+        if not packed:
+            return table
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arrays = table.column(_PACKED)
+        unpacked = {c: pc.list_element(arrays, i) for i, c in enumerate(packed)}
+        for c in packed:
+            if types[c] == "BIGINT":
+                unpacked[c] = unpacked[c].cast(pa.int64())
+            elif types[c] == _TS:
+                unpacked[c] = unpacked[c].cast(pa.timestamp("us"))
+        return pa.table([unpacked[c] if c in unpacked else table.column(c) for c in cols], cols)
+
+    def _literal(self, where: str, params: Sequence[Any]) -> str:
+        """``where`` with each ``%s`` replaced by its parameter, quoted as this server reads a
+        literal ("" for no condition)."""
+        if not where:
+            return ""
+        import psycopg.sql
+
+        quoted = [psycopg.sql.Literal(p) for p in params]
+        with self._con("read") as con:
+            text: str = psycopg.sql.SQL(where.replace("%s", "{}")).format(*quoted).as_string(con)
+        return text
+
+    def _read_parts(self, sql: str, blocks: int, parts: int, kept: str = "") -> pa.Table:
+        """``sql`` (one table, no WHERE) read as ``parts`` ranges of ``blocks`` blocks at once:
+        the first on the store's ADBC connection, which exports its snapshot, each other one on
+        a connection of its own that imports it and is closed after the read (a process keeps
+        no idle connections for its next large read)."""
+        import pyarrow as pa
+
+        ranges = [f"ctid < '({blocks},0)'::tid"]
+        for i in range(1, parts):
+            ranges.append(f"ctid >= '({i * blocks},0)'::tid")
+            if i < parts - 1:
+                ranges[-1] += f" AND ctid < '({(i + 1) * blocks},0)'::tid"
+        if kept:
+            ranges = [f"{r} AND {kept}" for r in ranges]
+
+        def part(i: int, snapshot: str) -> pa.Table:
+            con = self._adbc_connect()
+            try:
+                with con.cursor() as cur:
+                    cur.execute(f"SET TRANSACTION ISOLATION LEVEL {_SHARED}")
+                    cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                return self._fetch(con, f"{sql} WHERE {ranges[i]}")
+            finally:
+                with contextlib.suppress(Exception):
+                    con.close()
+
+        with self._adbc_lock:
+            try:
+                first = self._adbc_con()
+                with first.cursor() as cur:
+                    cur.execute(f"SET TRANSACTION ISOLATION LEVEL {_SHARED}")
+                    cur.execute("SELECT pg_export_snapshot()")
+                    found = cur.fetchone()
+                snapshot = str(found[0]) if found else ""
+                with ThreadPoolExecutor(parts - 1, thread_name_prefix="airun-read") as pool:
+                    others = [pool.submit(part, i, snapshot) for i in range(1, parts)]
+                    try:  # the snapshot lives as long as its transaction: until all imported it
+                        got = [self._fetch(first, f"{sql} WHERE {ranges[0]}", end=False)]
+                    finally:
+                        got += [f.result() for f in others]
+                first.commit()
+                return pa.concat_tables(got)
+            except Exception as exc:  # the driver's errors have no common base worth naming
+                self._close_adbc()
+                if isinstance(exc, StoreError):
+                    raise
+                raise errors.fault(exc, str(self.url), "read") from None
+
+    def _adbc_con(self) -> Any:
+        """The ADBC connection (made on first use); call with ``_adbc_lock`` held."""
+        if self._adbc is None:
+            self._adbc = self._adbc_connect()
+        return self._adbc
+
+    def _adbc_connect(self) -> Any:
+        try:
+            import adbc_driver_postgresql.dbapi as adbc
+        except ImportError:
+            raise errors.missing_driver(str(self.url), "adbc-driver-postgresql") from None
+        return adbc.connect(_libpq_uri(self._conninfo))
+
+    @staticmethod
+    def _fetch(con: Any, sql: str, *, end: bool = True) -> pa.Table:
+        """``sql``'s rows on ``con``; with ``end``, its transaction ended (the next statement
+        starts one)."""
+        with con.cursor() as cur:
+            cur.execute(sql)
+            table: pa.Table = cur.fetch_arrow_table()
+        if end:
+            con.commit()
+        return table
 
     # -- DataFrame outputs -----------------------------------------------------------------
     def put_table(self, name: str, table: pa.Table) -> None:
@@ -746,6 +882,21 @@ def _libpq_uri(conninfo: str) -> str:
     return conninfo if conninfo.startswith("postgresql://") else "postgresql" + conninfo[8:]
 
 
+# Reading a table: one larger than SPLIT_BYTES on the server is read in up to PARTS block ranges
+# at once (a connection each, sharing one snapshot); text columns NULL in SPARSE_SHARE of the
+# rows or more (by the server's statistics) travel packed in one array a row.
+SPLIT_BYTES = 16 << 20
+PARTS = max(2, min(4, os.cpu_count() or 2))
+SPARSE_SHARE = 0.9
+_PACKED = "airun_packed"  # no store table has a column of that name
+# A packed column's text on the server, by its type in TABLES (Arrow casts it back exactly).
+_AS_TEXT = {
+    "VARCHAR": "{}",
+    "BIGINT": "{}::text",
+    _TS: """to_char({}, 'YYYY-MM-DD"T"HH24:MI:SS.US')""",
+}
+_SHARED = "REPEATABLE READ"  # a snapshot is exported from and imported into such transactions
+
 _planner: duckdb.DuckDBPyConnection | None = None
 _planner_lock = threading.Lock()
 # The planner reads every column a statement needs off the table scans of its plan: filters
@@ -810,6 +961,24 @@ class Snapshot:
         self._con: duckdb.DuckDBPyConnection | None = None
         # table -> the columns loaded (None: every one); absent: not loaded yet
         self._loaded: dict[str, set[str] | None] = {}
+        self._run: str | None = None  # the one run whose rows are loaded (None: every run's)
+        self._rows: dict[str, tuple[str, list[Any]]] = {}  # table -> the rows loaded of it
+
+    def only_run(self, run_id: str) -> None:
+        """Load only ``run_id``'s rows of the tables that have a ``run_id`` column: for a
+        statement that keeps that run's rows alone of every table it reads (a history frame
+        of one run); before the first statement of the session."""
+        if self._loaded:
+            raise StoreError("only_run() comes before the session's first statement")
+        self._run = run_id
+
+    def only_rows(self, table: str, where: str, params: Sequence[Any] = ()) -> None:
+        """Load only the rows of ``table`` that match ``where`` (PostgreSQL SQL over its own
+        columns, ``%s`` for each of ``params``): for a statement that keeps no other row of it;
+        before the session's first statement."""
+        if self._loaded:
+            raise StoreError("only_rows() comes before the session's first statement")
+        self._rows[table] = (where, list(params))
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -826,7 +995,7 @@ class Snapshot:
                 continue  # loaded with every column this statement reads
             want = None if cols is None else cols | (have or set())
             listed = [c for c, _ in TABLES[name][0] if want is None or c in want]
-            self._load(name, f"SELECT {', '.join(listed)} FROM {name}", want)
+            self._load(name, listed, want)
         for name in packed.referenced(sql):
             key = "outputs." + name
             if key not in self._loaded:
@@ -834,11 +1003,13 @@ class Snapshot:
                 with contextlib.suppress(StoreError):
                     packed.load(self.con, "outputs", name, self._store.get_table(name))
 
-    def _load(self, name: str, sql: str, cols: set[str] | None) -> None:
-        """Load ``name`` (``cols`` of it; None: every column) from the server: DuckDB reads
-        the Arrow table where it lies (a view over it, no copy)."""
-        table = self._store.arrow(sql)
-        self.con.register(name, table.replace_schema_metadata(None))
+    def _load(self, name: str, listed: list[str], cols: set[str] | None) -> None:
+        """Load the ``listed`` columns of ``name`` (``cols``; None: every column) from the
+        server: DuckDB reads the Arrow table where it lies (a view over it, no copy)."""
+        keyed = any(c == "run_id" for c, _ in TABLES[name][0])
+        run = self._run if keyed else None
+        where, params = self._rows.get(name, (None, []))
+        self.con.register(name, self._store.read_table(name, listed, run, where, params))
         self._loaded[name] = cols
 
     def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
@@ -866,7 +1037,7 @@ class Snapshot:
         partial = [n for n in TABLES if self._loaded.get(n, ()) is not None]
         partial = [n for n in partial if _TABLE_WORDS[n].search(sql)]
         for name in partial:
-            self._load(name, f"SELECT {', '.join(c for c, _ in TABLES[name][0])} FROM {name}", None)
+            self._load(name, [c for c, _ in TABLES[name][0]], None)
         return bool(partial)
 
     def table(self, name: str) -> duckdb.DuckDBPyRelation:
