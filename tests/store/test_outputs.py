@@ -320,3 +320,26 @@ def test_history_reads_after_a_small_output_was_read(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(load_run(run.run_id, db=db).outputs["out"], frame(ROWS["small"]))
     assert airun_nb.runs(db=db, workflow="frames")["run_id"].tolist() == [run.run_id]
     assert airun_nb.steps(run.run_id, db=db)["step_id"].tolist() == ["out"]
+
+
+def test_a_large_output_in_many_chunks_fills_whole_row_groups(tmp_path: Path) -> None:
+    """An Arrow table (or a frame read from Parquet) comes in chunks that do not end on DuckDB's
+    row groups; inserted as they are, each chunk left a partial row group that the store's next
+    checkpoint wrote again. The table is handed to DuckDB in batches ending on row group
+    boundaries: the stored table has only full row groups but the last, and its rows come back
+    in their order."""
+    rows = 600_000
+    n = np.arange(rows)
+    whole = pa.table({"n": n, "x": n * 0.5, "s": [f"key-{i:06d}" for i in n]})
+    chunked = pa.Table.from_batches(whole.to_batches(max_chunksize=131_072))  # as Parquet reads
+    assert chunked.column(0).num_chunks == 5
+    store = Store.open(tmp_path / "s.duckdb")
+    store.put_table("chunked", chunked)
+    store.release()  # checkpointed
+    with store.session() as con:
+        groups = con.execute(
+            "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('outputs.chunked')"
+        ).fetchall()[0][0]
+    assert groups == -(-rows // packed.ROW_GROUP_ROWS)
+    assert store.get_table("chunked").equals(whole)
+    store.release()
