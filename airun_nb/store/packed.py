@@ -140,7 +140,7 @@ def _load_zstd(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, zstd:
 # DuckDB's rows per row group (its default, which the store keeps), and the rows of each batch
 # a large output table is handed to it in when its chunks do not end on row group boundaries.
 ROW_GROUP_ROWS = 122_880
-BATCH_ROWS = 8 * ROW_GROUP_ROWS
+BATCH_ROWS = ROW_GROUP_ROWS
 
 
 def aligned(table: pa.Table) -> pa.Table | pa.RecordBatchReader:
