@@ -3,10 +3,10 @@
 DuckDB writes a large output table's blocks into the store file as it compresses them, and its
 commit then makes the file durable with one ``fdatasync``: for a 100 MB DataFrame (about 40 MB
 of blocks) that call waited about 0.1 s for the disk, after all the compression was done. While
-such a table is written, a thread of ours calls ``fdatasync`` on the store file every
+such a table is written, a side thread calls ``fdatasync`` on the store file every
 :data:`EVERY` seconds, so the disk writes the blocks while the next ones are being compressed
-and the commit's own ``fdatasync`` finds only the last few left (about 0.01 s). What reaches the
-disk and when the commit returns are unchanged: the commit still syncs everything itself.
+and the commit's own ``fdatasync`` finds only the last few left (about 0.01 s). What is durable
+once the commit returns is unchanged: the commit still syncs everything itself.
 
 The descriptor is opened on the first large write and kept until DuckDB has closed the file:
 DuckDB locks the file with ``fcntl``, and POSIX drops a process's ``fcntl`` locks on a file when
