@@ -44,6 +44,7 @@ from airun_nb.store.queue import QueueStore
 from airun_nb.store.redaction import scrub
 from airun_nb.store.schema import APP, SCHEMA_VERSION, STORE_CONFIG, TABLES, quote_ident
 from airun_nb.store.slots import Batch, Peers, files_signature
+from airun_nb.store.writeback import Writeback
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,6 +80,7 @@ class Store(Queries, QueueStore):
         self._yielded_at = 0.0
         self.keeper = keeper.Keeper(self)
         self.peers = Peers(path)
+        self.writeback = Writeback(path)  # large output tables reach the disk as written
         self._known: tuple[int, int, int] | None = None  # the file as this process left it
         self._checked = False  # the file passed the schema check in this process
         self._trimmed = -1  # the lease grant at which this slot's folded part was forgotten
@@ -271,7 +273,8 @@ class Store(Queries, QueueStore):
         with self.session("writing a step output", fold=False) as con:
             try:
                 con.execute("BEGIN")
-                packed.write(con, name, table)
+                with self.writeback.during(table.nbytes):
+                    packed.write(con, name, table)
                 crashpoint("output:before_commit")
                 con.execute("COMMIT")
             except BaseException:
@@ -583,6 +586,7 @@ class Store(Queries, QueueStore):
             if self._con is not None:
                 try:
                     self._con.close()
+                    self.writeback.close()  # DuckDB has let go of the file (and of its lock)
                     self._known = _file_signature(self.path)
                 except duckdb.Error:
                     self._known = None
@@ -644,6 +648,7 @@ def _faults(store: Store, doing: str) -> Iterator[None]:
         if store._con is not None:
             with contextlib.suppress(duckdb.Error):
                 store._con.close()
+                store.writeback.close()  # DuckDB has let go of the file (and of its lock)
             store._con = None
         store.journal.close()  # its records stay in the file, for the next holder
         store.lease.release()
