@@ -88,6 +88,7 @@ class Store(Queries, QueueStore):
         self._depth = 0  # sessions open in this process (nested ones included)
         self.as_found = False  # the open file was as airun_nb left it, or has been read since
         self._fold_at_exit = True  # False: the next holder folds what this process wrote
+        self._laid = 0  # sessions with records laid over the tables (see overlay), open now
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -168,13 +169,16 @@ class Store(Queries, QueueStore):
                 with _faults(self, "read"):
                     con = self._connection()
                     if peers and (not kinds or self._unfolded_has(kinds)):
-                        over = self._lay_over(con, reads) if self._depth == 1 and reads else None
+                        over = self._lay_over(con, reads) if reads and not self._laid else None
                         if over is None:
                             self._fold(own=fold)
                         else:
                             laid = over
+                            self._laid += 1
                     yield con
             finally:
+                if laid:
+                    self._laid -= 1
                 if laid and self._con is not None:
                     try:
                         overlay.lift(self._con, laid)
