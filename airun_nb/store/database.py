@@ -164,7 +164,7 @@ class Store(Queries, QueueStore):
         with self._mutex:
             self._ensure_lease(purpose)
             self._depth += 1
-            laid: list[str] = []
+            laid: list[str] | None = None  # the tables laid over (see overlay)
             try:
                 with _faults(self, "read"):
                     con = self._connection()
@@ -177,7 +177,7 @@ class Store(Queries, QueueStore):
                             self._laid += 1
                     yield con
             finally:
-                if laid:
+                if laid is not None:
                     self._laid -= 1
                 if laid and self._con is not None:
                     try:
