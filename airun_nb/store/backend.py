@@ -58,9 +58,6 @@ class Backend(Protocol):
 
     def release(self) -> None: ...
 
-    # A one-shot command done writing: end without folding (a server store has nothing to).
-    def leave_records(self) -> None: ...
-
     # DataFrame outputs, kept as tables beside the runs.
     def put_table(self, name: str, table: pa.Table) -> None: ...
 

@@ -87,7 +87,6 @@ class Store(Queries, QueueStore):
         self.folds = 0
         self._depth = 0  # sessions open in this process (nested ones included)
         self.as_found = False  # the open file was as airun_nb left it, or has been read since
-        self._fold_at_exit = True  # False: the next holder folds what this process wrote
         self._laid = 0  # sessions with records laid over the tables (see overlay), open now
 
     # -- opening ---------------------------------------------------------------------------
@@ -236,20 +235,10 @@ class Store(Queries, QueueStore):
             self._release_locked()
             self.journal.close()
 
-    def leave_records(self) -> None:
-        """Let go of the store without folding, now and at exit: this process's records stay
-        in its journal slot (durable) for the next holder to fold. A one-shot command that
-        wrote a few records (a decision) ends at once instead of folding them."""
-        with self._mutex:
-            self._fold_at_exit = False
-            if self.journal.is_open:
-                self.journal.sync_now()  # what it said it did survives a power loss
-            self._release_locked(fold=False)
-
     def _exit(self) -> None:
         """At exit: fold if the lease is free, else the next holder folds the slot."""
         with self._mutex:
-            writes = self._fold_at_exit and self.journal.is_open and not self.journal.empty
+            writes = self.journal.is_open and not self.journal.empty
             if writes and not self.lease.held:
                 self.lease.try_acquire("saving the journal")
             self._release_locked(fold=writes)  # a process that only read leaves the folds

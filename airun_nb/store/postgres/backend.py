@@ -385,9 +385,6 @@ class PostgresStore(Queries, QueueStore):
                 self._adbc.close()
         self._adbc = None
 
-    def leave_records(self) -> None:
-        """Nothing to leave: every record is a committed row already."""
-
     # -- reads -----------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if _DUCKDB_ONLY.search(sql):
