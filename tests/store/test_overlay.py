@@ -14,7 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import airun_nb
+from airun_nb.store import idle
 from airun_nb.store.database import Store
 
 WRITER = r"""
@@ -43,8 +46,11 @@ def _stored(db: Path, sql: str) -> int:
 
 
 def test_a_read_returns_a_live_writers_unfolded_run_and_leaves_it_unfolded(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # This process's keeper would fold everything as it lets go of the idle store (after
+    # 0.25 s, which a busy machine can take between two lines here): it keeps the store.
+    monkeypatch.setattr(idle, "IDLE_RELEASE", 1e9)
     db = tmp_path / "airun.duckdb"
     airun_nb.Workflow.from_dict(
         {"name": "seed", "steps": [{"id": "s", "python": "result = 1"}]}
