@@ -64,7 +64,7 @@ def cancel(
         from airun_nb.engine.runner import stored_spec
 
         stored_spec(store, run_id)  # refuse before changing anything
-    with store.session("cancelling a run", fold=False, peers=False):
+    with store.session("cancelling a run"):
         row = _cancellable(store, run_id)
         previous = str(row["status"])
         gates = _open_gates(store, run_id)
@@ -86,7 +86,7 @@ def cancel(
     from airun_nb.engine.runner import roll_back
 
     roll_back(store, run_id, namespace=namespace)
-    with store.session("cancelling a run", fold=False, peers=False):
+    with store.session("cancelling a run"):
         found = store.run_row(run_id)
         assert found is not None
         transitions.commit(

@@ -55,7 +55,7 @@ def claim_run(
     columns of the claimed row (``error``...). Returns the row as it was before the claim
     (``SELECT *`` shape), for planning.
     """
-    with store.session(f"claiming run {run_id}", fold=False, peers=False):
+    with store.session(f"claiming run {run_id}"):
         rows = [r] if (r := store.run_row(run_id)) else []
         if not rows:
             raise RunNotFound(f"no run '{run_id}' in {store.path}")
@@ -123,7 +123,7 @@ def release_claim(store: Backend, before: Mapping[str, Any]) -> None:
     for col, _ in TABLES["runs"][0]:
         value = before.get(col)
         row[col] = _epoch(value) if col in _TS_COLUMNS else value
-    with store.session(f"releasing run {before['run_id']}", fold=False, peers=False):
+    with store.session(f"releasing run {before['run_id']}"):
         # The restore of a row that was valid a moment ago is no transition to check.
         transitions.commit(store, [row], checked=True)
 

@@ -202,7 +202,7 @@ class Runner:
         """Load a stored run to roll it back (on demand, or to finish a rollback); ``steps``:
         undo only that many of its newest finished steps (a completed run only)."""
         self._own_params(run_id)
-        with self.store.session("planning a rollback", fold=False, peers=False):
+        with self.store.session("planning a rollback"):
             row, rows = self.planner.select_rollback(run_id)
             if steps is not None and row["status"] != COMPLETED:
                 raise RunBusy(

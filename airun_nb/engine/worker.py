@@ -218,9 +218,7 @@ class Worker:
     # -- one run -----------------------------------------------------------------------------
     def _execute(self, run_id: str) -> str:
         self._error = None
-        with self.store.session(
-            f"reading run {run_id} to start it", fold=False, peers=False
-        ):  # one hold, reads only
+        with self.store.session(f"reading run {run_id} to start it"):  # one hold, reads only
             row = self.store.run_row(run_id)
             if row is None:
                 raise RunEnded(f"no run '{run_id}' in the store (removed after it was queued)")

@@ -83,7 +83,7 @@ def grant(
             "'delegation: {allow: [...]}' names who may)"
         )
     end = until if isinstance(until, float) else parse_until(str(until))
-    with store.session("recording a delegation", fold=False, peers=False):
+    with store.session("recording a delegation"):
         now = store.clock()
         if end <= now:
             raise ApprovalError("--until is in the past: a delegation ends later than now")
@@ -121,7 +121,7 @@ def revoke(store: Backend, *, to: str, principal: str | None = None) -> int:
     who = principal or me
     if who != me:
         identity.acting_as(who)  # ending someone else's needs gate.decide_as
-    with store.session("revoking a delegation", fold=False, peers=False):
+    with store.session("revoking a delegation"):
         now = store.clock()
         live = [d for d in recorded(store) if d.principal == who and d.delegate == to]
         live = [d for d in live if d.until > now]

@@ -104,7 +104,7 @@ def _next_due(row: Mapping[str, Any], last: int, escalated: bool) -> float | Non
 
 def _due(store: Backend, run_id: str, gate_id: str) -> tuple[list[Fired], float | None, float]:
     """Record the gate's due follow-ups (holding the lease); what was recorded."""
-    with store.session("sending an approval gate's reminders", fold=False, peers=False):
+    with store.session("sending an approval gate's reminders"):
         row = store.gate_row(run_id, gate_id)
         now = store.clock()
         if row is None or row["status"] != "open" or not has_follow_ups(row):
@@ -152,7 +152,7 @@ def _due(store: Backend, run_id: str, gate_id: str) -> tuple[list[Fired], float 
 def sweep(store: Backend) -> Sweep:
     """Fire every due reminder and escalation of the store's open gates, once each; then
     notify (outside the lease). Returns what this call fired and when the next one is due."""
-    with store.session("looking at the open gates' follow-ups", fold=False, peers=False):
+    with store.session("looking at the open gates' follow-ups"):
         rows = [r for r in store.open_gates() if has_follow_ups(r)]
         sent: dict[tuple[str, str], list[dict[str, Any]]] = {}
         if rows:
@@ -236,7 +236,7 @@ def _tell(store: Backend, item: Fired) -> None:
     if not targets:
         return
     detail = {"for": item.kind, "period": item.period or None, "error": error}
-    with store.session("recording a notification", fold=False, peers=False):
+    with store.session("recording a notification"):
         transitions.commit(
             store,
             [

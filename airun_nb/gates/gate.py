@@ -348,7 +348,7 @@ def open_gate(
     """Open the gate if it is not open yet; return (its row, whether it was opened now)."""
     limits.check_size(message, limits.MAX_MESSAGE, f"the message of gate '{gate_id}'")
     preview_text, preview_html = limits.cut(preview_text), limits.cut(preview_html)
-    with store.session("opening an approval gate", fold=False, peers=False):
+    with store.session("opening an approval gate"):
         existing = gate_row(store, run_id, gate_id)
         if existing is not None and existing["status"] == "open":
             # The cell was edited and run again: its new settings apply to the open gate.
@@ -447,7 +447,7 @@ def decide(
         raise FormError("the form is a mapping of field names to values")
     limits.check_size(comment, limits.MAX_COMMENT, "the comment")  # before the store is held
     human = channel not in ("policy", "timeout")
-    with store.session("recording an approval decision", fold=False, peers=False):
+    with store.session("recording an approval decision"):
         row = gate_row(store, run_id, gate_id)
         if row is None:
             if not store.has_run(run_id):
@@ -690,7 +690,7 @@ def expire(
     store: Backend, run_id: str, gate_id: str, *, reason: str | None = None
 ) -> dict[str, Any]:
     """Close a gate without a decision (``on_timeout: fail``, or no policy decision)."""
-    with store.session("closing an approval gate", fold=False, peers=False):
+    with store.session("closing an approval gate"):
         row = gate_row(store, run_id, gate_id)
         assert row is not None
         if row["status"] != "open":

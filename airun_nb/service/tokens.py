@@ -79,7 +79,7 @@ def create(store: Backend, user: str, *, role: str = DEFAULT_ROLE, created_by: s
 
 def revoke(store: Backend, who: str) -> list[str]:
     """Revoke the token with this id, or every live token of this user; return the ids."""
-    with store.session("revoking a token", fold=False, peers=False):
+    with store.session("revoking a token"):
         rows = store.live_tokens_of(who)
         if not rows:
             raise TokenError(f"no live token with id or user '{who}' in {store.path}")

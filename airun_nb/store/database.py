@@ -500,6 +500,10 @@ class Store(Queries, QueueStore):
         changed = self.peers.changed(mine)
         if not changed and not journal.pending:
             return []
+        if changed and journal.pending:
+            # Which of two processes' records of one row is newer is known only once they are
+            # folded in turn (each process folds before it writes a row it read): fold.
+            return None
         meta = _meta(con)
         self._trim_stale(meta)
         batch = self.peers.collect(changed, meta) if changed else Batch()
