@@ -23,7 +23,7 @@ from IPython.display import display
 
 from airun_nb.engine.memory import gc_release
 from airun_nb.engine.runner import Runner
-from airun_nb.errors import AirunError
+from airun_nb.errors import AirunError, RunBusy
 from airun_nb.gates import form as forms
 from airun_nb.gates import gate
 from airun_nb.governance.identity import current as current_user
@@ -294,22 +294,35 @@ class GateWidget(widgets.VBox):
         try:
             self._buttons(False)
             WATCHER.forget(self)
-            if self._prepared(dry=True) is None:
+            planned = self._claimed(dry=True)
+            if isinstance(planned, AirunError):
+                self.status.value = (
+                    "<b style='color:var(--jp-error-color1, #cf222e)'>Not recorded:</b> the run "
+                    f"cannot continue in this kernel: {html.escape(planned.message)}. Define "
+                    "what is missing (run the notebook's cells above), then click again."
+                )
                 self._buttons(True)
                 WATCHER.watch(self)
                 return
+            store = open_store(self.db)
             try:
-                answer = gate.decide(
-                    open_store(self.db),
-                    self.run_id,
-                    self.gate_id,
-                    decision,
-                    actor=current_user(),
-                    channel="widget",
-                    comment=self.comment.value or None,
-                    form=self.form_values() or None,
-                    option=self.option.value if self.option and decision == gate.APPROVE else None,
-                )
+                # The decision and this kernel's claim on the run are one hold of the store, so
+                # another live kernel that sees the decision finds the run claimed by this one.
+                with store.session("recording an approval decision"):
+                    answer = gate.decide(
+                        store,
+                        self.run_id,
+                        self.gate_id,
+                        decision,
+                        actor=current_user(),
+                        channel="widget",
+                        comment=self.comment.value or None,
+                        form=self.form_values() or None,
+                        option=self.option.value
+                        if self.option and decision == gate.APPROVE
+                        else None,
+                    )
+                    claimed = self._claimed() if answer.get("status") != "open" else None
             except BaseException as exc:
                 gc_release()
                 closed = None
@@ -344,15 +357,14 @@ class GateWidget(widgets.VBox):
                 return
             self.decided = True
             self._show_decision(row)
-            runner = self._prepared()
-            if runner is not None:
-                self._execute(runner)
+            if claimed is not None:
+                self._go_on(claimed)
         finally:
             self._deciding.release()
 
-    def _prepared(self, *, dry: bool = False) -> Runner | None:
-        """The run planned to continue here (``dry``: planned only, not claimed), or None (and
-        what is missing, on the widget)."""
+    def _claimed(self, *, dry: bool = False) -> Runner | AirunError:
+        """The run planned and claimed to continue here (``dry``: planned only, not claimed),
+        or why it cannot continue here."""
         try:
             wf = Workflow.from_run(self.run_id, db=self.db)
             runner = wf.runner(
@@ -363,13 +375,22 @@ class GateWidget(widgets.VBox):
             else:
                 runner.prepare(resume=self.run_id)
         except AirunError as exc:
-            self.status.value = (
-                f"<b style='color:var(--jp-error-color1, #cf222e)'>Not recorded:</b> the run cannot continue in this "
-                f"kernel: {html.escape(exc.message)}. Define what is missing (run the "
-                "notebook's cells above), then click again."
-            )
-            return None
+            return exc
         return runner
+
+    def _go_on(self, claimed: Runner | AirunError) -> None:
+        """Continue the claimed run here, or say on the decided gate's line where it goes on."""
+        if isinstance(claimed, Runner):
+            self._execute(claimed)
+            return
+        if isinstance(claimed, RunBusy):
+            where = "another process continues the run."
+        else:
+            where = (
+                f"the run cannot continue in this kernel: {html.escape(claimed.message)}. "
+                f"Define what is missing, then run <code>%workflow resume {self.run_id}</code>."
+            )
+        self.status.value = _decided_line(self._decision, where)
 
     def _execute(self, runner: Runner) -> None:
         remember(runner)  # last_run() is this run from now on
@@ -400,9 +421,7 @@ class GateWidget(widgets.VBox):
 
     def continue_run(self) -> None:
         """Continue the run after its gate was decided (here or elsewhere)."""
-        runner = self._prepared()
-        if runner is not None:
-            self._execute(runner)
+        self._go_on(self._claimed())
 
     def decided_elsewhere(self, row: dict[str, Any]) -> None:
         """The watcher saw a decision from another channel: show it and, when this kernel may
