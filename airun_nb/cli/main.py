@@ -255,37 +255,55 @@ def _decide(
     from airun_nb.governance import identity
 
     store = _open_store(db)
-    out = gate.decide(
-        store,
-        run_id,
-        gate_id,
-        decision,
-        actor=identity.acting_as(by),
-        channel="cli",
-        comment=comment,
-        form=forms.parse_sets(sets) if sets else None,
-        option=option,
-        request_id=request_id,
-    )
-    verb = "approved" if decision == gate.APPROVE else "rejected"
     me = identity.acting_as(by)
-    _say_decided(store, out, decision, verb, me, run_id, gate_id)
+    with store.session("recording an approval decision"):
+        found = store.run_row(run_id)  # read before the decision, so nothing is laid over
+        out = gate.decide(
+            store,
+            run_id,
+            gate_id,
+            decision,
+            actor=me,
+            channel="cli",
+            comment=comment,
+            form=forms.parse_sets(sets) if sets else None,
+            option=option,
+            request_id=request_id,
+        )
+        who = _voter(store, out, me, run_id, gate_id)
+    # The command ends here: the decision is durable, and the next process to hold the store
+    # folds it (a watching kernel, which continues the run, does at its next look).
+    store.let_go()
+    verb = "approved" if decision == gate.APPROVE else "rejected"
+    _say_decided(out, found, decision, verb, who, run_id, gate_id, store.path)
+
+
+def _voter(store: Backend, out: dict[str, Any], me: str, run_id: str, gate_id: str) -> str:
+    """Who the vote was recorded for: ``carol for bob`` through a delegation, else ``me``."""
+    from airun_nb.gates import delegation, gate
+
+    for actor, delegate in (out.get("delegated") or {}).items():
+        if delegate == me:
+            return f"{me} for {actor}"
+    if out["status"] != "open":
+        return me
+    row = store.gate_row(run_id, gate_id) or {}  # a vote towards a quorum: its own record
+    mine = [v for v in gate.votes_of(row) if me in (v.get("delegate"), v.get("actor"))]
+    return delegation.shown(mine[-1]) if mine else me
 
 
 def _say_decided(
-    store: Backend,
     out: dict[str, Any],
+    found: dict[str, Any] | None,
     decision: str,
     verb: str,
-    me: str,
+    who: str,
     run_id: str,
     gate_id: str,
+    where: Any,
 ) -> None:
-    from airun_nb.gates import delegation, gate
+    from airun_nb.gates import gate
 
-    row = store.gate_row(run_id, gate_id) or {}
-    mine = [v for v in gate.votes_of(row) if me in (v.get("delegate"), v.get("actor"))]
-    who = delegation.shown(mine[-1]) if mine else me  # "carol for bob" through a delegation
     if out["status"] == "open":
         click.echo(
             f"{verb} gate {gate_id} of run {run_id} as {who}; the gate stays open: "
@@ -294,7 +312,6 @@ def _say_decided(
         return
     chosen = f" with option {out['option']}" if decision == gate.APPROVE and out["option"] else ""
     said = f"{verb} gate {gate_id} of run {run_id} as {who}{chosen}"
-    found = store.run_row(run_id)
     status = str(found["status"]) if found else "waiting"
     if status != "waiting":  # a kernel showing the gate took the decision and went on
         click.echo(f"{said}; the run has already continued (now {status})")
@@ -307,7 +324,7 @@ def _say_decided(
         how = "" if out["status"] == "approved" else " (and rolls it back)"
         click.echo(f"{said}; {worker.replace('continues it', 'continues it' + how, 1)}")
         return
-    resume = gate.resume_command(run_id, store.path)
+    resume = gate.resume_command(run_id, where)
     click.echo(
         f"{said}; a notebook showing this gate {then.replace('continues', 'continues the run')}"
         f" now, otherwise the run {then} when it resumes (re-run its cell, or `{resume}`)"

@@ -58,10 +58,16 @@ class Backend(Protocol):
 
     def release(self) -> None: ...
 
+    # a one-shot command's end: what it recorded survives a power loss and is left for the
+    # next process that holds the store to fold (the command does not wait for a fold)
+    def let_go(self) -> None: ...
+
     # DataFrame outputs, kept as tables beside the runs.
     def put_table(self, name: str, table: pa.Table) -> None: ...
 
-    def get_table(self, name: str) -> pa.Table: ...
+    # ``large``: strings (and binaries, lists) with 64-bit offsets where the backend can give
+    # them at no cost, as pandas' string columns hold them (made a DataFrame without a copy)
+    def get_table(self, name: str, *, large: bool = False) -> pa.Table: ...
 
     # Moving a run between stores (see store/transfer.py): table name -> the run's rows, its
     # output tables as Arrow under "__outputs__" and facts about the copy under "__meta__"

@@ -227,6 +227,17 @@ class Store(Queries, QueueStore):
                 self._connection()
                 self._fold()
 
+    def let_go(self) -> None:
+        """Sync this process's journal and let go of the store without folding it: the next
+        process that holds the store folds the slot (a dead process's slot, recovered as
+        after a crash). For a one-shot command, such as a decision from a terminal, that
+        exits next: its records are durable when this returns, and nothing waits for a fold."""
+        with self._mutex:
+            if self.journal.is_open:
+                self.journal.sync_now()
+            self._release_locked(fold=False)
+            self.journal.close()
+
     def release(self) -> None:
         """Fold, close the DuckDB file, let go of the lease and of the journal slot."""
         with self._mutex:
@@ -276,10 +287,10 @@ class Store(Queries, QueueStore):
                 raise
             crashpoint("output:after_commit")
 
-    def get_table(self, name: str) -> pa.Table:
+    def get_table(self, name: str, *, large: bool = False) -> pa.Table:
         # No fold first: output tables are committed directly, never journaled.
         with self.session("reading a step output", fold=False) as con:
-            return packed.read(con, name, self.path)
+            return packed.read(con, name, self.path, large=large)
 
     def export_run(self, run_id: str) -> dict[str, list[dict[str, Any]]]:
         """Every row and output table of one run, to copy it to another store (see

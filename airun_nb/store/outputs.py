@@ -93,7 +93,7 @@ def decode(row: Mapping[str, Any], store: Backend) -> Any:
         return value
     kind = row.get("output_kind")
     if kind in ("pandas", "arrow"):
-        table = store.get_table(row["output_table"])
+        table = store.get_table(row["output_table"], large=kind == "pandas")
         if kind == "arrow":
             return table
         extra = json.loads(row["output_json"]) if row.get("output_json") else {}

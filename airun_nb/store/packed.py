@@ -201,17 +201,27 @@ def unique_string_columns(table: pa.Table) -> set[int]:
     return out
 
 
-def read(con: duckdb.DuckDBPyConnection, name: str, where: object) -> pa.Table:
-    """Output table ``name``, whichever way it is kept; :class:`StoreError` when it is not."""
+def read(
+    con: duckdb.DuckDBPyConnection, name: str, where: object, *, large: bool = False
+) -> pa.Table:
+    """Output table ``name``, whichever way it is kept; :class:`StoreError` when it is not.
+    ``large``: a DuckDB table's strings come with 64-bit offsets, as pandas keeps them (a
+    frame's string column is then not copied again by ``to_pandas``)."""
     # fetchall: a result left unfinished would refuse the connection's next relation
     rows = con.execute(f"SELECT data FROM {OUTPUTS} WHERE name = ?", [name]).fetchall()
     if rows:
         return from_parquet(rows[0][0], name, where)
     if name not in tables(con):
         raise StoreError(f"no output table '{name[:80]}' in {where}")
-    rel = con.sql(f"SELECT * FROM outputs.{quote_ident(name)}")
-    fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
-    out: pa.Table = fetch()
+    if large:
+        con.execute("SET arrow_large_buffer_size = true")
+    try:
+        rel = con.sql(f"SELECT * FROM outputs.{quote_ident(name)}")
+        fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
+        out: pa.Table = fetch()
+    finally:
+        if large:
+            con.execute("RESET arrow_large_buffer_size")
     return out
 
 

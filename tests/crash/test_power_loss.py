@@ -123,3 +123,48 @@ def test_every_run_reported_finished_survives_a_power_loss(tmp_path: Path, mode:
     # The figure for the docs (run with -s): step bodies run vs completions kept.
     print(f"\nAIRUN_SYNC={mode}: {runs} finished runs kept; {kept} of {ran} step bodies kept")
     assert runs >= 2 * TRIALS
+
+
+GATED = """
+name: gated
+steps:
+  - id: review
+    approval: {message: "Ship?"}
+"""
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_a_decision_from_a_terminal_survives_a_power_loss(tmp_path: Path, verb: str) -> None:
+    """`airun approve` and `airun reject` end without folding their decision into DuckDB (the
+    next process that holds the store does). Once the command has said what it recorded, the
+    decision survives a power loss (its unsynced journal bytes dropped), even with
+    ``AIRUN_SYNC=0``."""
+    from airun_nb import Workflow
+    from airun_nb.store.database import Store
+
+    db, log = tmp_path / "s.duckdb", tmp_path / "synced.log"
+    run = Workflow.from_yaml(GATED).run(db=db)
+    assert run.status == "waiting"
+    Store.open(db).release()  # this process lets go: the command holds the store alone
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRUN_")}
+    env.update(AIRUN_SYNC="0", AIRUN_TEST_SYNC_LOG=str(log), AIRUN_IDENTITY="env")
+    env.update(AIRUN_USER="bob")
+    said = {"approve": "approved", "reject": "rejected"}[verb]
+    done = subprocess.run(
+        [sys.executable, "-m", "airun_nb", verb, run.run_id, "review", "--db", str(db)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{said} gate review of run {run.run_id} as bob")
+    assert log.exists()  # the command synced its journal before it said so
+    _power_loss(db, log)
+    store = Store.open(db)
+    try:
+        row = store.gate_row(run.run_id, "review")
+    finally:
+        store.release()
+    assert row is not None
+    assert (row["status"], row["actor"], row["channel"]) == (said, "bob", "cli")

@@ -374,6 +374,10 @@ class PostgresStore(Queries, QueueStore):
     def flush(self) -> None:
         """Nothing to do: records are written to the tables as they come."""
 
+    def let_go(self) -> None:
+        """Every commit is on the server already: let go of the connections."""
+        self.release()
+
     def release(self) -> None:
         """Let go of every connection of this process (the next use opens them again)."""
         with self._mutex, self._adbc_lock:
@@ -579,7 +583,8 @@ class PostgresStore(Queries, QueueStore):
                 [name, packed.to_parquet(table)],
             )
 
-    def get_table(self, name: str) -> pa.Table:
+    def get_table(self, name: str, *, large: bool = False) -> pa.Table:
+        # Parquet bytes: a frame's strings come back as they were written (large from pandas)
         rows = self.query(f"SELECT data FROM {OUTPUTS} WHERE name = ?", [name])
         if not rows:
             raise StoreError(f"no output table '{name}' in {self.url}")
