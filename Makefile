@@ -47,6 +47,7 @@ bench: $(VENV)/.test
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/step_overhead.py
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/live_overhead.py --steps 10000 --rounds 3
 	$(BIN)/python benchmarks/readers.py
 	$(BIN)/python benchmarks/contention.py
 	$(BIN)/python benchmarks/contention.py --step-ms 25

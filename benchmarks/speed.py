@@ -747,6 +747,33 @@ def _wall_cpu(commands: list[list[str]]) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
+_LOAD_EXT = (
+    "import time\n"
+    "from IPython.core.interactiveshell import InteractiveShell\n"
+    "shell = InteractiveShell.instance()\n"
+    "t = time.perf_counter()\n"
+    "shell.run_line_magic('load_ext', 'airun_nb')\n"
+    "print(time.perf_counter() - t)\n"
+)
+
+
+def _load_ext(py: str) -> float:
+    """Seconds ``%load_ext airun_nb`` takes in a fresh IPython shell of a new process."""
+    done = subprocess.run(
+        [py, "-c", _LOAD_EXT], capture_output=True, text=True, check=True, env=_CLI_ENV
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _timed_import(py: str, module: str) -> float:
+    """Seconds ``import module`` takes in a new process (the interpreter's start excluded)."""
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    done = subprocess.run(
+        [py, "-c", code], capture_output=True, text=True, check=True, env=_CLI_ENV
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def bench_cli() -> None:
     from airun_nb import Workflow
 
@@ -769,6 +796,8 @@ def bench_cli() -> None:
             [[py, "-m", "airun_nb", "approve", r, "review", "--db", str(db)] for r in gated]
         )
         helps = _wall_cpu([[py, "-m", "airun_nb", "--help"]] * 5)
+        load_ext = statistics.median(_load_ext(py) for _ in range(5))
+        pandas_import = statistics.median(_timed_import(py, "pandas") for _ in range(5))
         bare = _wall_cpu([[py, "-c", "pass"]] * 5)
         imported = _wall_cpu([[py, "-c", "import duckdb"]] * 5)
         floor = _wall_cpu(
@@ -798,6 +827,12 @@ def bench_cli() -> None:
         f"python + import duckdb {both(imported)}; + connect + one SELECT {both(floor)}",
         f"{approve[0] / floor[0]:.2f}x the DuckDB floor (CPU {approve[1] / floor[1]:.2f}x); "
         f"{approve[0]:.2f} s (goal <= 0.4 s idle)",
+    )
+    row(
+        "`%load_ext airun_nb` in a fresh IPython shell (median of 5)",
+        f"{load_ext:.3f} s",
+        f"`import pandas` in a fresh process {pandas_import:.3f} s",
+        f"{load_ext:.3f} s (goal <= 0.25 s idle); {load_ext / pandas_import:.2f}x importing pandas",
     )
     row(
         "`airun --help` (median of 5)",
