@@ -7,8 +7,12 @@ import os
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import uvicorn
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -53,23 +57,33 @@ def serve(
             "front of it (a reverse proxy), and --public-url should be its https:// address",
             err=True,
         )
-    _exit_on_signals()
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", proxy_headers=not is_loopback(host)
+    )
+    server = uvicorn.Server(config)
+    _exit_on_signals(server)
     click.echo(f"airun approvals on {url} (store {app.state.store.path}); Ctrl-C stops it")
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=not is_loopback(host))
+    server.run()
+    if not server.started:  # it could not listen (uvicorn said why)
+        raise SystemExit(3)
 
 
-def _exit_on_signals() -> None:
+def _exit_on_signals(server: uvicorn.Server) -> None:
     """SIGTERM and Ctrl-C end the process as a normal exit (status 0, exit handlers run).
 
-    uvicorn shuts down gracefully on either, then raises the signal again with the handler it
-    found: left at the default, SIGTERM would kill the process before its exit handlers (the
-    store's last fold, coverage data) run, and SIGINT would print a KeyboardInterrupt.
+    While it serves, uvicorn handles both itself: it shuts down gracefully, then raises the
+    signal again with the handler it found. Left at the default, SIGTERM would kill the process
+    before its exit handlers (the store's last fold, coverage data) run, and SIGINT would print
+    a KeyboardInterrupt. The handler set here only asks the server to stop: a signal before
+    uvicorn sets its own (while the event loop is being made) stops the server as it starts,
+    instead of raising inside the loop's construction, and the one raised again afterwards
+    lets the process end normally.
     """
     if threading.current_thread() is not threading.main_thread():
         return
 
     def leave(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(0)
+        server.should_exit = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, leave)
